@@ -1,0 +1,119 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+from synthetic import make_shapes
+
+from unetkit.data import (
+    AugmentConfig,
+    MaskValues,
+    Preprocess,
+    SegmentationDataset,
+    discover_mask_values,
+    find_pairs,
+    read_image,
+    read_mask,
+)
+from unetkit.data.transforms import random_patch
+from unetkit.errors import UnetkitError
+
+
+def test_images_of_every_format_and_depth_read_into_0_1(tmp_path: Path):
+    gray8 = np.array([[0, 255]], dtype=np.uint8)
+    Image.fromarray(gray8).save(tmp_path / "g.png")
+    Image.fromarray(gray8).save(tmp_path / "g.bmp")
+    Image.fromarray(np.array([[0, 65535]], dtype=np.uint16)).save(tmp_path / "g16.png")
+    tifffile.imwrite(tmp_path / "g16.tif", np.array([[0, 65535]], dtype=np.uint16))
+    Image.fromarray(np.zeros((4, 4, 4), dtype=np.uint8) + 255).save(tmp_path / "rgba.png")
+    Image.fromarray(np.full((8, 8, 3), 128, dtype=np.uint8)).save(tmp_path / "rgb.jpg", quality=95)
+    for name in ("g.png", "g.bmp", "g16.png", "g16.tif"):
+        image = read_image(tmp_path / name)
+        assert image.shape == (1, 2, 1) and image.dtype == np.float32, name
+        np.testing.assert_allclose(image[0, :, 0], [0, 1], atol=1e-6)
+    assert read_image(tmp_path / "rgba.png").shape == (4, 4, 3)  # alpha dropped
+    assert abs(read_image(tmp_path / "rgb.jpg").mean() - 128 / 255) < 0.02
+
+
+def test_masks_keep_their_values_and_reject_colour(tmp_path: Path):
+    Image.fromarray(np.array([[0, 7, 255]], dtype=np.uint8)).save(tmp_path / "m.png")
+    palette = Image.fromarray(np.array([[0, 1, 2]], dtype=np.uint8), mode="P")
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
+    palette.save(tmp_path / "voc.png")
+    Image.fromarray(np.stack([np.array([[0, 255]], dtype=np.uint8)] * 3, -1)).save(tmp_path / "gray_as_rgb.png")
+    Image.fromarray(np.array([[[255, 0, 0], [0, 255, 0]]], dtype=np.uint8)).save(tmp_path / "colour.png")
+    assert read_mask(tmp_path / "m.png").tolist() == [[0, 7, 255]]
+    assert read_mask(tmp_path / "voc.png").tolist() == [[0, 1, 2]]
+    assert read_mask(tmp_path / "gray_as_rgb.png").tolist() == [[0, 255]]
+    with pytest.raises(UnetkitError, match="colour.png.*channels"):
+        read_mask(tmp_path / "colour.png")
+
+
+def test_corrupt_file_is_named(tmp_path: Path):
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(UnetkitError, match="broken.png: cannot read"):
+        read_image(tmp_path / "broken.png")
+
+
+def test_pairs_match_by_stem_and_find_the_mask_suffix(tmp_path: Path):
+    images, masks = make_shapes(tmp_path, count=3, mask_suffix="_mask")
+    pairs = find_pairs(images, masks)
+    assert [(p.image.name, p.mask.name) for p in pairs] == [(f"img0{i}.png", f"img0{i}_mask.png") for i in range(3)]
+
+
+def test_unpaired_files_are_named(tmp_path: Path):
+    images, masks = make_shapes(tmp_path, count=3)
+    (masks / "img01.png").unlink()
+    with pytest.raises(UnetkitError, match="img01.png"):
+        find_pairs(images, masks)
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(masks / "img01.png")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(masks / "stray.png")
+    with pytest.raises(UnetkitError, match="stray.png"):
+        find_pairs(images, masks)
+
+
+def test_mask_values_round_trip_and_unknown_values_name_the_file():
+    values = MaskValues([0, 128, 255])
+    mask = np.array([[0, 255], [128, 0]])
+    ids = values.encode(mask, "a.png")
+    assert ids.tolist() == [[0, 2], [1, 0]]
+    assert values.decode(ids).tolist() == mask.tolist()
+    with pytest.raises(UnetkitError, match=r"b.png: mask value\(s\) \[7\]"):
+        values.encode(np.array([[7]]), "b.png")
+
+
+def test_discovered_values_are_sorted_and_jpeg_noise_is_refused():
+    found = discover_mask_values([(Path("a"), np.array([[255, 0]])), (Path("b"), np.array([[0]]))])
+    assert found.values == [0, 255]
+    noisy = np.arange(200).reshape(10, 20)
+    with pytest.raises(UnetkitError, match="noisy.jpg.*distinct values"):
+        discover_mask_values([(Path("noisy.jpg"), noisy)])
+    with pytest.raises(UnetkitError, match="two classes"):
+        discover_mask_values([(Path("a"), np.zeros((2, 2)))])
+
+
+def test_augmentation_moves_image_and_mask_together():
+    # An image that equals its mask: after any warp the two must still agree (up to edge pixels).
+    mask = torch.zeros(64, 64, dtype=torch.uint8)
+    mask[16:40, 20:50] = 1
+    image = mask[None].float()
+    aug = AugmentConfig(brightness=0, contrast=0, gamma=0)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        patch, patch_mask = random_patch(image, mask, (48, 48), aug)
+        agree = ((patch[0] > 0.5) == (patch_mask == 1)).float().mean()
+        assert agree > 0.97
+
+
+def test_dataset_caches_decoded_pairs(tmp_path: Path, monkeypatch):
+    images, masks = make_shapes(tmp_path, count=2)
+    pairs = find_pairs(images, masks)
+    dataset = SegmentationDataset(pairs, MaskValues([0, 255]), Preprocess(1), patch_size=32, patches_per_image=3)
+    assert dataset.cache and len(dataset) == 6
+    dataset.check_all()
+    calls = []
+    monkeypatch.setattr("unetkit.data.dataset.read_image", lambda p: calls.append(p))
+    image, mask = dataset[4]
+    assert image.shape == (1, 32, 32) and mask.shape == (32, 32) and not calls

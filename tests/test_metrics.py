@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import f1_score, jaccard_score
+
+from unetkit.data import IGNORE_ID
+from unetkit.metrics import SegmentationMetrics, confusion_matrix, dice_from_confusion, iou_from_confusion
+
+
+@pytest.mark.parametrize("num_classes", [2, 5])
+def test_dice_is_f1_and_iou_is_jaccard(num_classes):
+    rng = np.random.default_rng(num_classes)
+    metrics = SegmentationMetrics(num_classes, binary=num_classes == 2)
+    truths, preds = [], []
+    for _ in range(3):  # accumulated over images of different sizes
+        size = tuple(rng.integers(10, 30, 2))
+        truth = rng.integers(0, num_classes, size)
+        pred = np.where(rng.random(size) < 0.7, truth, rng.integers(0, num_classes, size))
+        metrics.update(torch.from_numpy(pred), torch.from_numpy(truth), "x")
+        truths.append(truth.ravel())
+        preds.append(pred.ravel())
+    truth, pred = np.concatenate(truths), np.concatenate(preds)
+    dice = dice_from_confusion(metrics.matrix).numpy()
+    iou = iou_from_confusion(metrics.matrix).numpy()
+    np.testing.assert_allclose(dice, f1_score(truth, pred, average=None), rtol=1e-12)
+    np.testing.assert_allclose(iou, jaccard_score(truth, pred, average=None), rtol=1e-12)
+    np.testing.assert_allclose(metrics.pixel_accuracy, (truth == pred).mean())
+    if num_classes == 2:  # binary headline = the foreground class
+        assert metrics.mean_dice == pytest.approx(f1_score(truth, pred))
+        assert metrics.mean_iou == pytest.approx(jaccard_score(truth, pred))
+    else:  # multi-class headline = macro mean, background included
+        assert metrics.mean_dice == pytest.approx(f1_score(truth, pred, average="macro"))
+        assert metrics.mean_iou == pytest.approx(jaccard_score(truth, pred, average="macro"))
+        assert "background included" in metrics.describe_mean()
+
+
+def test_dataset_score_is_not_the_average_of_per_image_scores():
+    metrics = SegmentationMetrics(2, binary=True)
+    big = torch.ones(10, 10, dtype=torch.long)
+    metrics.update(big, big, "perfect")
+    small_truth = torch.tensor([[1, 0]])
+    metrics.update(torch.tensor([[0, 1]]), small_truth, "wrong")
+    assert [r["dice"] for r in metrics.per_image] == [1.0, 0.0]
+    assert metrics.mean_dice == pytest.approx(2 * 100 / (2 * 100 + 1 + 1))
+
+
+def test_ignored_pixels_do_not_count():
+    truth = torch.tensor([[1, IGNORE_ID], [0, 1]])
+    pred = torch.tensor([[1, 0], [0, 1]])
+    assert confusion_matrix(pred, truth, 2).sum() == 3
+
+
+def test_report_names_each_class_by_its_mask_value():
+    metrics = SegmentationMetrics(2, binary=True)
+    metrics.update(torch.tensor([[0, 1]]), torch.tensor([[0, 1]]), "a.png")
+    report = metrics.report([0, 255])
+    assert [(r["class_id"], r["mask_value"], r["dice"]) for r in report["per_class"]] == [(0, 0, 1.0), (1, 255, 1.0)]
+    assert report["num_images"] == 1 and report["per_image"][0]["file"] == "a.png"

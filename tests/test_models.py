@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from unetkit.models import DumbNet, UNet, create_model
+
+
+def parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_default_unet_has_the_papers_31_million_parameters():
+    assert round(parameters(UNet(1, 2)) / 1e6, 1) == 31.0
+
+
+def test_bilinear_unet_halves_the_bottleneck_like_milesial():
+    # milesial/Pytorch-UNet's bilinear UNet(3 channels, 2 classes) has 17.26M parameters
+    assert round(parameters(UNet(3, 2, upsampling="bilinear")) / 1e6, 2) == 17.26
+
+
+@pytest.mark.parametrize("upsampling", ["transposed", "bilinear"])
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+@pytest.mark.parametrize("size", [(32, 32), (37, 51), (17, 64)])
+def test_unet_output_matches_any_input_size(upsampling, depth, size):
+    model = UNet(2, 3, base_channels=4, depth=depth, upsampling=upsampling).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 2, *size))
+    assert out.shape == (1, 3, *size)
+
+
+def test_transposed_and_bilinear_use_their_own_upsampling_layer():
+    transposed = UNet(1, 1, base_channels=4, depth=2, upsampling="transposed")
+    bilinear = UNet(1, 1, base_channels=4, depth=2, upsampling="bilinear")
+    assert any(isinstance(m, torch.nn.ConvTranspose2d) for m in transposed.modules())
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in bilinear.modules())
+    assert any(isinstance(m, torch.nn.Upsample) and m.mode == "bilinear" for m in bilinear.modules())
+
+
+def test_dumbnet_is_one_level_down_and_up():
+    model = DumbNet(3, 2, width=8).eval()
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride for c in convs] == [(2, 2), (1, 1), (1, 1)]
+    assert convs[-1].kernel_size == (1, 1)
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 31, 20)).shape == (2, 2, 31, 20)
+
+
+def test_registry_builds_by_name_and_rejects_unknown_names():
+    assert isinstance(create_model("unet", in_channels=1, num_classes=1, base_channels=4), UNet)
+    assert isinstance(create_model("dumbnet", in_channels=1, num_classes=1), DumbNet)
+    with pytest.raises(ValueError, match="unknown model"):
+        create_model("resnet")

@@ -1,0 +1,164 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+import unetkit.train.amp as amp_module
+from unetkit.data import find_pairs
+from unetkit.train import TrainConfig, Trainer, load_checkpoint, resolve_amp, train
+from unetkit.train.schedulers import SCHEDULERS, Schedule
+
+
+def tiny_config(images: Path, masks: Path, out: Path, **overrides) -> TrainConfig:
+    settings = dict(
+        images=str(images),
+        masks=str(masks),
+        out=str(out),
+        base_channels=8,
+        depth=2,
+        patch_size=32,
+        batch_size=4,
+        epochs=2,
+        lr=5e-3,
+        progress=False,
+        val_fraction=0.25,
+        amp="off",
+        channels_last="off",
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def test_tiny_training_really_learns(binary_data, tmp_path):
+    images, masks = binary_data
+    cfg = tiny_config(images, masks, tmp_path / "run", epochs=12, patches_per_image=4, elastic=False)
+    result = train(cfg, log=lambda _: None)
+    assert result.best_dice > 0.9
+    run = tmp_path / "run"
+    for name in ("best.pt", "last.pt", "metrics.csv", "config.json", "curves.png"):
+        assert (run / name).stat().st_size > 0, name
+    header, *rows = (run / "metrics.csv").read_text().splitlines()
+    assert header == "epoch,train_loss,val_loss,val_dice,val_iou,lr,seconds" and len(rows) == 12
+    state = load_checkpoint(run / "best.pt")
+    assert state["model_name"] == "unet" and state["model_args"]["base_channels"] == 8
+    assert state["mask_values"]["values"] == [0, 255] and state["binary"] is True
+    for key in ("optimizer", "scheduler", "scaler", "epoch", "rng", "config"):
+        assert key in state
+
+
+def test_multiclass_training_learns(multiclass_data, tmp_path):
+    images, masks = multiclass_data
+    cfg = tiny_config(
+        images, masks, tmp_path / "run", epochs=15, patches_per_image=8, augment=False, patch_size=48
+    )
+    result = train(cfg, log=lambda _: None)
+    state = load_checkpoint(result.best_checkpoint)
+    assert state["model_args"]["num_classes"] == 5 and state["binary"] is False
+    assert result.best_dice > 0.8
+
+
+def test_resume_matches_an_uninterrupted_run(binary_data, tmp_path):
+    images, masks = binary_data
+    full = train(tiny_config(images, masks, tmp_path / "full", epochs=3), log=lambda _: None)
+
+    def interrupt_after_first(row):
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            tiny_config(images, masks, tmp_path / "cut", epochs=3),
+            log=lambda _: None,
+            on_epoch_end=interrupt_after_first,
+        )
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1
+    resumed = train(TrainConfig(resume=str(tmp_path / "cut" / "last.pt"), progress=False), log=lambda _: None)
+    assert [r["train_loss"] for r in resumed.history] == pytest.approx(
+        [r["train_loss"] for r in full.history], rel=1e-5
+    )
+    a = load_checkpoint(full.last_checkpoint)["model"]
+    b = load_checkpoint(resumed.last_checkpoint)["model"]
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+
+
+def test_finished_run_is_never_overwritten(binary_data, tmp_path):
+    images, masks = binary_data
+    train(tiny_config(images, masks, tmp_path / "run", epochs=1), log=lambda _: None)
+    before = (tmp_path / "run" / "best.pt").read_bytes()
+    from unetkit.errors import UnetkitError
+
+    with pytest.raises(UnetkitError, match="already holds a checkpoint"):
+        train(tiny_config(images, masks, tmp_path / "run", epochs=1), log=lambda _: None)
+    assert (tmp_path / "run" / "best.pt").read_bytes() == before
+
+
+def test_bad_data_fails_before_the_run_folder_is_made(binary_data, tmp_path):
+    images, masks = binary_data
+    (images / "img03.png").write_bytes(b"garbage")
+    from unetkit.errors import UnetkitError
+
+    with pytest.raises(UnetkitError, match="img03.png"):
+        train(tiny_config(images, masks, tmp_path / "run"), log=lambda _: None)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_auto_on_cpu_follows_native_bf16(monkeypatch, native):
+    monkeypatch.setattr(amp_module, "cpu_has_native_bf16", lambda: native)
+    policy = resolve_amp("auto", torch.device("cpu"))
+    assert policy.dtype == (torch.bfloat16 if native else None)
+    assert not policy.use_scaler
+    assert ("native bf16" in policy.reason) and (("no native" in policy.reason) != native)
+
+
+def test_amp_explicit_modes():
+    cpu = torch.device("cpu")
+    assert resolve_amp("off", cpu).dtype is None
+    assert resolve_amp("bf16", cpu).dtype is torch.bfloat16
+    assert resolve_amp("fp16", cpu).dtype is None  # fp16 autocast is a CUDA feature
+    with pytest.raises(ValueError):
+        resolve_amp("int8", cpu)
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_every_scheduler_steps_and_round_trips(name):
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    schedule = Schedule(name, optimizer, steps_per_epoch=5, epochs=4, warmup_epochs=1, step_size=2)
+    lrs = []
+    for _epoch in range(4):
+        for _ in range(5):
+            optimizer.step()
+            schedule.step_batch()
+        schedule.step_epoch(0.5)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert all(lr >= 0 for lr in lrs)
+    if name in ("cosine", "poly", "onecycle"):
+        assert lrs[-1] < 1e-2 * 0.2
+    if name == "none":
+        assert lrs == [1e-2] * 4
+    if name == "step":
+        assert lrs[-1] == pytest.approx(1e-4)
+    clone = Schedule(name, torch.optim.AdamW(params, lr=1e-2), 5, 4)
+    clone.load_state_dict(schedule.state_dict())
+
+
+def test_optimizers_and_losses_all_run(binary_data, tmp_path):
+    images, masks = binary_data
+    pairs = find_pairs(images, masks)
+    for optimizer, loss in (("sgd", "focal"), ("rmsprop", "dice"), ("adamw", "ce")):
+        cfg = tiny_config(
+            images,
+            masks,
+            tmp_path / optimizer,
+            epochs=1,
+            optimizer=optimizer,
+            loss=loss,
+            model="dumbnet",
+            class_weights=[1.0, 2.0],
+            lr=1e-3,
+        )
+        trainer = Trainer(cfg, pairs[:6], pairs[6:], log=lambda _: None)
+        result = trainer.fit()
+        assert torch.isfinite(torch.tensor(result.history[0]["train_loss"]))

@@ -1,0 +1,276 @@
+"""The `unetkit` command: train, evaluate, predict, demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from unetkit.errors import UnetkitError
+from unetkit.losses import LOSSES
+from unetkit.models import MODELS
+from unetkit.train.amp import AMP_MODES
+from unetkit.train.config import TrainConfig
+from unetkit.train.loop import OPTIMIZERS
+from unetkit.train.schedulers import SCHEDULERS
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like '0,255', got {text!r}") from None
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like '1,5', got {text!r}") from None
+
+
+def _positive_int_or_none(text: str) -> int | None:
+    if text.lower() in ("none", "full", "0"):
+        return None
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a positive integer or 'none'")
+    return value
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    # Defaults are None here so that a resumed run can tell what was set on the command line;
+    # the real defaults live in TrainConfig.
+    d = TrainConfig()
+    data = p.add_argument_group("data")
+    data.add_argument("--images", help="folder of training images")
+    data.add_argument("--masks", help="folder of training masks (same file stems as the images)")
+    data.add_argument("--val-images", help="folder of validation images (default: split off --val-fraction)")
+    data.add_argument("--val-masks", help="folder of validation masks")
+    data.add_argument(
+        "--val-fraction", type=float, help=f"share of images held out for validation, seeded (default {d.val_fraction})"
+    )
+    data.add_argument("--mask-suffix", help="mask name = image stem + this, e.g. _mask (default: tried automatically)")
+    data.add_argument(
+        "--mask-values",
+        type=_int_list,
+        help="the mask values of the classes, e.g. 0,255 (default: found in the training masks)",
+    )
+    data.add_argument(
+        "--ignore-value", type=int, help="a mask value whose pixels count for neither loss nor metrics, e.g. 255"
+    )
+    data.add_argument(
+        "--scale", type=float, help=f"resize images and masks by this factor for the model (default {d.scale})"
+    )
+    data.add_argument(
+        "--patch-size",
+        type=_positive_int_or_none,
+        help=f"random training crop size, or 'none' for whole images (default {d.patch_size})",
+    )
+    data.add_argument(
+        "--patches-per-image", type=int, help=f"random crops per image and epoch (default {d.patches_per_image})"
+    )
+    data.add_argument(
+        "--no-augment",
+        dest="augment",
+        action="store_const",
+        const=False,
+        help="turn off flips, rotations, scaling, elastic and intensity augmentation",
+    )
+    data.add_argument(
+        "--no-elastic",
+        dest="elastic",
+        action="store_const",
+        const=False,
+        help="keep augmentation but without elastic deformation",
+    )
+    model = p.add_argument_group("model")
+    model.add_argument("--model", choices=sorted(MODELS), help=f"architecture (default {d.model})")
+    model.add_argument(
+        "--base-channels",
+        type=int,
+        help=f"channels of the first level, doubling per level (default {d.base_channels}); DumbNet's width",
+    )
+    model.add_argument("--depth", type=int, help=f"number of down/up levels (default {d.depth})")
+    model.add_argument(
+        "--upsampling", choices=["transposed", "bilinear"], help=f"decoder upsampling (default {d.upsampling})"
+    )
+    model.add_argument(
+        "--multiclass",
+        dest="binary",
+        action="store_const",
+        const=False,
+        help="use softmax over 2 classes instead of one sigmoid logit for two-value masks",
+    )
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--epochs", type=int, help=f"number of epochs (default {d.epochs})")
+    opt.add_argument("--batch-size", type=int, help=f"images per step (default {d.batch_size})")
+    opt.add_argument("--optimizer", choices=OPTIMIZERS, help=f"(default {d.optimizer})")
+    opt.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
+    opt.add_argument("--weight-decay", type=float, help=f"(default {d.weight_decay})")
+    opt.add_argument("--momentum", type=float, help=f"SGD momentum (default {d.momentum}, the U-Net paper's)")
+    opt.add_argument("--scheduler", choices=SCHEDULERS, help=f"learning-rate schedule (default {d.scheduler})")
+    opt.add_argument("--warmup-epochs", type=float, help=f"linear warmup for cosine (default {d.warmup_epochs})")
+    opt.add_argument(
+        "--step-size", type=int, help=f"epochs between drops for the step schedule (default {d.step_size})"
+    )
+    opt.add_argument("--gamma", type=float, help=f"LR factor of each step drop (default {d.gamma})")
+    opt.add_argument("--loss", choices=LOSSES, help=f"(default {d.loss})")
+    opt.add_argument("--class-weights", type=_float_list, help="one loss weight per class, e.g. 1,5")
+    opt.add_argument(
+        "--grad-clip", type=float, help=f"clip the gradient norm to this; 0 turns it off (default {d.grad_clip})"
+    )
+    opt.add_argument(
+        "--amp",
+        choices=AMP_MODES,
+        help="mixed precision: auto picks fp16/bf16 on GPUs and bf16 on CPUs with native bf16 (default auto)",
+    )
+    opt.add_argument(
+        "--channels-last",
+        choices=["auto", "on", "off"],
+        help="NHWC memory layout; auto measures which is faster (default auto)",
+    )
+    opt.add_argument("--patience", type=int, help="stop after this many epochs without a better validation Dice")
+    opt.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this many minutes")
+    run = p.add_argument_group("run")
+    run.add_argument("--out", help="run folder for checkpoints and logs (default runs/<timestamp>)")
+    run.add_argument(
+        "--resume", help="continue from a last.pt; its saved options are used, except epochs/patience/device"
+    )
+    run.add_argument("--seed", type=int, help=f"(default {d.seed})")
+    run.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
+    run.add_argument("--workers", type=int, help="data-loading processes (default: 0 on small CPUs, else 4)")
+    run.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bars")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    cfg = TrainConfig()
+    for name in cfg.to_dict():
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(cfg, name, value)
+    if cfg.grad_clip == 0:
+        cfg.grad_clip = None
+    return cfg
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from unetkit.train import train
+
+    result = train(config_from_args(args))
+    print(f"checkpoints: {result.best_checkpoint} (best val Dice {result.best_dice:.4f}), {result.last_checkpoint}")
+    print(f"logs: {result.out / 'metrics.csv'}, {result.out / 'curves.png'}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from unetkit.data import find_pairs
+    from unetkit.evaluate import evaluate_pairs, format_report
+    from unetkit.inference import Predictor
+
+    predictor = Predictor(args.checkpoint, device=args.device)
+    pairs = find_pairs(args.images, args.masks, args.mask_suffix)
+    report = evaluate_pairs(predictor, pairs, args.threshold, progress=not args.no_progress)
+    print(format_report(report))
+    if args.json:
+        from unetkit.train.run_files import write_json
+
+        write_json(Path(args.json), report)
+        print(f"wrote {args.json}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from unetkit.inference import Predictor
+    from unetkit.predict import predict_files
+
+    predictor = Predictor(args.checkpoint, device=args.device)
+    written = predict_files(predictor, args.inputs, args.out, args.threshold, args.overlay, not args.no_progress)
+    print(f"wrote {len(written)} mask(s) to {args.out}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from unetkit.demo import run_demo
+
+    run_demo(args.out, progress=not args.no_progress, amp=args.amp)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unetkit", description="U-Net segmentation: train, evaluate, predict.")
+    from unetkit import __version__
+
+    parser.add_argument("--version", action="version", version=f"unetkit {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser(
+        "train",
+        help="train a model on folders of images and masks",
+        description="Train a U-Net on folders of images and masks.",
+    )
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+    def add_inference_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt from a run")
+        p.add_argument(
+            "--threshold",
+            type=float,
+            default=0.5,
+            help="foreground probability cut-off for binary models (default 0.5)",
+        )
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = commands.add_parser(
+        "evaluate",
+        help="score a model on a labelled folder (Dice, IoU)",
+        description="Dice and IoU per class and per image on a labelled folder.",
+    )
+    add_inference_arguments(p)
+    p.add_argument("--images", required=True, help="folder of images")
+    p.add_argument("--masks", required=True, help="folder of their masks")
+    p.add_argument("--mask-suffix", help="mask name = image stem + this (default: tried automatically)")
+    p.add_argument("--json", help="also write the full report (per class, per image) to this file")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser(
+        "predict",
+        help="write masks for new images",
+        description="Write a PNG mask per image, same size as the image, in the training mask values.",
+    )
+    add_inference_arguments(p)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
+    p.add_argument("--out", required=True, help="folder for the masks")
+    p.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png, the mask over the image")
+    p.set_defaults(func=cmd_predict)
+
+    p = commands.add_parser(
+        "demo",
+        help="train and evaluate on the bundled ISBI 2012 EM membranes",
+        description="Train on ISBI 2012 slices 00-24, score held-out slices 25-29.",
+    )
+    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    p.add_argument("--amp", choices=AMP_MODES, default="auto", help="mixed precision, as for train (default auto)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except UnetkitError as err:
+        print(f"unetkit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"unetkit {args.command}: interrupted; the last finished epoch is in last.pt (continue with --resume)",
+            file=sys.stderr,
+        )
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+from unetkit.data.dataset import Preprocess, SegmentationDataset, channel_stats, load_pair
+from unetkit.data.io import IMAGE_EXTENSIONS, read_image, read_mask
+from unetkit.data.mask_values import IGNORE_ID, MaskValues, discover_mask_values
+from unetkit.data.pairing import Pair, find_pairs, list_images
+from unetkit.data.transforms import AugmentConfig
+
+__all__ = [
+    "IGNORE_ID",
+    "IMAGE_EXTENSIONS",
+    "AugmentConfig",
+    "MaskValues",
+    "Pair",
+    "Preprocess",
+    "SegmentationDataset",
+    "channel_stats",
+    "discover_mask_values",
+    "find_pairs",
+    "list_images",
+    "load_pair",
+    "read_image",
+    "read_mask",
+]

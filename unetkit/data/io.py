@@ -1,0 +1,94 @@
+"""Reading image and mask files into numpy arrays, whatever their format or bit depth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image, UnidentifiedImageError
+
+from unetkit.errors import UnetkitError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def _read_raw(path: Path) -> tuple[np.ndarray, str | None]:
+    """Return the pixel array and, for Pillow files, the image mode ("P" matters for masks)."""
+    if not path.is_file():
+        raise UnetkitError(f"{path}: file not found")
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            return np.asarray(tifffile.imread(path)), None
+        with Image.open(path) as img:
+            mode = img.mode
+            if mode in ("I;16", "I;16B", "I;16L"):
+                return np.asarray(img, dtype=np.uint16), mode
+            if mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                img = img.convert("RGB")
+            return np.asarray(img), mode
+    except (UnidentifiedImageError, OSError, ValueError, tifffile.TiffFileError) as err:
+        raise UnetkitError(
+            f"{path}: cannot read this file as an image ({err.__class__.__name__}); "
+            "replace it with a valid PNG/JPEG/BMP/TIFF or remove it"
+        ) from None
+
+
+def _channels_last(array: np.ndarray, path: Path) -> np.ndarray:
+    if array.ndim == 2:
+        return array[:, :, None]
+    if array.ndim == 3:
+        if array.shape[2] > 4 and array.shape[0] <= 4:  # TIFF stored channels-first
+            array = np.moveaxis(array, 0, -1)
+        return array
+    raise UnetkitError(
+        f"{path}: expected a 2-D image (height x width [x channels]), got shape {array.shape}; "
+        "save each slice or frame as its own file"
+    )
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image as float32 (H, W, C) in [0, 1]; integer types are scaled by their range.
+
+    Alpha is dropped (RGBA -> RGB, LA -> L), palette images become RGB.
+    """
+    path = Path(path)
+    array, mode = _read_raw(path)
+    if mode == "P":
+        with Image.open(path) as img:
+            array = np.asarray(img.convert("RGB"))
+    array = _channels_last(array, path)
+    if array.shape[2] in (2, 4):  # gray+alpha or RGB+alpha
+        array = array[:, :, :-1]
+    if array.dtype == np.bool_:
+        return array.astype(np.float32)
+    if np.issubdtype(array.dtype, np.integer):
+        return array.astype(np.float32) / np.float32(np.iinfo(array.dtype).max)
+    return array.astype(np.float32)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a mask as a 2-D integer array of the values stored in the file.
+
+    Palette PNGs give their palette indices (the VOC convention). An RGB(A) mask is accepted only
+    if its colour channels are equal, i.e. a gray mask saved as colour.
+    """
+    path = Path(path)
+    array, _mode = _read_raw(path)
+    array = _channels_last(array, path)
+    if array.shape[2] in (2, 4):
+        array = array[:, :, :-1]
+    if array.shape[2] > 1:
+        if not all(np.array_equal(array[:, :, 0], array[:, :, c]) for c in range(1, array.shape[2])):
+            raise UnetkitError(
+                f"{path}: mask has {array.shape[2]} channels with different values; "
+                "save masks as single-channel images whose pixel values are the class ids"
+            )
+    mask = array[:, :, 0]
+    if mask.dtype == np.bool_:
+        return mask.astype(np.uint8)
+    if not np.issubdtype(mask.dtype, np.integer):
+        if not np.all(np.isfinite(mask)) or not np.all(mask == np.round(mask)):
+            raise UnetkitError(f"{path}: mask holds non-integer values; save masks with integer class values")
+        return mask.astype(np.int64)
+    return mask

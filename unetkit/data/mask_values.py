@@ -1,0 +1,90 @@
+"""Mask values <-> class ids.
+
+Users store classes as whatever pixel values they like (0/255, 0/1, 0..11, palette indices). The
+sorted distinct values found in the training masks become class ids 0, 1, 2, ...; the list is kept
+in the checkpoint so predicted masks are written back in the user's own values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from unetkit.errors import UnetkitError
+
+IGNORE_ID = 255  # class id stored for pixels whose value is the ignore value
+MAX_DISCOVERED_VALUES = 64
+
+
+class MaskValues:
+    """The mapping from a mask's pixel values to class ids, and back."""
+
+    def __init__(self, values: Sequence[int], ignore_value: int | None = None) -> None:
+        values = [int(v) for v in values]
+        if len(values) < 2:
+            raise UnetkitError(
+                f"masks hold only the value(s) {values}: segmentation needs at least two classes; "
+                "check the masks folder or pass --mask-values"
+            )
+        if len(set(values)) != len(values):
+            raise UnetkitError(f"mask values {values} repeat a value; list each value once")
+        if len(values) > IGNORE_ID:
+            raise UnetkitError(f"{len(values)} mask values: at most {IGNORE_ID} classes are supported")
+        self.values = values
+        self.ignore_value = ignore_value
+        lo = min(values + ([ignore_value] if ignore_value is not None else []))
+        hi = max(values + ([ignore_value] if ignore_value is not None else []))
+        self._offset = lo
+        self._lut = np.full(hi - lo + 1, -1, dtype=np.int16)
+        for class_id, value in enumerate(values):
+            self._lut[value - lo] = class_id
+        if ignore_value is not None:
+            self._lut[ignore_value - lo] = IGNORE_ID
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.values)
+
+    def encode(self, mask: np.ndarray, path: str | Path = "mask") -> np.ndarray:
+        """Pixel values -> class ids (uint8); a value not in the list is an error naming the file."""
+        shifted = mask.astype(np.int64) - self._offset
+        inside = (shifted >= 0) & (shifted < len(self._lut))
+        ids = np.full(mask.shape, -1, dtype=np.int16)
+        ids[inside] = self._lut[shifted[inside]]
+        if (ids < 0).any():
+            unknown = np.unique(mask[ids < 0])
+            raise UnetkitError(
+                f"{path}: mask value(s) {unknown[:5].tolist()} are not among the trained values "
+                f"{self.values}; fix the mask or retrain with --mask-values including them"
+            )
+        return ids.astype(np.uint8)
+
+    def decode(self, class_ids: np.ndarray) -> np.ndarray:
+        """Class ids -> the user's pixel values, in the smallest integer type that holds them."""
+        dtype = np.uint8 if 0 <= min(self.values) and max(self.values) <= 255 else np.uint16
+        return np.asarray(self.values, dtype=dtype)[class_ids]
+
+    def to_dict(self) -> dict:
+        return {"values": self.values, "ignore_value": self.ignore_value}
+
+    @classmethod
+    def from_dict(cls, state: dict) -> MaskValues:
+        return cls(state["values"], state.get("ignore_value"))
+
+
+def discover_mask_values(masks: Iterable[tuple[Path, np.ndarray]], ignore_value: int | None = None) -> MaskValues:
+    """Collect the sorted distinct values of the training masks (ignore value left out)."""
+    seen: set[int] = set()
+    for path, mask in masks:
+        seen.update(int(v) for v in np.unique(mask))
+        if len(seen - {ignore_value}) > MAX_DISCOVERED_VALUES:
+            raise UnetkitError(
+                f"{path}: masks hold more than {MAX_DISCOVERED_VALUES} distinct values, which looks "
+                "like a photo or JPEG-compressed mask; save masks as PNG with one value per class, "
+                "or list the classes with --mask-values"
+            )
+    if ignore_value is not None:
+        seen.discard(ignore_value)
+    return MaskValues(sorted(seen), ignore_value)

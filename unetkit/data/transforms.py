@@ -1,0 +1,116 @@
+"""Joint image/mask augmentation, all on torch tensors and all drawn from torch's RNG (so a seed
+and the saved RNG state reproduce a run exactly).
+
+The geometric part is one resampling: a random scale, flip and 90-degree rotation become one affine
+grid, the U-Net paper's elastic deformation (smooth random displacements from a coarse 3x3 grid)
+is added to it, and a single grid_sample moves the image (bilinear) and the mask (nearest) together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AugmentConfig:
+    flips: bool = True
+    rotate90: bool = True
+    scale_range: tuple[float, float] = (0.8, 1.25)
+    elastic_sigma_px: float = 10.0  # std of the coarse-grid displacements, in output pixels
+    elastic_grid: int = 3
+    brightness: float = 0.1
+    contrast: float = 0.2
+    gamma: float = 0.2
+
+
+def random_patch_grid(
+    source_hw: tuple[int, int],
+    patch_hw: tuple[int, int],
+    aug: AugmentConfig | None,
+) -> torch.Tensor:
+    """A (1, h, w, 2) sampling grid, in grid_sample's [-1, 1] coordinates of the source image,
+    for a randomly placed (and, with `aug`, randomly scaled/flipped/rotated/warped) patch."""
+    src_h, src_w = source_hw
+    out_h, out_w = patch_hw
+    scale = 1.0
+    if aug is not None and aug.scale_range != (1.0, 1.0):
+        lo, hi = aug.scale_range
+        scale = float(torch.empty(1).uniform_(lo, hi))  # >1 zooms in: the patch covers less source
+    # Half-size of the patch in source pixels; the centre is drawn so the patch stays inside the
+    # image where it fits (reflection padding covers the rest).
+    half_h, half_w = out_h / scale / 2, out_w / scale / 2
+    cy = _uniform_center(src_h, half_h)
+    cx = _uniform_center(src_w, half_w)
+
+    ys = torch.linspace(-1, 1, out_h) * (half_h - 0.5 / scale)
+    xs = torch.linspace(-1, 1, out_w) * (half_w - 0.5 / scale)
+    offset_y, offset_x = torch.meshgrid(ys, xs, indexing="ij")  # source-pixel offsets from centre
+
+    if aug is not None:
+        if aug.rotate90 and out_h == out_w:
+            turns = int(torch.randint(0, 4, (1,)))
+            for _ in range(turns):
+                offset_y, offset_x = -offset_x, offset_y
+        if aug.flips:
+            if torch.rand(1) < 0.5:
+                offset_x = -offset_x
+            if torch.rand(1) < 0.5:
+                offset_y = -offset_y
+        if aug.elastic_sigma_px > 0:
+            coarse = torch.randn(1, 2, aug.elastic_grid, aug.elastic_grid) * aug.elastic_sigma_px
+            field = F.interpolate(coarse, size=(out_h, out_w), mode="bicubic", align_corners=True)
+            offset_y = offset_y + field[0, 0] / scale
+            offset_x = offset_x + field[0, 1] / scale
+
+    # Pixel centres -> normalised coordinates (align_corners=False convention).
+    grid_y = (cy + offset_y) / src_h * 2 - 1
+    grid_x = (cx + offset_x) / src_w * 2 - 1
+    return torch.stack([grid_x, grid_y], dim=-1)[None]
+
+
+def _uniform_center(size: int, half: float) -> float:
+    if size <= 2 * half:
+        return size / 2
+    # An integer start keeps an unscaled, unwarped patch on exact pixel centres (no resampling blur).
+    start = int(torch.randint(0, int(size - 2 * half) + 1, (1,)))
+    return start + half
+
+
+def apply_grid(image: torch.Tensor, mask: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resample image (C, H, W) bilinearly and mask (H, W) by nearest neighbour on one grid."""
+    image = F.grid_sample(image[None], grid, mode="bilinear", padding_mode="reflection", align_corners=False)[0]
+    mask = F.grid_sample(
+        mask[None, None].float(), grid, mode="nearest", padding_mode="reflection", align_corners=False
+    )[0, 0].to(mask.dtype)
+    return image, mask
+
+
+def jitter_intensity(image: torch.Tensor, aug: AugmentConfig) -> torch.Tensor:
+    """Random brightness, contrast and gamma on an image in [0, 1]."""
+    if aug.gamma > 0:
+        gamma = float(torch.empty(1).uniform_(1 - aug.gamma, 1 + aug.gamma))
+        image = image.clamp(0, 1) ** gamma
+    if aug.contrast > 0:
+        contrast = float(torch.empty(1).uniform_(1 - aug.contrast, 1 + aug.contrast))
+        mean = image.mean()
+        image = (image - mean) * contrast + mean
+    if aug.brightness > 0:
+        image = image + float(torch.empty(1).uniform_(-aug.brightness, aug.brightness))
+    return image
+
+
+def random_patch(
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    patch_hw: tuple[int, int],
+    aug: AugmentConfig | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training sample: a random patch of image (C, H, W) and mask (H, W), augmented if asked."""
+    grid = random_patch_grid(tuple(image.shape[-2:]), patch_hw, aug)
+    image, mask = apply_grid(image, mask, grid)
+    if aug is not None:
+        image = jitter_intensity(image, aug)
+    return image, mask

@@ -1,0 +1,64 @@
+"""What machine we are on, and the speed choices that depend on it (decided at run time)."""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from unetkit.errors import UnetkitError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UnetkitError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UnetkitError(f"device {name!r} asked for, but this machine has no CUDA GPU; use --device cpu")
+    return device
+
+
+def cpu_description() -> str:
+    """CPU model and the SIMD flags that decide conv speed, for logs and benchmarks."""
+    model = platform.processor() or platform.machine()
+    flags: set[str] = set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    wanted = ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]
+    have = [flag for flag in wanted if flag in flags]
+    return f"{model}; flags: {' '.join(have) or 'none of ' + '/'.join(wanted)}; threads: {torch.get_num_threads()}"
+
+
+def channels_last_is_faster(device: torch.device, dtype: torch.dtype | None) -> bool:
+    """Time a small 3x3 conv in both memory layouts and say whether NHWC won.
+
+    On GPUs with tensor cores NHWC is the native layout for 16-bit convs; on CPUs it depends on
+    the oneDNN kernels for that CPU, so we measure instead of guessing."""
+    if device.type == "cuda":
+        return dtype is not None
+    if device.type != "cpu":
+        return False
+    x = torch.randn(2, 32, 96, 96)
+    weight = torch.randn(32, 32, 3, 3)
+    timings = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        xs, ws = x.to(memory_format=layout), weight.to(memory_format=layout)
+        with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            F.conv2d(xs, ws, padding=1)
+            start = time.perf_counter()
+            for _ in range(3):
+                F.conv2d(xs, ws, padding=1)
+            timings.append(time.perf_counter() - start)
+    return timings[1] < timings[0]

@@ -1,0 +1,82 @@
+"""Segmentation losses for binary (one logit, sigmoid) and multi-class (softmax) models.
+
+The default adds cross-entropy, which gives every pixel a sharp gradient, to soft Dice, which
+measures overlap directly and so is not swamped when one class covers most pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unetkit.data.mask_values import IGNORE_ID
+
+LOSSES = ("ce+dice", "ce", "dice", "focal")
+
+
+def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """(N, K, H, W) logits -> per-class probabilities, with a binary model's one logit made into
+    two channels (background, foreground) so every loss and metric sees K >= 2 classes."""
+    if logits.shape[1] == 1:
+        foreground = torch.sigmoid(logits)
+        return torch.cat([1 - foreground, foreground], dim=1)
+    return torch.softmax(logits, dim=1)
+
+
+def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - mean over classes of 2|P.T| / (|P| + |T|), with sums over the whole batch."""
+    num_classes = probs.shape[1]
+    onehot = F.one_hot(target.clamp(0, num_classes - 1), num_classes).permute(0, 3, 1, 2)
+    valid = valid[:, None].to(probs.dtype)
+    onehot = onehot.to(probs.dtype) * valid
+    probs = probs * valid
+    dims = (0, 2, 3)
+    intersection = (probs * onehot).sum(dims)
+    total = probs.sum(dims) + onehot.sum(dims)
+    return 1 - ((2 * intersection + eps) / (total + eps)).mean()
+
+
+class SegmentationLoss(nn.Module):
+    """`kind` is one of LOSSES. `class_weights` has one weight per class (two for a binary
+    model: background, foreground); pixels whose class id is IGNORE_ID count for nothing."""
+
+    def __init__(
+        self,
+        kind: str = "ce+dice",
+        class_weights: Sequence[float] | None = None,
+        focal_gamma: float = 2.0,
+    ) -> None:
+        super().__init__()
+        if kind not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, not {kind!r}")
+        self.kind = kind
+        self.focal_gamma = focal_gamma
+        weights = torch.tensor(list(class_weights), dtype=torch.float32) if class_weights else None
+        self.register_buffer("class_weights", weights, persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        valid = target != IGNORE_ID
+        safe_target = torch.where(valid, target, torch.zeros_like(target))
+        loss = logits.new_zeros(())
+        if self.kind in ("ce+dice", "ce", "focal"):
+            loss = loss + self._pixel_loss(logits, safe_target, valid)
+        if self.kind in ("ce+dice", "dice"):
+            loss = loss + soft_dice_loss(class_probabilities(logits), safe_target, valid)
+        return loss
+
+    def _pixel_loss(self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        if logits.shape[1] == 1:
+            per_pixel = F.binary_cross_entropy_with_logits(logits[:, 0], target.to(logits.dtype), reduction="none")
+        else:
+            per_pixel = F.cross_entropy(logits, target, reduction="none")
+        if self.kind == "focal":
+            p_true = torch.exp(-per_pixel)  # the probability given to the true class
+            per_pixel = (1 - p_true) ** self.focal_gamma * per_pixel
+        weight = valid.to(per_pixel.dtype)
+        if self.class_weights is not None:
+            weight = weight * self.class_weights[target]
+        return (per_pixel * weight).sum() / weight.sum().clamp_min(1.0)

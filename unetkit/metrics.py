@@ -1,0 +1,120 @@
+"""Dice and IoU, the two overlap scores of segmentation, from a confusion matrix.
+
+For one class, with TP/FP/FN counted over pixels:
+    Dice = 2 TP / (2 TP + FP + FN)   -- exactly the F1 score of that class's pixels
+    IoU  = TP / (TP + FP + FN)       -- the Jaccard index; IoU = Dice / (2 - Dice)
+Scores for a data set are computed from the confusion matrix summed over all its pixels, not
+averaged per batch or per image (that would weight a small image like a large one).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from unetkit.data.mask_values import IGNORE_ID
+
+
+def predicted_classes(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """(N, K, H, W) logits -> (N, H, W) class ids; a binary model's one logit is thresholded."""
+    if logits.shape[1] == 1:
+        return (torch.sigmoid(logits[:, 0].float()) > threshold).long()
+    return logits.argmax(dim=1)
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(num_classes, num_classes) counts, rows = true class, columns = predicted class."""
+    keep = target != IGNORE_ID
+    index = target[keep].long() * num_classes + pred[keep].long()
+    return torch.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def dice_from_confusion(matrix: torch.Tensor) -> torch.Tensor:
+    """Per-class Dice; NaN for a class absent from both prediction and truth."""
+    matrix = matrix.double()
+    tp = matrix.diagonal()
+    denominator = matrix.sum(0) + matrix.sum(1)  # (TP + FP) + (TP + FN)
+    return torch.where(denominator > 0, 2 * tp / denominator, torch.nan)
+
+
+def iou_from_confusion(matrix: torch.Tensor) -> torch.Tensor:
+    """Per-class IoU (Jaccard); NaN for a class absent from both prediction and truth."""
+    matrix = matrix.double()
+    tp = matrix.diagonal()
+    union = matrix.sum(0) + matrix.sum(1) - tp
+    return torch.where(union > 0, tp / union, torch.nan)
+
+
+def summary_means(matrix: torch.Tensor, binary: bool) -> tuple[float, float]:
+    """The headline (Dice, IoU): for a binary task the foreground class's (class 1), otherwise
+    the mean over all classes, background included, skipping classes absent from both."""
+    dice, iou = dice_from_confusion(matrix), iou_from_confusion(matrix)
+    if binary:
+        return _nan_to_one(dice[1]), _nan_to_one(iou[1])
+    return float(dice.nanmean()), float(iou.nanmean())
+
+
+def _nan_to_one(value: torch.Tensor) -> float:
+    # No foreground in truth and none predicted: a perfect answer, not an undefined one.
+    return 1.0 if torch.isnan(value) else float(value)
+
+
+class SegmentationMetrics:
+    """Accumulates a confusion matrix over a data set and, optionally, scores per image."""
+
+    def __init__(self, num_classes: int, binary: bool) -> None:
+        self.num_classes = max(num_classes, 2)
+        self.binary = binary
+        self.matrix = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long)
+        self.per_image: list[dict] = []
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor, name: str | None = None) -> None:
+        matrix = confusion_matrix(pred.cpu(), target.cpu(), self.num_classes)
+        self.matrix += matrix
+        if name is not None:
+            dice, iou = summary_means(matrix, self.binary)
+            self.per_image.append({"file": name, "dice": dice, "iou": iou})
+
+    @property
+    def mean_dice(self) -> float:
+        return summary_means(self.matrix, self.binary)[0]
+
+    @property
+    def mean_iou(self) -> float:
+        return summary_means(self.matrix, self.binary)[1]
+
+    @property
+    def pixel_accuracy(self) -> float:
+        total = int(self.matrix.sum())
+        return float(self.matrix.diagonal().sum()) / total if total else float("nan")
+
+    def describe_mean(self) -> str:
+        if self.binary:
+            return "foreground class (class 1) only"
+        return f"mean over all {self.num_classes} classes, background included"
+
+    def report(self, mask_values: list[int] | None = None) -> dict:
+        """The evaluation record: headline means, pixel accuracy, per class and per image."""
+        dice, iou = dice_from_confusion(self.matrix), iou_from_confusion(self.matrix)
+        values = mask_values or list(range(self.num_classes))
+        return {
+            "mean_dice": self.mean_dice,
+            "mean_iou": self.mean_iou,
+            "mean_is": self.describe_mean(),
+            "pixel_accuracy": self.pixel_accuracy,
+            "num_images": len(self.per_image),
+            "per_class": [
+                {
+                    "class_id": k,
+                    "mask_value": values[k],
+                    "dice": _json_float(dice[k]),
+                    "iou": _json_float(iou[k]),
+                    "pixels": int(self.matrix[k].sum()),
+                }
+                for k in range(self.num_classes)
+            ],
+            "per_image": self.per_image,
+        }
+
+
+def _json_float(value: torch.Tensor) -> float | None:
+    return None if torch.isnan(value) else float(value)

@@ -1,0 +1,88 @@
+"""The named parts of a U-Net, as drawn in the paper's figure.
+
+DoubleConv is one "level" (two 3x3 conv + BN + ReLU). Down halves the size with a 2x2 max-pool.
+Up doubles it, either with a learned transposed convolution or with fixed bilinear interpolation
+followed by a conv; that choice is the one place the two upsampling styles differ.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Upsampling = Literal["transposed", "bilinear"]
+
+
+class ConvBNReLU(nn.Sequential):
+    """3x3 convolution, batch norm, ReLU. The bias is dropped because BatchNorm adds its own."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class DoubleConv(nn.Sequential):
+    """(3x3 conv -> BN -> ReLU) twice: the two convolutions of every U-Net level."""
+
+    def __init__(self, in_channels: int, out_channels: int, mid_channels: int | None = None) -> None:
+        mid = mid_channels or out_channels
+        super().__init__(ConvBNReLU(in_channels, mid), ConvBNReLU(mid, out_channels))
+
+
+class Down(nn.Sequential):
+    """2x2 max-pool (halves height and width), then a DoubleConv."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(nn.MaxPool2d(2), DoubleConv(in_channels, out_channels))
+
+
+class Up(nn.Module):
+    """Upsample x2, concatenate the skip connection from the encoder, then a DoubleConv.
+
+    transposed: ConvTranspose2d(k=2, s=2) learns the upsampling and halves the channels itself.
+    bilinear:   fixed bilinear interpolation (no parameters); the channel reduction then happens in
+                the DoubleConv, which is why the bilinear U-Net halves its bottleneck (as milesial does).
+    """
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, upsampling: Upsampling) -> None:
+        super().__init__()
+        self.upsampling = upsampling
+        if upsampling == "transposed":
+            self.up: nn.Module = nn.ConvTranspose2d(in_channels, in_channels // 2, 2, stride=2)
+            self.conv = DoubleConv(in_channels // 2 + skip_channels, out_channels)
+        elif upsampling == "bilinear":
+            self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+            merged = in_channels + skip_channels
+            self.conv = DoubleConv(merged, out_channels, mid_channels=merged // 2)
+        else:
+            raise ValueError(f"upsampling must be 'transposed' or 'bilinear', not {upsampling!r}")
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.up(x)
+        if x.shape[-2:] != skip.shape[-2:]:  # only when the caller did not pad to a multiple of 2**depth
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.conv(torch.cat([skip, x], dim=1))
+
+
+class OutConv(nn.Conv2d):
+    """1x1 convolution from features to one logit per class."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__(in_channels, num_classes, kernel_size=1)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Reflect-pad height and width up to a multiple, so any input size survives the pooling."""
+    height, width = x.shape[-2:]
+    pad_h = (-height) % multiple
+    pad_w = (-width) % multiple
+    if pad_h or pad_w:
+        mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+        x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+    return x, (height, width)

@@ -1,0 +1,20 @@
+from unetkit.train.amp import AmpPolicy, cpu_has_native_bf16, resolve_amp
+from unetkit.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from unetkit.train.config import TrainConfig
+from unetkit.train.loop import RunResult, Trainer, train
+from unetkit.train.schedulers import SCHEDULERS, Schedule
+
+__all__ = [
+    "SCHEDULERS",
+    "AmpPolicy",
+    "RunResult",
+    "Schedule",
+    "TrainConfig",
+    "Trainer",
+    "cpu_has_native_bf16",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "resolve_amp",
+    "save_checkpoint",
+    "train",
+]

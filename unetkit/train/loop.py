@@ -1,0 +1,401 @@
+"""Training, start to finish: config -> data -> model -> loss -> optimizer/scheduler -> epochs
+(train, validate, checkpoint) -> run folder."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from unetkit.data import (
+    AugmentConfig,
+    MaskValues,
+    Pair,
+    Preprocess,
+    SegmentationDataset,
+    channel_stats,
+    discover_mask_values,
+    find_pairs,
+    read_mask,
+)
+from unetkit.errors import UnetkitError
+from unetkit.hardware import channels_last_is_faster, cpu_description, resolve_device
+from unetkit.losses import SegmentationLoss
+from unetkit.metrics import SegmentationMetrics, predicted_classes
+from unetkit.models import create_model
+from unetkit.train.amp import AmpPolicy, resolve_amp
+from unetkit.train.checkpoint import load_checkpoint, save_checkpoint
+from unetkit.train.config import TrainConfig
+from unetkit.train.run_files import plot_curves, write_json, write_metrics_csv
+from unetkit.train.schedulers import Schedule
+
+OPTIMIZERS = ("adamw", "sgd", "rmsprop")
+# Options a resumed run may change; everything else comes from the checkpoint's config.
+RESUMABLE_OVERRIDES = ("epochs", "patience", "max_minutes", "progress", "workers", "device")
+
+
+@dataclass
+class RunResult:
+    out: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    history: list[dict[str, float]]
+    best_dice: float
+
+
+def split_pairs(pairs: Sequence[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """A seeded random validation split; at least one image on each side when fraction > 0."""
+    if fraction <= 0:
+        return list(pairs), []
+    if len(pairs) < 2:
+        raise UnetkitError(
+            f"{pairs[0].image.parent}: only one image, nothing left to validate on; "
+            "add images, pass --val-images/--val-masks, or set --val-fraction 0"
+        )
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = min(len(pairs) - 1, max(1, round(fraction * len(pairs))))
+    val = sorted(order[:n_val])
+    return [p for i, p in enumerate(pairs) if i not in set(val)], [pairs[i] for i in val]
+
+
+def build_optimizer(cfg: TrainConfig, params: Any) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":  # the U-Net paper: SGD with momentum 0.99
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "rmsprop":  # milesial/Pytorch-UNet's choice
+        return torch.optim.RMSprop(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    raise UnetkitError(f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def model_arguments(cfg: TrainConfig, in_channels: int, out_channels: int) -> dict[str, Any]:
+    if cfg.model == "dumbnet":
+        return {"in_channels": in_channels, "num_classes": out_channels, "width": cfg.base_channels}
+    return {
+        "in_channels": in_channels,
+        "num_classes": out_channels,
+        "base_channels": cfg.base_channels,
+        "depth": cfg.depth,
+        "upsampling": cfg.upsampling,
+    }
+
+
+def _resumed_config(cfg: TrainConfig, state: dict[str, Any]) -> TrainConfig:
+    saved = TrainConfig(**state["config"])
+    defaults = TrainConfig()
+    for name in RESUMABLE_OVERRIDES:
+        if getattr(cfg, name) != getattr(defaults, name):
+            setattr(saved, name, getattr(cfg, name))
+    saved.resume = cfg.resume
+    saved.out = str(Path(cfg.resume).parent) if cfg.out is None else cfg.out
+    return saved
+
+
+def _prepare_run_folder(cfg: TrainConfig) -> Path:
+    out = Path(cfg.out) if cfg.out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    if cfg.resume is None:
+        finished = [name for name in ("best.pt", "last.pt") if (out / name).exists()]
+        if finished:
+            raise UnetkitError(
+                f"{out / finished[0]}: the run folder already holds a checkpoint; "
+                f"continue it with --resume {out / 'last.pt'} or choose another --out"
+            )
+    return out
+
+
+class Trainer:
+    """Holds the pieces of one run; `fit()` runs the epochs."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        train_pairs: Sequence[Pair] | None = None,
+        val_pairs: Sequence[Pair] | None = None,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.log = log
+        resume_state = load_checkpoint(cfg.resume) if cfg.resume else None
+        if resume_state is not None:
+            cfg = _resumed_config(cfg, resume_state)
+        self.cfg = cfg
+        self.out = _prepare_run_folder(cfg)
+        self.device = resolve_device(cfg.device)
+
+        # --- data: pairs, classes, preprocessing; every file is decoded and checked here ---
+        if train_pairs is None:
+            if not cfg.images or not cfg.masks:
+                raise UnetkitError("train needs --images DIR and --masks DIR")
+            train_pairs = find_pairs(cfg.images, cfg.masks, cfg.mask_suffix)
+            if val_pairs is None and cfg.val_images:
+                if not cfg.val_masks:
+                    raise UnetkitError("--val-images needs --val-masks too")
+                val_pairs = find_pairs(cfg.val_images, cfg.val_masks, cfg.mask_suffix)
+            elif val_pairs is None:
+                train_pairs, val_pairs = split_pairs(train_pairs, cfg.val_fraction, cfg.seed)
+        self.train_pairs, self.val_pairs = list(train_pairs), list(val_pairs or [])
+
+        if resume_state is not None:
+            self.mask_values = MaskValues.from_dict(resume_state["mask_values"])
+            self.preprocess = Preprocess(**resume_state["preprocess"])
+        else:
+            if cfg.mask_values:
+                self.mask_values = MaskValues(cfg.mask_values, cfg.ignore_value)
+            else:
+                self.mask_values = discover_mask_values(
+                    ((p.mask, read_mask(p.mask)) for p in self.train_pairs), cfg.ignore_value
+                )
+            channels, mean, std = channel_stats(self.train_pairs)
+            self.preprocess = Preprocess(channels, mean, std, cfg.scale)
+        self.binary = self.mask_values.num_classes == 2 if cfg.binary is None else cfg.binary
+        if self.binary and self.mask_values.num_classes != 2:
+            raise UnetkitError(f"--binary needs masks with two values, found {self.mask_values.values}")
+        augment = None
+        if cfg.augment:
+            augment = AugmentConfig() if cfg.elastic else AugmentConfig(elastic_sigma_px=0.0)
+        self.train_set = SegmentationDataset(
+            self.train_pairs,
+            self.mask_values,
+            self.preprocess,
+            patch_size=cfg.patch_size,
+            augment=augment,
+            patches_per_image=cfg.patches_per_image,
+        )
+        self.val_set = SegmentationDataset(self.val_pairs, self.mask_values, self.preprocess)
+        self.train_set.check_all()
+        self.val_set.check_all()
+        if cfg.patch_size is None and cfg.batch_size > 1:
+            sizes = {tuple(self.train_set.load(i)[0].shape[-2:]) for i in range(len(self.train_pairs))}
+            if len(sizes) > 1:
+                raise UnetkitError(
+                    f"{cfg.images}: images have different sizes {sorted(sizes)[:3]}; "
+                    "set --patch-size to train on crops, or --batch-size 1"
+                )
+
+        # --- model, loss, optimisation ---
+        torch.manual_seed(cfg.seed)  # the same initial weights for the same seed
+        out_channels = 1 if self.binary else self.mask_values.num_classes
+        self.model_args = model_arguments(cfg, self.preprocess.in_channels, out_channels)
+        self.model: nn.Module = create_model(cfg.model, **self.model_args).to(self.device)
+        self.amp: AmpPolicy = resolve_amp(cfg.amp, self.device)
+        if cfg.channels_last == "auto":
+            self.channels_last = channels_last_is_faster(self.device, self.amp.dtype)
+        else:
+            self.channels_last = cfg.channels_last == "on"
+        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.model = self.model.to(memory_format=self.memory_format)
+        self.criterion = SegmentationLoss(cfg.loss, cfg.class_weights).to(self.device)
+        self.optimizer = build_optimizer(cfg, self.model.parameters())
+        workers = cfg.workers if cfg.workers is not None else (0 if (torch.get_num_threads() <= 4) else 4)
+        self.train_loader = DataLoader(
+            self.train_set,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            drop_last=len(self.train_set) > cfg.batch_size,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+        )
+        self.schedule = Schedule(
+            cfg.scheduler,
+            self.optimizer,
+            len(self.train_loader),
+            cfg.epochs,
+            cfg.warmup_epochs,
+            cfg.step_size,
+            cfg.gamma,
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp.use_scaler)
+
+        self.start_epoch = 1
+        self.history: list[dict[str, float]] = []
+        self.best_dice = -math.inf
+        self.epochs_since_best = 0
+        if resume_state is not None:
+            self._restore(resume_state)
+
+    # --- checkpoints ---
+    def _state(self, epoch: int) -> dict[str, Any]:
+        return {
+            "model_name": self.cfg.model,
+            "model_args": self.model_args,
+            "model": {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
+            "mask_values": self.mask_values.to_dict(),
+            "preprocess": self.preprocess.to_dict(),
+            "binary": self.binary,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,
+            "best_dice": self.best_dice,
+            "epochs_since_best": self.epochs_since_best,
+            "history": self.history,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+            "config": self.cfg.to_dict(),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch = state["epoch"] + 1
+        self.best_dice = state["best_dice"]
+        self.epochs_since_best = state["epochs_since_best"]
+        self.history = list(state["history"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    # --- one epoch of each kind ---
+    def train_one_epoch(self, epoch: int) -> float:
+        self.model.train()
+        total_loss = torch.zeros((), device=self.device)
+        batches = 0
+        bar = tqdm(
+            total=len(self.train_loader.dataset),
+            desc=f"epoch {epoch}/{self.cfg.epochs}",
+            unit="img",
+            disable=not self.cfg.progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        for images, masks in self.train_loader:
+            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+            masks = masks.to(self.device, non_blocking=True)
+            with self.amp.autocast(self.device):
+                logits = self.model(images)
+            loss = self.criterion(logits, masks)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.cfg.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.schedule.step_batch()
+            total_loss += loss.detach()
+            batches += 1
+            bar.update(images.shape[0])
+            if bar.n == images.shape[0] or batches % 5 == 0:  # .item() syncs: not every step
+                bar.set_postfix(loss=f"{float(total_loss) / batches:.4f}")
+        bar.close()
+        return float(total_loss) / max(1, batches)
+
+    @torch.no_grad()
+    def validate(self) -> tuple[float, SegmentationMetrics]:
+        self.model.eval()
+        metrics = SegmentationMetrics(self.mask_values.num_classes, self.binary)
+        total_loss = 0.0
+        for index in range(len(self.val_set)):
+            image, mask = self.val_set[index]
+            image = image[None].to(self.device, memory_format=self.memory_format)
+            mask = mask[None].to(self.device)
+            with self.amp.autocast(self.device):
+                logits = self.model(image)
+            total_loss += float(self.criterion(logits, mask))
+            metrics.update(predicted_classes(logits), mask)
+        return total_loss / max(1, len(self.val_set)), metrics
+
+    # --- the whole run ---
+    def fit(self, on_epoch_end: Callable[[dict[str, float]], None] | None = None) -> RunResult:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_json(
+            self.out / "config.json",
+            {
+                **cfg.to_dict(),
+                "resolved": {
+                    "device": str(self.device),
+                    "amp": self.amp.name,
+                    "amp_reason": self.amp.reason,
+                    "channels_last": self.channels_last,
+                    "cpu": cpu_description(),
+                    "mask_values": self.mask_values.values,
+                    "binary": self.binary,
+                    "model_args": self.model_args,
+                    "preprocess": self.preprocess.to_dict(),
+                    "train_images": [p.image.name for p in self.train_pairs],
+                    "val_images": [p.image.name for p in self.val_pairs],
+                },
+            },
+        )
+        params = sum(p.numel() for p in self.model.parameters())
+        self.log(
+            f"model {cfg.model} ({params / 1e6:.2f}M parameters) on {self.device}; "
+            f"{len(self.train_pairs)} training / {len(self.val_pairs)} validation images; "
+            f"classes {self.mask_values.values} ({'binary, sigmoid' if self.binary else 'softmax'})"
+        )
+        self.log(f"AMP: {self.amp.reason}; channels_last: {'on' if self.channels_last else 'off'}")
+        if self.start_epoch > 1:
+            self.log(f"resuming {cfg.resume} at epoch {self.start_epoch}")
+        started = time.perf_counter()
+        for epoch in range(self.start_epoch, cfg.epochs + 1):
+            torch.manual_seed(cfg.seed * 100_003 + epoch)  # same batches & augmentations on resume
+            epoch_start = time.perf_counter()
+            lr = self.optimizer.param_groups[0]["lr"]
+            train_loss = self.train_one_epoch(epoch)
+            if self.val_pairs:
+                val_loss, metrics = self.validate()
+                val_dice, val_iou = metrics.mean_dice, metrics.mean_iou
+            else:
+                val_loss, val_dice, val_iou = math.nan, math.nan, math.nan
+            self.schedule.step_epoch(val_dice)
+            row = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "val_dice": val_dice,
+                "val_iou": val_iou,
+                "lr": lr,
+                "seconds": time.perf_counter() - epoch_start,
+            }
+            self.history.append(row)
+            improved = not self.val_pairs or val_dice > self.best_dice
+            if improved:
+                self.best_dice = val_dice if self.val_pairs else self.best_dice
+                self.epochs_since_best = 0
+            else:
+                self.epochs_since_best += 1
+            state = self._state(epoch)
+            save_checkpoint(self.out / "last.pt", state)
+            if improved:
+                save_checkpoint(self.out / "best.pt", state)
+            write_metrics_csv(self.out / "metrics.csv", self.history)
+            plot_curves(self.out / "curves.png", self.history)
+            self.log(
+                f"epoch {epoch:>3}/{cfg.epochs}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
+                f"val Dice {val_dice:.4f}  val IoU {val_iou:.4f}  lr {lr:.2e}  {row['seconds']:.1f}s"
+                + ("  *best" if improved and self.val_pairs else "")
+            )
+            if on_epoch_end is not None:
+                on_epoch_end(row)
+            if cfg.patience is not None and self.epochs_since_best >= cfg.patience:
+                self.log(f"early stop: no better val Dice for {cfg.patience} epochs")
+                break
+            if cfg.max_minutes is not None and time.perf_counter() - started > cfg.max_minutes * 60:
+                self.log(f"stopping: the {cfg.max_minutes:g}-minute budget is spent")
+                break
+        return RunResult(self.out, self.out / "best.pt", self.out / "last.pt", self.history, self.best_dice)
+
+
+def train(
+    cfg: TrainConfig,
+    train_pairs: Sequence[Pair] | None = None,
+    val_pairs: Sequence[Pair] | None = None,
+    log: Callable[[str], None] = print,
+    on_epoch_end: Callable[[dict[str, float]], None] | None = None,
+) -> RunResult:
+    """Train a model as `cfg` says; returns where the checkpoints and logs are."""
+    return Trainer(cfg, train_pairs, val_pairs, log).fit(on_epoch_end)

@@ -1,0 +1,56 @@
+"""The run folder's human-readable files: metrics.csv, config.json and curves.png."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr", "seconds")
+
+
+def write_json(path: Path, data: Any) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+def write_metrics_csv(path: Path, history: list[dict[str, float]]) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in history:
+            writer.writerow({key: row[key] for key in COLUMNS})
+    os.replace(temporary, path)
+
+
+def plot_curves(path: Path, history: list[dict[str, float]]) -> None:
+    """Loss, Dice/IoU and learning rate against epoch, three panels side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    figure, (loss_ax, score_ax, lr_ax) = plt.subplots(1, 3, figsize=(13, 3.6))
+    loss_ax.plot(epochs, [r["train_loss"] for r in history], label="train")
+    loss_ax.plot(epochs, [r["val_loss"] for r in history], label="validation")
+    loss_ax.set_title("loss")
+    score_ax.plot(epochs, [r["val_dice"] for r in history], label="Dice (F1)")
+    score_ax.plot(epochs, [r["val_iou"] for r in history], label="IoU (Jaccard)")
+    score_ax.set_title("validation scores")
+    lr_ax.plot(epochs, [r["lr"] for r in history])
+    lr_ax.set_title("learning rate")
+    for axis in (loss_ax, score_ax, lr_ax):
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+    loss_ax.legend()
+    score_ax.legend()
+    figure.tight_layout()
+    temporary = path.with_name(f".{path.stem}.tmp.png")
+    figure.savefig(temporary, dpi=90)
+    plt.close(figure)
+    os.replace(temporary, path)
