@@ -219,3 +219,88 @@ def test_unsafe_checkpoint_is_refused_without_running_code(tmp_path, capsys):
 def test_resume_needs_a_real_checkpoint(tmp_path, capsys):
     code, _, err = run_cli(capsys, "train", "--resume", tmp_path / "gone" / "last.pt")
     assert_one_line_error(code, err, "last.pt", "not found")
+
+
+def test_twelve_classes_from_ids_0_to_11(tmp_path, capsys):
+    images, masks = make_shapes(tmp_path, count=4, size=(64, 64), values=tuple(range(12)))
+    code, _, _ = run_cli(
+        capsys,
+        "train",
+        "--images",
+        images,
+        "--masks",
+        masks,
+        "--out",
+        tmp_path / "run",
+        "--epochs",
+        "1",
+        "--base-channels",
+        "4",
+        "--depth",
+        "2",
+        "--patch-size",
+        "32",
+        "--no-progress",
+        "--val-fraction",
+        "0.25",
+    )
+    assert code == 0
+    checkpoint = tmp_path / "run" / "best.pt"
+    code, out, _ = run_cli(
+        capsys,
+        "evaluate",
+        "--checkpoint",
+        checkpoint,
+        "--images",
+        images,
+        "--masks",
+        masks,
+        "--json",
+        tmp_path / "e.json",
+        "--no-progress",
+    )
+    assert code == 0 and "mean over all 12 classes, background included" in out
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert [c["mask_value"] for c in report["per_class"]] == list(range(12))
+    code, _, _ = run_cli(capsys, "predict", "--checkpoint", checkpoint, images, "--out", tmp_path / "p")
+    assert code == 0
+    assert set(np.unique(np.asarray(Image.open(tmp_path / "p" / "img00.png")))) <= set(range(12))
+
+
+def test_explicit_validation_folders_and_early_stopping(tmp_path, capsys):
+    images, masks = make_shapes(tmp_path / "train", count=4)
+    val_images, val_masks = make_shapes(tmp_path / "val", count=2, seed=1)
+    code, out, _ = run_cli(
+        capsys,
+        "train",
+        "--images",
+        images,
+        "--masks",
+        masks,
+        "--val-images",
+        val_images,
+        "--val-masks",
+        val_masks,
+        "--out",
+        tmp_path / "run",
+        "--epochs",
+        "30",
+        "--patience",
+        "1",
+        "--lr",
+        "0",
+        "--scheduler",
+        "none",
+        "--base-channels",
+        "4",
+        "--depth",
+        "1",
+        "--patch-size",
+        "32",
+        "--no-progress",
+    )
+    assert code == 0 and "early stop" in out
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["resolved"]["val_images"] == ["img00.png", "img01.png"]
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]
+    assert len(rows) < 30

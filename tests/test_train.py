@@ -48,9 +48,7 @@ def test_tiny_training_really_learns(binary_data, tmp_path):
 
 def test_multiclass_training_learns(multiclass_data, tmp_path):
     images, masks = multiclass_data
-    cfg = tiny_config(
-        images, masks, tmp_path / "run", epochs=15, patches_per_image=8, augment=False, patch_size=48
-    )
+    cfg = tiny_config(images, masks, tmp_path / "run", epochs=15, patches_per_image=8, augment=False, patch_size=48)
     result = train(cfg, log=lambda _: None)
     state = load_checkpoint(result.best_checkpoint)
     assert state["model_args"]["num_classes"] == 5 and state["binary"] is False

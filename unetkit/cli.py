@@ -159,7 +159,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from unetkit.train import train
 
     result = train(config_from_args(args))
-    print(f"checkpoints: {result.best_checkpoint} (best val Dice {result.best_dice:.4f}), {result.last_checkpoint}")
+    best = f"best val Dice {result.best_dice:.4f}" if result.best_dice > -1 else "no validation: best = last"
+    print(f"checkpoints: {result.best_checkpoint} ({best}), {result.last_checkpoint}")
     print(f"logs: {result.out / 'metrics.csv'}, {result.out / 'curves.png'}")
 
 
@@ -264,10 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"unetkit {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            f"unetkit {args.command}: interrupted; the last finished epoch is in last.pt (continue with --resume)",
-            file=sys.stderr,
-        )
+        hint = "; the last finished epoch is in last.pt (continue with --resume)" if args.command == "train" else ""
+        print(f"unetkit {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
     return 0
 
