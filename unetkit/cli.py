@@ -164,12 +164,28 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"logs: {result.out / 'metrics.csv'}, {result.out / 'curves.png'}")
 
 
+def predictor_from_args(args: argparse.Namespace):
+    from unetkit.inference import InferenceOptions, Predictor
+
+    options = InferenceOptions(
+        tiling=args.tiling,
+        tile=args.tile,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        tta=args.tta,
+        progress=not args.no_progress,
+    )
+    source = args.onnx or args.checkpoint
+    if source is None:
+        raise UnetkitError("give the model with --checkpoint CKPT (or --onnx MODEL.onnx)")
+    return Predictor(source, device=args.device, amp=args.amp, options=options)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from unetkit.data import find_pairs
     from unetkit.evaluate import evaluate_pairs, format_report
-    from unetkit.inference import Predictor
 
-    predictor = Predictor(args.checkpoint, device=args.device)
+    predictor = predictor_from_args(args)
     pairs = find_pairs(args.images, args.masks, args.mask_suffix)
     report = evaluate_pairs(predictor, pairs, args.threshold, progress=not args.no_progress)
     print(format_report(report))
@@ -181,12 +197,32 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from unetkit.inference import Predictor
     from unetkit.predict import predict_files
 
-    predictor = Predictor(args.checkpoint, device=args.device)
-    written = predict_files(predictor, args.inputs, args.out, args.threshold, args.overlay, not args.no_progress)
+    predictor = predictor_from_args(args)
+    written = predict_files(
+        predictor, args.inputs, args.out, args.threshold, args.overlay, args.probabilities, not args.no_progress
+    )
     print(f"wrote {len(written)} mask(s) to {args.out}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from unetkit.export import export_onnx
+
+    difference = export_onnx(args.checkpoint, args.onnx)
+    print(f"wrote {args.onnx}; ONNX Runtime vs PyTorch max abs logit difference {difference:.2e}")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from unetkit.check import check_dataset, format_check
+
+    report = check_dataset(args.images, args.masks, args.mask_suffix)
+    print(format_check(report))
+    if args.json:
+        from unetkit.train.run_files import write_json
+
+        write_json(Path(args.json), report)
+    return 0 if report["ok"] else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -211,12 +247,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     def add_inference_arguments(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt from a run")
+        model = p.add_mutually_exclusive_group(required=True)
+        model.add_argument("--checkpoint", help="a best.pt or last.pt from a run")
+        model.add_argument("--onnx", help="an exported model.onnx (run with ONNX Runtime) instead of a checkpoint")
         p.add_argument(
             "--threshold",
             type=float,
             default=0.5,
             help="foreground probability cut-off for binary models (default 0.5)",
+        )
+        p.add_argument(
+            "--tiling",
+            choices=["auto", "on", "off"],
+            default="auto",
+            help="overlapping tiles: auto tiles images above 1024x1024 pixels (default auto)",
+        )
+        p.add_argument("--tile", type=int, default=512, help="tile size in pixels, at the model's scale (default 512)")
+        p.add_argument(
+            "--overlap",
+            type=int,
+            default=64,
+            help="overlap between tiles in pixels; blended with a Gaussian window (default 64)",
+        )
+        p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default 4)")
+        p.add_argument(
+            "--tta",
+            action="store_true",
+            help="test-time augmentation: average flipped (and, for square tiles, rotated) predictions",
+        )
+        p.add_argument(
+            "--amp",
+            choices=AMP_MODES,
+            default="auto",
+            help="mixed precision for PyTorch models, as for train (default auto)",
         )
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -242,7 +305,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
     p.add_argument("--out", required=True, help="folder for the masks")
     p.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png, the mask over the image")
+    p.add_argument(
+        "--probabilities", action="store_true", help="also write <name>_probs.tif: float32, one channel per class"
+    )
     p.set_defaults(func=cmd_predict)
+
+    p = commands.add_parser(
+        "export",
+        help="export a checkpoint to ONNX for deployment",
+        description="Export to ONNX (dynamic batch, height, width), checked against PyTorch with ONNX Runtime.",
+    )
+    p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt from a run")
+    p.add_argument("--onnx", required=True, help="output .onnx file")
+    p.set_defaults(func=cmd_export)
+
+    p = commands.add_parser(
+        "check",
+        help="check a data set before training (exit 1 if training would fail)",
+        description="The data set doctor: pairs, sizes, channels, mask values, class fractions, broken files.",
+    )
+    p.add_argument("--images", required=True, help="folder of images")
+    p.add_argument("--masks", required=True, help="folder of masks")
+    p.add_argument("--mask-suffix", help="mask name = image stem + this (default: tried automatically)")
+    p.add_argument("--json", help="also write the report to this file")
+    p.set_defaults(func=cmd_check)
 
     p = commands.add_parser(
         "demo",
@@ -260,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except UnetkitError as err:
         print(f"unetkit {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -268,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = "; the last finished epoch is in last.pt (continue with --resume)" if args.command == "train" else ""
         print(f"unetkit {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

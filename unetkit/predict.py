@@ -1,5 +1,5 @@
 """Masks for new images: files or folders in, one PNG mask per image out (same size, in the
-user's mask values), optionally with overlays."""
+user's mask values), optionally probability maps and overlays."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from unetkit.data import IMAGE_EXTENSIONS, list_images, read_image
 from unetkit.errors import UnetkitError
 from unetkit.inference import Predictor, overlay, save_png
+from unetkit.inference.outputs import save_probabilities
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -43,18 +44,25 @@ def predict_files(
     out: str | Path,
     threshold: float = 0.5,
     write_overlay: bool = False,
+    write_probabilities: bool = False,
     progress: bool = True,
 ) -> list[Path]:
-    """Predict every input; returns the written mask paths."""
+    """Predict every input into `out`: <stem>.png, and <stem>_overlay.png / <stem>_probs.tif if
+    asked. Returns the written mask paths."""
     files = collect_inputs(inputs)
     out = Path(out)
+    legend = [f"value {value}" for value in predictor.mask_values.values]
     written = []
-    for path in tqdm(files, desc="predict", unit="img", disable=not progress, leave=False):
+    for path in tqdm(files, desc="predict", unit="img", disable=not progress or len(files) < 2, leave=False):
         image = read_image(path)
-        class_ids = predictor.class_ids(image, path, threshold)
+        logits = predictor.logits(image, path)
+        class_ids = predictor.class_ids_from_logits(logits, threshold)
         mask_path = out / f"{path.stem}.png"
         save_png(mask_path, predictor.mask_values.decode(class_ids))
+        if write_probabilities:
+            save_probabilities(out / f"{path.stem}_probs.tif", predictor.probabilities(logits))
+        del logits
         if write_overlay:
-            save_png(out / f"{path.stem}_overlay.png", overlay(image, class_ids))
+            save_png(out / f"{path.stem}_overlay.png", overlay(image, class_ids, legend))
         written.append(mask_path)
     return written

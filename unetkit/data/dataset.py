@@ -48,7 +48,7 @@ class Preprocess:
         """(H, W, C) float image in [0, 1] -> (C, h, w) tensor at the model's scale, still in
         [0, 1]: augmentation (gamma, contrast) works on this, normalisation comes after."""
         image = match_channels(image, self.in_channels, path)
-        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        tensor = torch.tensor(image.transpose(2, 0, 1))  # always a copy, so normalize can work in place
         if self.scale != 1.0:
             size = scaled_size(tensor.shape[-2:], self.scale)
             tensor = F.interpolate(tensor[None], size=size, mode="bilinear", antialias=True)[0]
@@ -62,7 +62,10 @@ class Preprocess:
 
     def image_tensor(self, image: np.ndarray, path: Path) -> torch.Tensor:
         """(H, W, C) float image -> the normalised (C, h, w) tensor the model takes."""
-        return self.normalize(self.resized_image(image, path))
+        tensor = self.resized_image(image, path)  # a fresh copy: normalise it in place
+        mean = torch.tensor(self.mean).view(-1, 1, 1)
+        std = torch.tensor(self.std).view(-1, 1, 1)
+        return tensor.sub_(mean).div_(std)
 
     def mask_tensor(self, class_ids: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(class_ids)

@@ -57,32 +57,46 @@ def _describe(names: list[str], limit: int = 3) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def find_pairs(images_dir: str | Path, masks_dir: str | Path, mask_suffix: str | None = None) -> list[Pair]:
-    """Pair every image with the mask of the same stem (plus `mask_suffix`, found if not given)."""
-    images_dir, masks_dir = Path(images_dir), Path(masks_dir)
+@dataclass
+class Matching:
+    """The outcome of pairing two folders, kept whole so `unetkit check` can report every problem."""
+
+    pairs: list[Pair]
+    suffix: str
+    images_without_masks: list[str]
+    masks_without_images: list[str]
+
+
+def match_folders(images_dir: Path, masks_dir: Path, mask_suffix: str | None = None) -> Matching:
+    """Pair images and masks by stem (plus `mask_suffix`, the best-matching common suffix if not given)."""
     images = _by_stem(list_images(images_dir, "images"), images_dir)
     masks = _by_stem(list_images(masks_dir, "masks"), masks_dir)
-
     suffixes = COMMON_MASK_SUFFIXES if mask_suffix is None else (mask_suffix,)
-    best_suffix, best_hits = suffixes[0], -1
-    for suffix in suffixes:
-        hits = sum(stem + suffix in masks for stem in images)
-        if hits > best_hits:
-            best_suffix, best_hits = suffix, hits
-    suffix = best_suffix
+    suffix = max(suffixes, key=lambda s: sum(stem + s in masks for stem in images))  # first wins ties
+    mask_stems = {stem + suffix for stem in images}
+    return Matching(
+        pairs=[Pair(images[stem], masks[stem + suffix]) for stem in sorted(images) if stem + suffix in masks],
+        suffix=suffix,
+        images_without_masks=[images[stem].name for stem in sorted(images) if stem + suffix not in masks],
+        masks_without_images=[masks[stem].name for stem in sorted(masks) if stem not in mask_stems],
+    )
 
-    unmatched_images = [images[s].name for s in images if s + suffix not in masks]
-    mask_stems = {s + suffix for s in images}
-    unmatched_masks = [masks[s].name for s in masks if s not in mask_stems]
-    hint = f" (mask names are '<image name>{suffix}')" if suffix else ""
-    if unmatched_images:
+
+def find_pairs(images_dir: str | Path, masks_dir: str | Path, mask_suffix: str | None = None) -> list[Pair]:
+    """Pair every image with its mask; any image or mask left over is an error naming it."""
+    images_dir, masks_dir = Path(images_dir), Path(masks_dir)
+    matching = match_folders(images_dir, masks_dir, mask_suffix)
+    hint = f" (mask names are '<image name>{matching.suffix}')" if matching.suffix else ""
+    if matching.images_without_masks:
+        missing = matching.images_without_masks
         raise UnetkitError(
-            f"{images_dir}: {len(unmatched_images)} image(s) have no mask in {masks_dir}{hint}: "
-            f"{_describe(unmatched_images)}; add their masks, remove them, or set --mask-suffix"
+            f"{images_dir}: {len(missing)} image(s) have no mask in {masks_dir}{hint}: "
+            f"{_describe(missing)}; add their masks, remove them, or set --mask-suffix"
         )
-    if unmatched_masks:
+    if matching.masks_without_images:
+        orphans = matching.masks_without_images
         raise UnetkitError(
-            f"{masks_dir}: {len(unmatched_masks)} mask(s) have no image in {images_dir}{hint}: "
-            f"{_describe(unmatched_masks)}; add their images or remove them"
+            f"{masks_dir}: {len(orphans)} mask(s) have no image in {images_dir}{hint}: "
+            f"{_describe(orphans)}; add their images or remove them"
         )
-    return [Pair(images[stem], masks[stem + suffix]) for stem in sorted(images)]
+    return matching.pairs

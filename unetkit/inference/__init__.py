@@ -1,4 +1,5 @@
-from unetkit.inference.outputs import overlay, save_png
-from unetkit.inference.predictor import Predictor
+from unetkit.inference.outputs import overlay, save_png, save_probabilities
+from unetkit.inference.predictor import InferenceOptions, Predictor
+from unetkit.inference.tiling import predict_tiled, with_tta
 
-__all__ = ["Predictor", "overlay", "save_png"]
+__all__ = ["InferenceOptions", "Predictor", "overlay", "predict_tiled", "save_png", "save_probabilities", "with_tta"]

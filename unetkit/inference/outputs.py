@@ -1,49 +1,76 @@
-"""Writing predictions: masks in the user's own values, and overlays for people to look at."""
+"""Writing predictions: masks in the user's own values, probability maps, and overlays for people
+to look at. Every file is written to a temporary name and renamed, so an interrupted run never
+leaves a truncated file behind."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+import tifffile
+from PIL import Image, ImageDraw
 
 # Distinct colours for classes 1, 2, ...; class 0 (usually background) is left uncoloured.
 PALETTE = np.array(
-    [
-        [230, 25, 75],
-        [60, 180, 75],
-        [255, 225, 25],
-        [0, 130, 200],
-        [245, 130, 48],
-        [145, 30, 180],
-        [70, 240, 240],
-        [240, 50, 230],
-        [210, 245, 60],
-        [250, 190, 212],
-        [0, 128, 128],
-        [220, 190, 255],
-    ],
+    [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180],
+     [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128], [220, 190, 255]],
     dtype=np.float32,
-)
+)  # fmt: skip
+
+
+def _atomic_path(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.stem}.tmp{path.suffix}")
 
 
 def save_png(path: Path, array: np.ndarray) -> None:
-    """Write atomically, so an interrupted run leaves no truncated PNG behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.tmp.png")
-    Image.fromarray(array).save(temporary)
+    temporary = _atomic_path(path)
+    Image.fromarray(array).save(temporary, format="PNG")
     os.replace(temporary, path)
 
 
-def overlay(image: np.ndarray, class_ids: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """Blend a colour per class (class 0 left clear) over an (H, W, C) image in [0, 1]."""
-    rgb = image[:, :, :3] if image.shape[2] >= 3 else np.repeat(image[:, :, :1], 3, axis=2)
-    rgb = np.clip(rgb, 0, 1) * 255
-    colours = np.zeros((int(class_ids.max()) + 1, 3), dtype=np.float32)
+def save_probabilities(path: Path, probabilities: np.ndarray) -> None:
+    """(K, H, W) float32 probabilities as a K-page-plane TIFF, one channel per class."""
+    temporary = _atomic_path(path)
+    tifffile.imwrite(temporary, probabilities.astype(np.float32), photometric="minisblack", compression="zlib")
+    os.replace(temporary, path)
+
+
+def class_colour(class_id: int) -> np.ndarray:
+    return PALETTE[(class_id - 1) % len(PALETTE)]
+
+
+def overlay(
+    image: np.ndarray, class_ids: np.ndarray, labels: Sequence[str] | None = None, alpha: float = 0.45
+) -> np.ndarray:
+    """Blend a colour per class (class 0 left clear) over an (H, W, C) image in [0, 1]; with
+    `labels` (one per class) a legend box is drawn in the top-left corner."""
+    colours = np.zeros((max(int(class_ids.max()) + 1, len(labels or [])), 3), dtype=np.float32)
     for class_id in range(1, len(colours)):
-        colours[class_id] = PALETTE[(class_id - 1) % len(PALETTE)]
-    painted = class_ids > 0
-    blended = rgb.copy()
-    blended[painted] = (1 - alpha) * rgb[painted] + alpha * colours[class_ids[painted]]
-    return blended.round().astype(np.uint8)
+        colours[class_id] = class_colour(class_id)
+    result = np.empty((*class_ids.shape, 3), dtype=np.uint8)
+    for top in range(0, class_ids.shape[0], 256):  # in stripes: whole-image float copies of a 4096^2 image cost GBs
+        rows = slice(top, top + 256)
+        part = image[rows, :, :3] if image.shape[2] >= 3 else np.repeat(image[rows, :, :1], 3, axis=2)
+        rgb = np.clip(part, 0, 1) * 255
+        ids = class_ids[rows]
+        painted = ids > 0
+        rgb[painted] = (1 - alpha) * rgb[painted] + alpha * colours[ids[painted]]
+        result[rows] = rgb.round()
+    return draw_legend(result, labels) if labels else result
+
+
+def draw_legend(rgb: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+    picture = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(picture)
+    line = 12
+    width = 18 + 7 * max(len(label) for label in labels)
+    draw.rectangle([2, 2, 2 + width, 4 + line * len(labels)], fill=(0, 0, 0))
+    for class_id, label in enumerate(labels):
+        top = 4 + class_id * line
+        colour = (128, 128, 128) if class_id == 0 else tuple(int(c) for c in class_colour(class_id))
+        draw.rectangle([5, top + 1, 13, top + 9], fill=colour, outline=(255, 255, 255))
+        draw.text((17, top), label, fill=(255, 255, 255))
+    return np.asarray(picture)

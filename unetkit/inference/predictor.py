@@ -1,8 +1,10 @@
-"""A trained model, ready to turn images into masks: the checkpoint's model, preprocessing and
-mask values together, so a prediction is made exactly the way training saw its data."""
+"""A trained model, ready to turn images into masks: the checkpoint's model (or its ONNX export),
+preprocessing and mask values together, so a prediction is made exactly the way training saw its
+data. Large images go through overlapping tiles; `tta` averages flipped/rotated views."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,41 +13,104 @@ import torch
 import torch.nn.functional as F
 
 from unetkit.data import MaskValues, Preprocess, read_image
+from unetkit.errors import UnetkitError
 from unetkit.hardware import resolve_device
+from unetkit.inference.tiling import Forward, predict_tiled, with_tta
+from unetkit.losses import class_probabilities
 from unetkit.metrics import predicted_classes
 from unetkit.train.amp import resolve_amp
 from unetkit.train.checkpoint import load_checkpoint, model_from_checkpoint
 
+TILING_MODES = ("auto", "on", "off")
+AUTO_TILING_PIXELS = 1024 * 1024  # above this many pixels (at the model's scale) "auto" tiles
+
+
+@dataclass
+class InferenceOptions:
+    tiling: str = "auto"  # auto: tile images above AUTO_TILING_PIXELS; on: always; off: never
+    tile: int = 512
+    overlap: int = 64
+    batch_size: int = 4  # tiles per forward pass
+    tta: bool = False
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.tiling not in TILING_MODES:
+            raise UnetkitError(f"--tiling must be one of {', '.join(TILING_MODES)}, not {self.tiling!r}")
+        if self.tile < 16:
+            raise UnetkitError(f"--tile {self.tile} is too small; use 16 pixels or more (default 512)")
+        if not 0 <= self.overlap < self.tile:
+            raise UnetkitError(f"--overlap {self.overlap} must be at least 0 and smaller than --tile {self.tile}")
+        if self.batch_size < 1:
+            raise UnetkitError(f"--batch-size {self.batch_size} must be at least 1")
+
 
 class Predictor:
-    def __init__(self, checkpoint: str | Path | dict[str, Any], device: str = "auto", amp: str = "auto") -> None:
-        state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-        self.device = resolve_device(device)
-        self.model = model_from_checkpoint(state).to(self.device)
+    """Load from a checkpoint (best.pt / last.pt, or its already loaded dict) or an exported .onnx."""
+
+    def __init__(
+        self,
+        source: str | Path | dict[str, Any],
+        device: str = "auto",
+        amp: str = "auto",
+        options: InferenceOptions | None = None,
+    ) -> None:
+        self.options = options or InferenceOptions()
+        if isinstance(source, str | Path) and Path(source).suffix.lower() == ".onnx":
+            from unetkit.inference.onnx_runtime import OnnxModel
+
+            onnx_model = OnnxModel(source)
+            state, self._forward = onnx_model.metadata, onnx_model
+        else:
+            state = source if isinstance(source, dict) else load_checkpoint(source)
+            self.device = resolve_device(device)
+            self.amp = resolve_amp(amp, self.device)
+            self.model = model_from_checkpoint(state).to(self.device)
+            self._forward = self._torch_forward
         self.mask_values = MaskValues.from_dict(state["mask_values"])
         self.preprocess = Preprocess(**state["preprocess"])
         self.binary: bool = state["binary"]
-        self.amp = resolve_amp(amp, self.device)
+        self.num_outputs = 1 if self.binary else self.mask_values.num_classes
 
     @property
     def num_classes(self) -> int:
         return self.mask_values.num_classes
 
-    @torch.no_grad()
+    def _torch_forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), self.amp.autocast(self.device):
+            return self.model(x.to(self.device)).float().cpu()
+
+    @torch.inference_mode()
     def logits(self, image: np.ndarray, path: str | Path = "image") -> torch.Tensor:
         """(H, W, C) image in [0, 1] -> (1, K, H, W) float32 logits at the image's own size."""
         height, width = image.shape[:2]
-        x = self.preprocess.image_tensor(image, Path(path))[None].to(self.device)
-        with self.amp.autocast(self.device):
-            logits = self.model(x)
-        logits = logits.float()
+        x = self.preprocess.image_tensor(image, Path(path))
+        forward: Forward = with_tta(self._forward) if self.options.tta else self._forward
+        opts = self.options
+        tiled = opts.tiling == "on" or (opts.tiling == "auto" and x.shape[-1] * x.shape[-2] > AUTO_TILING_PIXELS)
+        if tiled:
+            logits = predict_tiled(
+                forward, x, self.num_outputs, opts.tile, opts.overlap, opts.batch_size, opts.progress
+            )[None]
+        else:
+            logits = forward(x[None])
+        del x
         if logits.shape[-2:] != (height, width):  # the model ran at a scaled size
             logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
         return logits
 
     def class_ids(self, image: np.ndarray, path: str | Path = "image", threshold: float = 0.5) -> np.ndarray:
         """(H, W) class ids for an (H, W, C) image."""
-        return predicted_classes(self.logits(image, path), threshold)[0].cpu().numpy().astype(np.uint8)
+        return self.class_ids_from_logits(self.logits(image, path), threshold)
+
+    @staticmethod
+    def class_ids_from_logits(logits: torch.Tensor, threshold: float = 0.5) -> np.ndarray:
+        return predicted_classes(logits, threshold)[0].numpy().astype(np.uint8)
+
+    @staticmethod
+    def probabilities(logits: torch.Tensor) -> np.ndarray:
+        """(K, H, W) float32 per-class probabilities (two channels for a binary model)."""
+        return class_probabilities(logits)[0].numpy().astype(np.float32)
 
     def predict_file(self, path: str | Path, threshold: float = 0.5) -> np.ndarray:
         """The mask, in the original mask values, for one image file."""

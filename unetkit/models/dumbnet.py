@@ -15,12 +15,13 @@ from unetkit.models.blocks import ConvBNReLU, OutConv, pad_to_multiple
 class DumbNet(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, width: int = 16) -> None:
         super().__init__()
+        self.size_multiple = 2
         self.down = ConvBNReLU(in_channels, width, stride=2)
         self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
         self.conv = ConvBNReLU(width, width)
         self.head = OutConv(width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, (height, width) = pad_to_multiple(x, 2)
+        x, (height, width) = pad_to_multiple(x, self.size_multiple)
         x = self.conv(self.up(self.down(x)))
         return self.head(x)[..., :height, :width]

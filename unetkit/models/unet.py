@@ -24,6 +24,7 @@ class UNet(nn.Module):
         if depth < 1:
             raise ValueError(f"depth must be at least 1, not {depth}")
         self.depth = depth
+        self.size_multiple = 2**depth  # each level halves the size
         widths = [base_channels * 2**level for level in range(depth + 1)]
         # Bilinear upsampling has no learned channel reduction, so the bottleneck is halved
         # to keep the decoder's concatenations the same width as the transposed variant.
@@ -43,7 +44,7 @@ class UNet(nn.Module):
         self.outc = OutConv(widths[0], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, (height, width) = pad_to_multiple(x, 2**self.depth)
+        x, (height, width) = pad_to_multiple(x, self.size_multiple)
         skips = [self.inc(x)]
         for down in self.downs:
             skips.append(down(skips[-1]))

@@ -1,0 +1,192 @@
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+from synthetic import make_shapes
+
+from unetkit.cli import main
+from unetkit.inference import InferenceOptions, Predictor, predict_tiled, with_tta
+from unetkit.inference.tiling import gaussian_window, tile_boxes
+from unetkit.models import UNet
+
+
+def eval_model_with_batchnorm_stats() -> UNet:
+    torch.manual_seed(0)
+    model = UNet(1, 3, base_channels=4, depth=2)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def forward_of(model):
+    def forward(x):
+        with torch.no_grad():
+            return model(x)
+
+    return forward
+
+
+@pytest.mark.parametrize("size", [(150, 130), (97, 203), (40, 50)])
+def test_tiled_prediction_matches_whole_image(size):
+    model = eval_model_with_batchnorm_stats()
+    image = torch.randn(1, *size)
+    whole = forward_of(model)(image[None])[0]
+    tiled = predict_tiled(forward_of(model), image, 3, tile=64, overlap=32, batch_size=3)
+    assert tiled.shape == whole.shape
+    difference = (torch.softmax(tiled, 0) - torch.softmax(whole, 0)).abs().max()
+    assert difference < 0.05
+    assert (tiled.argmax(0) == whole.argmax(0)).float().mean() >= 0.999
+
+
+def test_tiles_cover_every_pixel_and_stay_inside():
+    for height, width in ((100, 100), (513, 70), (20, 1000)):
+        cover = torch.zeros(height, width)
+        for top, left, h, w in tile_boxes(height, width, 64, 16):
+            assert top >= 0 and left >= 0 and top + h <= height and left + w <= width
+            cover[top : top + h, left : left + w] += 1
+        assert cover.min() >= 1
+    window = gaussian_window(64, 64)
+    assert window.max() == 1 and window.min() > 0 and window[32, 32] > window[0, 0]
+
+
+def test_tta_keeps_shape_and_is_deterministic():
+    model = eval_model_with_batchnorm_stats()
+    for shape in ((2, 1, 32, 32), (1, 1, 24, 40)):  # square adds rotations, non-square only flips
+        x = torch.randn(*shape)
+        first, second = with_tta(forward_of(model))(x), with_tta(forward_of(model))(x)
+        assert first.shape == (shape[0], 3, *shape[2:])
+        assert torch.equal(first, second)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inference")
+    images, masks = make_shapes(root, count=5, size=(48, 64))
+    assert (
+        main(
+            [
+                "train",
+                "--images",
+                str(images),
+                "--masks",
+                str(masks),
+                "--out",
+                str(root / "run"),
+                "--epochs",
+                "2",
+                "--base-channels",
+                "4",
+                "--depth",
+                "2",
+                "--patch-size",
+                "32",
+                "--no-progress",
+                "--amp",
+                "off",
+            ]
+        )
+        == 0
+    )
+    return root, images, masks, root / "run" / "best.pt"
+
+
+def test_predict_tiled_tta_probabilities_and_legend(trained, tmp_path, capsys):
+    _root, images, _masks, checkpoint = trained
+    code = main(
+        [
+            "predict",
+            "--checkpoint",
+            str(checkpoint),
+            str(images),
+            "--out",
+            str(tmp_path / "p"),
+            "--tiling",
+            "on",
+            "--tile",
+            "32",
+            "--overlap",
+            "8",
+            "--tta",
+            "--probabilities",
+            "--overlay",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    probabilities = tifffile.imread(tmp_path / "p" / "img00_probs.tif")
+    assert probabilities.shape == (2, 48, 64) and probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities.sum(0), 1, atol=1e-5)
+    mask = np.asarray(Image.open(tmp_path / "p" / "img00.png"))
+    assert np.array_equal(mask == 255, probabilities[1] > 0.5)
+    assert np.asarray(Image.open(tmp_path / "p" / "img00_overlay.png")).shape == (48, 64, 3)
+
+
+def test_onnx_export_matches_pytorch_and_predicts_the_same_masks(trained, tmp_path, capsys):
+    _root, images, _masks, checkpoint = trained
+    assert main(["export", "--checkpoint", str(checkpoint), "--onnx", str(tmp_path / "m.onnx")]) == 0
+    assert "max abs logit difference" in capsys.readouterr().out
+    onnx_predictor = Predictor(tmp_path / "m.onnx")
+    torch_predictor = Predictor(checkpoint, amp="off")
+    for size in ((48, 64), (37, 91)):  # two sizes, one export; 37x91 is not a multiple of 4
+        image = np.random.default_rng(1).random((*size, 1), dtype=np.float32)
+        np.testing.assert_allclose(onnx_predictor.logits(image), torch_predictor.logits(image), atol=1e-4)
+    main(["predict", "--onnx", str(tmp_path / "m.onnx"), str(images), "--out", str(tmp_path / "onnx")])
+    main(["predict", "--checkpoint", str(checkpoint), str(images), "--out", str(tmp_path / "torch"), "--amp", "off"])
+    for mask in (tmp_path / "torch").iterdir():
+        assert np.array_equal(np.asarray(Image.open(mask)), np.asarray(Image.open(tmp_path / "onnx" / mask.name)))
+
+
+def test_inference_options_are_checked():
+    from unetkit.errors import UnetkitError
+
+    with pytest.raises(UnetkitError, match="--overlap 64 must be .* smaller than --tile 32"):
+        InferenceOptions(tile=32, overlap=64)
+    with pytest.raises(UnetkitError, match="--tiling"):
+        InferenceOptions(tiling="sometimes")
+
+
+def test_check_reports_a_clean_data_set(tmp_path, capsys):
+    images, masks = make_shapes(tmp_path, count=4)
+    assert main(["check", "--images", str(images), "--masks", str(masks), "--json", str(tmp_path / "c.json")]) == 0
+    out = capsys.readouterr().out
+    assert "pairs: 4" in out and "mask values (2)" in out and "ok: training would work" in out
+
+
+@pytest.mark.parametrize(
+    "breakage, needle",
+    [
+        ("orphan_mask", "mask has no image"),
+        ("missing_mask", "image has no mask"),
+        ("size", "mask is 10x10"),
+        ("colour", "channels with different values"),
+        ("corrupt", "cannot read"),
+        ("jpeg_noise", "distinct values"),
+        ("one_value", "only the value"),
+    ],
+)
+def test_check_names_each_problem(tmp_path, capsys, breakage, needle):
+    images, masks = make_shapes(tmp_path, count=4)
+    if breakage == "orphan_mask":
+        Image.fromarray(np.zeros((48, 48), np.uint8)).save(masks / "extra.png")
+    elif breakage == "missing_mask":
+        (masks / "img01.png").unlink()
+    elif breakage == "size":
+        Image.fromarray(np.zeros((10, 10), np.uint8)).save(masks / "img01.png")
+    elif breakage == "colour":
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(
+            masks / "img01.png"
+        )
+    elif breakage == "corrupt":
+        (images / "img02.png").write_bytes(b"broken")
+    elif breakage == "jpeg_noise":
+        for mask in masks.iterdir():
+            Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48), dtype=np.uint8)).save(mask)
+    elif breakage == "one_value":
+        for mask in masks.iterdir():
+            Image.fromarray(np.zeros((48, 48), np.uint8)).save(mask)
+    assert main(["check", "--images", str(images), "--masks", str(masks)]) == 1
+    out = capsys.readouterr().out
+    assert needle in out and "NOT ok" in out

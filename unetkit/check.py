@@ -1,0 +1,182 @@
+"""`unetkit check`: the data set doctor. Reads every pair once and reports everything that would
+stop training or quietly hurt it, each problem with its fix, instead of failing on the first."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from unetkit.data.io import read_image, read_mask
+from unetkit.data.mask_values import MAX_DISCOVERED_VALUES
+from unetkit.data.pairing import match_folders
+from unetkit.errors import UnetkitError
+
+LOSSY_EXTENSIONS = (".jpg", ".jpeg")
+RARE_VALUE_FRACTION = 0.001  # values this rare beside a few dominant ones look like compression noise
+
+
+def check_dataset(images_dir: str | Path, masks_dir: str | Path, mask_suffix: str | None = None) -> dict:
+    """A report dict: `ok` (training would work), `problems` and `warnings` (file, problem, fix),
+    and what was found: pairs, sizes, channels, mask values with pixel counts and fractions."""
+    images_dir, masks_dir = Path(images_dir), Path(masks_dir)
+    problems: list[dict] = []
+    warnings: list[dict] = []
+    report: dict = {"images": str(images_dir), "masks": str(masks_dir), "problems": problems, "warnings": warnings}
+    try:
+        matching = match_folders(images_dir, masks_dir, mask_suffix)
+    except UnetkitError as err:
+        problems.append({"file": str(err).split(": ", 1)[0], "problem": str(err)})
+        return {**report, "ok": False, "pairs": 0}
+    for name in matching.images_without_masks:
+        problems.append(
+            {
+                "file": str(images_dir / name),
+                "problem": "image has no mask",
+                "fix": f"add its mask to {masks_dir} or remove the image",
+            }
+        )
+    for name in matching.masks_without_images:
+        problems.append(
+            {
+                "file": str(masks_dir / name),
+                "problem": "mask has no image",
+                "fix": f"add its image to {images_dir} or remove the mask",
+            }
+        )
+
+    sizes: dict[str, tuple[int, int]] = {}
+    channels: dict[str, int] = {}
+    value_counts: Counter[int] = Counter()
+    for pair in matching.pairs:
+        try:
+            image = read_image(pair.image)
+            mask = read_mask(pair.mask)
+        except UnetkitError as err:
+            problems.append({"file": str(err).split(": ", 1)[0], "problem": str(err)})
+            continue
+        sizes[pair.image.name] = image.shape[:2]
+        channels[pair.image.name] = image.shape[2]
+        if image.shape[:2] != mask.shape:
+            problems.append(
+                {
+                    "file": str(pair.mask),
+                    "problem": f"mask is {mask.shape[1]}x{mask.shape[0]}, image {image.shape[1]}x{image.shape[0]}",
+                    "fix": "masks must be the same size as their images",
+                }
+            )
+        values, counts = np.unique(mask, return_counts=True)
+        value_counts.update(dict(zip(values.tolist(), counts.tolist(), strict=True)))
+        if pair.mask.suffix.lower() in LOSSY_EXTENSIONS:
+            warnings.append(
+                {
+                    "file": str(pair.mask),
+                    "problem": "JPEG mask: compression changes pixel values at edges",
+                    "fix": "save masks as PNG",
+                }
+            )
+
+    _summarise_shapes(report, sizes, channels, warnings)
+    _summarise_values(report, value_counts, problems, warnings)
+    report["pairs"] = len(matching.pairs)
+    report["mask_suffix"] = matching.suffix
+    report["ok"] = not problems
+    return report
+
+
+def _summarise_shapes(report: dict, sizes: dict, channels: dict, warnings: list[dict]) -> None:
+    size_counts = Counter(sizes.values())
+    report["image_sizes"] = {f"{w}x{h}": n for (h, w), n in size_counts.most_common()}
+    report["channels"] = dict(Counter(channels.values()))
+    if len(size_counts) > 1:
+        common, _ = size_counts.most_common(1)[0]
+        odd = [name for name, size in sizes.items() if size != common]
+        if len(odd) <= max(3, len(sizes) // 10):  # a few stragglers, not a mixed-size data set
+            for name in odd:
+                h, w = sizes[name]
+                warnings.append(
+                    {
+                        "file": name,
+                        "problem": f"size {w}x{h} differs from the usual {common[1]}x{common[0]}",
+                        "fix": "fine for training with patches; check it is the right image",
+                    }
+                )
+    channel_counts = Counter(channels.values())
+    if len(channel_counts) > 1:
+        common, _ = channel_counts.most_common(1)[0]
+        for name, count in channels.items():
+            if count != common:
+                warnings.append(
+                    {
+                        "file": name,
+                        "problem": f"{count} channel(s) where most images have {common}",
+                        "fix": "it will be converted; convert it yourself if that is not what you want",
+                    }
+                )
+
+
+def _summarise_values(report: dict, value_counts: Counter, problems: list[dict], warnings: list[dict]) -> None:
+    total = sum(value_counts.values())
+    report["mask_values"] = [
+        {"value": int(v), "pixels": int(n), "fraction": n / total if total else 0.0}
+        for v, n in sorted(value_counts.items())
+    ]
+    dominant = [v for v, n in value_counts.items() if n >= RARE_VALUE_FRACTION * total]
+    rare = [v for v, n in value_counts.items() if n < RARE_VALUE_FRACTION * total]
+    if len(value_counts) > MAX_DISCOVERED_VALUES:
+        problems.append(
+            {
+                "file": report["masks"],
+                "problem": f"masks hold {len(value_counts)} distinct values",
+                "fix": "save masks as PNG with one value per class, or pass --mask-values",
+            }
+        )
+    elif len(rare) > 2 and len(rare) > len(dominant):
+        warnings.append(
+            {
+                "file": report["masks"],
+                "problem": f"{len(rare)} rare values beside {len(dominant)} main ones "
+                f"{sorted(dominant)}: looks like lossy compression or anti-aliased edges",
+                "fix": "re-save masks losslessly with exactly one value per class",
+            }
+        )
+    if total and len(value_counts) < 2:
+        problems.append(
+            {
+                "file": report["masks"],
+                "problem": f"masks hold only the value(s) {sorted(value_counts)}",
+                "fix": "segmentation needs at least two classes; check the masks folder",
+            }
+        )
+
+
+def format_check(report: dict) -> str:
+    lines = [
+        f"pairs: {report.get('pairs', 0)}"
+        + (f" (mask suffix '{report['mask_suffix']}')" if report.get("mask_suffix") else "")
+    ]
+    if report.get("image_sizes"):
+        lines.append("image sizes: " + ", ".join(f"{size} x{n}" for size, n in report["image_sizes"].items()))
+        lines.append("channels: " + ", ".join(f"{c} x{n}" for c, n in report["channels"].items()))
+    if report.get("mask_values"):
+        lines.append(
+            f"mask values ({len(report['mask_values'])}): "
+            + ", ".join(f"{row['value']}: {100 * row['fraction']:.2f}%" for row in report["mask_values"][:20])
+            + (" ..." if len(report["mask_values"]) > 20 else "")
+        )
+    for kind in ("problems", "warnings"):
+        for item in report[kind]:
+            fix = f"; fix: {item['fix']}" if item.get("fix") else ""
+            lines.append(
+                f"{kind[:-1]}: {item['problem']}{fix}"
+                if item["problem"].startswith(item["file"])
+                else f"{kind[:-1]}: {item['file']}: {item['problem']}{fix}"
+            )
+    verdict = (
+        "ok: training would work"
+        if report["ok"]
+        else f"NOT ok: {len(report['problems'])} problem(s) to fix before training"
+    )
+    lines.append(verdict)
+    return "\n".join(lines)
