@@ -1,3 +1,4 @@
+import time
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,46 @@ def test_optimizers_and_losses_all_run(binary_data, tmp_path):
         trainer = Trainer(cfg, pairs[:6], pairs[6:], log=lambda _: None)
         result = trainer.fit()
         assert torch.isfinite(torch.tensor(result.history[0]["train_loss"]))
+
+
+def test_time_budget_anneals_the_lr_and_stops_in_time(binary_data, tmp_path):
+    images, masks = binary_data
+    cfg = tiny_config(images, masks, tmp_path / "run", epochs=None, time=3.0)
+    started = time.perf_counter()
+    result = train(cfg, log=lambda _: None)
+    spent = time.perf_counter() - started
+    assert len(result.history) >= 2 and spent < 3.0 + 2.5  # no epoch starts that would pass the budget
+    lrs = [row["lr"] for row in result.history]
+    assert lrs[-1] < max(lrs)  # annealing over time, not over an epoch count
+    assert load_checkpoint(result.last_checkpoint)["elapsed_seconds"] > 0
+
+
+def test_recipes_fill_only_what_the_user_left_out(binary_data):
+    from unetkit.train.recipes import Fingerprint, apply_recipe
+
+    big = Fingerprint(num_images=30, median_height=512, median_width=512)
+    fast, plan = apply_recipe(TrainConfig(recipe="fast", time=120.0), big, torch.device("cpu"))
+    assert (fast.base_channels, fast.upsampling, fast.scale, fast.patch_size, fast.elastic) == (
+        16,
+        "bilinear",
+        0.5,
+        256,
+        False,
+    )
+    assert fast.epochs is None and "recipe fast" in plan
+    paper, _ = apply_recipe(TrainConfig(recipe="paper", base_channels=32), big, torch.device("cpu"))
+    assert (paper.base_channels, paper.depth, paper.upsampling, paper.scale, paper.epochs) == (
+        32,
+        4,
+        "transposed",
+        1.0,
+        50,
+    )
+    auto_cpu, _ = apply_recipe(TrainConfig(), Fingerprint(4, 40, 60), torch.device("cpu"))
+    assert auto_cpu.recipe == "fast" and auto_cpu.scale == 1.0 and auto_cpu.patch_size == 32
+
+
+def test_durations_parse():
+    from unetkit.cli import parse_duration
+
+    assert [parse_duration(t) for t in ("90s", "10m", "1.5h", "45")] == [90, 600, 5400, 45]

@@ -13,6 +13,7 @@ from unetkit.models import MODELS
 from unetkit.train.amp import AMP_MODES
 from unetkit.train.config import TrainConfig
 from unetkit.train.loop import OPTIMIZERS
+from unetkit.train.recipes import RECIPES
 from unetkit.train.schedulers import SCHEDULERS
 
 
@@ -30,12 +31,26 @@ def _float_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected numbers like '1,5', got {text!r}") from None
 
 
-def _positive_int_or_none(text: str) -> int | None:
+def _patch_size(text: str) -> int:
     if text.lower() in ("none", "full", "0"):
-        return None
+        return 0  # whole images
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be a positive integer or 'none'")
+    return value
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '10m', '1.5h' or a plain number of seconds -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    text = text.strip().lower()
+    factor = units.get(text[-1:], None)
+    try:
+        value = float(text[:-1] if factor else text) * (factor or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a duration like 90s, 10m or 1.5h, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"the time budget must be positive, got {text!r}")
     return value
 
 
@@ -61,12 +76,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--ignore-value", type=int, help="a mask value whose pixels count for neither loss nor metrics, e.g. 255"
     )
     data.add_argument(
-        "--scale", type=float, help=f"resize images and masks by this factor for the model (default {d.scale})"
+        "--scale", type=float, help="resize images and masks by this factor for the model (default: chosen by --recipe)"
     )
     data.add_argument(
         "--patch-size",
-        type=_positive_int_or_none,
-        help=f"random training crop size, or 'none' for whole images (default {d.patch_size})",
+        type=_patch_size,
+        help="random training crop size, or 'none' for whole images (default: chosen by --recipe)",
     )
     data.add_argument(
         "--patches-per-image", type=int, help=f"random crops per image and epoch (default {d.patches_per_image})"
@@ -79,22 +94,26 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="turn off flips, rotations, scaling, elastic and intensity augmentation",
     )
     data.add_argument(
-        "--no-elastic",
-        dest="elastic",
-        action="store_const",
-        const=False,
-        help="keep augmentation but without elastic deformation",
+        "--elastic",
+        action=argparse.BooleanOptionalAction,
+        help="elastic deformation, the U-Net paper's augmentation (default: chosen by --recipe; off in runs under 15 minutes)",
     )
     model = p.add_argument_group("model")
+    model.add_argument(
+        "--recipe",
+        choices=RECIPES,
+        help="fills the size options you leave out: fast (16 base channels, bilinear, half resolution for large "
+        "images), paper (64 channels, transposed, full resolution), auto (paper on GPU, fast on CPU; the default)",
+    )
     model.add_argument("--model", choices=sorted(MODELS), help=f"architecture (default {d.model})")
     model.add_argument(
         "--base-channels",
         type=int,
-        help=f"channels of the first level, doubling per level (default {d.base_channels}); DumbNet's width",
+        help="channels of the first level, doubling per level (default: chosen by --recipe); DumbNet's width",
     )
-    model.add_argument("--depth", type=int, help=f"number of down/up levels (default {d.depth})")
+    model.add_argument("--depth", type=int, help="number of down/up levels (default: chosen by --recipe)")
     model.add_argument(
-        "--upsampling", choices=["transposed", "bilinear"], help=f"decoder upsampling (default {d.upsampling})"
+        "--upsampling", choices=["transposed", "bilinear"], help="decoder upsampling (default: chosen by --recipe)"
     )
     model.add_argument(
         "--multiclass",
@@ -104,8 +123,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="use softmax over 2 classes instead of one sigmoid logit for two-value masks",
     )
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=int, help=f"number of epochs (default {d.epochs})")
-    opt.add_argument("--batch-size", type=int, help=f"images per step (default {d.batch_size})")
+    opt.add_argument("--epochs", type=int, help="number of epochs (default 50, or as many as fit in --time)")
+    opt.add_argument("--batch-size", type=int, help="images per step (default: chosen by --recipe)")
     opt.add_argument("--optimizer", choices=OPTIMIZERS, help=f"(default {d.optimizer})")
     opt.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
     opt.add_argument("--weight-decay", type=float, help=f"(default {d.weight_decay})")
@@ -132,7 +151,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="NHWC memory layout; auto measures which is faster (default auto)",
     )
     opt.add_argument("--patience", type=int, help="stop after this many epochs without a better validation Dice")
-    opt.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this many minutes")
+    opt.add_argument(
+        "--time",
+        type=parse_duration,
+        help="wall-clock budget, e.g. 10m: the LR schedule runs over the time, no epoch starts that would pass it, "
+        "best.pt keeps the best epoch",
+    )
     run = p.add_argument_group("run")
     run.add_argument("--out", help="run folder for checkpoints and logs (default runs/<timestamp>)")
     run.add_argument(

@@ -17,20 +17,22 @@ class TrainConfig:
     mask_suffix: str | None = None  # None: try "", "_mask", "_label", ...
     mask_values: list[int] | None = None  # None: discovered from the training masks
     ignore_value: int | None = None  # a mask value that marks "don't care" pixels
-    scale: float = 1.0  # resize images and masks by this factor before the model
-    patch_size: int | None = 256  # random training crops; None trains on whole images
+    # Options left at None are chosen by the recipe (see recipes.py) from the data and machine.
+    recipe: str = "auto"  # auto | fast | paper
+    scale: float | None = None  # resize images and masks by this factor before the model
+    patch_size: int | None = None  # random training crops; 0 trains on whole images
     patches_per_image: int = 1
     augment: bool = True
-    elastic: bool = True
+    elastic: bool | None = None
     # model
     model: str = "unet"
-    base_channels: int = 64
-    depth: int = 4
-    upsampling: str = "transposed"
+    base_channels: int | None = None
+    depth: int | None = None
+    upsampling: str | None = None
     binary: bool | None = None  # None: one sigmoid logit when the masks have two values
     # optimisation
-    epochs: int = 50
-    batch_size: int = 4
+    epochs: int | None = None  # None: 50, or as many as fit in `time`
+    batch_size: int | None = None
     optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -45,7 +47,7 @@ class TrainConfig:
     amp: str = "auto"
     channels_last: str = "auto"  # auto | on | off
     patience: int | None = None  # early stopping: epochs without a better val Dice
-    max_minutes: float | None = None  # stop after the epoch that crosses this wall-clock budget
+    time: float | None = None  # wall-clock budget in seconds: the LR anneals over it, no epoch starts past it
     # run
     out: str | None = None
     resume: str | None = None

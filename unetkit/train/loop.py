@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -35,12 +36,13 @@ from unetkit.models import create_model
 from unetkit.train.amp import AmpPolicy, resolve_amp
 from unetkit.train.checkpoint import load_checkpoint, save_checkpoint
 from unetkit.train.config import TrainConfig
+from unetkit.train.recipes import apply_recipe, fingerprint
 from unetkit.train.run_files import plot_curves, write_json, write_metrics_csv
 from unetkit.train.schedulers import Schedule
 
 OPTIMIZERS = ("adamw", "sgd", "rmsprop")
 # Options a resumed run may change; everything else comes from the checkpoint's config.
-RESUMABLE_OVERRIDES = ("epochs", "patience", "max_minutes", "progress", "workers", "device")
+RESUMABLE_OVERRIDES = ("epochs", "patience", "time", "progress", "workers", "device")
 
 
 @dataclass
@@ -123,6 +125,8 @@ class Trainer:
         log: Callable[[str], None] = print,
     ) -> None:
         self.log = log
+        self.elapsed_before = 0.0  # training seconds spent before this process (on resume)
+        self.started: float | None = None
         resume_state = load_checkpoint(cfg.resume) if cfg.resume else None
         if resume_state is not None:
             cfg = _resumed_config(cfg, resume_state)
@@ -142,6 +146,10 @@ class Trainer:
             elif val_pairs is None:
                 train_pairs, val_pairs = split_pairs(train_pairs, cfg.val_fraction, cfg.seed)
         self.train_pairs, self.val_pairs = list(train_pairs), list(val_pairs or [])
+        if resume_state is None:  # a resumed config is already resolved
+            cfg, plan = apply_recipe(cfg, fingerprint(self.train_pairs), self.device)
+            self.cfg = cfg
+            self.log(plan)
 
         if resume_state is not None:
             self.mask_values = MaskValues.from_dict(resume_state["mask_values"])
@@ -165,14 +173,14 @@ class Trainer:
             self.train_pairs,
             self.mask_values,
             self.preprocess,
-            patch_size=cfg.patch_size,
+            patch_size=cfg.patch_size or None,
             augment=augment,
             patches_per_image=cfg.patches_per_image,
         )
         self.val_set = SegmentationDataset(self.val_pairs, self.mask_values, self.preprocess)
         self.train_set.check_all()
         self.val_set.check_all()
-        if cfg.patch_size is None and cfg.batch_size > 1:
+        if not cfg.patch_size and cfg.batch_size > 1:
             sizes = {tuple(self.train_set.load(i)[0].shape[-2:]) for i in range(len(self.train_pairs))}
             if len(sizes) > 1:
                 raise UnetkitError(
@@ -208,10 +216,11 @@ class Trainer:
             cfg.scheduler,
             self.optimizer,
             len(self.train_loader),
-            cfg.epochs,
+            cfg.epochs or 1,
             cfg.warmup_epochs,
             cfg.step_size,
             cfg.gamma,
+            time_progress=(lambda: self.elapsed() / cfg.time) if cfg.time else None,
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp.use_scaler)
 
@@ -221,6 +230,14 @@ class Trainer:
         self.epochs_since_best = 0
         if resume_state is not None:
             self._restore(resume_state)
+
+    def epoch_label(self, epoch: int) -> str:
+        return f"{epoch}/{self.cfg.epochs}" if self.cfg.epochs else str(epoch)
+
+    def elapsed(self) -> float:
+        """Seconds of training so far, across resumes: what a --time budget counts."""
+        running = time.perf_counter() - self.started if self.started is not None else 0.0
+        return self.elapsed_before + running
 
     # --- checkpoints ---
     def _state(self, epoch: int) -> dict[str, Any]:
@@ -237,6 +254,7 @@ class Trainer:
             "epoch": epoch,
             "best_dice": self.best_dice,
             "epochs_since_best": self.epochs_since_best,
+            "elapsed_seconds": self.elapsed(),
             "history": self.history,
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -253,6 +271,7 @@ class Trainer:
         self.start_epoch = state["epoch"] + 1
         self.best_dice = state["best_dice"]
         self.epochs_since_best = state["epochs_since_best"]
+        self.elapsed_before = state.get("elapsed_seconds", 0.0)
         self.history = list(state["history"])
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
@@ -265,7 +284,7 @@ class Trainer:
         batches = 0
         bar = tqdm(
             total=len(self.train_loader.dataset),
-            desc=f"epoch {epoch}/{self.cfg.epochs}",
+            desc=f"epoch {self.epoch_label(epoch)}",
             unit="img",
             disable=not self.cfg.progress,
             leave=False,
@@ -340,8 +359,9 @@ class Trainer:
         self.log(f"AMP: {self.amp.reason}; channels_last: {'on' if self.channels_last else 'off'}")
         if self.start_epoch > 1:
             self.log(f"resuming {cfg.resume} at epoch {self.start_epoch}")
-        started = time.perf_counter()
-        for epoch in range(self.start_epoch, cfg.epochs + 1):
+        self.started = time.perf_counter()
+        epochs = itertools.count(self.start_epoch) if cfg.epochs is None else range(self.start_epoch, cfg.epochs + 1)
+        for epoch in epochs:
             torch.manual_seed(cfg.seed * 100_003 + epoch)  # same batches & augmentations on resume
             epoch_start = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
@@ -375,8 +395,9 @@ class Trainer:
             write_metrics_csv(self.out / "metrics.csv", self.history)
             plot_curves(self.out / "curves.png", self.history)
             self.log(
-                f"epoch {epoch:>3}/{cfg.epochs}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
+                f"epoch {self.epoch_label(epoch):>3}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
                 f"val Dice {val_dice:.4f}  val IoU {val_iou:.4f}  lr {lr:.2e}  {row['seconds']:.1f}s"
+                + (f" ({self.elapsed():.0f}/{cfg.time:g}s)" if cfg.time else "")
                 + ("  *best" if improved and self.val_pairs else "")
             )
             if on_epoch_end is not None:
@@ -384,8 +405,8 @@ class Trainer:
             if cfg.patience is not None and self.epochs_since_best >= cfg.patience:
                 self.log(f"early stop: no better val Dice for {cfg.patience} epochs")
                 break
-            if cfg.max_minutes is not None and time.perf_counter() - started > cfg.max_minutes * 60:
-                self.log(f"stopping: the {cfg.max_minutes:g}-minute budget is spent")
+            if cfg.time is not None and self.elapsed() + row["seconds"] > cfg.time:
+                self.log(f"stopping: another epoch would pass the {cfg.time:g}-second budget")
                 break
         return RunResult(self.out, self.out / "best.pt", self.out / "last.pt", self.history, self.best_dice)
 

@@ -1,10 +1,14 @@
-"""Learning-rate schedules. All but reduce-on-plateau step once per batch, so a warmup or a
-cosine decay is smooth even when an epoch is a handful of batches.
+"""Learning-rate schedules. All but reduce-on-plateau step once per batch, so a warmup or a decay
+is smooth even when an epoch is a handful of batches.
+
+Every decaying schedule is a function of *progress*, the fraction of the run done: steps taken
+over steps planned, or, with a wall-clock budget (`--time`), seconds spent over seconds allowed.
+So a timed run anneals to ~0 exactly when its time is up, however fast the machine is.
 
   cosine:   linear warmup, then half a cosine from the base LR down to ~0 (the default)
-  onecycle: rise to the max LR over the first 30%, then anneal (Smith's one-cycle policy)
-  plateau:  divide the LR by 10 when validation Dice stops improving for a few epochs
-  poly:     (1 - t)^0.9, the DeepLab schedule
+  onecycle: cosine rise from LR/25 to the LR over the first 30%, then cosine down to ~0 (Smith)
+  plateau:  divide the LR by 10 when validation Dice stops improving for 3 epochs
+  poly:     (1 - progress)^0.9, the DeepLab schedule
   step:     multiply by `gamma` every `step_size` epochs
   none:     constant
 """
@@ -12,15 +16,40 @@ cosine decay is smooth even when an epoch is a handful of batches.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
 SCHEDULERS = ("cosine", "onecycle", "plateau", "poly", "step", "none")
+ONECYCLE_RISE = 0.3
+
+
+def lr_factor(
+    name: str, progress: float, step: int, warmup_steps: int, steps_per_step_drop: int, gamma: float
+) -> float:
+    """The multiplier of the base LR for a schedule at a point of the run."""
+    progress = min(1.0, max(0.0, progress))
+    warmup = min(1.0, (step + 1) / (warmup_steps + 1)) if warmup_steps else 1.0
+    if name == "cosine":
+        return warmup * 0.5 * (1 + math.cos(math.pi * progress))
+    if name == "poly":
+        return warmup * (1 - progress) ** 0.9
+    if name == "onecycle":
+        low = 1 / 25
+        if progress < ONECYCLE_RISE:
+            return low + (1 - low) * 0.5 * (1 - math.cos(math.pi * progress / ONECYCLE_RISE))
+        return 0.5 * (1 + math.cos(math.pi * (progress - ONECYCLE_RISE) / (1 - ONECYCLE_RISE)))
+    if name == "step":
+        return warmup * gamma ** (step // max(1, steps_per_step_drop))
+    return warmup if name != "none" else 1.0
 
 
 class Schedule:
     """One object whose step_batch() runs after every optimizer step and step_epoch() after
-    every validation, whichever kind of scheduler is inside."""
+    every validation, whichever kind of schedule is inside.
+
+    `time_progress`, when given, returns the fraction of the wall-clock budget spent; otherwise
+    progress is steps taken / (steps_per_epoch * epochs)."""
 
     def __init__(
         self,
@@ -31,40 +60,25 @@ class Schedule:
         warmup_epochs: float = 1.0,
         step_size: int = 30,
         gamma: float = 0.1,
+        time_progress: Callable[[], float] | None = None,
     ) -> None:
         if name not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, not {name!r}")
         self.name = name
-        total = max(1, steps_per_epoch * epochs)
-        warmup = min(int(warmup_epochs * steps_per_epoch), total // 2)
         self.per_batch = name != "plateau"
-        if name == "cosine":
+        total = max(1, steps_per_epoch * epochs)
+        warmup = 0 if name in ("onecycle", "none") else min(int(warmup_epochs * steps_per_epoch), total // 2)
 
-            def factor(step: int) -> float:
-                if step < warmup:
-                    return (step + 1) / (warmup + 1)
-                progress = (step - warmup) / max(1, total - warmup)
-                return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        elif name == "poly":
+        def progress(step: int) -> float:
+            return time_progress() if time_progress is not None else step / total
 
-            def factor(step: int) -> float:
-                return max(0.0, 1 - step / total) ** 0.9
-        elif name == "step":
+        def factor(step: int) -> float:
+            return lr_factor(name, progress(step), step, warmup, step_size * steps_per_epoch, gamma)
 
-            def factor(step: int) -> float:
-                return gamma ** (step // max(1, step_size * steps_per_epoch))
-        else:
-
-            def factor(step: int) -> float:
-                return 1.0
-
-        if name == "onecycle":
-            max_lrs = [group["lr"] for group in optimizer.param_groups]
-            self.scheduler: object = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=max_lrs, total_steps=total + 1
+        if name == "plateau":
+            self.scheduler: object = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="max", factor=0.1, patience=3
             )
-        elif name == "plateau":
-            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.1, patience=3)
         else:
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
