@@ -405,7 +405,8 @@ class Trainer:
             if cfg.patience is not None and self.epochs_since_best >= cfg.patience:
                 self.log(f"early stop: no better val Dice for {cfg.patience} epochs")
                 break
-            if cfg.time is not None and self.elapsed() + row["seconds"] > cfg.time:
+            epoch_period = time.perf_counter() - epoch_start  # training, validation and saving
+            if cfg.time is not None and self.elapsed() + epoch_period > cfg.time:
                 self.log(f"stopping: another epoch would pass the {cfg.time:g}-second budget")
                 break
         return RunResult(self.out, self.out / "best.pt", self.out / "last.pt", self.history, self.best_dice)
