@@ -30,9 +30,11 @@ def _float_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected numbers like '1,5', got {text!r}") from None
 
 
-def _positive_int_or_none(text: str) -> int | None:
+def _positive_int_or_none(text: str) -> int:
+    """A positive integer, or 0 for 'none' (config_from_args turns 0 into None: an argparse
+    value of None means 'not given' there, so it cannot stand for 'none')."""
     if text.lower() in ("none", "full", "0"):
-        return None
+        return 0
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be a positive integer or 'none'")
@@ -152,6 +154,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             setattr(cfg, name, value)
     if cfg.grad_clip == 0:
         cfg.grad_clip = None
+    if cfg.patch_size == 0:
+        cfg.patch_size = None
     return cfg
 
 
@@ -262,13 +266,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.func(args)
     except UnetkitError as err:
-        print(f"unetkit {args.command}: error: {err}", file=sys.stderr)
+        print(_printable(f"unetkit {args.command}: error: {err}"), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        hint = "; the last finished epoch is in last.pt (continue with --resume)" if args.command == "train" else ""
-        print(f"unetkit {args.command}: interrupted{hint}", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        # The trainer re-raises Ctrl-C with where its checkpoint is and how to resume.
+        detail = f": {err}" if str(err) else ""
+        print(_printable(f"unetkit {args.command}: interrupted{detail}"), file=sys.stderr)
         return 130
     return 0
+
+
+def _printable(text: str) -> str:
+    """File names that are not valid UTF-8 reach Python as lone surrogates, which cannot be
+    printed; show their bytes as \\xNN (as `ls -b` does) so the message still names the file."""
+    raw = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+    return raw.encode(encoding, "backslashreplace").decode(encoding)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from unetkit.atomic import atomic_write
 
 # Distinct colours for classes 1, 2, ...; class 0 (usually background) is left uncoloured.
 PALETTE = np.array(
@@ -30,10 +31,8 @@ PALETTE = np.array(
 
 def save_png(path: Path, array: np.ndarray) -> None:
     """Write atomically, so an interrupted run leaves no truncated PNG behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.tmp.png")
-    Image.fromarray(array).save(temporary)
-    os.replace(temporary, path)
+    image = Image.fromarray(array)
+    atomic_write(path, lambda temporary: image.save(temporary, format="PNG"))
 
 
 def overlay(image: np.ndarray, class_ids: np.ndarray, alpha: float = 0.45) -> np.ndarray:

@@ -19,9 +19,11 @@ from unetkit.train.checkpoint import load_checkpoint, model_from_checkpoint
 
 class Predictor:
     def __init__(self, checkpoint: str | Path | dict[str, Any], device: str = "auto", amp: str = "auto") -> None:
+        """`checkpoint`: a best.pt/last.pt, a .safetensors export, or an already loaded state."""
         state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
         self.device = resolve_device(device)
-        self.model = model_from_checkpoint(state).to(self.device)
+        source = "checkpoint" if isinstance(checkpoint, dict) else checkpoint
+        self.model = model_from_checkpoint(state, source).to(self.device)
         self.mask_values = MaskValues.from_dict(state["mask_values"])
         self.preprocess = Preprocess(**state["preprocess"])
         self.binary: bool = state["binary"]
