@@ -3,7 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from synthetic import make_shapes
+from synthetic import TINY_TRAIN, make_shapes
+
+from unetkit.cli import main
 
 
 @pytest.fixture
@@ -14,3 +16,13 @@ def binary_data(tmp_path: Path) -> tuple[Path, Path]:
 @pytest.fixture
 def multiclass_data(tmp_path: Path) -> tuple[Path, Path]:
     return make_shapes(tmp_path / "multi", values=(0, 1, 2, 3, 4), size=(64, 64))
+
+
+@pytest.fixture(scope="session")
+def rgb_run(tmp_path_factory):
+    """A tiny RGB model trained for one epoch on 0/255 masks: enough to exercise the commands."""
+    root = tmp_path_factory.mktemp("rgb")
+    images, masks = make_shapes(root, count=5, size=(40, 56), rgb=True)
+    code = main(["train", "--images", str(images), "--masks", str(masks), "--out", str(root / "run"), *TINY_TRAIN])
+    assert code == 0
+    return root, images, masks, root / "run" / "best.pt"

@@ -1,4 +1,5 @@
-"""Tiny synthetic data sets: bright shapes on a noisy background, with masks in user values."""
+"""Test helpers: tiny synthetic data sets (bright shapes on a noisy background, masks in user
+values) and running the CLI in-process."""
 
 from __future__ import annotations
 
@@ -6,6 +7,23 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from unetkit.cli import main
+
+# Options that make a training run take about a second on a CPU.
+TINY_TRAIN = (
+    "--epochs",
+    "1",
+    "--base-channels",
+    "4",
+    "--depth",
+    "2",
+    "--patch-size",
+    "32",
+    "--no-progress",
+    "--amp",
+    "off",
+)
 
 
 def make_shapes(
@@ -43,3 +61,20 @@ def make_shapes(
         Image.fromarray(pixels).save(images / f"img{index:02d}.png")
         Image.fromarray(mask).save(masks / f"img{index:02d}{mask_suffix}.png")
     return images, masks
+
+
+def run_cli(capsys, *args: object) -> tuple[int, str, str]:
+    """Run `unetkit ARGS` in this process; returns (exit code, stdout, stderr)."""
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    """Exit code 2 and exactly one line on stderr, no traceback, containing every needle."""
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])

@@ -47,7 +47,7 @@ def test_masks_keep_their_values_and_reject_colour(tmp_path: Path):
     assert read_mask(tmp_path / "m.png").tolist() == [[0, 7, 255]]
     assert read_mask(tmp_path / "voc.png").tolist() == [[0, 1, 2]]
     assert read_mask(tmp_path / "gray_as_rgb.png").tolist() == [[0, 255]]
-    with pytest.raises(UnetkitError, match="colour.png.*channels"):
+    with pytest.raises(UnetkitError, match="colour.png.*colour-coded"):
         read_mask(tmp_path / "colour.png")
 
 

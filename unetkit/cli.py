@@ -372,13 +372,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = args.func(args)
     except UnetkitError as err:
-        print(f"unetkit {args.command}: error: {err}", file=sys.stderr)
+        print(_printable(f"unetkit {args.command}: error: {err}"), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        hint = "; the last finished epoch is in last.pt (continue with --resume)" if args.command == "train" else ""
-        print(f"unetkit {args.command}: interrupted{hint}", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        # The trainer re-raises Ctrl-C with where its checkpoint is and how to resume.
+        detail = f": {err}" if str(err) else ""
+        print(_printable(f"unetkit {args.command}: interrupted{detail}"), file=sys.stderr)
         return 130
     return code or 0
+
+
+def _printable(text: str) -> str:
+    """File names that are not valid UTF-8 reach Python as lone surrogates, which cannot be
+    printed; show their bytes as \\xNN (as `ls -b` does) so the message still names the file."""
+    raw = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+    return raw.encode(encoding, "backslashreplace").decode(encoding)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,19 +19,32 @@ def _read_raw(path: Path) -> tuple[np.ndarray, str | None]:
     """Return the pixel array and, for Pillow files, the image mode ("P" matters for masks)."""
     if not path.is_file():
         raise UnetkitError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise UnetkitError(f"{path}: the file is empty (0 bytes); replace it with the real image or remove it")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             return np.asarray(tifffile.imread(path)), None
-        with Image.open(path) as img:
-            mode = img.mode
-            if mode in ("I;16", "I;16B", "I;16L"):
-                return np.asarray(img, dtype=np.uint16), mode
-            if mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-                img = img.convert("RGB")
-            return np.asarray(img), mode
-    except (UnidentifiedImageError, OSError, ValueError, tifffile.TiffFileError) as err:
+        # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse both alike.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                mode = img.mode
+                if mode in ("I;16", "I;16B", "I;16L"):
+                    return np.asarray(img, dtype=np.uint16), mode
+                if mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                    img = img.convert("RGB")
+                return np.asarray(img), mode
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        declared = re.search(r"\((\d+) pixels\)", str(err))
         raise UnetkitError(
-            f"{path}: cannot read this file as an image ({err.__class__.__name__}); "
+            f"{path}: the header declares {declared.group(1) if declared else 'too many'} pixels, over "
+            f"Pillow's limit of {Image.MAX_IMAGE_PIXELS} (possibly a decompression bomb); "
+            "split a genuine large image into tiles or remove the file"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, tifffile.TiffFileError) as err:
+        reason = (str(err).strip().splitlines() or [""])[0][:80]
+        raise UnetkitError(
+            f"{path}: cannot read this file as an image ({err.__class__.__name__}{f': {reason}' if reason else ''}); "
             "replace it with a valid PNG/JPEG/BMP/TIFF or remove it"
         ) from None
 
@@ -82,10 +97,7 @@ def read_mask(path: str | Path) -> np.ndarray:
         array = array[:, :, :-1]
     if array.shape[2] > 1:
         if not all(np.array_equal(array[:, :, 0], array[:, :, c]) for c in range(1, array.shape[2])):
-            raise UnetkitError(
-                f"{path}: mask has {array.shape[2]} channels with different values; "
-                "save masks as single-channel images whose pixel values are the class ids"
-            )
+            raise UnetkitError(_colour_mask_message(path, array))
     mask = array[:, :, 0]
     if mask.dtype == np.bool_:
         return mask.astype(np.uint8)
@@ -94,3 +106,18 @@ def read_mask(path: str | Path) -> np.ndarray:
             raise UnetkitError(f"{path}: mask holds non-integer values; save masks with integer class values")
         return mask.astype(np.int64)
     return mask
+
+
+def _colour_mask_message(path: Path, array: np.ndarray) -> str:
+    """A colour-coded mask (a few flat colours, one per class) needs a different fix than a photo."""
+    colours = np.unique(array.reshape(-1, array.shape[2])[:: max(1, array.shape[0] * array.shape[1] // 65536)], axis=0)
+    if len(colours) <= 32:
+        shown = ", ".join(str(tuple(int(v) for v in c)) for c in colours[:3])
+        return (
+            f"{path}: mask is colour-coded ({len(colours)} colours, e.g. {shown}); save it as a "
+            "single-channel or palette PNG with one value per class (e.g. 0, 1, 2)"
+        )
+    return (
+        f"{path}: mask has {array.shape[2]} channels with different values; "
+        "save masks as single-channel images whose pixel values are the class ids"
+    )

@@ -55,9 +55,11 @@ class MaskValues:
         ids[inside] = self._lut[shifted[inside]]
         if (ids < 0).any():
             unknown = np.unique(mask[ids < 0])
+            jpeg = Path(path).suffix.lower() in (".jpg", ".jpeg")
+            fix = "save masks as PNG, JPEG compression changes their values" if jpeg else "fix the mask"
             raise UnetkitError(
                 f"{path}: mask value(s) {unknown[:5].tolist()} are not among the trained values "
-                f"{self.values}; fix the mask or retrain with --mask-values including them"
+                f"{self.values}; {fix}, or retrain with --mask-values including them"
             )
         return ids.astype(np.uint8)
 
@@ -77,7 +79,16 @@ class MaskValues:
 def discover_mask_values(masks: Iterable[tuple[Path, np.ndarray]], ignore_value: int | None = None) -> MaskValues:
     """Collect the sorted distinct values of the training masks (ignore value left out)."""
     seen: set[int] = set()
+    first: tuple[Path, np.dtype] | None = None
     for path, mask in masks:
+        # One 16-bit mask among 8-bit ones would silently add classes (0/255 plus 0/65535).
+        if first is None:
+            first = (path, mask.dtype)
+        elif mask.dtype != first[1]:
+            raise UnetkitError(
+                f"{path}: mask is {_depth(mask.dtype)} but {Path(first[0]).name} is {_depth(first[1])}; "
+                "save all masks with the same bit depth and the same values per class"
+            )
         seen.update(int(v) for v in np.unique(mask))
         if len(seen - {ignore_value}) > MAX_DISCOVERED_VALUES:
             raise UnetkitError(
@@ -88,3 +99,7 @@ def discover_mask_values(masks: Iterable[tuple[Path, np.ndarray]], ignore_value:
     if ignore_value is not None:
         seen.discard(ignore_value)
     return MaskValues(sorted(seen), ignore_value)
+
+
+def _depth(dtype: np.dtype) -> str:
+    return f"{np.dtype(dtype).itemsize * 8}-bit" if np.issubdtype(dtype, np.integer) else str(dtype)

@@ -4,13 +4,14 @@ leaves a truncated file behind."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import tifffile
 from PIL import Image, ImageDraw
+
+from unetkit.atomic import atomic_write
 
 # Distinct colours for classes 1, 2, ...; class 0 (usually background) is left uncoloured.
 PALETTE = np.array(
@@ -20,22 +21,18 @@ PALETTE = np.array(
 )  # fmt: skip
 
 
-def _atomic_path(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.stem}.tmp{path.suffix}")
-
-
 def save_png(path: Path, array: np.ndarray) -> None:
-    temporary = _atomic_path(path)
-    Image.fromarray(array).save(temporary, format="PNG")
-    os.replace(temporary, path)
+    """Write atomically, so an interrupted run leaves no truncated PNG behind."""
+    image = Image.fromarray(array)
+    atomic_write(path, lambda temporary: image.save(temporary, format="PNG"))
 
 
 def save_probabilities(path: Path, probabilities: np.ndarray) -> None:
-    """(K, H, W) float32 probabilities as a K-page-plane TIFF, one channel per class."""
-    temporary = _atomic_path(path)
-    tifffile.imwrite(temporary, probabilities.astype(np.float32), photometric="minisblack", compression="zlib")
-    os.replace(temporary, path)
+    """(K, H, W) float32 probabilities as a K-plane TIFF, one channel per class."""
+    planes = probabilities.astype(np.float32)
+    atomic_write(
+        path, lambda temporary: tifffile.imwrite(temporary, planes, photometric="minisblack", compression="zlib")
+    )
 
 
 def class_colour(class_id: int) -> np.ndarray:

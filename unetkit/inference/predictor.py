@@ -46,7 +46,8 @@ class InferenceOptions:
 
 
 class Predictor:
-    """Load from a checkpoint (best.pt / last.pt, or its already loaded dict) or an exported .onnx."""
+    """Load from a checkpoint (best.pt / last.pt, or its already loaded dict), a .safetensors
+    export, or an exported .onnx."""
 
     def __init__(
         self,
@@ -65,7 +66,8 @@ class Predictor:
             state = source if isinstance(source, dict) else load_checkpoint(source)
             self.device = resolve_device(device)
             self.amp = resolve_amp(amp, self.device)
-            self.model = model_from_checkpoint(state).to(self.device)
+            self.model = model_from_checkpoint(state, "checkpoint" if isinstance(source, dict) else source)
+            self.model = self.model.to(self.device)
             self._forward = self._torch_forward
         self.mask_values = MaskValues.from_dict(state["mask_values"])
         self.preprocess = Preprocess(**state["preprocess"])

@@ -1,42 +1,38 @@
 """Checkpoints: everything needed to rebuild the model for prediction, or to resume training
-exactly where it stopped. Written atomically (temporary file, then rename), so a crash mid-save
+exactly where it stopped. Written atomically (temporary file, fsync, rename), so a crash mid-save
 never leaves a half-written file in place of a good one; read with weights_only=True, so loading
-a checkpoint can never run code hidden in it."""
+a checkpoint can never run code hidden in it. The keys are listed in docs/checkpoint-format.md."""
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from unetkit.atomic import atomic_write
 from unetkit.errors import UnetkitError
 from unetkit.models import create_model
 
 FORMAT = "unetkit-checkpoint-v1"
+# What prediction needs; a training checkpoint has more (optimizer, scheduler, history, ...).
+MODEL_KEYS = ("model_name", "model_args", "model", "mask_values", "preprocess", "binary")
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        torch.save({"format": FORMAT, **state}, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda temporary: torch.save({"format": FORMAT, **state}, temporary), durable=True)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UnetkitError(f"{path}: checkpoint not found; pass the path of a best.pt or last.pt")
+    if path.suffix == ".safetensors":
+        from unetkit.export_weights import load_safetensors
+
+        return load_safetensors(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -55,10 +51,26 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path}: not a unetkit checkpoint (no '{FORMAT}' marker); "
             "use a best.pt or last.pt written by 'unetkit train'"
         )
+    missing = [key for key in MODEL_KEYS if key not in state]
+    if missing:
+        raise UnetkitError(
+            f"{path}: checkpoint lacks {', '.join(missing)}; it is damaged or was edited, "
+            "use a best.pt or last.pt written by 'unetkit train'"
+        )
     return state
 
 
-def model_from_checkpoint(state: dict[str, Any]) -> nn.Module:
-    model = create_model(state["model_name"], **state["model_args"])
-    model.load_state_dict(state["model"])
+def model_from_checkpoint(state: dict[str, Any], source: str | Path = "checkpoint") -> nn.Module:
+    """The checkpoint's network with its weights; a one-line error if the two do not fit."""
+    try:
+        model = create_model(state["model_name"], **state["model_args"])
+        model.load_state_dict(state["model"])
+    except (TypeError, ValueError, RuntimeError) as err:
+        # load_state_dict lists every mismatched tensor; the first line is enough to see the cause.
+        detail = str(err).strip().splitlines()
+        first = next((line.strip() for line in detail[1:] if line.strip()), detail[0] if detail else "")
+        raise UnetkitError(
+            f"{source}: the weights do not fit a {state['model_name']} with {state['model_args']} "
+            f"({first[:160]}); the checkpoint is damaged or was edited, use one written by 'unetkit train'"
+        ) from None
     return model.eval()

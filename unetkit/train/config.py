@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from unetkit.errors import UnetkitError
 
 
 @dataclass
@@ -58,3 +61,69 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def min_input_size(self) -> int:
+        """The smallest image side the network trains on: every pooling halves it, and the
+        bottleneck needs 2x2 pixels so that BatchNorm sees more than one value with batch size 1."""
+        levels = (self.depth or 4) if self.model == "unet" else 1  # None: the recipes' depth, 4
+        return 2 ** (levels + 1)
+
+    def validate(self) -> None:
+        """Check every option's value; the first bad one is a one-line UnetkitError naming it.
+        None stands for "the recipe chooses" and passes; the resolved config is checked again."""
+        for name, ok, need in self._rules():
+            if not ok:
+                option = "--" + name.replace("_", "-")
+                raise UnetkitError(f"{option} {_show(getattr(self, name))} is invalid: it must be {need}")
+
+    def _rules(self) -> list[tuple[str, bool, str]]:
+        def positive(value: float | None) -> bool:  # False for NaN too
+            return value is not None and math.isfinite(value) and value > 0
+
+        def at_least(value: float | None, low: float) -> bool:
+            return value is not None and math.isfinite(value) and value >= low
+
+        minimum = self.min_input_size()
+        return [
+            ("epochs", self.epochs is None or at_least(self.epochs, 1), "a whole number of epochs, 1 or more"),
+            ("batch_size", self.batch_size is None or at_least(self.batch_size, 1), "1 or more images per step"),
+            ("lr", positive(self.lr), "a learning rate above 0, e.g. 1e-3"),
+            (
+                "val_fraction",
+                self.val_fraction == 0 or 0 < self.val_fraction < 1,
+                "between 0 and 1, e.g. 0.1 (or 0 for no validation)",
+            ),
+            (
+                "scale",
+                self.scale is None or (positive(self.scale) and self.scale <= 16),
+                "a resize factor above 0, e.g. 0.5",
+            ),
+            (
+                "patch_size",
+                not self.patch_size or self.patch_size >= minimum,
+                f"at least {minimum} pixels for a {self.model} of --depth {self.depth}, or 'none'",
+            ),
+            ("patches_per_image", at_least(self.patches_per_image, 1), "1 or more"),
+            ("base_channels", self.base_channels is None or at_least(self.base_channels, 1), "1 or more"),
+            ("depth", self.depth is None or (at_least(self.depth, 1) and self.depth <= 10), "between 1 and 10"),
+            ("weight_decay", at_least(self.weight_decay, 0), "0 or more"),
+            ("momentum", at_least(self.momentum, 0) and self.momentum < 1, "in [0, 1), e.g. 0.9"),
+            ("warmup_epochs", at_least(self.warmup_epochs, 0), "0 or more"),
+            ("step_size", at_least(self.step_size, 1), "1 or more epochs"),
+            ("gamma", positive(self.gamma), "above 0, e.g. 0.1"),
+            ("grad_clip", self.grad_clip is None or at_least(self.grad_clip, 0), "0 (off) or more"),
+            ("patience", self.patience is None or at_least(self.patience, 1), "1 or more epochs"),
+            ("time", self.time is None or positive(self.time), "a duration above 0, e.g. 10m"),
+            ("workers", self.workers is None or at_least(self.workers, 0), "0 or more processes"),
+            (
+                "class_weights",
+                self.class_weights is None or all(positive(w) or w == 0 for w in self.class_weights),
+                "numbers of 0 or more, one per class, e.g. 1,5",
+            ),
+        ]
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(_show(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)

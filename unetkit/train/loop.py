@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from unetkit.atomic import ensure_folder
 from unetkit.data import (
     AugmentConfig,
     MaskValues,
@@ -130,6 +131,7 @@ class Trainer:
         resume_state = load_checkpoint(cfg.resume) if cfg.resume else None
         if resume_state is not None:
             cfg = _resumed_config(cfg, resume_state)
+        cfg.validate()
         self.cfg = cfg
         self.out = _prepare_run_folder(cfg)
         self.device = resolve_device(cfg.device)
@@ -148,6 +150,7 @@ class Trainer:
         self.train_pairs, self.val_pairs = list(train_pairs), list(val_pairs or [])
         if resume_state is None:  # a resumed config is already resolved
             cfg, plan = apply_recipe(cfg, fingerprint(self.train_pairs), self.device)
+            cfg.validate()
             self.cfg = cfg
             self.log(plan)
 
@@ -180,6 +183,8 @@ class Trainer:
         self.val_set = SegmentationDataset(self.val_pairs, self.mask_values, self.preprocess)
         self.train_set.check_all()
         self.val_set.check_all()
+        if not cfg.patch_size:
+            self._check_image_sizes()
         if not cfg.patch_size and cfg.batch_size > 1:
             sizes = {tuple(self.train_set.load(i)[0].shape[-2:]) for i in range(len(self.train_pairs))}
             if len(sizes) > 1:
@@ -230,6 +235,19 @@ class Trainer:
         self.epochs_since_best = 0
         if resume_state is not None:
             self._restore(resume_state)
+        self.saved_epoch = self.start_epoch - 1  # the epoch last.pt holds; 0: none yet
+
+    def _check_image_sizes(self) -> None:
+        """Whole-image training needs every image at least the network's minimum size."""
+        minimum = self.cfg.min_input_size()
+        for index, pair in enumerate(self.train_pairs):
+            height, width = self.train_set.load(index)[0].shape[-2:]
+            if min(height, width) < minimum:
+                raise UnetkitError(
+                    f"{pair.image}: image is {width}x{height} pixels at --scale {self.cfg.scale:g}, smaller than "
+                    f"the {minimum}x{minimum} minimum of a {self.cfg.model} of --depth {self.cfg.depth}; "
+                    "use larger images, a larger --scale or a smaller --depth, or remove it"
+                )
 
     def epoch_label(self, epoch: int) -> str:
         return f"{epoch}/{self.cfg.epochs}" if self.cfg.epochs else str(epoch)
@@ -330,7 +348,7 @@ class Trainer:
     # --- the whole run ---
     def fit(self, on_epoch_end: Callable[[dict[str, float]], None] | None = None) -> RunResult:
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
+        ensure_folder(self.out)
         write_json(
             self.out / "config.json",
             {
@@ -359,6 +377,37 @@ class Trainer:
         self.log(f"AMP: {self.amp.reason}; channels_last: {'on' if self.channels_last else 'off'}")
         if self.start_epoch > 1:
             self.log(f"resuming {cfg.resume} at epoch {self.start_epoch}")
+        try:
+            self._run_epochs(on_epoch_end)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(self._interrupted_message()) from None
+        return RunResult(self.out, self.out / "best.pt", self.out / "last.pt", self.history, self.best_dice)
+
+    def _interrupted_message(self) -> str:
+        last = self.out / "last.pt"
+        if not self.saved_epoch:
+            return "stopped before the first epoch finished, no checkpoint was saved; start the run again"
+        return (
+            f"{last} holds epoch {self.saved_epoch} (the epoch in progress is lost); "
+            f"continue with: unetkit train --resume {last}"
+        )
+
+    def _check_finite(self, epoch: int, train_loss: float, val_loss: float) -> None:
+        """Stop on a NaN/inf loss before its weights reach a checkpoint. The epoch losses are
+        already on the host here, so this costs no extra device sync."""
+        losses = {"training": train_loss, **({"validation": val_loss} if self.val_pairs else {})}
+        bad = [(name, value) for name, value in losses.items() if not math.isfinite(value)]
+        if not bad:
+            return
+        last = self.out / "last.pt"
+        kept = f"{last} keeps epoch {self.saved_epoch} untouched" if self.saved_epoch else "no checkpoint was saved"
+        raise UnetkitError(
+            f"{bad[0][0]} loss became {bad[0][1]} in epoch {epoch}, so training stopped and {kept}; "
+            "train again with a lower --lr, or with --amp off"
+        )
+
+    def _run_epochs(self, on_epoch_end: Callable[[dict[str, float]], None] | None) -> None:
+        cfg = self.cfg
         self.started = time.perf_counter()
         epochs = itertools.count(self.start_epoch) if cfg.epochs is None else range(self.start_epoch, cfg.epochs + 1)
         for epoch in epochs:
@@ -371,6 +420,7 @@ class Trainer:
                 val_dice, val_iou = metrics.mean_dice, metrics.mean_iou
             else:
                 val_loss, val_dice, val_iou = math.nan, math.nan, math.nan
+            self._check_finite(epoch, train_loss, val_loss)
             self.schedule.step_epoch(val_dice)
             row = {
                 "epoch": epoch,
@@ -389,9 +439,12 @@ class Trainer:
             else:
                 self.epochs_since_best += 1
             state = self._state(epoch)
-            save_checkpoint(self.out / "last.pt", state)
+            # best.pt first: a crash between the two saves then only repeats this epoch on
+            # resume (from the older last.pt), instead of leaving a last.pt whose best is missing.
             if improved:
                 save_checkpoint(self.out / "best.pt", state)
+            save_checkpoint(self.out / "last.pt", state)
+            self.saved_epoch = epoch
             write_metrics_csv(self.out / "metrics.csv", self.history)
             plot_curves(self.out / "curves.png", self.history)
             self.log(
@@ -409,7 +462,6 @@ class Trainer:
             if cfg.time is not None and self.elapsed() + epoch_period > cfg.time:
                 self.log(f"stopping: another epoch would pass the {cfg.time:g}-second budget")
                 break
-        return RunResult(self.out, self.out / "best.pt", self.out / "last.pt", self.history, self.best_dice)
 
 
 def train(

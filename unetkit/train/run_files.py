@@ -4,27 +4,28 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from unetkit.atomic import atomic_write
 
 COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr", "seconds")
 
 
 def write_json(path: Path, data: Any) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(temporary, path)
+    text = json.dumps(data, indent=2) + "\n"
+    atomic_write(path, lambda temporary: temporary.write_text(text))
 
 
 def write_metrics_csv(path: Path, history: list[dict[str, float]]) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        for row in history:
-            writer.writerow({key: row[key] for key in COLUMNS})
-    os.replace(temporary, path)
+    def write(temporary: Path) -> None:
+        with temporary.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+            writer.writeheader()
+            for row in history:
+                writer.writerow({key: row[key] for key in COLUMNS})
+
+    atomic_write(path, write)
 
 
 def plot_curves(path: Path, history: list[dict[str, float]]) -> None:
@@ -50,7 +51,7 @@ def plot_curves(path: Path, history: list[dict[str, float]]) -> None:
     loss_ax.legend()
     score_ax.legend()
     figure.tight_layout()
-    temporary = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(temporary, dpi=90)
-    plt.close(figure)
-    os.replace(temporary, path)
+    try:
+        atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=90))
+    finally:
+        plt.close(figure)

@@ -1,0 +1,88 @@
+"""A training run that is killed or interrupted loses at most the epoch in progress."""
+
+from __future__ import annotations
+
+import csv
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from synthetic import make_shapes
+
+from unetkit.train import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+# Epochs of roughly a second each on a small CPU, so a signal can land inside one.
+SLOW_EPOCHS = ("--base-channels", "8", "--depth", "2", "--patch-size", "48", "--patches-per-image", "12")
+SLOW_EPOCHS += ("--batch-size", "4", "--val-fraction", "0.25", "--no-progress", "--amp", "off", "--workers", "0")
+
+
+def start_training(*args: object) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-u", "-m", "unetkit", "train", *map(str, args)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_epoch(process: subprocess.Popen, epoch: int, timeout: float = 120) -> None:
+    """Read the run's log until it reports `epoch` done (its checkpoint is saved by then)."""
+    deadline = time.monotonic() + timeout
+    for line in process.stdout:
+        if line.lstrip().startswith("epoch") and line.split()[1].startswith(f"{epoch}/"):
+            return
+        assert time.monotonic() < deadline, "training did not reach the epoch in time"
+    pytest.fail(f"training ended before epoch {epoch}: {process.stderr.read()}")
+
+
+def epochs_in_metrics(run: Path) -> list[int]:
+    with (run / "metrics.csv").open() as handle:
+        return [int(row["epoch"]) for row in csv.DictReader(handle)]
+
+
+def test_ctrl_c_exits_cleanly_and_says_how_to_resume(tmp_path):
+    images, masks = make_shapes(tmp_path / "data", count=6)
+    run = tmp_path / "run"
+    process = start_training("--images", images, "--masks", masks, "--out", run, "--epochs", "50", *SLOW_EPOCHS)
+    wait_for_epoch(process, 1)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"--resume {run / 'last.pt'}" in err
+    epoch = load_checkpoint(run / "last.pt")["epoch"]
+    assert epoch >= 1 and f"holds epoch {epoch}" in err
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_finishes_the_run(tmp_path):
+    images, masks = make_shapes(tmp_path / "data", count=6)
+    run = tmp_path / "run"
+    epochs = 4
+    process = start_training("--images", images, "--masks", masks, "--out", run, "--epochs", epochs, *SLOW_EPOCHS)
+    wait_for_epoch(process, 1)
+    time.sleep(0.3)  # into epoch 2
+    process.kill()
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+
+    killed_at = load_checkpoint(run / "last.pt")["epoch"]  # loads: the kill never tears a checkpoint
+    assert 1 <= killed_at < epochs
+    resumed = subprocess.run(
+        [sys.executable, "-m", "unetkit", "train", "--resume", run / "last.pt", "--no-progress"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {run / 'last.pt'} at epoch {killed_at + 1}" in resumed.stdout
+    assert epochs_in_metrics(run) == list(range(1, epochs + 1))
+    assert load_checkpoint(run / "last.pt")["epoch"] == epochs
+    best = load_checkpoint(run / "best.pt")
+    assert 1 <= best["epoch"] <= epochs and best["best_dice"] >= 0

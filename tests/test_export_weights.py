@@ -1,0 +1,38 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from unetkit.errors import UnetkitError
+from unetkit.export_weights import export_safetensors, load_safetensors
+from unetkit.inference import Predictor
+from unetkit.train import load_checkpoint
+
+
+def test_safetensors_export_predicts_like_the_checkpoint(rgb_run, tmp_path):
+    _root, images, _masks, checkpoint = rgb_run
+    exported = export_safetensors(checkpoint, tmp_path / "model.safetensors")
+    with safe_open(str(exported), framework="pt") as handle:
+        meta = json.loads(handle.metadata()["unetkit"])
+    state = load_checkpoint(checkpoint)
+    assert meta["model_name"] == state["model_name"] and meta["model_args"] == state["model_args"]
+    assert meta["mask_values"]["values"] == [0, 255] and meta["preprocess"] == state["preprocess"]
+    loaded = load_safetensors(exported)
+    for name, tensor in state["model"].items():
+        torch.testing.assert_close(loaded["model"][name], tensor, rtol=0, atol=0)
+    image = images / "img00.png"
+    original = Predictor(checkpoint, device="cpu", amp="off").predict_file(image)
+    np.testing.assert_array_equal(Predictor(exported, device="cpu", amp="off").predict_file(image), original)
+
+
+def test_safetensors_without_unetkit_metadata_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(UnetkitError, match="no unetkit metadata"):
+        load_safetensors(tmp_path / "other.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(UnetkitError, match="junk.safetensors"):
+        load_checkpoint(tmp_path / "junk.safetensors")

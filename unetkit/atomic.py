@@ -1,0 +1,66 @@
+"""Writing files so that a crash never leaves a half-written one behind.
+
+Every file unetkit writes (checkpoints, config.json, metrics.csv, curves.png, predicted masks)
+goes through `atomic_write`: the content is written to a temporary file in the same folder and
+then renamed over the target. A rename within one file system is atomic, so a reader (or a run
+killed with SIGKILL) sees either the old file or the new one, never a mixture.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from unetkit.errors import UnetkitError
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by their owner only; give results the usual permissions instead.
+FILE_MODE = 0o666 & ~_current_umask()
+WRITE_FIX = "check that the folder is writable and the disk has space, or choose another output folder"
+
+
+def ensure_folder(folder: str | Path) -> Path:
+    """Create `folder` (and its parents) if needed; a one-line UnetkitError if that is impossible."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UnetkitError(f"{folder}: exists but is not a folder; choose another output folder") from None
+    except OSError as err:
+        raise UnetkitError(f"{folder}: cannot create the folder ({err.strerror or err}); {WRITE_FIX}") from None
+    return folder
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None], durable: bool = False) -> None:
+    """Call `write(temporary_path)`, then rename the temporary file to `path`.
+
+    The temporary name keeps the target's suffix, because Pillow and matplotlib pick the format
+    from it. `durable` also fsyncs the data before the rename, so the file survives a power cut,
+    not only a killed process (worth it for checkpoints, too slow for thousands of masks).
+    """
+    path = Path(path)
+    ensure_folder(path.parent)
+    try:
+        handle, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+        os.close(handle)
+        temporary = Path(name)
+        try:
+            write(temporary)
+            os.chmod(temporary, FILE_MODE)
+            if durable:
+                with temporary.open("rb") as written:
+                    os.fsync(written.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+    except OSError as err:
+        raise UnetkitError(f"{path}: cannot write ({err.strerror or err}); {WRITE_FIX}") from None

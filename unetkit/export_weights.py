@@ -1,0 +1,83 @@
+"""Sharing a trained model as weights only: a .safetensors file.
+
+A safetensors file is raw tensors plus a JSON header; loading it parses no pickle at all, so it
+is the format to hand to other people. unetkit stores the model's weights as the tensors and, in
+the header's `__metadata__` under the key "unetkit", a JSON object with what prediction needs:
+
+    {"format": "unetkit-weights-v1", "model_name": "unet", "model_args": {...},
+     "mask_values": {"values": [0, 255], "ignore_value": null},
+     "preprocess": {"in_channels": 1, "mean": [...], "std": [...], "scale": 1.0},
+     "binary": true, "epoch": 12, "best_dice": 0.93}
+
+Optimizer, scheduler and RNG state are left out: an export predicts, it does not resume training.
+`Predictor("model.safetensors")` and `--checkpoint model.safetensors` load it directly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from unetkit.atomic import atomic_write
+from unetkit.errors import UnetkitError
+from unetkit.train.checkpoint import load_checkpoint
+
+WEIGHTS_FORMAT = "unetkit-weights-v1"
+METADATA_KEY = "unetkit"
+_INSTALL_HINT = "install it with: pip install 'unetkit[export]' (or pip install safetensors)"
+
+
+def _safetensors_torch() -> Any:
+    try:
+        import safetensors.torch
+    except ImportError:
+        raise UnetkitError(f"the safetensors package is needed for .safetensors files; {_INSTALL_HINT}") from None
+    return safetensors.torch
+
+
+def export_safetensors(checkpoint_path: str | Path, out_path: str | Path) -> Path:
+    """Write the weights and prediction settings of a unetkit checkpoint to a .safetensors file."""
+    st = _safetensors_torch()
+    state = load_checkpoint(checkpoint_path)
+    meta = {
+        "format": WEIGHTS_FORMAT,
+        "model_name": state["model_name"],
+        "model_args": state["model_args"],
+        "mask_values": state["mask_values"],
+        "preprocess": state["preprocess"],
+        "binary": state["binary"],
+        "epoch": state.get("epoch"),
+        "best_dice": state.get("best_dice"),
+    }
+    tensors = {name: tensor.contiguous() for name, tensor in state["model"].items()}
+    out_path = Path(out_path)
+    atomic_write(
+        out_path,
+        lambda temporary: st.save_file(tensors, str(temporary), metadata={METADATA_KEY: json.dumps(meta)}),
+        durable=True,
+    )
+    return out_path
+
+
+def load_safetensors(path: str | Path) -> dict[str, Any]:
+    """A .safetensors export as the state dict Predictor takes (the prediction keys of a checkpoint)."""
+    st = _safetensors_torch()
+    path = Path(path)
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = st.load_file(str(path), device="cpu")
+        meta = json.loads(metadata[METADATA_KEY])
+    except (KeyError, json.JSONDecodeError):
+        meta = None
+    except Exception as err:  # safetensors raises its own error type for a damaged file
+        raise UnetkitError(
+            f"{path}: not a readable safetensors file ({err.__class__.__name__}); "
+            "export it again with export_safetensors"
+        ) from None
+    if not isinstance(meta, dict) or meta.get("format") != WEIGHTS_FORMAT:
+        raise UnetkitError(f"{path}: no unetkit metadata in this safetensors file; export it with export_safetensors")
+    return {**meta, "model": tensors}
