@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -39,6 +39,9 @@ from unetkit.train.config_file import write_config_toml
 from unetkit.train.distributed import quiet, setup_distributed, unwrap
 from unetkit.train.run_files import plot_curves, write_json, write_metrics_csv
 from unetkit.train.schedulers import Schedule
+
+if TYPE_CHECKING:
+    from unetkit.train.tensorboard import TensorBoardLog
 
 OPTIMIZERS = ("adamw", "sgd", "rmsprop")
 # Options a resumed run may change; everything else comes from the checkpoint's config.
@@ -360,6 +363,13 @@ class Trainer:
         )
         write_config_toml(self.out / "config.toml", cfg)  # `--config` this file to run it again
 
+    def _open_tensorboard(self) -> TensorBoardLog | None:
+        if not (self.cfg.tensorboard and self.dist.is_main):
+            return None
+        from unetkit.train.tensorboard import TensorBoardLog  # tensorboard is an optional extra
+
+        return TensorBoardLog(self.out / "tensorboard", self.mask_values.values)
+
     def fit(self, on_epoch_end: Callable[[dict[str, float]], None] | None = None) -> RunResult:
         cfg = self.cfg
         if self.dist.is_main:  # only rank 0 writes files
@@ -373,6 +383,7 @@ class Trainer:
         self.log(f"AMP: {self.amp.reason}; channels_last: {'on' if self.channels_last else 'off'}")
         if self.start_epoch > 1:
             self.log(f"resuming {cfg.resume} at epoch {self.start_epoch}")
+        tensorboard = self._open_tensorboard()
         started = time.perf_counter()
         for epoch in range(self.start_epoch, cfg.epochs + 1):
             # Same batches & augmentations on resume; each rank its own augmentations.
@@ -409,6 +420,9 @@ class Trainer:
                 f"val Dice {val_dice:.4f}  val IoU {val_iou:.4f}  lr {lr:.2e}  {row['seconds']:.1f}s"
                 + ("  *best" if improved and self.val_pairs else "")
             )
+            if tensorboard is not None:
+                tensorboard.log_epoch(row, metrics if self.val_pairs else None)
+                tensorboard.log_images(epoch, unwrap(self.model), self.val_set, self)
             if on_epoch_end is not None:
                 on_epoch_end(row)
             if cfg.patience is not None and self.epochs_since_best >= cfg.patience:
@@ -418,6 +432,8 @@ class Trainer:
             if self.dist.any_rank(over_budget):  # the ranks' clocks differ; all stop together
                 self.log(f"stopping: the {cfg.max_minutes:g}-minute budget is spent")
                 break
+        if tensorboard is not None:
+            tensorboard.close()
         return RunResult(self.out, self.out / "best.pt", self.out / "last.pt", self.history, self.best_dice)
 
 
