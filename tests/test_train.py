@@ -204,3 +204,26 @@ def test_durations_parse():
     from unetkit.cli import parse_duration
 
     assert [parse_duration(t) for t in ("90s", "10m", "1.5h", "45")] == [90, 600, 5400, 45]
+
+
+def test_tensorboard_logs_scalars_per_class_and_images(binary_data, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    images, masks = binary_data
+    train(tiny_config(images, masks, tmp_path / "run", epochs=1, tensorboard=True), log=lambda _: None)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"loss/train", "loss/val", "lr", "val/dice", "dice_per_class/0", "iou_per_class/255"} <= scalars
+    assert len(events.Tags()["images"]) == 2  # both validation images of 8 at val_fraction 0.25
+
+
+def test_tensorboard_missing_is_a_one_line_hint(binary_data, tmp_path, monkeypatch):
+    import sys
+
+    from unetkit.errors import UnetkitError
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
+    images, masks = binary_data
+    with pytest.raises(UnetkitError, match=r"pip install unetkit\[tensorboard\]"):
+        train(tiny_config(images, masks, tmp_path / "run", epochs=1, tensorboard=True), log=lambda _: None)

@@ -12,6 +12,7 @@ from unetkit.losses import LOSSES
 from unetkit.models import MODELS
 from unetkit.train.amp import AMP_MODES
 from unetkit.train.config import TrainConfig
+from unetkit.train.config_file import load_config_file
 from unetkit.train.loop import OPTIMIZERS
 from unetkit.train.recipes import RECIPES
 from unetkit.train.schedulers import SCHEDULERS
@@ -158,6 +159,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "best.pt keeps the best epoch",
     )
     run = p.add_argument_group("run")
+    run.add_argument(
+        "--config",
+        help="a TOML (or YAML) file of these options, e.g. a run's config.toml; options given here override it",
+    )
     run.add_argument("--out", help="run folder for checkpoints and logs (default runs/<timestamp>)")
     run.add_argument(
         "--resume", help="continue from a last.pt; its saved options are used, except epochs/patience/device"
@@ -166,10 +171,24 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     run.add_argument("--workers", type=int, help="data-loading processes (default: 0 on small CPUs, else 4)")
     run.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bars")
+    run.add_argument(
+        "--sync-bn",
+        action="store_const",
+        const=True,
+        help="under torchrun: BatchNorm statistics over all ranks' batches (SyncBatchNorm, CUDA only)",
+    )
+    run.add_argument(
+        "--tensorboard",
+        action="store_const",
+        const=True,
+        help="also log losses, Dice/IoU per class, LR and validation images to RUN/tensorboard",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    cfg = TrainConfig()
+    """TrainConfig defaults < the --config file < options given on the command line."""
+    config_file = getattr(args, "config", None)
+    cfg = load_config_file(config_file) if config_file else TrainConfig()
     for name in cfg.to_dict():
         value = getattr(args, name, None)
         if value is not None:
@@ -181,8 +200,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from unetkit.train import train
+    from unetkit.train.distributed import is_main_process
 
     result = train(config_from_args(args))
+    if not is_main_process():  # under torchrun, one summary is enough
+        return
     best = f"best val Dice {result.best_dice:.4f}" if result.best_dice > -1 else "no validation: best = last"
     print(f"checkpoints: {result.best_checkpoint} ({best}), {result.last_checkpoint}")
     print(f"logs: {result.out / 'metrics.csv'}, {result.out / 'curves.png'}")

@@ -58,6 +58,8 @@ class TrainConfig:
     device: str = "auto"
     workers: int | None = None
     progress: bool = True
+    sync_bn: bool = False  # SyncBatchNorm across DDP ranks (CUDA only)
+    tensorboard: bool = False  # also log to RUN/tensorboard (needs unetkit[tensorboard])
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

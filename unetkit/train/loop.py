@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -37,9 +37,14 @@ from unetkit.models import create_model
 from unetkit.train.amp import AmpPolicy, resolve_amp
 from unetkit.train.checkpoint import load_checkpoint, save_checkpoint
 from unetkit.train.config import TrainConfig
+from unetkit.train.config_file import write_config_toml
+from unetkit.train.distributed import quiet, setup_distributed, unwrap
 from unetkit.train.recipes import apply_recipe, fingerprint
 from unetkit.train.run_files import plot_curves, write_json, write_metrics_csv
 from unetkit.train.schedulers import Schedule
+
+if TYPE_CHECKING:
+    from unetkit.train.tensorboard import TensorBoardLog
 
 OPTIMIZERS = ("adamw", "sgd", "rmsprop")
 # Options a resumed run may change; everything else comes from the checkpoint's config.
@@ -133,8 +138,10 @@ class Trainer:
             cfg = _resumed_config(cfg, resume_state)
         cfg.validate()
         self.cfg = cfg
-        self.out = _prepare_run_folder(cfg)
-        self.device = resolve_device(cfg.device)
+        self.dist = setup_distributed(resolve_device(cfg.device))  # single-process unless torchrun
+        self.log = log if self.dist.is_main else quiet
+        self.out = self.dist.broadcast_object(_prepare_run_folder(cfg))  # one timestamped folder
+        self.device = self.dist.device
 
         # --- data: pairs, classes, preprocessing; every file is decoded and checked here ---
         if train_pairs is None:
@@ -203,16 +210,21 @@ class Trainer:
             self.channels_last = channels_last_is_faster(self.device, self.amp.dtype)
         else:
             self.channels_last = cfg.channels_last == "on"
+        self.channels_last = self.dist.broadcast_object(self.channels_last)  # DDP needs one layout
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
+        self.model = self.dist.wrap(self.model, cfg.sync_bn)  # DDP under torchrun
         self.criterion = SegmentationLoss(cfg.loss, cfg.class_weights).to(self.device)
         self.optimizer = build_optimizer(cfg, self.model.parameters())
         workers = cfg.workers if cfg.workers is not None else (0 if (torch.get_num_threads() <= 4) else 4)
+        self.train_sampler = self.dist.sampler(self.train_set, cfg.seed)
+        per_rank = len(self.train_sampler) if self.train_sampler is not None else len(self.train_set)
         self.train_loader = DataLoader(
             self.train_set,
             batch_size=cfg.batch_size,
-            shuffle=True,
-            drop_last=len(self.train_set) > cfg.batch_size,
+            shuffle=self.train_sampler is None,
+            sampler=self.train_sampler,
+            drop_last=per_rank > cfg.batch_size,
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0,
@@ -262,7 +274,7 @@ class Trainer:
         return {
             "model_name": self.cfg.model,
             "model_args": self.model_args,
-            "model": {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
+            "model": {k: v.detach().cpu().contiguous() for k, v in unwrap(self.model).state_dict().items()},
             "mask_values": self.mask_values.to_dict(),
             "preprocess": self.preprocess.to_dict(),
             "binary": self.binary,
@@ -282,7 +294,7 @@ class Trainer:
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -295,16 +307,28 @@ class Trainer:
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
+    def _save_epoch(self, epoch: int, improved: bool) -> None:
+        state = self._state(epoch)
+        # best.pt first: a crash between the two saves then only repeats this epoch on
+        # resume (from the older last.pt), instead of leaving a last.pt whose best is missing.
+        if improved:
+            save_checkpoint(self.out / "best.pt", state)
+        save_checkpoint(self.out / "last.pt", state)
+        write_metrics_csv(self.out / "metrics.csv", self.history)
+        plot_curves(self.out / "curves.png", self.history)
+
     # --- one epoch of each kind ---
     def train_one_epoch(self, epoch: int) -> float:
         self.model.train()
+        if self.train_sampler is not None:
+            self.train_sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
         total_loss = torch.zeros((), device=self.device)
         batches = 0
         bar = tqdm(
             total=len(self.train_loader.dataset),
             desc=f"epoch {self.epoch_label(epoch)}",
             unit="img",
-            disable=not self.cfg.progress,
+            disable=not (self.cfg.progress and self.dist.is_main),
             leave=False,
             dynamic_ncols=True,
         )
@@ -332,21 +356,28 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> tuple[float, SegmentationMetrics]:
-        self.model.eval()
+        # The bare model: DDP's forward would broadcast buffers, a collective that hangs when the
+        # ranks hold different numbers of validation images.
+        model = unwrap(self.model)
+        model.eval()
+        self.dist.sync_buffers(model)
         metrics = SegmentationMetrics(self.mask_values.num_classes, self.binary)
         total_loss = 0.0
-        for index in range(len(self.val_set)):
+        for index in self.dist.shard(len(self.val_set)):
             image, mask = self.val_set[index]
             image = image[None].to(self.device, memory_format=self.memory_format)
             mask = mask[None].to(self.device)
             with self.amp.autocast(self.device):
-                logits = self.model(image)
+                logits = model(image)
             total_loss += float(self.criterion(logits, mask))
             metrics.update(predicted_classes(logits), mask)
+        if self.dist.enabled:  # every rank gets the whole set's scores
+            self.dist.all_reduce_sum(metrics.matrix)
+            total_loss = float(self.dist.all_reduce_sum(torch.tensor(total_loss, dtype=torch.float64)))
         return total_loss / max(1, len(self.val_set)), metrics
 
     # --- the whole run ---
-    def fit(self, on_epoch_end: Callable[[dict[str, float]], None] | None = None) -> RunResult:
+    def _write_run_config(self) -> None:
         cfg = self.cfg
         ensure_folder(self.out)
         write_json(
@@ -358,6 +389,7 @@ class Trainer:
                     "amp": self.amp.name,
                     "amp_reason": self.amp.reason,
                     "channels_last": self.channels_last,
+                    "world_size": self.dist.world_size,
                     "cpu": cpu_description(),
                     "mask_values": self.mask_values.values,
                     "binary": self.binary,
@@ -368,6 +400,19 @@ class Trainer:
                 },
             },
         )
+        write_config_toml(self.out / "config.toml", cfg)  # `--config` this file to run it again
+
+    def _open_tensorboard(self) -> TensorBoardLog | None:
+        if not (self.cfg.tensorboard and self.dist.is_main):
+            return None
+        from unetkit.train.tensorboard import TensorBoardLog  # tensorboard is an optional extra
+
+        return TensorBoardLog(self.out / "tensorboard", self.mask_values.values)
+
+    def fit(self, on_epoch_end: Callable[[dict[str, float]], None] | None = None) -> RunResult:
+        cfg = self.cfg
+        if self.dist.is_main:  # only rank 0 writes files
+            self._write_run_config()
         params = sum(p.numel() for p in self.model.parameters())
         self.log(
             f"model {cfg.model} ({params / 1e6:.2f}M parameters) on {self.device}; "
@@ -397,8 +442,9 @@ class Trainer:
         already on the host here, so this costs no extra device sync."""
         losses = {"training": train_loss, **({"validation": val_loss} if self.val_pairs else {})}
         bad = [(name, value) for name, value in losses.items() if not math.isfinite(value)]
-        if not bad:
+        if not self.dist.any_rank(bool(bad)):  # under torchrun every rank must stop together
             return
+        bad = bad or [("another rank's training", math.nan)]
         last = self.out / "last.pt"
         kept = f"{last} keeps epoch {self.saved_epoch} untouched" if self.saved_epoch else "no checkpoint was saved"
         raise UnetkitError(
@@ -407,11 +453,22 @@ class Trainer:
         )
 
     def _run_epochs(self, on_epoch_end: Callable[[dict[str, float]], None] | None) -> None:
+        tensorboard = self._open_tensorboard()
+        try:
+            self._epoch_loop(on_epoch_end, tensorboard)
+        finally:
+            if tensorboard is not None:
+                tensorboard.close()
+
+    def _epoch_loop(
+        self, on_epoch_end: Callable[[dict[str, float]], None] | None, tensorboard: TensorBoardLog | None
+    ) -> None:
         cfg = self.cfg
         self.started = time.perf_counter()
         epochs = itertools.count(self.start_epoch) if cfg.epochs is None else range(self.start_epoch, cfg.epochs + 1)
         for epoch in epochs:
-            torch.manual_seed(cfg.seed * 100_003 + epoch)  # same batches & augmentations on resume
+            # Same batches & augmentations on resume; each rank its own augmentations.
+            torch.manual_seed(cfg.seed * 100_003 + epoch + 1_000_003 * self.dist.rank)
             epoch_start = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
             train_loss = self.train_one_epoch(epoch)
@@ -438,28 +495,26 @@ class Trainer:
                 self.epochs_since_best = 0
             else:
                 self.epochs_since_best += 1
-            state = self._state(epoch)
-            # best.pt first: a crash between the two saves then only repeats this epoch on
-            # resume (from the older last.pt), instead of leaving a last.pt whose best is missing.
-            if improved:
-                save_checkpoint(self.out / "best.pt", state)
-            save_checkpoint(self.out / "last.pt", state)
+            if self.dist.is_main:  # only rank 0 writes files
+                self._save_epoch(epoch, improved)
             self.saved_epoch = epoch
-            write_metrics_csv(self.out / "metrics.csv", self.history)
-            plot_curves(self.out / "curves.png", self.history)
             self.log(
                 f"epoch {self.epoch_label(epoch):>3}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
                 f"val Dice {val_dice:.4f}  val IoU {val_iou:.4f}  lr {lr:.2e}  {row['seconds']:.1f}s"
                 + (f" ({self.elapsed():.0f}/{cfg.time:g}s)" if cfg.time else "")
                 + ("  *best" if improved and self.val_pairs else "")
             )
+            if tensorboard is not None:
+                tensorboard.log_epoch(row, metrics if self.val_pairs else None)
+                tensorboard.log_images(epoch, unwrap(self.model), self.val_set, self)
             if on_epoch_end is not None:
                 on_epoch_end(row)
             if cfg.patience is not None and self.epochs_since_best >= cfg.patience:
                 self.log(f"early stop: no better val Dice for {cfg.patience} epochs")
                 break
             epoch_period = time.perf_counter() - epoch_start  # training, validation and saving
-            if cfg.time is not None and self.elapsed() + epoch_period > cfg.time:
+            over_budget = cfg.time is not None and self.elapsed() + epoch_period > cfg.time
+            if self.dist.any_rank(over_budget):  # the ranks' clocks differ; all stop together
                 self.log(f"stopping: another epoch would pass the {cfg.time:g}-second budget")
                 break
 
@@ -472,4 +527,9 @@ def train(
     on_epoch_end: Callable[[dict[str, float]], None] | None = None,
 ) -> RunResult:
     """Train a model as `cfg` says; returns where the checkpoints and logs are."""
-    return Trainer(cfg, train_pairs, val_pairs, log).fit(on_epoch_end)
+    trainer = Trainer(cfg, train_pairs, val_pairs, log)
+    result = trainer.fit(on_epoch_end)
+    # Not in a `finally`: after an error the other ranks may never reach close()'s barrier;
+    # torchrun stops them instead.
+    trainer.dist.close()
+    return result

@@ -1,0 +1,86 @@
+"""`unetkit train --config FILE`: precedence, errors, and reproducing a run from its config.toml."""
+
+import tomllib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from synthetic import assert_one_line_error, make_shapes, run_cli
+
+from unetkit.cli import build_parser, config_from_args
+from unetkit.train.config import TrainConfig
+from unetkit.train.config_file import config_to_toml, load_config_file
+
+
+def parse_train(*args: str) -> TrainConfig:
+    return config_from_args(build_parser().parse_args(["train", *map(str, args)]))
+
+
+def test_precedence_defaults_then_file_then_command_line(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('epochs = 7\nlr = 0.01\nbatch-size = 2\nmask_values = [0, 255]\npatch_size = "none"\n')
+    cfg = parse_train("--config", path, "--lr", "0.5")
+    assert cfg.epochs == 7 and cfg.batch_size == 2 and cfg.mask_values == [0, 255]  # from the file
+    assert cfg.lr == 0.5  # the command line wins
+    assert cfg.patch_size is None  # "none" in the file is None
+    assert cfg.depth == TrainConfig().depth  # neither: the default
+
+
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        ("epochz = 3\n", ["run.toml", "epochz", "unknown option"]),
+        ('epochs = "ten"\n', ["run.toml", "epochs"]),
+        ("augment = 1\n", ["run.toml", "augment"]),
+        ("epochs = \n", ["run.toml", "not valid TOML"]),
+    ],
+)
+def test_bad_config_files_give_one_line_errors(tmp_path, capsys, text, needles):
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    code, _, err = run_cli(capsys, "train", "--config", path)
+    assert_one_line_error(code, err, *needles)
+
+
+def test_missing_config_file(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", "--config", tmp_path / "nope.toml")
+    assert_one_line_error(code, err, "nope.toml", "not found")
+
+
+@given(
+    st.builds(
+        TrainConfig,
+        images=st.text(),
+        epochs=st.integers(1, 10**6),
+        lr=st.floats(allow_nan=False, allow_infinity=False),
+        patch_size=st.none() | st.integers(1, 4096),
+        grad_clip=st.none() | st.floats(0.1, 10),
+        class_weights=st.none() | st.lists(st.floats(0, 10), max_size=4),
+        mask_suffix=st.none() | st.text(max_size=5),
+    )
+)
+def test_saved_toml_reads_back_as_the_same_config(tmp_path_factory, cfg):
+    path = tmp_path_factory.mktemp("toml") / "config.toml"
+    text = config_to_toml(cfg)
+    tomllib.loads(text)  # valid TOML
+    path.write_text(text)
+    assert load_config_file(path) == cfg  # out and resume are None in both
+
+
+def test_rerun_from_saved_config_gives_the_same_metrics(tmp_path, capsys):
+    images, masks = make_shapes(tmp_path / "data", count=6, size=(32, 32))
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(
+        f'images = "{images}"\nmasks = "{masks}"\nepochs = 2\nbase_channels = 4\ndepth = 2\n'
+        'patch_size = 32\nbatch_size = 2\namp = "off"\nchannels_last = "off"\nprogress = false\nworkers = 0\n'
+    )
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert run_cli(capsys, "train", "--config", recipe, "--out", first)[0] == 0
+    saved = first / "config.toml"
+    assert "out =" not in saved.read_text()
+    assert run_cli(capsys, "train", "--config", saved, "--out", second)[0] == 0
+
+    def metrics(run):  # every column but the wall-clock seconds
+        return [line.rsplit(",", 1)[0] for line in (run / "metrics.csv").read_text().splitlines()]
+
+    assert metrics(first) == metrics(second) and len(metrics(first)) == 3

@@ -1,0 +1,106 @@
+"""DDP under torchrun: two CPU processes with gloo on a tiny data set."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from synthetic import make_shapes
+
+from unetkit.data import find_pairs
+from unetkit.train import TrainConfig, Trainer, load_checkpoint, model_from_checkpoint
+from unetkit.train.loop import split_pairs
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_OPTIONS = (
+    "--epochs 2 --base-channels 4 --depth 2 --patch-size 32 --batch-size 2 --val-fraction 0.25 "
+    "--amp off --channels-last off --no-progress --workers 0"
+).split()
+
+
+def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node=N -m unetkit ...` with this checkout's unetkit."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    command += ["-m", "unetkit", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    images, masks = make_shapes(root, count=8, size=(32, 32))
+    out = root / "run"
+    # Each rank saves its final weights, so the test can compare them.
+    result = torchrun("train", "--images", str(images), "--masks", str(masks), "--out", str(out), *TINY_OPTIONS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return images, masks, out, result
+
+
+def test_two_ranks_train_and_write_one_run_folder(two_rank_run):
+    _images, _masks, out, result = two_rank_run
+    for name in ("best.pt", "last.pt", "metrics.csv", "config.json", "config.toml", "curves.png"):
+        assert (out / name).is_file(), name
+    # Rank 0 alone logs: one summary line, one line per epoch.
+    assert result.stdout.count("checkpoints:") == 1
+    assert len(re.findall(r"^epoch +1/2 ", result.stdout, re.MULTILINE)) == 1, result.stdout
+
+
+def test_validation_dice_equals_a_single_process_on_the_checkpoint(two_rank_run):
+    images, masks, out, _result = two_rank_run
+    state = load_checkpoint(out / "last.pt")
+    # The same validation images, scored by one process with the saved weights.
+    _train, val_pairs = split_pairs(find_pairs(images, masks), 0.25, seed=0)
+    cfg = TrainConfig(**{**state["config"], "resume": str(out / "last.pt"), "out": str(out)})
+    trainer = Trainer(cfg, log=lambda _: None)
+    assert [p.name for p in trainer.val_pairs] == [p.name for p in val_pairs]
+    val_loss, metrics = trainer.validate()
+    ddp_row = state["history"][-1]
+    assert metrics.mean_dice == ddp_row["val_dice"]
+    assert metrics.mean_iou == ddp_row["val_iou"]
+    assert val_loss == pytest.approx(ddp_row["val_loss"], rel=1e-6)
+    model = model_from_checkpoint(state)  # loads without 'module.' prefixes
+    assert isinstance(model, torch.nn.Module)
+
+
+def test_both_ranks_end_with_identical_weights(tmp_path):
+    images, masks = make_shapes(tmp_path, count=8, size=(32, 32))
+    script = tmp_path / "ranks.py"
+    # Train in-process under torchrun, then each rank saves its own weights and buffers.
+    script.write_text(
+        "import os, sys, torch\n"
+        "from unetkit.cli import add_train_arguments, config_from_args\n"
+        "import argparse\n"
+        "from unetkit.train import Trainer\n"
+        "p = argparse.ArgumentParser(); add_train_arguments(p)\n"
+        "trainer = Trainer(config_from_args(p.parse_args(sys.argv[2:])), log=lambda _: None)\n"
+        "trainer.fit()\n"
+        "state = trainer.model.module.state_dict()\n"
+        "torch.save(state, os.path.join(sys.argv[1], f\"rank{os.environ['RANK']}.pt\"))\n"
+        "trainer.dist.close()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    command += [str(tmp_path), "--images", str(images), "--masks", str(masks), "--out", str(tmp_path / "run")]
+    result = subprocess.run(command + TINY_OPTIONS, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert rank0.keys() == rank1.keys()
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    for name in rank0:
+        assert torch.equal(saved[name], rank0[name]), name
+
+
+def test_without_torchrun_nothing_is_distributed(binary_data, tmp_path):
+    images, masks = binary_data
+    trainer = Trainer(
+        TrainConfig(images=str(images), masks=str(masks), out=str(tmp_path / "run"), base_channels=4, depth=2),
+        log=lambda _: None,
+    )
+    assert not trainer.dist.enabled and trainer.train_sampler is None and not dist.is_initialized()

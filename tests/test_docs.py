@@ -1,0 +1,34 @@
+"""The docs generator's figures render (the training-based one only with -m slow)."""
+
+import pytest
+
+from unetkit import docs
+
+
+@pytest.mark.parametrize("name", ["dice_iou", "upsampling", "amp", "schedulers"])
+def test_cheap_figures_render(tmp_path, name):
+    path = docs.CHEAP_FIGURES[name](tmp_path)
+    assert path.suffix == ".png" and 0 < path.stat().st_size < 200_000
+
+
+@pytest.mark.slow
+def test_dumbnet_vs_unet_figure_trains_both_models(tmp_path):
+    path = docs.figure_dumbnet_vs_unet(tmp_path, epochs=1)
+    assert path.stat().st_size > 0 and (tmp_path / "dumbnet_vs_unet.json").is_file()
+
+
+def test_every_page_names_its_module_and_has_its_figure():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    pages = {
+        "metrics.md": ("unetkit/metrics.py", "dice_iou.png"),
+        "upsampling.md": ("unetkit/models/blocks.py", "upsampling.png"),
+        "amp.md": ("unetkit/train/amp.py", "amp.png"),
+        "schedulers.md": ("unetkit/train/schedulers.py", "schedulers.png"),
+        "dumbnet_vs_unet.md": ("unetkit/models/dumbnet.py", "dumbnet_vs_unet.png"),
+    }
+    for page, (module, figure) in pages.items():
+        text = (root / "docs" / page).read_text()
+        assert module in text and f"figures/{figure}" in text, page
+        assert (root / "docs" / "figures" / figure).is_file(), figure

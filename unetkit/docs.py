@@ -1,0 +1,301 @@
+"""Generate the figures of the docs/ concept pages: `python -m unetkit.docs [--out docs/figures]`.
+
+Each figure is computed from unetkit's own code on this machine, so the pages show what the
+code does, not what it is said to do. All but `dumbnet_vs_unet` take seconds; that one trains
+two small models on the bundled demo data (about two minutes of CPU) and can be skipped with
+--skip-training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from unetkit.data import find_pairs, read_image, read_mask
+from unetkit.demo import DEMO_DATA, HELDOUT_SLICES, TRAIN_SLICES, VAL_SLICES, demo_config
+from unetkit.hardware import cpu_description
+from unetkit.metrics import confusion_matrix, dice_from_confusion, iou_from_confusion
+from unetkit.models import create_model
+from unetkit.train.amp import cpu_has_native_bf16
+from unetkit.train.schedulers import SCHEDULERS, Schedule
+
+DPI = 80  # small PNGs: they are committed to the repository
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI)
+    _pyplot().close(figure)
+    return path
+
+
+def _demo_slice(index: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image in [0, 1] as (H, W), mask as class ids: 0 membrane, 1 cell) of one demo slice."""
+    name = f"{index:02d}.png"
+    image = read_image(DEMO_DATA / "images" / name)[..., 0]
+    mask = (read_mask(DEMO_DATA / "masks" / name) == 255).astype(np.int64)
+    return image, mask
+
+
+# --- Dice vs F1 vs IoU (unetkit/metrics.py) ---
+def figure_dice_iou(out: Path) -> Path:
+    """Dice, F1 and IoU of real predictions: each demo slice's membranes predicted by an intensity
+    threshold (membranes are dark), at several thresholds to spread the scores out."""
+    plt = _pyplot()
+    dice_points, iou_points, f1_gaps = [], [], []
+    for index in range(0, 30, 6):
+        image, truth = _demo_slice(index)
+        for threshold in np.linspace(0.15, 0.75, 9):
+            pred = torch.from_numpy((image > threshold).astype(np.int64))
+            matrix = confusion_matrix(pred, torch.from_numpy(truth), 2)
+            dice, iou = dice_from_confusion(matrix), iou_from_confusion(matrix)
+            for k in (0, 1):  # membrane and cell, each scored as "the" class
+                tp, fp, fn = (
+                    float(matrix[k, k]),
+                    float(matrix[:, k].sum() - matrix[k, k]),
+                    float(matrix[k].sum() - matrix[k, k]),
+                )
+                precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+                f1 = 2 * precision * recall / max(precision + recall, 1e-12)
+                f1_gaps.append(abs(f1 - float(dice[k])))
+                dice_points.append(float(dice[k]))
+                iou_points.append(float(iou[k]))
+    figure, axis = plt.subplots(figsize=(5.2, 4.2))
+    axis.scatter(dice_points, iou_points, s=10, alpha=0.6, label="predictions on demo slices")
+    d = np.linspace(0, 1, 200)
+    axis.plot(d, d / (2 - d), "k", lw=1, label="IoU = D / (2 - D)")
+    axis.plot(d, d, ":", color="grey", lw=1, label="IoU = D")
+    axis.set_xlabel("Dice (= F1)")
+    axis.set_ylabel("IoU (Jaccard)")
+    axis.set_title(f"{len(dice_points)} scores; max |F1 - Dice| = {max(f1_gaps):.1e}", fontsize=9)
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    return _save(figure, out / "dice_iou.png")
+
+
+# --- transposed convolution vs bilinear upsampling (unetkit/models/blocks.py) ---
+def figure_upsampling(out: Path) -> Path:
+    plt = _pyplot()
+    torch.manual_seed(0)
+    image, _ = _demo_slice(0)
+    small = torch.from_numpy(image[::8, ::8].copy())[None, None]  # 64x64, upsampled to 128x128
+    flat = torch.ones(1, 1, 16, 16)  # a constant input: any pattern in the output is the layer's own
+    bilinear = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+    transposed_2 = nn.ConvTranspose2d(1, 1, 2, stride=2, bias=False)  # unetkit's choice: kernel = stride
+    transposed_3 = nn.ConvTranspose2d(1, 1, 3, stride=2, padding=1, output_padding=1, bias=False)  # uneven overlap
+    layers = {"bilinear": bilinear, "transposed k=2 s=2": transposed_2, "transposed k=3 s=2": transposed_3}
+    figure, axes = plt.subplots(2, 4, figsize=(9, 4.8))
+    axes[0, 0].imshow(small[0, 0], cmap="gray")
+    axes[0, 0].set_title("input 64x64")
+    axes[1, 0].imshow(flat[0, 0], cmap="gray", vmin=0, vmax=2)
+    axes[1, 0].set_title("constant input 16x16")
+    with torch.no_grad():
+        for column, (name, layer) in enumerate(layers.items(), start=1):
+            axes[0, column].imshow(layer(small)[0, 0], cmap="gray")
+            axes[0, column].set_title(name)
+            response = layer(flat)[0, 0]
+            axes[1, column].imshow(response, cmap="magma")
+            axes[1, column].set_title(f"constant in: std {float(response[2:-2, 2:-2].std()):.3f}", fontsize=9)
+    for axis in axes.flat:
+        axis.set_axis_off()
+    unet = {
+        kind: sum(p.numel() for p in create_model("unet", in_channels=1, num_classes=2, upsampling=kind).parameters())
+        for kind in ("transposed", "bilinear")
+    }
+    figure.suptitle(
+        "U-Net (base 64, depth 4) parameters: transposed {:.2f}M, bilinear {:.2f}M".format(
+            unet["transposed"] / 1e6, unet["bilinear"] / 1e6
+        ),
+        fontsize=10,
+    )
+    return _save(figure, out / "upsampling.png")
+
+
+# --- AMP (unetkit/train/amp.py) ---
+def _time(function: Callable[[], object], repeats: int = 5) -> float:
+    function()  # warm-up: first calls pick kernels
+    started = time.perf_counter()
+    for _ in range(repeats):
+        function()
+    return (time.perf_counter() - started) / repeats
+
+
+def figure_amp(out: Path) -> Path:
+    plt = _pyplot()
+    torch.manual_seed(0)
+    conv = nn.Conv2d(32, 32, 3, padding=1)
+    x = torch.randn(4, 32, 128, 128)
+
+    def forward_backward(dtype: torch.dtype | None) -> Callable[[], object]:
+        def run() -> object:
+            conv.zero_grad()
+            with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+                y = conv(x.requires_grad_(False))
+            y.float().square().mean().backward()
+            return y
+
+        return run
+
+    seconds = {
+        name: _time(forward_backward(dtype)) for name, dtype in (("fp32", None), ("bf16 autocast", torch.bfloat16))
+    }
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        dtypes = {
+            "conv2d": conv(x[:1]).dtype,
+            "matmul": (x[0, 0] @ x[0, 0]).dtype,
+            "softmax": torch.softmax(x[:1], 1).dtype,
+            "sum": x[:1].sum().dtype,
+        }
+    figure, axis = plt.subplots(figsize=(6.4, 3.4))
+    bars = axis.bar(list(seconds), [1000 * s for s in seconds.values()], color=["tab:blue", "tab:orange"])
+    axis.bar_label(bars, fmt="%.0f ms")
+    axis.set_ylabel("3x3 conv 32->32, 4x128x128, fwd+bwd")
+    native = "native bf16" if cpu_has_native_bf16() else "no native bf16"
+    axis.set_title(
+        f"{cpu_description()[:70]}\n({native}); under bf16 autocast: "
+        + ", ".join(f"{k} {str(v).replace('torch.', '')}" for k, v in dtypes.items()),
+        fontsize=7,
+    )
+    (out / "amp.json").write_text(
+        json.dumps(
+            {
+                "cpu": cpu_description(),
+                "native_bf16": cpu_has_native_bf16(),
+                "seconds": seconds,
+                "autocast_dtypes": {k: str(v) for k, v in dtypes.items()},
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    return _save(figure, out / "amp.png")
+
+
+# --- LR schedulers (unetkit/train/schedulers.py) ---
+def figure_schedulers(out: Path, epochs: int = 30, steps_per_epoch: int = 10) -> Path:
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 3.8))
+    for name in SCHEDULERS:
+        optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1e-3)
+        schedule = Schedule(name, optimizer, steps_per_epoch, epochs, warmup_epochs=2, step_size=10, gamma=0.3)
+        rates = []
+        for epoch in range(epochs):
+            for _ in range(steps_per_epoch):
+                rates.append(optimizer.param_groups[0]["lr"])
+                optimizer.step()
+                schedule.step_batch()
+            # plateau needs a validation Dice: one that rises, then stalls from epoch 12
+            schedule.step_epoch(min(0.9, 0.5 + 0.035 * epoch))
+        axis.plot(np.arange(len(rates)) / steps_per_epoch, rates, label=name)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("learning rate")
+    axis.set_title(
+        f"{epochs} epochs x {steps_per_epoch} batches, base LR 1e-3 (plateau: Dice stalls at epoch 12)", fontsize=9
+    )
+    axis.legend(fontsize=8, ncol=3)
+    axis.grid(alpha=0.3)
+    return _save(figure, out / "schedulers.png")
+
+
+# --- DumbNet vs U-Net (unetkit/models/dumbnet.py); trains two models ---
+def figure_dumbnet_vs_unet(out: Path, epochs: int = 10, minutes_each: float = 1.5) -> Path:
+    """Both models trained with the demo recipe, shortened; Dice on held-out slices 25-29."""
+    from unetkit.evaluate import evaluate_pairs
+    from unetkit.inference import Predictor
+    from unetkit.train import train
+
+    plt = _pyplot()
+    by_slice = {int(p.name): p for p in find_pairs(DEMO_DATA / "images", DEMO_DATA / "masks")}
+    train_pairs = [by_slice[i] for i in TRAIN_SLICES]
+    val_pairs = [by_slice[i] for i in VAL_SLICES]
+    heldout = [by_slice[i] for i in HELDOUT_SLICES]
+    results, examples = {}, {}
+    work = Path(tempfile.mkdtemp(prefix="unetkit-docs-"))  # checkpoints are not docs
+    for model in ("dumbnet", "unet"):
+        cfg = demo_config(work / model, progress=False)
+        cfg.model, cfg.epochs, cfg.time = model, epochs, minutes_each * 60
+        if model == "dumbnet":
+            cfg.base_channels = 32  # DumbNet's width
+        started = time.perf_counter()
+        run = train(cfg, train_pairs, val_pairs, log=lambda _: None)
+        predictor = Predictor(run.best_checkpoint)
+        params = sum(p.numel() for p in predictor.model.parameters())
+
+        def keep_first(pair, _image, class_ids, model=model) -> None:
+            if pair.name == heldout[0].name:
+                examples[model] = class_ids
+
+        report = evaluate_pairs(predictor, heldout, progress=False, on_prediction=keep_first)
+        by_value = {row["mask_value"]: row["dice"] for row in report["per_class"]}
+        results[model] = {
+            "membrane_dice": by_value[0],
+            "cell_dice": by_value[255],
+            "parameters": params,
+            "epochs": len(run.history),
+            "seconds": time.perf_counter() - started,
+        }
+    shutil.rmtree(work, ignore_errors=True)
+    (out / "dumbnet_vs_unet.json").write_text(json.dumps(results, indent=2) + "\n")
+    image, truth = _demo_slice(HELDOUT_SLICES[0])
+    figure, axes = plt.subplots(1, 4, figsize=(12, 3.6))
+    panels = [("slice 25", image), ("true mask", truth)]
+    for model in ("dumbnet", "unet"):
+        r = results[model]
+        panels.append(
+            (f"{model}: membrane Dice {r['membrane_dice']:.3f}\n({r['parameters'] / 1e3:.0f}k params)", examples[model])
+        )
+    for axis, (title, array) in zip(axes, panels, strict=True):
+        axis.imshow(array[128:384, 128:384], cmap="gray")  # the centre, so the membranes are visible
+        axis.set_title(title, fontsize=9)
+        axis.set_axis_off()
+    return _save(figure, out / "dumbnet_vs_unet.png")
+
+
+CHEAP_FIGURES = {
+    "dice_iou": figure_dice_iou,
+    "upsampling": figure_upsampling,
+    "amp": figure_amp,
+    "schedulers": figure_schedulers,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m unetkit.docs", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="docs/figures", help="folder for the figures (default docs/figures)")
+    parser.add_argument("--skip-training", action="store_true", help="skip the DumbNet vs U-Net figure")
+    parser.add_argument("--only", nargs="+", choices=[*CHEAP_FIGURES, "dumbnet_vs_unet"], help="just these figures")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, Callable[[Path], Path]] = dict(CHEAP_FIGURES)
+    if not args.skip_training:
+        figures["dumbnet_vs_unet"] = figure_dumbnet_vs_unet
+    for name, make in figures.items():
+        if args.only and name not in args.only:
+            continue
+        started = time.perf_counter()
+        path = make(out)
+        print(f"{path} ({path.stat().st_size / 1e3:.0f} kB, {time.perf_counter() - started:.1f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

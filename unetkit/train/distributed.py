@@ -1,0 +1,143 @@
+"""Distributed data-parallel (DDP) training, launched by torchrun.
+
+torchrun starts one process per device and tells each who it is through environment variables
+(RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT). Each process trains a full copy of the model
+on its own shard of the batches; DDP averages the gradients after every backward, so the copies
+stay identical. Everything here is a no-op when those variables are absent (a plain
+`unetkit train`), so single-process training is unchanged.
+
+  backend:     gloo on CPU, nccl on CUDA (one GPU per process: cuda:LOCAL_RANK)
+  data:        DistributedSampler, reshuffled per epoch by set_epoch(), so each rank sees a
+               different 1/N of the images; --batch-size is per process
+  validation:  each rank scores every N-th image; the confusion matrices and loss sums are
+               summed across ranks, so every rank reports the same Dice
+  files:       only rank 0 writes checkpoints, logs and plots (of the unwrapped model, so a
+               checkpoint loads in a single process)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Dataset, DistributedSampler
+
+from unetkit.errors import UnetkitError
+
+T = TypeVar("T")
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def is_main_process() -> bool:
+    """Rank 0, or not distributed at all; usable before and after the process group exists."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@dataclass
+class Distributed:
+    """This process's place in the job. world_size 1 means plain single-process training."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # we created the process group, so we destroy it
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # --- model and data ---
+    def wrap(self, model: nn.Module, sync_bn: bool) -> nn.Module:
+        """DDP around the model (SyncBatchNorm first if asked); the model itself when not distributed."""
+        if not self.enabled:
+            return model
+        if sync_bn:
+            if self.device.type == "cpu":
+                # PyTorch's SyncBatchNorm only has GPU kernels; failing here beats failing mid-epoch.
+                raise UnetkitError("--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm has no CPU kernel)")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+    def sampler(self, dataset: Dataset, seed: int) -> DistributedSampler | None:
+        if not self.enabled:
+            return None  # the DataLoader's own shuffle, seeded per epoch as before
+        return DistributedSampler(dataset, self.world_size, self.rank, shuffle=True, seed=seed)
+
+    def shard(self, count: int) -> range:
+        """This rank's indices of `count` items: every world_size-th, starting at rank."""
+        return range(self.rank, count, self.world_size)
+
+    # --- collectives (no-ops in a single process) ---
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum `tensor` over ranks, in place, and return it. Sent from self.device (nccl needs GPU tensors)."""
+        if self.enabled:
+            on_device = tensor.to(self.device)
+            dist.all_reduce(on_device)
+            tensor.copy_(on_device)
+        return tensor
+
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank when it is true on any: decisions that end the loop must agree, or
+        the ranks still training wait forever for the ones that stopped."""
+        if not self.enabled:
+            return flag
+        return bool(self.all_reduce_sum(torch.tensor([int(flag)], dtype=torch.long)).item())
+
+    def broadcast_object(self, value: T) -> T:
+        """Rank 0's value on every rank (e.g. a timestamped run folder, a measured speed choice)."""
+        if not self.enabled:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
+        return box[0]
+
+    def sync_buffers(self, model: nn.Module) -> None:
+        """Copy rank 0's BatchNorm running statistics to every rank. DDP broadcasts them at the start
+        of each training forward, so after the last step each rank holds its own; validation must
+        use rank 0's, the ones the checkpoint saves."""
+        if self.enabled:
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
+
+    def close(self) -> None:
+        """Wait for rank 0's last files, then tear the group down if we set it up."""
+        if self.enabled and dist.is_initialized():
+            dist.barrier()
+            if self.owns_group:
+                dist.destroy_process_group()
+
+
+def setup_distributed(device: torch.device) -> Distributed:
+    """Join the torchrun job if there is one. `device` is the resolved --device; under torchrun a
+    CUDA device becomes cuda:LOCAL_RANK, one GPU per process."""
+    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) <= 1:
+        return Distributed(device=device)
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    owns_group = not dist.is_initialized()
+    if owns_group:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Distributed(rank, world_size, device, owns_group)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DDP, whose state_dict has no 'module.' prefixes."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def quiet(_message: Any) -> None:
+    """The log function of ranks other than 0: one copy of each line is enough."""
