@@ -190,3 +190,12 @@ def test_check_names_each_problem(tmp_path, capsys, breakage, needle):
     assert main(["check", "--images", str(images), "--masks", str(masks)]) == 1
     out = capsys.readouterr().out
     assert needle in out and "NOT ok" in out
+
+
+def test_safetensors_export_from_the_cli_predicts_like_the_checkpoint(trained, tmp_path, capsys):
+    _root, images, _masks, checkpoint = trained
+    assert main(["export", "--checkpoint", str(checkpoint), "--safetensors", str(tmp_path / "m.safetensors")]) == 0
+    image = np.random.default_rng(2).random((40, 52, 1), dtype=np.float32)
+    exported = Predictor(tmp_path / "m.safetensors", amp="off").logits(image)
+    torch.testing.assert_close(exported, Predictor(checkpoint, amp="off").logits(image))
+    assert main(["export", "--checkpoint", str(checkpoint)]) == 2

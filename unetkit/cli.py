@@ -253,10 +253,17 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from unetkit.export import export_onnx
+    if not args.onnx and not args.safetensors:
+        raise UnetkitError("export needs --onnx FILE and/or --safetensors FILE")
+    if args.onnx:
+        from unetkit.export import export_onnx
 
-    difference = export_onnx(args.checkpoint, args.onnx)
-    print(f"wrote {args.onnx}; ONNX Runtime vs PyTorch max abs logit difference {difference:.2e}")
+        difference = export_onnx(args.checkpoint, args.onnx)
+        print(f"wrote {args.onnx}; ONNX Runtime vs PyTorch max abs logit difference {difference:.2e}")
+    if args.safetensors:
+        from unetkit.export_weights import export_safetensors
+
+        print(f"wrote {export_safetensors(args.checkpoint, args.safetensors)} (weights and metadata only, no pickle)")
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -358,11 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "export",
-        help="export a checkpoint to ONNX for deployment",
-        description="Export to ONNX (dynamic batch, height, width), checked against PyTorch with ONNX Runtime.",
+        help="export a checkpoint to ONNX or safetensors for deployment and sharing",
+        description="Export to ONNX (dynamic batch, height, width; checked against PyTorch with ONNX Runtime) "
+        "and/or to safetensors (weights plus JSON metadata, safe to load from strangers).",
     )
     p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt from a run")
-    p.add_argument("--onnx", required=True, help="output .onnx file")
+    p.add_argument("--onnx", help="output .onnx file")
+    p.add_argument("--safetensors", help="output .safetensors file; predict/evaluate take it as --checkpoint")
     p.set_defaults(func=cmd_export)
 
     p = commands.add_parser(
@@ -393,6 +402,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code = args.func(args)
+    except BrokenPipeError:  # output piped into `head` and the like: not an error of ours
+        sys.stderr.close()
+        return 0
     except UnetkitError as err:
         print(_printable(f"unetkit {args.command}: error: {err}"), file=sys.stderr)
         return 2
