@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
-from synthetic import make_shapes, run_cli
+from synthetic import TINY_TRAIN, make_shapes, run_cli
 
 from unetkit.cli import main
 
@@ -93,15 +93,7 @@ def test_twelve_classes_from_ids_0_to_11(tmp_path, capsys):
         masks,
         "--out",
         tmp_path / "run",
-        "--epochs",
-        "1",
-        "--base-channels",
-        "4",
-        "--depth",
-        "2",
-        "--patch-size",
-        "32",
-        "--no-progress",
+        *TINY_TRAIN,
         "--val-fraction",
         "0.25",
     )

@@ -3,7 +3,7 @@ import pytest
 import tifffile
 import torch
 from PIL import Image
-from synthetic import make_shapes
+from synthetic import TINY_TRAIN, make_shapes
 
 from unetkit.cli import main
 from unetkit.inference import InferenceOptions, Predictor, predict_tiled, with_tta
@@ -75,17 +75,9 @@ def trained(tmp_path_factory):
                 str(masks),
                 "--out",
                 str(root / "run"),
+                *TINY_TRAIN,
                 "--epochs",
                 "2",
-                "--base-channels",
-                "4",
-                "--depth",
-                "2",
-                "--patch-size",
-                "32",
-                "--no-progress",
-                "--amp",
-                "off",
             ]
         )
         == 0
