@@ -80,45 +80,61 @@ def benchmark_inference(settings: Settings, log=print) -> list[dict]:
             cl_predictor.model = cl_predictor.model.to(memory_format=torch.channels_last)
         else:
             log("  unetkit+cl: skipped (channels_last_is_faster() says NCHW is faster on this CPU)")
-        with tempfile.TemporaryDirectory(prefix="unetkit-bench-onnx-") as tmp:
-            onnx_model = onnx_forward(state, Path(tmp), log) if settings.onnx else None
-            for size in settings.sizes:
-                gflop = model_gflop(spec, size, training=False)
-                for batch in settings.infer_batches:
-                    x = torch.randn(batch, 1, size, size, generator=torch.Generator().manual_seed(0))
+        cases = [(size, batch) for size in settings.sizes for batch in settings.infer_batches]
+        inputs = {
+            case: torch.randn(case[1], 1, case[0], case[0], generator=torch.Generator().manual_seed(0))
+            for case in cases
+        }
+        naive_rates: dict[tuple[int, int], float] = {}
 
-                    backends = {
-                        "naive": (partial(eager_no_grad, naive_model, x), "fp32"),
-                        "unetkit": (partial(predictor._forward, x), predictor.amp.name),
-                    }
-                    if cl_predictor is not None:
-                        x_cl = x.contiguous(memory_format=torch.channels_last)
-                        backends["unetkit+cl"] = (partial(cl_predictor._forward, x_cl), cl_predictor.amp.name)
-                    if onnx_model is not None:
-                        backends["onnxruntime"] = (partial(onnx_model, x), "fp32")
-                    naive_rate = None
-                    for variant, (fn, dtype) in backends.items():
-                        timing = measure(fn, settings.warmup, settings.iters, settings.max_case_seconds)
-                        rate = batch / timing["median_s"]
-                        naive_rate = naive_rate or rate
-                        rows.append(
-                            {
-                                "section": "infer",
-                                "model": spec.name,
-                                "size": size,
-                                "batch": batch,
-                                "variant": variant,
-                                "images_per_s": rate,
-                                "speedup_vs_naive": rate / naive_rate,
-                                "gflop_per_image": gflop,
-                                "gflops": gflop * rate,
-                                "dtype": dtype,
-                                "channels_last": variant == "unetkit+cl",
-                                **timing,
-                            }
-                        )
-                        log(
-                            f"  infer {spec.name:<6} {size:>4}px batch {batch}  {variant:<11} "
-                            f"{rate:8.3f} img/s  (x{rate / naive_rate:.2f} vs naive)"
-                        )
+        def record(variant, dtype, size, batch, timing, spec=spec, naive_rates=naive_rates) -> None:
+            rate = batch / timing["median_s"]
+            naive_rates.setdefault((size, batch), rate)  # naive runs first
+            gflop = model_gflop(spec, size, training=False)
+            rows.append(
+                {
+                    "section": "infer",
+                    "model": spec.name,
+                    "size": size,
+                    "batch": batch,
+                    "variant": variant,
+                    "images_per_s": rate,
+                    "speedup_vs_naive": rate / naive_rates[(size, batch)],
+                    "gflop_per_image": gflop,
+                    "gflops": gflop * rate,
+                    "dtype": dtype,
+                    "channels_last": variant == "unetkit+cl",
+                    **timing,
+                }
+            )
+            log(
+                f"  infer {spec.name:<6} {size:>4}px batch {batch}  {variant:<11} "
+                f"{rate:8.3f} img/s  (x{rate / naive_rates[(size, batch)]:.2f} vs naive)"
+            )
+
+        # PyTorch first, ONNX Runtime after: ORT's worker threads spin for a while after each run
+        # and would steal cores from a PyTorch case timed right after it.
+        for size, batch in cases:
+            x = inputs[(size, batch)]
+            backends = {
+                "naive": (partial(eager_no_grad, naive_model, x), "fp32"),
+                "unetkit": (partial(predictor._forward, x), predictor.amp.name),
+            }
+            if cl_predictor is not None:
+                x_cl = x.contiguous(memory_format=torch.channels_last)
+                backends["unetkit+cl"] = (partial(cl_predictor._forward, x_cl), cl_predictor.amp.name)
+            for variant, (fn, dtype) in backends.items():
+                timing = measure(fn, settings.warmup, settings.iters, settings.max_case_seconds)
+                record(variant, dtype, size, batch, timing)
+        if settings.onnx:
+            with tempfile.TemporaryDirectory(prefix="unetkit-bench-onnx-") as tmp:
+                onnx_model = onnx_forward(state, Path(tmp), log)
+                for size, batch in cases if onnx_model is not None else []:
+                    timing = measure(
+                        partial(onnx_model, inputs[(size, batch)]),
+                        settings.warmup,
+                        settings.iters,
+                        settings.max_case_seconds,
+                    )
+                    record("onnxruntime", "fp32", size, batch, timing)
     return rows
