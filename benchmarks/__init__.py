@@ -1,0 +1,1 @@
+"""unetkit benchmarks: `python -m benchmarks.run`; see benchmarks/NOTES.md."""
