@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from unetkit.data import MaskValues, Preprocess, read_image
 from unetkit.errors import UnetkitError
-from unetkit.hardware import resolve_device
+from unetkit.hardware import channels_last_is_faster, resolve_device
 from unetkit.inference.tiling import Forward, predict_tiled, with_tta
 from unetkit.losses import class_probabilities
 from unetkit.metrics import predicted_classes
@@ -67,7 +67,10 @@ class Predictor:
             self.device = resolve_device(device)
             self.amp = resolve_amp(amp, self.device)
             self.model = model_from_checkpoint(state, "checkpoint" if isinstance(source, dict) else source)
-            self.model = self.model.to(self.device)
+            self.memory_format = (
+                torch.channels_last if channels_last_is_faster(self.device, self.amp.dtype) else torch.contiguous_format
+            )
+            self.model = self.model.to(self.device, memory_format=self.memory_format)
             self._forward = self._torch_forward
         self.mask_values = MaskValues.from_dict(state["mask_values"])
         self.preprocess = Preprocess(**state["preprocess"])
@@ -80,7 +83,7 @@ class Predictor:
 
     def _torch_forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), self.amp.autocast(self.device):
-            return self.model(x.to(self.device)).float().cpu()
+            return self.model(x.to(self.device, memory_format=self.memory_format)).float().cpu()
 
     @torch.inference_mode()
     def logits(self, image: np.ndarray, path: str | Path = "image") -> torch.Tensor:
