@@ -3,8 +3,7 @@ one line on stderr, without a traceback, that names the file or option and says 
 
 Each case builds its input under tmp_path and returns the command line, the words the message
 must contain, and optionally a check to run afterwards (e.g. that nothing was executed or
-overwritten). Not covered here: a tile smaller than the overlap (tiled prediction is built in
-another branch)."""
+overwritten)."""
 
 from __future__ import annotations
 
@@ -310,6 +309,13 @@ def bad_option(option: str, value: str, needle: str):
         )
 
     return case
+
+
+def case_tile_smaller_than_overlap(tmp_path, rgb_run, **_):
+    _root, images, _masks, checkpoint = rgb_run
+    out = tmp_path / "pred"
+    args = ["predict", "--checkpoint", checkpoint, images, "--out", out, "--tile", "32", "--overlap", "64"]
+    return Case(args, ("--overlap 64", "smaller than --tile 32"), nothing_written(out))
 
 
 # ---- training that goes wrong ----

@@ -104,3 +104,12 @@ def test_without_torchrun_nothing_is_distributed(binary_data, tmp_path):
         log=lambda _: None,
     )
     assert not trainer.dist.enabled and trainer.train_sampler is None and not dist.is_initialized()
+
+
+def test_resume_under_torchrun_continues_the_run(two_rank_run):
+    _images, _masks, out, _result = two_rank_run
+    result = torchrun("train", "--resume", str(out / "last.pt"), "--epochs", "3", "--no-progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming" in result.stdout and len(re.findall(r"^epoch +3/3 ", result.stdout, re.MULTILINE)) == 1
+    state = load_checkpoint(out / "last.pt")
+    assert state["epoch"] == 3 and [row["epoch"] for row in state["history"]] == [1, 2, 3]
