@@ -49,3 +49,23 @@ def test_registry_builds_by_name_and_rejects_unknown_names():
     assert isinstance(create_model("dumbnet", in_channels=1, num_classes=1), DumbNet)
     with pytest.raises(ValueError, match="unknown model"):
         create_model("resnet")
+
+
+@pytest.mark.parametrize("model", [UNet(1, 2, base_channels=4, depth=2), DumbNet(3, 2, width=8)])
+def test_folding_batchnorm_into_convs_keeps_the_outputs(model):
+    import copy
+
+    from unetkit.models import fuse_conv_bn
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    fused = fuse_conv_bn(copy.deepcopy(model))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    x = torch.randn(2, model.down[0].in_channels if isinstance(model, DumbNet) else 1, 24, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="eval"):
+        fuse_conv_bn(model.train())

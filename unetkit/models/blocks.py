@@ -86,3 +86,18 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
         mode = "reflect" if pad_h < height and pad_w < width else "replicate"
         x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
     return x, (height, width)
+
+
+def fuse_conv_bn(model: nn.Module) -> nn.Module:
+    """Fold each eval-mode BatchNorm into the convolution before it (inference only): BN is then a
+    per-channel scale and shift, which the conv's weights and bias can absorb, saving one pass
+    over every activation map."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    if model.training:
+        raise ValueError("fuse_conv_bn is for inference: call model.eval() first")
+    for block in model.modules():
+        if isinstance(block, ConvBNReLU) and isinstance(block[1], nn.BatchNorm2d):
+            block[0] = fuse_conv_bn_eval(block[0], block[1])
+            block[1] = nn.Identity()
+    return model
