@@ -227,3 +227,12 @@ def test_tensorboard_missing_is_a_one_line_hint(binary_data, tmp_path, monkeypat
     images, masks = binary_data
     with pytest.raises(UnetkitError, match=r"pip install unetkit\[tensorboard\]"):
         train(tiny_config(images, masks, tmp_path / "run", epochs=1, tensorboard=True), log=lambda _: None)
+
+
+def test_min_epochs_outlast_a_budget_too_short_for_them(binary_data, tmp_path):
+    images, masks = binary_data
+    cfg = tiny_config(images, masks, tmp_path / "run", epochs=None, time=0.05, min_epochs=3)
+    result = train(cfg, log=lambda _: None)
+    assert len(result.history) == 3  # the budget is spent after epoch 1; the minimum still runs
+    lrs = [row["lr"] for row in result.history]
+    assert lrs[-1] < lrs[1]  # and the LR anneals over those epochs, not stuck at ~0 after the budget

@@ -153,6 +153,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     opt.add_argument("--patience", type=int, help="stop after this many epochs without a better validation Dice")
     opt.add_argument(
+        "--min-epochs",
+        type=int,
+        help="with --time: train at least this many epochs even if the machine is slower than expected",
+    )
+    opt.add_argument(
         "--time",
         type=parse_duration,
         help="wall-clock budget, e.g. 10m: the LR schedule runs over the time, no epoch starts that would pass it, "

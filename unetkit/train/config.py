@@ -51,6 +51,7 @@ class TrainConfig:
     channels_last: str = "auto"  # auto | on | off
     patience: int | None = None  # early stopping: epochs without a better val Dice
     time: float | None = None  # wall-clock budget in seconds: the LR anneals over it, no epoch starts past it
+    min_epochs: int | None = None  # with `time`: train at least this many epochs, even past the budget
     # run
     out: str | None = None
     resume: str | None = None
@@ -116,6 +117,7 @@ class TrainConfig:
             ("grad_clip", self.grad_clip is None or at_least(self.grad_clip, 0), "0 (off) or more"),
             ("patience", self.patience is None or at_least(self.patience, 1), "1 or more epochs"),
             ("time", self.time is None or positive(self.time), "a duration above 0, e.g. 10m"),
+            ("min_epochs", self.min_epochs is None or at_least(self.min_epochs, 1), "1 or more epochs"),
             ("workers", self.workers is None or at_least(self.workers, 0), "0 or more processes"),
             (
                 "class_weights",

@@ -237,7 +237,7 @@ class Trainer:
             cfg.warmup_epochs,
             cfg.step_size,
             cfg.gamma,
-            time_progress=(lambda: self.elapsed() / cfg.time) if cfg.time else None,
+            time_progress=self.timed_progress if cfg.time else None,
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp.use_scaler)
 
@@ -263,6 +263,15 @@ class Trainer:
 
     def epoch_label(self, epoch: int) -> str:
         return f"{epoch}/{self.cfg.epochs}" if self.cfg.epochs else str(epoch)
+
+    def timed_progress(self, step: int) -> float:
+        """Fraction of a timed run done: of the --time budget, or, when --min-epochs would not fit in
+        it (a slow or busy machine), of those epochs, whichever is behind. So the LR reaches ~0
+        when both the time and the minimum epochs are spent."""
+        by_time = self.elapsed() / self.cfg.time
+        if not self.cfg.min_epochs:
+            return by_time
+        return min(by_time, step / (self.cfg.min_epochs * len(self.train_loader)))
 
     def elapsed(self) -> float:
         """Seconds of training so far, across resumes: what a --time budget counts."""
@@ -513,9 +522,12 @@ class Trainer:
                 self.log(f"early stop: no better val Dice for {cfg.patience} epochs")
                 break
             epoch_period = time.perf_counter() - epoch_start  # training, validation and saving
-            over_budget = cfg.time is not None and self.elapsed() + epoch_period > cfg.time
+            over_budget = (
+                cfg.time is not None and self.elapsed() + epoch_period > cfg.time and epoch >= (cfg.min_epochs or 0)
+            )
             if self.dist.any_rank(over_budget):  # the ranks' clocks differ; all stop together
-                self.log(f"stopping: another epoch would pass the {cfg.time:g}-second budget")
+                done = f" and the {cfg.min_epochs} minimum epochs are done" if cfg.min_epochs else ""
+                self.log(f"stopping: another epoch would pass the {cfg.time:g}-second budget{done}")
                 break
 
 

@@ -48,7 +48,7 @@ class Schedule:
     """One object whose step_batch() runs after every optimizer step and step_epoch() after
     every validation, whichever kind of schedule is inside.
 
-    `time_progress`, when given, returns the fraction of the wall-clock budget spent; otherwise
+    `time_progress`, when given, maps the step to the fraction of a timed run done; otherwise
     progress is steps taken / (steps_per_epoch * epochs)."""
 
     def __init__(
@@ -60,7 +60,7 @@ class Schedule:
         warmup_epochs: float = 1.0,
         step_size: int = 30,
         gamma: float = 0.1,
-        time_progress: Callable[[], float] | None = None,
+        time_progress: Callable[[int], float] | None = None,
     ) -> None:
         if name not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, not {name!r}")
@@ -70,7 +70,7 @@ class Schedule:
         warmup = 0 if name in ("onecycle", "none") else min(int(warmup_epochs * steps_per_epoch), total // 2)
 
         def progress(step: int) -> float:
-            return time_progress() if time_progress is not None else step / total
+            return time_progress(step) if time_progress is not None else step / total
 
         def factor(step: int) -> float:
             return lr_factor(name, progress(step), step, warmup, step_size * steps_per_epoch, gamma)
