@@ -42,6 +42,7 @@ def make_trainer(spec: ModelSpec, data: tuple[Path, Path], size: int, batch: int
         batch_size=batch,
         epochs=10_000,  # keep the cosine schedule away from its end
         time=None,  # the demo trains against a clock; a benchmark counts steps
+        min_epochs=None,
     )
     pairs = find_pairs(*data)
     return Trainer(cfg, train_pairs=pairs, val_pairs=[], log=lambda _: None)

@@ -236,3 +236,32 @@ def test_min_epochs_outlast_a_budget_too_short_for_them(binary_data, tmp_path):
     assert len(result.history) == 3  # the budget is spent after epoch 1; the minimum still runs
     lrs = [row["lr"] for row in result.history]
     assert lrs[-1] < lrs[1]  # and the LR anneals over those epochs, not stuck at ~0 after the budget
+
+
+def test_whole_image_training_is_augmented_too(binary_data):
+    from unetkit.data import AugmentConfig, MaskValues, Preprocess, SegmentationDataset
+
+    images, masks = binary_data
+    dataset = SegmentationDataset(
+        find_pairs(images, masks)[:1], MaskValues([0, 255]), Preprocess(1), augment=AugmentConfig()
+    )
+    torch.manual_seed(0)
+    first = dataset[0][0]
+    assert first.shape == (1, 48, 48) and not torch.equal(first, dataset[0][0])
+
+
+def test_plateau_without_validation_keeps_the_lr(binary_data, tmp_path):
+    images, masks = binary_data
+    cfg = tiny_config(images, masks, tmp_path / "run", epochs=5, scheduler="plateau", val_fraction=0)
+    result = train(cfg, log=lambda _: None)
+    assert {row["lr"] for row in result.history} == {5e-3}
+    assert result.best_checkpoint.exists()
+
+
+def test_timed_run_with_epochs_anneals_by_the_last_epoch(binary_data, tmp_path):
+    images, masks = binary_data
+    cfg = tiny_config(images, masks, tmp_path / "run", epochs=3, time=3600.0)
+    result = train(cfg, log=lambda _: None)
+    assert len(result.history) == 3
+    state = load_checkpoint(result.last_checkpoint)
+    assert state["optimizer"]["param_groups"][0]["lr"] < 1e-4  # annealed, not stuck near the peak

@@ -170,7 +170,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--out", help="run folder for checkpoints and logs (default runs/<timestamp>)")
     run.add_argument(
-        "--resume", help="continue from a last.pt; its saved options are used, except epochs/patience/device"
+        "--resume",
+        help="continue from a last.pt; its saved options are used, except epochs, patience, time, min-epochs, device, workers, progress",
     )
     run.add_argument("--seed", type=int, help=f"(default {d.seed})")
     run.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")

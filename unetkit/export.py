@@ -4,13 +4,13 @@ against PyTorch with ONNX Runtime before the file is kept."""
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from unetkit.atomic import atomic_write
 from unetkit.errors import UnetkitError
 from unetkit.inference.onnx_runtime import METADATA_KEY, OnnxModel
 from unetkit.train.checkpoint import load_checkpoint, model_from_checkpoint
@@ -28,27 +28,6 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> flo
     multiple = model.size_multiple
     channels = state["model_args"]["in_channels"]
     example = torch.randn(1, channels, 4 * multiple, 4 * multiple)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.tmp")
-    # The TorchScript-based exporter: one second instead of the dynamo exporter's ten or more, and
-    # no onnxscript dependency. Tracing fixes the padding branch, so callers pad to `multiple`.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (example,),
-            str(temporary),
-            input_names=["image"],
-            output_names=["logits"],
-            opset_version=opset,
-            dynamic_axes={
-                "image": {0: "batch", 2: "height", 3: "width"},
-                "logits": {0: "batch", 2: "height", 3: "width"},
-            },
-            dynamo=False,
-        )
-    proto = onnx.load(str(temporary))
     metadata = {
         "model_name": state["model_name"],
         "model_args": state["model_args"],
@@ -57,16 +36,35 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> flo
         "binary": state["binary"],
         "pad_multiple": multiple,
     }
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
-    onnx.save(proto, str(temporary))
-    try:
-        difference = max_difference(model, OnnxModel(temporary), channels, multiple)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    os.replace(temporary, out)
-    return difference
+    differences: list[float] = []
+
+    def export_and_check(temporary: Path) -> None:
+        # The TorchScript-based exporter: one second instead of the dynamo exporter's ten or more,
+        # and no onnxscript dependency. Tracing fixes the padding branch, so callers pad to `multiple`.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (example,),
+                str(temporary),
+                input_names=["image"],
+                output_names=["logits"],
+                opset_version=opset,
+                dynamic_axes={
+                    "image": {0: "batch", 2: "height", 3: "width"},
+                    "logits": {0: "batch", 2: "height", 3: "width"},
+                },
+                dynamo=False,
+            )
+        proto = onnx.load(str(temporary))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+        onnx.save(proto, str(temporary))
+        differences.append(max_difference(model, OnnxModel(temporary), channels, multiple))
+
+    # Written under a temporary name and renamed only once it has been checked; removed on failure.
+    atomic_write(out, export_and_check)
+    return differences[0]
 
 
 def max_difference(model: torch.nn.Module, onnx_model: OnnxModel, channels: int, multiple: int) -> float:

@@ -54,18 +54,16 @@ class Preprocess:
             tensor = F.interpolate(tensor[None], size=size, mode="bilinear", antialias=True)[0]
         return tensor
 
-    def normalize(self, tensor: torch.Tensor) -> torch.Tensor:
+    def normalize(self, tensor: torch.Tensor, in_place: bool = False) -> torch.Tensor:
         """Subtract the training set's channel means and divide by its standard deviations."""
         mean = torch.tensor(self.mean, dtype=tensor.dtype, device=tensor.device).view(-1, 1, 1)
         std = torch.tensor(self.std, dtype=tensor.dtype, device=tensor.device).view(-1, 1, 1)
-        return (tensor - mean) / std
+        return tensor.sub_(mean).div_(std) if in_place else (tensor - mean) / std
 
     def image_tensor(self, image: np.ndarray, path: Path) -> torch.Tensor:
         """(H, W, C) float image -> the normalised (C, h, w) tensor the model takes."""
-        tensor = self.resized_image(image, path)  # a fresh copy: normalise it in place
-        mean = torch.tensor(self.mean).view(-1, 1, 1)
-        std = torch.tensor(self.std).view(-1, 1, 1)
-        return tensor.sub_(mean).div_(std)
+        # resized_image returns a fresh copy, so normalise it in place: one image-sized copy fewer.
+        return self.normalize(self.resized_image(image, path), in_place=True)
 
     def mask_tensor(self, class_ids: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(class_ids)
@@ -174,4 +172,6 @@ class SegmentationDataset(Dataset):
         image, mask = self.load(item % len(self.pairs))
         if self.patch_size is not None:
             image, mask = random_patch(image, mask, (self.patch_size, self.patch_size), self.augment)
+        elif self.augment is not None:  # whole-image training is augmented too
+            image, mask = random_patch(image, mask, tuple(image.shape[-2:]), self.augment)
         return self.preprocess.normalize(image), mask.long()

@@ -117,7 +117,11 @@ class TrainConfig:
             ("grad_clip", self.grad_clip is None or at_least(self.grad_clip, 0), "0 (off) or more"),
             ("patience", self.patience is None or at_least(self.patience, 1), "1 or more epochs"),
             ("time", self.time is None or positive(self.time), "a duration above 0, e.g. 10m"),
-            ("min_epochs", self.min_epochs is None or at_least(self.min_epochs, 1), "1 or more epochs"),
+            (
+                "min_epochs",
+                self.min_epochs is None or (at_least(self.min_epochs, 1) and self.time is not None),
+                "1 or more epochs, and given with --time",
+            ),
             ("workers", self.workers is None or at_least(self.workers, 0), "0 or more processes"),
             (
                 "class_weights",

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 OPTIMIZERS = ("adamw", "sgd", "rmsprop")
 # Options a resumed run may change; everything else comes from the checkpoint's config.
-RESUMABLE_OVERRIDES = ("epochs", "patience", "time", "progress", "workers", "device")
+RESUMABLE_OVERRIDES = ("epochs", "patience", "time", "min_epochs", "progress", "workers", "device")
 
 
 @dataclass
@@ -71,8 +71,8 @@ def split_pairs(pairs: Sequence[Pair], fraction: float, seed: int) -> tuple[list
         )
     order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = min(len(pairs) - 1, max(1, round(fraction * len(pairs))))
-    val = sorted(order[:n_val])
-    return [p for i, p in enumerate(pairs) if i not in set(val)], [pairs[i] for i in val]
+    val = set(order[:n_val])
+    return [p for i, p in enumerate(pairs) if i not in val], [pairs[i] for i in sorted(val)]
 
 
 def build_optimizer(cfg: TrainConfig, params: Any) -> torch.optim.Optimizer:
@@ -135,6 +135,8 @@ class Trainer:
         self.started: float | None = None
         resume_state = load_checkpoint(cfg.resume) if cfg.resume else None
         if resume_state is not None:
+            if "config" not in resume_state or "optimizer" not in resume_state:
+                raise UnetkitError(f"{cfg.resume}: a weights-only export cannot be resumed; pass the run's last.pt")
             cfg = _resumed_config(cfg, resume_state)
         cfg.validate()
         self.cfg = cfg
@@ -155,6 +157,11 @@ class Trainer:
             elif val_pairs is None:
                 train_pairs, val_pairs = split_pairs(train_pairs, cfg.val_fraction, cfg.seed)
         self.train_pairs, self.val_pairs = list(train_pairs), list(val_pairs or [])
+        if cfg.patience is not None and not self.val_pairs:
+            raise UnetkitError(
+                f"--patience {cfg.patience} needs validation images to watch; "
+                "give --val-images/--val-masks or a --val-fraction above 0"
+            )
         if resume_state is None:  # a resumed config is already resolved
             cfg, plan = apply_recipe(cfg, fingerprint(self.train_pairs), self.device)
             cfg.validate()
@@ -268,10 +275,13 @@ class Trainer:
         """Fraction of a timed run done: of the --time budget, or, when --min-epochs would not fit in
         it (a slow or busy machine), of those epochs, whichever is behind. So the LR reaches ~0
         when both the time and the minimum epochs are spent."""
-        by_time = self.elapsed() / self.cfg.time
-        if not self.cfg.min_epochs:
-            return by_time
-        return min(by_time, step / (self.cfg.min_epochs * len(self.train_loader)))
+        steps_per_epoch = len(self.train_loader)
+        progress = self.elapsed() / self.cfg.time
+        if self.cfg.min_epochs:
+            progress = min(progress, step / (self.cfg.min_epochs * steps_per_epoch))
+        if self.cfg.epochs:  # the epochs may run out before the time does: anneal by then too
+            progress = max(progress, step / (self.cfg.epochs * steps_per_epoch))
+        return progress
 
     def elapsed(self) -> float:
         """Seconds of training so far, across resumes: what a --time budget counts."""
@@ -498,9 +508,12 @@ class Trainer:
                 "seconds": time.perf_counter() - epoch_start,
             }
             self.history.append(row)
-            improved = not self.val_pairs or val_dice > self.best_dice
+            # The first epoch always writes best.pt, so it exists even if Dice is undefined (NaN).
+            first = self.best_dice == -math.inf and epoch == self.start_epoch
+            improved = not self.val_pairs or val_dice > self.best_dice or first
             if improved:
-                self.best_dice = val_dice if self.val_pairs else self.best_dice
+                if self.val_pairs and not math.isnan(val_dice):
+                    self.best_dice = val_dice
                 self.epochs_since_best = 0
             else:
                 self.epochs_since_best += 1

@@ -67,7 +67,9 @@ class Schedule:
         self.name = name
         self.per_batch = name != "plateau"
         total = max(1, steps_per_epoch * epochs)
-        warmup = 0 if name in ("onecycle", "none") else min(int(warmup_epochs * steps_per_epoch), total // 2)
+        warmup = 0 if name in ("onecycle", "none") else int(warmup_epochs * steps_per_epoch)
+        if time_progress is None:  # an epoch-counted run: warmup takes at most half of it
+            warmup = min(warmup, total // 2)
 
         def progress(step: int) -> float:
             return time_progress(step) if time_progress is not None else step / total
@@ -87,7 +89,7 @@ class Schedule:
             self.scheduler.step()
 
     def step_epoch(self, val_dice: float) -> None:
-        if not self.per_batch:
+        if not self.per_batch and not math.isnan(val_dice):  # no validation: nothing to plateau on
             self.scheduler.step(val_dice)
 
     def state_dict(self) -> dict:
