@@ -290,6 +290,14 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.out, progress=not args.no_progress, amp=args.amp)
 
 
+def add_labelled_folder_arguments(p: argparse.ArgumentParser, json_help: str) -> None:
+    """The folder pair that `evaluate` and `check` read, and where their report may go."""
+    p.add_argument("--images", required=True, help="folder of images")
+    p.add_argument("--masks", required=True, help="folder of their masks")
+    p.add_argument("--mask-suffix", help="mask name = image stem + this (default: tried automatically)")
+    p.add_argument("--json", help=json_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unetkit", description="U-Net segmentation: train, evaluate, predict.")
     from unetkit import __version__
@@ -349,10 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Dice and IoU per class and per image on a labelled folder.",
     )
     add_inference_arguments(p)
-    p.add_argument("--images", required=True, help="folder of images")
-    p.add_argument("--masks", required=True, help="folder of their masks")
-    p.add_argument("--mask-suffix", help="mask name = image stem + this (default: tried automatically)")
-    p.add_argument("--json", help="also write the full report (per class, per image) to this file")
+    add_labelled_folder_arguments(p, "also write the full report (per class, per image) to this file")
     p.set_defaults(func=cmd_evaluate)
 
     p = commands.add_parser(
@@ -385,10 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="check a data set before training (exit 1 if training would fail)",
         description="The data set doctor: pairs, sizes, channels, mask values, class fractions, broken files.",
     )
-    p.add_argument("--images", required=True, help="folder of images")
-    p.add_argument("--masks", required=True, help="folder of masks")
-    p.add_argument("--mask-suffix", help="mask name = image stem + this (default: tried automatically)")
-    p.add_argument("--json", help="also write the report to this file")
+    add_labelled_folder_arguments(p, "also write the report to this file")
     p.set_defaults(func=cmd_check)
 
     p = commands.add_parser(

@@ -77,7 +77,7 @@ class Predictor:
         self.mask_values = MaskValues.from_dict(state["mask_values"])
         self.preprocess = Preprocess(**state["preprocess"])
         self.binary: bool = state["binary"]
-        self.num_outputs = 1 if self.binary else self.mask_values.num_classes
+        self.num_outputs: int = state["model_args"]["num_classes"]  # logits per pixel, as built
 
     @property
     def num_classes(self) -> int:
