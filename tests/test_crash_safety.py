@@ -86,3 +86,18 @@ def test_sigkill_mid_epoch_then_resume_finishes_the_run(tmp_path):
     assert load_checkpoint(run / "last.pt")["epoch"] == epochs
     best = load_checkpoint(run / "best.pt")
     assert 1 <= best["epoch"] <= epochs and best["best_dice"] >= 0
+
+
+def test_interrupt_flag_defers_the_first_ctrl_c_to_a_safe_point():
+    from unetkit.train.interrupt import InterruptFlag
+
+    before = signal.getsignal(signal.SIGINT)
+    with InterruptFlag() as flag:
+        flag.check()  # nothing asked yet
+        signal.raise_signal(signal.SIGINT)  # the first Ctrl-C only sets the flag
+        assert flag.requested
+        with pytest.raises(KeyboardInterrupt):
+            flag.check()
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C interrupts at once
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before

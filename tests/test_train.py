@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,10 +107,31 @@ def test_bad_data_fails_before_the_run_folder_is_made(binary_data, tmp_path):
 @pytest.mark.parametrize("native", [True, False])
 def test_amp_auto_on_cpu_follows_native_bf16(monkeypatch, native):
     monkeypatch.setattr(amp_module, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(amp_module, "cpu_bf16_conv_is_faster", lambda: True)
     policy = resolve_amp("auto", torch.device("cpu"))
     assert policy.dtype == (torch.bfloat16 if native else None)
     assert not policy.use_scaler
     assert ("native bf16" in policy.reason) and (("no native" in policy.reason) != native)
+
+
+def test_amp_auto_keeps_fp32_when_the_bf16_probe_loses(monkeypatch):
+    # The CPU flag says bf16, but a timed conv says otherwise (a VM, or oneDNN held to AVX2).
+    monkeypatch.setattr(amp_module, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(amp_module, "cpu_bf16_conv_is_faster", lambda: False)
+    policy = resolve_amp("auto", torch.device("cpu"))
+    assert policy.dtype is None
+    assert "ran slower" in policy.reason
+
+
+def test_amp_auto_is_fp32_when_onednn_is_held_to_avx2():
+    # ONEDNN_MAX_CPU_ISA=AVX2 makes oneDNN emulate bf16, as on an AVX2-only CPU: on either kind
+    # of CPU the run-time choice must then be fp32.
+    code = (
+        "import torch; from unetkit.train.amp import resolve_amp; print(resolve_amp('auto', torch.device('cpu')).name)"
+    )
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "off"
 
 
 def test_amp_explicit_modes():
@@ -183,11 +207,14 @@ def test_recipes_fill_only_what_the_user_left_out(binary_data):
     assert (fast.base_channels, fast.upsampling, fast.scale, fast.patch_size, fast.elastic) == (
         16,
         "bilinear",
-        0.5,
+        1.0,
         256,
         False,
     )
     assert fast.epochs is None and "recipe fast" in plan
+    large = Fingerprint(num_images=30, median_height=1280, median_width=1918)
+    fast_large, _ = apply_recipe(TrainConfig(recipe="fast"), large, torch.device("cpu"))
+    assert (fast_large.scale, fast_large.patch_size, fast_large.elastic) == (0.5, 256, True)
     paper, _ = apply_recipe(TrainConfig(recipe="paper", base_channels=32), big, torch.device("cpu"))
     assert (paper.base_channels, paper.depth, paper.upsampling, paper.scale, paper.epochs) == (
         32,

@@ -6,14 +6,20 @@ faster at them, keep the weights and the loss in float32.
         it (bf16 has fp32's range, so no scaler is needed).
   CPU:  bf16 autocast only where the CPU has native bf16 instructions (AVX-512 BF16 or AMX).
         Without them, bf16 is emulated and a conv ran ~10x slower than fp32 on an AVX2-only CPU
-        here; with them it ran ~2.5x faster (AMD EPYC). So `auto` asks the CPU at run time.
+        here; with them it ran ~2.5x faster (AMD EPYC). So `auto` asks the CPU at run time, and
+        then times one small conv both ways, because the flag alone can mislead: a VM may pass
+        the flag through while oneDNN is held to AVX2 (ONEDNN_MAX_CPU_ISA), and then bf16 is
+        emulated again.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from functools import cache
 
 import torch
+import torch.nn.functional as F
 
 AMP_MODES = ("auto", "off", "fp16", "bf16")
 
@@ -45,6 +51,30 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
+@cache
+def cpu_bf16_conv_is_faster() -> bool:
+    """Time one small 3x3 conv in fp32 and under bf16 autocast and say whether bf16 won (about
+    20 ms where bf16 is native). Cached: the answer does not change within a process."""
+    x = torch.randn(2, 32, 48, 48)
+    weight = torch.randn(32, 32, 3, 3)
+
+    def fastest_of_three(dtype: torch.dtype, give_up_after: float) -> float:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is torch.bfloat16):
+            start = time.perf_counter()
+            F.conv2d(x, weight, padding=1)  # the first call also picks the kernel
+            if time.perf_counter() - start > give_up_after:
+                return float("inf")  # emulated bf16 is ~10x slower: no need to time it again
+            best = float("inf")
+            for _ in range(3):
+                start = time.perf_counter()
+                F.conv2d(x, weight, padding=1)
+                best = min(best, time.perf_counter() - start)
+        return best
+
+    fp32 = fastest_of_three(torch.float32, give_up_after=float("inf"))
+    return fastest_of_three(torch.bfloat16, give_up_after=max(0.05, 20 * fp32)) < fp32
+
+
 def resolve_amp(mode: str, device: torch.device) -> AmpPolicy:
     if mode not in AMP_MODES:
         raise ValueError(f"amp must be one of {AMP_MODES}, not {mode!r}")
@@ -63,7 +93,11 @@ def resolve_amp(mode: str, device: torch.device) -> AmpPolicy:
         if mode == "bf16":
             note = "" if native else " (this CPU has no native bf16: expect it to be slower than fp32)"
             return AmpPolicy(torch.bfloat16, False, "bf16 autocast as requested" + note)
-        if native:
+        if native and cpu_bf16_conv_is_faster():
             return AmpPolicy(torch.bfloat16, False, "bf16 autocast: this CPU has native bf16 (AVX-512 BF16/AMX)")
+        if native:
+            return AmpPolicy(
+                None, False, "fp32: this CPU reports native bf16, but a bf16 conv ran slower than fp32 here"
+            )
         return AmpPolicy(None, False, "fp32: this CPU has no native bf16, where bf16 runs slower than fp32")
     return AmpPolicy(None, False, f"fp32: no AMP on device type {device.type}")

@@ -39,6 +39,7 @@ from unetkit.train.checkpoint import load_checkpoint, save_checkpoint
 from unetkit.train.config import TrainConfig
 from unetkit.train.config_file import write_config_toml
 from unetkit.train.distributed import quiet, setup_distributed, unwrap
+from unetkit.train.interrupt import InterruptFlag
 from unetkit.train.recipes import apply_recipe, fingerprint
 from unetkit.train.run_files import plot_curves, write_json, write_metrics_csv
 from unetkit.train.schedulers import Schedule
@@ -255,6 +256,7 @@ class Trainer:
         if resume_state is not None:
             self._restore(resume_state)
         self.saved_epoch = self.start_epoch - 1  # the epoch last.pt holds; 0: none yet
+        self.interrupt = InterruptFlag()
 
     def _check_image_sizes(self) -> None:
         """Whole-image training needs every image at least the network's minimum size."""
@@ -367,6 +369,7 @@ class Trainer:
             self.schedule.step_batch()
             total_loss += loss.detach()
             batches += 1
+            self.interrupt.check()
             bar.update(images.shape[0])
             if bar.n == images.shape[0] or batches % 5 == 0:  # .item() syncs: not every step
                 bar.set_postfix(loss=f"{float(total_loss) / batches:.4f}")
@@ -390,6 +393,7 @@ class Trainer:
                 logits = model(image)
             total_loss += float(self.criterion(logits, mask))
             metrics.update(predicted_classes(logits), mask)
+            self.interrupt.check()
         if self.dist.enabled:  # every rank gets the whole set's scores
             self.dist.all_reduce_sum(metrics.matrix)
             total_loss = float(self.dist.all_reduce_sum(torch.tensor(total_loss, dtype=torch.float64)))
@@ -442,7 +446,8 @@ class Trainer:
         if self.start_epoch > 1:
             self.log(f"resuming {cfg.resume} at epoch {self.start_epoch}")
         try:
-            self._run_epochs(on_epoch_end)
+            with self.interrupt:
+                self._run_epochs(on_epoch_end)
         except KeyboardInterrupt:
             raise KeyboardInterrupt(self._interrupted_message()) from None
         return RunResult(self.out, self.out / "best.pt", self.out / "last.pt", self.history, self.best_dice)

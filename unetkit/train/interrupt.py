@@ -1,0 +1,45 @@
+"""Ctrl-C during training, acted on where it is safe.
+
+Python raises KeyboardInterrupt wherever the main thread happens to be. Inside a `__del__` or a
+weakref callback (image files, DataLoader iterators and temporary files all run some) it is
+printed as "Exception ignored" and lost, and the run simply went on. So the first Ctrl-C only
+sets a flag that the training loop checks after every batch; a second Ctrl-C interrupts at once,
+as Python's own handler does.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType, TracebackType
+
+
+class InterruptFlag:
+    """Context manager: while inside, SIGINT sets `requested` and `check()` raises for it."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: object = None
+        self._installed = False
+
+    def __enter__(self) -> InterruptFlag:
+        if threading.current_thread() is threading.main_thread():  # signals go to the main thread only
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+            self._installed = True
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.default_int_handler)
+            self._installed = False
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
