@@ -292,3 +292,12 @@ def test_timed_run_with_epochs_anneals_by_the_last_epoch(binary_data, tmp_path):
     assert len(result.history) == 3
     state = load_checkpoint(result.last_checkpoint)
     assert state["optimizer"]["param_groups"][0]["lr"] < 1e-4  # annealed, not stuck near the peak
+
+
+def test_cpu_description_says_when_the_isa_is_held_back(monkeypatch):
+    from unetkit.hardware import cpu_description
+
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert "ISA limited" not in cpu_description()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert cpu_description().endswith("ISA limited by ONEDNN_MAX_CPU_ISA=AVX2")

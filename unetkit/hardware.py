@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from pathlib import Path
@@ -24,6 +25,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+ISA_LIMIT_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
+
+
 def cpu_description() -> str:
     """CPU model and the SIMD flags that decide conv speed, for logs and benchmarks."""
     model = platform.processor() or platform.machine()
@@ -38,7 +42,11 @@ def cpu_description() -> str:
                 break
     wanted = ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]
     have = [flag for flag in wanted if flag in flags]
-    return f"{model}; flags: {' '.join(have) or 'none of ' + '/'.join(wanted)}; threads: {torch.get_num_threads()}"
+    described = f"{model}; flags: {' '.join(have) or 'none of ' + '/'.join(wanted)}; threads: {torch.get_num_threads()}"
+    # These variables hold PyTorch's kernels below what the flags offer (e.g. to stand in for an
+    # AVX2-only CPU), so a log or benchmark must say so.
+    limits = [f"{name}={os.environ[name]}" for name in ISA_LIMIT_VARIABLES if os.environ.get(name)]
+    return described + (f"; ISA limited by {' '.join(limits)}" if limits else "")
 
 
 def channels_last_is_faster(device: torch.device, dtype: torch.dtype | None) -> bool:
