@@ -118,11 +118,11 @@ def benchmark_inference(settings: Settings, log=print) -> list[dict]:
             x = inputs[(size, batch)]
             backends = {
                 "naive": (partial(eager_no_grad, naive_model, x), "fp32"),
-                "unetkit": (partial(predictor._forward, x), predictor.amp.name),
+                "unetkit": (partial(predictor._forward, x), predictor.amp.compute_dtype),
             }
             if cl_predictor is not None:
                 x_cl = x.contiguous(memory_format=torch.channels_last)
-                backends["unetkit+cl"] = (partial(cl_predictor._forward, x_cl), cl_predictor.amp.name)
+                backends["unetkit+cl"] = (partial(cl_predictor._forward, x_cl), cl_predictor.amp.compute_dtype)
             for variant, (fn, dtype) in backends.items():
                 timing = measure(fn, settings.warmup, settings.iters, settings.max_case_seconds)
                 record(variant, dtype, size, batch, timing)

@@ -40,9 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def measure_ceilings(n: int, native_bf16: bool) -> dict[str, float]:
+def measure_ceilings(n: int, bf16_in_use: bool) -> dict[str, float]:
     ceilings = {"fp32": gemm_ceiling(n)}
-    if native_bf16:  # without native bf16 no case computes in bf16, so no bf16 ceiling is needed
+    if bf16_in_use:  # only when AMP auto computes in bf16 does a case need the bf16 ceiling
         ceilings["bf16"] = gemm_ceiling(n, torch.bfloat16)
     return ceilings
 
@@ -97,7 +97,7 @@ def run(settings: Settings, sections: tuple[str, ...] = SECTIONS, log=print) -> 
     log(f"CPU: {info['cpu']}")
     log(f"native bf16: {'yes' if info['native_bf16'] else 'no'}; AMP auto -> {info['amp_reason']}")
     log(f"torch {info['torch']}, {info['threads']} threads")
-    ceilings = measure_ceilings(settings.gemm_size, info["native_bf16"])
+    ceilings = measure_ceilings(settings.gemm_size, info["amp_auto"] == "bf16")
     log(f"GEMM ceiling (torch.mm, n={settings.gemm_size}), at the start: {describe(ceilings)}")
     rows: list[dict] = []
     if "train" in sections:
@@ -111,7 +111,7 @@ def run(settings: Settings, sections: tuple[str, ...] = SECTIONS, log=print) -> 
         rows += benchmark_memory(settings, log)
     # Measured again at the end and the better kept: on a busy machine one measurement can land in
     # a slow moment and make every fraction look too good.
-    again = measure_ceilings(settings.gemm_size, info["native_bf16"])
+    again = measure_ceilings(settings.gemm_size, info["amp_auto"] == "bf16")
     log(f"GEMM ceiling at the end: {describe(again)}")
     first, ceilings = ceilings, {dtype: max(value, again[dtype]) for dtype, value in ceilings.items()}
     add_ceiling_fractions(rows, ceilings)

@@ -110,7 +110,7 @@ def benchmark_training(settings: Settings, log=print) -> list[dict]:
                 # Images 1.5x the patch, so crops land at random places, as in real training.
                 data = write_synthetic_pngs(Path(tmp) / "data", count=batch, side=size * 3 // 2)
                 trainer = make_trainer(spec, data, size, batch, Path(tmp) / "run")
-                policy = {"amp": trainer.amp.name, "channels_last": trainer.channels_last}
+                policy = {"amp": trainer.amp.compute_dtype, "channels_last": trainer.channels_last}
                 full_step = epoch_runner(trainer)
 
                 timings = {"unetkit": measure(full_step, settings.warmup, settings.iters, settings.max_case_seconds)}

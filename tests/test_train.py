@@ -301,3 +301,23 @@ def test_cpu_description_says_when_the_isa_is_held_back(monkeypatch):
     assert "ISA limited" not in cpu_description()
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert cpu_description().endswith("ISA limited by ONEDNN_MAX_CPU_ISA=AVX2")
+
+
+def test_training_picks_its_memory_layout_from_a_forward_and_backward_probe(binary_data, tmp_path, monkeypatch):
+    import unetkit.train.loop as loop_module
+    from unetkit.hardware import channels_last_is_faster
+
+    calls = []
+
+    def probe(*args, **kwargs):
+        calls.append(kwargs)
+        return channels_last_is_faster(*args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "channels_last_is_faster", probe)
+    images, masks = binary_data
+    cfg = tiny_config(images, masks, tmp_path / "run", epochs=1, channels_last="auto")
+    trainer = Trainer(cfg, log=lambda _: None)
+    assert calls == [{"channels": 16, "size": 32, "backward": True}]  # base 8 -> at least 16; the patch size
+    assert torch.is_grad_enabled()
+    expected = torch.channels_last if trainer.channels_last else torch.contiguous_format
+    assert trainer.memory_format == expected

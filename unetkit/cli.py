@@ -208,7 +208,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from unetkit.train import train
     from unetkit.train.distributed import is_main_process
 
-    result = train(config_from_args(args))
+    given = {name for name in TrainConfig().to_dict() if getattr(args, name, None) is not None}
+    result = train(config_from_args(args), resume_overrides=given)
     if not is_main_process():  # under torchrun, one summary is enough
         return
     best = f"best val Dice {result.best_dice:.4f}" if result.best_dice > -1 else "no validation: best = last"

@@ -38,6 +38,11 @@ class AmpPolicy:
     def name(self) -> str:
         return {None: "off", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype]
 
+    @property
+    def compute_dtype(self) -> str:
+        """What the convolutions compute in: fp32, fp16 or bf16."""
+        return "fp32" if self.dtype is None else self.name
+
     def autocast(self, device: torch.device) -> torch.autocast:
         return torch.autocast(device.type, dtype=self.dtype or torch.float32, enabled=self.enabled)
 

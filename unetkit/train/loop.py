@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -98,11 +98,15 @@ def model_arguments(cfg: TrainConfig, in_channels: int, out_channels: int) -> di
     }
 
 
-def _resumed_config(cfg: TrainConfig, state: dict[str, Any]) -> TrainConfig:
+def _resumed_config(cfg: TrainConfig, state: dict[str, Any], overrides: Collection[str] | None) -> TrainConfig:
+    """The checkpoint's config, with the RESUMABLE_OVERRIDES the user set: those named in
+    `overrides` (the command line knows what was typed), or else those that differ from the
+    defaults (a Python caller's TrainConfig)."""
     saved = TrainConfig(**state["config"])
     defaults = TrainConfig()
     for name in RESUMABLE_OVERRIDES:
-        if getattr(cfg, name) != getattr(defaults, name):
+        given = name in overrides if overrides is not None else getattr(cfg, name) != getattr(defaults, name)
+        if given:
             setattr(saved, name, getattr(cfg, name))
     saved.resume = cfg.resume
     saved.out = str(Path(cfg.resume).parent) if cfg.out is None else cfg.out
@@ -130,6 +134,7 @@ class Trainer:
         train_pairs: Sequence[Pair] | None = None,
         val_pairs: Sequence[Pair] | None = None,
         log: Callable[[str], None] = print,
+        resume_overrides: Collection[str] | None = None,
     ) -> None:
         self.log = log
         self.elapsed_before = 0.0  # training seconds spent before this process (on resume)
@@ -138,7 +143,7 @@ class Trainer:
         if resume_state is not None:
             if "config" not in resume_state or "optimizer" not in resume_state:
                 raise UnetkitError(f"{cfg.resume}: a weights-only export cannot be resumed; pass the run's last.pt")
-            cfg = _resumed_config(cfg, resume_state)
+            cfg = _resumed_config(cfg, resume_state, resume_overrides)
         cfg.validate()
         self.cfg = cfg
         self.dist = setup_distributed(resolve_device(cfg.device))  # single-process unless torchrun
@@ -215,7 +220,13 @@ class Trainer:
         self.model: nn.Module = create_model(cfg.model, **self.model_args).to(self.device)
         self.amp: AmpPolicy = resolve_amp(cfg.amp, self.device)
         if cfg.channels_last == "auto":
-            self.channels_last = channels_last_is_faster(self.device, self.amp.dtype)
+            self.channels_last = channels_last_is_faster(
+                self.device,
+                self.amp.dtype,
+                channels=max(16, min(64, self.model_args.get("base_channels") or self.model_args.get("width") or 32)),
+                size=min(256, cfg.patch_size or 256),
+                backward=True,
+            )
         else:
             self.channels_last = cfg.channels_last == "on"
         self.channels_last = self.dist.broadcast_object(self.channels_last)  # DDP needs one layout
@@ -555,9 +566,12 @@ def train(
     val_pairs: Sequence[Pair] | None = None,
     log: Callable[[str], None] = print,
     on_epoch_end: Callable[[dict[str, float]], None] | None = None,
+    resume_overrides: Collection[str] | None = None,
 ) -> RunResult:
-    """Train a model as `cfg` says; returns where the checkpoints and logs are."""
-    trainer = Trainer(cfg, train_pairs, val_pairs, log)
+    """Train a model as `cfg` says; returns where the checkpoints and logs are. On resume,
+    `resume_overrides` names the options to take from `cfg` rather than from the checkpoint
+    (default: those that differ from TrainConfig's defaults)."""
+    trainer = Trainer(cfg, train_pairs, val_pairs, log, resume_overrides)
     result = trainer.fit(on_epoch_end)
     # Not in a `finally`: after an error the other ranks may never reach close()'s barrier;
     # torchrun stops them instead.
