@@ -49,3 +49,14 @@ def test_flops_grow_with_pixels_and_training_costs_more():
     forward = model_gflop(TINY, 32, training=False)
     assert model_gflop(TINY, 64, training=False) > 3.9 * forward
     assert model_gflop(TINY, 32, training=True) > 2 * forward
+
+
+def test_demo_variant_options_parse_as_python_values():
+    from benchmarks.demo_variants import parse_options
+
+    assert parse_options(["time=90.0", "min_epochs=None", "amp=bf16", "class_weights=[2.0, 1.0]"]) == {
+        "time": 90.0,
+        "min_epochs": None,
+        "amp": "bf16",
+        "class_weights": [2.0, 1.0],
+    }
