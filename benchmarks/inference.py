@@ -23,7 +23,7 @@ import torch
 from benchmarks.common import ModelSpec, Settings, measure, model_gflop
 from unetkit.data import MaskValues, Preprocess
 from unetkit.hardware import channels_last_is_faster
-from unetkit.inference import Predictor
+from unetkit.inference import InferenceOptions, Predictor
 from unetkit.train import save_checkpoint
 
 
@@ -72,11 +72,13 @@ def benchmark_inference(settings: Settings, log=print) -> list[dict]:
         naive_model = spec.build()
         naive_model.load_state_dict(state["model"])
         naive_model.eval()
-        predictor = Predictor(state, device="cpu")
+        # The PyTorch path: ONNX Runtime gets its own rows below (Predictor's auto could pick it in fp32).
+        torch_only = InferenceOptions(backend="torch")
+        predictor = Predictor(state, device="cpu", options=torch_only)
         cl_faster = channels_last_is_faster(cpu, predictor.amp.dtype)
         cl_predictor = None
         if cl_faster:
-            cl_predictor = Predictor(state, device="cpu")
+            cl_predictor = Predictor(state, device="cpu", options=torch_only)
             cl_predictor.model = cl_predictor.model.to(memory_format=torch.channels_last)
         else:
             log("  unetkit+cl: skipped (channels_last_is_faster() says NCHW is faster on this CPU)")

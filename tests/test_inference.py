@@ -121,12 +121,15 @@ def test_onnx_export_matches_pytorch_and_predicts_the_same_masks(trained, tmp_pa
     assert main(["export", "--checkpoint", str(checkpoint), "--onnx", str(tmp_path / "m.onnx")]) == 0
     assert "max abs logit difference" in capsys.readouterr().out
     onnx_predictor = Predictor(tmp_path / "m.onnx")
-    torch_predictor = Predictor(checkpoint, amp="off")
+    torch_predictor = Predictor(checkpoint, amp="off", options=InferenceOptions(backend="torch"))
     for size in ((48, 64), (37, 91)):  # two sizes, one export; 37x91 is not a multiple of 4
         image = np.random.default_rng(1).random((*size, 1), dtype=np.float32)
         np.testing.assert_allclose(onnx_predictor.logits(image), torch_predictor.logits(image), atol=1e-4)
     main(["predict", "--onnx", str(tmp_path / "m.onnx"), str(images), "--out", str(tmp_path / "onnx")])
-    main(["predict", "--checkpoint", str(checkpoint), str(images), "--out", str(tmp_path / "torch"), "--amp", "off"])
+    main(
+        ["predict", "--checkpoint", str(checkpoint), str(images), "--out", str(tmp_path / "torch"), "--amp", "off"]
+        + ["--backend", "torch"]
+    )
     for mask in (tmp_path / "torch").iterdir():
         assert np.array_equal(np.asarray(Image.open(mask)), np.asarray(Image.open(tmp_path / "onnx" / mask.name)))
 
@@ -138,6 +141,8 @@ def test_inference_options_are_checked():
         InferenceOptions(tile=32, overlap=64)
     with pytest.raises(UnetkitError, match="--tiling"):
         InferenceOptions(tiling="sometimes")
+    with pytest.raises(UnetkitError, match="--backend"):
+        InferenceOptions(backend="tensorrt")
 
 
 def test_check_reports_a_clean_data_set(tmp_path, capsys):
@@ -191,3 +196,21 @@ def test_safetensors_export_from_the_cli_predicts_like_the_checkpoint(trained, t
     exported = Predictor(tmp_path / "m.safetensors", amp="off").logits(image)
     torch.testing.assert_close(exported, Predictor(checkpoint, amp="off").logits(image))
     assert main(["export", "--checkpoint", str(checkpoint)]) == 2
+
+
+def test_checkpoint_runs_on_onnxruntime_when_asked_or_when_it_is_faster(trained, monkeypatch):
+    import unetkit.inference.predictor as predictor_module
+
+    _root, _images, _masks, checkpoint = trained
+    image = np.random.default_rng(2).random((45, 70, 1), dtype=np.float32)
+    on_torch = Predictor(checkpoint, amp="off", options=InferenceOptions(backend="torch"))
+    on_ort = Predictor(checkpoint, amp="off", options=InferenceOptions(backend="onnxruntime"))
+    assert (on_torch.backend, on_ort.backend) == ("torch", "onnxruntime")
+    np.testing.assert_allclose(on_ort.logits(image), on_torch.logits(image), atol=1e-4)
+    # auto times both and keeps the faster, but only where PyTorch would run fp32 on the CPU.
+    speeds = iter([2.0, 1.0])  # PyTorch is timed first
+    monkeypatch.setattr(predictor_module, "_fastest_of_two", lambda forward, x: next(speeds))
+    assert Predictor(checkpoint, amp="off").backend == "onnxruntime"
+    speeds = iter([1.0, 2.0])
+    assert Predictor(checkpoint, amp="off").backend == "torch"
+    assert Predictor(checkpoint, amp="bf16").backend == "torch"  # no timing needed: bf16 stays on PyTorch

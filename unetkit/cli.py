@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from unetkit.errors import UnetkitError
+from unetkit.inference.predictor import BACKENDS
 from unetkit.losses import LOSSES
 from unetkit.models import MODELS
 from unetkit.train.amp import AMP_MODES
@@ -227,6 +228,7 @@ def predictor_from_args(args: argparse.Namespace):
         batch_size=args.batch_size,
         tta=args.tta,
         progress=not args.no_progress,
+        backend=args.backend,
     )
     source = args.onnx or args.checkpoint
     if source is None:
@@ -350,6 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
             help="mixed precision for PyTorch models, as for train (default auto)",
         )
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+        p.add_argument(
+            "--backend",
+            choices=BACKENDS,
+            default="auto",
+            help="for --checkpoint: run with PyTorch, or export on the fly to ONNX Runtime; auto times both "
+            "on CPUs without bf16 (fp32) when onnxruntime is installed and keeps the faster (default auto)",
+        )
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = commands.add_parser(

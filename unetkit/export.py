@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,14 +17,14 @@ from unetkit.inference.onnx_runtime import METADATA_KEY, OnnxModel
 from unetkit.train.checkpoint import load_checkpoint, model_from_checkpoint
 
 
-def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> float:
+def export_onnx(checkpoint: str | Path | dict[str, Any], out: str | Path, opset: int = 17) -> float:
     """Write `out` (.onnx) and return the largest |ONNX - PyTorch| logit difference measured on
-    random inputs of two sizes."""
+    random inputs of two sizes. `checkpoint` is a checkpoint file or its already loaded dict."""
     try:
         import onnx
     except ImportError:
         raise UnetkitError("ONNX export needs onnx and onnxruntime: pip install 'unetkit[onnx]'") from None
-    state = load_checkpoint(checkpoint)
+    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     model = model_from_checkpoint(state)
     multiple = model.size_multiple
     channels = state["model_args"]["in_channels"]

@@ -4,6 +4,9 @@ data. Large images go through overlapping tiles; `tta` averages flipped/rotated 
 
 from __future__ import annotations
 
+import importlib.util
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from unetkit.train.amp import resolve_amp
 from unetkit.train.checkpoint import load_checkpoint, model_from_checkpoint
 
 TILING_MODES = ("auto", "on", "off")
+BACKENDS = ("auto", "torch", "onnxruntime")
 AUTO_TILING_PIXELS = 1024 * 1024  # above this many pixels (at the model's scale) "auto" tiles
 
 
@@ -34,6 +38,7 @@ class InferenceOptions:
     batch_size: int = 4  # tiles per forward pass
     tta: bool = False
     progress: bool = False
+    backend: str = "auto"  # for checkpoints: auto | torch | onnxruntime (see Predictor._choose_backend)
 
     def __post_init__(self) -> None:
         if self.tiling not in TILING_MODES:
@@ -44,6 +49,8 @@ class InferenceOptions:
             raise UnetkitError(f"--overlap {self.overlap} must be at least 0 and smaller than --tile {self.tile}")
         if self.batch_size < 1:
             raise UnetkitError(f"--batch-size {self.batch_size} must be at least 1")
+        if self.backend not in BACKENDS:
+            raise UnetkitError(f"--backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
 
 
 class Predictor:
@@ -58,6 +65,7 @@ class Predictor:
         options: InferenceOptions | None = None,
     ) -> None:
         self.options = options or InferenceOptions()
+        self.backend = "onnxruntime"  # until a checkpoint's model says otherwise
         if isinstance(source, str | Path) and Path(source).suffix.lower() == ".onnx":
             from unetkit.inference.onnx_runtime import OnnxModel
 
@@ -74,6 +82,7 @@ class Predictor:
             # BN folded into the convs: +7% (paper U-Net) to +13% (fast recipe) images/s, bf16 CPU.
             self.model = fuse_conv_bn(self.model).to(self.device, memory_format=self.memory_format)
             self._forward = self._torch_forward
+            self._choose_backend(state)
         self.mask_values = MaskValues.from_dict(state["mask_values"])
         self.preprocess = Preprocess(**state["preprocess"])
         self.binary: bool = state["binary"]
@@ -82,6 +91,37 @@ class Predictor:
     @property
     def num_classes(self) -> int:
         return self.mask_values.num_classes
+
+    def _choose_backend(self, state: dict[str, Any]) -> None:
+        """Run a checkpoint's model with PyTorch, or export it to ONNX Runtime when that is faster.
+
+        `auto` considers ONNX Runtime only on a CPU without bf16 autocast (fp32), with
+        onnxruntime installed: there its blocked-layout kernels ran the U-Nets 1.2-1.5x faster
+        than PyTorch fp32 (benchmarks/NOTES.md), while with bf16 PyTorch was faster still. So it
+        exports (about a second), times one 256x256 forward each way and keeps the faster."""
+        self.backend = "torch"
+        wanted = self.options.backend
+        if wanted == "torch":
+            return
+        if wanted == "auto":
+            fp32_cpu = self.device.type == "cpu" and self.amp.dtype is None
+            if not fp32_cpu or importlib.util.find_spec("onnxruntime") is None:
+                return
+        elif self.device.type != "cpu":
+            raise UnetkitError("--backend onnxruntime runs on the CPU; use --device cpu")
+        from unetkit.export import export_onnx
+        from unetkit.inference.onnx_runtime import OnnxModel
+
+        with tempfile.TemporaryDirectory(prefix="unetkit-onnx-") as folder:
+            path = Path(folder) / "model.onnx"
+            export_onnx(state, path)
+            onnx_model = OnnxModel(path)  # the session holds the graph; the file can go
+        if wanted == "auto":
+            x = torch.randn(1, state["model_args"]["in_channels"], 256, 256)
+            # PyTorch first: ONNX Runtime's threads keep spinning for a while after a run.
+            if _fastest_of_two(self._torch_forward, x) <= _fastest_of_two(onnx_model, x):
+                return
+        self._forward, self.backend = onnx_model, "onnxruntime"
 
     def _torch_forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), self.amp.autocast(self.device):
@@ -122,3 +162,13 @@ class Predictor:
     def predict_file(self, path: str | Path, threshold: float = 0.5) -> np.ndarray:
         """The mask, in the original mask values, for one image file."""
         return self.mask_values.decode(self.class_ids(read_image(path), path, threshold))
+
+
+def _fastest_of_two(forward: Forward, x: torch.Tensor) -> float:
+    forward(x)  # the first call allocates and picks kernels
+    best = float("inf")
+    for _ in range(2):
+        start = time.perf_counter()
+        forward(x)
+        best = min(best, time.perf_counter() - start)
+    return best
