@@ -214,3 +214,16 @@ def test_checkpoint_runs_on_onnxruntime_when_asked_or_when_it_is_faster(trained,
     speeds = iter([1.0, 2.0])
     assert Predictor(checkpoint, amp="off").backend == "torch"
     assert Predictor(checkpoint, amp="bf16").backend == "torch"  # no timing needed: bf16 stays on PyTorch
+
+
+def test_auto_backend_stays_on_pytorch_when_the_export_fails(trained, monkeypatch):
+    import unetkit.export as export_module
+
+    def broken_export(*args, **kwargs):
+        raise RuntimeError("exporter bug")
+
+    monkeypatch.setattr(export_module, "export_onnx", broken_export)
+    _root, _images, _masks, checkpoint = trained
+    assert Predictor(checkpoint, amp="off").backend == "torch"
+    with pytest.raises(RuntimeError, match="exporter bug"):
+        Predictor(checkpoint, amp="off", options=InferenceOptions(backend="onnxruntime"))

@@ -112,10 +112,15 @@ class Predictor:
         from unetkit.export import export_onnx
         from unetkit.inference.onnx_runtime import OnnxModel
 
-        with tempfile.TemporaryDirectory(prefix="unetkit-onnx-") as folder:
-            path = Path(folder) / "model.onnx"
-            export_onnx(state, path)
-            onnx_model = OnnxModel(path)  # the session holds the graph; the file can go
+        try:
+            with tempfile.TemporaryDirectory(prefix="unetkit-onnx-") as folder:
+                path = Path(folder) / "model.onnx"
+                export_onnx(state, path)
+                onnx_model = OnnxModel(path)  # the session holds the graph; the file can go
+        except Exception:
+            if wanted == "auto":  # only a speed-up was at stake: PyTorch runs the model as well
+                return
+            raise
         if wanted == "auto":
             x = torch.randn(1, state["model_args"]["in_channels"], 256, 256)
             # PyTorch first: ONNX Runtime's threads keep spinning for a while after a run.
