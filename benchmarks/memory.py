@@ -47,18 +47,19 @@ def run_job(job: dict) -> dict:
             trainer = make_trainer(spec, data, job["size"], job["batch"], Path(tmp) / "run")
             for epoch in range(1, job["steps"] + 1):
                 trainer.train_one_epoch(epoch)
-        return {"amp": trainer.amp.name, "channels_last": trainer.channels_last}
+        return {"amp": trainer.amp.compute_dtype, "channels_last": trainer.channels_last}
     if job["job"] == "tiled":
         from benchmarks.inference import checkpoint_state
         from unetkit.inference import InferenceOptions, Predictor
 
         overlap = job.get("overlap", min(64, job["tile"] // 4))  # Predictor's default 64 for 256+ tiles
-        options = InferenceOptions(tiling="on", tile=job["tile"], overlap=overlap)
+        options = InferenceOptions(tiling="on", tile=job["tile"], overlap=overlap, backend="torch")
         predictor = Predictor(checkpoint_state(spec), device="cpu", options=options)
         image = np.random.default_rng(0).random((job["side"], job["side"], 1), dtype=np.float32)
         logits = predictor.logits(image)
         return {
-            "amp": predictor.amp.name,
+            "amp": predictor.amp.compute_dtype,
+            "backend": predictor.backend,
             "output_shape": list(logits.shape),
             "overlap": overlap,
             "tile_batch": options.batch_size,

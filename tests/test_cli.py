@@ -157,3 +157,23 @@ def test_explicit_validation_folders_and_early_stopping(tmp_path, capsys):
     assert config["resolved"]["val_images"] == ["img00.png", "img01.png"]
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]
     assert len(rows) < 30
+
+
+def test_resume_takes_options_typed_even_at_their_default_and_from_a_config_file(tmp_path, capsys):
+    images, masks = make_shapes(tmp_path, count=4)
+    run = tmp_path / "run"
+    common = ["--images", images, "--masks", masks, "--out", run, *TINY_TRAIN, "--val-fraction", "0.25"]
+    assert run_cli(capsys, "train", *common, "--device", "cpu")[0] == 0
+    epochs = json.loads((run / "config.json").read_text())["epochs"]
+    # `--device auto` is TrainConfig's default, but typed here it must replace the saved "cpu".
+    resume = ["train", "--resume", run / "last.pt", "--no-progress"]
+    assert run_cli(capsys, *resume, "--epochs", str(epochs + 1), "--device", "auto")[0] == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["device"] == "auto" and config["epochs"] == epochs + 1
+    # Not typed: kept from the checkpoint.
+    assert run_cli(capsys, *resume, "--epochs", str(epochs + 2))[0] == 0
+    assert json.loads((run / "config.json").read_text())["device"] == "auto"
+    # From a --config file: taken where it differs from the default.
+    (tmp_path / "more.toml").write_text(f"epochs = {epochs + 3}\n")
+    assert run_cli(capsys, *resume, "--config", tmp_path / "more.toml")[0] == 0
+    assert json.loads((run / "config.json").read_text())["epochs"] == epochs + 3

@@ -92,12 +92,27 @@ def test_interrupt_flag_defers_the_first_ctrl_c_to_a_safe_point():
     from unetkit.train.interrupt import InterruptFlag
 
     before = signal.getsignal(signal.SIGINT)
-    with InterruptFlag() as flag:
-        flag.check()  # nothing asked yet
-        signal.raise_signal(signal.SIGINT)  # the first Ctrl-C only sets the flag
-        assert flag.requested
-        with pytest.raises(KeyboardInterrupt):
-            flag.check()
-        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C interrupts at once
-            signal.raise_signal(signal.SIGINT)
+    flag = InterruptFlag()
+    with pytest.raises(KeyboardInterrupt):  # a Ctrl-C not yet acted on is raised on the way out
+        with flag:
+            flag.check()  # nothing asked yet
+            signal.raise_signal(signal.SIGINT)  # the first Ctrl-C only sets the flag
+            assert flag.requested
+            with pytest.raises(KeyboardInterrupt):
+                flag.check()
+            with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C interrupts at once
+                signal.raise_signal(signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
+    with flag:  # used again: starts with no request
+        flag.check()
+
+
+def test_interrupt_flag_leaves_an_ignored_sigint_ignored():
+    from unetkit.train.interrupt import InterruptFlag
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with InterruptFlag():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -1,3 +1,5 @@
+import shutil
+
 import numpy as np
 import pytest
 import tifffile
@@ -193,8 +195,9 @@ def test_safetensors_export_from_the_cli_predicts_like_the_checkpoint(trained, t
     _root, images, _masks, checkpoint = trained
     assert main(["export", "--checkpoint", str(checkpoint), "--safetensors", str(tmp_path / "m.safetensors")]) == 0
     image = np.random.default_rng(2).random((40, 52, 1), dtype=np.float32)
-    exported = Predictor(tmp_path / "m.safetensors", amp="off").logits(image)
-    torch.testing.assert_close(exported, Predictor(checkpoint, amp="off").logits(image))
+    torch_only = InferenceOptions(backend="torch")  # both sides on PyTorch, not whichever timed faster
+    exported = Predictor(tmp_path / "m.safetensors", amp="off", options=torch_only).logits(image)
+    torch.testing.assert_close(exported, Predictor(checkpoint, amp="off", options=torch_only).logits(image))
     assert main(["export", "--checkpoint", str(checkpoint)]) == 2
 
 
@@ -226,4 +229,24 @@ def test_auto_backend_stays_on_pytorch_when_the_export_fails(trained, monkeypatc
     _root, _images, _masks, checkpoint = trained
     assert Predictor(checkpoint, amp="off").backend == "torch"
     with pytest.raises(RuntimeError, match="exporter bug"):
+        Predictor(checkpoint, amp="off", options=InferenceOptions(backend="onnxruntime"))
+
+
+def test_backend_choices_that_cannot_hold_are_refused_or_fall_back(trained, tmp_path, monkeypatch):
+    import unetkit.export as export_module
+    from unetkit.errors import UnetkitError
+
+    _root, _images, _masks, checkpoint = trained
+    assert main(["export", "--checkpoint", str(checkpoint), "--onnx", str(tmp_path / "m.onnx")]) == 0
+    with pytest.raises(UnetkitError, match="--backend torch pass --checkpoint"):
+        Predictor(tmp_path / "m.onnx", options=InferenceOptions(backend="torch"))
+
+    # An export whose logits drift from PyTorch's is not used.
+    def drifting_export(state, path):
+        shutil.copy(tmp_path / "m.onnx", path)
+        return 0.5
+
+    monkeypatch.setattr(export_module, "export_onnx", drifting_export)
+    assert Predictor(checkpoint, amp="off").backend == "torch"
+    with pytest.raises(UnetkitError, match="differ from PyTorch's by 0.5"):
         Predictor(checkpoint, amp="off", options=InferenceOptions(backend="onnxruntime"))

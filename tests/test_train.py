@@ -295,9 +295,10 @@ def test_timed_run_with_epochs_anneals_by_the_last_epoch(binary_data, tmp_path):
 
 
 def test_cpu_description_says_when_the_isa_is_held_back(monkeypatch):
-    from unetkit.hardware import cpu_description
+    from unetkit.hardware import ISA_LIMIT_VARIABLES, cpu_description
 
-    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    for name in ISA_LIMIT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
     assert "ISA limited" not in cpu_description()
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert cpu_description().endswith("ISA limited by ONEDNN_MAX_CPU_ISA=AVX2")

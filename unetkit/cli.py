@@ -209,8 +209,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     from unetkit.train import train
     from unetkit.train.distributed import is_main_process
 
+    cfg = config_from_args(args)
+    # On --resume the checkpoint's options hold unless set here: typed (even at its default value)
+    # or, from a --config file, different from the default.
     given = {name for name in TrainConfig().to_dict() if getattr(args, name, None) is not None}
-    result = train(config_from_args(args), resume_overrides=given)
+    if getattr(args, "config", None):
+        from_file, defaults = load_config_file(args.config), TrainConfig()
+        given |= {name for name in defaults.to_dict() if getattr(from_file, name) != getattr(defaults, name)}
+    result = train(cfg, resume_overrides=given)
     if not is_main_process():  # under torchrun, one summary is enough
         return
     best = f"best val Dice {result.best_dice:.4f}" if result.best_dice > -1 else "no validation: best = last"

@@ -27,6 +27,7 @@ from unetkit.train.checkpoint import load_checkpoint, model_from_checkpoint
 
 TILING_MODES = ("auto", "on", "off")
 BACKENDS = ("auto", "torch", "onnxruntime")
+MAX_ONNX_LOGIT_DIFFERENCE = 1e-3  # exports measured here differ by ~3e-8
 AUTO_TILING_PIXELS = 1024 * 1024  # above this many pixels (at the model's scale) "auto" tiles
 
 
@@ -69,6 +70,10 @@ class Predictor:
         if isinstance(source, str | Path) and Path(source).suffix.lower() == ".onnx":
             from unetkit.inference.onnx_runtime import OnnxModel
 
+            if self.options.backend == "torch":
+                raise UnetkitError(
+                    f"{source}: an .onnx model runs on ONNX Runtime; for --backend torch pass --checkpoint"
+                )
             onnx_model = OnnxModel(source)
             state, self._forward = onnx_model.metadata, onnx_model
         else:
@@ -115,8 +120,12 @@ class Predictor:
         try:
             with tempfile.TemporaryDirectory(prefix="unetkit-onnx-") as folder:
                 path = Path(folder) / "model.onnx"
-                export_onnx(state, path)
+                difference = export_onnx(state, path)
                 onnx_model = OnnxModel(path)  # the session holds the graph; the file can go
+            if difference > MAX_ONNX_LOGIT_DIFFERENCE:
+                raise UnetkitError(
+                    f"the ONNX export's logits differ from PyTorch's by {difference:.2g}; use --backend torch"
+                )
         except Exception:
             if wanted == "auto":  # only a speed-up was at stake: PyTorch runs the model as well
                 return

@@ -23,7 +23,10 @@ class InterruptFlag:
         self._installed = False
 
     def __enter__(self) -> InterruptFlag:
-        if threading.current_thread() is threading.main_thread():  # signals go to the main thread only
+        self.requested = False
+        main_thread = threading.current_thread() is threading.main_thread()  # signals reach only it
+        # SIG_IGN: started in the background by a non-interactive shell, Ctrl-C is not ours to take.
+        if main_thread and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
             self._installed = True
         return self
@@ -34,6 +37,8 @@ class InterruptFlag:
         if self._installed:
             signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.default_int_handler)
             self._installed = False
+        if self.requested and kind is None:  # asked for after the last check: still honour it
+            raise KeyboardInterrupt
 
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:

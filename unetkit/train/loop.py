@@ -219,6 +219,9 @@ class Trainer:
         self.model_args = model_arguments(cfg, self.preprocess.in_channels, out_channels)
         self.model: nn.Module = create_model(cfg.model, **self.model_args).to(self.device)
         self.amp: AmpPolicy = resolve_amp(cfg.amp, self.device)
+        chosen = self.dist.broadcast_object(self.amp.name)  # `auto` times a conv: ranks could disagree
+        if chosen != self.amp.name:
+            self.amp = resolve_amp(chosen, self.device)
         if cfg.channels_last == "auto":
             self.channels_last = channels_last_is_faster(
                 self.device,
