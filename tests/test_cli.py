@@ -177,3 +177,14 @@ def test_resume_takes_options_typed_even_at_their_default_and_from_a_config_file
     (tmp_path / "more.toml").write_text(f"epochs = {epochs + 3}\n")
     assert run_cli(capsys, *resume, "--config", tmp_path / "more.toml")[0] == 0
     assert json.loads((run / "config.json").read_text())["epochs"] == epochs + 3
+
+
+def test_predict_says_which_engine_runs_and_refuses_bf16_on_onnxruntime(rgb_run, tmp_path, capsys):
+    _root, images, _masks, checkpoint = rgb_run
+    args = ["predict", "--checkpoint", checkpoint, images, "--out", tmp_path / "p", "--no-progress"]
+    code, out, _ = run_cli(capsys, *args, "--backend", "torch", "--amp", "off")
+    assert code == 0 and "running on PyTorch, cpu, fp32" in out
+    code, out, _ = run_cli(capsys, *args, "--backend", "onnxruntime", "--amp", "off")
+    assert code == 0 and "running on ONNX Runtime (as asked)" in out
+    code, _, err = run_cli(capsys, *args, "--backend", "onnxruntime", "--amp", "bf16")
+    assert code == 2 and "--backend onnxruntime runs in fp32" in err and len(err.strip().splitlines()) == 1

@@ -239,7 +239,15 @@ def predictor_from_args(args: argparse.Namespace):
     source = args.onnx or args.checkpoint
     if source is None:
         raise UnetkitError("give the model with --checkpoint CKPT (or --onnx MODEL.onnx)")
-    return Predictor(source, device=args.device, amp=args.amp, options=options)
+    if args.backend == "onnxruntime" and args.amp in ("bf16", "fp16"):
+        raise UnetkitError(f"--backend onnxruntime runs in fp32; drop --amp {args.amp} or use --backend torch")
+    predictor = Predictor(source, device=args.device, amp=args.amp, options=options)
+    if predictor.backend == "onnxruntime":
+        how = "as asked" if args.onnx or args.backend == "onnxruntime" else "timed faster than PyTorch fp32 here"
+        print(f"running on ONNX Runtime ({how})")
+    else:
+        print(f"running on PyTorch, {predictor.device}, {predictor.amp.compute_dtype}")
+    return predictor
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
