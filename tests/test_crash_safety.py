@@ -27,6 +27,9 @@ def start_training(*args: object) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A suite started in the background by a non-interactive shell inherits an ignored SIGINT,
+        # and unetkit rightly leaves it ignored: give the run a terminal's Ctrl-C instead.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
@@ -91,7 +94,7 @@ def test_sigkill_mid_epoch_then_resume_finishes_the_run(tmp_path):
 def test_interrupt_flag_defers_the_first_ctrl_c_to_a_safe_point():
     from unetkit.train.interrupt import InterruptFlag
 
-    before = signal.getsignal(signal.SIGINT)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even under nohup
     flag = InterruptFlag()
     with pytest.raises(KeyboardInterrupt):  # a Ctrl-C not yet acted on is raised on the way out
         with flag:
@@ -102,9 +105,10 @@ def test_interrupt_flag_defers_the_first_ctrl_c_to_a_safe_point():
                 flag.check()
             with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C interrupts at once
                 signal.raise_signal(signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is before
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     with flag:  # used again: starts with no request
         flag.check()
+    signal.signal(signal.SIGINT, before)
 
 
 def test_interrupt_flag_leaves_an_ignored_sigint_ignored():
