@@ -212,7 +212,7 @@ def test_checkpoint_runs_on_onnxruntime_when_asked_or_when_it_is_faster(trained,
     np.testing.assert_allclose(on_ort.logits(image), on_torch.logits(image), atol=1e-4)
     # auto times both and keeps the faster, but only where PyTorch would run fp32 on the CPU.
     speeds = iter([2.0, 1.0])  # PyTorch is timed first
-    monkeypatch.setattr(predictor_module, "_fastest_of_two", lambda forward, x: next(speeds))
+    monkeypatch.setattr(predictor_module, "fastest_call", lambda call, repeats: next(speeds))
     assert Predictor(checkpoint, amp="off").backend == "onnxruntime"
     speeds = iter([1.0, 2.0])
     assert Predictor(checkpoint, amp="off").backend == "torch"

@@ -194,28 +194,32 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """TrainConfig defaults < the --config file < options given on the command line."""
+    return config_and_given_options(args)[0]
+
+
+def config_and_given_options(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
+    """The config, and the names of the options set on the command line (typed, even at their
+    default value) or in the --config file (where they differ from the default). On --resume only
+    these replace the checkpoint's own options."""
     config_file = getattr(args, "config", None)
     cfg = load_config_file(config_file) if config_file else TrainConfig()
+    defaults = TrainConfig()
+    given = {name for name in cfg.to_dict() if getattr(cfg, name) != getattr(defaults, name)}
     for name in cfg.to_dict():
         value = getattr(args, name, None)
         if value is not None:
             setattr(cfg, name, value)
+            given.add(name)
     if cfg.grad_clip == 0:
         cfg.grad_clip = None
-    return cfg
+    return cfg, given
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from unetkit.train import train
     from unetkit.train.distributed import is_main_process
 
-    cfg = config_from_args(args)
-    # On --resume the checkpoint's options hold unless set here: typed (even at its default value)
-    # or, from a --config file, different from the default.
-    given = {name for name in TrainConfig().to_dict() if getattr(args, name, None) is not None}
-    if getattr(args, "config", None):
-        from_file, defaults = load_config_file(args.config), TrainConfig()
-        given |= {name for name in defaults.to_dict() if getattr(from_file, name) != getattr(defaults, name)}
+    cfg, given = config_and_given_options(args)
     result = train(cfg, resume_overrides=given)
     if not is_main_process():  # under torchrun, one summary is enough
         return

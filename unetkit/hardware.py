@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -49,6 +51,22 @@ def cpu_description() -> str:
     return described + (f"; ISA limited by {' '.join(limits)}" if limits else "")
 
 
+def fastest_call(call: Callable[[], object], repeats: int, give_up_after: float = float("inf")) -> float:
+    """The shortest of `repeats` timed calls, after one untimed call that allocates and picks the
+    kernels. That first call already taking over `give_up_after` seconds returns inf at once, so
+    a probe spends no more time on a path it can already see is hopeless."""
+    start = time.perf_counter()
+    call()
+    if time.perf_counter() - start > give_up_after:
+        return float("inf")
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def channels_last_is_faster(
     device: torch.device,
     dtype: torch.dtype | None,
@@ -75,13 +93,7 @@ def channels_last_is_faster(
         x.requires_grad_(backward)
         weight.requires_grad_(backward)
         with torch.set_grad_enabled(backward):
-            _conv_step(x, weight, dtype, backward)  # the first call picks the kernels
-            best = float("inf")
-            for _ in range(2 if backward else 3):
-                start = time.perf_counter()
-                _conv_step(x, weight, dtype, backward)
-                best = min(best, time.perf_counter() - start)
-        timings.append(best)
+            timings.append(fastest_call(partial(_conv_step, x, weight, dtype, backward), 2 if backward else 3))
     return timings[1] < timings[0]
 
 

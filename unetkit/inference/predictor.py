@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 import tempfile
-import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from unetkit.data import MaskValues, Preprocess, read_image
 from unetkit.errors import UnetkitError
-from unetkit.hardware import channels_last_is_faster, resolve_device
+from unetkit.hardware import channels_last_is_faster, fastest_call, resolve_device
 from unetkit.inference.tiling import Forward, predict_tiled, with_tta
 from unetkit.losses import class_probabilities
 from unetkit.metrics import predicted_classes
@@ -66,7 +66,6 @@ class Predictor:
         options: InferenceOptions | None = None,
     ) -> None:
         self.options = options or InferenceOptions()
-        self.backend = "onnxruntime"  # until a checkpoint's model says otherwise
         if isinstance(source, str | Path) and Path(source).suffix.lower() == ".onnx":
             from unetkit.inference.onnx_runtime import OnnxModel
 
@@ -75,7 +74,7 @@ class Predictor:
                     f"{source}: an .onnx model runs on ONNX Runtime; for --backend torch pass --checkpoint"
                 )
             onnx_model = OnnxModel(source)
-            state, self._forward = onnx_model.metadata, onnx_model
+            state, self._forward, self.backend = onnx_model.metadata, onnx_model, "onnxruntime"
         else:
             state = source if isinstance(source, dict) else load_checkpoint(source)
             self.device = resolve_device(device)
@@ -133,7 +132,8 @@ class Predictor:
         if wanted == "auto":
             x = torch.randn(1, state["model_args"]["in_channels"], 256, 256)
             # PyTorch first: ONNX Runtime's threads keep spinning for a while after a run.
-            if _fastest_of_two(self._torch_forward, x) <= _fastest_of_two(onnx_model, x):
+            torch_time = fastest_call(partial(self._torch_forward, x), 2)
+            if torch_time <= fastest_call(partial(onnx_model, x), 2):
                 return
         self._forward, self.backend = onnx_model, "onnxruntime"
 
@@ -176,13 +176,3 @@ class Predictor:
     def predict_file(self, path: str | Path, threshold: float = 0.5) -> np.ndarray:
         """The mask, in the original mask values, for one image file."""
         return self.mask_values.decode(self.class_ids(read_image(path), path, threshold))
-
-
-def _fastest_of_two(forward: Forward, x: torch.Tensor) -> float:
-    forward(x)  # the first call allocates and picks kernels
-    best = float("inf")
-    for _ in range(2):
-        start = time.perf_counter()
-        forward(x)
-        best = min(best, time.perf_counter() - start)
-    return best

@@ -14,12 +14,13 @@ faster at them, keep the weights and the loss in float32.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 
 import torch
 import torch.nn.functional as F
+
+from unetkit.hardware import fastest_call
 
 AMP_MODES = ("auto", "off", "fp16", "bf16")
 
@@ -63,21 +64,13 @@ def cpu_bf16_conv_is_faster() -> bool:
     x = torch.randn(2, 32, 48, 48)
     weight = torch.randn(32, 32, 3, 3)
 
-    def fastest_of_three(dtype: torch.dtype, give_up_after: float) -> float:
+    def conv_time(dtype: torch.dtype, give_up_after: float) -> float:
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is torch.bfloat16):
-            start = time.perf_counter()
-            F.conv2d(x, weight, padding=1)  # the first call also picks the kernel
-            if time.perf_counter() - start > give_up_after:
-                return float("inf")  # emulated bf16 is ~10x slower: no need to time it again
-            best = float("inf")
-            for _ in range(3):
-                start = time.perf_counter()
-                F.conv2d(x, weight, padding=1)
-                best = min(best, time.perf_counter() - start)
-        return best
+            return fastest_call(partial(F.conv2d, x, weight, padding=1), 3, give_up_after)
 
-    fp32 = fastest_of_three(torch.float32, give_up_after=float("inf"))
-    return fastest_of_three(torch.bfloat16, give_up_after=max(0.05, 20 * fp32)) < fp32
+    fp32 = conv_time(torch.float32, give_up_after=float("inf"))
+    # Emulated bf16 is ~10x slower: its first call already shows it, no need to time it again.
+    return conv_time(torch.bfloat16, give_up_after=max(0.05, 20 * fp32)) < fp32
 
 
 def resolve_amp(mode: str, device: torch.device) -> AmpPolicy:
