@@ -20,6 +20,8 @@ TINY_TRAIN = (
     "2",
     "--patch-size",
     "32",
+    "--patches-per-image",
+    "1",
     "--no-progress",
     "--amp",
     "off",
@@ -34,6 +36,7 @@ def make_shapes(
     rgb: bool = False,
     seed: int = 0,
     mask_suffix: str = "",
+    prefix: str = "img",
 ) -> tuple[Path, Path]:
     """`count` images with one filled rectangle or disc per non-background value.
     Class k's shape has intensity proportional to k, so the task is learnable from pixels."""
@@ -58,8 +61,8 @@ def make_shapes(
         pixels = (np.clip(image, 0, 1) * 255).astype(np.uint8)
         if rgb:
             pixels = np.stack([pixels, pixels // 2 + 60, 255 - pixels], axis=-1)
-        Image.fromarray(pixels).save(images / f"img{index:02d}.png")
-        Image.fromarray(mask).save(masks / f"img{index:02d}{mask_suffix}.png")
+        Image.fromarray(pixels).save(images / f"{prefix}{index:02d}.png")
+        Image.fromarray(mask).save(masks / f"{prefix}{index:02d}{mask_suffix}.png")
     return images, masks
 
 

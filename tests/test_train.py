@@ -8,7 +8,10 @@ import torch
 
 import unetkit.train.amp as amp_module
 from unetkit.data import find_pairs
+from unetkit.data.fingerprint import ClassGeometry, DataFingerprint
+from unetkit.data.mask_values import MaskValues
 from unetkit.train import TrainConfig, Trainer, load_checkpoint, resolve_amp, train
+from unetkit.train.recipes import apply_recipe, class_weights, data_scale
 from unetkit.train.schedulers import SCHEDULERS, Schedule
 
 
@@ -20,6 +23,7 @@ def tiny_config(images: Path, masks: Path, out: Path, **overrides) -> TrainConfi
         base_channels=8,
         depth=2,
         patch_size=32,
+        patches_per_image=1,
         batch_size=4,
         epochs=2,
         lr=5e-3,
@@ -199,11 +203,28 @@ def test_time_budget_anneals_the_lr_and_stops_in_time(binary_data, tmp_path):
     assert lrs[-1] < max(lrs)  # annealing over time, not over an epoch count
 
 
-def test_recipes_fill_only_what_the_user_left_out(binary_data):
-    from unetkit.train.recipes import Fingerprint, apply_recipe
+def fingerprint_of(size: tuple[int, int], geometry: dict, pixels: dict, count: int = 30) -> DataFingerprint:
+    """A fingerprint as the scan of `count` gray images of `size` (h, w) would give it."""
+    return DataFingerprint(
+        num_images=count,
+        median_height=size[0],
+        median_width=size[1],
+        channels=1,
+        mean=[0.5],
+        std=[0.2],
+        value_pixels=pixels,
+        geometry={v: ClassGeometry(*g) for v, g in geometry.items()},
+        mask_values=MaskValues(sorted(pixels)),
+    )
 
-    big = Fingerprint(num_images=30, median_height=512, median_width=512)
-    fast, plan = apply_recipe(TrainConfig(recipe="fast", time=120.0), big, torch.device("cpu"))
+
+# The three real data sets' fingerprints (measured on their training splits, see recipes.py).
+ISBI = fingerprint_of((512, 512), {0: (2.0, 512), 255: (8.5, 246)}, {0: 22, 255: 78}, count=22)
+HC18 = fingerprint_of((540, 800), {0: (101.3, 800), 255: (58.1, 448)}, {0: 70, 255: 30}, count=262)
+
+
+def test_recipes_fill_only_what_the_user_left_out():
+    fast, plan = apply_recipe(TrainConfig(recipe="fast", time=120.0), ISBI, torch.device("cpu"))
     assert (fast.base_channels, fast.upsampling, fast.scale, fast.patch_size, fast.elastic) == (
         16,
         "bilinear",
@@ -211,20 +232,43 @@ def test_recipes_fill_only_what_the_user_left_out(binary_data):
         256,
         False,
     )
+    assert (fast.lr, fast.patches_per_image) == (4e-3, 4)
     assert fast.epochs is None and "recipe fast" in plan
-    large = Fingerprint(num_images=30, median_height=1280, median_width=1918)
-    fast_large, _ = apply_recipe(TrainConfig(recipe="fast"), large, torch.device("cpu"))
-    assert (fast_large.scale, fast_large.patch_size, fast_large.elastic) == (0.5, 256, True)
-    paper, _ = apply_recipe(TrainConfig(recipe="paper", base_channels=32), big, torch.device("cpu"))
-    assert (paper.base_channels, paper.depth, paper.upsampling, paper.scale, paper.epochs) == (
+    paper, _ = apply_recipe(TrainConfig(recipe="paper", base_channels=32, lr=1e-4), ISBI, torch.device("cpu"))
+    assert (paper.base_channels, paper.depth, paper.upsampling, paper.scale, paper.epochs, paper.lr) == (
         32,
         4,
         "transposed",
         1.0,
         50,
+        1e-4,
     )
-    auto_cpu, _ = apply_recipe(TrainConfig(), Fingerprint(4, 40, 60), torch.device("cpu"))
+    tiny = fingerprint_of((40, 60), {0: (3.0, 60), 1: (4.0, 20)}, {0: 80, 1: 20}, count=4)
+    auto_cpu, _ = apply_recipe(TrainConfig(), tiny, torch.device("cpu"))
     assert auto_cpu.recipe == "fast" and auto_cpu.scale == 1.0 and auto_cpu.patch_size == 32
+
+
+def test_recipe_scale_keeps_thin_structures_and_fits_large_objects():
+    assert data_scale(ISBI) == 1.0  # 2 px membranes keep full resolution
+    assert data_scale(HC18) == 0.25  # 448 px heads fit half a 256 px patch at a quarter size
+    hc18, _ = apply_recipe(TrainConfig(time=300.0), HC18, torch.device("cpu"))
+    assert (hc18.scale, hc18.patch_size, hc18.patches_per_image) == (0.25, 128, 1)
+    user, _ = apply_recipe(TrainConfig(scale=0.5), HC18, torch.device("cpu"))
+    assert (user.scale, user.patch_size) == (0.5, 256)  # the patch fits the user's scale
+    thin_and_large = fingerprint_of((360, 480), {0: (20, 480), 1: (1.0, 115), 2: (30, 420)}, {0: 60, 1: 1, 2: 39})
+    assert data_scale(thin_and_large) == 1.0  # a thin class wins over large ones
+    rare_thin = fingerprint_of((540, 800), {0: (100, 800), 1: (50, 448), 2: (1.0, 5)}, {0: 70_000, 1: 29_999, 2: 1})
+    assert data_scale(rare_thin) == 0.25  # a class under 0.1% of the pixels does not hold it up
+
+
+def test_class_weights_from_pixel_fractions():
+    weights = class_weights(ISBI, ISBI.mask_values)
+    assert weights[0] / weights[1] == pytest.approx((78 / 22) ** 0.5, rel=1e-3)
+    assert 0.22 * weights[0] + 0.78 * weights[1] == pytest.approx(1.0, rel=1e-3)  # pixel-weighted mean 1
+    skewed = fingerprint_of((64, 64), {}, {0: 1_000_000, 1: 1, 2: 0})
+    weights = class_weights(skewed, skewed.mask_values)
+    assert max(weights) / min(weights) == pytest.approx(10.0, rel=1e-3)  # capped; an absent class gets the cap
+    assert weights[2] == max(weights)
 
 
 def test_durations_parse():

@@ -86,7 +86,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="random training crop size, or 'none' for whole images (default: chosen by --recipe)",
     )
     data.add_argument(
-        "--patches-per-image", type=int, help=f"random crops per image and epoch (default {d.patches_per_image})"
+        "--patches-per-image",
+        type=int,
+        help="random crops per image and epoch (default: enough for ~96 crops an epoch)",
     )
     data.add_argument(
         "--no-augment",
@@ -128,7 +130,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     opt.add_argument("--epochs", type=int, help="number of epochs (default 50, or as many as fit in --time)")
     opt.add_argument("--batch-size", type=int, help="images per step (default: chosen by --recipe)")
     opt.add_argument("--optimizer", choices=OPTIMIZERS, help=f"(default {d.optimizer})")
-    opt.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
+    opt.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's, 4e-3 fast, 1e-3 paper)")
     opt.add_argument("--weight-decay", type=float, help=f"(default {d.weight_decay})")
     opt.add_argument("--momentum", type=float, help=f"SGD momentum (default {d.momentum}, the U-Net paper's)")
     opt.add_argument("--scheduler", choices=SCHEDULERS, help=f"learning-rate schedule (default {d.scheduler})")
@@ -138,7 +140,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     opt.add_argument("--gamma", type=float, help=f"LR factor of each step drop (default {d.gamma})")
     opt.add_argument("--loss", choices=LOSSES, help=f"(default {d.loss})")
-    opt.add_argument("--class-weights", type=_float_list, help="one loss weight per class, e.g. 1,5")
+    opt.add_argument(
+        "--class-weights",
+        type=_float_list,
+        help="one loss weight per class, e.g. 1,5 (default: 1/sqrt of each class's pixel fraction)",
+    )
     opt.add_argument(
         "--grad-clip", type=float, help=f"clip the gradient norm to this; 0 turns it off (default {d.grad_clip})"
     )
@@ -177,6 +183,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--seed", type=int, help=f"(default {d.seed})")
     run.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     run.add_argument("--workers", type=int, help="data-loading processes (default: 0 on small CPUs, else 4)")
+    run.add_argument(
+        "--cache-gb",
+        type=float,
+        help="keep decoded images in memory up to this many GiB, else decode each time (default: 30%% of the memory)",
+    )
     run.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bars")
     run.add_argument(
         "--sync-bn",

@@ -1,4 +1,4 @@
-from unetkit.data.dataset import Preprocess, SegmentationDataset, channel_stats, load_pair
+from unetkit.data.dataset import Preprocess, SegmentationDataset, load_pair
 from unetkit.data.io import IMAGE_EXTENSIONS, read_image, read_mask
 from unetkit.data.mask_values import IGNORE_ID, MaskValues, discover_mask_values
 from unetkit.data.pairing import Pair, find_pairs, list_images
@@ -12,7 +12,6 @@ __all__ = [
     "Pair",
     "Preprocess",
     "SegmentationDataset",
-    "channel_stats",
     "discover_mask_values",
     "find_pairs",
     "list_images",

@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from unetkit.data.fingerprint import parallel_map
 from unetkit.data.io import read_image, read_mask
-from unetkit.data.mask_values import MaskValues
+from unetkit.data.mask_values import IGNORE_ID, MaskValues
 from unetkit.data.pairing import Pair
 from unetkit.data.transforms import AugmentConfig, random_patch
 from unetkit.errors import UnetkitError
@@ -94,27 +95,11 @@ def load_pair(pair: Pair, mask_values: MaskValues, preprocess: Preprocess) -> tu
     return preprocess.resized_image(image, pair.image), preprocess.mask_tensor(class_ids)
 
 
-def channel_stats(pairs: Sequence[Pair], limit: int = 64) -> tuple[int, list[float], list[float]]:
-    """Channel count (1 for gray, else 3) and per-channel mean/std of up to `limit` images."""
-    images = [read_image(p.image) for p in pairs[:limit]]
-    channels = 1 if all(img.shape[2] == 1 for img in images) else 3
-    pixels = np.concatenate(
-        [match_channels(img, channels, p.image).reshape(-1, channels) for img, p in zip(images, pairs, strict=True)]
-    )
-    mean = pixels.mean(axis=0)
-    std = np.maximum(pixels.std(axis=0), 1e-3)
-    return channels, [float(m) for m in mean], [float(s) for s in std]
-
-
-def fits_in_memory(pairs: Sequence[Pair], preprocess: Preprocess, fraction: float = 0.3) -> bool:
-    """Whether the decoded data set takes less than `fraction` of the machine's memory."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return len(pairs) <= 256
+def decoded_bytes(pairs: Sequence[Pair], preprocess: Preprocess) -> float:
+    """Memory the decoded pairs take at the model's scale (float32 image, uint8 mask), from headers."""
     from PIL import Image
 
-    need = 0
+    need = 0.0
     for pair in pairs:
         try:
             with Image.open(pair.image) as img:
@@ -122,15 +107,54 @@ def fits_in_memory(pairs: Sequence[Pair], preprocess: Preprocess, fraction: floa
         except Exception:  # TIFF and friends: assume a generous 2048^2
             width = height = 2048
         need += width * height * preprocess.scale**2 * (4 * preprocess.in_channels + 1)
-    return need < fraction * total
+    return need
+
+
+def memory_bytes() -> float:
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 4 * 2.0**30
+
+
+def class_locations(class_ids: torch.Tensor, classes: Sequence[int], seed: int, per_class: int = 256) -> dict:
+    """Up to `per_class` random (y, x) positions of each listed class present in a mask: the
+    centres that class-balanced patch sampling draws from."""
+    flat = class_ids.reshape(-1).numpy()
+    rng = np.random.default_rng(seed)
+    width = class_ids.shape[-1]
+    found = {}
+    for class_id in classes:
+        where = np.flatnonzero(flat == class_id)
+        if len(where):
+            picked = rng.choice(where, size=min(per_class, len(where)), replace=False)
+            found[class_id] = torch.from_numpy(np.stack([picked // width, picked % width], axis=1))
+    return found
+
+
+def pad_collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack images of different sizes: pad each to the batch's largest height and width, images
+    with 0 (the normalised mean) and masks with IGNORE_ID, so padding counts for nothing in the loss."""
+    height = max(image.shape[-2] for image, _ in batch)
+    width = max(image.shape[-1] for image, _ in batch)
+    images = torch.zeros(len(batch), batch[0][0].shape[0], height, width, dtype=batch[0][0].dtype)
+    masks = torch.full((len(batch), height, width), IGNORE_ID, dtype=batch[0][1].dtype)
+    for index, (image, mask) in enumerate(batch):
+        images[index, :, : image.shape[-2], : image.shape[-1]] = image
+        masks[index, : mask.shape[-2], : mask.shape[-1]] = mask
+    return images, masks
 
 
 class SegmentationDataset(Dataset):
     """Image/mask pairs as tensors.
 
     With `patch_size` each item is a random (augmented) patch, `patches_per_image` per image and
-    epoch; without, each item is a whole image (validation). Decoded pairs are kept in memory when
-    they fit, so only the first epoch reads files.
+    epoch; without, each item is a whole image (validation). A `sampled_classes` list makes
+    `class_fraction` of the patches centre on a pixel of one of those classes present in the image
+    (chosen uniformly), as nnU-Net centres a third of its patches on foreground: rare classes are
+    seen in every few batches instead of every few epochs. Decoded pairs are kept in memory while
+    they fit in `cache_bytes` (default 30% of the machine's memory), so only the first epoch reads
+    files; beyond it every item is decoded from its file (lazy decoding).
     """
 
     def __init__(
@@ -141,7 +165,9 @@ class SegmentationDataset(Dataset):
         patch_size: int | None = None,
         augment: AugmentConfig | None = None,
         patches_per_image: int = 1,
-        cache: bool | None = None,
+        cache_bytes: float | None = None,
+        sampled_classes: Sequence[int] = (),
+        class_fraction: float = 1 / 3,
     ) -> None:
         self.pairs = list(pairs)
         self.mask_values = mask_values
@@ -149,29 +175,41 @@ class SegmentationDataset(Dataset):
         self.patch_size = patch_size
         self.augment = augment
         self.patches_per_image = patches_per_image if patch_size else 1
-        self.cache = fits_in_memory(self.pairs, preprocess) if cache is None else cache
-        self._decoded: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        limit = 0.3 * memory_bytes() if cache_bytes is None else cache_bytes
+        self.cache = decoded_bytes(self.pairs, preprocess) <= limit
+        self.sampled_classes = list(sampled_classes) if patch_size else []
+        self.class_fraction = class_fraction
+        self._decoded: dict[int, tuple[torch.Tensor, torch.Tensor, dict]] = {}
 
     def __len__(self) -> int:
         return len(self.pairs) * self.patches_per_image
 
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._load(index)[:2]
+
+    def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
         if index in self._decoded:
             return self._decoded[index]
-        sample = load_pair(self.pairs[index], self.mask_values, self.preprocess)
+        image, mask = load_pair(self.pairs[index], self.mask_values, self.preprocess)
+        locations = class_locations(mask, self.sampled_classes, seed=index) if self.sampled_classes else {}
         if self.cache:
-            self._decoded[index] = sample
-        return sample
+            self._decoded[index] = (image, mask, locations)
+        return image, mask, locations
 
-    def check_all(self) -> None:
-        """Decode every pair once, so bad files fail before training starts (and fill the cache)."""
-        for index in range(len(self.pairs)):
-            self.load(index)
+    def check_all(self, workers: int | None = None) -> None:
+        """Decode every pair once, in parallel threads, so bad files fail before training starts
+        (and the cache is filled)."""
+        parallel_map(self._load, range(len(self.pairs)), workers)
 
     def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = self.load(item % len(self.pairs))
+        image, mask, locations = self._load(item % len(self.pairs))
         if self.patch_size is not None:
-            image, mask = random_patch(image, mask, (self.patch_size, self.patch_size), self.augment)
+            center = None
+            if locations and float(torch.rand(1)) < self.class_fraction:
+                classes = sorted(locations)
+                chosen = locations[classes[int(torch.randint(len(classes), (1,)))]]
+                center = tuple(chosen[int(torch.randint(len(chosen), (1,)))].tolist())
+            image, mask = random_patch(image, mask, (self.patch_size, self.patch_size), self.augment, center)
         elif self.augment is not None:  # whole-image training is augmented too
             image, mask = random_patch(image, mask, tuple(image.shape[-2:]), self.augment)
         return self.preprocess.normalize(image), mask.long()

@@ -30,9 +30,11 @@ def random_patch_grid(
     source_hw: tuple[int, int],
     patch_hw: tuple[int, int],
     aug: AugmentConfig | None,
+    center: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """A (1, h, w, 2) sampling grid, in grid_sample's [-1, 1] coordinates of the source image,
-    for a randomly placed (and, with `aug`, randomly scaled/flipped/rotated/warped) patch."""
+    for a randomly placed (and, with `aug`, randomly scaled/flipped/rotated/warped) patch; with
+    `center` (y, x), the patch is centred on that pixel, moved only as far as keeps it inside."""
     src_h, src_w = source_hw
     out_h, out_w = patch_hw
     scale = 1.0
@@ -42,8 +44,10 @@ def random_patch_grid(
     # Half-size of the patch in source pixels; the centre is drawn so the patch stays inside the
     # image where it fits (reflection padding covers the rest).
     half_h, half_w = out_h / scale / 2, out_w / scale / 2
-    cy = _uniform_center(src_h, half_h)
-    cx = _uniform_center(src_w, half_w)
+    if center is None:
+        cy, cx = _uniform_center(src_h, half_h), _uniform_center(src_w, half_w)
+    else:
+        cy, cx = _clamped_center(center[0] + 0.5, src_h, half_h), _clamped_center(center[1] + 0.5, src_w, half_w)
 
     ys = torch.linspace(-1, 1, out_h) * (half_h - 0.5 / scale)
     xs = torch.linspace(-1, 1, out_w) * (half_w - 0.5 / scale)
@@ -79,6 +83,13 @@ def _uniform_center(size: int, half: float) -> float:
     return start + half
 
 
+def _clamped_center(wanted: float, size: int, half: float) -> float:
+    if size <= 2 * half:
+        return size / 2
+    start = min(max(round(wanted - half), 0), int(size - 2 * half))  # integer: no resampling blur
+    return start + half
+
+
 def apply_grid(image: torch.Tensor, mask: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Resample image (C, H, W) bilinearly and mask (H, W) by nearest neighbour on one grid."""
     image = F.grid_sample(image[None], grid, mode="bilinear", padding_mode="reflection", align_corners=False)[0]
@@ -107,9 +118,11 @@ def random_patch(
     mask: torch.Tensor,
     patch_hw: tuple[int, int],
     aug: AugmentConfig | None,
+    center: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A training sample: a random patch of image (C, H, W) and mask (H, W), augmented if asked."""
-    grid = random_patch_grid(tuple(image.shape[-2:]), patch_hw, aug)
+    """A training sample: a random patch of image (C, H, W) and mask (H, W), augmented if asked,
+    centred on `center` (y, x) if given."""
+    grid = random_patch_grid(tuple(image.shape[-2:]), patch_hw, aug, center)
     image, mask = apply_grid(image, mask, grid)
     if aug is not None:
         image = jitter_intensity(image, aug)

@@ -24,7 +24,7 @@ class TrainConfig:
     recipe: str = "auto"  # auto | fast | paper
     scale: float | None = None  # resize images and masks by this factor before the model
     patch_size: int | None = None  # random training crops; 0 trains on whole images
-    patches_per_image: int = 1
+    patches_per_image: int | None = None  # None: enough for ~96 patches an epoch
     augment: bool = True
     elastic: bool | None = None
     # model
@@ -37,7 +37,7 @@ class TrainConfig:
     epochs: int | None = None  # None: 50, or as many as fit in `time`
     batch_size: int | None = None
     optimizer: str = "adamw"
-    lr: float = 1e-3
+    lr: float | None = None  # None: the recipe's (4e-3 fast, 1e-3 paper)
     weight_decay: float = 1e-4
     momentum: float = 0.99
     scheduler: str = "cosine"
@@ -45,7 +45,7 @@ class TrainConfig:
     step_size: int = 30  # epochs between LR drops for the step scheduler
     gamma: float = 0.1
     loss: str = "ce+dice"
-    class_weights: list[float] | None = None
+    class_weights: list[float] | None = None  # None: 1/sqrt(class pixel fraction), from the masks
     grad_clip: float | None = 1.0
     amp: str = "auto"
     channels_last: str = "auto"  # auto | on | off
@@ -58,6 +58,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     workers: int | None = None
+    cache_gb: float | None = None  # decoded images kept in memory up to this; None: 30% of the machine's
     progress: bool = True
     sync_bn: bool = False  # SyncBatchNorm across DDP ranks (CUDA only)
     tensorboard: bool = False  # also log to RUN/tensorboard (needs unetkit[tensorboard])
@@ -90,7 +91,7 @@ class TrainConfig:
         return [
             ("epochs", self.epochs is None or at_least(self.epochs, 1), "a whole number of epochs, 1 or more"),
             ("batch_size", self.batch_size is None or at_least(self.batch_size, 1), "1 or more images per step"),
-            ("lr", positive(self.lr), "a learning rate above 0, e.g. 1e-3"),
+            ("lr", self.lr is None or positive(self.lr), "a learning rate above 0, e.g. 1e-3"),
             (
                 "val_fraction",
                 self.val_fraction == 0 or 0 < self.val_fraction < 1,
@@ -106,7 +107,7 @@ class TrainConfig:
                 not self.patch_size or self.patch_size >= minimum,
                 f"at least {minimum} pixels for a {self.model} of --depth {self.depth}, or 'none'",
             ),
-            ("patches_per_image", at_least(self.patches_per_image, 1), "1 or more"),
+            ("patches_per_image", self.patches_per_image is None or at_least(self.patches_per_image, 1), "1 or more"),
             ("base_channels", self.base_channels is None or at_least(self.base_channels, 1), "1 or more"),
             ("depth", self.depth is None or (at_least(self.depth, 1) and self.depth <= 10), "between 1 and 10"),
             ("weight_decay", at_least(self.weight_decay, 0), "0 or more"),
@@ -122,6 +123,7 @@ class TrainConfig:
                 self.min_epochs is None or (at_least(self.min_epochs, 1) and self.time is not None),
                 "1 or more epochs, and given with --time",
             ),
+            ("cache_gb", self.cache_gb is None or at_least(self.cache_gb, 0), "0 (decode every time) or more GiB"),
             ("workers", self.workers is None or at_least(self.workers, 0), "0 or more processes"),
             (
                 "class_weights",

@@ -24,11 +24,10 @@ from unetkit.data import (
     Pair,
     Preprocess,
     SegmentationDataset,
-    channel_stats,
-    discover_mask_values,
     find_pairs,
-    read_mask,
 )
+from unetkit.data.dataset import pad_collate
+from unetkit.data.fingerprint import fingerprint_pairs
 from unetkit.errors import UnetkitError
 from unetkit.hardware import channels_last_is_faster, cpu_description, resolve_device
 from unetkit.losses import SegmentationLoss
@@ -40,7 +39,7 @@ from unetkit.train.config import TrainConfig
 from unetkit.train.config_file import write_config_toml
 from unetkit.train.distributed import quiet, setup_distributed, unwrap
 from unetkit.train.interrupt import InterruptFlag
-from unetkit.train.recipes import apply_recipe, fingerprint
+from unetkit.train.recipes import apply_recipe
 from unetkit.train.run_files import plot_curves, write_json, write_metrics_csv
 from unetkit.train.schedulers import Schedule
 
@@ -49,7 +48,7 @@ if TYPE_CHECKING:
 
 OPTIMIZERS = ("adamw", "sgd", "rmsprop")
 # Options a resumed run may change; everything else comes from the checkpoint's config.
-RESUMABLE_OVERRIDES = ("epochs", "patience", "time", "min_epochs", "progress", "workers", "device")
+RESUMABLE_OVERRIDES = ("epochs", "patience", "time", "min_epochs", "progress", "workers", "device", "cache_gb")
 
 
 @dataclass
@@ -168,27 +167,28 @@ class Trainer:
                 f"--patience {cfg.patience} needs validation images to watch; "
                 "give --val-images/--val-masks or a --val-fraction above 0"
             )
-        if resume_state is None:  # a resumed config is already resolved
-            cfg, plan = apply_recipe(cfg, fingerprint(self.train_pairs), self.device)
-            cfg.validate()
-            self.cfg = cfg
-            self.log(plan)
-
-        if resume_state is not None:
+        if resume_state is not None:  # a resumed config is already resolved
             self.mask_values = MaskValues.from_dict(resume_state["mask_values"])
             self.preprocess = Preprocess(**resume_state["preprocess"])
+            self.sampled_classes = list(resume_state.get("sampled_classes", []))
         else:
-            if cfg.mask_values:
-                self.mask_values = MaskValues(cfg.mask_values, cfg.ignore_value)
-            else:
-                self.mask_values = discover_mask_values(
-                    ((p.mask, read_mask(p.mask)) for p in self.train_pairs), cfg.ignore_value
-                )
-            channels, mean, std = channel_stats(self.train_pairs)
-            self.preprocess = Preprocess(channels, mean, std, cfg.scale)
+            started = time.perf_counter()
+            data = fingerprint_pairs(self.train_pairs, cfg.ignore_value, cfg.mask_values)
+            cfg, plan = apply_recipe(cfg, data, self.device)
+            cfg.validate()
+            self.cfg = cfg
+            self.log(f"{plan} ({time.perf_counter() - started:.1f}s to read and measure the training set)")
+            self.mask_values = data.mask_values
+            self.preprocess = Preprocess(data.channels, data.mean, data.std, cfg.scale)
+            self.sampled_classes = data.rarer_classes(self.mask_values)
         self.binary = self.mask_values.num_classes == 2 if cfg.binary is None else cfg.binary
         if self.binary and self.mask_values.num_classes != 2:
             raise UnetkitError(f"--binary needs masks with two values, found {self.mask_values.values}")
+        if cfg.class_weights is not None and len(cfg.class_weights) != self.mask_values.num_classes:
+            raise UnetkitError(
+                f"--class-weights has {len(cfg.class_weights)} weight(s) but the masks have "
+                f"{self.mask_values.num_classes} classes {self.mask_values.values}; give one weight per class"
+            )
         augment = None
         if cfg.augment:
             augment = AugmentConfig() if cfg.elastic else AugmentConfig(elastic_sigma_px=0.0)
@@ -199,19 +199,19 @@ class Trainer:
             patch_size=cfg.patch_size or None,
             augment=augment,
             patches_per_image=cfg.patches_per_image,
+            cache_bytes=cfg.cache_gb * 2**30 if cfg.cache_gb is not None else None,
+            sampled_classes=self.sampled_classes,
         )
-        self.val_set = SegmentationDataset(self.val_pairs, self.mask_values, self.preprocess)
+        self.val_set = SegmentationDataset(
+            self.val_pairs,
+            self.mask_values,
+            self.preprocess,
+            cache_bytes=cfg.cache_gb * 2**30 if cfg.cache_gb is not None else None,
+        )
         self.train_set.check_all()
         self.val_set.check_all()
         if not cfg.patch_size:
             self._check_image_sizes()
-        if not cfg.patch_size and cfg.batch_size > 1:
-            sizes = {tuple(self.train_set.load(i)[0].shape[-2:]) for i in range(len(self.train_pairs))}
-            if len(sizes) > 1:
-                raise UnetkitError(
-                    f"{cfg.images}: images have different sizes {sorted(sizes)[:3]}; "
-                    "set --patch-size to train on crops, or --batch-size 1"
-                )
 
         # --- model, loss, optimisation ---
         torch.manual_seed(cfg.seed)  # the same initial weights for the same seed
@@ -250,6 +250,7 @@ class Trainer:
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0,
+            collate_fn=None if cfg.patch_size else pad_collate,  # whole images of mixed sizes
         )
         self.schedule = Schedule(
             cfg.scheduler,
@@ -313,6 +314,7 @@ class Trainer:
             "mask_values": self.mask_values.to_dict(),
             "preprocess": self.preprocess.to_dict(),
             "binary": self.binary,
+            "sampled_classes": self.sampled_classes,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),

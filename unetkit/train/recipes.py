@@ -1,93 +1,122 @@
-"""Recipes: the model size, patch, batch and resolution picked for the data and the machine, for
-whatever the user did not set, as nnU-Net plans from a data set fingerprint, but aimed at the
-best model in the time at hand rather than the best model at any cost.
+"""Recipes: the model size, patch, batch, resolution, learning rate and class weights picked from
+the data set fingerprint (unetkit/data/fingerprint.py) and the machine, for whatever the user did
+not set, as nnU-Net plans from its fingerprint, but aimed at the best model in the time at hand
+rather than the best model at any cost.
 
   paper: the U-Net paper's network (64 base channels, 4 levels, transposed convolutions, 31M
          parameters for one channel in, two classes out), full resolution, elastic deformation.
-  fast:  16 base channels and bilinear upsampling (~1M parameters, ~16x fewer FLOPs), half
-         resolution for images of 768 px and more, no elastic deformation in short runs. On the
-         ISBI 2012 demo it reaches cell Dice 0.945 / membrane 0.79 in about two CPU minutes.
-         Thin structures decide the resolution: on ISBI's 512 px slices, 256 px crops at full
-         resolution beat whole slices at half resolution for the same compute (membrane Dice
-         0.80 vs 0.77-0.78 after 90 fp32 seconds), because a membrane 2-3 px wide at full size
-         is 1 px wide at half size.
+  fast:  16 base channels and bilinear upsampling (~1M parameters, ~16x fewer FLOPs), LR 4e-3,
+         no elastic deformation in short runs; the resolution from the data (below).
   auto:  paper on a CUDA GPU, fast on a CPU.
+
+The resolution (fast recipe) is the largest of two needs, measured on the masks:
+- thin structures keep their pixels: the thinnest class (median distance to its edge, among
+  classes with at least 0.1% of the pixels) stays >= THIN_HALF_WIDTH pixels at the model's scale.
+  ISBI membranes (2.0 px) and CamVid poles (1.0 px) keep full resolution: on ISBI, 256 px crops
+  at full size beat whole slices at half size for the same compute (membrane Dice 0.80 vs
+  0.77-0.78 after 90 fp32 seconds), because a 2-3 px membrane is 1 px wide at half size;
+- large objects fit in half a patch: the largest object of the non-dominant classes (median over
+  the masks of the biggest region's longer side) spans at most half a patch side, so a patch
+  sees it whole with context around it, and the 4-level U-Net's receptive field (~180 px) spans
+  it. HC18 heads span ~450 of 800 px: head Dice after 5 fp32 minutes on a 2-core AVX2 CPU was
+  0.840 at scale 0.5 and 0.963 at 0.25 (256 px patches at full resolution: 0.79, issue 10);
+  the time is all in the model's convolutions, so a quarter of the pixels is 4x the epochs.
+Then the scale is rounded down to a multiple of 1/8, so that nearby data sets get the same plan.
+
+Class weights (both recipes) are 1/sqrt(pixel fraction), normalised to a pixel-weighted mean of 1
+and capped at MAX_CLASS_WEIGHT times the smallest: ISBI's membranes (22% of pixels) get 1.9x the
+cells' weight, the hand-set 2:1 the demo used before; CamVid's poles 6.5x the road's.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import statistics
-from collections.abc import Sequence
-from dataclasses import dataclass
+import math
 
 import torch
-from PIL import Image
 
-from unetkit.data import Pair
+from unetkit.data.fingerprint import DataFingerprint
+from unetkit.data.mask_values import MaskValues
 from unetkit.train.config import TrainConfig
 
 RECIPES = ("auto", "fast", "paper")
 SHORT_RUN_SECONDS = 15 * 60  # elastic deformation pays off only in longer runs
-HALF_RESOLUTION_FROM = 768  # the fast recipe halves images whose short side is at least this
+PATCH_SIDE = 256
+THIN_HALF_WIDTH = 2.0  # px at the model's scale for the thinnest class
+RARE_FRACTION = 1e-3  # classes rarer than this do not hold the resolution up
+MAX_CLASS_WEIGHT = 10.0
+PATCHES_PER_EPOCH = 96  # small sets crop several patches per image so an epoch is worth its overhead
 
 
-@dataclass(frozen=True)
-class Fingerprint:
-    num_images: int
-    median_height: int
-    median_width: int
+def data_scale(data: DataFingerprint, patch: int = PATCH_SIDE) -> float:
+    """The resize factor that keeps thin structures and fits large objects (module docstring)."""
+    if not data.geometry:
+        return 1.0
+    total = sum(data.value_pixels.values()) or 1
+    dominant = max(data.value_pixels, key=data.value_pixels.get, default=None)
+    common = [g for v, g in data.geometry.items() if data.value_pixels.get(v, 0) / total >= RARE_FRACTION]
+    thinnest = min((g.half_width for g in common), default=math.inf)
+    objects = [g.extent for v, g in data.geometry.items() if v != dominant and v in data.value_pixels]
+    fit = patch / 2 / max(objects) if objects and max(objects) > 0 else 1.0
+    keep_thin = THIN_HALF_WIDTH / thinnest if thinnest > 0 else 1.0
+    scale = min(1.0, max(fit, keep_thin))
+    return max(1, math.floor(scale * 8)) / 8
 
 
-def fingerprint(pairs: Sequence[Pair], limit: int = 64) -> Fingerprint:
-    """Image count and median size, from file headers only."""
-    heights, widths = [], []
-    for pair in pairs[:limit]:
-        try:
-            with Image.open(pair.image) as img:
-                widths.append(img.width)
-                heights.append(img.height)
-        except Exception:  # unreadable files are reported by the data checks that follow
-            continue
-    if not heights:
-        return Fingerprint(len(pairs), 256, 256)
-    return Fingerprint(len(pairs), int(statistics.median(heights)), int(statistics.median(widths)))
+def class_weights(data: DataFingerprint, mask_values: MaskValues) -> list[float]:
+    """1/sqrt(pixel fraction) per class, pixel-weighted mean 1, capped (module docstring); a class
+    never seen in the masks gets the cap."""
+    fractions = data.class_fractions(mask_values)
+    present = [f for f in fractions if f > 0]
+    if not present:
+        return [1.0] * len(fractions)
+    raw = [1 / math.sqrt(f) if f > 0 else math.inf for f in fractions]
+    cap = MAX_CLASS_WEIGHT * min(r for r in raw)
+    raw = [min(r, cap) for r in raw]
+    mean = sum(f * r for f, r in zip(fractions, raw, strict=True))
+    return [round(r / mean, 4) for r in raw]
 
 
-def recipe_settings(name: str, data: Fingerprint, device: torch.device, time_budget: float | None) -> dict:
+def recipe_settings(
+    name: str, data: DataFingerprint, device: torch.device, time_budget: float | None, user_scale: float | None = None
+) -> dict:
+    """The recipe's choice of every option it fills; the patch fits the images at the scale that
+    will be used (the user's `--scale` if given)."""
     if name == "auto":
         name = "paper" if device.type == "cuda" else "fast"
-    short_side = min(data.median_height, data.median_width)
     if name == "paper":
         settings = {"base_channels": 64, "depth": 4, "upsampling": "transposed", "scale": 1.0, "elastic": True}
-        settings["batch_size"] = 8 if device.type == "cuda" else 2
+        settings.update(batch_size=8 if device.type == "cuda" else 2, lr=1e-3)
     else:
-        scale = 0.5 if short_side >= HALF_RESOLUTION_FROM else 1.0
         short_run = time_budget is not None and time_budget < SHORT_RUN_SECONDS
         settings = {
             "base_channels": 16,
             "depth": 4,
             "upsampling": "bilinear",
-            "scale": scale,
+            "scale": data_scale(data),
             "elastic": not short_run,
             "batch_size": 4,
+            # The budget holds ~10-40 epochs: 4e-3 learned faster than 2e-3 in the same 90 s on
+            # ISBI (cell Dice +0.01; benchmarks/NOTES.md).
+            "lr": 4e-3,
         }
-    scaled_side = int(short_side * settings["scale"])
-    settings["patch_size"] = max(32, min(256, scaled_side // 16 * 16))
+    scale = settings["scale"] if user_scale is None else user_scale
+    scaled_side = int(min(data.median_height, data.median_width) * scale)
+    settings["patch_size"] = max(32, min(PATCH_SIDE, scaled_side // 16 * 16))
+    settings["patches_per_image"] = max(1, round(PATCHES_PER_EPOCH / max(1, data.num_images)))
     settings["recipe"] = name
     return settings
 
 
-def apply_recipe(cfg: TrainConfig, data: Fingerprint, device: torch.device) -> tuple[TrainConfig, str]:
+def apply_recipe(cfg: TrainConfig, data: DataFingerprint, device: torch.device) -> tuple[TrainConfig, str]:
     """A copy of `cfg` with every unset (None) option taken from the recipe; and a one-line
     summary of what was chosen."""
-    settings = recipe_settings(cfg.recipe, data, device, cfg.time)
+    settings = recipe_settings(cfg.recipe, data, device, cfg.time, cfg.scale)
+    if data.mask_values is not None and cfg.class_weights is None:
+        settings["class_weights"] = class_weights(data, data.mask_values)
     chosen = {key: value for key, value in settings.items() if key != "recipe" and getattr(cfg, key) is None}
     resolved = dataclasses.replace(cfg, **chosen, recipe=settings["recipe"])
     if resolved.epochs is None and cfg.time is None:
         resolved.epochs = 50  # a timed run without --epochs runs until its time is up
     summary = ", ".join(f"{key}={value}" for key, value in chosen.items()) or "nothing (all options set)"
-    return resolved, (
-        f"recipe {settings['recipe']} for {data.num_images} images of median size "
-        f"{data.median_width}x{data.median_height} on {device.type}: chose {summary}"
-    )
+    return resolved, f"recipe {settings['recipe']} for {data.describe()} on {device.type}: chose {summary}"
