@@ -47,6 +47,8 @@ DATASETS = {
     "hc18-dev": ("val", []),
     "camvid-dev": ("val", ["--ignore-value", "11"]),
 }
+# What the recipe chose, shown with each result.
+PLAN_KEYS = ("scale", "patch_size", "patches_per_image", "lr", "orientation", "class_weights")
 # The issue 10 bars, checked in the table: what must be reached in 5 CPU minutes.
 BARS = {
     "isbi2012": "cell (255) Dice >= 0.945, membrane (0) Dice >= 0.78",
@@ -132,7 +134,10 @@ def run_dataset(name: str, seconds: float, data_root: Path, out_root: Path, extr
         "train_seconds": train["seconds"],
         "eval_seconds": evaluation["seconds"],
         "peak_rss_mib": max(train["peak_rss_mib"], evaluation["peak_rss_mib"]),
-        "plan": {key: config.get(key) for key in ("scale", "patch_size", "patches_per_image", "lr", "class_weights")},
+        "plan": {
+            key: config.get(key)
+            for key in ("scale", "patch_size", "patches_per_image", "lr", "orientation", "class_weights")
+        },
         "bar": BARS[name],
     }
 

@@ -181,7 +181,7 @@ def test_resume_takes_options_typed_even_at_their_default_and_from_a_config_file
 
 def test_predict_says_which_engine_runs_and_refuses_bf16_on_onnxruntime(rgb_run, tmp_path, capsys):
     _root, images, _masks, checkpoint = rgb_run
-    args = ["predict", "--checkpoint", checkpoint, images, "--out", tmp_path / "p", "--no-progress"]
+    args = ["predict", "--checkpoint", checkpoint, images, "--out", tmp_path / "p", "--no-progress", "--overwrite"]
     code, out, _ = run_cli(capsys, *args, "--backend", "torch", "--amp", "off")
     assert code == 0 and "running on PyTorch, cpu, fp32" in out
     code, out, _ = run_cli(capsys, *args, "--backend", "onnxruntime", "--amp", "off")

@@ -10,8 +10,9 @@ import unetkit.train.amp as amp_module
 from unetkit.data import find_pairs
 from unetkit.data.fingerprint import ClassGeometry, DataFingerprint
 from unetkit.data.mask_values import MaskValues
+from unetkit.data.transforms import AugmentConfig, random_patch_grid
 from unetkit.train import TrainConfig, Trainer, load_checkpoint, resolve_amp, train
-from unetkit.train.recipes import apply_recipe, class_weights, data_scale
+from unetkit.train.recipes import apply_recipe, class_weights, data_orientation, data_scale
 from unetkit.train.schedulers import SCHEDULERS, Schedule
 
 
@@ -203,7 +204,9 @@ def test_time_budget_anneals_the_lr_and_stops_in_time(binary_data, tmp_path):
     assert lrs[-1] < max(lrs)  # annealing over time, not over an epoch count
 
 
-def fingerprint_of(size: tuple[int, int], geometry: dict, pixels: dict, count: int = 30) -> DataFingerprint:
+def fingerprint_of(
+    size: tuple[int, int], geometry: dict, pixels: dict, count: int = 30, heights: dict | None = None
+) -> DataFingerprint:
     """A fingerprint as the scan of `count` gray images of `size` (h, w) would give it."""
     return DataFingerprint(
         num_images=count,
@@ -213,6 +216,7 @@ def fingerprint_of(size: tuple[int, int], geometry: dict, pixels: dict, count: i
         mean=[0.5],
         std=[0.2],
         value_pixels=pixels,
+        value_height=heights or dict.fromkeys(pixels, 0.5),
         geometry={v: ClassGeometry(*g) for v, g in geometry.items()},
         mask_values=MaskValues(sorted(pixels)),
     )
@@ -259,6 +263,21 @@ def test_recipe_scale_keeps_thin_structures_and_fits_large_objects():
     assert data_scale(thin_and_large) == 1.0  # a thin class wins over large ones
     rare_thin = fingerprint_of((540, 800), {0: (100, 800), 1: (50, 448), 2: (1.0, 5)}, {0: 70_000, 1: 29_999, 2: 1})
     assert data_scale(rare_thin) == 0.25  # a class under 0.1% of the pixels does not hold it up
+
+
+def test_upright_scenes_are_not_turned_upside_down():
+    assert data_orientation(ISBI) == "any"
+    street = fingerprint_of((360, 480), {}, {0: 30, 1: 40, 2: 30}, heights={0: 0.2, 1: 0.5, 2: 0.8})
+    assert data_orientation(street) == "upright"
+    rare_high = fingerprint_of((360, 480), {}, {0: 995, 1: 5}, heights={0: 0.5, 1: 0.05})
+    assert data_orientation(rare_high) == "any"  # a class under 1% of the pixels does not decide
+    upright, _ = apply_recipe(TrainConfig(), street, torch.device("cpu"))
+    assert upright.orientation == "upright"
+    torch.manual_seed(0)
+    for _ in range(20):  # rows keep their order: the grid's y grows downwards in every sample
+        upright_only = AugmentConfig(vertical_flips=False, rotate90=False, elastic_sigma_px=0.0)
+        grid = random_patch_grid((64, 64), (32, 32), upright_only)
+        assert (grid[0, 1:, :, 1] > grid[0, :-1, :, 1]).all()
 
 
 def test_class_weights_from_pixel_fractions():

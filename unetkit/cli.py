@@ -102,12 +102,17 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         help="elastic deformation, the U-Net paper's augmentation (default: chosen by --recipe; off in runs under 15 minutes)",
     )
+    data.add_argument(
+        "--orientation",
+        choices=("any", "upright"),
+        help="any: flips and 90-degree turns; upright: left-right flips only, for scenes with an up (default: from the masks: upright when a class sits well above or below the middle)",
+    )
     model = p.add_argument_group("model")
     model.add_argument(
         "--recipe",
         choices=RECIPES,
-        help="fills the size options you leave out: fast (16 base channels, bilinear, half resolution for large "
-        "images), paper (64 channels, transposed, full resolution), auto (paper on GPU, fast on CPU; the default)",
+        help="fills the options you leave out from the data: fast (16 base channels, bilinear, resolution from the "
+        "masks' geometry), paper (64 channels, transposed, full resolution), auto (paper on GPU, fast on CPU; the default)",
     )
     model.add_argument("--model", choices=sorted(MODELS), help=f"architecture (default {d.model})")
     model.add_argument(
@@ -285,7 +290,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     predictor = predictor_from_args(args)
     written = predict_files(
-        predictor, args.inputs, args.out, args.threshold, args.overlay, args.probabilities, not args.no_progress
+        predictor,
+        args.inputs,
+        args.out,
+        args.threshold,
+        args.overlay,
+        args.probabilities,
+        not args.no_progress,
+        args.overwrite,
     )
     print(f"wrote {len(written)} mask(s) to {args.out}")
 
@@ -410,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png, the mask over the image")
     p.add_argument(
         "--probabilities", action="store_true", help="also write <name>_probs.tif: float32, one channel per class"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace files of an earlier prediction in --out (default: refuse)"
     )
     p.set_defaults(func=cmd_predict)
 

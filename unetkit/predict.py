@@ -38,6 +38,45 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
+def planned_outputs(files: Sequence[Path], out: Path, overlay: bool, probabilities: bool) -> dict[Path, Path]:
+    """Every file predict will write -> the input it comes from."""
+    outputs: dict[Path, Path] = {}
+    for path in files:
+        names = [f"{path.stem}.png"]
+        names += [f"{path.stem}_overlay.png"] if overlay else []
+        names += [f"{path.stem}_probs.tif"] if probabilities else []
+        for name in names:
+            target = out / name
+            if target in outputs:
+                raise UnetkitError(
+                    f"{path}: its output {name} is also the output of {outputs[target].name}; "
+                    "rename one of them or predict them into different --out folders"
+                )
+            outputs[target] = path
+    return outputs
+
+
+def check_outputs(files: Sequence[Path], outputs: dict[Path, Path], out: Path, overwrite: bool) -> None:
+    """Predict never writes into a folder it reads images from, and never replaces a file unless
+    asked: `--out imgs` would replace images by masks, `--out masks` the ground truth."""
+    out_real = out.resolve()
+    for path in files:
+        if path.resolve().parent == out_real:
+            raise UnetkitError(
+                f"{out}: --out is the folder of the input image {path.name}; masks written there would replace "
+                "or mix with the images; choose another --out folder"
+            )
+    inputs = {path.resolve() for path in files}
+    for target in outputs:
+        if target.exists() and target.resolve() in inputs:
+            raise UnetkitError(f"{target}: is an input image and would be replaced; choose another --out folder")
+        if target.exists() and not overwrite:
+            raise UnetkitError(
+                f"{target}: already exists and predict never replaces files; choose an empty --out folder, "
+                "or pass --overwrite to replace an earlier prediction"
+            )
+
+
 def predict_files(
     predictor: Predictor,
     inputs: Sequence[str | Path],
@@ -46,11 +85,14 @@ def predict_files(
     write_overlay: bool = False,
     write_probabilities: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Predict every input into `out`: <stem>.png, and <stem>_overlay.png / <stem>_probs.tif if
-    asked. Returns the written mask paths."""
+    asked. Returns the written mask paths. Nothing is written when an output would replace an
+    input or (without `overwrite`) any existing file."""
     files = collect_inputs(inputs)
     out = Path(out)
+    check_outputs(files, planned_outputs(files, out, write_overlay, write_probabilities), out, overwrite)
     legend = [f"value {value}" for value in predictor.mask_values.values]
     written = []
     for path in tqdm(files, desc="predict", unit="img", disable=not progress or len(files) < 2, leave=False):

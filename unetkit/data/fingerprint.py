@@ -65,6 +65,7 @@ class PairScan:
     channel_sumsq: np.ndarray
     mask_values: np.ndarray  # the distinct values, in the mask's own dtype
     mask_counts: np.ndarray
+    mask_row_sums: np.ndarray  # per value: the sum of its pixels' heights in the image (0 top, 1 bottom)
     geometry: dict[int, tuple[float, float]] = field(default_factory=dict)  # value -> (half width, extent)
 
 
@@ -77,7 +78,9 @@ def scan_pair(pair: Pair, with_geometry: bool = False) -> PairScan:
             f"is {image.shape[1]}x{image.shape[0]}; masks must be the same size as their images"
         )
     pixels = image.reshape(-1, image.shape[2]).astype(np.float64)
-    values, counts = np.unique(mask, return_counts=True)
+    values, inverse, counts = np.unique(mask, return_inverse=True, return_counts=True)
+    heights = np.broadcast_to(np.linspace(0, 1, mask.shape[0])[:, None], mask.shape)
+    row_sums = np.bincount(inverse.reshape(-1), weights=heights.reshape(-1), minlength=len(values))
     scan = PairScan(
         pair,
         image.shape[0],
@@ -87,6 +90,7 @@ def scan_pair(pair: Pair, with_geometry: bool = False) -> PairScan:
         np.square(pixels).sum(axis=0),
         values,
         counts,
+        row_sums,
     )
     if with_geometry and len(values) > 1:
         scan.geometry = {int(v): region_geometry(mask == v) for v in values}
@@ -116,6 +120,7 @@ class DataFingerprint:
     mean: list[float]
     std: list[float]
     value_pixels: dict[int, int]  # mask value -> pixels over the set
+    value_height: dict[int, float]  # mask value -> mean height of its pixels in the image (0 top, 1 bottom)
     geometry: dict[int, ClassGeometry]
     mask_values: MaskValues | None = None  # discovered, unless the caller gave them
 
@@ -155,8 +160,10 @@ def fingerprint_pairs(
     channels = 1 if all(s.channels == 1 for s in scans) else 3
     mean, std = _channel_moments(scans, channels)
     value_pixels: Counter[int] = Counter()
+    row_sums: Counter[int] = Counter()
     for scan in scans:
         value_pixels.update(dict(zip(scan.mask_values.tolist(), scan.mask_counts.tolist(), strict=True)))
+        row_sums.update(dict(zip(scan.mask_values.tolist(), scan.mask_row_sums.tolist(), strict=True)))
     if mask_values:
         found = MaskValues(mask_values, ignore_value)
     else:
@@ -169,6 +176,7 @@ def fingerprint_pairs(
         mean=mean,
         std=std,
         value_pixels={int(v): int(n) for v, n in value_pixels.items() if v != ignore_value},
+        value_height={int(v): row_sums[v] / n for v, n in value_pixels.items() if v != ignore_value and n},
         geometry=_class_geometry(s.geometry for s in scans if s.geometry),
         mask_values=found,
     )

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 @dataclass
 class AugmentConfig:
-    flips: bool = True
+    flips: bool = True  # left-right
+    vertical_flips: bool = True  # off, with rotate90, for upright scenes (sky above road)
     rotate90: bool = True
     scale_range: tuple[float, float] = (0.8, 1.25)
     elastic_sigma_px: float = 10.0  # std of the coarse-grid displacements, in output pixels
@@ -61,7 +62,7 @@ def random_patch_grid(
         if aug.flips:
             if torch.rand(1) < 0.5:
                 offset_x = -offset_x
-            if torch.rand(1) < 0.5:
+            if aug.vertical_flips and torch.rand(1) < 0.5:
                 offset_y = -offset_y
         if aug.elastic_sigma_px > 0:
             coarse = torch.randn(1, 2, aug.elastic_grid, aug.elastic_grid) * aug.elastic_sigma_px

@@ -27,6 +27,7 @@ class TrainConfig:
     patches_per_image: int | None = None  # None: enough for ~96 patches an epoch
     augment: bool = True
     elastic: bool | None = None
+    orientation: str | None = None  # any: flips and 90-degree turns; upright: left-right flips only
     # model
     model: str = "unet"
     base_channels: int | None = None
@@ -107,6 +108,7 @@ class TrainConfig:
                 not self.patch_size or self.patch_size >= minimum,
                 f"at least {minimum} pixels for a {self.model} of --depth {self.depth}, or 'none'",
             ),
+            ("orientation", self.orientation in (None, "any", "upright"), "any or upright"),
             ("patches_per_image", self.patches_per_image is None or at_least(self.patches_per_image, 1), "1 or more"),
             ("base_channels", self.base_channels is None or at_least(self.base_channels, 1), "1 or more"),
             ("depth", self.depth is None or (at_least(self.depth, 1) and self.depth <= 10), "between 1 and 10"),

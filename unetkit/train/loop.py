@@ -41,6 +41,7 @@ from unetkit.train.distributed import quiet, setup_distributed, unwrap
 from unetkit.train.interrupt import InterruptFlag
 from unetkit.train.recipes import apply_recipe
 from unetkit.train.run_files import plot_curves, write_json, write_metrics_csv
+from unetkit.train.run_lock import RunLock
 from unetkit.train.schedulers import Schedule
 
 if TYPE_CHECKING:
@@ -114,14 +115,26 @@ def _resumed_config(cfg: TrainConfig, state: dict[str, Any], overrides: Collecti
 
 def _prepare_run_folder(cfg: TrainConfig) -> Path:
     out = Path(cfg.out) if cfg.out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    if cfg.resume is None:
-        finished = [name for name in ("best.pt", "last.pt") if (out / name).exists()]
-        if finished:
-            raise UnetkitError(
-                f"{out / finished[0]}: the run folder already holds a checkpoint; "
-                f"continue it with --resume {out / 'last.pt'} or choose another --out"
-            )
+    resuming_here = cfg.resume is not None and out.resolve() == Path(cfg.resume).resolve().parent
+    if not resuming_here:
+        _refuse_finished_run(out, cfg.resume)
     return out
+
+
+def _refuse_finished_run(out: Path, resume: str | None) -> None:
+    """A folder that holds another run's checkpoint is never written into."""
+    finished = [name for name in ("best.pt", "last.pt") if (out / name).exists()]
+    if not finished:
+        return
+    if resume is not None:
+        raise UnetkitError(
+            f"{out / finished[0]}: --out holds another run's checkpoint, and resuming {resume} there would "
+            f"replace it; resume into the run's own folder ({Path(resume).parent}) or an empty --out"
+        )
+    raise UnetkitError(
+        f"{out / finished[0]}: the run folder already holds a checkpoint; "
+        f"continue it with --resume {out / 'last.pt'} or choose another --out"
+    )
 
 
 class Trainer:
@@ -191,7 +204,10 @@ class Trainer:
             )
         augment = None
         if cfg.augment:
-            augment = AugmentConfig() if cfg.elastic else AugmentConfig(elastic_sigma_px=0.0)
+            turns = cfg.orientation != "upright"
+            augment = AugmentConfig(vertical_flips=turns, rotate90=turns)
+            if not cfg.elastic:
+                augment.elastic_sigma_px = 0.0
         self.train_set = SegmentationDataset(
             self.train_pairs,
             self.mask_values,
@@ -449,8 +465,20 @@ class Trainer:
         return TensorBoardLog(self.out / "tensorboard", self.mask_values.values)
 
     def fit(self, on_epoch_end: Callable[[dict[str, float]], None] | None = None) -> RunResult:
+        lock = RunLock(self.out, self.log) if self.dist.is_main else None
+        if lock is not None:  # only rank 0 writes files, so only it needs the folder to itself
+            lock.acquire()
+        try:
+            return self._fit_locked(on_epoch_end)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _fit_locked(self, on_epoch_end: Callable[[dict[str, float]], None] | None) -> RunResult:
         cfg = self.cfg
-        if self.dist.is_main:  # only rank 0 writes files
+        if self.dist.is_main:
+            if cfg.resume is None:  # another run may have finished here since this one was set up
+                _refuse_finished_run(self.out, None)
             self._write_run_config()
         params = sum(p.numel() for p in self.model.parameters())
         self.log(

@@ -45,6 +45,7 @@ PATCH_SIDE = 256
 THIN_HALF_WIDTH = 2.0  # px at the model's scale for the thinnest class
 RARE_FRACTION = 1e-3  # classes rarer than this do not hold the resolution up
 MAX_CLASS_WEIGHT = 10.0
+UPRIGHT_SHIFT = 0.15  # a class's mean height this far from the middle marks an upright data set
 PATCHES_PER_EPOCH = 96  # small sets crop several patches per image so an epoch is worth its overhead
 
 
@@ -61,6 +62,16 @@ def data_scale(data: DataFingerprint, patch: int = PATCH_SIDE) -> float:
     keep_thin = THIN_HALF_WIDTH / thinnest if thinnest > 0 else 1.0
     scale = min(1.0, max(fit, keep_thin))
     return max(1, math.floor(scale * 8)) / 8
+
+
+def data_orientation(data: DataFingerprint) -> str:
+    """ "upright" when a class of at least 1% of the pixels sits well above or below the middle on
+    average (CamVid: sky at 0.2 of the height, road at 0.8), so vertical flips and 90-degree turns
+    would show the model scenes it never meets; else "any" (microscopy, ultrasound: ~0.5)."""
+    total = sum(data.value_pixels.values()) or 1
+    common = [v for v, n in data.value_pixels.items() if n / total >= 0.01 and v in data.value_height]
+    shifted = any(abs(data.value_height[v] - 0.5) > UPRIGHT_SHIFT for v in common)
+    return "upright" if shifted else "any"
 
 
 def class_weights(data: DataFingerprint, mask_values: MaskValues) -> list[float]:
@@ -104,6 +115,7 @@ def recipe_settings(
     scaled_side = int(min(data.median_height, data.median_width) * scale)
     settings["patch_size"] = max(32, min(PATCH_SIDE, scaled_side // 16 * 16))
     settings["patches_per_image"] = max(1, round(PATCHES_PER_EPOCH / max(1, data.num_images)))
+    settings["orientation"] = data_orientation(data)
     settings["recipe"] = name
     return settings
 
