@@ -212,6 +212,7 @@ def fingerprint_of(
         num_images=count,
         median_height=size[0],
         median_width=size[1],
+        smallest_side=min(size),
         channels=1,
         mean=[0.5],
         std=[0.2],
@@ -249,14 +250,17 @@ def test_recipes_fill_only_what_the_user_left_out():
     )
     tiny = fingerprint_of((40, 60), {0: (3.0, 60), 1: (4.0, 20)}, {0: 80, 1: 20}, count=4)
     auto_cpu, _ = apply_recipe(TrainConfig(), tiny, torch.device("cpu"))
-    assert auto_cpu.recipe == "fast" and auto_cpu.scale == 1.0 and auto_cpu.patch_size == 32
+    assert auto_cpu.recipe == "fast" and auto_cpu.scale == 1.0 and auto_cpu.patch_size == 0  # whole images
+    thin = fingerprint_of((24, 60), {0: (3.0, 60), 1: (4.0, 20)}, {0: 80, 1: 20}, count=4)
+    small, _ = apply_recipe(TrainConfig(), thin, torch.device("cpu"))
+    assert small.patch_size == 32  # below the network's 32 px minimum: padded patches, not whole images
 
 
 def test_recipe_scale_keeps_thin_structures_and_fits_large_objects():
     assert data_scale(ISBI) == 1.0  # 2 px membranes keep full resolution
     assert data_scale(HC18) == 0.25  # 448 px heads fit half a 256 px patch at a quarter size
     hc18, _ = apply_recipe(TrainConfig(time=300.0), HC18, torch.device("cpu"))
-    assert (hc18.scale, hc18.patch_size, hc18.patches_per_image) == (0.25, 128, 1)
+    assert (hc18.scale, hc18.patch_size, hc18.patches_per_image) == (0.25, 0, 1)  # 200x135: whole images
     user, _ = apply_recipe(TrainConfig(scale=0.5), HC18, torch.device("cpu"))
     assert (user.scale, user.patch_size) == (0.5, 256)  # the patch fits the user's scale
     thin_and_large = fingerprint_of((360, 480), {0: (20, 480), 1: (1.0, 115), 2: (30, 420)}, {0: 60, 1: 1, 2: 39})

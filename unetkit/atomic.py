@@ -64,3 +64,17 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], durable: bool 
             raise
     except OSError as err:
         raise UnetkitError(f"{path}: cannot write ({err.strerror or err}); {WRITE_FIX}") from None
+    except RuntimeError as err:  # torch.save and safetensors wrap a full disk or I/O error in their own types
+        first = (str(err).strip().splitlines() or [err.__class__.__name__])[0][:100]
+        raise UnetkitError(f"{path}: cannot write ({first}); {WRITE_FIX}") from None
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that killed writes left in `folder` (".<stem>.<random>.tmp<suffix>");
+    only call it while holding the folder (the run lock), so no live write is touched."""
+    removed = []
+    for path in Path(folder).glob(".*.tmp*"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

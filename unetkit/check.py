@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from unetkit.data.io import read_image, read_mask
-from unetkit.data.mask_values import MAX_DISCOVERED_VALUES
+from unetkit.data.mask_values import MAX_DISCOVERED_VALUES, MAX_VALUE, bit_depth
 from unetkit.data.pairing import match_folders
 from unetkit.errors import UnetkitError
 
@@ -49,6 +49,7 @@ def check_dataset(images_dir: str | Path, masks_dir: str | Path, mask_suffix: st
     sizes: dict[str, tuple[int, int]] = {}
     channels: dict[str, int] = {}
     value_counts: Counter[int] = Counter()
+    depths: dict[str, Path] = {}  # mask bit depth -> the first mask of that depth
     for pair in matching.pairs:
         try:
             image = read_image(pair.image)
@@ -66,6 +67,7 @@ def check_dataset(images_dir: str | Path, masks_dir: str | Path, mask_suffix: st
                     "fix": "masks must be the same size as their images",
                 }
             )
+        depths.setdefault(bit_depth(mask.dtype), pair.mask)
         values, counts = np.unique(mask, return_counts=True)
         value_counts.update(dict(zip(values.tolist(), counts.tolist(), strict=True)))
         if pair.mask.suffix.lower() in LOSSY_EXTENSIONS:
@@ -77,6 +79,16 @@ def check_dataset(images_dir: str | Path, masks_dir: str | Path, mask_suffix: st
                 }
             )
 
+    if len(depths) > 1:
+        shown = ", ".join(f"{depth} ({path.name})" for depth, path in depths.items())
+        problems.append(
+            {
+                "file": str(masks_dir),
+                "problem": f"masks of different bit depths: {shown}; their values mean different classes "
+                "(1-bit 1 and 8-bit 255 would become two)",
+                "fix": "save all masks with the same bit depth and the same value per class",
+            }
+        )
     _summarise_shapes(report, sizes, channels, warnings)
     _summarise_values(report, value_counts, problems, warnings)
     report["pairs"] = len(matching.pairs)
@@ -139,6 +151,15 @@ def _summarise_values(report: dict, value_counts: Counter, problems: list[dict],
                 "problem": f"{len(rare)} rare values beside {len(dominant)} main ones "
                 f"{sorted(dominant)}: looks like lossy compression or anti-aliased edges",
                 "fix": "re-save masks losslessly with exactly one value per class",
+            }
+        )
+    outside = [int(v) for v in value_counts if not 0 <= int(v) <= MAX_VALUE]
+    if outside:
+        problems.append(
+            {
+                "file": report["masks"],
+                "problem": f"mask value(s) {sorted(outside)[:5]} are outside 0..{MAX_VALUE}, beyond a PNG mask",
+                "fix": "relabel the masks with values in that range (e.g. -1 as 255 with --ignore-value 255)",
             }
         )
     if total and len(value_counts) < 2:

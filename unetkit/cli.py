@@ -247,6 +247,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 def predictor_from_args(args: argparse.Namespace):
     from unetkit.inference import InferenceOptions, Predictor
 
+    if not 0 < args.threshold < 1:  # False for NaN too
+        raise UnetkitError(
+            f"--threshold {args.threshold:g} is invalid: it must be a probability between 0 and 1, e.g. 0.5"
+        )
+
     options = InferenceOptions(
         tiling=args.tiling,
         tile=args.tile,
@@ -270,10 +275,20 @@ def predictor_from_args(args: argparse.Namespace):
     return predictor
 
 
+def output_file(option: str, path: str | None, suffix: str) -> None:
+    """An output file option must name a file of its kind: `--json masks/img01.png` or
+    `--onnx best.pt` would replace the user's data with a report or a model."""
+    if path is not None and Path(path).suffix.lower() != suffix:
+        raise UnetkitError(
+            f"{option} {path}: give a file name ending in {suffix}; the output never replaces another kind of file"
+        )
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from unetkit.data import find_pairs
     from unetkit.evaluate import evaluate_pairs, format_report
 
+    output_file("--json", args.json, ".json")
     predictor = predictor_from_args(args)
     pairs = find_pairs(args.images, args.masks, args.mask_suffix)
     report = evaluate_pairs(predictor, pairs, args.threshold, progress=not args.no_progress)
@@ -305,6 +320,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     if not args.onnx and not args.safetensors:
         raise UnetkitError("export needs --onnx FILE and/or --safetensors FILE")
+    output_file("--onnx", args.onnx, ".onnx")
+    output_file("--safetensors", args.safetensors, ".safetensors")
     if args.onnx:
         from unetkit.export import export_onnx
 
@@ -319,6 +336,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     from unetkit.check import check_dataset, format_check
 
+    output_file("--json", args.json, ".json")
     report = check_dataset(args.images, args.masks, args.mask_suffix)
     print(format_check(report))
     if args.json:

@@ -52,11 +52,16 @@ def export_safetensors(checkpoint_path: str | Path, out_path: str | Path) -> Pat
     }
     tensors = {name: tensor.contiguous() for name, tensor in state["model"].items()}
     out_path = Path(out_path)
-    atomic_write(
-        out_path,
-        lambda temporary: st.save_file(tensors, str(temporary), metadata={METADATA_KEY: json.dumps(meta)}),
-        durable=True,
-    )
+
+    def write(temporary: Path) -> None:
+        try:
+            st.save_file(tensors, str(temporary), metadata={METADATA_KEY: json.dumps(meta)})
+        except (OSError, RuntimeError):
+            raise
+        except Exception as err:  # safetensors' own error type for a failed write (e.g. a full disk)
+            raise OSError(str(err).strip().splitlines()[0][:100] if str(err).strip() else "write failed") from None
+
+    atomic_write(out_path, write, durable=True)
     return out_path
 
 

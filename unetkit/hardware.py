@@ -24,6 +24,10 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise UnetkitError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UnetkitError(f"device {name!r} asked for, but this machine has no CUDA GPU; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UnetkitError(f"device {name!r}: this machine has {torch.cuda.device_count()} GPU(s); use cuda:0 or cpu")
+    if device.type not in ("cpu", "cuda"):  # mps, meta, xpu...: not what unetkit trains or predicts on
+        raise UnetkitError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
     return device
 
 

@@ -116,6 +116,7 @@ class DataFingerprint:
     num_images: int
     median_height: int
     median_width: int
+    smallest_side: int  # the shortest side of any image
     channels: int  # 1 when every image is gray, else 3
     mean: list[float]
     std: list[float]
@@ -172,6 +173,7 @@ def fingerprint_pairs(
         num_images=len(pairs),
         median_height=int(statistics.median(s.height for s in scans)),
         median_width=int(statistics.median(s.width for s in scans)),
+        smallest_side=min(min(s.height, s.width) for s in scans),
         channels=channels,
         mean=mean,
         std=std,

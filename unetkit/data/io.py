@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from unetkit.errors import UnetkitError
 
@@ -23,11 +23,14 @@ def _read_raw(path: Path) -> tuple[np.ndarray, str | None]:
         raise UnetkitError(f"{path}: the file is empty (0 bytes); replace it with the real image or remove it")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            return np.asarray(tifffile.imread(path)), None
+            return _read_tiff(path), None
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse both alike.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(path) as opened:
+                # A camera's rotation flag, applied as every viewer does; the mask was drawn on
+                # the image as shown, and the predicted mask comes back that way too.
+                img = ImageOps.exif_transpose(opened)
                 mode = img.mode
                 if mode in ("I;16", "I;16B", "I;16L"):
                     return np.asarray(img, dtype=np.uint16), mode
@@ -47,6 +50,32 @@ def _read_raw(path: Path) -> tuple[np.ndarray, str | None]:
             f"{path}: cannot read this file as an image ({err.__class__.__name__}{f': {reason}' if reason else ''}); "
             "replace it with a valid PNG/JPEG/BMP/TIFF or remove it"
         ) from None
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    """One 2-D image (with or without colour samples) from a TIFF; a stack of pages or slices, or
+    channels that are not colour, is refused rather than guessed (a 3-page z-stack is not RGB)."""
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        axes = series.axes
+        extra = [axis for axis in axes if axis not in "YXS"]
+        stacked = [(axis, size) for axis, size in zip(axes, series.shape, strict=True) if axis in extra and size > 1]
+        full_size_pages = [page for page in tif.pages if not getattr(page, "is_reduced", False)]  # not thumbnails
+        if stacked or len(full_size_pages) > 1:
+            count = stacked[0][1] if stacked else len(full_size_pages)
+            raise UnetkitError(
+                f"{path}: the TIFF holds {count} pages or slices (axes {axes}); unetkit reads one 2-D image "
+                "per file: save each slice as its own file (or an RGB image as one page with 3 samples)"
+            )
+        array = series.asarray().squeeze() if extra else series.asarray()
+        page = tif.pages[0]
+        extrasamples = tuple(getattr(page, "extrasamples", ()) or ())
+    if array.ndim == 3 and array.shape[-1] == 4 and not (extrasamples and extrasamples[0] in (1, 2)):
+        raise UnetkitError(
+            f"{path}: the TIFF has 4 channels and the 4th is not marked as alpha (e.g. near-infrared); "
+            "unetkit takes gray or RGB images: save the 3 channels to use, or mark the 4th as alpha"
+        )
+    return np.asarray(array)
 
 
 def _channels_last(array: np.ndarray, path: Path) -> np.ndarray:
@@ -71,7 +100,7 @@ def read_image(path: str | Path) -> np.ndarray:
     array, mode = _read_raw(path)
     if mode == "P":
         with Image.open(path) as img:
-            array = np.asarray(img.convert("RGB"))
+            array = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
     array = _channels_last(array, path)
     if array.shape[2] in (2, 4):  # gray+alpha or RGB+alpha
         array = array[:, :, :-1]
@@ -79,9 +108,25 @@ def read_image(path: str | Path) -> np.ndarray:
         return array.astype(np.float32)
     if np.issubdtype(array.dtype, np.integer):
         scaled = array.astype(np.float32)
-        scaled /= np.iinfo(array.dtype).max  # in place: a 4096^2 RGB image is 200 MB per copy
+        scaled /= _integer_range(array)  # in place: a 4096^2 RGB image is 200 MB per copy
         return scaled
-    return array.astype(np.float32)
+    image = array.astype(np.float32)
+    bad = ~np.isfinite(image)
+    if bad.any():
+        raise UnetkitError(
+            f"{path}: {int(bad.sum())} pixel(s) are NaN or infinite (e.g. at row {int(np.argwhere(bad)[0][0])}); "
+            "fill them (e.g. with 0 or the image's mean) or remove the image"
+        )
+    return image
+
+
+def _integer_range(array: np.ndarray) -> float:
+    """The value that maps to 1.0: the type's maximum for 8- and 16-bit images; for wider integer
+    types (int32 TIFFs often hold 12- or 16-bit data) 65535 when the values fit in 16 bits, so the
+    data is not squeezed into [0, 2^-15]."""
+    if array.dtype.itemsize <= 2:
+        return float(np.iinfo(array.dtype).max)
+    return 65535.0 if array.size and int(array.max()) <= 65535 else float(np.iinfo(array.dtype).max)
 
 
 def read_mask(path: str | Path) -> np.ndarray:
@@ -100,7 +145,7 @@ def read_mask(path: str | Path) -> np.ndarray:
             raise UnetkitError(_colour_mask_message(path, array))
     mask = array[:, :, 0]
     if mask.dtype == np.bool_:
-        return mask.astype(np.uint8)
+        return mask  # kept 1-bit, so a mix of 1-bit and 8-bit masks is caught, not read as 0/1/255
     if not np.issubdtype(mask.dtype, np.integer):
         if not np.all(np.isfinite(mask)) or not np.all(mask == np.round(mask)):
             raise UnetkitError(f"{path}: mask holds non-integer values; save masks with integer class values")

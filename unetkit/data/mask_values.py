@@ -16,6 +16,7 @@ from unetkit.errors import UnetkitError
 
 IGNORE_ID = 255  # class id stored for pixels whose value is the ignore value
 MAX_DISCOVERED_VALUES = 64
+MAX_VALUE = 65535  # the largest value a 16-bit PNG mask holds
 
 
 class MaskValues:
@@ -32,6 +33,23 @@ class MaskValues:
             raise UnetkitError(f"mask values {values} repeat a value; list each value once")
         if len(values) > IGNORE_ID:
             raise UnetkitError(f"{len(values)} mask values: at most {IGNORE_ID} classes are supported")
+        outside = [v for v in values + ([ignore_value] if ignore_value is not None else []) if not 0 <= v <= MAX_VALUE]
+        if outside:
+            raise UnetkitError(
+                f"mask value {outside[0]} is outside 0..{MAX_VALUE}, which a PNG mask cannot hold, so predicted "
+                "masks could not be written; relabel the masks with values in that range"
+            )
+        if values != sorted(values):
+            raise UnetkitError(
+                f"--mask-values {','.join(map(str, values))}: list them in increasing order "
+                f"({','.join(map(str, sorted(values)))}); class ids follow it, and a binary model's foreground "
+                "is the larger value"
+            )
+        if ignore_value is not None and ignore_value in values:
+            raise UnetkitError(
+                f"--ignore-value {ignore_value} is also one of the mask values {values}: that class would be "
+                "dropped from training; pick a value that marks only don't-care pixels"
+            )
         self.values = values
         self.ignore_value = ignore_value
         lo = min(values + ([ignore_value] if ignore_value is not None else []))
@@ -86,10 +104,17 @@ def discover_mask_values(masks: Iterable[tuple[Path, np.ndarray]], ignore_value:
             first = (path, mask.dtype)
         elif mask.dtype != first[1]:
             raise UnetkitError(
-                f"{path}: mask is {_depth(mask.dtype)} but {Path(first[0]).name} is {_depth(first[1])}; "
+                f"{path}: mask is {bit_depth(mask.dtype)} but {Path(first[0]).name} is {bit_depth(first[1])}; "
                 "save all masks with the same bit depth and the same values per class"
             )
-        seen.update(int(v) for v in np.unique(mask))
+        found = [int(v) for v in np.unique(mask)]
+        if found and (found[0] < 0 or found[-1] > MAX_VALUE):
+            bad = found[0] if found[0] < 0 else found[-1]
+            raise UnetkitError(
+                f"{path}: mask value {bad} is outside 0..{MAX_VALUE}, which a PNG mask cannot hold; "
+                "relabel the masks with values in that range (e.g. a -1 'unlabelled' as 255 with --ignore-value 255)"
+            )
+        seen.update(found)
         if len(seen - {ignore_value}) > MAX_DISCOVERED_VALUES:
             raise UnetkitError(
                 f"{path}: masks hold more than {MAX_DISCOVERED_VALUES} distinct values, which looks "
@@ -101,5 +126,7 @@ def discover_mask_values(masks: Iterable[tuple[Path, np.ndarray]], ignore_value:
     return MaskValues(sorted(seen), ignore_value)
 
 
-def _depth(dtype: np.dtype) -> str:
+def bit_depth(dtype: np.dtype) -> str:
+    if np.dtype(dtype) == np.bool_:
+        return "1-bit"
     return f"{np.dtype(dtype).itemsize * 8}-bit" if np.issubdtype(dtype, np.integer) else str(dtype)

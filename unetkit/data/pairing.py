@@ -69,10 +69,16 @@ class Matching:
 
 def match_folders(images_dir: Path, masks_dir: Path, mask_suffix: str | None = None) -> Matching:
     """Pair images and masks by stem (plus `mask_suffix`, the best-matching common suffix if not given)."""
+    if Path(images_dir).resolve() == Path(masks_dir).resolve():
+        return _match_in_one_folder(Path(images_dir), mask_suffix)
     images = _by_stem(list_images(images_dir, "images"), images_dir)
     masks = _by_stem(list_images(masks_dir, "masks"), masks_dir)
     suffixes = COMMON_MASK_SUFFIXES if mask_suffix is None else (mask_suffix,)
     suffix = max(suffixes, key=lambda s: sum(stem + s in masks for stem in images))  # first wins ties
+    return _matching(images, masks, suffix)
+
+
+def _matching(images: dict[str, Path], masks: dict[str, Path], suffix: str) -> Matching:
     mask_stems = {stem + suffix for stem in images}
     return Matching(
         pairs=[Pair(images[stem], masks[stem + suffix]) for stem in sorted(images) if stem + suffix in masks],
@@ -80,6 +86,27 @@ def match_folders(images_dir: Path, masks_dir: Path, mask_suffix: str | None = N
         images_without_masks=[images[stem].name for stem in sorted(images) if stem + suffix not in masks],
         masks_without_images=[masks[stem].name for stem in sorted(masks) if stem not in mask_stems],
     )
+
+
+def _match_in_one_folder(folder: Path, mask_suffix: str | None) -> Matching:
+    """Masks beside their images (`<stem>_mask.png` next to `<stem>.png`): the suffix splits the
+    folder's files into masks and images; without one, the folders cannot be told apart."""
+    files = _by_stem(list_images(folder, "images"), folder)
+    suffixes = [s for s in (COMMON_MASK_SUFFIXES if mask_suffix is None else (mask_suffix,)) if s]
+
+    def split(suffix: str) -> tuple[dict[str, Path], dict[str, Path]]:
+        masks = {stem: path for stem, path in files.items() if stem.endswith(suffix)}
+        return {stem: path for stem, path in files.items() if stem not in masks}, masks
+
+    best = max(suffixes, key=lambda s: sum(stem + s in split(s)[1] for stem in split(s)[0]), default="")
+    images, masks = split(best) if best else (files, {})
+    if not best or not any(stem + best in masks for stem in images):
+        raise UnetkitError(
+            f"{folder}: --images and --masks are the same folder, and no file in it is named like a mask "
+            f"of another (e.g. <name>_mask.png beside <name>.png); put the masks in their own folder, "
+            "or name the mask suffix with --mask-suffix"
+        )
+    return _matching(images, masks, best)
 
 
 def find_pairs(images_dir: str | Path, masks_dir: str | Path, mask_suffix: str | None = None) -> list[Pair]:

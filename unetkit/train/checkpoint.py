@@ -5,7 +5,9 @@ a checkpoint can never run code hidden in it. The keys are listed in docs/checkp
 
 from __future__ import annotations
 
+import math
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         from unetkit.export_weights import load_safetensors
 
         return load_safetensors(path)
+    _refuse_zip_bomb(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -57,7 +60,39 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path}: checkpoint lacks {', '.join(missing)}; it is damaged or was edited, "
             "use a best.pt or last.pt written by 'unetkit train'"
         )
+    _check_preprocess(path, state["preprocess"])
     return state
+
+
+def _refuse_zip_bomb(path: Path) -> None:
+    """torch.save stores its zip entries uncompressed, so a checkpoint whose entries unpack to much
+    more than the file's size was made to exhaust memory (3 MB unpacking to 3.3 GB), not by unetkit."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # not a zip (e.g. a legacy or broken file): torch.load reports it
+    if unpacked > 2 * path.stat().st_size + 2**20:
+        raise UnetkitError(
+            f"{path}: refused to load, it unpacks to {unpacked / 2**30:.1f} GiB from a "
+            f"{path.stat().st_size / 2**20:.1f} MiB file, which unetkit never writes; "
+            "use a checkpoint written by unetkit"
+        )
+
+
+def _check_preprocess(path: Path, preprocess: Any) -> None:
+    """A std of 0 or a NaN mean would turn every input into NaN or inf: refuse, don't predict garbage."""
+    try:
+        numbers = [float(v) for v in [*preprocess["mean"], *preprocess["std"], preprocess["scale"]]]
+        stds = [float(v) for v in preprocess["std"]]
+        sound = all(math.isfinite(v) for v in numbers) and all(v > 0 for v in stds) and preprocess["scale"] > 0
+    except (TypeError, KeyError, ValueError):
+        sound = False
+    if not sound:
+        raise UnetkitError(
+            f"{path}: the checkpoint's preprocessing (mean/std/scale {preprocess}) is not usable (std must be above "
+            "0, every number finite); the checkpoint is damaged or was edited, retrain or use another one"
+        )
 
 
 def model_from_checkpoint(state: dict[str, Any], source: str | Path = "checkpoint") -> nn.Module:

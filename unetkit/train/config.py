@@ -88,11 +88,27 @@ class TrainConfig:
         def at_least(value: float | None, low: float) -> bool:
             return value is not None and math.isfinite(value) and value >= low
 
+        def at_most(value: float | None, low: float, high: float) -> bool:
+            return at_least(value, low) and value <= high
+
         minimum = self.min_input_size()
         return [
-            ("epochs", self.epochs is None or at_least(self.epochs, 1), "a whole number of epochs, 1 or more"),
-            ("batch_size", self.batch_size is None or at_least(self.batch_size, 1), "1 or more images per step"),
-            ("lr", self.lr is None or positive(self.lr), "a learning rate above 0, e.g. 1e-3"),
+            ("depth", self.depth is None or (at_least(self.depth, 1) and self.depth <= 10), "between 1 and 10"),
+            (
+                "epochs",
+                self.epochs is None or at_most(self.epochs, 1, 1_000_000),
+                "a whole number of epochs, 1 or more",
+            ),
+            (
+                "batch_size",
+                self.batch_size is None or at_most(self.batch_size, 1, 4096),
+                "1 or more images per step (at most 4096)",
+            ),
+            (
+                "lr",
+                self.lr is None or (positive(self.lr) and self.lr <= 10),
+                "a learning rate above 0 and at most 10, e.g. 1e-3",
+            ),
             (
                 "val_fraction",
                 self.val_fraction == 0 or 0 < self.val_fraction < 1,
@@ -100,18 +116,21 @@ class TrainConfig:
             ),
             (
                 "scale",
-                self.scale is None or (positive(self.scale) and self.scale <= 16),
-                "a resize factor above 0, e.g. 0.5",
+                self.scale is None or at_most(self.scale, 1 / 64, 16),
+                "a resize factor between 1/64 and 16, e.g. 0.5",
             ),
             (
                 "patch_size",
-                not self.patch_size or self.patch_size >= minimum,
-                f"at least {minimum} pixels for a {self.model} of --depth {self.depth}, or 'none'",
+                not self.patch_size or minimum <= self.patch_size <= 8192,
+                f"at least {minimum} pixels (at most 8192) for a {self.model} of --depth {self.depth}, or 'none'",
             ),
             ("orientation", self.orientation in (None, "any", "upright"), "any or upright"),
-            ("patches_per_image", self.patches_per_image is None or at_least(self.patches_per_image, 1), "1 or more"),
-            ("base_channels", self.base_channels is None or at_least(self.base_channels, 1), "1 or more"),
-            ("depth", self.depth is None or (at_least(self.depth, 1) and self.depth <= 10), "between 1 and 10"),
+            (
+                "patches_per_image",
+                self.patches_per_image is None or at_most(self.patches_per_image, 1, 1000),
+                "1 to 1000",
+            ),
+            ("base_channels", self.base_channels is None or at_most(self.base_channels, 1, 1024), "1 to 1024"),
             ("weight_decay", at_least(self.weight_decay, 0), "0 or more"),
             ("momentum", at_least(self.momentum, 0) and self.momentum < 1, "in [0, 1), e.g. 0.9"),
             ("warmup_epochs", at_least(self.warmup_epochs, 0), "0 or more"),
@@ -125,11 +144,17 @@ class TrainConfig:
                 self.min_epochs is None or (at_least(self.min_epochs, 1) and self.time is not None),
                 "1 or more epochs, and given with --time",
             ),
-            ("cache_gb", self.cache_gb is None or at_least(self.cache_gb, 0), "0 (decode every time) or more GiB"),
-            ("workers", self.workers is None or at_least(self.workers, 0), "0 or more processes"),
+            ("cache_gb", self.cache_gb is None or at_most(self.cache_gb, 0, 1e6), "0 (decode every time) or more GiB"),
+            ("workers", self.workers is None or at_most(self.workers, 0, 64), "0 to 64 processes"),
+            ("seed", at_most(self.seed, 0, 2**32 - 1), "a whole number from 0 to 4294967295"),
+            (
+                "ignore_value",
+                self.ignore_value is None or at_most(self.ignore_value, 0, 65535),
+                "a mask value from 0 to 65535",
+            ),
             (
                 "class_weights",
-                self.class_weights is None or all(positive(w) or w == 0 for w in self.class_weights),
+                self.class_weights is None or all(at_most(w, 0, 1e6) for w in self.class_weights),
                 "numbers of 0 or more, one per class, e.g. 1,5",
             ),
         ]

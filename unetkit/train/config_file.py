@@ -11,6 +11,7 @@ value but that was set to None (patch_size, grad_clip) is written as the string 
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import tomllib
@@ -33,7 +34,7 @@ def _field_types() -> dict[str, Any]:
 def _read_mapping(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UnetkitError(f"{path}: config file not found")
-    text = path.read_text()
+    text = _decode_text(path, path.read_bytes())
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
             import yaml
@@ -51,6 +52,17 @@ def _read_mapping(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UnetkitError(f"{path}: expected key = value pairs at the top level")
     return data
+
+
+def _decode_text(path: Path, raw: bytes) -> str:
+    """UTF-8, with or without a byte-order mark; UTF-16 when it starts with one (Windows editors
+    save both)."""
+    try:
+        if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            return raw.decode("utf-16")
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UnetkitError(f"{path}: the config file is not UTF-8 or UTF-16 text; save it as UTF-8") from None
 
 
 def _check_value(path: Path, key: str, value: Any, hint: Any) -> Any:
@@ -84,6 +96,11 @@ def _check_scalar(value: Any, kind: type) -> Any:
         return value
     if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if kind is float and isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            raise TypeError(value) from None
     if kind is str and isinstance(value, str):
         return value
     raise TypeError(value)
@@ -99,6 +116,8 @@ def load_config_file(path: str | Path) -> TrainConfig:
     types_by_name = _field_types()
     cfg = TrainConfig()
     for key, value in _read_mapping(path).items():
+        if not isinstance(key, str):
+            raise UnetkitError(f"{path}: key {key!r} is not an option name; keys are names like lr or batch-size")
         name = key.replace("-", "_")  # accept the CLI spelling too: batch-size = 8
         if name not in types_by_name:
             raise UnetkitError(f"{path}: unknown option {key!r}; see `unetkit train --help` for the options")

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from unetkit.atomic import ensure_folder
+from unetkit.atomic import ensure_folder, remove_stale_temporaries
 from unetkit.data import (
     AugmentConfig,
     MaskValues,
@@ -115,6 +115,13 @@ def _resumed_config(cfg: TrainConfig, state: dict[str, Any], overrides: Collecti
 
 def _prepare_run_folder(cfg: TrainConfig) -> Path:
     out = Path(cfg.out) if cfg.out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    for option in ("images", "masks", "val_images", "val_masks"):
+        folder = getattr(cfg, option)
+        if folder and Path(folder).resolve() == out.resolve():
+            raise UnetkitError(
+                f"{out}: --out is the --{option.replace('_', '-')} folder; the run's checkpoints, plots and logs "
+                "would mix with your data; choose another --out"
+            )
     resuming_here = cfg.resume is not None and out.resolve() == Path(cfg.resume).resolve().parent
     if not resuming_here:
         _refuse_finished_run(out, cfg.resume)
@@ -135,6 +142,43 @@ def _refuse_finished_run(out: Path, resume: str | None) -> None:
         f"{out / finished[0]}: the run folder already holds a checkpoint; "
         f"continue it with --resume {out / 'last.pt'} or choose another --out"
     )
+
+
+def _pairs_from_folders(cfg: TrainConfig, val_pairs: Sequence[Pair] | None) -> tuple[list[Pair], list[Pair]]:
+    if not cfg.images or not cfg.masks:
+        raise UnetkitError("train needs --images DIR and --masks DIR")
+    train_pairs = find_pairs(cfg.images, cfg.masks, cfg.mask_suffix)
+    if val_pairs is None and cfg.val_images:
+        if not cfg.val_masks:
+            raise UnetkitError("--val-images needs --val-masks too")
+        val_pairs = find_pairs(cfg.val_images, cfg.val_masks, cfg.mask_suffix)
+    elif val_pairs is None:
+        train_pairs, val_pairs = split_pairs(train_pairs, cfg.val_fraction, cfg.seed)
+    return list(train_pairs), list(val_pairs or [])
+
+
+def _keep_split(split: dict[str, list[str]], pairs: Sequence[Pair], log: Callable[[str], None]) -> tuple[list, list]:
+    """On resume, the run's own train/validation split (stored as image paths), whatever was added
+    to or removed from the folders since: a redrawn split would validate on images trained on."""
+    by_path = {str(p.image.resolve()): p for p in pairs}
+    kept = {side: [by_path[path] for path in split[side] if path in by_path] for side in ("train", "val")}
+    removed = [path for side in ("train", "val") for path in split[side] if path not in by_path]
+    known = set(split["train"]) | set(split["val"])
+    added = [Path(path).name for path in by_path if path not in known]
+    if removed:
+        log(f"note: {len(removed)} image(s) of this run are gone and are left out: {_some(removed)}")
+    if added:
+        log(
+            f"note: {len(added)} image(s) added since the run started are not used, so the validation split "
+            f"stays as it was: {_some(added)}; start a new run to train on them"
+        )
+    if not kept["train"]:
+        raise UnetkitError("none of this run's training images are left; check --images or start a new run")
+    return kept["train"], kept["val"]
+
+
+def _some(names: Sequence[str]) -> str:
+    return ", ".join(Path(n).name for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 class Trainer:
@@ -165,15 +209,9 @@ class Trainer:
 
         # --- data: pairs, classes, preprocessing; every file is decoded and checked here ---
         if train_pairs is None:
-            if not cfg.images or not cfg.masks:
-                raise UnetkitError("train needs --images DIR and --masks DIR")
-            train_pairs = find_pairs(cfg.images, cfg.masks, cfg.mask_suffix)
-            if val_pairs is None and cfg.val_images:
-                if not cfg.val_masks:
-                    raise UnetkitError("--val-images needs --val-masks too")
-                val_pairs = find_pairs(cfg.val_images, cfg.val_masks, cfg.mask_suffix)
-            elif val_pairs is None:
-                train_pairs, val_pairs = split_pairs(train_pairs, cfg.val_fraction, cfg.seed)
+            train_pairs, val_pairs = _pairs_from_folders(cfg, val_pairs)
+            if resume_state is not None and "split" in resume_state:
+                train_pairs, val_pairs = _keep_split(resume_state["split"], train_pairs + val_pairs, self.log)
         self.train_pairs, self.val_pairs = list(train_pairs), list(val_pairs or [])
         if cfg.patience is not None and not self.val_pairs:
             raise UnetkitError(
@@ -331,6 +369,7 @@ class Trainer:
             "preprocess": self.preprocess.to_dict(),
             "binary": self.binary,
             "sampled_classes": self.sampled_classes,
+            "split": {side: [str(p.image.resolve()) for p in pairs] for side, pairs in self._sides().items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -345,6 +384,9 @@ class Trainer:
             },
             "config": self.cfg.to_dict(),
         }
+
+    def _sides(self) -> dict[str, list[Pair]]:
+        return {"train": self.train_pairs, "val": self.val_pairs}
 
     def _restore(self, state: dict[str, Any]) -> None:
         unwrap(self.model).load_state_dict(state["model"])
@@ -479,6 +521,9 @@ class Trainer:
         if self.dist.is_main:
             if cfg.resume is None:  # another run may have finished here since this one was set up
                 _refuse_finished_run(self.out, None)
+            stale = remove_stale_temporaries(self.out)
+            if stale:
+                self.log(f"note: removed {len(stale)} temporary file(s) that a killed run left in {self.out}")
             self._write_run_config()
         params = sum(p.numel() for p in self.model.parameters())
         self.log(
