@@ -364,10 +364,14 @@ def test_the_battery_is_big_enough():
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_input(name, tmp_path, rgb_run, monkeypatch, capsys):
+    from test_bad_input_2 import assert_untouched, snapshot
+
     case = CASES[name](tmp_path=tmp_path, rgb_run=rgb_run, monkeypatch=monkeypatch)
+    before = snapshot(tmp_path, rgb_run[0])  # the user's files and finished runs: checked unchanged after
     code, _out, err = run_cli(capsys, *case.args)
     assert_one_line_error(code, err, *case.needles)
     case.after()
+    assert_untouched(before)
 
 
 # ---- edge cases that are not errors: they must just work ----

@@ -425,10 +425,22 @@ CASES = {
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_input_2(name, tmp_path, rgb_run, monkeypatch, capsys):
     case = CASES[name](tmp_path=tmp_path, rgb_run=rgb_run, monkeypatch=monkeypatch)
+    before = snapshot(tmp_path, rgb_run[0])  # the user's images, masks, configs and finished runs
     capsys.readouterr()
     code, _out, err = run_cli(capsys, *case.args)
     assert_one_line_error(code, err, *case.needles)
     case.after()
+    assert_untouched(before)
+
+
+def assert_untouched(before: dict[Path, str]) -> None:
+    """Every file that existed before the command is still there, byte for byte."""
+    changed = [path for path, digest in before.items() if not path.is_file() or snapshot_file(path) != digest]
+    assert not changed, f"the command changed or removed {changed[:3]}"
+
+
+def snapshot_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # ---- the same situations done right just work ----
