@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from unetkit.data import Pair, read_image, read_mask
-from unetkit.errors import UnetkitError
+from unetkit.data import Pair
+from unetkit.data.io import read_pair
 from unetkit.inference import Predictor
 from unetkit.metrics import SegmentationMetrics
 
@@ -25,13 +25,7 @@ def evaluate_pairs(
     """The evaluation report (see SegmentationMetrics.report) for predictions at full size."""
     metrics = SegmentationMetrics(predictor.num_classes, predictor.binary)
     for pair in tqdm(pairs, desc="evaluate", unit="img", disable=not progress, leave=False):
-        image = read_image(pair.image)
-        mask = read_mask(pair.mask)
-        if image.shape[:2] != mask.shape:
-            raise UnetkitError(
-                f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
-                f"{pair.image.name} is {image.shape[1]}x{image.shape[0]}; sizes must match"
-            )
+        image, mask = read_pair(pair.image, pair.mask)
         target = predictor.mask_values.encode(mask, pair.mask)
         pred = predictor.class_ids(image, pair.image, threshold)
         metrics.update(torch.from_numpy(pred), torch.from_numpy(target), pair.image.name)

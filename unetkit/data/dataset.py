@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from unetkit.data.fingerprint import parallel_map
-from unetkit.data.io import read_image, read_mask
+from unetkit.data.io import read_pair
 from unetkit.data.mask_values import IGNORE_ID, MaskValues
 from unetkit.data.pairing import Pair
 from unetkit.data.transforms import AugmentConfig, random_patch
@@ -84,13 +84,7 @@ def scaled_size(size: Sequence[int], scale: float) -> tuple[int, int]:
 
 def load_pair(pair: Pair, mask_values: MaskValues, preprocess: Preprocess) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode one pair into (image (C, h, w) in [0, 1], class ids (h, w) uint8), checking it on the way."""
-    image = read_image(pair.image)
-    mask = read_mask(pair.mask)
-    if image.shape[:2] != mask.shape:
-        raise UnetkitError(
-            f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {pair.image.name} "
-            f"is {image.shape[1]}x{image.shape[0]}; masks must be the same size as their images"
-        )
+    image, mask = read_pair(pair.image, pair.mask)
     class_ids = mask_values.encode(mask, pair.mask)
     return preprocess.resized_image(image, pair.image), preprocess.mask_tensor(class_ids)
 

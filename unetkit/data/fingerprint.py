@@ -23,7 +23,7 @@ from typing import TypeVar
 import numpy as np
 from scipy import ndimage
 
-from unetkit.data.io import read_image, read_mask
+from unetkit.data.io import read_pair
 from unetkit.data.mask_values import MaskValues, discover_mask_values
 from unetkit.data.pairing import Pair
 from unetkit.errors import UnetkitError
@@ -70,13 +70,7 @@ class PairScan:
 
 
 def scan_pair(pair: Pair, with_geometry: bool = False) -> PairScan:
-    image = read_image(pair.image)
-    mask = read_mask(pair.mask)
-    if image.shape[:2] != mask.shape:
-        raise UnetkitError(
-            f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {pair.image.name} "
-            f"is {image.shape[1]}x{image.shape[0]}; masks must be the same size as their images"
-        )
+    image, mask = read_pair(pair.image, pair.mask)
     pixels = image.reshape(-1, image.shape[2]).astype(np.float64)
     values, inverse, counts = np.unique(mask, return_inverse=True, return_counts=True)
     heights = np.broadcast_to(np.linspace(0, 1, mask.shape[0])[:, None], mask.shape)

@@ -166,3 +166,14 @@ def _colour_mask_message(path: Path, array: np.ndarray) -> str:
         f"{path}: mask has {array.shape[2]} channels with different values; "
         "save masks as single-channel images whose pixel values are the class ids"
     )
+
+
+def read_pair(image_path: str | Path, mask_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its mask, read and checked to be the same size."""
+    image, mask = read_image(image_path), read_mask(mask_path)
+    if image.shape[:2] != mask.shape:
+        raise UnetkitError(
+            f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {Path(image_path).name} "
+            f"is {image.shape[1]}x{image.shape[0]}; masks must be the same size as their images"
+        )
+    return image, mask
