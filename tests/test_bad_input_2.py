@@ -196,6 +196,16 @@ def case_four_channel_tiff_without_alpha(tmp_path, **_):
     return image_case(tmp_path, write, ("img01.tif", "4 channels", "not marked as alpha"))
 
 
+def case_planar_four_channel_tiff_without_alpha(tmp_path, **_):
+    def write(stem):
+        four = np.zeros((4, 48, 48), dtype=np.uint8)
+        tifffile.imwrite(
+            stem.with_suffix(".tif"), four, photometric="rgb", planarconfig="separate", extrasamples=["unspecified"]
+        )
+
+    return image_case(tmp_path, write, ("img01.tif", "4 channels", "not marked as alpha"))
+
+
 def case_negative_mask_value(tmp_path, **_):
     def write(stem):
         mask = np.zeros((48, 48), dtype=np.int16)
@@ -566,6 +576,40 @@ def test_check_reports_what_train_would_refuse(tmp_path, capsys):
     tifffile.imwrite(images / "img02.tif", pixels)
     tifffile.imwrite(images / "img03.tif", np.zeros((3, 48, 48), dtype=np.uint8), photometric="minisblack")
     (images / "img03.png").unlink()
+    (masks / "img00.png").unlink()
+    tifffile.imwrite(masks / "img00.tif", np.full((48, 48), -1, dtype=np.int16))
     code, out, _ = run_cli(capsys, "check", "--images", images, "--masks", masks)
     assert code == 1
     assert "bit depths" in out and "NaN or infinite" in out and "3 pages or slices" in out
+    assert "[-1] are outside 0..65535" in out
+
+
+def test_review_cases_that_must_keep_working(tmp_path):
+    """Older checkpoints' stored values load as they are; ImageJ channel stacks are channels; 1-bit
+    masks beside 8-bit 0/1 masks are one labelling; a lock holding this very process id is stale."""
+    from unetkit.data import read_image
+    from unetkit.data.mask_values import MaskValues, discover_mask_values
+    from unetkit.train.run_lock import RunLock
+
+    assert MaskValues.from_dict({"values": [255, 0], "ignore_value": None}).values == [255, 0]
+    tifffile.imwrite(tmp_path / "ij.tif", np.zeros((3, 20, 30), np.uint8), imagej=True, metadata={"axes": "CYX"})
+    assert read_image(tmp_path / "ij.tif").shape == (20, 30, 3)
+    one_bit, byte = np.zeros((4, 4), dtype=bool), np.eye(4, dtype=np.uint8)
+    assert discover_mask_values([(tmp_path / "a", one_bit), (tmp_path / "b", byte)]).values == [0, 1]
+    (tmp_path / LOCK_NAME).write_text(f"{os.getpid()}\n")
+    notes = []
+    with RunLock(tmp_path, log=notes.append) as lock:
+        assert lock.held and (tmp_path / LOCK_NAME).read_text().strip() == str(os.getpid())
+    assert notes and not (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_mask_drawn_on_the_unrotated_photo_gets_a_hint(tmp_path):
+    from unetkit.data.io import read_pair
+    from unetkit.errors import UnetkitError
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((40, 60, 3), dtype=np.uint8)).save(tmp_path / "p.jpg", exif=exif)
+    Image.fromarray(np.zeros((40, 60), dtype=np.uint8)).save(tmp_path / "p.png")
+    with pytest.raises(UnetkitError, match="EXIF orientation"):
+        read_pair(tmp_path / "p.jpg", tmp_path / "p.png")

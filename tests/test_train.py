@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import subprocess
 import sys
@@ -213,6 +214,7 @@ def fingerprint_of(
         median_height=size[0],
         median_width=size[1],
         smallest_side=min(size),
+        largest_pixels=size[0] * size[1],
         channels=1,
         mean=[0.5],
         std=[0.2],
@@ -254,6 +256,12 @@ def test_recipes_fill_only_what_the_user_left_out():
     thin = fingerprint_of((24, 60), {0: (3.0, 60), 1: (4.0, 20)}, {0: 80, 1: 20}, count=4)
     small, _ = apply_recipe(TrainConfig(), thin, torch.device("cpu"))
     assert small.patch_size == 32  # below the network's 32 px minimum: padded patches, not whole images
+    one_big = dataclasses.replace(HC18, largest_pixels=4000 * 3000)
+    assert apply_recipe(TrainConfig(), one_big, torch.device("cpu"))[0].patch_size == 128  # batches not padded to it
+    shallow, _ = apply_recipe(TrainConfig(depth=2), thin, torch.device("cpu"))
+    assert shallow.patch_size == 0  # the user's depth 2 needs only 8 px
+    deep, _ = apply_recipe(TrainConfig(depth=6), tiny, torch.device("cpu"))
+    assert deep.patch_size == 128  # depth 6 needs 128 px: padded patches, which validate
 
 
 def test_recipe_scale_keeps_thin_structures_and_fits_large_objects():

@@ -24,6 +24,7 @@ def _current_umask() -> int:
 
 # mkstemp creates files readable by their owner only; give results the usual permissions instead.
 FILE_MODE = 0o666 & ~_current_umask()
+WRITE_FAILURES = ("write", "Write", "space", "I/O", "Errno")  # in torch's messages for a failed write
 WRITE_FIX = "check that the folder is writable and the disk has space, or choose another output folder"
 
 
@@ -64,8 +65,12 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], durable: bool 
             raise
     except OSError as err:
         raise UnetkitError(f"{path}: cannot write ({err.strerror or err}); {WRITE_FIX}") from None
-    except RuntimeError as err:  # torch.save and safetensors wrap a full disk or I/O error in their own types
+    except RuntimeError as err:
+        # torch.save wraps a full disk or an I/O error in a RuntimeError; other RuntimeErrors (an
+        # export that fails, a bug) are not write errors and keep their own message.
         first = (str(err).strip().splitlines() or [err.__class__.__name__])[0][:100]
+        if not any(word in str(err) for word in WRITE_FAILURES):
+            raise
         raise UnetkitError(f"{path}: cannot write ({first}); {WRITE_FIX}") from None
 
 

@@ -79,7 +79,7 @@ def check_dataset(images_dir: str | Path, masks_dir: str | Path, mask_suffix: st
                 }
             )
 
-    if len(depths) > 1:
+    if len(depths) > 1 and not (set(depths) == {"1-bit", "8-bit"} and set(value_counts) <= {0, 1}):
         shown = ", ".join(f"{depth} ({path.name})" for depth, path in depths.items())
         problems.append(
             {

@@ -192,8 +192,12 @@ class SegmentationDataset(Dataset):
 
     def check_all(self, workers: int | None = None) -> None:
         """Decode every pair once, in parallel threads, so bad files fail before training starts
-        (and the cache is filled)."""
-        parallel_map(self._load, range(len(self.pairs)), workers)
+        (and the cache is filled); without the cache nothing decoded is kept."""
+
+        def decode(index: int) -> None:
+            self._load(index)
+
+        parallel_map(decode, range(len(self.pairs)), workers)
 
     def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask, locations = self._load(item % len(self.pairs))

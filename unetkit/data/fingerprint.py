@@ -71,7 +71,7 @@ class PairScan:
 
 def scan_pair(pair: Pair, with_geometry: bool = False) -> PairScan:
     image, mask = read_pair(pair.image, pair.mask)
-    pixels = image.reshape(-1, image.shape[2]).astype(np.float64)
+    channels = [image[:, :, c].astype(np.float64).ravel() for c in range(image.shape[2])]
     values, inverse, counts = np.unique(mask, return_inverse=True, return_counts=True)
     heights = np.broadcast_to(np.linspace(0, 1, mask.shape[0])[:, None], mask.shape)
     row_sums = np.bincount(inverse.reshape(-1), weights=heights.reshape(-1), minlength=len(values))
@@ -80,8 +80,8 @@ def scan_pair(pair: Pair, with_geometry: bool = False) -> PairScan:
         image.shape[0],
         image.shape[1],
         image.shape[2],
-        pixels.sum(axis=0),
-        np.square(pixels).sum(axis=0),
+        np.array([channel.sum() for channel in channels]),
+        np.array([channel @ channel for channel in channels]),
         values,
         counts,
         row_sums,
@@ -111,6 +111,7 @@ class DataFingerprint:
     median_height: int
     median_width: int
     smallest_side: int  # the shortest side of any image
+    largest_pixels: int  # the pixel count of the largest image
     channels: int  # 1 when every image is gray, else 3
     mean: list[float]
     std: list[float]
@@ -160,7 +161,7 @@ def fingerprint_pairs(
         value_pixels.update(dict(zip(scan.mask_values.tolist(), scan.mask_counts.tolist(), strict=True)))
         row_sums.update(dict(zip(scan.mask_values.tolist(), scan.mask_row_sums.tolist(), strict=True)))
     if mask_values:
-        found = MaskValues(mask_values, ignore_value)
+        found = MaskValues.from_user(mask_values, ignore_value)
     else:
         found = discover_mask_values(((s.pair.mask, s.mask_values) for s in scans), ignore_value)
     return DataFingerprint(
@@ -168,6 +169,7 @@ def fingerprint_pairs(
         median_height=int(statistics.median(s.height for s in scans)),
         median_width=int(statistics.median(s.width for s in scans)),
         smallest_side=min(min(s.height, s.width) for s in scans),
+        largest_pixels=max(s.height * s.width for s in scans),
         channels=channels,
         mean=mean,
         std=std,

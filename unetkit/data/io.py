@@ -53,28 +53,36 @@ def _read_raw(path: Path) -> tuple[np.ndarray, str | None]:
 
 
 def _read_tiff(path: Path) -> np.ndarray:
-    """One 2-D image (with or without colour samples) from a TIFF; a stack of pages or slices, or
-    channels that are not colour, is refused rather than guessed (a 3-page z-stack is not RGB)."""
+    """One 2-D image from a TIFF, as (H, W) or (H, W, C): colour samples (S) or up to 4 channels
+    (C, as ImageJ and OME store them) become the last axis. A stack of pages, slices or frames is
+    refused rather than guessed (a 3-page z-stack is not RGB), and so is a 4th channel that is not
+    marked as alpha (e.g. near-infrared)."""
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
+        array = series.asarray()
         axes = series.axes
-        extra = [axis for axis in axes if axis not in "YXS"]
-        stacked = [(axis, size) for axis, size in zip(axes, series.shape, strict=True) if axis in extra and size > 1]
         full_size_pages = [page for page in tif.pages if not getattr(page, "is_reduced", False)]  # not thumbnails
-        if stacked or len(full_size_pages) > 1:
-            count = stacked[0][1] if stacked else len(full_size_pages)
-            raise UnetkitError(
-                f"{path}: the TIFF holds {count} pages or slices (axes {axes}); unetkit reads one 2-D image "
-                "per file: save each slice as its own file (or an RGB image as one page with 3 samples)"
-            )
-        array = series.asarray().squeeze() if extra else series.asarray()
-        page = tif.pages[0]
-        extrasamples = tuple(getattr(page, "extrasamples", ()) or ())
-    if array.ndim == 3 and array.shape[-1] == 4 and not (extrasamples and extrasamples[0] in (1, 2)):
+        other_pages = len(full_size_pages) - len(getattr(series, "pages", full_size_pages))
+        extrasamples = tuple(getattr(tif.pages[0], "extrasamples", ()) or ())
+    keep = [i for i, axis in enumerate(axes) if axis in "YX" or array.shape[i] > 1]
+    array = array.reshape([array.shape[i] for i in keep])
+    axes = "".join(axes[i] for i in keep)
+    colour = [axis for axis in axes if axis in "SC"]
+    stacked = [axis for axis in axes if axis not in "YXSC"]
+    if stacked or len(colour) > 1 or (colour and array.shape[axes.index(colour[0])] > 4) or other_pages > 0:
+        count = array.shape[axes.index(stacked[0])] if stacked else max(len(full_size_pages), 2)
         raise UnetkitError(
-            f"{path}: the TIFF has 4 channels and the 4th is not marked as alpha (e.g. near-infrared); "
-            "unetkit takes gray or RGB images: save the 3 channels to use, or mark the 4th as alpha"
+            f"{path}: the TIFF holds {count} pages or slices (axes {series.axes}); unetkit reads one 2-D image "
+            "per file: save each slice as its own file (or an RGB image as one page with 3 samples)"
         )
+    if colour:
+        array = np.moveaxis(array, axes.index(colour[0]), -1)
+        alpha = colour[0] == "S" and extrasamples and extrasamples[0] in (1, 2)
+        if array.shape[-1] == 4 and not alpha:
+            raise UnetkitError(
+                f"{path}: the TIFF has 4 channels and the 4th is not marked as alpha (e.g. near-infrared); "
+                "unetkit takes gray or RGB images: save the 3 channels to use, or mark the 4th as alpha"
+            )
     return np.asarray(array)
 
 
@@ -172,8 +180,14 @@ def read_pair(image_path: str | Path, mask_path: str | Path) -> tuple[np.ndarray
     """An image and its mask, read and checked to be the same size."""
     image, mask = read_image(image_path), read_mask(mask_path)
     if image.shape[:2] != mask.shape:
+        turned = image.shape[:2] == mask.shape[::-1]
+        hint = (
+            " (the image is turned by its EXIF orientation, applied as viewers do: turn the mask the same way)"
+            if turned
+            else ""
+        )
         raise UnetkitError(
             f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {Path(image_path).name} "
-            f"is {image.shape[1]}x{image.shape[0]}; masks must be the same size as their images"
+            f"is {image.shape[1]}x{image.shape[0]}{hint}; masks must be the same size as their images"
         )
     return image, mask

@@ -39,6 +39,22 @@ class MaskValues:
                 f"mask value {outside[0]} is outside 0..{MAX_VALUE}, which a PNG mask cannot hold, so predicted "
                 "masks could not be written; relabel the masks with values in that range"
             )
+        self.values = values
+        self.ignore_value = ignore_value
+        lo = min(values + ([ignore_value] if ignore_value is not None else []))
+        hi = max(values + ([ignore_value] if ignore_value is not None else []))
+        self._offset = lo
+        self._lut = np.full(hi - lo + 1, -1, dtype=np.int16)
+        for class_id, value in enumerate(values):
+            self._lut[value - lo] = class_id
+        if ignore_value is not None:
+            self._lut[ignore_value - lo] = IGNORE_ID
+
+    @classmethod
+    def from_user(cls, values: Sequence[int], ignore_value: int | None = None) -> MaskValues:
+        """`--mask-values` as typed: also checked for order and against `--ignore-value` (a
+        checkpoint's stored values are taken as they are, so older runs keep working)."""
+        values = [int(v) for v in values]
         if values != sorted(values):
             raise UnetkitError(
                 f"--mask-values {','.join(map(str, values))}: list them in increasing order "
@@ -50,16 +66,7 @@ class MaskValues:
                 f"--ignore-value {ignore_value} is also one of the mask values {values}: that class would be "
                 "dropped from training; pick a value that marks only don't-care pixels"
             )
-        self.values = values
-        self.ignore_value = ignore_value
-        lo = min(values + ([ignore_value] if ignore_value is not None else []))
-        hi = max(values + ([ignore_value] if ignore_value is not None else []))
-        self._offset = lo
-        self._lut = np.full(hi - lo + 1, -1, dtype=np.int16)
-        for class_id, value in enumerate(values):
-            self._lut[value - lo] = class_id
-        if ignore_value is not None:
-            self._lut[ignore_value - lo] = IGNORE_ID
+        return cls(values, ignore_value)
 
     @property
     def num_classes(self) -> int:
@@ -97,24 +104,26 @@ class MaskValues:
 def discover_mask_values(masks: Iterable[tuple[Path, np.ndarray]], ignore_value: int | None = None) -> MaskValues:
     """Collect the sorted distinct values of the training masks (ignore value left out)."""
     seen: set[int] = set()
-    first: tuple[Path, np.dtype] | None = None
+    by_depth: dict[str, Path] = {}  # bit depth -> the first mask of that depth
     for path, mask in masks:
-        # One 16-bit mask among 8-bit ones would silently add classes (0/255 plus 0/65535).
-        if first is None:
-            first = (path, mask.dtype)
-        elif mask.dtype != first[1]:
+        by_depth.setdefault(bit_depth(mask.dtype), path)
+        found = [int(v) for v in np.unique(mask)]
+        seen.update(found)
+        # One 16-bit mask among 8-bit ones would silently add classes (0/255 plus 0/65535), and so
+        # would a 1-bit mask (0/1) among 8-bit 0/255 ones; 1-bit beside 8-bit 0/1 masks is fine.
+        mixed = len(by_depth) > 1 and not (set(by_depth) == {"1-bit", "8-bit"} and seen <= {0, 1})
+        if mixed:
+            (depth_a, first), (depth_b, second) = list(by_depth.items())[:2]
             raise UnetkitError(
-                f"{path}: mask is {bit_depth(mask.dtype)} but {Path(first[0]).name} is {bit_depth(first[1])}; "
+                f"{second}: mask is {depth_b} but {Path(first).name} is {depth_a}; "
                 "save all masks with the same bit depth and the same values per class"
             )
-        found = [int(v) for v in np.unique(mask)]
         if found and (found[0] < 0 or found[-1] > MAX_VALUE):
             bad = found[0] if found[0] < 0 else found[-1]
             raise UnetkitError(
                 f"{path}: mask value {bad} is outside 0..{MAX_VALUE}, which a PNG mask cannot hold; "
                 "relabel the masks with values in that range (e.g. a -1 'unlabelled' as 255 with --ignore-value 255)"
             )
-        seen.update(found)
         if len(seen - {ignore_value}) > MAX_DISCOVERED_VALUES:
             raise UnetkitError(
                 f"{path}: masks hold more than {MAX_DISCOVERED_VALUES} distinct values, which looks "

@@ -98,8 +98,9 @@ def _match_in_one_folder(folder: Path, mask_suffix: str | None) -> Matching:
         masks = {stem: path for stem, path in files.items() if stem.endswith(suffix)}
         return {stem: path for stem, path in files.items() if stem not in masks}, masks
 
-    best = max(suffixes, key=lambda s: sum(stem + s in split(s)[1] for stem in split(s)[0]), default="")
-    images, masks = split(best) if best else (files, {})
+    splits = {suffix: split(suffix) for suffix in suffixes}
+    best = max(suffixes, key=lambda s: sum(stem + s in splits[s][1] for stem in splits[s][0]), default="")
+    images, masks = splits[best] if best else (files, {})
     if not best or not any(stem + best in masks for stem in images):
         raise UnetkitError(
             f"{folder}: --images and --masks are the same folder, and no file in it is named like a mask "

@@ -158,9 +158,10 @@ def _pairs_from_folders(cfg: TrainConfig, val_pairs: Sequence[Pair] | None) -> t
 
 
 def _keep_split(split: dict[str, list[str]], pairs: Sequence[Pair], log: Callable[[str], None]) -> tuple[list, list]:
-    """On resume, the run's own train/validation split (stored as image paths), whatever was added
-    to or removed from the folders since: a redrawn split would validate on images trained on."""
-    by_path = {str(p.image.resolve()): p for p in pairs}
+    """On resume, the run's own random train/validation split (stored as image file names, so the
+    folder may move), whatever was added to or removed from it since: a redrawn split would
+    validate on images trained on."""
+    by_path = {p.image.name: p for p in pairs}
     kept = {side: [by_path[path] for path in split[side] if path in by_path] for side in ("train", "val")}
     removed = [path for side in ("train", "val") for path in split[side] if path not in by_path]
     known = set(split["train"]) | set(split["val"])
@@ -210,7 +211,7 @@ class Trainer:
         # --- data: pairs, classes, preprocessing; every file is decoded and checked here ---
         if train_pairs is None:
             train_pairs, val_pairs = _pairs_from_folders(cfg, val_pairs)
-            if resume_state is not None and "split" in resume_state:
+            if resume_state is not None and "split" in resume_state and not cfg.val_images:
                 train_pairs, val_pairs = _keep_split(resume_state["split"], train_pairs + val_pairs, self.log)
         self.train_pairs, self.val_pairs = list(train_pairs), list(val_pairs or [])
         if cfg.patience is not None and not self.val_pairs:
@@ -369,7 +370,7 @@ class Trainer:
             "preprocess": self.preprocess.to_dict(),
             "binary": self.binary,
             "sampled_classes": self.sampled_classes,
-            "split": {side: [str(p.image.resolve()) for p in pairs] for side, pairs in self._sides().items()},
+            "split": {side: [p.image.name for p in pairs] for side, pairs in self._sides().items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -508,8 +509,18 @@ class Trainer:
 
     def fit(self, on_epoch_end: Callable[[dict[str, float]], None] | None = None) -> RunResult:
         lock = RunLock(self.out, self.log) if self.dist.is_main else None
+        refused = None
         if lock is not None:  # only rank 0 writes files, so only it needs the folder to itself
-            lock.acquire()
+            try:
+                lock.acquire()
+                if self.cfg.resume is None:  # another run may have finished here since this one was set up
+                    _refuse_finished_run(self.out, None)
+            except UnetkitError as err:
+                lock.release()
+                refused = str(err)
+        refused = self.dist.broadcast_object(refused)  # under torchrun every rank stops, none waits
+        if refused:
+            raise UnetkitError(refused)
         try:
             return self._fit_locked(on_epoch_end)
         finally:
@@ -519,8 +530,6 @@ class Trainer:
     def _fit_locked(self, on_epoch_end: Callable[[dict[str, float]], None] | None) -> RunResult:
         cfg = self.cfg
         if self.dist.is_main:
-            if cfg.resume is None:  # another run may have finished here since this one was set up
-                _refuse_finished_run(self.out, None)
             stale = remove_stale_temporaries(self.out)
             if stale:
                 self.log(f"note: removed {len(stale)} temporary file(s) that a killed run left in {self.out}")

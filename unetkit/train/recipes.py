@@ -91,21 +91,20 @@ def class_weights(data: DataFingerprint, mask_values: MaskValues) -> list[float]
 
 
 def patch_side(data: DataFingerprint, scale: float, minimum: int) -> int:
-    """0 (whole images) when the median image at the model's scale is no larger than one patch and
+    """0 (whole images) when every image at the model's scale is no larger than one patch and
     every image reaches the network's minimum size; else the patch side, at most PATCH_SIDE and
     no larger than the images. HC18 at scale 0.25 (200x135): whole images reached head Dice 0.969
     in 5 minutes against 0.960-0.964 for 128 px crops, which cut the heads."""
     height, width = data.median_height * scale, data.median_width * scale
-    if height * width <= PATCH_SIDE**2 and data.smallest_side * scale >= minimum:
+    # The largest image decides: batches are padded to it (one 4000x3000 image among small ones
+    # must not make every batch that big).
+    if data.largest_pixels * scale**2 <= PATCH_SIDE**2 and data.smallest_side * scale >= minimum:
         return 0
     return max(minimum, min(PATCH_SIDE, int(min(height, width)) // 16 * 16))
 
 
-def recipe_settings(
-    name: str, data: DataFingerprint, device: torch.device, time_budget: float | None, user_scale: float | None = None
-) -> dict:
-    """The recipe's choice of every option it fills; the patch fits the images at the scale that
-    will be used (the user's `--scale` if given)."""
+def recipe_settings(name: str, data: DataFingerprint, device: torch.device, time_budget: float | None) -> dict:
+    """The recipe's choice of every option it fills but the patch (see apply_recipe)."""
     if name == "auto":
         name = "paper" if device.type == "cuda" else "fast"
     if name == "paper":
@@ -124,8 +123,6 @@ def recipe_settings(
             # ISBI (cell Dice +0.01; benchmarks/NOTES.md).
             "lr": 4e-3,
         }
-    scale = settings["scale"] if user_scale is None else user_scale
-    settings["patch_size"] = patch_side(data, scale, 2 ** (settings["depth"] + 1))
     settings["patches_per_image"] = max(1, round(PATCHES_PER_EPOCH / max(1, data.num_images)))
     settings["orientation"] = data_orientation(data)
     settings["recipe"] = name
@@ -135,7 +132,11 @@ def recipe_settings(
 def apply_recipe(cfg: TrainConfig, data: DataFingerprint, device: torch.device) -> tuple[TrainConfig, str]:
     """A copy of `cfg` with every unset (None) option taken from the recipe; and a one-line
     summary of what was chosen."""
-    settings = recipe_settings(cfg.recipe, data, device, cfg.time, cfg.scale)
+    settings = recipe_settings(cfg.recipe, data, device, cfg.time)
+    # The patch fits the images at the scale and depth that will be used, the user's if given.
+    depth = cfg.depth if cfg.depth is not None else settings["depth"]
+    minimum = dataclasses.replace(cfg, depth=depth).min_input_size()
+    settings["patch_size"] = patch_side(data, cfg.scale if cfg.scale is not None else settings["scale"], minimum)
     if data.mask_values is not None and cfg.class_weights is None:
         settings["class_weights"] = class_weights(data, data.mask_values)
     chosen = {key: value for key, value in settings.items() if key != "recipe" and getattr(cfg, key) is None}

@@ -7,7 +7,9 @@ process is gone (a killed run) is stale and taken over, with a note.
 
 from __future__ import annotations
 
+import errno
 import os
+import time
 from pathlib import Path
 
 from unetkit.atomic import ensure_folder
@@ -28,6 +30,21 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def _link_or_create(source: Path, target: Path) -> None:
+    """Hard-link `source` to `target` (atomic, content included); where the file system has no
+    hard links, create `target` exclusively and write the id (a moment empty, but still exclusive)."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        handle = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(handle, "w") as file:
+            file.write(source.read_text())
+
+
 class RunLock:
     """`with RunLock(folder):` holds the folder's lock; a second holder gets a one-line error."""
 
@@ -37,27 +54,36 @@ class RunLock:
         self.held = False
 
     def acquire(self) -> None:
-        ensure_folder(self.path.parent)
-        for _ in range(2):  # a second try after removing a stale lock
-            try:
-                handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                pid = self._holder()
-                if _process_alive(pid):
-                    raise UnetkitError(
-                        f"{self.path.parent}: another training (process {pid}) is writing to this run folder; "
-                        "wait for it to finish or choose another --out"
-                    ) from None
-                self.log(f"note: removing the stale lock of a run that ended without cleaning up ({self.path})")
-                self.path.unlink(missing_ok=True)
-                continue
-            except OSError as err:
-                raise UnetkitError(f"{self.path}: cannot create the run lock ({err.strerror or err})") from None
-            with os.fdopen(handle, "w") as file:
-                file.write(f"{os.getpid()}\n")
-            self.held = True
-            return
+        folder = ensure_folder(self.path.parent)
+        # The lock appears with its process id already in it (written to a temporary file, then
+        # hard-linked into place, which fails if the lock exists): no reader ever sees it empty.
+        temporary = folder / f".lock.{os.getpid()}.{time.monotonic_ns()}.tmp"
+        try:
+            temporary.write_text(f"{os.getpid()}\n")
+            for _ in range(2):  # a second try after removing a stale lock
+                try:
+                    _link_or_create(temporary, self.path)
+                except FileExistsError:
+                    self._refuse_or_clear()
+                    continue
+                self.held = True
+                return
+        except OSError as err:
+            raise UnetkitError(f"{self.path}: cannot create the run lock ({err.strerror or err})") from None
+        finally:
+            temporary.unlink(missing_ok=True)
         raise UnetkitError(f"{self.path}: the run lock keeps reappearing; is another training starting here?")
+
+    def _refuse_or_clear(self) -> None:
+        pid = self._holder()
+        # Our own id in the lock is a leftover too: a restarted container often runs as the same pid.
+        if pid != os.getpid() and _process_alive(pid):
+            raise UnetkitError(
+                f"{self.path.parent}: another training (process {pid}) is writing to this run folder; "
+                "wait for it to finish or choose another --out"
+            )
+        self.log(f"note: removing the stale lock of a run that ended without cleaning up ({self.path})")
+        self.path.unlink(missing_ok=True)
 
     def _holder(self) -> int:
         try:
