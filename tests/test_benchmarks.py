@@ -60,3 +60,42 @@ def test_demo_variant_options_parse_as_python_values():
         "amp": "bf16",
         "class_weights": [2.0, 1.0],
     }
+
+
+def test_accuracy_benchmark_splits_by_links_and_formats_its_table(tmp_path):
+    """The real data sets live outside the project; the splitting and the table are checked on a
+    made-up one (the 5-minute runs themselves are `python -m benchmarks.accuracy`)."""
+    import json
+
+    import pytest
+    from synthetic import make_shapes
+
+    from benchmarks import accuracy
+
+    root = tmp_path / "toy"
+    make_shapes(root, count=6)
+    (root / "split.json").write_text(json.dumps({"train": ["img00", "img01", "img02", "img03"], "val": ["img04"]}))
+    folders = accuracy.split_folders(root, tmp_path / "work")
+    train_images, train_masks = folders["train"]
+    assert sorted(p.name for p in train_images.iterdir()) == ["img00.png", "img01.png", "img02.png", "img03.png"]
+    assert all(p.is_symlink() for p in train_masks.iterdir())  # links, never copies
+    assert [p.name for p in folders["val"][0].iterdir()] == ["img04.png"]
+    assert accuracy.isbi_split(["00", "24", "25", "29"]) == {"train": ["00", "24"], "test": ["25", "29"]}
+    row = {
+        "name": "toy",
+        "evaluated_on": "val",
+        "images": 1,
+        "per_class": [{"value": 0, "dice": 0.9, "iou": 0.8}, {"value": 255, "dice": None, "iou": None}],
+        "mean_dice": 0.9,
+        "mean_iou": 0.8,
+        "epochs": 3,
+        "seconds_to_first_epoch": 4.2,
+        "train_seconds": 30.0,
+        "peak_rss_mib": 500,
+    }
+    table = accuracy.format_table([row, {"name": "broken", "error": "train exited 2"}])
+    assert "| toy | val (1) | 0: 0.900 / 0.800, 255: n/a / n/a | 0.900 | 0.800 | 3 | 4.2 s | 30 | 500 |" in table
+    assert "| broken | train exited 2 |" in table
+    with pytest.raises(SystemExit) as stop:
+        accuracy.main(["--data", str(tmp_path / "nowhere"), "--only", "hc18-dev"])
+    assert stop.value.code == 2
