@@ -28,7 +28,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from benchmarks.common import cpu_slug
+from benchmarks.common import cpu_slug, save_results
 from unetkit.cli import parse_duration
 from unetkit.hardware import cpu_description
 
@@ -191,8 +191,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results = {"cpu": cpu_description(), "time_budget_s": args.time, "train_options": extra, "when": stamp}
     results.update(rows=rows, table=table)
     path = args.json or RESULTS / f"accuracy-{datetime.now():%Y-%m-%d-%H%M}-{cpu_slug()}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    save_results(path, results)
     print(f"results: {path}")
     return rows
 

@@ -3,6 +3,7 @@ FLOP counting and a small synthetic PNG data set."""
 
 from __future__ import annotations
 
+import json
 import platform
 import statistics
 import time
@@ -187,3 +188,10 @@ def write_synthetic_pngs(root: Path, count: int, side: int, seed: int = 0) -> tu
         Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)).save(images / f"{index:03d}.png")
         Image.fromarray((mask * 255).astype(np.uint8)).save(masks / f"{index:03d}.png")
     return images, masks
+
+
+def save_results(path: Path, results: dict) -> Path:
+    """Write a benchmark's results as indented JSON (creating the folder); returns the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    return path

@@ -7,14 +7,13 @@ JSON (default benchmarks/results/<date>-<cpu>.json). See benchmarks/NOTES.md for
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from datetime import datetime
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import Settings, cpu_info, cpu_slug, gemm_ceiling
+from benchmarks.common import Settings, cpu_info, cpu_slug, gemm_ceiling, save_results
 from benchmarks.inference import benchmark_inference
 from benchmarks.memory import benchmark_memory
 from benchmarks.training import benchmark_training
@@ -154,8 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     print()
     print(format_table(results["results"]))
     path = args.json or RESULTS / f"{datetime.now():%Y-%m-%d}-{cpu_slug()}{'-quick' if args.quick else ''}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    save_results(path, results)
     print(f"\n{results['seconds']:.0f}s; results written to {path}")
     return results
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from unetkit.data.io import read_image, read_mask
-from unetkit.data.mask_values import MAX_DISCOVERED_VALUES, MAX_VALUE, bit_depth
+from unetkit.data.mask_values import MAX_DISCOVERED_VALUES, MAX_VALUE, bit_depth, depths_disagree, values_outside
 from unetkit.data.pairing import match_folders
 from unetkit.errors import UnetkitError
 
@@ -79,7 +79,7 @@ def check_dataset(images_dir: str | Path, masks_dir: str | Path, mask_suffix: st
                 }
             )
 
-    if len(depths) > 1 and not (set(depths) == {"1-bit", "8-bit"} and set(value_counts) <= {0, 1}):
+    if depths_disagree(set(depths), set(value_counts)):
         shown = ", ".join(f"{depth} ({path.name})" for depth, path in depths.items())
         problems.append(
             {
@@ -153,12 +153,12 @@ def _summarise_values(report: dict, value_counts: Counter, problems: list[dict],
                 "fix": "re-save masks losslessly with exactly one value per class",
             }
         )
-    outside = [int(v) for v in value_counts if not 0 <= int(v) <= MAX_VALUE]
+    outside = values_outside(value_counts)
     if outside:
         problems.append(
             {
                 "file": report["masks"],
-                "problem": f"mask value(s) {sorted(outside)[:5]} are outside 0..{MAX_VALUE}, beyond a PNG mask",
+                "problem": f"mask value(s) {outside[:5]} are outside 0..{MAX_VALUE}, beyond a PNG mask",
                 "fix": "relabel the masks with values in that range (e.g. -1 as 255 with --ignore-value 255)",
             }
         )

@@ -118,7 +118,7 @@ class DataFingerprint:
     value_pixels: dict[int, int]  # mask value -> pixels over the set
     value_height: dict[int, float]  # mask value -> mean height of its pixels in the image (0 top, 1 bottom)
     geometry: dict[int, ClassGeometry]
-    mask_values: MaskValues | None = None  # discovered, unless the caller gave them
+    mask_values: MaskValues  # discovered, unless the caller gave them
 
     def class_fractions(self, mask_values: MaskValues) -> list[float]:
         """Each class's share of the labelled (not ignored) pixels, in class-id order."""

@@ -33,7 +33,7 @@ class MaskValues:
             raise UnetkitError(f"mask values {values} repeat a value; list each value once")
         if len(values) > IGNORE_ID:
             raise UnetkitError(f"{len(values)} mask values: at most {IGNORE_ID} classes are supported")
-        outside = [v for v in values + ([ignore_value] if ignore_value is not None else []) if not 0 <= v <= MAX_VALUE]
+        outside = values_outside(values + ([ignore_value] if ignore_value is not None else []))
         if outside:
             raise UnetkitError(
                 f"mask value {outside[0]} is outside 0..{MAX_VALUE}, which a PNG mask cannot hold, so predicted "
@@ -111,17 +111,16 @@ def discover_mask_values(masks: Iterable[tuple[Path, np.ndarray]], ignore_value:
         seen.update(found)
         # One 16-bit mask among 8-bit ones would silently add classes (0/255 plus 0/65535), and so
         # would a 1-bit mask (0/1) among 8-bit 0/255 ones; 1-bit beside 8-bit 0/1 masks is fine.
-        mixed = len(by_depth) > 1 and not (set(by_depth) == {"1-bit", "8-bit"} and seen <= {0, 1})
-        if mixed:
+        if depths_disagree(set(by_depth), seen):
             (depth_a, first), (depth_b, second) = list(by_depth.items())[:2]
             raise UnetkitError(
                 f"{second}: mask is {depth_b} but {Path(first).name} is {depth_a}; "
                 "save all masks with the same bit depth and the same values per class"
             )
-        if found and (found[0] < 0 or found[-1] > MAX_VALUE):
-            bad = found[0] if found[0] < 0 else found[-1]
+        bad = values_outside(found)
+        if bad:
             raise UnetkitError(
-                f"{path}: mask value {bad} is outside 0..{MAX_VALUE}, which a PNG mask cannot hold; "
+                f"{path}: mask value {bad[0]} is outside 0..{MAX_VALUE}, which a PNG mask cannot hold; "
                 "relabel the masks with values in that range (e.g. a -1 'unlabelled' as 255 with --ignore-value 255)"
             )
         if len(seen - {ignore_value}) > MAX_DISCOVERED_VALUES:
@@ -133,6 +132,17 @@ def discover_mask_values(masks: Iterable[tuple[Path, np.ndarray]], ignore_value:
     if ignore_value is not None:
         seen.discard(ignore_value)
     return MaskValues(sorted(seen), ignore_value)
+
+
+def values_outside(values: Iterable[int]) -> list[int]:
+    """The values a PNG mask cannot hold (below 0 or above MAX_VALUE), in order."""
+    return sorted(int(v) for v in values if not 0 <= int(v) <= MAX_VALUE)
+
+
+def depths_disagree(depths: set[str], values: set[int]) -> bool:
+    """Masks of several bit depths mean different classes by the same number (0/255 and 0/65535),
+    except 1-bit masks beside 8-bit masks that hold only 0 and 1."""
+    return len(depths) > 1 and not (depths == {"1-bit", "8-bit"} and values <= {0, 1})
 
 
 def bit_depth(dtype: np.dtype) -> str:

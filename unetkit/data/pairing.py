@@ -52,7 +52,8 @@ def _by_stem(files: list[Path], folder: Path) -> dict[str, Path]:
     return found
 
 
-def _describe(names: list[str], limit: int = 3) -> str:
+def describe_names(names: list[str], limit: int = 3) -> str:
+    """The first few names and how many more, for one-line messages."""
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
@@ -119,12 +120,12 @@ def find_pairs(images_dir: str | Path, masks_dir: str | Path, mask_suffix: str |
         missing = matching.images_without_masks
         raise UnetkitError(
             f"{images_dir}: {len(missing)} image(s) have no mask in {masks_dir}{hint}: "
-            f"{_describe(missing)}; add their masks, remove them, or set --mask-suffix"
+            f"{describe_names(missing)}; add their masks, remove them, or set --mask-suffix"
         )
     if matching.masks_without_images:
         orphans = matching.masks_without_images
         raise UnetkitError(
             f"{masks_dir}: {len(orphans)} mask(s) have no image in {images_dir}{hint}: "
-            f"{_describe(orphans)}; add their images or remove them"
+            f"{describe_names(orphans)}; add their images or remove them"
         )
     return matching.pairs

@@ -28,6 +28,7 @@ from unetkit.data import (
 )
 from unetkit.data.dataset import pad_collate
 from unetkit.data.fingerprint import fingerprint_pairs
+from unetkit.data.pairing import describe_names
 from unetkit.errors import UnetkitError
 from unetkit.hardware import channels_last_is_faster, cpu_description, resolve_device
 from unetkit.losses import SegmentationLoss
@@ -161,25 +162,21 @@ def _keep_split(split: dict[str, list[str]], pairs: Sequence[Pair], log: Callabl
     """On resume, the run's own random train/validation split (stored as image file names, so the
     folder may move), whatever was added to or removed from it since: a redrawn split would
     validate on images trained on."""
-    by_path = {p.image.name: p for p in pairs}
-    kept = {side: [by_path[path] for path in split[side] if path in by_path] for side in ("train", "val")}
-    removed = [path for side in ("train", "val") for path in split[side] if path not in by_path]
+    by_name = {p.image.name: p for p in pairs}
+    kept = {side: [by_name[name] for name in split[side] if name in by_name] for side in ("train", "val")}
+    removed = [name for side in ("train", "val") for name in split[side] if name not in by_name]
     known = set(split["train"]) | set(split["val"])
-    added = [Path(path).name for path in by_path if path not in known]
+    added = [name for name in by_name if name not in known]
     if removed:
-        log(f"note: {len(removed)} image(s) of this run are gone and are left out: {_some(removed)}")
+        log(f"note: {len(removed)} image(s) of this run are gone and are left out: {describe_names(removed)}")
     if added:
         log(
             f"note: {len(added)} image(s) added since the run started are not used, so the validation split "
-            f"stays as it was: {_some(added)}; start a new run to train on them"
+            f"stays as it was: {describe_names(added)}; start a new run to train on them"
         )
     if not kept["train"]:
         raise UnetkitError("none of this run's training images are left; check --images or start a new run")
     return kept["train"], kept["val"]
-
-
-def _some(names: Sequence[str]) -> str:
-    return ", ".join(Path(n).name for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 class Trainer:
@@ -243,10 +240,10 @@ class Trainer:
             )
         augment = None
         if cfg.augment:
-            turns = cfg.orientation != "upright"
-            augment = AugmentConfig(vertical_flips=turns, rotate90=turns)
-            if not cfg.elastic:
-                augment.elastic_sigma_px = 0.0
+            turns = cfg.orientation != "upright"  # upright scenes are only mirrored left-right
+            no_elastic = {} if cfg.elastic else {"elastic_sigma_px": 0.0}
+            augment = AugmentConfig(vertical_flips=turns, rotate90=turns, **no_elastic)
+        cache_bytes = cfg.cache_gb * 2**30 if cfg.cache_gb is not None else None
         self.train_set = SegmentationDataset(
             self.train_pairs,
             self.mask_values,
@@ -254,14 +251,14 @@ class Trainer:
             patch_size=cfg.patch_size or None,
             augment=augment,
             patches_per_image=cfg.patches_per_image,
-            cache_bytes=cfg.cache_gb * 2**30 if cfg.cache_gb is not None else None,
+            cache_bytes=cache_bytes,
             sampled_classes=self.sampled_classes,
         )
         self.val_set = SegmentationDataset(
             self.val_pairs,
             self.mask_values,
             self.preprocess,
-            cache_bytes=cfg.cache_gb * 2**30 if cfg.cache_gb is not None else None,
+            cache_bytes=cache_bytes,
         )
         self.train_set.check_all()
         self.val_set.check_all()
@@ -370,7 +367,7 @@ class Trainer:
             "preprocess": self.preprocess.to_dict(),
             "binary": self.binary,
             "sampled_classes": self.sampled_classes,
-            "split": {side: [p.image.name for p in pairs] for side, pairs in self._sides().items()},
+            "split": {"train": [p.image.name for p in self.train_pairs], "val": [p.image.name for p in self.val_pairs]},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -385,9 +382,6 @@ class Trainer:
             },
             "config": self.cfg.to_dict(),
         }
-
-    def _sides(self) -> dict[str, list[Pair]]:
-        return {"train": self.train_pairs, "val": self.val_pairs}
 
     def _restore(self, state: dict[str, Any]) -> None:
         unwrap(self.model).load_state_dict(state["model"])

@@ -137,7 +137,7 @@ def apply_recipe(cfg: TrainConfig, data: DataFingerprint, device: torch.device) 
     depth = cfg.depth if cfg.depth is not None else settings["depth"]
     minimum = dataclasses.replace(cfg, depth=depth).min_input_size()
     settings["patch_size"] = patch_side(data, cfg.scale if cfg.scale is not None else settings["scale"], minimum)
-    if data.mask_values is not None and cfg.class_weights is None:
+    if cfg.class_weights is None:
         settings["class_weights"] = class_weights(data, data.mask_values)
     chosen = {key: value for key, value in settings.items() if key != "recipe" and getattr(cfg, key) is None}
     resolved = dataclasses.replace(cfg, **chosen, recipe=settings["recipe"])
