@@ -30,7 +30,7 @@ from pathlib import Path
 
 from benchmarks.common import cpu_slug, save_results
 from unetkit.cli import parse_duration
-from unetkit.hardware import cpu_description
+from unetkit.core.hardware import cpu_description
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"

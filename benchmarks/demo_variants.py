@@ -16,10 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+from unetkit.core.hardware import cpu_description
 from unetkit.data import find_pairs
 from unetkit.demo import DEMO_DATA, HELDOUT_SLICES, TRAIN_SLICES, VAL_SLICES, demo_config
 from unetkit.evaluate import evaluate_pairs
-from unetkit.hardware import cpu_description
 from unetkit.inference import InferenceOptions, Predictor
 from unetkit.train import train
 

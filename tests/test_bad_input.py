@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 from synthetic import TINY_TRAIN, assert_one_line_error, make_shapes, run_cli
 
-import unetkit.atomic
-import unetkit.train.loop
+import unetkit.core.atomic
+import unetkit.train.setup
 from unetkit.losses import SegmentationLoss
 from unetkit.train import load_checkpoint
 
@@ -216,7 +216,7 @@ def case_read_only_output_folder(tmp_path, rgb_run, monkeypatch, **_):
     def read_only(*_args, **_kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(unetkit.atomic.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(unetkit.core.atomic.tempfile, "mkstemp", read_only)
     _root, images, _masks, checkpoint = rgb_run
     args = ["predict", "--checkpoint", checkpoint, images, "--out", tmp_path / "out", "--no-progress"]
     return Case(args, ("img00.png", "Read-only file system", "writable"))
@@ -330,7 +330,7 @@ def case_nan_loss(tmp_path, monkeypatch, **_):
         loss.forward = lambda logits, target: original(logits, target) * (1.0 if next(steps) == 0 else torch.nan)
         return loss
 
-    monkeypatch.setattr(unetkit.train.loop, "SegmentationLoss", nan_after_first_step)
+    monkeypatch.setattr(unetkit.train.setup, "SegmentationLoss", nan_after_first_step)
     images, masks = data(tmp_path)
     out = tmp_path / "run"
     args = train_args(images, masks, out, "--epochs", "3", "--val-fraction", "0", "--batch-size", "4")

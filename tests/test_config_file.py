@@ -54,7 +54,7 @@ def test_missing_config_file(tmp_path, capsys):
         epochs=st.integers(1, 10**6),
         lr=st.floats(allow_nan=False, allow_infinity=False),
         patch_size=st.none() | st.integers(1, 4096),
-        grad_clip=st.none() | st.floats(0.1, 10),
+        grad_clip=st.just(0.0) | st.floats(0.1, 10),  # 0: off
         class_weights=st.none() | st.lists(st.floats(0, 10), max_size=4),
         mask_suffix=st.none() | st.text(max_size=5),
     )

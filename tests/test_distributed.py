@@ -13,7 +13,7 @@ from synthetic import make_shapes
 
 from unetkit.data import find_pairs
 from unetkit.train import TrainConfig, Trainer, load_checkpoint, model_from_checkpoint
-from unetkit.train.loop import split_pairs
+from unetkit.train.setup import split_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_OPTIONS = (

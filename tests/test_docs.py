@@ -24,7 +24,7 @@ def test_every_page_names_its_module_and_has_its_figure():
     pages = {
         "metrics.md": ("unetkit/metrics.py", "dice_iou.png"),
         "upsampling.md": ("unetkit/models/blocks.py", "upsampling.png"),
-        "amp.md": ("unetkit/train/amp.py", "amp.png"),
+        "amp.md": ("unetkit/core/amp.py", "amp.png"),
         "schedulers.md": ("unetkit/train/schedulers.py", "schedulers.png"),
         "dumbnet_vs_unet.md": ("unetkit/models/dumbnet.py", "dumbnet_vs_unet.png"),
     }

@@ -5,8 +5,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from unetkit.core.checkpoint import export_safetensors
+from unetkit.core.safetensors_file import load_safetensors
 from unetkit.errors import UnetkitError
-from unetkit.export_weights import export_safetensors, load_safetensors
 from unetkit.inference import InferenceOptions, Predictor
 from unetkit.train import load_checkpoint
 

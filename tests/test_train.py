@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import unetkit.train.amp as amp_module
+import unetkit.core.amp as amp_module
 from unetkit.data import find_pairs
 from unetkit.data.fingerprint import ClassGeometry, DataFingerprint
 from unetkit.data.mask_values import MaskValues
@@ -133,7 +133,7 @@ def test_amp_auto_is_fp32_when_onednn_is_held_to_avx2():
     # ONEDNN_MAX_CPU_ISA=AVX2 makes oneDNN emulate bf16, as on an AVX2-only CPU: on either kind
     # of CPU the run-time choice must then be fp32.
     code = (
-        "import torch; from unetkit.train.amp import resolve_amp; print(resolve_amp('auto', torch.device('cpu')).name)"
+        "import torch; from unetkit.core.amp import resolve_amp; print(resolve_amp('auto', torch.device('cpu')).name)"
     )
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
@@ -370,7 +370,7 @@ def test_timed_run_with_epochs_anneals_by_the_last_epoch(binary_data, tmp_path):
 
 
 def test_cpu_description_says_when_the_isa_is_held_back(monkeypatch):
-    from unetkit.hardware import ISA_LIMIT_VARIABLES, cpu_description
+    from unetkit.core.hardware import ISA_LIMIT_VARIABLES, cpu_description
 
     for name in ISA_LIMIT_VARIABLES:
         monkeypatch.delenv(name, raising=False)
@@ -380,8 +380,8 @@ def test_cpu_description_says_when_the_isa_is_held_back(monkeypatch):
 
 
 def test_training_picks_its_memory_layout_from_a_forward_and_backward_probe(binary_data, tmp_path, monkeypatch):
-    import unetkit.train.loop as loop_module
-    from unetkit.hardware import channels_last_is_faster
+    import unetkit.train.setup as setup_module
+    from unetkit.core.hardware import channels_last_is_faster
 
     calls = []
 
@@ -389,7 +389,7 @@ def test_training_picks_its_memory_layout_from_a_forward_and_backward_probe(bina
         calls.append(kwargs)
         return channels_last_is_faster(*args, **kwargs)
 
-    monkeypatch.setattr(loop_module, "channels_last_is_faster", probe)
+    monkeypatch.setattr(setup_module, "channels_last_is_faster", probe)
     images, masks = binary_data
     cfg = tiny_config(images, masks, tmp_path / "run", epochs=1, channels_last="auto")
     trainer = Trainer(cfg, log=lambda _: None)

@@ -7,14 +7,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from unetkit.core.amp import AMP_MODES
 from unetkit.errors import UnetkitError
 from unetkit.inference.predictor import BACKENDS
 from unetkit.losses import LOSSES
 from unetkit.models import MODELS
-from unetkit.train.amp import AMP_MODES
-from unetkit.train.config import TrainConfig
+from unetkit.train.config import OPTIMIZERS, TrainConfig
 from unetkit.train.config_file import load_config_file
-from unetkit.train.loop import OPTIMIZERS
+from unetkit.train.options import user_options
 from unetkit.train.recipes import RECIPES
 from unetkit.train.schedulers import SCHEDULERS
 
@@ -214,21 +214,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def config_and_given_options(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
-    """The config, and the names of the options set on the command line (typed, even at their
-    default value) or in the --config file (where they differ from the default). On --resume only
-    these replace the checkpoint's own options."""
+    """The config, and the names of the options set on the command line or in the --config file
+    (unetkit/train/options.py: layers 1-3). On --resume only these replace the checkpoint's own."""
     config_file = getattr(args, "config", None)
-    cfg = load_config_file(config_file) if config_file else TrainConfig()
-    defaults = TrainConfig()
-    given = {name for name in cfg.to_dict() if getattr(cfg, name) != getattr(defaults, name)}
-    for name in cfg.to_dict():
-        value = getattr(args, name, None)
-        if value is not None:
-            setattr(cfg, name, value)
-            given.add(name)
-    if cfg.grad_clip == 0:
-        cfg.grad_clip = None
-    return cfg, given
+    file = load_config_file(config_file) if config_file else None
+    typed = {name: getattr(args, name, None) for name in TrainConfig().to_dict()}
+    return user_options(file, typed)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -294,7 +285,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     report = evaluate_pairs(predictor, pairs, args.threshold, progress=not args.no_progress)
     print(format_report(report))
     if args.json:
-        from unetkit.train.run_files import write_json
+        from unetkit.core.atomic import write_json
 
         write_json(Path(args.json), report)
         print(f"wrote {args.json}")
@@ -323,12 +314,12 @@ def cmd_export(args: argparse.Namespace) -> None:
     output_file("--onnx", args.onnx, ".onnx")
     output_file("--safetensors", args.safetensors, ".safetensors")
     if args.onnx:
-        from unetkit.export import export_onnx
+        from unetkit.inference.onnx_export import export_onnx
 
         difference = export_onnx(args.checkpoint, args.onnx)
         print(f"wrote {args.onnx}; ONNX Runtime vs PyTorch max abs logit difference {difference:.2e}")
     if args.safetensors:
-        from unetkit.export_weights import export_safetensors
+        from unetkit.core.checkpoint import export_safetensors
 
         print(f"wrote {export_safetensors(args.checkpoint, args.safetensors)} (weights and metadata only, no pickle)")
 
@@ -340,7 +331,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     report = check_dataset(args.images, args.masks, args.mask_suffix)
     print(format_check(report))
     if args.json:
-        from unetkit.train.run_files import write_json
+        from unetkit.core.atomic import write_json
 
         write_json(Path(args.json), report)
     return 0 if report["ok"] else 1

@@ -15,13 +15,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from unetkit.core.atomic import write_json
+from unetkit.core.hardware import cpu_description
 from unetkit.data import find_pairs
 from unetkit.errors import UnetkitError
 from unetkit.evaluate import evaluate_pairs, format_report
-from unetkit.hardware import cpu_description
 from unetkit.inference import Predictor, overlay, save_png
 from unetkit.train import TrainConfig, train
-from unetkit.train.run_files import write_json
 
 DEMO_DATA = Path(__file__).parent / "demo_data" / "isbi2012"
 TRAIN_SLICES = range(0, 22)

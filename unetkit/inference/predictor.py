@@ -15,15 +15,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from unetkit.data import MaskValues, Preprocess, read_image
+from unetkit.core.amp import resolve_amp
+from unetkit.core.checkpoint import load_checkpoint, model_from_checkpoint
+from unetkit.core.hardware import channels_last_is_faster, fastest_call, resolve_device
+from unetkit.core.model_spec import ModelSpec
+from unetkit.data import read_image
 from unetkit.errors import UnetkitError
-from unetkit.hardware import channels_last_is_faster, fastest_call, resolve_device
 from unetkit.inference.tiling import Forward, predict_tiled, with_tta
 from unetkit.losses import class_probabilities
 from unetkit.metrics import predicted_classes
 from unetkit.models.blocks import fuse_conv_bn
-from unetkit.train.amp import resolve_amp
-from unetkit.train.checkpoint import load_checkpoint, model_from_checkpoint
 
 TILING_MODES = ("auto", "on", "off")
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -87,10 +88,11 @@ class Predictor:
             self.model = fuse_conv_bn(self.model).to(self.device, memory_format=self.memory_format)
             self._forward = self._torch_forward
             self._choose_backend(state)
-        self.mask_values = MaskValues.from_dict(state["mask_values"])
-        self.preprocess = Preprocess(**state["preprocess"])
-        self.binary: bool = state["binary"]
-        self.num_outputs: int = state["model_args"]["num_classes"]  # logits per pixel, as built
+        self.spec = ModelSpec.from_state(state)
+        self.mask_values = self.spec.mask_values
+        self.preprocess = self.spec.preprocess
+        self.binary = self.spec.binary
+        self.num_outputs = self.spec.num_outputs  # logits per pixel, as built
 
     @property
     def num_classes(self) -> int:
@@ -113,7 +115,7 @@ class Predictor:
                 return
         elif self.device.type != "cpu":
             raise UnetkitError("--backend onnxruntime runs on the CPU; use --device cpu")
-        from unetkit.export import export_onnx
+        from unetkit.inference.onnx_export import export_onnx
         from unetkit.inference.onnx_runtime import OnnxModel
 
         try:
@@ -130,7 +132,7 @@ class Predictor:
                 return
             raise
         if wanted == "auto":
-            x = torch.randn(1, state["model_args"]["in_channels"], 256, 256)
+            x = torch.randn(1, ModelSpec.from_state(state).in_channels, 256, 256)
             # PyTorch first: ONNX Runtime's threads keep spinning for a while after a run.
             torch_time = fastest_call(partial(self._torch_forward, x), 2)
             if torch_time <= fastest_call(partial(onnx_model, x), 2):

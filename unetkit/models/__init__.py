@@ -1,6 +1,20 @@
 from unetkit.models.blocks import DoubleConv, Down, OutConv, Up, fuse_conv_bn
-from unetkit.models.dumbnet import DumbNet
-from unetkit.models.registry import MODELS, create_model
-from unetkit.models.unet import UNet
 
-__all__ = ["MODELS", "DoubleConv", "Down", "DumbNet", "OutConv", "UNet", "Up", "create_model", "fuse_conv_bn"]
+# Each import registers its model (see registry.py).
+from unetkit.models.dumbnet import DumbNet  # noqa: E402, I001
+from unetkit.models.registry import MODELS, create_model, model_class, register_model
+from unetkit.models.unet import UNet  # noqa: E402
+
+__all__ = [
+    "MODELS",
+    "DoubleConv",
+    "Down",
+    "DumbNet",
+    "OutConv",
+    "UNet",
+    "Up",
+    "create_model",
+    "fuse_conv_bn",
+    "model_class",
+    "register_model",
+]

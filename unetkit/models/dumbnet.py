@@ -6,13 +6,19 @@ connection, so it shows what the U-Net's skips add: DumbNet's masks come out blu
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from unetkit.models.blocks import ConvBNReLU, OutConv, pad_to_multiple
+from unetkit.models.registry import given, register_model
 
 
+@register_model
 class DumbNet(nn.Module):
+    name = "dumbnet"
+
     def __init__(self, in_channels: int, num_classes: int, width: int = 16) -> None:
         super().__init__()
         self.size_multiple = 2
@@ -20,6 +26,19 @@ class DumbNet(nn.Module):
         self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
         self.conv = ConvBNReLU(width, width)
         self.head = OutConv(width, num_classes)
+
+    @classmethod
+    def arguments(cls, options: Any, in_channels: int, num_classes: int) -> dict[str, Any]:
+        """Its one level's width is the --base-channels option."""
+        return {"in_channels": in_channels, "num_classes": num_classes, **given(width=options.base_channels)}
+
+    @classmethod
+    def min_input_size(cls, args: dict[str, Any]) -> int:
+        return 4  # one stride-2 level, then 2x2 pixels for BatchNorm
+
+    @classmethod
+    def probe_channels(cls, args: dict[str, Any]) -> int:
+        return args.get("width", 16)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, (height, width) = pad_to_multiple(x, self.size_multiple)

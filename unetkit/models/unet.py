@@ -5,19 +5,26 @@ level's detail across to the decoder level of the same size.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from unetkit.models.blocks import DoubleConv, Down, OutConv, Up, Upsampling, pad_to_multiple
+from unetkit.models.registry import given, register_model
 
 
+@register_model
 class UNet(nn.Module):
+    name = "unet"
+    DEFAULT_DEPTH = 4
+
     def __init__(
         self,
         in_channels: int,
         num_classes: int,
         base_channels: int = 64,
-        depth: int = 4,
+        depth: int = DEFAULT_DEPTH,
         upsampling: Upsampling = "transposed",
     ) -> None:
         super().__init__()
@@ -42,6 +49,21 @@ class UNet(nn.Module):
             below = out
         self.ups = nn.ModuleList(ups)
         self.outc = OutConv(widths[0], num_classes)
+
+    @classmethod
+    def arguments(cls, options: Any, in_channels: int, num_classes: int) -> dict[str, Any]:
+        chosen = given(base_channels=options.base_channels, depth=options.depth, upsampling=options.upsampling)
+        return {"in_channels": in_channels, "num_classes": num_classes, **chosen}
+
+    @classmethod
+    def min_input_size(cls, args: dict[str, Any]) -> int:
+        """Every level halves the size, and the bottleneck needs 2x2 pixels so that BatchNorm sees
+        more than one value with batch size 1."""
+        return 2 ** (args.get("depth", cls.DEFAULT_DEPTH) + 1)
+
+    @classmethod
+    def probe_channels(cls, args: dict[str, Any]) -> int:
+        return args.get("base_channels", 64)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, (height, width) = pad_to_multiple(x, self.size_multiple)

@@ -1,166 +1,219 @@
-"""Every training option in one plain dataclass; `config.json` in the run folder is this, resolved."""
+"""Every training option in one dataclass. Each field carries its help, choices and check
+(unetkit/core/options.py), so the command line, the config files and `validate()` all come from
+here: a new option is one field. `config.json` in the run folder is this, resolved (options.py
+says in which order the values are chosen; None means unset)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from unetkit.core.amp import AMP_MODES
+from unetkit.core.options import (
+    above,
+    between,
+    check_fields,
+    duration,
+    each,
+    float_list,
+    int_list,
+    option,
+    patch_size,
+    show,
+    whole,
+)
 from unetkit.errors import UnetkitError
+from unetkit.losses import LOSSES
+from unetkit.models import MODELS, model_class
+from unetkit.train.schedulers import SCHEDULERS
+
+RECIPES = ("auto", "fast", "paper")
+OPTIMIZERS = ("adamw", "sgd", "rmsprop")
+BY_RECIPE = "(default: chosen by --recipe)"
 
 
 @dataclass
 class TrainConfig:
     # data
-    images: str = ""
-    masks: str = ""
-    val_images: str | None = None  # explicit validation folders; otherwise a seeded split
-    val_masks: str | None = None
-    val_fraction: float = 0.1
-    mask_suffix: str | None = None  # None: try "", "_mask", "_label", ...
-    mask_values: list[int] | None = None  # None: discovered from the training masks
-    ignore_value: int | None = None  # a mask value that marks "don't care" pixels
-    # Options left at None are chosen by the recipe (see recipes.py) from the data and machine.
-    recipe: str = "auto"  # auto | fast | paper
-    scale: float | None = None  # resize images and masks by this factor before the model
-    patch_size: int | None = None  # random training crops; 0 trains on whole images
-    patches_per_image: int | None = None  # None: enough for ~96 patches an epoch
-    augment: bool = True
-    elastic: bool | None = None
-    orientation: str | None = None  # any: flips and 90-degree turns; upright: left-right flips only
+    images: str = option("", "folder of training images", group="data")
+    masks: str = option("", "folder of training masks (same file stems as the images)", group="data")
+    val_images: str | None = option(
+        None, "folder of validation images (default: split off --val-fraction)", group="data"
+    )
+    val_masks: str | None = option(None, "folder of validation masks", group="data")
+    val_fraction: float = option(
+        0.1,
+        "share of images held out for validation, seeded",
+        group="data",
+        valid=lambda v: v == 0 or above(0, 1)(v) and v < 1,
+        need="between 0 and 1, e.g. 0.1 (or 0 for no validation)",
+    )
+    mask_suffix: str | None = option(
+        None, "mask name = image stem + this, e.g. _mask (default: tried automatically)", group="data"
+    )
+    mask_values: list[int] | None = option(
+        None, "the mask values of the classes, e.g. 0,255 (default: found in the training masks)",
+        group="data", parse=int_list,
+    )  # fmt: skip
+    ignore_value: int | None = option(
+        None, "a mask value whose pixels count for neither loss nor metrics, e.g. 255", group="data",
+        valid=whole(0, 65535), need="a mask value from 0 to 65535",
+    )  # fmt: skip
+    recipe: str = option(
+        "auto",
+        "fills the options you leave out from the data: fast (16 base channels, bilinear, resolution from the "
+        "masks' geometry), paper (64 channels, transposed, full resolution), auto (paper on GPU, fast on CPU)",
+        group="model", choices=RECIPES,
+    )  # fmt: skip
+    scale: float | None = option(
+        None, f"resize images and masks by this factor for the model {BY_RECIPE}", group="data",
+        valid=between(1 / 64, 16), need="a resize factor between 1/64 and 16, e.g. 0.5",
+    )  # fmt: skip
+    patch_size: int | None = option(
+        None, f"random training crop size, or 'none' for whole images {BY_RECIPE}", group="data",
+        parse=patch_size,
+    )  # fmt: skip
+    patches_per_image: int | None = option(
+        None, "random crops per image and epoch (default: enough for ~96 crops an epoch)", group="data",
+        valid=whole(1, 1000), need="1 to 1000",
+    )  # fmt: skip
+    augment: bool = option(
+        True, "turn off flips, rotations, scaling, elastic and intensity augmentation", group="data",
+        flag=("--no-augment", False),
+    )  # fmt: skip
+    elastic: bool | None = option(
+        None, f"elastic deformation, the U-Net paper's augmentation {BY_RECIPE}; off in runs under 15 minutes",
+        group="data", toggle=True,
+    )  # fmt: skip
+    orientation: str | None = option(
+        None,
+        "any: flips and 90-degree turns; upright: left-right flips only, for scenes with an up (default: from "
+        "the masks: upright when a class sits well above or below the middle)",
+        group="data", choices=("any", "upright"),
+    )  # fmt: skip
     # model
-    model: str = "unet"
-    base_channels: int | None = None
-    depth: int | None = None
-    upsampling: str | None = None
-    binary: bool | None = None  # None: one sigmoid logit when the masks have two values
+    model: str = option("unet", "architecture", group="model", choices=MODELS)
+    base_channels: int | None = option(
+        None, f"channels of the first level, doubling per level {BY_RECIPE}; DumbNet's width", group="model",
+        valid=whole(1, 1024), need="1 to 1024",
+    )  # fmt: skip
+    depth: int | None = option(
+        None, f"number of down/up levels {BY_RECIPE}", group="model", valid=whole(1, 10), need="between 1 and 10"
+    )
+    upsampling: str | None = option(
+        None, f"decoder upsampling {BY_RECIPE}", group="model", choices=("transposed", "bilinear")
+    )
+    binary: bool | None = option(
+        None, "use softmax over 2 classes instead of one sigmoid logit for two-value masks", group="model",
+        flag=("--multiclass", False),
+    )  # fmt: skip
     # optimisation
-    epochs: int | None = None  # None: 50, or as many as fit in `time`
-    batch_size: int | None = None
-    optimizer: str = "adamw"
-    lr: float | None = None  # None: the recipe's (4e-3 fast, 1e-3 paper)
-    weight_decay: float = 1e-4
-    momentum: float = 0.99
-    scheduler: str = "cosine"
-    warmup_epochs: float = 1.0
-    step_size: int = 30  # epochs between LR drops for the step scheduler
-    gamma: float = 0.1
-    loss: str = "ce+dice"
-    class_weights: list[float] | None = None  # None: 1/sqrt(class pixel fraction), from the masks
-    grad_clip: float | None = 1.0
-    amp: str = "auto"
-    channels_last: str = "auto"  # auto | on | off
-    patience: int | None = None  # early stopping: epochs without a better val Dice
-    time: float | None = None  # wall-clock budget in seconds: the LR anneals over it, no epoch starts past it
-    min_epochs: int | None = None  # with `time`: train at least this many epochs, even past the budget
+    epochs: int | None = option(
+        None, "number of epochs (default 50, or as many as fit in --time)", group="optimisation",
+        valid=whole(1, 1_000_000), need="a whole number of epochs, 1 or more",
+    )  # fmt: skip
+    batch_size: int | None = option(
+        None, f"images per step {BY_RECIPE}", group="optimisation",
+        valid=whole(1, 4096), need="1 or more images per step (at most 4096)",
+    )  # fmt: skip
+    optimizer: str = option("adamw", "", group="optimisation", choices=OPTIMIZERS)
+    lr: float | None = option(
+        None, "peak learning rate (default: the recipe's, 4e-3 fast, 1e-3 paper)", group="optimisation",
+        valid=above(0, 10), need="a learning rate above 0 and at most 10, e.g. 1e-3",
+    )  # fmt: skip
+    weight_decay: float = option(1e-4, "", group="optimisation", valid=between(0), need="0 or more")
+    momentum: float = option(
+        0.99, "SGD momentum, the U-Net paper's", group="optimisation",
+        valid=lambda v: between(0)(v) and v < 1, need="in [0, 1), e.g. 0.9",
+    )  # fmt: skip
+    scheduler: str = option("cosine", "learning-rate schedule", group="optimisation", choices=SCHEDULERS)
+    warmup_epochs: float = option(
+        1.0, "linear warmup for cosine", group="optimisation", valid=between(0), need="0 or more"
+    )
+    step_size: int = option(
+        30, "epochs between drops for the step schedule", group="optimisation",
+        valid=whole(1, 1_000_000), need="1 or more epochs",
+    )  # fmt: skip
+    gamma: float = option(
+        0.1, "LR factor of each step drop", group="optimisation", valid=above(0), need="above 0, e.g. 0.1"
+    )
+    loss: str = option("ce+dice", "", group="optimisation", choices=LOSSES)
+    class_weights: list[float] | None = option(
+        None, "one loss weight per class, e.g. 1,5 (default: 1/sqrt of each class's pixel fraction)",
+        group="optimisation", parse=float_list,
+        valid=each(between(0, 1e6)), need="numbers of 0 or more, one per class, e.g. 1,5",
+    )  # fmt: skip
+    grad_clip: float = option(
+        1.0, "clip the gradient norm to this; 0 turns it off", group="optimisation",
+        valid=between(0), need="0 (off) or more",
+    )  # fmt: skip
+    amp: str = option(
+        "auto", "mixed precision: auto picks fp16/bf16 on GPUs and bf16 on CPUs with native bf16",
+        group="optimisation", choices=AMP_MODES,
+    )  # fmt: skip
+    channels_last: str = option(
+        "auto", "NHWC memory layout; auto measures which is faster", group="optimisation",
+        choices=("auto", "on", "off"),
+    )  # fmt: skip
+    patience: int | None = option(
+        None, "stop after this many epochs without a better validation Dice", group="optimisation",
+        valid=whole(1, 1_000_000), need="1 or more epochs",
+    )  # fmt: skip
+    time: float | None = option(
+        None,
+        "wall-clock budget, e.g. 10m: the LR schedule runs over the time, no epoch starts that would pass it, "
+        "best.pt keeps the best epoch",
+        group="optimisation", parse=duration, valid=above(0), need="a duration above 0, e.g. 10m",
+    )  # fmt: skip
+    min_epochs: int | None = option(
+        None, "with --time: train at least this many epochs even if the machine is slower than expected",
+        group="optimisation",
+    )  # fmt: skip
     # run
-    out: str | None = None
-    resume: str | None = None
-    seed: int = 0
-    device: str = "auto"
-    workers: int | None = None
-    cache_gb: float | None = None  # decoded images kept in memory up to this; None: 30% of the machine's
-    progress: bool = True
-    sync_bn: bool = False  # SyncBatchNorm across DDP ranks (CUDA only)
-    tensorboard: bool = False  # also log to RUN/tensorboard (needs unetkit[tensorboard])
+    out: str | None = option(None, "run folder for checkpoints and logs (default runs/<timestamp>)", group="run")
+    resume: str | None = option(
+        None, "continue from a last.pt; its saved options are used, except epochs, patience, time, min-epochs, "
+        "device, workers, cache-gb, progress", group="run",
+    )  # fmt: skip
+    seed: int = option(0, "", group="run", valid=whole(0, 2**32 - 1), need="a whole number from 0 to 4294967295")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N", group="run")
+    workers: int | None = option(
+        None, "data-loading processes (default: 0 on small CPUs, else 4)", group="run",
+        valid=whole(0, 64), need="0 to 64 processes",
+    )  # fmt: skip
+    cache_gb: float | None = option(
+        None, "keep decoded images in memory up to this many GiB, else decode each time (default: 30%% of the "
+        "memory)", group="run", valid=between(0, 1e6), need="0 (decode every time) or more GiB",
+    )  # fmt: skip
+    progress: bool = option(True, "no progress bars", group="run", flag=("--no-progress", False))
+    sync_bn: bool = option(
+        False, "under torchrun: BatchNorm statistics over all ranks' batches (SyncBatchNorm, CUDA only)",
+        group="run", flag=("--sync-bn", True),
+    )  # fmt: skip
+    tensorboard: bool = option(
+        False, "also log losses, Dice/IoU per class, LR and validation images to RUN/tensorboard",
+        group="run", flag=("--tensorboard", True),
+    )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def min_input_size(self) -> int:
-        """The smallest image side the network trains on: every pooling halves it, and the
-        bottleneck needs 2x2 pixels so that BatchNorm sees more than one value with batch size 1."""
-        levels = (self.depth or 4) if self.model == "unet" else 1  # None: the recipes' depth, 4
-        return 2 ** (levels + 1)
+        """The smallest image side the model trains on, as the model says (unset options: its defaults)."""
+        model = model_class(self.model)
+        return model.min_input_size(model.arguments(self, in_channels=1, num_classes=2))
 
     def validate(self) -> None:
         """Check every option's value; the first bad one is a one-line UnetkitError naming it.
-        None stands for "the recipe chooses" and passes; the resolved config is checked again."""
-        for name, ok, need in self._rules():
-            if not ok:
-                option = "--" + name.replace("_", "-")
-                raise UnetkitError(f"{option} {_show(getattr(self, name))} is invalid: it must be {need}")
-
-    def _rules(self) -> list[tuple[str, bool, str]]:
-        def positive(value: float | None) -> bool:  # False for NaN too
-            return value is not None and math.isfinite(value) and value > 0
-
-        def at_least(value: float | None, low: float) -> bool:
-            return value is not None and math.isfinite(value) and value >= low
-
-        def at_most(value: float | None, low: float, high: float) -> bool:
-            return at_least(value, low) and value <= high
-
+        Unset options (None) pass; the resolved config is checked again."""
+        check_fields(self)
         minimum = self.min_input_size()
-        return [
-            ("depth", self.depth is None or (at_least(self.depth, 1) and self.depth <= 10), "between 1 and 10"),
-            (
-                "epochs",
-                self.epochs is None or at_most(self.epochs, 1, 1_000_000),
-                "a whole number of epochs, 1 or more",
-            ),
-            (
-                "batch_size",
-                self.batch_size is None or at_most(self.batch_size, 1, 4096),
-                "1 or more images per step (at most 4096)",
-            ),
-            (
-                "lr",
-                self.lr is None or (positive(self.lr) and self.lr <= 10),
-                "a learning rate above 0 and at most 10, e.g. 1e-3",
-            ),
-            (
-                "val_fraction",
-                self.val_fraction == 0 or 0 < self.val_fraction < 1,
-                "between 0 and 1, e.g. 0.1 (or 0 for no validation)",
-            ),
-            (
-                "scale",
-                self.scale is None or at_most(self.scale, 1 / 64, 16),
-                "a resize factor between 1/64 and 16, e.g. 0.5",
-            ),
-            (
-                "patch_size",
-                not self.patch_size or minimum <= self.patch_size <= 8192,
-                f"at least {minimum} pixels (at most 8192) for a {self.model} of --depth {self.depth}, or 'none'",
-            ),
-            ("orientation", self.orientation in (None, "any", "upright"), "any or upright"),
-            (
-                "patches_per_image",
-                self.patches_per_image is None or at_most(self.patches_per_image, 1, 1000),
-                "1 to 1000",
-            ),
-            ("base_channels", self.base_channels is None or at_most(self.base_channels, 1, 1024), "1 to 1024"),
-            ("weight_decay", at_least(self.weight_decay, 0), "0 or more"),
-            ("momentum", at_least(self.momentum, 0) and self.momentum < 1, "in [0, 1), e.g. 0.9"),
-            ("warmup_epochs", at_least(self.warmup_epochs, 0), "0 or more"),
-            ("step_size", at_least(self.step_size, 1), "1 or more epochs"),
-            ("gamma", positive(self.gamma), "above 0, e.g. 0.1"),
-            ("grad_clip", self.grad_clip is None or at_least(self.grad_clip, 0), "0 (off) or more"),
-            ("patience", self.patience is None or at_least(self.patience, 1), "1 or more epochs"),
-            ("time", self.time is None or positive(self.time), "a duration above 0, e.g. 10m"),
-            (
-                "min_epochs",
-                self.min_epochs is None or (at_least(self.min_epochs, 1) and self.time is not None),
-                "1 or more epochs, and given with --time",
-            ),
-            ("cache_gb", self.cache_gb is None or at_most(self.cache_gb, 0, 1e6), "0 (decode every time) or more GiB"),
-            ("workers", self.workers is None or at_most(self.workers, 0, 64), "0 to 64 processes"),
-            ("seed", at_most(self.seed, 0, 2**32 - 1), "a whole number from 0 to 4294967295"),
-            (
-                "ignore_value",
-                self.ignore_value is None or at_most(self.ignore_value, 0, 65535),
-                "a mask value from 0 to 65535",
-            ),
-            (
-                "class_weights",
-                self.class_weights is None or all(at_most(w, 0, 1e6) for w in self.class_weights),
-                "numbers of 0 or more, one per class, e.g. 1,5",
-            ),
-        ]
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, list):
-        return ",".join(_show(v) for v in value)
-    return f"{value:g}" if isinstance(value, float) else str(value)
+        if self.patch_size and not (minimum <= self.patch_size <= 8192):
+            raise UnetkitError(
+                f"--patch-size {self.patch_size} is invalid: it must be at least {minimum} pixels (at most 8192) "
+                f"for a {self.model} of --depth {self.depth}, or 'none'"
+            )
+        if self.min_epochs is not None and not (whole(1, 1_000_000)(self.min_epochs) and self.time is not None):
+            raise UnetkitError(
+                f"--min-epochs {show(self.min_epochs)} is invalid: it must be 1 or more epochs, and given with --time"
+            )

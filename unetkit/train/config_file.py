@@ -5,8 +5,8 @@ Every run writes the options it ran with to RUN/config.toml, so
 `unetkit train --config RUN/config.toml --out NEW` runs it again. `out` and `resume` are left
 out of that file: they name this run's folder, not the recipe.
 
-TOML has no null. A field that is None by default is simply omitted; a field whose default is a
-value but that was set to None (patch_size, grad_clip) is written as the string "none".
+TOML has no null. An unset option (None) is simply omitted, and "none" reads as unset. Files
+written before `grad_clip = 0` meant off said `grad_clip = "none"`; that still reads as off.
 """
 
 from __future__ import annotations
@@ -121,6 +121,8 @@ def load_config_file(path: str | Path) -> TrainConfig:
         name = key.replace("-", "_")  # accept the CLI spelling too: batch-size = 8
         if name not in types_by_name:
             raise UnetkitError(f"{path}: unknown option {key!r}; see `unetkit train --help` for the options")
+        if name == "grad_clip" and isinstance(value, str) and value.lower() == "none":
+            value = 0.0  # the older spelling of off
         setattr(cfg, name, _check_value(path, key, value, types_by_name[name]))
     return cfg
 

@@ -34,14 +34,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import torch
 
 from unetkit.data.fingerprint import DataFingerprint
 from unetkit.data.mask_values import MaskValues
-from unetkit.train.config import TrainConfig
+from unetkit.train.config import RECIPES, TrainConfig
+from unetkit.train.options import fill_unset
 
-RECIPES = ("auto", "fast", "paper")
+__all__ = ["RECIPES", "apply_recipe"]
 SHORT_RUN_SECONDS = 15 * 60  # elastic deformation pays off only in longer runs
 PATCH_SIDE = 256
 THIN_HALF_WIDTH = 2.0  # px at the model's scale for the thinnest class
@@ -129,19 +131,31 @@ def recipe_settings(name: str, data: DataFingerprint, device: torch.device, time
     return settings
 
 
-def apply_recipe(cfg: TrainConfig, data: DataFingerprint, device: torch.device) -> tuple[TrainConfig, str]:
-    """A copy of `cfg` with every unset (None) option taken from the recipe; and a one-line
-    summary of what was chosen."""
-    settings = recipe_settings(cfg.recipe, data, device, cfg.time)
+def default_workers() -> int:
+    """Data-loading processes: none on small CPUs, where they take cores from the model's convolutions."""
+    return 0 if torch.get_num_threads() <= 4 else 4
+
+
+def recipe_choices(cfg: TrainConfig, data: DataFingerprint, device: torch.device) -> dict[str, Any]:
+    """Every option the recipe can fill, for this data, machine and the user's own options."""
+    choices = recipe_settings(cfg.recipe, data, device, cfg.time)
     # The patch fits the images at the scale and depth that will be used, the user's if given.
-    depth = cfg.depth if cfg.depth is not None else settings["depth"]
+    depth = cfg.depth if cfg.depth is not None else choices["depth"]
     minimum = dataclasses.replace(cfg, depth=depth).min_input_size()
-    settings["patch_size"] = patch_side(data, cfg.scale if cfg.scale is not None else settings["scale"], minimum)
-    if cfg.class_weights is None:
-        settings["class_weights"] = class_weights(data, data.mask_values)
-    chosen = {key: value for key, value in settings.items() if key != "recipe" and getattr(cfg, key) is None}
-    resolved = dataclasses.replace(cfg, **chosen, recipe=settings["recipe"])
-    if resolved.epochs is None and cfg.time is None:
-        resolved.epochs = 50  # a timed run without --epochs runs until its time is up
+    choices["patch_size"] = patch_side(data, cfg.scale if cfg.scale is not None else choices["scale"], minimum)
+    choices["class_weights"] = class_weights(data, data.mask_values)
+    choices["binary"] = data.mask_values.num_classes == 2  # one sigmoid logit for two classes
+    choices["workers"] = default_workers()
+    if cfg.time is None:
+        choices["epochs"] = 50  # a timed run without --epochs runs until its time is up
+    return choices
+
+
+def apply_recipe(cfg: TrainConfig, data: DataFingerprint, device: torch.device) -> tuple[TrainConfig, str]:
+    """A copy of `cfg` with every unset (None) option taken from the recipe (options.py's last
+    layer); and a one-line summary of what was chosen."""
+    choices = recipe_choices(cfg, data, device)
+    name = choices.pop("recipe")
+    resolved, chosen = fill_unset(dataclasses.replace(cfg, recipe=name), choices)
     summary = ", ".join(f"{key}={value}" for key, value in chosen.items()) or "nothing (all options set)"
-    return resolved, f"recipe {settings['recipe']} for {data.describe()} on {device.type}: chose {summary}"
+    return resolved, f"recipe {name} for {data.describe()} on {device.type}: chose {summary}"

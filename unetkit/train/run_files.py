@@ -1,20 +1,14 @@
-"""The run folder's human-readable files: metrics.csv, config.json and curves.png."""
+"""The run folder's human-readable files: metrics.csv and curves.png (config.json is written with
+unetkit.core.atomic.write_json)."""
 
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
-from typing import Any
 
-from unetkit.atomic import atomic_write
+from unetkit.core.atomic import atomic_write
 
 COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr", "seconds")
-
-
-def write_json(path: Path, data: Any) -> None:
-    text = json.dumps(data, indent=2) + "\n"
-    atomic_write(path, lambda temporary: temporary.write_text(text))
 
 
 def write_metrics_csv(path: Path, history: list[dict[str, float]]) -> None:

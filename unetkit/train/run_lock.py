@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from unetkit.atomic import ensure_folder
+from unetkit.core.atomic import ensure_folder
 from unetkit.errors import UnetkitError
 
 LOCK_NAME = ".unetkit-train.lock"

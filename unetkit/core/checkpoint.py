@@ -14,13 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from unetkit.atomic import atomic_write
+from unetkit.core.atomic import atomic_write
+from unetkit.core.model_spec import ModelSpec
+from unetkit.core.safetensors_file import load_safetensors, save_safetensors
 from unetkit.errors import UnetkitError
-from unetkit.models import create_model
 
 FORMAT = "unetkit-checkpoint-v1"
 # What prediction needs; a training checkpoint has more (optimizer, scheduler, history, ...).
-MODEL_KEYS = ("model_name", "model_args", "model", "mask_values", "preprocess", "binary")
+MODEL_KEYS = (*ModelSpec.KEYS, "model")
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -32,8 +33,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UnetkitError(f"{path}: checkpoint not found; pass the path of a best.pt or last.pt")
     if path.suffix == ".safetensors":
-        from unetkit.export_weights import load_safetensors
-
         return load_safetensors(path)
     _refuse_zip_bomb(path)
     try:
@@ -98,7 +97,7 @@ def _check_preprocess(path: Path, preprocess: Any) -> None:
 def model_from_checkpoint(state: dict[str, Any], source: str | Path = "checkpoint") -> nn.Module:
     """The checkpoint's network with its weights; a one-line error if the two do not fit."""
     try:
-        model = create_model(state["model_name"], **state["model_args"])
+        model = ModelSpec.from_state(state).build()
         model.load_state_dict(state["model"])
     except (TypeError, ValueError, RuntimeError) as err:
         # load_state_dict lists every mismatched tensor; the first line is enough to see the cause.
@@ -109,3 +108,9 @@ def model_from_checkpoint(state: dict[str, Any], source: str | Path = "checkpoin
             f"({first[:160]}); the checkpoint is damaged or was edited, use one written by 'unetkit train'"
         ) from None
     return model.eval()
+
+
+def export_safetensors(checkpoint_path: str | Path, out_path: str | Path) -> Path:
+    """Write the weights and prediction settings of a checkpoint to a .safetensors file
+    (unetkit/core/safetensors_file.py), checked on the way like any checkpoint that is loaded."""
+    return save_safetensors(load_checkpoint(checkpoint_path), out_path)

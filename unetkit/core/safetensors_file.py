@@ -11,6 +11,8 @@ the header's `__metadata__` under the key "unetkit", a JSON object with what pre
 
 Optimizer, scheduler and RNG state are left out: an export predicts, it does not resume training.
 `Predictor("model.safetensors")` and `--checkpoint model.safetensors` load it directly.
+This module reads and writes the format; `unetkit.core.checkpoint.export_safetensors` turns a
+checkpoint into one.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from unetkit.atomic import atomic_write
+from unetkit.core.atomic import atomic_write
+from unetkit.core.model_spec import ModelSpec
 from unetkit.errors import UnetkitError
-from unetkit.train.checkpoint import load_checkpoint
 
 WEIGHTS_FORMAT = "unetkit-weights-v1"
 METADATA_KEY = "unetkit"
@@ -36,20 +38,11 @@ def _safetensors_torch() -> Any:
     return safetensors.torch
 
 
-def export_safetensors(checkpoint_path: str | Path, out_path: str | Path) -> Path:
-    """Write the weights and prediction settings of a unetkit checkpoint to a .safetensors file."""
+def save_safetensors(state: dict[str, Any], out_path: str | Path) -> Path:
+    """Write a checkpoint's weights and prediction keys (ModelSpec.KEYS, epoch, best_dice) to a
+    .safetensors file, atomically."""
     st = _safetensors_torch()
-    state = load_checkpoint(checkpoint_path)
-    meta = {
-        "format": WEIGHTS_FORMAT,
-        "model_name": state["model_name"],
-        "model_args": state["model_args"],
-        "mask_values": state["mask_values"],
-        "preprocess": state["preprocess"],
-        "binary": state["binary"],
-        "epoch": state.get("epoch"),
-        "best_dice": state.get("best_dice"),
-    }
+    meta = {"format": WEIGHTS_FORMAT, **{key: state.get(key) for key in (*ModelSpec.KEYS, "epoch", "best_dice")}}
     tensors = {name: tensor.contiguous() for name, tensor in state["model"].items()}
     out_path = Path(out_path)
 
@@ -81,8 +74,10 @@ def load_safetensors(path: str | Path) -> dict[str, Any]:
     except Exception as err:  # safetensors raises its own error type for a damaged file
         raise UnetkitError(
             f"{path}: not a readable safetensors file ({err.__class__.__name__}); "
-            "export it again with export_safetensors"
+            "export it again with unetkit export --safetensors"
         ) from None
     if not isinstance(meta, dict) or meta.get("format") != WEIGHTS_FORMAT:
-        raise UnetkitError(f"{path}: no unetkit metadata in this safetensors file; export it with export_safetensors")
+        raise UnetkitError(
+            f"{path}: no unetkit metadata in this safetensors file; export it with unetkit export --safetensors"
+        )
     return {**meta, "model": tensors}

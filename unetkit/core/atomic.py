@@ -8,10 +8,12 @@ killed with SIGKILL) sees either the old file or the new one, never a mixture.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from unetkit.errors import UnetkitError
 
@@ -83,3 +85,9 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Indented JSON, written atomically: a report or config.json is whole or absent."""
+    text = json.dumps(data, indent=2) + "\n"
+    atomic_write(path, lambda temporary: temporary.write_text(text))

@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from unetkit.atomic import atomic_write
+from unetkit.core.atomic import atomic_write
+from unetkit.core.checkpoint import load_checkpoint, model_from_checkpoint
+from unetkit.core.model_spec import ModelSpec
 from unetkit.errors import UnetkitError
 from unetkit.inference.onnx_runtime import METADATA_KEY, OnnxModel
-from unetkit.train.checkpoint import load_checkpoint, model_from_checkpoint
 
 
 def export_onnx(checkpoint: str | Path | dict[str, Any], out: str | Path, opset: int = 17) -> float:
@@ -27,16 +28,9 @@ def export_onnx(checkpoint: str | Path | dict[str, Any], out: str | Path, opset:
     state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     model = model_from_checkpoint(state)
     multiple = model.size_multiple
-    channels = state["model_args"]["in_channels"]
+    channels = ModelSpec.from_state(state).in_channels
     example = torch.randn(1, channels, 4 * multiple, 4 * multiple)
-    metadata = {
-        "model_name": state["model_name"],
-        "model_args": state["model_args"],
-        "mask_values": state["mask_values"],
-        "preprocess": state["preprocess"],
-        "binary": state["binary"],
-        "pad_multiple": multiple,
-    }
+    metadata = {**ModelSpec.from_state(state).to_state(), "pad_multiple": multiple}
     differences: list[float] = []
 
     def export_and_check(temporary: Path) -> None:

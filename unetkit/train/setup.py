@@ -1,0 +1,306 @@
+"""Training setup as small builders, in the order a run needs them:
+
+  run folder -> pairs (found, split, or the resumed run's split) -> plan (fingerprint + recipe)
+  -> datasets -> model (AMP, memory layout, DDP) -> optimisation (loss, optimizer, loader,
+  schedule, scaler)
+
+Each takes the resolved options and returns what the Trainer (loop.py) holds."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from unetkit.core.amp import AmpPolicy, resolve_amp
+from unetkit.core.hardware import channels_last_is_faster
+from unetkit.core.model_spec import ModelSpec
+from unetkit.data import AugmentConfig, MaskValues, Pair, Preprocess, SegmentationDataset, find_pairs
+from unetkit.data.dataset import pad_collate
+from unetkit.data.fingerprint import fingerprint_pairs
+from unetkit.data.pairing import describe_names
+from unetkit.errors import UnetkitError
+from unetkit.losses import SegmentationLoss
+from unetkit.models import model_class
+from unetkit.train.config import OPTIMIZERS, TrainConfig
+from unetkit.train.distributed import Distributed
+from unetkit.train.options import fill_unset
+from unetkit.train.recipes import apply_recipe, default_workers
+from unetkit.train.schedulers import Schedule
+
+Log = Callable[[str], None]
+
+
+# --- the run folder ---
+def prepare_run_folder(cfg: TrainConfig) -> Path:
+    out = Path(cfg.out) if cfg.out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    for option in ("images", "masks", "val_images", "val_masks"):
+        folder = getattr(cfg, option)
+        if folder and Path(folder).resolve() == out.resolve():
+            raise UnetkitError(
+                f"{out}: --out is the --{option.replace('_', '-')} folder; the run's checkpoints, plots and logs "
+                "would mix with your data; choose another --out"
+            )
+    resuming_here = cfg.resume is not None and out.resolve() == Path(cfg.resume).resolve().parent
+    if not resuming_here:
+        refuse_finished_run(out, cfg.resume)
+    return out
+
+
+def refuse_finished_run(out: Path, resume: str | None) -> None:
+    """A folder that holds another run's checkpoint is never written into."""
+    finished = [name for name in ("best.pt", "last.pt") if (out / name).exists()]
+    if not finished:
+        return
+    if resume is not None:
+        raise UnetkitError(
+            f"{out / finished[0]}: --out holds another run's checkpoint, and resuming {resume} there would "
+            f"replace it; resume into the run's own folder ({Path(resume).parent}) or an empty --out"
+        )
+    raise UnetkitError(
+        f"{out / finished[0]}: the run folder already holds a checkpoint; "
+        f"continue it with --resume {out / 'last.pt'} or choose another --out"
+    )
+
+
+# --- pairs ---
+def split_pairs(pairs: Sequence[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """A seeded random validation split; at least one image on each side when fraction > 0."""
+    if fraction <= 0:
+        return list(pairs), []
+    if len(pairs) < 2:
+        raise UnetkitError(
+            f"{pairs[0].image.parent}: only one image, nothing left to validate on; "
+            "add images, pass --val-images/--val-masks, or set --val-fraction 0"
+        )
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = min(len(pairs) - 1, max(1, round(fraction * len(pairs))))
+    val = set(order[:n_val])
+    return [p for i, p in enumerate(pairs) if i not in val], [pairs[i] for i in sorted(val)]
+
+
+def training_pairs(
+    cfg: TrainConfig, resumed_split: dict[str, list[str]] | None, log: Log
+) -> tuple[list[Pair], list[Pair]]:
+    """The training and validation pairs from the folders: --val-images, or a seeded split, or
+    on resume the run's own split."""
+    if not cfg.images or not cfg.masks:
+        raise UnetkitError("train needs --images DIR and --masks DIR")
+    train_pairs = find_pairs(cfg.images, cfg.masks, cfg.mask_suffix)
+    if cfg.val_images:
+        if not cfg.val_masks:
+            raise UnetkitError("--val-images needs --val-masks too")
+        return train_pairs, find_pairs(cfg.val_images, cfg.val_masks, cfg.mask_suffix)
+    if resumed_split is not None:
+        return keep_split(resumed_split, train_pairs, log)
+    return split_pairs(train_pairs, cfg.val_fraction, cfg.seed)
+
+
+def keep_split(split: dict[str, list[str]], pairs: Sequence[Pair], log: Log) -> tuple[list[Pair], list[Pair]]:
+    """On resume, the run's own random train/validation split (stored as image file names, so the
+    folder may move), whatever was added to or removed from it since: a redrawn split would
+    validate on images trained on."""
+    by_name = {p.image.name: p for p in pairs}
+    kept = {side: [by_name[name] for name in split[side] if name in by_name] for side in ("train", "val")}
+    removed = [name for side in ("train", "val") for name in split[side] if name not in by_name]
+    known = set(split["train"]) | set(split["val"])
+    added = [name for name in by_name if name not in known]
+    if removed:
+        log(f"note: {len(removed)} image(s) of this run are gone and are left out: {describe_names(removed)}")
+    if added:
+        log(
+            f"note: {len(added)} image(s) added since the run started are not used, so the validation split "
+            f"stays as it was: {describe_names(added)}; start a new run to train on them"
+        )
+    if not kept["train"]:
+        raise UnetkitError("none of this run's training images are left; check --images or start a new run")
+    return kept["train"], kept["val"]
+
+
+# --- plan: what the data says ---
+@dataclass
+class DataPlan:
+    """What training learns from the training set before the first step, kept in checkpoints."""
+
+    mask_values: MaskValues
+    preprocess: Preprocess
+    sampled_classes: list[int]  # class ids a third of the patches are centred on
+
+
+def plan(
+    cfg: TrainConfig, train_pairs: Sequence[Pair], resume_state: dict[str, Any] | None, device: torch.device, log: Log
+) -> tuple[TrainConfig, DataPlan]:
+    """Read and measure every training pair, let the recipe fill the unset options; on resume,
+    the checkpoint's plan (its config is already resolved)."""
+    if resume_state is not None:
+        data_plan = DataPlan(
+            MaskValues.from_dict(resume_state["mask_values"]),
+            Preprocess(**resume_state["preprocess"]),
+            list(resume_state.get("sampled_classes", [])),
+        )
+        # Older checkpoints left these two unset in their config.
+        cfg, _ = fill_unset(cfg, {"binary": resume_state["binary"], "workers": default_workers()})
+    else:
+        started = time.perf_counter()
+        data = fingerprint_pairs(train_pairs, cfg.ignore_value, cfg.mask_values)
+        cfg, summary = apply_recipe(cfg, data, device)
+        log(f"{summary} ({time.perf_counter() - started:.1f}s to read and measure the training set)")
+        preprocess = Preprocess(data.channels, data.mean, data.std, cfg.scale)
+        data_plan = DataPlan(data.mask_values, preprocess, data.rarer_classes(data.mask_values))
+    check_plan(cfg, data_plan.mask_values)
+    return cfg, data_plan
+
+
+def check_plan(cfg: TrainConfig, mask_values: MaskValues) -> None:
+    if cfg.binary and mask_values.num_classes != 2:
+        raise UnetkitError(f"--binary needs masks with two values, found {mask_values.values}")
+    if cfg.class_weights is not None and len(cfg.class_weights) != mask_values.num_classes:
+        raise UnetkitError(
+            f"--class-weights has {len(cfg.class_weights)} weight(s) but the masks have "
+            f"{mask_values.num_classes} classes {mask_values.values}; give one weight per class"
+        )
+
+
+# --- datasets ---
+def build_datasets(
+    cfg: TrainConfig, data_plan: DataPlan, train_pairs: Sequence[Pair], val_pairs: Sequence[Pair]
+) -> tuple[SegmentationDataset, SegmentationDataset]:
+    """The training set (patches, augmentation) and the validation set (whole images); every
+    file is decoded and checked here, before the first step."""
+    augment = None
+    if cfg.augment:
+        turns = cfg.orientation != "upright"  # upright scenes are only mirrored left-right
+        no_elastic = {} if cfg.elastic else {"elastic_sigma_px": 0.0}
+        augment = AugmentConfig(vertical_flips=turns, rotate90=turns, **no_elastic)
+    cache_bytes = cfg.cache_gb * 2**30 if cfg.cache_gb is not None else None
+    shared = {"mask_values": data_plan.mask_values, "preprocess": data_plan.preprocess, "cache_bytes": cache_bytes}
+    train_set = SegmentationDataset(
+        train_pairs,
+        patch_size=cfg.patch_size or None,
+        augment=augment,
+        patches_per_image=cfg.patches_per_image,
+        sampled_classes=data_plan.sampled_classes,
+        **shared,
+    )
+    val_set = SegmentationDataset(val_pairs, **shared)
+    train_set.check_all()
+    val_set.check_all()
+    if not cfg.patch_size:
+        check_image_sizes(cfg, train_set)
+    return train_set, val_set
+
+
+def check_image_sizes(cfg: TrainConfig, train_set: SegmentationDataset) -> None:
+    """Whole-image training needs every image at least the network's minimum size."""
+    minimum = cfg.min_input_size()
+    for index, pair in enumerate(train_set.pairs):
+        height, width = train_set.load(index)[0].shape[-2:]
+        if min(height, width) < minimum:
+            raise UnetkitError(
+                f"{pair.image}: image is {width}x{height} pixels at --scale {cfg.scale:g}, smaller than "
+                f"the {minimum}x{minimum} minimum of a {cfg.model} of --depth {cfg.depth}; "
+                "use larger images, a larger --scale or a smaller --depth, or remove it"
+            )
+
+
+# --- model ---
+def model_spec(cfg: TrainConfig, data_plan: DataPlan) -> ModelSpec:
+    """The registered model's arguments from the options (the model says which it reads)."""
+    out_channels = 1 if cfg.binary else data_plan.mask_values.num_classes
+    args = model_class(cfg.model).arguments(cfg, data_plan.preprocess.in_channels, out_channels)
+    return ModelSpec(cfg.model, args, data_plan.mask_values, data_plan.preprocess, bool(cfg.binary))
+
+
+@dataclass
+class ModelSetup:
+    model: nn.Module  # wrapped in DDP under torchrun
+    amp: AmpPolicy
+    channels_last: bool
+    memory_format: torch.memory_format
+
+
+def build_model(cfg: TrainConfig, spec: ModelSpec, dist: Distributed) -> ModelSetup:
+    """The network with seeded initial weights, its AMP policy and memory layout, the same on every rank."""
+    torch.manual_seed(cfg.seed)  # the same initial weights for the same seed
+    model = spec.build().to(dist.device)
+    amp = resolve_amp(cfg.amp, dist.device)
+    chosen = dist.broadcast_object(amp.name)  # `auto` times a conv: ranks could disagree
+    if chosen != amp.name:
+        amp = resolve_amp(chosen, dist.device)
+    if cfg.channels_last == "auto":
+        width = model_class(spec.name).probe_channels(spec.args)
+        channels = max(16, min(64, width))
+        size = min(256, cfg.patch_size or 256)
+        channels_last = channels_last_is_faster(dist.device, amp.dtype, channels=channels, size=size, backward=True)
+    else:
+        channels_last = cfg.channels_last == "on"
+    channels_last = dist.broadcast_object(channels_last)  # DDP needs one layout
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = dist.wrap(model.to(memory_format=memory_format), cfg.sync_bn)  # DDP under torchrun
+    return ModelSetup(model, amp, channels_last, memory_format)
+
+
+# --- optimisation ---
+def build_optimizer(cfg: TrainConfig, params: Any) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":  # the U-Net paper: SGD with momentum 0.99
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "rmsprop":  # milesial/Pytorch-UNet's choice
+        return torch.optim.RMSprop(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    raise UnetkitError(f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+@dataclass
+class Optimisation:
+    criterion: SegmentationLoss
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader
+    sampler: DistributedSampler | None  # under torchrun: each rank's share of every epoch
+    schedule: Schedule
+    scaler: torch.amp.GradScaler
+
+
+def build_optimisation(
+    cfg: TrainConfig,
+    setup: ModelSetup,
+    train_set: SegmentationDataset,
+    dist: Distributed,
+    time_progress: Callable[[int, int], float],
+) -> Optimisation:
+    """Loss, optimizer, loader, LR schedule (over the epochs, or over --time through
+    `time_progress(step, steps_per_epoch)`) and the fp16 gradient scaler."""
+    criterion = SegmentationLoss(cfg.loss, cfg.class_weights).to(dist.device)
+    optimizer = build_optimizer(cfg, setup.model.parameters())
+    sampler = dist.sampler(train_set, cfg.seed)
+    per_rank = len(sampler) if sampler is not None else len(train_set)
+    loader = DataLoader(
+        train_set,
+        batch_size=cfg.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=per_rank > cfg.batch_size,
+        num_workers=cfg.workers,
+        pin_memory=dist.device.type == "cuda",
+        persistent_workers=cfg.workers > 0,
+        collate_fn=None if cfg.patch_size else pad_collate,  # whole images of mixed sizes
+    )
+    schedule = Schedule(
+        cfg.scheduler,
+        optimizer,
+        len(loader),
+        cfg.epochs or 1,
+        cfg.warmup_epochs,
+        cfg.step_size,
+        cfg.gamma,
+        time_progress=(lambda step: time_progress(step, len(loader))) if cfg.time else None,
+    )
+    scaler = torch.amp.GradScaler(dist.device.type, enabled=setup.amp.use_scaler)
+    return Optimisation(criterion, optimizer, loader, sampler, schedule, scaler)

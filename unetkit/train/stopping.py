@@ -1,0 +1,44 @@
+"""When training stops before its last epoch, in one place: a loss that is not finite (an error,
+raised before those weights reach a checkpoint), no better validation Dice for --patience
+epochs, or a --time budget that another epoch would pass. Under torchrun every rank decides
+together, so none is left waiting in a collective."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from unetkit.errors import UnetkitError
+from unetkit.train.config import TrainConfig
+from unetkit.train.distributed import Distributed
+
+
+class StopRules:
+    def __init__(self, cfg: TrainConfig, dist: Distributed, out: Path) -> None:
+        self.cfg, self.dist, self.out = cfg, dist, out
+
+    def check_finite(self, epoch: int, losses: dict[str, float], saved_epoch: int) -> None:
+        """Stop on a NaN/inf loss. The epoch losses are already on the host here, so this costs
+        no extra device sync."""
+        bad = [(name, value) for name, value in losses.items() if not math.isfinite(value)]
+        if not self.dist.any_rank(bool(bad)):
+            return
+        bad = bad or [("another rank's training", math.nan)]
+        last = self.out / "last.pt"
+        kept = f"{last} keeps epoch {saved_epoch} untouched" if saved_epoch else "no checkpoint was saved"
+        raise UnetkitError(
+            f"{bad[0][0]} loss became {bad[0][1]} in epoch {epoch}, so training stopped and {kept}; "
+            "train again with a lower --lr, or with --amp off"
+        )
+
+    def reason_to_stop(self, epoch: int, epochs_since_best: int, elapsed: float, epoch_seconds: float) -> str | None:
+        """Why no further epoch should start, or None. `epoch_seconds`: the last epoch's training,
+        validation and saving, the best guess of the next one's."""
+        cfg = self.cfg
+        if cfg.patience is not None and epochs_since_best >= cfg.patience:
+            return f"early stop: no better val Dice for {cfg.patience} epochs"
+        over_budget = cfg.time is not None and elapsed + epoch_seconds > cfg.time and epoch >= (cfg.min_epochs or 0)
+        if self.dist.any_rank(over_budget):  # the ranks' clocks differ; all stop together
+            done = f" and the {cfg.min_epochs} minimum epochs are done" if cfg.min_epochs else ""
+            return f"stopping: another epoch would pass the {cfg.time:g}-second budget{done}"
+        return None
