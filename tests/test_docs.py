@@ -1,8 +1,7 @@
-"""The docs generator's figures render (the training-based one only with -m slow)."""
+"""The docs generator (docs/make_figures.py)'s figures render (the training-based one only with -m slow)."""
 
+import make_figures as docs
 import pytest
-
-from unetkit import docs
 
 
 @pytest.mark.parametrize("name", ["dice_iou", "upsampling", "amp", "schedulers"])

@@ -147,3 +147,13 @@ def test_class_balanced_patches_find_a_small_object(tmp_path):
     assert hits([1], 1.0) == 60
     assert hits([], 0.0) < 20
     assert 20 <= hits([1], 1 / 3) < 60
+
+
+def test_channel_moments_match_float64_numpy_across_row_blocks():
+    from unetkit.data.fingerprint import channel_moments
+
+    image = np.random.default_rng(0).random((301, 77, 3), dtype=np.float32)  # 3 blocks of 128 rows, the last short
+    sums, squares = channel_moments(image)
+    exact = image.astype(np.float64)
+    np.testing.assert_allclose(sums, exact.sum(axis=(0, 1)), rtol=1e-12)
+    np.testing.assert_allclose(squares, (exact**2).sum(axis=(0, 1)), rtol=1e-12)

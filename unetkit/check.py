@@ -4,13 +4,15 @@ stop training or quietly hurt it, each problem with its fix, instead of failing 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from unetkit.data.io import read_image, read_mask
 from unetkit.data.mask_values import MAX_DISCOVERED_VALUES, MAX_VALUE, bit_depth, depths_disagree, values_outside
-from unetkit.data.pairing import match_folders
+from unetkit.data.pairing import Matching, Pair, match_folders
 from unetkit.errors import UnetkitError
 
 LOSSY_EXTENSIONS = (".jpg", ".jpeg")
@@ -29,55 +31,9 @@ def check_dataset(images_dir: str | Path, masks_dir: str | Path, mask_suffix: st
     except UnetkitError as err:
         problems.append({"file": str(err).split(": ", 1)[0], "problem": str(err)})
         return {**report, "ok": False, "pairs": 0}
-    for name in matching.images_without_masks:
-        problems.append(
-            {
-                "file": str(images_dir / name),
-                "problem": "image has no mask",
-                "fix": f"add its mask to {masks_dir} or remove the image",
-            }
-        )
-    for name in matching.masks_without_images:
-        problems.append(
-            {
-                "file": str(masks_dir / name),
-                "problem": "mask has no image",
-                "fix": f"add its image to {images_dir} or remove the mask",
-            }
-        )
-
-    sizes: dict[str, tuple[int, int]] = {}
-    channels: dict[str, int] = {}
-    value_counts: Counter[int] = Counter()
-    depths: dict[str, Path] = {}  # mask bit depth -> the first mask of that depth
-    for pair in matching.pairs:
-        try:
-            image = read_image(pair.image)
-            mask = read_mask(pair.mask)
-        except UnetkitError as err:
-            problems.append({"file": str(err).split(": ", 1)[0], "problem": str(err)})
-            continue
-        sizes[pair.image.name] = image.shape[:2]
-        channels[pair.image.name] = image.shape[2]
-        if image.shape[:2] != mask.shape:
-            problems.append(
-                {
-                    "file": str(pair.mask),
-                    "problem": f"mask is {mask.shape[1]}x{mask.shape[0]}, image {image.shape[1]}x{image.shape[0]}",
-                    "fix": "masks must be the same size as their images",
-                }
-            )
-        depths.setdefault(bit_depth(mask.dtype), pair.mask)
-        values, counts = np.unique(mask, return_counts=True)
-        value_counts.update(dict(zip(values.tolist(), counts.tolist(), strict=True)))
-        if pair.mask.suffix.lower() in LOSSY_EXTENSIONS:
-            warnings.append(
-                {
-                    "file": str(pair.mask),
-                    "problem": "JPEG mask: compression changes pixel values at edges",
-                    "fix": "save masks as PNG",
-                }
-            )
+    problems += unpaired(matching, images_dir, masks_dir)
+    scan = scan_pairs(matching.pairs, problems, warnings)
+    sizes, channels, value_counts, depths = scan.sizes, scan.channels, scan.value_counts, scan.depths
 
     if depths_disagree(set(depths), set(value_counts)):
         shown = ", ".join(f"{depth} ({path.name})" for depth, path in depths.items())
@@ -95,6 +51,72 @@ def check_dataset(images_dir: str | Path, masks_dir: str | Path, mask_suffix: st
     report["mask_suffix"] = matching.suffix
     report["ok"] = not problems
     return report
+
+
+def unpaired(matching: Matching, images_dir: Path, masks_dir: Path) -> list[dict]:
+    """A problem for every image without a mask and every mask without an image."""
+    problems = [
+        {
+            "file": str(images_dir / name),
+            "problem": "image has no mask",
+            "fix": f"add its mask to {masks_dir} or remove the image",
+        }
+        for name in matching.images_without_masks
+    ]
+    problems += [
+        {
+            "file": str(masks_dir / name),
+            "problem": "mask has no image",
+            "fix": f"add its image to {images_dir} or remove the mask",
+        }
+        for name in matching.masks_without_images
+    ]
+    return problems
+
+
+@dataclass
+class PairScan:
+    """What reading every pair found: sizes and channels by image name, mask value counts, and
+    the first mask of each bit depth."""
+
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    channels: dict[str, int] = field(default_factory=dict)
+    value_counts: Counter[int] = field(default_factory=Counter)
+    depths: dict[str, Path] = field(default_factory=dict)
+
+
+def scan_pairs(pairs: Sequence[Pair], problems: list[dict], warnings: list[dict]) -> PairScan:
+    """Read every pair once; unreadable files and size mismatches become problems, JPEG masks warnings."""
+    scan = PairScan()
+    for pair in pairs:
+        try:
+            image = read_image(pair.image)
+            mask = read_mask(pair.mask)
+        except UnetkitError as err:
+            problems.append({"file": str(err).split(": ", 1)[0], "problem": str(err)})
+            continue
+        scan.sizes[pair.image.name] = image.shape[:2]
+        scan.channels[pair.image.name] = image.shape[2]
+        if image.shape[:2] != mask.shape:
+            problems.append(
+                {
+                    "file": str(pair.mask),
+                    "problem": f"mask is {mask.shape[1]}x{mask.shape[0]}, image {image.shape[1]}x{image.shape[0]}",
+                    "fix": "masks must be the same size as their images",
+                }
+            )
+        scan.depths.setdefault(bit_depth(mask.dtype), pair.mask)
+        values, counts = np.unique(mask, return_counts=True)
+        scan.value_counts.update(dict(zip(values.tolist(), counts.tolist(), strict=True)))
+        if pair.mask.suffix.lower() in LOSSY_EXTENSIONS:
+            warnings.append(
+                {
+                    "file": str(pair.mask),
+                    "problem": "JPEG mask: compression changes pixel values at edges",
+                    "fix": "save masks as PNG",
+                }
+            )
+    return scan
 
 
 def _summarise_shapes(report: dict, sizes: dict, channels: dict, warnings: list[dict]) -> None:

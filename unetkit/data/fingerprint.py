@@ -71,7 +71,7 @@ class PairScan:
 
 def scan_pair(pair: Pair, with_geometry: bool = False) -> PairScan:
     image, mask = read_pair(pair.image, pair.mask)
-    channels = [image[:, :, c].astype(np.float64).ravel() for c in range(image.shape[2])]
+    channel_sum, channel_sumsq = channel_moments(image)
     values, inverse, counts = np.unique(mask, return_inverse=True, return_counts=True)
     heights = np.broadcast_to(np.linspace(0, 1, mask.shape[0])[:, None], mask.shape)
     row_sums = np.bincount(inverse.reshape(-1), weights=heights.reshape(-1), minlength=len(values))
@@ -80,8 +80,8 @@ def scan_pair(pair: Pair, with_geometry: bool = False) -> PairScan:
         image.shape[0],
         image.shape[1],
         image.shape[2],
-        np.array([channel.sum() for channel in channels]),
-        np.array([channel @ channel for channel in channels]),
+        channel_sum,
+        channel_sumsq,
         values,
         counts,
         row_sums,
@@ -89,6 +89,17 @@ def scan_pair(pair: Pair, with_geometry: bool = False) -> PairScan:
     if with_geometry and len(values) > 1:
         scan.geometry = {int(v): region_geometry(mask == v) for v in values}
     return scan
+
+
+def channel_moments(image: np.ndarray, rows: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel sum and sum of squares of an (H, W, C) image, accumulated in float64 a block of
+    rows at a time, so a large image is never copied whole into float64."""
+    sums, squares = np.zeros(image.shape[2]), np.zeros(image.shape[2])
+    for start in range(0, image.shape[0], rows):
+        block = image[start : start + rows].reshape(-1, image.shape[2]).astype(np.float64)
+        sums += block.sum(axis=0)
+        squares += np.einsum("pc,pc->c", block, block)
+    return sums, squares
 
 
 def region_geometry(region: np.ndarray) -> tuple[float, float]:

@@ -15,10 +15,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from unetkit.core.amp import resolve_amp
+from unetkit.core.amp import AMP_MODES, resolve_amp
 from unetkit.core.checkpoint import load_checkpoint, model_from_checkpoint
 from unetkit.core.hardware import channels_last_is_faster, fastest_call, resolve_device
 from unetkit.core.model_spec import ModelSpec
+from unetkit.core.options import check_fields, number, option, whole
 from unetkit.data import read_image
 from unetkit.errors import UnetkitError
 from unetkit.inference.tiling import Forward, predict_tiled, with_tta
@@ -34,25 +35,37 @@ AUTO_TILING_PIXELS = 1024 * 1024  # above this many pixels (at the model's scale
 
 @dataclass
 class InferenceOptions:
-    tiling: str = "auto"  # auto: tile images above AUTO_TILING_PIXELS; on: always; off: never
-    tile: int = 512
-    overlap: int = 64
-    batch_size: int = 4  # tiles per forward pass
-    tta: bool = False
-    progress: bool = False
-    backend: str = "auto"  # for checkpoints: auto | torch | onnxruntime (see Predictor._choose_backend)
+    """How predict and evaluate run a model; each field is one option of both commands
+    (unetkit/cli/arguments.py makes them from these fields)."""
+
+    threshold: float = option(
+        0.5, "foreground probability cut-off for binary models", valid=lambda v: number(v) and 0 < v < 1,
+        need="a probability between 0 and 1, e.g. 0.5",
+    )  # fmt: skip
+    tiling: str = option("auto", "overlapping tiles: auto tiles images above 1024x1024 pixels", choices=TILING_MODES)
+    tile: int = option(
+        512, "tile size in pixels, at the model's scale", valid=whole(16, 65536), need="16 pixels or more"
+    )
+    overlap: int = option(64, "overlap between tiles in pixels; blended with a Gaussian window")
+    batch_size: int = option(4, "tiles per forward pass", valid=whole(1, 4096), need="at least 1 (at most 4096)")
+    tta: bool = option(
+        False, "test-time augmentation: average flipped (and, for square tiles, rotated) predictions",
+        flag=("--tta", True),
+    )  # fmt: skip
+    amp: str = option("auto", "mixed precision for PyTorch models, as for train", choices=AMP_MODES)
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    backend: str = option(
+        "auto",
+        "for --checkpoint: run with PyTorch, or export on the fly to ONNX Runtime; auto times both on CPUs "
+        "without bf16 (fp32) when onnxruntime is installed and keeps the faster",
+        choices=BACKENDS,
+    )
+    progress: bool = option(False, "no progress bar", flag=("--no-progress", False))
 
     def __post_init__(self) -> None:
-        if self.tiling not in TILING_MODES:
-            raise UnetkitError(f"--tiling must be one of {', '.join(TILING_MODES)}, not {self.tiling!r}")
-        if self.tile < 16:
-            raise UnetkitError(f"--tile {self.tile} is too small; use 16 pixels or more (default 512)")
-        if not 0 <= self.overlap < self.tile:
+        check_fields(self)
+        if not (number(self.overlap) and 0 <= self.overlap < self.tile):
             raise UnetkitError(f"--overlap {self.overlap} must be at least 0 and smaller than --tile {self.tile}")
-        if self.batch_size < 1:
-            raise UnetkitError(f"--batch-size {self.batch_size} must be at least 1")
-        if self.backend not in BACKENDS:
-            raise UnetkitError(f"--backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
 
 
 class Predictor:
@@ -62,11 +75,12 @@ class Predictor:
     def __init__(
         self,
         source: str | Path | dict[str, Any],
-        device: str = "auto",
-        amp: str = "auto",
+        device: str | None = None,
+        amp: str | None = None,
         options: InferenceOptions | None = None,
     ) -> None:
         self.options = options or InferenceOptions()
+        device, amp = device or self.options.device, amp or self.options.amp  # the arguments win
         if isinstance(source, str | Path) and Path(source).suffix.lower() == ".onnx":
             from unetkit.inference.onnx_runtime import OnnxModel
 

@@ -1,4 +1,4 @@
-"""Generate the figures of the docs/ concept pages: `python -m unetkit.docs [--out docs/figures]`.
+"""Generate the figures of the docs/ concept pages: `python docs/make_figures.py [--out docs/figures]`.
 
 Each figure is computed from unetkit's own code on this machine, so the pages show what the
 code does, not what it is said to do. All but `dumbnet_vs_unet` take seconds; that one trains
@@ -278,7 +278,7 @@ CHEAP_FIGURES = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m unetkit.docs", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python docs/make_figures.py", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs/figures", help="folder for the figures (default docs/figures)")
     parser.add_argument("--skip-training", action="store_true", help="skip the DumbNet vs U-Net figure")
     parser.add_argument("--only", nargs="+", choices=[*CHEAP_FIGURES, "dumbnet_vs_unet"], help="just these figures")

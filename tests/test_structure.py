@@ -1,0 +1,93 @@
+"""The code's shape, as issue 12 set it: short functions, one-way imports (inference never reaches
+into training, no cycles), and options that are dataclass fields, so a new field is a new option."""
+
+import argparse
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from unetkit.cli import build_parser
+from unetkit.cli.arguments import add_dataclass_arguments
+from unetkit.core.options import option, whole
+from unetkit.inference import InferenceOptions
+from unetkit.train.config import TrainConfig
+
+PACKAGE = Path(__file__).resolve().parents[1] / "unetkit"
+MAX_FUNCTION_LINES = 60
+
+
+def modules() -> dict[str, ast.Module]:
+    trees = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        trees[name] = ast.parse(path.read_text(), str(path))
+    return trees
+
+
+def imports(tree: ast.Module, known: set[str]) -> set[str]:
+    """The unetkit modules a module imports (`from unetkit.x import y` counts x.y when y is a module)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("unetkit"):
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found & known
+
+
+def test_no_function_is_longer_than_a_screen():
+    long = [
+        f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines"
+        for name, tree in modules().items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+    assert not long
+
+
+def test_inference_imports_nothing_from_training_and_there_is_no_cycle():
+    trees = modules()
+    graph = {name: imports(tree, set(trees)) - {name} for name, tree in trees.items()}
+    inference = {name: deps for name, deps in graph.items() if name.startswith("unetkit.inference")}
+    assert not {name: deps for name, deps in inference.items() if any(d.startswith("unetkit.train") for d in deps)}
+    visiting, done, cycles = [], set(), []
+
+    def visit(name: str) -> None:
+        visiting.append(name)
+        for dep in graph[name]:
+            if dep in visiting:
+                cycles.append(visiting[visiting.index(dep) :] + [dep])
+            elif dep not in done:
+                visit(dep)
+        visiting.pop()
+        done.add(name)
+
+    for name in graph:
+        if name not in done:
+            visit(name)
+    assert not cycles
+
+
+@pytest.mark.parametrize(("command", "options"), [("train", TrainConfig), ("predict", InferenceOptions)])
+def test_every_field_is_an_option(command, options):
+    parser = build_parser()
+    subparser = parser._subparsers._group_actions[0].choices[command]
+    destinations = {action.dest for action in subparser._actions}
+    assert {field.name for field in dataclasses.fields(options)} <= destinations
+
+
+def test_a_new_field_is_a_new_checked_option():
+    @dataclasses.dataclass
+    class Options:
+        border_width: int = option(3, "pixels", group="data", valid=whole(1, 9), need="1 to 9 pixels")
+
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, Options)
+    assert parser.parse_args(["--border-width", "5"]).border_width == 5
+    assert parser.parse_args([]).border_width is None  # not typed: the dataclass's default applies
+    assert "(default 3)" in parser.format_help()

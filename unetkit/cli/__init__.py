@@ -1,0 +1,165 @@
+"""The `unetkit` command: train, evaluate, predict, export, check, demo. The options of train and
+of predict/evaluate are made from TrainConfig's and InferenceOptions' fields (arguments.py); the
+commands' work is in commands.py."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from unetkit.cli.arguments import add_dataclass_arguments
+from unetkit.cli.commands import (
+    cmd_check,
+    cmd_demo,
+    cmd_evaluate,
+    cmd_export,
+    cmd_predict,
+    cmd_train,
+    config_and_given_options,
+    config_from_args,
+)
+from unetkit.core.amp import AMP_MODES
+from unetkit.core.options import duration as parse_duration
+from unetkit.errors import UnetkitError
+from unetkit.inference import InferenceOptions
+from unetkit.train.config import TrainConfig
+
+__all__ = ["add_train_arguments", "build_parser", "config_and_given_options", "config_from_args", "main"]
+__all__ += ["parse_duration"]
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    add_dataclass_arguments(p, TrainConfig)
+    p.add_argument(
+        "--config",
+        help="a TOML (or YAML) file of these options, e.g. a run's config.toml; options given here override it",
+    )
+
+
+def add_inference_arguments(p: argparse.ArgumentParser) -> None:
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="a best.pt or last.pt from a run")
+    model.add_argument("--onnx", help="an exported model.onnx (run with ONNX Runtime) instead of a checkpoint")
+    add_dataclass_arguments(p, InferenceOptions)
+
+
+def add_labelled_folder_arguments(p: argparse.ArgumentParser, json_help: str) -> None:
+    """The folder pair that `evaluate` and `check` read, and where their report may go."""
+    p.add_argument("--images", required=True, help="folder of images")
+    p.add_argument("--masks", required=True, help="folder of their masks")
+    p.add_argument("--mask-suffix", help="mask name = image stem + this (default: tried automatically)")
+    p.add_argument("--json", help=json_help)
+
+
+def add_predict_arguments(p: argparse.ArgumentParser) -> None:
+    add_inference_arguments(p)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
+    p.add_argument("--out", required=True, help="folder for the masks")
+    p.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png, the mask over the image")
+    p.add_argument(
+        "--probabilities", action="store_true", help="also write <name>_probs.tif: float32, one channel per class"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace files of an earlier prediction in --out (default: refuse)"
+    )
+
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt from a run")
+    p.add_argument("--onnx", help="output .onnx file")
+    p.add_argument("--safetensors", help="output .safetensors file; predict/evaluate take it as --checkpoint")
+
+
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    p.add_argument("--amp", choices=AMP_MODES, default="auto", help="mixed precision, as for train (default auto)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    add_inference_arguments(p)
+    add_labelled_folder_arguments(p, "also write the full report (per class, per image) to this file")
+
+
+Arguments = Callable[[argparse.ArgumentParser], None]
+# name: (what `unetkit --help` says, what `unetkit NAME --help` says, its options, what it runs)
+COMMANDS: dict[str, tuple[str, str, Arguments, Callable]] = {
+    "train": (
+        "train a model on folders of images and masks",
+        "Train a U-Net on folders of images and masks.",
+        add_train_arguments,
+        cmd_train,
+    ),
+    "evaluate": (
+        "score a model on a labelled folder (Dice, IoU)",
+        "Dice and IoU per class and per image on a labelled folder.",
+        add_evaluate_arguments,
+        cmd_evaluate,
+    ),
+    "predict": (
+        "write masks for new images",
+        "Write a PNG mask per image, same size as the image, in the training mask values.",
+        add_predict_arguments,
+        cmd_predict,
+    ),
+    "export": (
+        "export a checkpoint to ONNX or safetensors for deployment and sharing",
+        "Export to ONNX (dynamic batch, height, width; checked against PyTorch with ONNX Runtime) "
+        "and/or to safetensors (weights plus JSON metadata, safe to load from strangers).",
+        add_export_arguments,
+        cmd_export,
+    ),
+    "check": (
+        "check a data set before training (exit 1 if training would fail)",
+        "The data set doctor: pairs, sizes, channels, mask values, class fractions, broken files.",
+        lambda p: add_labelled_folder_arguments(p, "also write the report to this file"),
+        cmd_check,
+    ),
+    "demo": (
+        "train and evaluate on the bundled ISBI 2012 EM membranes",
+        "Train on ISBI 2012 slices 00-24, score held-out slices 25-29.",
+        add_demo_arguments,
+        cmd_demo,
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from unetkit import __version__
+
+    parser = argparse.ArgumentParser(prog="unetkit", description="U-Net segmentation: train, evaluate, predict.")
+    parser.add_argument("--version", action="version", version=f"unetkit {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (summary, description, add_arguments, run) in COMMANDS.items():
+        p = commands.add_parser(name, help=summary, description=description)
+        add_arguments(p)
+        p.set_defaults(func=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.func(args)
+    except BrokenPipeError:  # output piped into `head` and the like: not an error of ours
+        sys.stderr.close()
+        return 0
+    except UnetkitError as err:
+        print(_printable(f"unetkit {args.command}: error: {err}"), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as err:
+        # The trainer re-raises Ctrl-C with where its checkpoint is and how to resume.
+        detail = f": {err}" if str(err) else ""
+        print(_printable(f"unetkit {args.command}: interrupted{detail}"), file=sys.stderr)
+        return 130
+    return code or 0
+
+
+def _printable(text: str) -> str:
+    """File names that are not valid UTF-8 reach Python as lone surrogates, which cannot be
+    printed; show their bytes as \\xNN (as `ls -b` does) so the message still names the file."""
+    raw = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+    return raw.encode(encoding, "backslashreplace").decode(encoding)

@@ -1,0 +1,144 @@
+"""What each `unetkit` command does with its parsed options (the parser is in __init__.py)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from unetkit.errors import UnetkitError
+from unetkit.train.config import TrainConfig
+from unetkit.train.config_file import load_config_file
+from unetkit.train.options import user_options
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """TrainConfig defaults < the --config file < options given on the command line."""
+    return config_and_given_options(args)[0]
+
+
+def config_and_given_options(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
+    """The config, and the names of the options set on the command line or in the --config file
+    (unetkit/train/options.py: layers 1-3). On --resume only these replace the checkpoint's own."""
+    config_file = getattr(args, "config", None)
+    file = load_config_file(config_file) if config_file else None
+    typed = {name: getattr(args, name, None) for name in TrainConfig().to_dict()}
+    return user_options(file, typed)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from unetkit.train import train
+    from unetkit.train.distributed import is_main_process
+
+    cfg, given = config_and_given_options(args)
+    result = train(cfg, resume_overrides=given)
+    if not is_main_process():  # under torchrun, one summary is enough
+        return
+    best = f"best val Dice {result.best_dice:.4f}" if result.best_dice > -1 else "no validation: best = last"
+    print(f"checkpoints: {result.best_checkpoint} ({best}), {result.last_checkpoint}")
+    print(f"logs: {result.out / 'metrics.csv'}, {result.out / 'curves.png'}")
+
+
+def inference_options(args: argparse.Namespace):
+    """InferenceOptions with the fields given on the command line; the rest at their defaults."""
+    from unetkit.inference import InferenceOptions
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(InferenceOptions)}
+    given["progress"] = given["progress"] is None  # bars on the command line unless --no-progress
+    return InferenceOptions(**{name: value for name, value in given.items() if value is not None})
+
+
+def predictor_from_args(args: argparse.Namespace):
+    from unetkit.inference import Predictor
+
+    options = inference_options(args)
+    source = args.onnx or args.checkpoint
+    if source is None:
+        raise UnetkitError("give the model with --checkpoint CKPT (or --onnx MODEL.onnx)")
+    if options.backend == "onnxruntime" and options.amp in ("bf16", "fp16"):
+        raise UnetkitError(f"--backend onnxruntime runs in fp32; drop --amp {options.amp} or use --backend torch")
+    predictor = Predictor(source, options=options)
+    if predictor.backend == "onnxruntime":
+        how = "as asked" if args.onnx or options.backend == "onnxruntime" else "timed faster than PyTorch fp32 here"
+        print(f"running on ONNX Runtime ({how})")
+    else:
+        print(f"running on PyTorch, {predictor.device}, {predictor.amp.compute_dtype}")
+    return predictor
+
+
+def output_file(option: str, path: str | None, suffix: str) -> None:
+    """An output file option must name a file of its kind: `--json masks/img01.png` or
+    `--onnx best.pt` would replace the user's data with a report or a model."""
+    if path is not None and Path(path).suffix.lower() != suffix:
+        raise UnetkitError(
+            f"{option} {path}: give a file name ending in {suffix}; the output never replaces another kind of file"
+        )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from unetkit.data import find_pairs
+    from unetkit.evaluate import evaluate_pairs, format_report
+
+    output_file("--json", args.json, ".json")
+    predictor = predictor_from_args(args)
+    pairs = find_pairs(args.images, args.masks, args.mask_suffix)
+    options = predictor.options
+    report = evaluate_pairs(predictor, pairs, options.threshold, progress=options.progress)
+    print(format_report(report))
+    if args.json:
+        from unetkit.core.atomic import write_json
+
+        write_json(Path(args.json), report)
+        print(f"wrote {args.json}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from unetkit.predict import predict_files
+
+    predictor = predictor_from_args(args)
+    written = predict_files(
+        predictor,
+        args.inputs,
+        args.out,
+        predictor.options.threshold,
+        args.overlay,
+        args.probabilities,
+        predictor.options.progress,
+        args.overwrite,
+    )
+    print(f"wrote {len(written)} mask(s) to {args.out}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    if not args.onnx and not args.safetensors:
+        raise UnetkitError("export needs --onnx FILE and/or --safetensors FILE")
+    output_file("--onnx", args.onnx, ".onnx")
+    output_file("--safetensors", args.safetensors, ".safetensors")
+    if args.onnx:
+        from unetkit.inference.onnx_export import export_onnx
+
+        difference = export_onnx(args.checkpoint, args.onnx)
+        print(f"wrote {args.onnx}; ONNX Runtime vs PyTorch max abs logit difference {difference:.2e}")
+    if args.safetensors:
+        from unetkit.core.checkpoint import export_safetensors
+
+        print(f"wrote {export_safetensors(args.checkpoint, args.safetensors)} (weights and metadata only, no pickle)")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from unetkit.check import check_dataset, format_check
+
+    output_file("--json", args.json, ".json")
+    report = check_dataset(args.images, args.masks, args.mask_suffix)
+    print(format_check(report))
+    if args.json:
+        from unetkit.core.atomic import write_json
+
+        write_json(Path(args.json), report)
+    return 0 if report["ok"] else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from unetkit.demo import run_demo
+
+    run_demo(args.out, progress=not args.no_progress, amp=args.amp)
