@@ -239,7 +239,7 @@ def figure_dumbnet_vs_unet(out: Path, epochs: int = 10, minutes_each: float = 1.
         predictor = Predictor(run.best_checkpoint)
         params = sum(p.numel() for p in predictor.model.parameters())
 
-        def keep_first(pair, _image, class_ids, model=model) -> None:
+        def keep_first(pair, _image, class_ids, _objects, model=model) -> None:
             if pair.name == heldout[0].name:
                 examples[model] = class_ids
 

@@ -62,7 +62,7 @@ def run_demo(out: str | Path = "runs/demo", progress: bool = True, amp: str = "a
     predictor = Predictor(result.best_checkpoint, amp=amp)
     overlays = out / "heldout"
 
-    def write_outputs(pair, image, class_ids) -> None:
+    def write_outputs(pair, image, class_ids, _objects) -> None:
         save_png(overlays / f"{pair.name}.png", predictor.mask_values.decode(class_ids))
         save_png(overlays / f"{pair.name}_overlay.png", overlay(image, class_ids))
 
@@ -75,6 +75,11 @@ def run_demo(out: str | Path = "runs/demo", progress: bool = True, amp: str = "a
         f"held-out slices 25-29 at 512x512: cell interior (255) Dice {by_value[255]['dice']:.4f} "
         f"IoU {by_value[255]['iou']:.4f}; membrane (0) Dice {by_value[0]['dice']:.4f} "
         f"IoU {by_value[0]['iou']:.4f}"
+    )
+    objects = report["objects"]
+    print(
+        f"held-out cells as objects: adapted Rand error {objects['adapted_rand_error']:.4f}, "
+        f"{objects['predicted_objects']} found / {objects['true_objects']} true"
     )
     print(f"training {trained:.0f}s, total {total:.0f}s")
     print(f"checkpoint: {result.best_checkpoint}")

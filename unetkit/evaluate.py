@@ -1,5 +1,6 @@
 """Scoring a trained model on a labelled folder: Dice and IoU per class, their mean, pixel
-accuracy, and the same per image."""
+accuracy, and the same per image; and the objects: the model's objects (inference/instances.py)
+against the connected components of the true mask, by the scores of object_metrics.py."""
 
 from __future__ import annotations
 
@@ -11,8 +12,16 @@ from tqdm.auto import tqdm
 
 from unetkit.data import Pair
 from unetkit.data.io import read_pair
+from unetkit.data.mask_values import IGNORE_ID
 from unetkit.inference import Predictor
+from unetkit.inference.instances import true_objects
 from unetkit.metrics import SegmentationMetrics
+from unetkit.object_metrics import mean_scores, object_scores
+
+OBJECTS_ABOUT = (
+    "objects of every class but class 0: true = 4-connected components of the mask, predicted = seeded "
+    "watershed of the probabilities (rule); scores are means over images, counts are sums"
+)
 
 
 def evaluate_pairs(
@@ -20,18 +29,33 @@ def evaluate_pairs(
     pairs: Sequence[Pair],
     threshold: float = 0.5,
     progress: bool = True,
-    on_prediction: Callable[[Pair, np.ndarray, np.ndarray], None] | None = None,
+    on_prediction: Callable[[Pair, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
 ) -> dict:
-    """The evaluation report (see SegmentationMetrics.report) for predictions at full size."""
+    """The evaluation report (see SegmentationMetrics.report) for predictions at full size, with
+    `objects`: the mean object scores over the images (per image in `per_image`). `on_prediction`
+    is called with each pair, its image, predicted class ids and object labels."""
     metrics = SegmentationMetrics(predictor.num_classes, predictor.binary)
+    per_image_objects = []
     for pair in tqdm(pairs, desc="evaluate", unit="img", disable=not progress, leave=False):
         image, mask = read_pair(pair.image, pair.mask)
         target = predictor.mask_values.encode(mask, pair.mask)
-        pred = predictor.class_ids(image, pair.image, threshold)
+        logits = predictor.logits(image, pair.image)
+        pred = predictor.class_ids_from_logits(logits, threshold)
         metrics.update(torch.from_numpy(pred), torch.from_numpy(target), pair.image.name)
+        labels = predictor.objects(logits)[0]
+        del logits
+        true = true_objects(target, predictor.num_classes, IGNORE_ID)
+        scores = object_scores(true, labels)
+        scores["pixel_error"] = 1 - metrics.per_image[-1]["pixel_accuracy"]
+        per_image_objects.append(scores)
+        metrics.per_image[-1].update(scores)
         if on_prediction is not None:
-            on_prediction(pair, image, pred)
-    return metrics.report(predictor.mask_values.values)
+            on_prediction(pair, image, pred, labels)
+    report = metrics.report(predictor.mask_values.values)
+    objects = mean_scores(per_image_objects)
+    objects["pixel_error"] = 1 - report["pixel_accuracy"]
+    report["objects"] = {**objects, "rule": predictor.object_rule.to_dict(), "about": OBJECTS_ABOUT}
+    return report
 
 
 def format_report(report: dict) -> str:
@@ -46,4 +70,12 @@ def format_report(report: dict) -> str:
         f"({report['mean_is']})  pixel accuracy {report['pixel_accuracy']:.4f}  "
         f"images {report['num_images']}"
     )
+    objects = report.get("objects")
+    if objects and objects["adapted_rand_error"] is not None:
+        lines.append(
+            f"objects: adapted Rand error {objects['adapted_rand_error']:.4f}  VI split {objects['vi_split']:.3f} "
+            f"merge {objects['vi_merge']:.3f}  pixel error {objects['pixel_error']:.4f}  "
+            f"F1@0.5 {objects['f1']:.3f}  AP {objects['ap']:.3f}  "
+            f"{objects['predicted_objects']} predicted / {objects['true_objects']} true"
+        )
     return "\n".join(lines)

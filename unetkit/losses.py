@@ -57,18 +57,24 @@ class SegmentationLoss(nn.Module):
         weights = torch.tensor(list(class_weights), dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, pixel_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`pixel_weights` (N, H, W), e.g. the U-Net paper's border term, adds to each pixel's class
+        weight in the pixel loss: w(x) = w_c(x) + border(x)."""
         logits = logits.float()
         valid = target != IGNORE_ID
         safe_target = torch.where(valid, target, torch.zeros_like(target))
         loss = logits.new_zeros(())
         if self.kind in ("ce+dice", "ce", "focal"):
-            loss = loss + self._pixel_loss(logits, safe_target, valid)
+            loss = loss + self._pixel_loss(logits, safe_target, valid, pixel_weights)
         if self.kind in ("ce+dice", "dice"):
             loss = loss + soft_dice_loss(class_probabilities(logits), safe_target, valid)
         return loss
 
-    def _pixel_loss(self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def _pixel_loss(
+        self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, pixel_weights: torch.Tensor | None
+    ) -> torch.Tensor:
         if logits.shape[1] == 1:
             per_pixel = F.binary_cross_entropy_with_logits(logits[:, 0], target.to(logits.dtype), reduction="none")
         else:
@@ -76,7 +82,8 @@ class SegmentationLoss(nn.Module):
         if self.kind == "focal":
             p_true = torch.exp(-per_pixel)  # the probability given to the true class
             per_pixel = (1 - p_true) ** self.focal_gamma * per_pixel
-        weight = valid.to(per_pixel.dtype)
-        if self.class_weights is not None:
-            weight = weight * self.class_weights[target]
+        weight = self.class_weights[target] if self.class_weights is not None else torch.ones_like(per_pixel)
+        if pixel_weights is not None:
+            weight = weight + pixel_weights.to(per_pixel.dtype)
+        weight = weight * valid.to(per_pixel.dtype)
         return (per_pixel * weight).sum() / weight.sum().clamp_min(1.0)

@@ -72,7 +72,9 @@ class SegmentationMetrics:
         self.matrix += matrix
         if name is not None:
             dice, iou = summary_means(matrix, self.binary)
-            self.per_image.append({"file": name, "dice": dice, "iou": iou})
+            total = int(matrix.sum())
+            accuracy = float(matrix.diagonal().sum()) / total if total else float("nan")
+            self.per_image.append({"file": name, "dice": dice, "iou": iou, "pixel_accuracy": accuracy})
 
     @property
     def mean_dice(self) -> float:

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from unetkit.data import IMAGE_EXTENSIONS, list_images, read_image
 from unetkit.errors import UnetkitError
 from unetkit.inference import Predictor, overlay, save_png
+from unetkit.inference.instances import object_table, save_labels, save_table
 from unetkit.inference.outputs import save_probabilities
 
 
@@ -38,13 +39,16 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
-def planned_outputs(files: Sequence[Path], out: Path, overlay: bool, probabilities: bool) -> dict[Path, Path]:
+def planned_outputs(
+    files: Sequence[Path], out: Path, overlay: bool, probabilities: bool, instances: bool = False
+) -> dict[Path, Path]:
     """Every file predict will write -> the input it comes from."""
     outputs: dict[Path, Path] = {}
     for path in files:
         names = [f"{path.stem}.png"]
         names += [f"{path.stem}_overlay.png"] if overlay else []
         names += [f"{path.stem}_probs.tif"] if probabilities else []
+        names += [f"{path.stem}_objects.tif", f"{path.stem}_objects.csv"] if instances else []
         for name in names:
             target = out / name
             if target in outputs:
@@ -86,13 +90,16 @@ def predict_files(
     write_probabilities: bool = False,
     progress: bool = True,
     overwrite: bool = False,
+    instances: bool = False,
 ) -> list[Path]:
-    """Predict every input into `out`: <stem>.png, and <stem>_overlay.png / <stem>_probs.tif if
-    asked. Returns the written mask paths. Nothing is written when an output would replace an
-    input or (without `overwrite`) any existing file."""
+    """Predict every input into `out`: <stem>.png, and if asked <stem>_overlay.png,
+    <stem>_probs.tif, and the objects: <stem>_objects.tif (one id per object) with
+    <stem>_objects.csv (one row per object). Returns the written mask paths. Nothing is written
+    when an output would replace an input or (without `overwrite`) any existing file."""
     files = collect_inputs(inputs)
     out = Path(out)
-    check_outputs(files, planned_outputs(files, out, write_overlay, write_probabilities), out, overwrite)
+    planned = planned_outputs(files, out, write_overlay, write_probabilities, instances)
+    check_outputs(files, planned, out, overwrite)
     legend = [f"value {value}" for value in predictor.mask_values.values]
     written = []
     for path in tqdm(files, desc="predict", unit="img", disable=not progress or len(files) < 2, leave=False):
@@ -103,8 +110,17 @@ def predict_files(
         save_png(mask_path, predictor.mask_values.decode(class_ids))
         if write_probabilities:
             save_probabilities(out / f"{path.stem}_probs.tif", predictor.probabilities(logits))
+        if instances:
+            write_objects(predictor, logits, out / f"{path.stem}_objects")
         del logits
         if write_overlay:
             save_png(out / f"{path.stem}_overlay.png", overlay(image, class_ids, legend))
         written.append(mask_path)
     return written
+
+
+def write_objects(predictor: Predictor, logits, stem: Path) -> None:
+    """<stem>.tif, the label image, and <stem>.csv, its table of objects."""
+    labels, classes, probabilities = predictor.objects(logits)
+    save_labels(stem.with_suffix(".tif"), labels)
+    save_table(stem.with_suffix(".csv"), object_table(labels, classes, probabilities), predictor.mask_values.values)

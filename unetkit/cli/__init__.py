@@ -63,6 +63,12 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="replace files of an earlier prediction in --out (default: refuse)"
     )
+    p.add_argument(
+        "--instances",
+        action="store_true",
+        help="also write the objects: <name>_objects.tif (one id per object, touching ones split by seeded "
+        "watershed) and <name>_objects.csv (id, class, area, centroid, bounding box, mean probability)",
+    )
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:

@@ -105,6 +105,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         args.probabilities,
         predictor.options.progress,
         args.overwrite,
+        args.instances,
     )
     print(f"wrote {len(written)} mask(s) to {args.out}")
 

@@ -39,10 +39,11 @@ def _safetensors_torch() -> Any:
 
 
 def save_safetensors(state: dict[str, Any], out_path: str | Path) -> Path:
-    """Write a checkpoint's weights and prediction keys (ModelSpec.KEYS, epoch, best_dice) to a
+    """Write a checkpoint's weights and prediction keys (ModelSpec.KEYS, epoch, best_dice, object_rule) to a
     .safetensors file, atomically."""
     st = _safetensors_torch()
-    meta = {"format": WEIGHTS_FORMAT, **{key: state.get(key) for key in (*ModelSpec.KEYS, "epoch", "best_dice")}}
+    kept = (*ModelSpec.KEYS, "epoch", "best_dice", "object_rule")
+    meta = {"format": WEIGHTS_FORMAT, **{key: state.get(key) for key in kept}}
     tensors = {name: tensor.contiguous() for name, tensor in state["model"].items()}
     out_path = Path(out_path)
 

@@ -15,8 +15,10 @@ from torch.utils.data import Dataset
 from unetkit.data.fingerprint import parallel_map
 from unetkit.data.io import read_pair
 from unetkit.data.mask_values import IGNORE_ID, MaskValues
+from unetkit.data.objects import true_objects
 from unetkit.data.pairing import Pair
 from unetkit.data.transforms import AugmentConfig, random_patch
+from unetkit.data.weight_map import border_weights
 from unetkit.errors import UnetkitError
 
 
@@ -126,17 +128,21 @@ def class_locations(class_ids: torch.Tensor, classes: Sequence[int], seed: int, 
     return found
 
 
-def pad_collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_collate(batch: Sequence[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
     """Stack images of different sizes: pad each to the batch's largest height and width, images
-    with 0 (the normalised mean) and masks with IGNORE_ID, so padding counts for nothing in the loss."""
-    height = max(image.shape[-2] for image, _ in batch)
-    width = max(image.shape[-1] for image, _ in batch)
+    with 0 (the normalised mean) and masks with IGNORE_ID, so padding counts for nothing in the
+    loss (and pixel weight maps, when the items have them, with 0)."""
+    height = max(item[0].shape[-2] for item in batch)
+    width = max(item[0].shape[-1] for item in batch)
     images = torch.zeros(len(batch), batch[0][0].shape[0], height, width, dtype=batch[0][0].dtype)
     masks = torch.full((len(batch), height, width), IGNORE_ID, dtype=batch[0][1].dtype)
-    for index, (image, mask) in enumerate(batch):
+    weights = torch.zeros(len(batch), height, width) if len(batch[0]) > 2 else None
+    for index, (image, mask, *weight) in enumerate(batch):
         images[index, :, : image.shape[-2], : image.shape[-1]] = image
         masks[index, : mask.shape[-2], : mask.shape[-1]] = mask
-    return images, masks
+        if weights is not None:
+            weights[index, : mask.shape[-2], : mask.shape[-1]] = weight[0]
+    return (images, masks) if weights is None else (images, masks, weights)
 
 
 class SegmentationDataset(Dataset):
@@ -148,7 +154,9 @@ class SegmentationDataset(Dataset):
     (chosen uniformly), as nnU-Net centres a third of its patches on foreground: rare classes are
     seen in every few batches instead of every few epochs. Decoded pairs are kept in memory while
     they fit in `cache_bytes` (default 30% of the machine's memory), so only the first epoch reads
-    files; beyond it every item is decoded from its file (lazy decoding).
+    files; beyond it every item is decoded from its file (lazy decoding). With `border_weights`
+    (w0, sigma), each item also has the U-Net paper's border term (weight_map.py), computed once
+    per mask at the model's scale, kept with the decoded pair and moved with every patch.
     """
 
     def __init__(
@@ -162,6 +170,7 @@ class SegmentationDataset(Dataset):
         cache_bytes: float | None = None,
         sampled_classes: Sequence[int] = (),
         class_fraction: float = 1 / 3,
+        border_weights: tuple[float, float] | None = None,
     ) -> None:
         self.pairs = list(pairs)
         self.mask_values = mask_values
@@ -173,7 +182,8 @@ class SegmentationDataset(Dataset):
         self.cache = decoded_bytes(self.pairs, preprocess) <= limit
         self.sampled_classes = list(sampled_classes) if patch_size else []
         self.class_fraction = class_fraction
-        self._decoded: dict[int, tuple[torch.Tensor, torch.Tensor, dict]] = {}
+        self.border_weights = border_weights
+        self._decoded: dict[int, tuple[torch.Tensor, torch.Tensor, dict, torch.Tensor | None]] = {}
 
     def __len__(self) -> int:
         return len(self.pairs) * self.patches_per_image
@@ -181,14 +191,18 @@ class SegmentationDataset(Dataset):
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self._load(index)[:2]
 
-    def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, dict, torch.Tensor | None]:
         if index in self._decoded:
             return self._decoded[index]
         image, mask = load_pair(self.pairs[index], self.mask_values, self.preprocess)
         locations = class_locations(mask, self.sampled_classes, seed=index) if self.sampled_classes else {}
+        weights = None
+        if self.border_weights is not None:
+            objects = true_objects(mask.numpy(), self.mask_values.num_classes, IGNORE_ID)
+            weights = torch.from_numpy(border_weights(objects, *self.border_weights))
         if self.cache:
-            self._decoded[index] = (image, mask, locations)
-        return image, mask, locations
+            self._decoded[index] = (image, mask, locations, weights)
+        return image, mask, locations, weights
 
     def check_all(self, workers: int | None = None) -> None:
         """Decode every pair once, in parallel threads, so bad files fail before training starts
@@ -199,15 +213,17 @@ class SegmentationDataset(Dataset):
 
         parallel_map(decode, range(len(self.pairs)), workers)
 
-    def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask, locations = self._load(item % len(self.pairs))
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, ...]:
+        """(image, class ids), and the pixel weights with `border_weights`."""
+        image, mask, locations, weights = self._load(item % len(self.pairs))
+        sample: tuple[torch.Tensor, ...] = (image, mask) if weights is None else (image, mask, weights)
         if self.patch_size is not None:
             center = None
             if locations and float(torch.rand(1)) < self.class_fraction:
                 classes = sorted(locations)
                 chosen = locations[classes[int(torch.randint(len(classes), (1,)))]]
                 center = tuple(chosen[int(torch.randint(len(chosen), (1,)))].tolist())
-            image, mask = random_patch(image, mask, (self.patch_size, self.patch_size), self.augment, center)
+            sample = random_patch(image, mask, (self.patch_size, self.patch_size), self.augment, center, weights)
         elif self.augment is not None:  # whole-image training is augmented too
-            image, mask = random_patch(image, mask, tuple(image.shape[-2:]), self.augment)
-        return self.preprocess.normalize(image), mask.long()
+            sample = random_patch(image, mask, tuple(image.shape[-2:]), self.augment, None, weights)
+        return self.preprocess.normalize(sample[0]), sample[1].long(), *sample[2:]

@@ -120,11 +120,17 @@ def random_patch(
     patch_hw: tuple[int, int],
     aug: AugmentConfig | None,
     center: tuple[int, int] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A training sample: a random patch of image (C, H, W) and mask (H, W), augmented if asked,
-    centred on `center` (y, x) if given."""
+    centred on `center` (y, x) if given; with `weights` (H, W), a pixel weight map (the U-Net
+    paper's), that map moved with them (bilinearly, as a last image channel) as a third item."""
     grid = random_patch_grid(tuple(image.shape[-2:]), patch_hw, aug, center)
+    if weights is not None:
+        image = torch.cat([image, weights[None]])
     image, mask = apply_grid(image, mask, grid)
+    if weights is not None:
+        image, weights = image[:-1], image[-1]
     if aug is not None:
         image = jitter_intensity(image, aug)
-    return image, mask
+    return (image, mask) if weights is None else (image, mask, weights)

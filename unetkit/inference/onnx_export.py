@@ -31,6 +31,7 @@ def export_onnx(checkpoint: str | Path | dict[str, Any], out: str | Path, opset:
     channels = ModelSpec.from_state(state).in_channels
     example = torch.randn(1, channels, 4 * multiple, 4 * multiple)
     metadata = {**ModelSpec.from_state(state).to_state(), "pad_multiple": multiple}
+    metadata["object_rule"] = state.get("object_rule")
     differences: list[float] = []
 
     def export_and_check(temporary: Path) -> None:

@@ -4,6 +4,7 @@ data. Large images go through overlapping tiles; `tta` averages flipped/rotated 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import tempfile
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from unetkit.core.model_spec import ModelSpec
 from unetkit.core.options import check_fields, number, option, whole
 from unetkit.data import read_image
 from unetkit.errors import UnetkitError
+from unetkit.inference.instances import ObjectRule, split_objects
 from unetkit.inference.tiling import Forward, predict_tiled, with_tta
 from unetkit.losses import class_probabilities
 from unetkit.metrics import predicted_classes
@@ -61,6 +63,24 @@ class InferenceOptions:
         choices=BACKENDS,
     )
     progress: bool = option(False, "no progress bar", flag=("--no-progress", False))
+    # Objects (predict --instances, evaluate's object scores); unset: the rule training chose on
+    # its validation images, kept in the checkpoint (inference/instances.py).
+    seed_threshold: float | None = option(
+        None, "objects: cores are pixels above this probability (default: the checkpoint's)", group="objects",
+        valid=lambda v: number(v) and 0 < v < 1, need="a probability between 0 and 1, e.g. 0.9",
+    )  # fmt: skip
+    flood_threshold: float | None = option(
+        None, "objects: cores grow over pixels above this probability (default: the checkpoint's)",
+        group="objects", valid=lambda v: number(v) and 0 < v < 1, need="a probability between 0 and 1, e.g. 0.5",
+    )  # fmt: skip
+    min_size: int | None = option(
+        None, "objects: drop objects smaller than this many pixels (default: the checkpoint's)", group="objects",
+        valid=whole(0, 2**31), need="0 or more pixels",
+    )  # fmt: skip
+    max_hole: int | None = option(
+        None, "objects: fill holes up to this many pixels (default: the checkpoint's)", group="objects",
+        valid=whole(0, 2**31), need="0 or more pixels",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -103,10 +123,26 @@ class Predictor:
             self._forward = self._torch_forward
             self._choose_backend(state)
         self.spec = ModelSpec.from_state(state)
+        self.state_object_rule = state.get("object_rule")
         self.mask_values = self.spec.mask_values
         self.preprocess = self.spec.preprocess
         self.binary = self.spec.binary
         self.num_outputs = self.spec.num_outputs  # logits per pixel, as built
+
+    @property
+    def object_rule(self) -> ObjectRule:
+        """How objects are cut from the probabilities: the options given, else the rule training
+        chose on its validation images (kept in the checkpoint), else the defaults."""
+        rule = ObjectRule(**self.state_object_rule) if self.state_object_rule else ObjectRule()
+        given = {"seed": self.options.seed_threshold, "flood": self.options.flood_threshold}
+        given.update(min_size=self.options.min_size, max_hole=self.options.max_hole)
+        return dataclasses.replace(rule, **{k: v for k, v in given.items() if v is not None})
+
+    def objects(self, logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(label image, class of each label id, (K, H, W) probabilities) from one image's logits."""
+        probabilities = self.probabilities(logits)
+        labels, classes = split_objects(probabilities, self.object_rule)
+        return labels, classes, probabilities
 
     @property
     def num_classes(self) -> int:

@@ -143,6 +143,15 @@ class TrainConfig:
         group="optimisation", parse=float_list,
         valid=each(between(0, 1e6)), need="numbers of 0 or more, one per class, e.g. 1,5",
     )  # fmt: skip
+    border_weight: float | None = option(
+        None, "w0 of the U-Net paper's weight map: pixels in the gaps between touching objects weigh up to this "
+        f"much more in the pixel loss; 0 turns it off {BY_RECIPE}", group="optimisation",
+        valid=between(0, 1000), need="0 (off) to 1000, e.g. 10 as in the paper",
+    )  # fmt: skip
+    border_sigma: float = option(
+        5.0, "sigma (pixels at the model's scale) of the weight map's fall-off from a gap", group="optimisation",
+        valid=above(0, 1000), need="above 0 pixels, e.g. 5 as in the paper",
+    )  # fmt: skip
     grad_clip: float = option(
         1.0, "clip the gradient norm to this; 0 turns it off", group="optimisation",
         valid=between(0), need="0 (off) or more",

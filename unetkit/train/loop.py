@@ -26,6 +26,7 @@ from unetkit.train.config import TrainConfig
 from unetkit.train.config_file import write_config_toml
 from unetkit.train.distributed import quiet, setup_distributed, unwrap
 from unetkit.train.interrupt import InterruptFlag
+from unetkit.train.object_rule import choose_object_rule
 from unetkit.train.options import resolve
 from unetkit.train.run_files import plot_curves, write_metrics_csv
 from unetkit.train.run_lock import RunLock
@@ -161,6 +162,8 @@ class Trainer:
         finally:
             if tensorboard is not None:
                 tensorboard.close()
+        if self.dist.is_main and self.val_pairs and (self.out / "best.pt").is_file():  # (a resume may not write one)
+            choose_object_rule(self.out / "best.pt", self.val_pairs, self.log)
         return RunResult(self.out, self.out / "best.pt", self.out / "last.pt", self.history, self.best_dice)
 
     def _epoch_loop(self, on_epoch_end: EpochCallback | None, tensorboard: TensorBoardLog | None) -> None:
@@ -252,12 +255,13 @@ class Trainer:
             leave=False,
             dynamic_ncols=True,
         )
-        for images, masks in self.train_loader:
+        for images, masks, *pixel_weights in self.train_loader:  # border weights when the run uses them
             images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
             masks = masks.to(self.device, non_blocking=True)
+            weights = pixel_weights[0].to(self.device, non_blocking=True) if pixel_weights else None
             with self.amp.autocast(self.device):
                 logits = self.model(images)
-            loss = self.criterion(logits, masks)
+            loss = self.criterion(logits, masks, weights)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.cfg.grad_clip:

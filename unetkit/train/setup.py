@@ -187,6 +187,7 @@ def build_datasets(
         augment=augment,
         patches_per_image=cfg.patches_per_image,
         sampled_classes=data_plan.sampled_classes,
+        border_weights=(cfg.border_weight, cfg.border_sigma) if cfg.border_weight else None,
         **shared,
     )
     val_set = SegmentationDataset(val_pairs, **shared)

@@ -1,0 +1,142 @@
+"""Objects: the object scores against hand-computed values, seeded watershed on touching discs,
+`predict --instances` files, the object scores in `evaluate --json`, and the rule chosen on a
+run's validation images."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import tifffile
+from scipy import ndimage
+from skimage.measure import label
+from synthetic import run_cli
+
+from unetkit.core.checkpoint import load_checkpoint
+from unetkit.inference.instances import ObjectRule, object_table, split_objects, true_objects
+from unetkit.object_metrics import mean_scores, object_scores
+
+
+def two_squares() -> np.ndarray:
+    true = np.zeros((10, 10), dtype=np.int64)
+    true[1:5, 1:5] = 1  # 16 pixels
+    true[6:9, 6:9] = 2  # 9 pixels
+    return true
+
+
+def test_a_merge_scored_by_hand():
+    true = two_squares()
+    merged = (true > 0).astype(np.int64)
+    scores = object_scores(true, merged)
+    # Rand over pixel pairs (self-pairs left out): same-object pairs in both 16^2 + 9^2 - 25 = 312,
+    # in the prediction 25^2 - 25 = 600, in the truth 312: precision 0.52, recall 1.
+    assert scores["adapted_rand_error"] == pytest.approx(1 - 2 * 0.52 / 1.52)
+    # Merge: H(true | predicted) = the entropy of (16/25, 9/25) bits; nothing is split.
+    assert scores["vi_merge"] == pytest.approx(-(0.64 * math.log2(0.64) + 0.36 * math.log2(0.36)))
+    assert scores["vi_split"] == pytest.approx(0, abs=1e-12)
+    # The merged object overlaps square 1 with IoU 16/25 = 0.64: one match of 2 true, 1 predicted.
+    assert (scores["matches"], scores["precision"], scores["recall"]) == (1, 1.0, 0.5)
+    assert scores["f1"] == pytest.approx(2 / 3) and scores["matched_iou"] == pytest.approx(0.64)
+    # AP: IoU 0.64 clears thresholds 0.5, 0.55, 0.6 (1 / (2 + 1 - 1) each), not the other 7.
+    assert scores["ap"] == pytest.approx(3 * 0.5 / 10)
+
+
+def test_a_split_scored_by_hand():
+    true = two_squares()
+    split = true.copy()
+    split[1:5, 3:5] = 3  # square 1 cut into two halves of IoU 0.5 each: not a match (IoU must exceed 0.5)
+    scores = object_scores(true, split)
+    assert scores["vi_split"] == pytest.approx(16 / 25 * 1.0)  # half the 16 pixels go each way: 1 bit
+    assert scores["vi_merge"] == pytest.approx(0, abs=1e-12)
+    assert (scores["matches"], scores["true_objects"], scores["predicted_objects"]) == (1, 2, 3)
+    assert scores["ap"] == pytest.approx(1 / (2 + 3 - 1))  # square 2 matches at every threshold
+
+
+def test_perfect_and_empty_answers():
+    true = two_squares()
+    perfect = object_scores(true, true)
+    assert perfect["adapted_rand_error"] == pytest.approx(0) and perfect["ap"] == 1.0 and perfect["f1"] == 1.0
+    empty = np.zeros_like(true)
+    nothing = object_scores(empty, empty)
+    assert nothing["ap"] == 1.0 and math.isnan(nothing["adapted_rand_error"])
+    means = mean_scores([perfect, nothing])
+    assert means["adapted_rand_error"] == pytest.approx(0) and means["true_objects"] == 2
+
+
+def touching_discs(rows: int = 6, cols: int = 7, radius: int = 9, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Discs packed so that neighbours touch, and a probability map that is sure inside each disc
+    and unsure (0.6: still foreground at 0.5) in the seams between them, as a model's is."""
+    rng = np.random.default_rng(seed)
+    spacing = 2 * radius - 2  # closer than two radii: every disc touches its neighbours
+    size = (rows * spacing + 2 * radius, cols * spacing + 2 * radius)
+    centres = [
+        (radius + r * spacing + rng.integers(-1, 2), radius + c * spacing + rng.integers(-1, 2))
+        for r in range(rows)
+        for c in range(cols)
+    ]
+    yy, xx = np.mgrid[: size[0], : size[1]]
+    distance = np.stack([np.hypot(yy - cy, xx - cx) for cy, cx in centres])
+    nearest = distance.argmin(axis=0)
+    inside = distance.min(axis=0) <= radius
+    truth = np.where(inside, nearest + 1, 0)
+    seams = ndimage.morphological_gradient(truth, size=3) > 0
+    p = np.where(inside, 0.99, 0.02)
+    p[seams & inside] = 0.6
+    return np.stack([1 - p, p]), truth
+
+
+def test_watershed_counts_touching_discs():
+    probabilities, truth = touching_discs()
+    assert label(probabilities[1] > 0.5, connectivity=1).max() == 1  # thresholding: one blob
+    labels, classes = split_objects(probabilities, ObjectRule())
+    found, true_count = int(labels.max()), int(truth.max())
+    assert abs(found - true_count) <= 0.05 * true_count
+    assert set(classes[1:]) == {1}
+    assert object_scores(truth, labels.astype(np.int64))["adapted_rand_error"] < 0.05
+
+
+def test_object_table_matches_the_label_image():
+    probabilities, _ = touching_discs(rows=2, cols=2)
+    labels, classes = split_objects(probabilities, ObjectRule())
+    table = object_table(labels, classes, probabilities)
+    assert list(table["id"]) == list(range(1, labels.max() + 1))
+    assert list(table["area"]) == list(np.bincount(labels.ravel())[1:])
+    assert np.all((0.5 < table["mean_probability"]) & (table["mean_probability"] <= 1))
+
+
+def test_true_objects_are_4_connected_per_class_and_skip_ignored_pixels():
+    class_ids = np.array([[1, 0, 2], [0, 1, 2], [255, 255, 0]])
+    objects = true_objects(class_ids, 3, ignore_id=255)
+    assert objects.max() == 3  # two diagonal 1s are two objects (4-connected), the 2s one
+    assert objects[2, 0] == 0
+
+
+def test_predict_instances_writes_labels_and_table(rgb_run, tmp_path, capsys):
+    _, images, _, checkpoint = rgb_run
+    code, _, _ = run_cli(capsys, "predict", "--checkpoint", checkpoint, images, "--out", tmp_path, "--instances")
+    assert code == 0
+    labels = tifffile.imread(tmp_path / "img00_objects.tif")
+    assert labels.dtype == np.uint16
+    with open(tmp_path / "img00_objects.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["id"]) for r in rows] == sorted(set(np.unique(labels)) - {0})
+    assert [int(r["area"]) for r in rows] == [int((labels == int(r["id"])).sum()) for r in rows]
+    assert all(r["mask_value"] == "255" for r in rows)
+
+
+def test_evaluate_reports_objects_and_training_chose_the_rule(rgb_run, tmp_path, capsys):
+    _, images, masks, checkpoint = rgb_run
+    report_path = tmp_path / "eval.json"
+    code, out, _ = run_cli(
+        capsys, "evaluate", "--checkpoint", checkpoint, "--images", images, "--masks", masks, "--json", report_path
+    )
+    assert code == 0 and "adapted Rand error" in out
+    report = json.loads(report_path.read_text())
+    objects = report["objects"]
+    assert objects["true_objects"] == 5  # one shape per image
+    assert 0 <= objects["adapted_rand_error"] <= 1 and 0 <= objects["ap"] <= 1
+    assert objects["pixel_error"] == pytest.approx(1 - report["pixel_accuracy"])
+    assert all("adapted_rand_error" in row for row in report["per_image"])
+    rule = load_checkpoint(checkpoint)["object_rule"]  # chosen on the run's validation image
+    assert objects["rule"] == rule and set(rule) == set(ObjectRule().to_dict())

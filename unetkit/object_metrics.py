@@ -1,0 +1,72 @@
+"""Scores of objects, next to the pixel scores of metrics.py: how a cell counter or the ISBI 2012
+challenge sees a segmentation. One merged pair of cells barely moves Dice but is a wrong count.
+
+Between a true and a predicted label image (0 = no object; true 0 pixels are left out):
+- adapted Rand error: 1 - the F-score of "these two pixels are in the same object" over pixel
+  pairs (scikit-image `adapted_rand_error`, the ISBI 2012 challenge's score);
+- variation of information, split and merge: H(predicted | true) grows when true objects are cut
+  into pieces, H(true | predicted) when predicted objects span several true ones (scikit-image
+  `variation_of_information`);
+- detection: a predicted and a true object match when their IoU is above 0.5 (above 0.5 at most
+  one pair per object can, so no assignment is needed); precision, recall and F1 of the matches,
+  their mean IoU, and the DSB2018 average precision: the mean over IoU thresholds
+  0.5, 0.55, ..., 0.95 of matches / (matches + unmatched true + unmatched predicted).
+Pixel error (1 - pixel accuracy) comes from the confusion matrix, as the other pixel scores.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from skimage.metrics import adapted_rand_error, contingency_table, variation_of_information
+
+IOU_THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)
+SCORES = ("adapted_rand_error", "vi_split", "vi_merge", "precision", "recall", "f1", "matched_iou", "ap")
+
+
+def matched_ious(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """The IoU of every (true, predicted) object pair whose IoU is above 0.5."""
+    table = contingency_table(true, pred).tocoo()
+    keep = (table.row > 0) & (table.col > 0)
+    rows, cols, overlap = table.row[keep], table.col[keep], table.data[keep].astype(np.float64)
+    true_area = np.bincount(true.ravel())
+    pred_area = np.bincount(pred.ravel())
+    ious = overlap / (true_area[rows] + pred_area[cols] - overlap)
+    return ious[ious > 0.5]
+
+
+def object_scores(true: np.ndarray, pred: np.ndarray) -> dict[str, float | int]:
+    """Every score of one image (the module docstring says which); NaN where undefined."""
+    true, pred = true.astype(np.int64), pred.astype(np.int64)
+    n_true, n_pred = len(np.unique(true[true > 0])), len(np.unique(pred[pred > 0]))
+    ious = matched_ious(true, pred)
+    matches = len(ious)
+    scores: dict[str, float | int] = {"true_objects": n_true, "predicted_objects": n_pred, "matches": matches}
+    if n_true:
+        scores["adapted_rand_error"] = float(adapted_rand_error(true, pred, ignore_labels=(0,))[0])
+        split, merge = variation_of_information(true, pred, ignore_labels=(0,))
+        scores.update(vi_split=float(split), vi_merge=float(merge))
+    else:
+        scores.update(adapted_rand_error=math.nan, vi_split=math.nan, vi_merge=math.nan)
+    precision = matches / n_pred if n_pred else (1.0 if not n_true else 0.0)
+    recall = matches / n_true if n_true else (1.0 if not n_pred else 0.0)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    scores.update(precision=precision, recall=recall, f1=f1)
+    scores["matched_iou"] = float(ious.mean()) if matches else math.nan
+    per_threshold = [
+        (hits := int((ious > t).sum())) / (n_true + n_pred - hits) if n_true + n_pred else 1.0 for t in IOU_THRESHOLDS
+    ]
+    scores["ap"] = float(np.mean(per_threshold))
+    return scores
+
+
+def mean_scores(per_image: list[dict]) -> dict[str, float | None]:
+    """The mean of each score over the images where it is defined, and the object counts summed."""
+    means: dict[str, float | None] = {}
+    for name in SCORES:
+        values = [row[name] for row in per_image if row.get(name) is not None and not math.isnan(row[name])]
+        means[name] = float(np.mean(values)) if values else None
+    for name in ("true_objects", "predicted_objects", "matches"):
+        means[name] = int(sum(row[name] for row in per_image))
+    return means
