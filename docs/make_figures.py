@@ -269,7 +269,35 @@ def figure_dumbnet_vs_unet(out: Path, epochs: int = 10, minutes_each: float = 1.
     return _save(figure, out / "dumbnet_vs_unet.png")
 
 
+# --- the U-Net paper's border weight map (unetkit/data/weight_map.py) ---
+def figure_weight_map(out: Path) -> Path:
+    """A demo slice, its cells as objects, and the border term of the weight map (w0 10, sigma 5):
+    the membranes between two cells weigh up to 10x more, open background nothing extra."""
+    from unetkit.data.objects import true_objects
+    from unetkit.data.weight_map import border_weights
+
+    plt = _pyplot()
+    image, mask = _demo_slice(TRAIN_SLICES[0])
+    objects = true_objects(mask, 2)
+    weights = border_weights(objects, w0=10.0, sigma=5.0)
+    crop = (slice(160, 352), slice(160, 352))
+    figure, axes = plt.subplots(1, 3, figsize=(9, 3.3))
+    rng = np.random.default_rng(0)
+    colours = np.vstack([[0, 0, 0], rng.uniform(0.25, 1, (objects.max(), 3))])
+    axes[0].imshow(image[crop], cmap="gray")
+    axes[0].set_title("slice 00 (centre)", fontsize=9)
+    axes[1].imshow(colours[objects[crop]])
+    axes[1].set_title(f"cells as objects ({objects.max()} in the slice)", fontsize=9)
+    shown = axes[2].imshow(weights[crop], cmap="magma", vmin=0, vmax=10)
+    axes[2].set_title("border term: 10 exp(-(d1 + d2)^2 / 50)", fontsize=9)
+    figure.colorbar(shown, ax=axes[2], fraction=0.046)
+    for axis in axes:
+        axis.set_axis_off()
+    return _save(figure, out / "weight_map.png")
+
+
 CHEAP_FIGURES = {
+    "weight_map": figure_weight_map,
     "dice_iou": figure_dice_iou,
     "upsampling": figure_upsampling,
     "amp": figure_amp,

@@ -14,7 +14,8 @@ from skimage.measure import label
 from synthetic import run_cli
 
 from unetkit.core.checkpoint import load_checkpoint
-from unetkit.inference.instances import ObjectRule, object_table, split_objects, true_objects
+from unetkit.data.objects import instance_classes, mask_objects, true_objects
+from unetkit.inference.instances import ObjectRule, object_table, split_objects
 from unetkit.object_metrics import mean_scores, object_scores
 
 
@@ -107,7 +108,7 @@ def test_object_table_matches_the_label_image():
 
 def test_true_objects_are_4_connected_per_class_and_skip_ignored_pixels():
     class_ids = np.array([[1, 0, 2], [0, 1, 2], [255, 255, 0]])
-    objects = true_objects(class_ids, 3, ignore_id=255)
+    objects = true_objects(class_ids, [1, 2], ignore_id=255)
     assert objects.max() == 3  # two diagonal 1s are two objects (4-connected), the 2s one
     assert objects[2, 0] == 0
 
@@ -140,3 +141,67 @@ def test_evaluate_reports_objects_and_training_chose_the_rule(rgb_run, tmp_path,
     assert all("adapted_rand_error" in row for row in report["per_image"])
     rule = load_checkpoint(checkpoint)["object_rule"]  # chosen on the run's validation image
     assert objects["rule"] == rule and set(rule) == set(ObjectRule().to_dict())
+
+
+def test_instance_masks_become_classes_and_keep_their_objects():
+    labels = np.zeros((6, 9), dtype=np.uint16)
+    labels[1:5, 1:4] = 7
+    labels[1:5, 4:8] = 300  # touching object 7
+    objects_only = instance_classes(labels, "objects")
+    assert set(np.unique(objects_only)) == {0, 1} and (objects_only > 0).sum() == 28
+    with_boundary = instance_classes(labels, "boundary")
+    assert with_boundary[2, 3] == 2 and with_boundary[2, 4] == 2  # both sides of the contact are edge
+    assert with_boundary[2, 2] == 2 or with_boundary[2, 2] == 1
+    assert with_boundary[2, 5] == 1 and with_boundary[0, 0] == 0  # an inner pixel, the background
+    # The interiors (class 1) of the two touching objects no longer touch:
+    assert label(with_boundary == 1, connectivity=1).max() == 2
+    objects = mask_objects(labels, with_boundary, "boundary", [1])
+    assert sorted(np.unique(objects)) == [0, 1, 2]  # the instances, relabelled 1..n
+    assert label(objects_only == 1, connectivity=1).max() == 1  # as a semantic mask they are one component
+
+
+def make_instance_data(root, count: int = 12, size: int = 48) -> tuple:
+    """Gray images of touching discs with darker rims, and 16-bit instance masks (ids from 1000)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir(parents=True)
+    yy, xx = np.mgrid[:size, :size]
+    total = 0
+    for index in range(count):
+        labels = np.zeros((size, size), dtype=np.uint16)
+        image = rng.normal(0.1, 0.03, (size, size))
+        for k, cx in enumerate((12, 25, 38)):  # centres 13 px apart, radius 7: neighbours touch
+            disc = (yy - 24 - rng.integers(-2, 3)) ** 2 + (xx - cx) ** 2 <= 49
+            labels[disc & (labels == 0)] = 1000 + 10 * k
+            image[disc] = 0.8
+        rim = ndimage.morphological_gradient(labels, size=3) > 0
+        image[rim & (labels > 0)] = 0.45
+        total += len(np.unique(labels)) - 1
+        Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)).save(root / "images" / f"c{index:02d}.png")
+        Image.fromarray(labels).save(root / "masks" / f"c{index:02d}.png")
+    return root / "images", root / "masks", total
+
+
+def test_training_on_instance_masks_with_boundary_class_and_border_weights(tmp_path, capsys):
+    from synthetic import TINY_TRAIN
+
+    images, masks, total = make_instance_data(tmp_path / "data")
+    out = tmp_path / "run"
+    args = ["train", "--images", images, "--masks", masks, "--out", out, *TINY_TRAIN]
+    code, _, err = run_cli(capsys, *args, "--instance-masks", "--boundary-class", "--border-weight", "10")
+    assert code == 0, err
+    state = load_checkpoint(out / "best.pt")
+    assert state["mask_values"]["values"] == [0, 1, 2] and state["mask_values"]["instances"] == "boundary"
+    report_path = tmp_path / "eval.json"
+    code, _, _ = run_cli(
+        capsys, "evaluate", "--checkpoint", out / "best.pt", "--images", images, "--masks", masks, "--json", report_path
+    )
+    assert code == 0
+    report = json.loads(report_path.read_text())
+    assert report["objects"]["true_objects"] == total  # touching instances count one by one
+    code, _, err = run_cli(
+        capsys, "train", "--images", images, "--masks", masks, "--out", tmp_path / "r2", "--boundary-class"
+    )
+    assert code == 2 and "--boundary-class needs --instance-masks" in err

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from unetkit.data.fingerprint import parallel_map
 from unetkit.data.io import read_pair
 from unetkit.data.mask_values import IGNORE_ID, MaskValues
-from unetkit.data.objects import true_objects
+from unetkit.data.objects import mask_objects
 from unetkit.data.pairing import Pair
 from unetkit.data.transforms import AugmentConfig, random_patch
 from unetkit.data.weight_map import border_weights
@@ -76,6 +76,14 @@ class Preprocess:
             tensor = tensor[0, 0].to(torch.uint8)
         return tensor
 
+    def label_tensor(self, labels: np.ndarray) -> torch.Tensor:
+        """An (H, W) label image at the model's scale (nearest neighbour: ids stay ids)."""
+        tensor = torch.from_numpy(labels.astype(np.int64))
+        if self.scale != 1.0:
+            size = scaled_size(tensor.shape, self.scale)
+            tensor = F.interpolate(tensor[None, None].double(), size=size, mode="nearest-exact")[0, 0].long()
+        return tensor
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -84,11 +92,18 @@ def scaled_size(size: Sequence[int], scale: float) -> tuple[int, int]:
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
-def load_pair(pair: Pair, mask_values: MaskValues, preprocess: Preprocess) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode one pair into (image (C, h, w) in [0, 1], class ids (h, w) uint8), checking it on the way."""
+def load_pair(
+    pair: Pair, mask_values: MaskValues, preprocess: Preprocess, with_objects: bool = False
+) -> tuple[torch.Tensor, ...]:
+    """Decode one pair into (image (C, h, w) in [0, 1], class ids (h, w) uint8), checking it on the
+    way; `with_objects` adds the mask's objects (h, w) int64 (objects.mask_objects)."""
     image, mask = read_pair(pair.image, pair.mask)
     class_ids = mask_values.encode(mask, pair.mask)
-    return preprocess.resized_image(image, pair.image), preprocess.mask_tensor(class_ids)
+    loaded = (preprocess.resized_image(image, pair.image), preprocess.mask_tensor(class_ids))
+    if not with_objects:
+        return loaded
+    objects = mask_objects(mask, class_ids, mask_values.instances, mask_values.object_class_ids, IGNORE_ID)
+    return (*loaded, preprocess.label_tensor(objects))
 
 
 def decoded_bytes(pairs: Sequence[Pair], preprocess: Preprocess) -> float:
@@ -194,12 +209,13 @@ class SegmentationDataset(Dataset):
     def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, dict, torch.Tensor | None]:
         if index in self._decoded:
             return self._decoded[index]
-        image, mask = load_pair(self.pairs[index], self.mask_values, self.preprocess)
+        image, mask, *objects = load_pair(
+            self.pairs[index], self.mask_values, self.preprocess, with_objects=self.border_weights is not None
+        )
         locations = class_locations(mask, self.sampled_classes, seed=index) if self.sampled_classes else {}
         weights = None
         if self.border_weights is not None:
-            objects = true_objects(mask.numpy(), self.mask_values.num_classes, IGNORE_ID)
-            weights = torch.from_numpy(border_weights(objects, *self.border_weights))
+            weights = torch.from_numpy(border_weights(objects[0].numpy(), *self.border_weights))
         if self.cache:
             self._decoded[index] = (image, mask, locations, weights)
         return image, mask, locations, weights

@@ -25,6 +25,7 @@ from scipy import ndimage
 
 from unetkit.data.io import read_pair
 from unetkit.data.mask_values import MaskValues, discover_mask_values
+from unetkit.data.objects import instance_classes
 from unetkit.data.pairing import Pair
 from unetkit.errors import UnetkitError
 
@@ -69,8 +70,12 @@ class PairScan:
     geometry: dict[int, tuple[float, float]] = field(default_factory=dict)  # value -> (half width, extent)
 
 
-def scan_pair(pair: Pair, with_geometry: bool = False) -> PairScan:
+def scan_pair(
+    pair: Pair, with_geometry: bool = False, instances: str | None = None, ignore_value: int | None = None
+) -> PairScan:
     image, mask = read_pair(pair.image, pair.mask)
+    if instances:  # instance label images are measured as the classes they train as
+        mask = instance_classes(mask, instances, ignore_value)
     channel_sum, channel_sumsq = channel_moments(image)
     values, inverse, counts = np.unique(mask, return_inverse=True, return_counts=True)
     heights = np.broadcast_to(np.linspace(0, 1, mask.shape[0])[:, None], mask.shape)
@@ -156,14 +161,18 @@ def fingerprint_pairs(
     ignore_value: int | None = None,
     mask_values: Sequence[int] | None = None,
     workers: int | None = None,
+    instances: str | None = None,
 ) -> DataFingerprint:
     """Scan every pair (in parallel) and summarise. `mask_values` given: they are used (and
-    checked by encoding later); otherwise they are discovered from all masks."""
+    checked by encoding later); otherwise they are discovered from all masks. `instances`
+    ("objects" or "boundary"): the masks are instance label images (data/objects.py)."""
     if not pairs:
         raise UnetkitError("no training pairs to fingerprint")
     step = max(1, len(pairs) // GEOMETRY_SAMPLE)
     sampled = set(range(0, len(pairs), step)[:GEOMETRY_SAMPLE])
-    scans = parallel_map(lambda i: scan_pair(pairs[i], i in sampled), range(len(pairs)), workers)
+    scans = parallel_map(
+        lambda i: scan_pair(pairs[i], i in sampled, instances, ignore_value), range(len(pairs)), workers
+    )
     channels = 1 if all(s.channels == 1 for s in scans) else 3
     mean, std = _channel_moments(scans, channels)
     value_pixels: Counter[int] = Counter()
@@ -175,6 +184,8 @@ def fingerprint_pairs(
         found = MaskValues.from_user(mask_values, ignore_value)
     else:
         found = discover_mask_values(((s.pair.mask, s.mask_values) for s in scans), ignore_value)
+    if instances:
+        found = MaskValues(found.values, found.ignore_value, instances)
     return DataFingerprint(
         num_images=len(pairs),
         median_height=int(statistics.median(s.height for s in scans)),

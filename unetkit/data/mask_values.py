@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from unetkit.data.objects import instance_classes
 from unetkit.errors import UnetkitError
 
 IGNORE_ID = 255  # class id stored for pixels whose value is the ignore value
@@ -22,8 +23,9 @@ MAX_VALUE = 65535  # the largest value a 16-bit PNG mask holds
 class MaskValues:
     """The mapping from a mask's pixel values to class ids, and back."""
 
-    def __init__(self, values: Sequence[int], ignore_value: int | None = None) -> None:
+    def __init__(self, values: Sequence[int], ignore_value: int | None = None, instances: str | None = None) -> None:
         values = [int(v) for v in values]
+        self.instances = instances  # "objects" | "boundary": the masks are instance label images (objects.py)
         if len(values) < 2:
             raise UnetkitError(
                 f"masks hold only the value(s) {values}: segmentation needs at least two classes; "
@@ -72,8 +74,17 @@ class MaskValues:
     def num_classes(self) -> int:
         return len(self.values)
 
+    @property
+    def object_class_ids(self) -> list[int]:
+        """The classes whose regions are objects: class 1 for instance masks (class 2 is their
+        boundary), else every class but class 0."""
+        return [1] if self.instances else list(range(1, max(self.num_classes, 2)))
+
     def encode(self, mask: np.ndarray, path: str | Path = "mask") -> np.ndarray:
-        """Pixel values -> class ids (uint8); a value not in the list is an error naming the file."""
+        """Pixel values -> class ids (uint8); a value not in the list is an error naming the file.
+        Instance masks are made semantic first (objects.instance_classes)."""
+        if self.instances:
+            mask = instance_classes(mask, self.instances, self.ignore_value)
         shifted = mask.astype(np.int64) - self._offset
         inside = (shifted >= 0) & (shifted < len(self._lut))
         ids = np.full(mask.shape, -1, dtype=np.int16)
@@ -94,11 +105,11 @@ class MaskValues:
         return np.asarray(self.values, dtype=dtype)[class_ids]
 
     def to_dict(self) -> dict:
-        return {"values": self.values, "ignore_value": self.ignore_value}
+        return {"values": self.values, "ignore_value": self.ignore_value, "instances": self.instances}
 
     @classmethod
     def from_dict(cls, state: dict) -> MaskValues:
-        return cls(state["values"], state.get("ignore_value"))
+        return cls(state["values"], state.get("ignore_value"), state.get("instances"))
 
 
 def discover_mask_values(masks: Iterable[tuple[Path, np.ndarray]], ignore_value: int | None = None) -> MaskValues:

@@ -18,6 +18,7 @@ probability map, so objects across tile borders stay whole.
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from skimage.morphology import remove_small_holes
 from skimage.segmentation import watershed
 
 from unetkit.core.atomic import atomic_write
-from unetkit.data.objects import object_classes, true_objects
+from unetkit.data.objects import relabel, true_objects
 
 __all__ = ["ObjectRule", "object_table", "save_labels", "save_table", "split_objects", "true_objects"]
 
@@ -48,41 +49,43 @@ class ObjectRule:
         return asdict(self)
 
 
-def split_objects(probabilities: np.ndarray, rule: ObjectRule) -> tuple[np.ndarray, np.ndarray]:
+def split_objects(
+    probabilities: np.ndarray, rule: ObjectRule, object_classes: Sequence[int] | None = None, boundary: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """(K, H, W) class probabilities -> (H, W) uint32 label image (0: no object) and, for each
-    label id, its class (index 0 unused)."""
+    label id, its class (index 0 unused). `object_classes`: default every class but 0. With
+    `boundary` (a model trained on instance masks with a boundary class 2), cores come from the
+    object class and flood over object + boundary."""
     labels = np.zeros(probabilities.shape[1:], dtype=np.uint32)
     classes = [0]
-    winner = probabilities.argmax(axis=0) if len(probabilities) > 2 else None
-    for class_id in object_classes(len(probabilities)):
-        p = ndimage.gaussian_filter(probabilities[class_id], rule.smooth) if rule.smooth else probabilities[class_id]
-        region = p > rule.flood if winner is None else winner == class_id
-        objects = split_region(p, region, rule)
+    many = len(probabilities) > 2 and not boundary
+    winner = probabilities.argmax(axis=0) if many else None
+    for class_id in object_classes or range(1, len(probabilities)):
+        core = probabilities[class_id]
+        extent = core + probabilities[2] if boundary else core
+        if rule.smooth:
+            core, extent = ndimage.gaussian_filter(core, rule.smooth), ndimage.gaussian_filter(extent, rule.smooth)
+        region = extent > rule.flood if winner is None else winner == class_id
+        objects = split_region(core, extent, region, rule)
         count = int(objects.max())
         labels[objects > 0] = objects[objects > 0] + len(classes) - 1
         classes += [class_id] * count
     return labels, np.array(classes, dtype=np.int64)
 
 
-def split_region(p: np.ndarray, region: np.ndarray, rule: ObjectRule) -> np.ndarray:
-    """Seeded watershed of one class's region: consecutive ids from 1."""
+def split_region(core: np.ndarray, extent: np.ndarray, region: np.ndarray, rule: ObjectRule) -> np.ndarray:
+    """Seeded watershed of one class's region: cores where `core` is above the seed threshold,
+    flooding down `extent`; consecutive ids from 1."""
     if rule.max_hole > 0:
         region = remove_small_holes(region, max_size=rule.max_hole)
-    seeds = label(region & (p > rule.seed), connectivity=1)
+    seeds = label(region & (core > rule.seed), connectivity=1)
     parts = label(region, connectivity=1)
     orphans = region & ~np.isin(parts, np.unique(parts[seeds > 0]))  # regions without a core
     seeds[orphans] = parts[orphans] + seeds.max()
-    objects = watershed(-p, seeds, mask=region)
+    objects = watershed(-extent, seeds, mask=region)
     if rule.min_size > 1:  # (skimage's remove_small_objects warns on a single label)
         objects[(np.bincount(objects.ravel()) < rule.min_size)[objects]] = 0
     return relabel(objects)
-
-
-def relabel(objects: np.ndarray) -> np.ndarray:
-    """Ids 1..n in order of first appearance, none skipped."""
-    ids, inverse = np.unique(objects, return_inverse=True)
-    start = 0 if ids[0] == 0 else 1
-    return (inverse.reshape(objects.shape) + start).astype(np.int64)
 
 
 def object_table(labels: np.ndarray, classes: np.ndarray, probabilities: np.ndarray) -> dict[str, np.ndarray]:

@@ -141,8 +141,15 @@ class Predictor:
     def objects(self, logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(label image, class of each label id, (K, H, W) probabilities) from one image's logits."""
         probabilities = self.probabilities(logits)
-        labels, classes = split_objects(probabilities, self.object_rule)
-        return labels, classes, probabilities
+        return *self.objects_from_probabilities(probabilities), probabilities
+
+    def objects_from_probabilities(
+        self, probabilities: np.ndarray, rule: ObjectRule | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(label image, class of each label id) by `rule` (default: object_rule)."""
+        boundary = self.mask_values.instances == "boundary"
+        classes = self.mask_values.object_class_ids
+        return split_objects(probabilities, rule or self.object_rule, classes, boundary)
 
     @property
     def num_classes(self) -> int:

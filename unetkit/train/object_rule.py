@@ -21,8 +21,9 @@ from unetkit.core.checkpoint import load_checkpoint, save_checkpoint
 from unetkit.data import Pair
 from unetkit.data.io import read_pair
 from unetkit.data.mask_values import IGNORE_ID
+from unetkit.data.objects import mask_objects
 from unetkit.inference import InferenceOptions, Predictor
-from unetkit.inference.instances import ObjectRule, split_objects, true_objects
+from unetkit.inference.instances import ObjectRule
 from unetkit.object_metrics import object_scores
 
 MAX_IMAGES = 12
@@ -42,7 +43,8 @@ def choose_object_rule(checkpoint: Path, val_pairs: Sequence[Pair], log: Callabl
     for pair in list(val_pairs)[::step]:
         image, mask = read_pair(pair.image, pair.mask)
         target = predictor.mask_values.encode(mask, pair.mask)
-        truth = true_objects(target, predictor.num_classes, IGNORE_ID)
+        mask_values = predictor.mask_values
+        truth = mask_objects(mask, target, mask_values.instances, mask_values.object_class_ids, IGNORE_ID)
         if truth.any():
             images.append((predictor.probabilities(predictor.logits(image, pair.image)), truth))
     if not images:
@@ -50,7 +52,10 @@ def choose_object_rule(checkpoint: Path, val_pairs: Sequence[Pair], log: Callabl
     scored = []
     for values in itertools.product(*GRID.values()):
         rule = ObjectRule(**dict(zip(GRID, values, strict=True)))
-        errors = [object_scores(truth, split_objects(p, rule)[0])["adapted_rand_error"] for p, truth in images]
+        errors = [
+            object_scores(truth, predictor.objects_from_probabilities(p, rule)[0])["adapted_rand_error"]
+            for p, truth in images
+        ]
         scored.append((float(np.mean(errors)), rule))
     error, best = min(scored, key=lambda pair: pair[0])
     state["object_rule"] = best.to_dict()

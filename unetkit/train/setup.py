@@ -149,7 +149,8 @@ def plan(
         cfg, _ = fill_unset(cfg, {"binary": resume_state["binary"], "workers": default_workers()})
     else:
         started = time.perf_counter()
-        data = fingerprint_pairs(train_pairs, cfg.ignore_value, cfg.mask_values)
+        instances = ("boundary" if cfg.boundary_class else "objects") if cfg.instance_masks else None
+        data = fingerprint_pairs(train_pairs, cfg.ignore_value, cfg.mask_values, instances=instances)
         cfg, summary = apply_recipe(cfg, data, device)
         log(f"{summary} ({time.perf_counter() - started:.1f}s to read and measure the training set)")
         preprocess = Preprocess(data.channels, data.mean, data.std, cfg.scale)
