@@ -129,6 +129,7 @@ def run_dataset(name: str, seconds: float, data_root: Path, out_root: Path, extr
         "mean_dice": report["mean_dice"],
         "mean_iou": report["mean_iou"],
         "mean_is": report["mean_is"],
+        "objects": {key: report.get("objects", {}).get(key) for key in ("adapted_rand_error", "ap", "f1")},
         "epochs": epochs,
         "seconds_to_first_epoch": train["seconds_to_marker"],
         "train_seconds": train["seconds"],
@@ -144,18 +145,20 @@ def run_dataset(name: str, seconds: float, data_root: Path, out_root: Path, extr
 
 def format_table(rows: list[dict]) -> str:
     lines = [
-        "| data set | split | per class Dice / IoU | mean Dice | mean IoU | epochs | to 1st epoch | train s | "
-        "peak MiB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| data set | split | per class Dice / IoU | mean Dice | mean IoU | objects: Rand error / AP | epochs | "
+        "to 1st epoch | train s | peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['name']} | {row['error']} | | | | | | | |")
+            lines.append(f"| {row['name']} | {row['error']} | | | | | | | | |")
             continue
         classes = ", ".join(f"{c['value']}: {_show(c['dice'])} / {_show(c['iou'])}" for c in row["per_class"])
+        objects = row.get("objects") or {}
+        objects_shown = f"{_show(objects.get('adapted_rand_error'))} / {_show(objects.get('ap'))}"
         lines.append(
             f"| {row['name']} | {row['evaluated_on']} ({row['images']}) | {classes} | {_show(row['mean_dice'])} | "
-            f"{_show(row['mean_iou'])} | {row['epochs']} | {row['seconds_to_first_epoch']} s | "
+            f"{_show(row['mean_iou'])} | {objects_shown} | {row['epochs']} | {row['seconds_to_first_epoch']} s | "
             f"{row['train_seconds']:.0f} | {row['peak_rss_mib']} |"
         )
     return "\n".join(lines)

@@ -51,9 +51,9 @@ def make_trainer(spec: ModelSpec, data: tuple[Path, Path], size: int, batch: int
 class OneBatch:
     """Stands in for the DataLoader: yields the same ready-made batch, once per epoch."""
 
-    def __init__(self, images: torch.Tensor, masks: torch.Tensor) -> None:
-        self.batch = (images, masks)
-        self.dataset = range(images.shape[0])  # train_one_epoch reads len(loader.dataset)
+    def __init__(self, batch: tuple[torch.Tensor, ...]) -> None:
+        self.batch = batch  # images, masks and, with border weights, the pixel weights
+        self.dataset = range(batch[0].shape[0])  # train_one_epoch reads len(loader.dataset)
 
     def __iter__(self):
         yield self.batch
@@ -115,8 +115,7 @@ def benchmark_training(settings: Settings, log=print) -> list[dict]:
 
                 timings = {"unetkit": measure(full_step, settings.warmup, settings.iters, settings.max_case_seconds)}
 
-                images, masks = next(iter(trainer.train_loader))
-                trainer.train_loader = OneBatch(images, masks)
+                trainer.train_loader = OneBatch(tuple(next(iter(trainer.train_loader))))
                 timings["bare"] = measure(full_step, settings.warmup, settings.iters, settings.max_case_seconds)
 
                 naive = NaiveTrainer(spec, data, size, batch)

@@ -278,7 +278,7 @@ def figure_weight_map(out: Path) -> Path:
 
     plt = _pyplot()
     image, mask = _demo_slice(TRAIN_SLICES[0])
-    objects = true_objects(mask, 2)
+    objects = true_objects(mask, [1])
     weights = border_weights(objects, w0=10.0, sigma=5.0)
     crop = (slice(160, 352), slice(160, 352))
     figure, axes = plt.subplots(1, 3, figsize=(9, 3.3))

@@ -25,6 +25,7 @@ TINY_TRAIN = (
     "--no-progress",
     "--amp",
     "off",
+    "--no-report",  # tests/test_report.py covers the report
 )
 
 

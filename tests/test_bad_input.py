@@ -327,7 +327,7 @@ def case_nan_loss(tmp_path, monkeypatch, **_):
     def nan_after_first_step(*args, **kwargs):
         loss = SegmentationLoss(*args, **kwargs)
         original, steps = loss.forward, iter(range(1_000_000))
-        loss.forward = lambda logits, target: original(logits, target) * (1.0 if next(steps) == 0 else torch.nan)
+        loss.forward = lambda *inputs: original(*inputs) * (1.0 if next(steps) == 0 else torch.nan)
         return loss
 
     monkeypatch.setattr(unetkit.train.setup, "SegmentationLoss", nan_after_first_step)

@@ -4,7 +4,7 @@ import make_figures as docs
 import pytest
 
 
-@pytest.mark.parametrize("name", ["dice_iou", "upsampling", "amp", "schedulers"])
+@pytest.mark.parametrize("name", ["dice_iou", "upsampling", "amp", "schedulers", "weight_map"])
 def test_cheap_figures_render(tmp_path, name):
     path = docs.CHEAP_FIGURES[name](tmp_path)
     assert path.suffix == ".png" and 0 < path.stat().st_size < 200_000
@@ -26,6 +26,7 @@ def test_every_page_names_its_module_and_has_its_figure():
         "amp.md": ("unetkit/core/amp.py", "amp.png"),
         "schedulers.md": ("unetkit/train/schedulers.py", "schedulers.png"),
         "dumbnet_vs_unet.md": ("unetkit/models/dumbnet.py", "dumbnet_vs_unet.png"),
+        "objects.md": ("unetkit/data/weight_map.py", "weight_map.png"),
     }
     for page, (module, figure) in pages.items():
         text = (root / "docs" / page).read_text()

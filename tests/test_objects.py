@@ -205,3 +205,32 @@ def test_training_on_instance_masks_with_boundary_class_and_border_weights(tmp_p
         capsys, "train", "--images", images, "--masks", masks, "--out", tmp_path / "r2", "--boundary-class"
     )
     assert code == 2 and "--boundary-class needs --instance-masks" in err
+
+
+def test_check_spots_instance_masks_and_counts_their_objects(tmp_path, capsys):
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for index in range(10):
+        labels = np.zeros((32, 64), dtype=np.uint16)
+        for k in range(8):  # 80 ids over the set: more than any semantic mask has classes
+            labels[4:12, 2 + 8 * k : 8 + 8 * k] = 1 + index * 8 + k
+        Image.fromarray((labels > 0).astype(np.uint8) * 200).save(tmp_path / "images" / f"m{index}.png")
+        Image.fromarray(labels).save(tmp_path / "masks" / f"m{index}.png")
+    folders = ("--images", tmp_path / "images", "--masks", tmp_path / "masks")
+    code, out, _ = run_cli(capsys, "check", *folders)
+    assert code == 1 and "look like instance masks" in out and "--instance-masks" in out
+    code, out, _ = run_cli(capsys, "check", *folders, "--instance-masks")
+    assert code == 0 and "objects: 80 (median 8 per mask)" in out
+
+
+def test_objects_across_tile_borders_stay_whole(rgb_run, tmp_path, capsys):
+    _, images, _, checkpoint = rgb_run
+    whole, tiled = tmp_path / "whole", tmp_path / "tiled"
+    run_cli(capsys, "predict", "--checkpoint", checkpoint, images, "--out", whole, "--instances", "--tiling", "off")
+    tiles = ("--tiling", "on", "--tile", "24", "--overlap", "8")  # 40x56 images: every shape crosses a tile border
+    run_cli(capsys, "predict", "--checkpoint", checkpoint, images, "--out", tiled, "--instances", *tiles)
+    for name in ("img00", "img01", "img02"):
+        a, b = (tifffile.imread(folder / f"{name}_objects.tif") for folder in (whole, tiled))
+        assert a.max() == b.max()  # the same objects, none cut in two at a tile border

@@ -33,6 +33,7 @@ def tiny_config(images: Path, masks: Path, out: Path, **overrides) -> TrainConfi
         val_fraction=0.25,
         amp="off",
         channels_last="off",
+        report=False,  # tests/test_report.py covers the report
     )
     settings.update(overrides)
     return TrainConfig(**settings)
@@ -275,6 +276,15 @@ def test_recipe_scale_keeps_thin_structures_and_fits_large_objects():
     assert data_scale(thin_and_large) == 1.0  # a thin class wins over large ones
     rare_thin = fingerprint_of((540, 800), {0: (100, 800), 1: (50, 448), 2: (1.0, 5)}, {0: 70_000, 1: 29_999, 2: 1})
     assert data_scale(rare_thin) == 0.25  # a class under 0.1% of the pixels does not hold it up
+
+
+def test_border_weights_for_countable_objects_only():
+    assert apply_recipe(TrainConfig(), ISBI, torch.device("cpu"))[0].border_weight == 10.0  # cells
+    street = fingerprint_of((360, 480), {}, {0: 30, 1: 40, 2: 30})
+    assert apply_recipe(TrainConfig(), street, torch.device("cpu"))[0].border_weight == 0.0  # scene classes
+    instances = dataclasses.replace(street, mask_values=MaskValues([0, 1, 2], instances="boundary"))
+    assert apply_recipe(TrainConfig(), instances, torch.device("cpu"))[0].border_weight == 10.0
+    assert apply_recipe(TrainConfig(border_weight=0.0), ISBI, torch.device("cpu"))[0].border_weight == 0.0
 
 
 def test_upright_scenes_are_not_turned_upside_down():

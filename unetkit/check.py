@@ -12,6 +12,7 @@ import numpy as np
 
 from unetkit.data.io import read_image, read_mask
 from unetkit.data.mask_values import MAX_DISCOVERED_VALUES, MAX_VALUE, bit_depth, depths_disagree, values_outside
+from unetkit.data.objects import instance_classes
 from unetkit.data.pairing import Matching, Pair, match_folders
 from unetkit.errors import UnetkitError
 
@@ -19,7 +20,9 @@ LOSSY_EXTENSIONS = (".jpg", ".jpeg")
 RARE_VALUE_FRACTION = 0.001  # values this rare beside a few dominant ones look like compression noise
 
 
-def check_dataset(images_dir: str | Path, masks_dir: str | Path, mask_suffix: str | None = None) -> dict:
+def check_dataset(
+    images_dir: str | Path, masks_dir: str | Path, mask_suffix: str | None = None, instance_masks: bool = False
+) -> dict:
     """A report dict: `ok` (training would work), `problems` and `warnings` (file, problem, fix),
     and what was found: pairs, sizes, channels, mask values with pixel counts and fractions."""
     images_dir, masks_dir = Path(images_dir), Path(masks_dir)
@@ -32,7 +35,7 @@ def check_dataset(images_dir: str | Path, masks_dir: str | Path, mask_suffix: st
         problems.append({"file": str(err).split(": ", 1)[0], "problem": str(err)})
         return {**report, "ok": False, "pairs": 0}
     problems += unpaired(matching, images_dir, masks_dir)
-    scan = scan_pairs(matching.pairs, problems, warnings)
+    scan = scan_pairs(matching.pairs, problems, warnings, instance_masks)
     sizes, channels, value_counts, depths = scan.sizes, scan.channels, scan.value_counts, scan.depths
 
     if depths_disagree(set(depths), set(value_counts)):
@@ -47,6 +50,9 @@ def check_dataset(images_dir: str | Path, masks_dir: str | Path, mask_suffix: st
         )
     _summarise_shapes(report, sizes, channels, warnings)
     _summarise_values(report, value_counts, problems, warnings)
+    if instance_masks:
+        counts = sorted(scan.objects.values())
+        report["objects"] = {"total": sum(counts), "per_mask_median": counts[len(counts) // 2] if counts else 0}
     report["pairs"] = len(matching.pairs)
     report["mask_suffix"] = matching.suffix
     report["ok"] = not problems
@@ -83,10 +89,14 @@ class PairScan:
     channels: dict[str, int] = field(default_factory=dict)
     value_counts: Counter[int] = field(default_factory=Counter)
     depths: dict[str, Path] = field(default_factory=dict)
+    objects: dict[str, int] = field(default_factory=dict)  # instance masks: objects per mask
 
 
-def scan_pairs(pairs: Sequence[Pair], problems: list[dict], warnings: list[dict]) -> PairScan:
-    """Read every pair once; unreadable files and size mismatches become problems, JPEG masks warnings."""
+def scan_pairs(
+    pairs: Sequence[Pair], problems: list[dict], warnings: list[dict], instance_masks: bool = False
+) -> PairScan:
+    """Read every pair once; unreadable files and size mismatches become problems, JPEG masks
+    warnings. Instance masks count their objects and are summarised as the 0/1 they train as."""
     scan = PairScan()
     for pair in pairs:
         try:
@@ -106,6 +116,9 @@ def scan_pairs(pairs: Sequence[Pair], problems: list[dict], warnings: list[dict]
                 }
             )
         scan.depths.setdefault(bit_depth(mask.dtype), pair.mask)
+        if instance_masks:
+            scan.objects[pair.mask.name] = len(np.unique(mask[mask > 0]))
+            mask = instance_classes(mask, "objects")
         values, counts = np.unique(mask, return_counts=True)
         scan.value_counts.update(dict(zip(values.tolist(), counts.tolist(), strict=True)))
         if pair.mask.suffix.lower() in LOSSY_EXTENSIONS:
@@ -159,11 +172,18 @@ def _summarise_values(report: dict, value_counts: Counter, problems: list[dict],
     dominant = [v for v, n in value_counts.items() if n >= RARE_VALUE_FRACTION * total]
     rare = [v for v, n in value_counts.items() if n < RARE_VALUE_FRACTION * total]
     if len(value_counts) > MAX_DISCOVERED_VALUES:
+        instances = value_counts and max(value_counts, key=value_counts.get) == 0  # much background, many ids
         problems.append(
             {
                 "file": report["masks"],
-                "problem": f"masks hold {len(value_counts)} distinct values",
-                "fix": "save masks as PNG with one value per class, or pass --mask-values",
+                "problem": f"masks hold {len(value_counts)} distinct values"
+                + (
+                    ", with 0 the most common: they look like instance masks (each object its own id)"
+                    if instances
+                    else ""
+                ),
+                "fix": "if they are instance masks, check and train with --instance-masks; else save masks as PNG "
+                "with one value per class, or pass --mask-values",
             }
         )
     elif len(rare) > 2 and len(rare) > len(dominant):
@@ -208,6 +228,8 @@ def format_check(report: dict) -> str:
             + ", ".join(f"{row['value']}: {100 * row['fraction']:.2f}%" for row in report["mask_values"][:20])
             + (" ..." if len(report["mask_values"]) > 20 else "")
         )
+    if report.get("objects"):
+        lines.append(f"objects: {report['objects']['total']} (median {report['objects']['per_mask_median']} per mask)")
     for kind in ("problems", "warnings"):
         for item in report[kind]:
             fix = f"; fix: {item['fix']}" if item.get("fix") else ""

@@ -104,6 +104,7 @@ class SegmentationMetrics:
             "mean_is": self.describe_mean(),
             "pixel_accuracy": self.pixel_accuracy,
             "num_images": len(self.per_image),
+            "confusion_matrix": self.matrix.tolist(),  # rows: true class, columns: predicted class
             "per_class": [
                 {
                     "class_id": k,

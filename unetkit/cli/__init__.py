@@ -15,6 +15,7 @@ from unetkit.cli.commands import (
     cmd_evaluate,
     cmd_export,
     cmd_predict,
+    cmd_report,
     cmd_train,
     config_and_given_options,
     config_from_args,
@@ -83,6 +84,22 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def add_check_arguments(p: argparse.ArgumentParser) -> None:
+    add_labelled_folder_arguments(p, "also write the report to this file")
+    p.add_argument(
+        "--instance-masks",
+        action="store_true",
+        help="the masks are instance label images (each object its own id): count the objects per mask",
+    )
+
+
+def add_report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN_DIR", help="a run folder of 'unetkit train' (config.json, metrics.csv, best.pt)")
+    p.add_argument("--images", help="score and show these images (default: the run's validation images)")
+    p.add_argument("--masks", help="their masks")
+    p.add_argument("--out", help="the HTML file to write (default RUN_DIR/report.html)")
+
+
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     add_inference_arguments(p)
     add_labelled_folder_arguments(p, "also write the full report (per class, per image) to this file")
@@ -119,8 +136,14 @@ COMMANDS: dict[str, tuple[str, str, Arguments, Callable]] = {
     "check": (
         "check a data set before training (exit 1 if training would fail)",
         "The data set doctor: pairs, sizes, channels, mask values, class fractions, broken files.",
-        lambda p: add_labelled_folder_arguments(p, "also write the report to this file"),
+        add_check_arguments,
         cmd_check,
+    ),
+    "report": (
+        "write an HTML report of a run: curves, per-class table, confusion, worst images",
+        "One self-contained HTML file (images embedded, no network) about a run and its best.pt.",
+        add_report_arguments,
+        cmd_report,
     ),
     "demo": (
         "train and evaluate on the bundled ISBI 2012 EM membranes",

@@ -130,13 +130,20 @@ def cmd_check(args: argparse.Namespace) -> int:
     from unetkit.check import check_dataset, format_check
 
     output_file("--json", args.json, ".json")
-    report = check_dataset(args.images, args.masks, args.mask_suffix)
+    report = check_dataset(args.images, args.masks, args.mask_suffix, args.instance_masks)
     print(format_check(report))
     if args.json:
         from unetkit.core.atomic import write_json
 
         write_json(Path(args.json), report)
     return 0 if report["ok"] else 1
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from unetkit.report import write_report
+
+    output_file("--out", args.out, ".html")
+    write_report(args.run, args.images, args.masks, args.out)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

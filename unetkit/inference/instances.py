@@ -18,6 +18,7 @@ probability map, so objects across tile borders stay whole.
 from __future__ import annotations
 
 import csv
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 import tifffile
 from scipy import ndimage
 from skimage.measure import label, regionprops_table
-from skimage.morphology import remove_small_holes
+from skimage.morphology import remove_small_holes, remove_small_objects
 from skimage.segmentation import watershed
 
 from unetkit.core.atomic import atomic_write
@@ -83,8 +84,10 @@ def split_region(core: np.ndarray, extent: np.ndarray, region: np.ndarray, rule:
     orphans = region & ~np.isin(parts, np.unique(parts[seeds > 0]))  # regions without a core
     seeds[orphans] = parts[orphans] + seeds.max()
     objects = watershed(-extent, seeds, mask=region)
-    if rule.min_size > 1:  # (skimage's remove_small_objects warns on a single label)
-        objects[(np.bincount(objects.ravel()) < rule.min_size)[objects]] = 0
+    if rule.min_size > 1:
+        with warnings.catch_warnings():  # it warns when there is a single object, which is fine here
+            warnings.simplefilter("ignore", UserWarning)
+            objects = remove_small_objects(objects, max_size=rule.min_size - 1)
     return relabel(objects)
 
 

@@ -208,6 +208,10 @@ class TrainConfig:
         False, "under torchrun: BatchNorm statistics over all ranks' batches (SyncBatchNorm, CUDA only)",
         group="run", flag=("--sync-bn", True),
     )  # fmt: skip
+    report: bool = option(
+        True, "no report.html at the end of the run (unetkit report RUN_DIR writes it later)", group="run",
+        flag=("--no-report", False),
+    )  # fmt: skip
     tensorboard: bool = option(
         False, "also log losses, Dice/IoU per class, LR and validation images to RUN/tensorboard",
         group="run", flag=("--tensorboard", True),

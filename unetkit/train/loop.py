@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from unetkit.train.tensorboard import TensorBoardLog
 
 EpochCallback = Callable[[dict[str, float]], None]
+CURVES_SECONDS = 30.0
 
 
 @dataclass
@@ -116,6 +117,7 @@ class Trainer:
             self._restore(resume_state)
         self.saved_epoch = self.start_epoch - 1  # the epoch last.pt holds; 0: none yet
         self.interrupt = InterruptFlag()
+        self.curves_drawn, self.curves_epochs = -math.inf, 0  # when curves.png was last drawn, and how many epochs
 
     # --- the whole run ---
     def fit(self, on_epoch_end: EpochCallback | None = None) -> RunResult:
@@ -157,6 +159,8 @@ class Trainer:
         try:
             with self.interrupt:
                 self._epoch_loop(on_epoch_end, tensorboard)
+            if self.dist.is_main and len(self.history) != self.curves_epochs:  # the last epochs are not drawn yet
+                self._draw_curves()
         except KeyboardInterrupt:
             raise KeyboardInterrupt(self._interrupted_message()) from None
         finally:
@@ -164,6 +168,10 @@ class Trainer:
                 tensorboard.close()
         if self.dist.is_main and self.val_pairs and (self.out / "best.pt").is_file():  # (a resume may not write one)
             choose_object_rule(self.out / "best.pt", self.val_pairs, self.log)
+            if self.cfg.report:
+                from unetkit.report import write_report  # the report reads the run; training does not need it
+
+                write_report(self.out, log=self.log, pairs=self.val_pairs, source="the run's validation images")
         return RunResult(self.out, self.out / "best.pt", self.out / "last.pt", self.history, self.best_dice)
 
     def _epoch_loop(self, on_epoch_end: EpochCallback | None, tensorboard: TensorBoardLog | None) -> None:
@@ -368,7 +376,14 @@ class Trainer:
             save_checkpoint(self.out / "best.pt", state)
         save_checkpoint(self.out / "last.pt", state)
         write_metrics_csv(self.out / "metrics.csv", self.history)
+        # Drawing curves.png takes ~0.5-1 s (matplotlib), 5-10% of a demo epoch: redrawn at most
+        # every CURVES_SECONDS while training, and always after the last epoch.
+        if time.perf_counter() - self.curves_drawn >= CURVES_SECONDS:
+            self._draw_curves()
+
+    def _draw_curves(self) -> None:
         plot_curves(self.out / "curves.png", self.history)
+        self.curves_drawn, self.curves_epochs = time.perf_counter(), len(self.history)
 
     # --- one epoch of each kind ---
 

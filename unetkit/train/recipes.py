@@ -25,6 +25,12 @@ Then the scale is rounded down to a multiple of 1/8, so that nearby data sets ge
 Images that are no larger than one 256x256 patch at that scale train whole (batches padded to the
 largest); larger ones train on patches, a third of them centred on the rarer classes.
 
+Border weights (both recipes): the U-Net paper's weight map (w0 = 10, data/weight_map.py) for data
+sets whose objects a person would count: two classes (cells and membranes, nuclei and
+background) or instance masks; off for scene classes. On the demo's validation slices 22-24
+(130 s runs) it moved the adapted Rand error of the cells from 0.070 to 0.062 with cell Dice
+unchanged (0.949); with a single object per image (HC18) it weighs nothing.
+
 Class weights (both recipes) are 1/sqrt(pixel fraction), normalised to a pixel-weighted mean of 1
 and capped at MAX_CLASS_WEIGHT times the smallest: ISBI's membranes (22% of pixels) get 1.9x the
 cells' weight, the hand-set 2:1 the demo used before; CamVid's poles 6.5x the road's.
@@ -49,6 +55,7 @@ PATCH_SIDE = 256
 THIN_HALF_WIDTH = 2.0  # px at the model's scale for the thinnest class
 RARE_FRACTION = 1e-3  # classes rarer than this do not hold the resolution up
 MAX_CLASS_WEIGHT = 10.0
+BORDER_WEIGHT = 10.0  # the U-Net paper's w0
 UPRIGHT_SHIFT = 0.15  # a class's mean height this far from the middle marks an upright data set
 PATCHES_PER_EPOCH = 96  # small sets crop several patches per image so an epoch is worth its overhead
 
@@ -144,6 +151,8 @@ def recipe_choices(cfg: TrainConfig, data: DataFingerprint, device: torch.device
     minimum = dataclasses.replace(cfg, depth=depth).min_input_size()
     choices["patch_size"] = patch_side(data, cfg.scale if cfg.scale is not None else choices["scale"], minimum)
     choices["class_weights"] = class_weights(data, data.mask_values)
+    countable = data.mask_values.instances is not None or data.mask_values.num_classes == 2
+    choices["border_weight"] = BORDER_WEIGHT if countable else 0.0
     choices["binary"] = data.mask_values.num_classes == 2  # one sigmoid logit for two classes
     choices["workers"] = default_workers()
     if cfg.time is None:

@@ -22,8 +22,9 @@ def write_metrics_csv(path: Path, history: list[dict[str, float]]) -> None:
     atomic_write(path, write)
 
 
-def plot_curves(path: Path, history: list[dict[str, float]]) -> None:
-    """Loss, Dice/IoU and learning rate against epoch, three panels side by side."""
+def curves_figure(history: list[dict[str, float]]):
+    """Loss, Dice/IoU and learning rate against epoch, three panels side by side (a matplotlib
+    figure; the caller saves and closes it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,6 +46,14 @@ def plot_curves(path: Path, history: list[dict[str, float]]) -> None:
     loss_ax.legend()
     score_ax.legend()
     figure.tight_layout()
+    return figure
+
+
+def plot_curves(path: Path, history: list[dict[str, float]]) -> None:
+    """curves.png of the run folder."""
+    import matplotlib.pyplot as plt
+
+    figure = curves_figure(history)
     try:
         atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=90))
     finally:

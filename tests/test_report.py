@@ -1,0 +1,84 @@
+"""The HTML run report: written at the end of training and by `unetkit report`, self-contained,
+and (where Chromium and its driver are installed, as .ci/run installs them) rendered in a real
+headless browser: every image decoded, the table there, no console errors."""
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from synthetic import TINY_TRAIN, make_shapes, run_cli
+
+
+@pytest.fixture(scope="module")
+def reported_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    images, masks = make_shapes(root, count=12, size=(48, 64), values=(0, 1, 2))
+    out = root / "run"
+    from unetkit.cli import main
+
+    args = ["train", "--images", str(images), "--masks", str(masks), "--out", str(out), "--val-fraction", "0.34"]
+    tiny = [option for option in TINY_TRAIN if option != "--no-report"]
+    assert main([*args, *tiny]) == 0  # 4 validation images: 3 worst and 1 best shown
+    return root, images, masks, out
+
+
+def test_training_writes_a_self_contained_report(reported_run):
+    _, _, _, out = reported_run
+    html = (out / "report.html").read_text()
+    for section in ('id="summary"', 'id="classes"', 'id="curves"', 'id="examples"', 'id="confusion"'):
+        assert section in html
+    assert html.count("data:image/png;base64,") == 6  # curves, confusion, and the 4 examples
+    assert not re.search(r"""(src|href)=["']https?:""", html)  # nothing fetched from a network
+    assert "the run&#39;s validation images" in html  # autoescaped by the template engine
+
+
+def test_report_command_on_other_images(reported_run, tmp_path, capsys):
+    _, images, masks, out = reported_run
+    target = tmp_path / "other.html"
+    code, stdout, _ = run_cli(capsys, "report", out, "--images", images, "--masks", masks, "--out", target)
+    assert code == 0 and str(target) in stdout
+    assert "12 image(s)" in target.read_text()
+    code, _, err = run_cli(capsys, "report", tmp_path)
+    assert code == 2 and "config.json: not found" in err
+
+
+def chromium() -> tuple[str, str] | None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+NO_BROWSER = "needs chromium and chromedriver: apt-get install chromium chromium-driver (.ci/run does)"
+
+
+# CI installs the browser, so there a missing one fails instead of skipping.
+@pytest.mark.skipif(chromium() is None and not os.environ.get("CI"), reason=NO_BROWSER)
+def test_report_renders_in_headless_chromium(reported_run, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    assert chromium() is not None, NO_BROWSER
+    _, _, _, out = reported_run
+    browser, driver_path = chromium()
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,2400"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        driver.get((out / "report.html").resolve().as_uri())
+        decoded = driver.execute_script("return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
+        assert decoded and all(decoded)
+        assert driver.execute_script("return document.querySelectorAll('#classes table tr').length") >= 4
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert not errors
+        driver.set_window_size(390, 844)  # a phone: nothing wider than the screen
+        width = driver.execute_script("return document.documentElement.scrollWidth")
+        assert width <= 400
+        assert driver.save_screenshot(str(tmp_path / "report.png"))
+    finally:
+        driver.quit()
+    assert Path(tmp_path / "report.png").stat().st_size > 10_000

@@ -1,0 +1,3 @@
+from unetkit.report.build import write_report
+
+__all__ = ["write_report"]
