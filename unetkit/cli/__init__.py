@@ -76,6 +76,14 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt from a run")
     p.add_argument("--onnx", help="output .onnx file")
     p.add_argument("--safetensors", help="output .safetensors file; predict/evaluate take it as --checkpoint")
+    p.add_argument(
+        "--bioimageio",
+        help="output .zip: a bioimage.io model package for Fiji (deepImageJ), ilastik, QuPath, napari "
+        "(needs pip install 'unetkit[bioimageio]')",
+    )
+    p.add_argument("--sample", help="with --bioimageio: an image for the package's test input and cover")
+    p.add_argument("--name", help="with --bioimageio: the model's name")
+    p.add_argument("--author", action="append", help="with --bioimageio: an author's name (repeat for more)")
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:

@@ -111,8 +111,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    if not args.onnx and not args.safetensors:
-        raise UnetkitError("export needs --onnx FILE and/or --safetensors FILE")
+    if not (args.onnx or args.safetensors or args.bioimageio):
+        raise UnetkitError("export needs --onnx FILE, --safetensors FILE and/or --bioimageio FILE.zip")
+    output_file("--bioimageio", args.bioimageio, ".zip")
     output_file("--onnx", args.onnx, ".onnx")
     output_file("--safetensors", args.safetensors, ".safetensors")
     if args.onnx:
@@ -124,6 +125,11 @@ def cmd_export(args: argparse.Namespace) -> None:
         from unetkit.core.checkpoint import export_safetensors
 
         print(f"wrote {export_safetensors(args.checkpoint, args.safetensors)} (weights and metadata only, no pickle)")
+    if args.bioimageio:
+        from unetkit.inference.bioimageio_export import export_bioimageio
+
+        export_bioimageio(args.checkpoint, args.bioimageio, args.sample, args.name, args.author)
+        print(f"wrote {args.bioimageio} (bioimage.io model package: TorchScript and ONNX weights, test tensors)")
 
 
 def cmd_check(args: argparse.Namespace) -> int:

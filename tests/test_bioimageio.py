@@ -1,0 +1,51 @@
+"""`unetkit export --bioimageio`: the package passes bioimageio.core's own model test (its
+test input through the package's preprocessing and weights, against its test output), and its
+probabilities are unetkit's own. In CI (.ci/run runs the demo first) the model exported is the
+demo's own best.pt; on a fresh clone, a tiny RGB model."""
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from synthetic import run_cli
+
+from unetkit.data import read_image
+from unetkit.demo import DEMO_DATA
+from unetkit.inference import InferenceOptions, Predictor
+
+bioimageio_core = pytest.importorskip("bioimageio.core", reason="needs pip install 'unetkit[bioimageio]'")
+DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "runs" / "demo" / "best.pt"
+
+
+def test_package_passes_the_bioimageio_model_test(rgb_run, tmp_path, capsys):
+    _, images, _, checkpoint = rgb_run
+    sample = images / "img00.png"
+    if DEMO_CHECKPOINT.is_file():
+        checkpoint, sample = DEMO_CHECKPOINT, DEMO_DATA / "images" / "25.png"
+    package = tmp_path / "model.zip"
+    args = ("export", "--checkpoint", checkpoint, "--bioimageio", package, "--sample", sample, "--author", "A. Tester")
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert "bioimage.io model package" in out
+    names = set(zipfile.ZipFile(package).namelist())
+    assert {"rdf.yaml", "weights_torchscript.pt", "weights.onnx", "test_input.npy", "test_output.npy"} <= names
+    assert {"cover.png", "README.md"} <= names
+    summary = bioimageio_core.test_model(str(package))
+    assert summary.status == "passed", [(d.name, [e.msg for e in d.errors]) for d in summary.details if d.errors]
+    with zipfile.ZipFile(package) as archive:
+        archive.extract("test_output.npy", tmp_path)
+        archive.extract("rdf.yaml", tmp_path)
+    expected = np.load(tmp_path / "test_output.npy")[0]
+    rdf = (tmp_path / "rdf.yaml").read_text()
+    assert "A. Tester" in rdf and "fixed_zero_mean_unit_variance" in rdf and "scale_linear" in rdf
+    # The same probabilities as unetkit's own prediction of the (cropped) sample, fp32.
+    predictor = Predictor(checkpoint, amp="off", options=InferenceOptions(backend="torch"))
+    image = read_image(sample)[: expected.shape[1], : expected.shape[2]]
+    np.testing.assert_allclose(expected, predictor.probabilities(predictor.logits(image)), atol=1e-4)
+
+
+def test_a_non_zip_output_is_refused(rgb_run, tmp_path, capsys):
+    _, _, _, checkpoint = rgb_run
+    code, _, err = run_cli(capsys, "export", "--checkpoint", checkpoint, "--bioimageio", tmp_path / "model.yaml")
+    assert code == 2 and "ending in .zip" in err

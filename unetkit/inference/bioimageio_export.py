@@ -1,0 +1,225 @@
+"""`unetkit export --bioimageio model.zip`: a bioimage.io model package, the format that Fiji
+(deepImageJ), ilastik, QuPath and napari read, so a unetkit model runs there with no code.
+
+The package (bioimage.io model spec 0.5, written by bioimageio.spec, tested by bioimageio.core):
+- input `raw`: (batch, channel, y, x) float32 pixel values as the file holds them (0-255 for
+  8-bit images), made into what unetkit's model saw by the spec's own preprocessing:
+  scale_linear (1 / the type's maximum) then fixed_zero_mean_unit_variance with the training
+  set's channel means and standard deviations;
+- output `probabilities`: one channel per class (background and foreground for a binary model),
+  the same size as the input;
+- weights: TorchScript and ONNX of the network with its resize (a model trained at --scale)
+  and softmax/sigmoid inside, so any y, x in steps of the network's size multiple work;
+- a test input (the sample image) and its expected output, a cover image (the sample with its
+  predicted classes overlaid) and a short documentation page.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unetkit.core.checkpoint import load_checkpoint, model_from_checkpoint
+from unetkit.core.model_spec import ModelSpec
+from unetkit.data import read_image
+from unetkit.errors import UnetkitError
+from unetkit.inference.outputs import overlay, save_png
+
+
+class ProbabilityNet(nn.Module):
+    """Normalised image -> class probabilities at the input's size (the resize inside)."""
+
+    def __init__(self, model: nn.Module, scale: float, binary: bool) -> None:
+        super().__init__()
+        self.model, self.scale, self.binary = model, scale, binary
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        if self.scale != 1.0:
+            x = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        logits = self.model(x)
+        if self.scale != 1.0:
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        if self.binary:
+            foreground = torch.sigmoid(logits)
+            return torch.cat([1 - foreground, foreground], dim=1)
+        return torch.softmax(logits, dim=1)
+
+
+def size_step(multiple: int, scale: float) -> int:
+    """The input size step that keeps the scaled size a multiple of the network's `multiple`."""
+    step = multiple / scale
+    if abs(step - round(step)) > 1e-6:
+        raise UnetkitError(
+            f"a model trained at --scale {scale:g} cannot be described by fixed size steps for bioimage.io; "
+            "train with a --scale whose inverse times the network's size multiple is whole (e.g. 1, 0.5, 0.25)"
+        )
+    return round(step)
+
+
+def sample_image(path: str | Path | None, channels: int, step: int) -> tuple[np.ndarray, float]:
+    """(C, H, W) float32 raw pixel values of the sample, cropped to whole size steps, and the
+    type's maximum (255 for 8-bit); without a file, a smooth synthetic 8-bit image."""
+    if path is None:
+        side = 4 * step
+        yy, xx = np.mgrid[:side, :side] / side
+        raw = (127 + 100 * np.sin(6 * yy) * np.cos(5 * xx))[None].repeat(channels, 0)
+        return raw.astype(np.float32), 255.0
+    from PIL import Image
+
+    with Image.open(path) as img:
+        maximum = 65535.0 if img.mode.startswith("I;16") or img.mode == "I" else 255.0
+    image = read_image(path)  # (H, W, C) in [0, 1]
+    if image.shape[2] != channels:
+        raise UnetkitError(f"{path}: the sample has {image.shape[2]} channel(s), the model takes {channels}")
+    height, width = (image.shape[0] // step) * step, (image.shape[1] // step) * step
+    if min(height, width) < step:
+        raise UnetkitError(f"{path}: the sample is smaller than the model's {step}x{step} minimum")
+    raw = image[:height, :width].transpose(2, 0, 1) * maximum
+    return raw.astype(np.float32), maximum
+
+
+def normalised(raw: np.ndarray, maximum: float, spec: ModelSpec) -> torch.Tensor:
+    mean = np.asarray(spec.preprocess.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(spec.preprocess.std, dtype=np.float32)[:, None, None]
+    return torch.from_numpy((raw / maximum - mean) / std)[None].float()
+
+
+def write_weights(net: nn.Module, example: torch.Tensor, folder: Path) -> tuple[Path, Path]:
+    """TorchScript (traced) and ONNX (opset 17, dynamic batch/y/x) files of `net`."""
+    torchscript, onnx_file = folder / "weights_torchscript.pt", folder / "weights.onnx"
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(net, example), str(torchscript))
+        axes = {0: "batch", 2: "y", 3: "x"}
+        names = {"input_names": ["raw"], "output_names": ["probabilities"]}
+        dynamic = {"raw": axes, "probabilities": axes}
+        torch.onnx.export(
+            net, (example,), str(onnx_file), opset_version=17, dynamic_axes=dynamic, dynamo=False, **names
+        )
+    return torchscript, onnx_file
+
+
+def export_bioimageio(
+    checkpoint: str | Path | dict[str, Any],
+    out: str | Path,
+    sample: str | Path | None = None,
+    name: str | None = None,
+    authors: list[str] | None = None,
+) -> Path:
+    """Write the bioimage.io package `out` (.zip) and return its path; see the module docstring."""
+    try:
+        from bioimageio.spec import save_bioimageio_package  # noqa: F401
+    except ImportError:
+        raise UnetkitError("bioimage.io export needs bioimageio.core: pip install 'unetkit[bioimageio]'") from None
+    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    spec = ModelSpec.from_state(state)
+    model = model_from_checkpoint(state).eval()
+    step = size_step(model.size_multiple, spec.preprocess.scale)
+    net = ProbabilityNet(model, spec.preprocess.scale, spec.binary).eval()
+    raw, maximum = sample_image(sample, spec.in_channels, step)
+    with torch.no_grad():
+        expected = net(normalised(raw, maximum, spec)).numpy()
+    with tempfile.TemporaryDirectory(prefix="unetkit-bioimageio-") as folder:
+        files = package_files(Path(folder), net, raw, maximum, expected, spec)
+        run_name = "model" if isinstance(checkpoint, dict) else Path(checkpoint).resolve().parent.name
+        description = describe(files, spec, step, maximum, name, authors, run_name)
+        from bioimageio.spec import save_bioimageio_package
+
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_bioimageio_package(description, output_path=out)
+    return out
+
+
+def package_files(folder: Path, net: nn.Module, raw: np.ndarray, maximum: float, expected: np.ndarray,
+                  spec: ModelSpec) -> dict[str, Path]:  # fmt: skip
+    """The files the package holds besides rdf.yaml."""
+    files = {"input": folder / "test_input.npy", "output": folder / "test_output.npy"}
+    np.save(files["input"], raw[None])
+    np.save(files["output"], expected.astype(np.float32))
+    files["torchscript"], files["onnx"] = write_weights(net, normalised(raw, maximum, spec), folder)
+    files["cover"] = folder / "cover.png"
+    image = (raw.transpose(1, 2, 0) / maximum).clip(0, 1)
+    save_png(
+        files["cover"], overlay(image, expected[0].argmax(axis=0), [f"value {v}" for v in spec.mask_values.values])
+    )
+    files["documentation"] = folder / "README.md"
+    files["documentation"].write_text(documentation(spec))
+    return files
+
+
+def documentation(spec: ModelSpec) -> str:
+    classes = ", ".join(f"channel {k}: mask value {v}" for k, v in enumerate(spec.mask_values.values))
+    return (
+        f"# unetkit {spec.name}\n\nA U-Net trained with unetkit for semantic segmentation.\n\n"
+        f"- input: {spec.in_channels} channel(s), raw pixel values; scaled to [0, 1] and normalised with the "
+        f"training set's mean {spec.preprocess.mean} and standard deviation {spec.preprocess.std}\n"
+        f"- output: the probability of each class ({classes}); the predicted class is the most probable\n"
+        f"- resolution: the network sees the image resized by {spec.preprocess.scale:g} and answers at the "
+        "input's size\n"
+    )
+
+
+def describe(files: dict[str, Path], spec: ModelSpec, step: int, maximum: float, name: str | None,
+             authors: list[str] | None, run_name: str) -> Any:  # fmt: skip
+    """The bioimage.io ModelDescr (spec 0.5) of the package."""
+    from bioimageio.spec.model import v0_5 as bio
+
+    channels = [bio.Identifier(f"channel{k}") for k in range(spec.in_channels)]
+    classes = [bio.Identifier(f"class{k}_value{v}") for k, v in enumerate(spec.mask_values.values)]
+    space_in = [bio.SpaceInputAxis(id=bio.AxisId(a), size=bio.ParameterizedSize(min=step, step=step)) for a in "yx"]
+    raw = bio.TensorId("raw")
+    space_out = [bio.SpaceOutputAxis(id=bio.AxisId(a), size=bio.SizeReference(tensor_id=raw, axis_id=bio.AxisId(a)))
+                 for a in "yx"]  # fmt: skip
+    normalise = bio.FixedZeroMeanUnitVarianceAlongAxisKwargs(
+        mean=list(spec.preprocess.mean), std=list(spec.preprocess.std), axis=bio.AxisId("channel")
+    )
+    inputs = bio.InputTensorDescr(
+        id=raw,
+        description="raw pixel values (0-255 for 8-bit images)",
+        axes=[bio.BatchAxis(), bio.ChannelAxis(channel_names=channels), *space_in],
+        test_tensor=bio.FileDescr(source=files["input"]),
+        data=bio.IntervalOrRatioDataDescr(type="float32"),
+        preprocessing=[
+            bio.ScaleLinearDescr(kwargs=bio.ScaleLinearKwargs(gain=1 / maximum)),
+            bio.FixedZeroMeanUnitVarianceDescr(kwargs=normalise),
+        ],
+    )
+    outputs = bio.OutputTensorDescr(
+        id=bio.TensorId("probabilities"),
+        description="the probability of each class",
+        axes=[bio.BatchAxis(), bio.ChannelAxis(channel_names=classes), *space_out],
+        test_tensor=bio.FileDescr(source=files["output"]),
+        data=bio.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
+    )
+    weights = bio.WeightsDescr(
+        torchscript=bio.TorchscriptWeightsDescr(
+            source=files["torchscript"], pytorch_version=bio.Version(torch.__version__.split("+")[0])
+        ),
+        onnx=bio.OnnxWeightsDescr(source=files["onnx"], opset_version=17),
+    )
+    return bio.ModelDescr(
+        name=name or f"unetkit {spec.name} {run_name}",
+        description=f"U-Net semantic segmentation ({len(classes)} classes) trained with unetkit",
+        authors=[bio.Author(name=author) for author in (authors or ["unetkit user"])],
+        cite=[
+            bio.CiteEntry(
+                text="Ronneberger, Fischer, Brox: U-Net (MICCAI 2015)", doi=bio.Doi("10.1007/978-3-319-24574-4_28")
+            )
+        ],  # fmt: skip
+        license=bio.LicenseId("MIT"),
+        documentation=bio.FileDescr(source=files["documentation"]),
+        covers=[bio.FileDescr(source=files["cover"])],
+        tags=["unet", "segmentation", "unetkit", "2d"],
+        inputs=[inputs],
+        outputs=[outputs],
+        weights=weights,
+    )
