@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from synthetic import make_shapes
+from synthetic import make_shapes, run_cli
 
 from unetkit.data import find_pairs
 from unetkit.train import TrainConfig, Trainer, load_checkpoint, model_from_checkpoint
@@ -113,3 +113,55 @@ def test_resume_under_torchrun_continues_the_run(two_rank_run):
     assert "resuming" in result.stdout and len(re.findall(r"^epoch +3/3 ", result.stdout, re.MULTILINE)) == 1
     state = load_checkpoint(out / "last.pt")
     assert state["epoch"] == 3 and [row["epoch"] for row in state["history"]] == [1, 2, 3]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as handle:
+        handle.bind(("127.0.0.1", 0))
+        return handle.getsockname()[1]
+
+
+@pytest.mark.slow  # 13 s: two more torchrun launches (issue 15 allows it; `pytest -m slow` runs it)
+def test_two_nodes_train_one_run(tmp_path, capsys):
+    """The README's multi-node command, for real: two torchrun "nodes" on this machine (one
+    process each) meet by c10d rendezvous on 127.0.0.1, train, and end with the same weights;
+    rank 0's checkpoint evaluates in a single process."""
+    images, masks = make_shapes(tmp_path, count=8, size=(32, 32))
+    script = tmp_path / "node.py"
+    # `unetkit train`'s own parsing and Trainer, then each node saves the weights it holds.
+    script.write_text(
+        "import os, sys, torch\n"
+        "from unetkit.cli import build_parser, config_and_given_options\n"
+        "import unetkit.train.loop as loop\n"
+        "cfg, given = config_and_given_options(build_parser().parse_args(sys.argv[2:]))\n"
+        "trainer = loop.Trainer(cfg, resume_overrides=given)\n"
+        "trainer.fit()\n"
+        "node = os.environ['GROUP_RANK']\n"  # torchrun's node rank
+        "torch.save(trainer.model.module.state_dict(), os.path.join(sys.argv[1], f'node{node}.pt'))\n"
+        "trainer.dist.close()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    rendezvous = ["--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d"]
+    rendezvous += [f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--rdzv-id=unetkit-test"]
+    train = ["train", "--images", str(images), "--masks", str(masks), "--out", str(tmp_path / "run"), *TINY_OPTIONS]
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", *rendezvous, str(script), str(tmp_path), *train],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    outputs = [node.communicate(timeout=180)[0] for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), outputs[0][-2000:] + outputs[1][-2000:]
+    node0, node1 = torch.load(tmp_path / "node0.pt"), torch.load(tmp_path / "node1.pt")
+    assert node0.keys() == node1.keys() and all(torch.equal(node0[k], node1[k]) for k in node0)
+    code, out, _ = run_cli(
+        capsys, "evaluate", "--checkpoint", tmp_path / "run" / "best.pt", "--images", images, "--masks", masks
+    )
+    assert code == 0 and "mean Dice" in out
