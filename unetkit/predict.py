@@ -3,7 +3,7 @@ user's mask values), optionally probability maps and overlays."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -12,6 +12,7 @@ from unetkit.data import IMAGE_EXTENSIONS, list_images, read_image
 from unetkit.errors import UnetkitError
 from unetkit.inference import Predictor, overlay, save_png
 from unetkit.inference.instances import object_table, save_labels, save_table
+from unetkit.inference.large_tiff import out_of_core, predict_large_tiff
 from unetkit.inference.outputs import save_probabilities
 
 
@@ -40,11 +41,25 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 def planned_outputs(
-    files: Sequence[Path], out: Path, overlay: bool, probabilities: bool, instances: bool = False
+    files: Sequence[Path],
+    out: Path,
+    overlay: bool,
+    probabilities: bool,
+    instances: bool = False,
+    large: Collection[Path] = (),
 ) -> dict[Path, Path]:
-    """Every file predict will write -> the input it comes from."""
+    """Every file predict will write -> the input it comes from; `large` inputs (out of core)
+    write only their mask, as a tiled TIFF."""
     outputs: dict[Path, Path] = {}
     for path in files:
+        if path in large:
+            if overlay or probabilities or instances:
+                raise UnetkitError(
+                    f"{path}: predicted out of core, which writes the mask only; drop --overlay, --probabilities "
+                    "and --instances, or use --out-of-core off if it fits in memory"
+                )
+            outputs[out / f"{path.stem}.tif"] = path
+            continue
         names = [f"{path.stem}.png"]
         names += [f"{path.stem}_overlay.png"] if overlay else []
         names += [f"{path.stem}_probs.tif"] if probabilities else []
@@ -98,11 +113,15 @@ def predict_files(
     when an output would replace an input or (without `overwrite`) any existing file."""
     files = collect_inputs(inputs)
     out = Path(out)
-    planned = planned_outputs(files, out, write_overlay, write_probabilities, instances)
+    large = {path for path in files if out_of_core(path, predictor.options.out_of_core)}
+    planned = planned_outputs(files, out, write_overlay, write_probabilities, instances, large)
     check_outputs(files, planned, out, overwrite)
     legend = [f"value {value}" for value in predictor.mask_values.values]
     written = []
     for path in tqdm(files, desc="predict", unit="img", disable=not progress or len(files) < 2, leave=False):
+        if path in large:
+            written.append(predict_large_tiff(predictor, path, out / f"{path.stem}.tif", threshold, progress))
+            continue
         image = read_image(path)
         logits = predictor.logits(image, path)
         class_ids = predictor.class_ids_from_logits(logits, threshold)

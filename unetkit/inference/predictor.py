@@ -63,6 +63,10 @@ class InferenceOptions:
         choices=BACKENDS,
     )
     progress: bool = option(False, "no progress bar", flag=("--no-progress", False))
+    out_of_core: str = option(
+        "auto", "predict TIFFs a band of tiles at a time and write a tiled TIFF mask (<name>.tif), never holding "
+        "the image or its output whole: auto for TIFFs above 64 Mpx", choices=("auto", "on", "off"),
+    )  # fmt: skip
     # Objects (predict --instances, evaluate's object scores); unset: the rule training chose on
     # its validation images, kept in the checkpoint (inference/instances.py).
     seed_threshold: float | None = option(
