@@ -1,0 +1,100 @@
+"""Out-of-core prediction of a whole-slide-size image: `python -m benchmarks.large_tiff
+--checkpoint runs/demo/best.pt [--side 20000]`.
+
+Writes an RGB tiled TIFF of side x side pixels (a mosaic of the bundled ISBI slices, uncompressed,
+written tile by tile), predicts it with `unetkit predict --out-of-core on` in a child process
+(peak RSS from wait4, seconds, tiles/s), then predicts a 4096 x 4096 crop of it in memory
+(`--out-of-core off`) and counts the pixels where the two masks agree on that crop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from unetkit.core.hardware import cpu_description
+from unetkit.data import read_image
+from unetkit.demo import DEMO_DATA
+from unetkit.inference.tiling import tile_starts
+
+CROP = 4096
+
+
+def write_mosaic(path: Path, side: int, tile: int = 512) -> None:
+    """An RGB tiled TIFF of the demo slices, written one 512 x 512 tile at a time."""
+    slices = [(read_image(DEMO_DATA / "images" / f"{i:02d}.png")[:, :, 0] * 255).astype(np.uint8) for i in range(30)]
+
+    def tiles():
+        for row in range(0, side, tile):
+            for col in range(0, side, tile):
+                gray = slices[(row // tile * 7 + col // tile) % len(slices)]
+                yield np.repeat(gray[:, :, None], 3, axis=2)
+
+    tifffile.imwrite(path, tiles(), shape=(side, side, 3), dtype=np.uint8, tile=(tile, tile), bigtiff=True)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.large_tiff", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="e.g. runs/demo/best.pt")
+    parser.add_argument("--side", type=int, default=20000, help="the image's side in pixels (20000)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    print(f"CPU: {cpu_description()}", flush=True)
+    results: dict = {"cpu": cpu_description(), "side": args.side}
+    with tempfile.TemporaryDirectory(prefix="unetkit-large-") as folder:
+        work = Path(folder)
+        started = time.perf_counter()
+        write_mosaic(work / "slide.tif", args.side)
+        results["write_seconds"] = round(time.perf_counter() - started, 1)
+        results["out_of_core"] = timed(args.checkpoint, work / "slide.tif", work / "big", "on")
+        tiles = len(tile_starts(args.side, 512, 64)) ** 2  # predict's default tiles: 512 px, 64 px overlap
+        results["out_of_core"]["tiles_per_second"] = round(tiles / results["out_of_core"]["seconds"], 2)
+        print(json.dumps(results, indent=2), flush=True)
+        # A crop on the tile grid (a multiple of the 448 px step), so its tiles are the slide's.
+        top = (args.side - CROP) // 2 // 448 * 448
+        with tifffile.TiffFile(work / "slide.tif") as tiff:
+            import zarr
+
+            pixels = zarr.open(tiff.aszarr(), mode="r")
+            tifffile.imwrite(work / "crop.tif", np.asarray(pixels[top : top + CROP, top : top + CROP]))
+        results["in_memory_crop"] = timed(args.checkpoint, work / "crop.tif", work / "small", "off")
+        with tifffile.TiffFile(work / "big" / "slide.tif") as tiff:
+            big = zarr.open(tiff.aszarr(), mode="r")[top : top + CROP, top : top + CROP]
+        from PIL import Image
+
+        small = np.asarray(Image.open(work / "small" / "crop.png"))
+        same = np.asarray(big) == small
+        results["crop_agreement"] = round(float(same.mean()), 5)
+        # The crop alone has no context beyond its edges: compare also away from them.
+        results["crop_agreement_256px_in"] = round(float(same[256:-256, 256:-256].mean()), 5)
+    print(json.dumps(results, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def timed(checkpoint: str, image: Path, out: Path, mode: str) -> dict:
+    """Seconds and peak RSS (MiB) of one `unetkit predict` child process."""
+    command = [sys.executable, "-m", "unetkit.cli", "predict", "--checkpoint", checkpoint, str(image)]
+    command += ["--out", str(out), "--out-of-core", mode, "--no-progress", "--tiling", "on"]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    output = process.stdout.read().decode(errors="replace")
+    if os.waitstatus_to_exitcode(status):
+        raise SystemExit(f"predict failed:\n{output[-2000:]}")
+    return {"seconds": round(seconds, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024), "said": output.strip()[-200:]}
+
+
+if __name__ == "__main__":
+    main()
