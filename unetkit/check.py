@@ -81,7 +81,7 @@ def unpaired(matching: Matching, images_dir: Path, masks_dir: Path) -> list[dict
 
 
 @dataclass
-class PairScan:
+class FolderScan:
     """What reading every pair found: sizes and channels by image name, mask value counts, and
     the first mask of each bit depth."""
 
@@ -94,10 +94,10 @@ class PairScan:
 
 def scan_pairs(
     pairs: Sequence[Pair], problems: list[dict], warnings: list[dict], instance_masks: bool = False
-) -> PairScan:
+) -> FolderScan:
     """Read every pair once; unreadable files and size mismatches become problems, JPEG masks
     warnings. Instance masks count their objects and are summarised as the 0/1 they train as."""
-    scan = PairScan()
+    scan = FolderScan()
     for pair in pairs:
         try:
             image = read_image(pair.image)

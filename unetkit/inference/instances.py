@@ -31,9 +31,7 @@ from skimage.morphology import remove_small_holes, remove_small_objects
 from skimage.segmentation import watershed
 
 from unetkit.core.atomic import atomic_write
-from unetkit.data.objects import relabel, true_objects
-
-__all__ = ["ObjectRule", "object_table", "save_labels", "save_table", "split_objects", "true_objects"]
+from unetkit.data.objects import relabel
 
 
 @dataclass(frozen=True)

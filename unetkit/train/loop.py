@@ -310,8 +310,6 @@ class Trainer:
             total_loss = float(self.dist.all_reduce_sum(torch.tensor(total_loss, dtype=torch.float64)))
         return total_loss / max(1, len(self.val_set)), metrics
 
-    # --- the whole run ---
-
     # --- time ---
     def epoch_label(self, epoch: int) -> str:
         return f"{epoch}/{self.cfg.epochs}" if self.cfg.epochs else str(epoch)
@@ -384,8 +382,6 @@ class Trainer:
     def _draw_curves(self) -> None:
         plot_curves(self.out / "curves.png", self.history)
         self.curves_drawn, self.curves_epochs = time.perf_counter(), len(self.history)
-
-    # --- one epoch of each kind ---
 
     # --- the run folder ---
     def _write_run_config(self) -> None:
