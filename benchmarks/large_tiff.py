@@ -4,7 +4,9 @@
 Writes an RGB tiled TIFF of side x side pixels (a mosaic of the bundled ISBI slices, uncompressed,
 written tile by tile), predicts it with `unetkit predict --out-of-core on` in a child process
 (peak RSS from wait4, seconds, tiles/s), then predicts a 4096 x 4096 crop of it in memory
-(`--out-of-core off`) and counts the pixels where the two masks agree on that crop.
+(`--out-of-core off`) and counts the pixels where the two masks agree on that crop. With
+`--probabilities` and/or `--instances` both runs also write those, and the crop's probabilities
+(largest difference) and objects (adapted Rand error) are compared away from the crop's edges.
 """
 
 from __future__ import annotations
@@ -47,15 +49,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--checkpoint", required=True, help="e.g. runs/demo/best.pt")
     parser.add_argument("--side", type=int, default=20000, help="the image's side in pixels (20000)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--probabilities", action="store_true", help="also write and compare the probabilities")
+    parser.add_argument("--instances", action="store_true", help="also write and compare the objects")
     args = parser.parse_args(argv)
     print(f"CPU: {cpu_description()}", flush=True)
-    results: dict = {"cpu": cpu_description(), "side": args.side}
+    extra = ["--probabilities"] * args.probabilities + ["--instances"] * args.instances
+    results: dict = {"cpu": cpu_description(), "side": args.side, "outputs": ["mask", *extra]}
     with tempfile.TemporaryDirectory(prefix="unetkit-large-") as folder:
         work = Path(folder)
         started = time.perf_counter()
         write_mosaic(work / "slide.tif", args.side)
         results["write_seconds"] = round(time.perf_counter() - started, 1)
-        results["out_of_core"] = timed(args.checkpoint, work / "slide.tif", work / "big", "on")
+        results["out_of_core"] = timed(args.checkpoint, work / "slide.tif", work / "big", "on", extra)
         tiles = len(tile_starts(args.side, 512, 64)) ** 2  # predict's default tiles: 512 px, 64 px overlap
         results["out_of_core"]["tiles_per_second"] = round(tiles / results["out_of_core"]["seconds"], 2)
         print(json.dumps(results, indent=2), flush=True)
@@ -66,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
 
             pixels = zarr.open(tiff.aszarr(), mode="r")
             tifffile.imwrite(work / "crop.tif", np.asarray(pixels[top : top + CROP, top : top + CROP]))
-        results["in_memory_crop"] = timed(args.checkpoint, work / "crop.tif", work / "small", "off")
+        results["in_memory_crop"] = timed(args.checkpoint, work / "crop.tif", work / "small", "off", extra)
         with tifffile.TiffFile(work / "big" / "slide.tif") as tiff:
             big = zarr.open(tiff.aszarr(), mode="r")[top : top + CROP, top : top + CROP]
         from PIL import Image
@@ -76,15 +81,39 @@ def main(argv: list[str] | None = None) -> dict:
         results["crop_agreement"] = round(float(same.mean()), 5)
         # The crop alone has no context beyond its edges: compare also away from them.
         results["crop_agreement_256px_in"] = round(float(same[256:-256, 256:-256].mean()), 5)
+        results.update(compare_extras(work, top, args.probabilities, args.instances))
     print(json.dumps(results, indent=2))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 
-def timed(checkpoint: str, image: Path, out: Path, mode: str) -> dict:
+def compare_extras(work: Path, top: int, probabilities: bool, instances: bool) -> dict:
+    """Probabilities (max difference) and objects (adapted Rand error, object count) of the
+    slide against the in-memory crop's, at least 256 px in from the crop's edges."""
+    import zarr
+
+    from unetkit.object_metrics import object_scores
+
+    inner = (slice(top + 256, top + CROP - 256),) * 2
+    results = {}
+    if probabilities:
+        with tifffile.TiffFile(work / "big" / "slide_probs.tif") as tiff:
+            big = np.asarray(zarr.open(tiff.aszarr(), mode="r")[(slice(None), *inner)])
+        small = tifffile.imread(work / "small" / "crop_probs.tif")[:, 256:-256, 256:-256]
+        results["crop_probability_max_difference_256px_in"] = float(np.abs(big - small).max())
+    if instances:
+        with tifffile.TiffFile(work / "big" / "slide_objects.tif") as tiff:
+            big = np.asarray(zarr.open(tiff.aszarr(), mode="r")[inner])
+            results["slide_objects"] = int(sum(1 for _ in open(work / "big" / "slide_objects.csv")) - 1)
+        small = tifffile.imread(work / "small" / "crop_objects.tif")[256:-256, 256:-256]
+        results["crop_objects_adapted_rand_error_256px_in"] = round(object_scores(small, big)["adapted_rand_error"], 5)
+    return results
+
+
+def timed(checkpoint: str, image: Path, out: Path, mode: str, extra: list[str]) -> dict:
     """Seconds and peak RSS (MiB) of one `unetkit predict` child process."""
-    command = [sys.executable, "-m", "unetkit.cli", "predict", "--checkpoint", checkpoint, str(image)]
+    command = [sys.executable, "-m", "unetkit.cli", "predict", "--checkpoint", checkpoint, str(image), *extra]
     command += ["--out", str(out), "--out-of-core", mode, "--no-progress", "--tiling", "on"]
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -1,15 +1,26 @@
 """Out-of-core prediction of large TIFFs: the tiled mask it writes band by band equals the
 in-memory tiled path's, and it never holds the image whole."""
 
+import csv
+
 import numpy as np
+import pytest
 import tifffile
+import torch
+import torch.nn.functional as F
 from PIL import Image
 from synthetic import run_cli
 
+import unetkit.inference.band_outputs as band_outputs
 import unetkit.inference.large_tiff as large_tiff
+from unetkit.core.checkpoint import load_checkpoint
+from unetkit.data.dataset import Preprocess
 from unetkit.inference import InferenceOptions, Predictor
+from unetkit.inference.instances import ObjectRule, object_table, split_objects
+from unetkit.inference.row_resample import RowResampler
+from unetkit.object_metrics import object_scores
 
-TILES = ("--tiling", "on", "--tile", "64", "--overlap", "16", "--batch-size", "8")
+TILES = ("--tiling", "on", "--tile", "64", "--overlap", "16", "--batch-size", "8", "--backend", "torch")
 
 
 def slide(path, height: int = 700, width: int = 900) -> np.ndarray:
@@ -62,11 +73,124 @@ def test_auto_picks_large_tiffs_only(tmp_path, monkeypatch):
     assert not large_tiff.out_of_core(tmp_path / "s.tif", "off")
 
 
-def test_out_of_core_writes_the_mask_only(rgb_run, tmp_path, capsys):
+def test_out_of_core_writes_no_overlay(rgb_run, tmp_path, capsys):
     _, _, _, checkpoint = rgb_run
     slide(tmp_path / "slide.tif", 64, 64)
     code, _, err = run_cli(
         capsys, "predict", "--checkpoint", checkpoint, tmp_path / "slide.tif", "--out", tmp_path / "o",
         "--out-of-core", "on", "--overlay",
     )  # fmt: skip
-    assert code == 2 and "writes the mask only" in err and not (tmp_path / "o").exists()
+    assert code == 2 and "writes no overlay" in err and not (tmp_path / "o").exists()
+
+
+def discs_probabilities(height: int = 300, width: int = 240) -> np.ndarray:
+    """(2, H, W) smooth probabilities of many touching discs, some across every block edge, and
+    one 90-row ellipse on their right."""
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:height, :width]
+    foreground = 1 - np.sqrt(((yy - 150) / 45) ** 2 + ((xx - 225) / 6) ** 2)
+    for _ in range(70):
+        cy, cx, radius = rng.integers(0, height), rng.integers(0, 200), rng.integers(4, 11)
+        foreground = np.maximum(foreground, 1 - np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2) / (radius + 3))
+    probability = np.clip(foreground * 1.4, 0, 1).astype(np.float32)
+    return np.stack([1 - probability, probability])
+
+
+class WholeRule:
+    """The part of a Predictor that BandObjects uses: the whole-image object rule."""
+
+    def objects_from_probabilities(self, probabilities):
+        return split_objects(probabilities, ObjectRule(seed=0.9, flood=0.3))
+
+
+def blocks_of(probabilities, folder):
+    objects = band_outputs.BandObjects(WholeRule(), *probabilities.shape[1:], folder)
+    for top in range(0, len(probabilities[0]), 37):  # bands of any height, as the tiles make them
+        objects.add(probabilities[:, top : top + 37])
+    objects.save(folder / "o.tif", folder / "o.csv", [0, 255])
+    return objects, tifffile.imread(folder / "o.tif")
+
+
+def test_objects_cut_in_blocks_are_the_whole_image_objects(tmp_path, monkeypatch):
+    monkeypatch.setattr(band_outputs, "OBJECT_ROWS", 40)  # 300 rows: 8 blocks, each seeing 30 rows around it
+    monkeypatch.setattr(band_outputs, "OBJECT_CONTEXT", 30)  # ... and up to 120 below, for the tall ellipse
+    monkeypatch.setattr(band_outputs, "MAX_OBJECT_CONTEXT", 120)
+    probabilities = discs_probabilities()
+    whole, classes = WholeRule().objects_from_probabilities(probabilities)
+    objects, blocks = blocks_of(probabilities, tmp_path)
+    assert blocks.dtype == np.uint16 and objects.cut == 0 and whole.max() > 30
+    assert object_scores(whole, blocks)["adapted_rand_error"] < 1e-3  # the same partition, other ids
+    with open(tmp_path / "o.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == blocks.max() == whole.max()
+    table = object_table(whole, classes, probabilities)
+    assert sorted(int(r["area"]) for r in rows) == sorted(table["area"].tolist())
+    top_left = {(int(r["bbox_min_y"]), int(r["bbox_min_x"])): r for r in rows}
+    for y, x, cy in zip(table["bbox_min_y"], table["bbox_min_x"], table["centroid_y"], strict=True):
+        assert float(top_left[y, x]["centroid_y"]) == pytest.approx(cy, abs=1e-3)  # rows offset back
+
+
+def test_objects_taller_than_the_context_are_cut_and_counted(tmp_path, monkeypatch):
+    monkeypatch.setattr(band_outputs, "OBJECT_ROWS", 40)
+    monkeypatch.setattr(band_outputs, "OBJECT_CONTEXT", 30)
+    monkeypatch.setattr(band_outputs, "MAX_OBJECT_CONTEXT", 30)  # no room to grow: the ellipse is cut
+    objects, blocks = blocks_of(discs_probabilities(), tmp_path)
+    assert objects.cut >= 1 and blocks.max() > 30
+
+
+def test_rows_resized_band_by_band_equal_the_whole_resize():
+    x = torch.randn(2, 151, 97)
+    whole = F.interpolate(x[None], size=(300, 190), mode="bilinear", align_corners=False)[0]
+    resampler = RowResampler(151, 300, 190)
+    parts = [resampler.add(x[:, top : top + 23]) for top in range(0, 151, 23)]
+    assert torch.allclose(torch.cat(parts, dim=1), whole, atol=1e-4)
+
+
+def test_probabilities_and_objects_out_of_core(rgb_run, tmp_path, capsys, monkeypatch):
+    _, _, _, checkpoint = rgb_run
+    monkeypatch.setattr(band_outputs, "OBJECT_ROWS", 64)  # 300 rows: 5 blocks
+    monkeypatch.setattr(band_outputs, "OBJECT_CONTEXT", 48)  # the discs are at most 41 px tall
+    rgb = slide(tmp_path / "slide.tif", 300, 400)
+    # The tiny model barely tells discs (18% of pixels) from background: cut objects at its quantiles.
+    predictor = Predictor(
+        checkpoint, amp="off", options=InferenceOptions(backend="torch", tiling="on", tile=64, overlap=16)
+    )
+    probability = predictor.probabilities(predictor.logits(rgb.astype(np.float32) / 255))[1]
+    seed, flood = (str(float(np.quantile(probability, q))) for q in (0.9, 0.8))
+    args = ("predict", "--checkpoint", checkpoint, tmp_path / "slide.tif", "--amp", "off", *TILES)
+    args += ("--probabilities", "--instances", "--seed-threshold", seed, "--flood-threshold", flood)
+    for mode in ("on", "off"):
+        code, _, err = run_cli(capsys, *args, "--out", tmp_path / mode, "--out-of-core", mode)
+        assert code == 0, err
+    big = tifffile.imread(tmp_path / "on" / "slide_probs.tif")
+    small = tifffile.imread(tmp_path / "off" / "slide_probs.tif")
+    assert big.shape == small.shape == (2, 300, 400)
+    assert np.abs(big - small).max() < 1e-4
+    labels = [tifffile.imread(tmp_path / mode / "slide_objects.tif") for mode in ("on", "off")]
+    assert labels[1].max() >= 5  # objects to compare
+    assert object_scores(labels[1], labels[0])["adapted_rand_error"] < 0.01
+    lines = [len((tmp_path / mode / "slide_objects.csv").read_text().splitlines()) for mode in ("on", "off")]
+    assert lines[0] == lines[1] == labels[0].max() + 1
+
+
+def test_a_scaled_model_reads_the_matching_pyramid_level(rgb_run, tmp_path, capsys):
+    _, _, _, checkpoint = rgb_run
+    state = load_checkpoint(checkpoint)
+    state["preprocess"]["scale"] = 0.5  # a fully convolutional model runs at any scale
+    torch.save(state, tmp_path / "half.pt")
+    image = slide(tmp_path / "flat.tif", 300, 400).astype(np.float32) / 255
+    half = Preprocess(3, scale=0.5).resized_image(image, tmp_path).numpy().transpose(1, 2, 0)
+    with tifffile.TiffWriter(tmp_path / "pyramid.tif") as writer:
+        writer.write(image, tile=(64, 64), subifds=1, photometric="rgb")
+        writer.write(np.ascontiguousarray(half), tile=(64, 64), subfiletype=1, photometric="rgb")
+    args = ("predict", "--checkpoint", tmp_path / "half.pt", "--amp", "off", *TILES, "--threshold", "0.5")
+    code, _, err = run_cli(capsys, *args, tmp_path / "pyramid.tif", "--out", tmp_path / "on", "--out-of-core", "on")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, *args, tmp_path / "flat.tif", "--out", tmp_path / "off", "--out-of-core", "off")
+    assert code == 0, err
+    big = tifffile.imread(tmp_path / "on" / "pyramid.tif")
+    small = np.asarray(Image.open(tmp_path / "off" / "flat.png"))
+    assert big.shape == small.shape == (300, 400)  # full size, as in memory
+    assert (big == small).mean() >= 0.999
+    code, _, err = run_cli(capsys, *args, tmp_path / "flat.tif", "--out", tmp_path / "no", "--out-of-core", "on")
+    assert code == 2 and "pyramid level of 200 x 150 pixels" in err and err.count("\n") == 1

@@ -4,13 +4,17 @@ user's mask values), optionally probability maps and overlays."""
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from functools import partial
 from pathlib import Path
 
+import numpy as np
+import torch
 from tqdm.auto import tqdm
 
-from unetkit.data import IMAGE_EXTENSIONS, list_images, read_image
+from unetkit.data import IMAGE_EXTENSIONS, list_images
 from unetkit.errors import UnetkitError
 from unetkit.inference import Predictor, overlay, save_png
+from unetkit.inference.batched import predict_images
 from unetkit.inference.instances import object_table, save_labels, save_table
 from unetkit.inference.large_tiff import out_of_core, predict_large_tiff
 from unetkit.inference.outputs import save_probabilities
@@ -49,18 +53,15 @@ def planned_outputs(
     large: Collection[Path] = (),
 ) -> dict[Path, Path]:
     """Every file predict will write -> the input it comes from; `large` inputs (out of core)
-    write only their mask, as a tiled TIFF."""
+    write tiled TIFFs, and no overlay (a picture of a whole slide is the slide again)."""
     outputs: dict[Path, Path] = {}
     for path in files:
-        if path in large:
-            if overlay or probabilities or instances:
-                raise UnetkitError(
-                    f"{path}: predicted out of core, which writes the mask only; drop --overlay, --probabilities "
-                    "and --instances, or use --out-of-core off if it fits in memory"
-                )
-            outputs[out / f"{path.stem}.tif"] = path
-            continue
-        names = [f"{path.stem}.png"]
+        if path in large and overlay:
+            raise UnetkitError(
+                f"{path}: predicted out of core, which writes no overlay; drop --overlay (open the mask over the "
+                "slide in a viewer), or use --out-of-core off if it fits in memory"
+            )
+        names = [f"{path.stem}.tif" if path in large else f"{path.stem}.png"]
         names += [f"{path.stem}_overlay.png"] if overlay else []
         names += [f"{path.stem}_probs.tif"] if probabilities else []
         names += [f"{path.stem}_objects.tif", f"{path.stem}_objects.csv"] if instances else []
@@ -110,32 +111,53 @@ def predict_files(
     """Predict every input into `out`: <stem>.png, and if asked <stem>_overlay.png,
     <stem>_probs.tif, and the objects: <stem>_objects.tif (one id per object) with
     <stem>_objects.csv (one row per object). Returns the written mask paths. Nothing is written
-    when an output would replace an input or (without `overwrite`) any existing file."""
+    when an output would replace an input or (without `overwrite`) any existing file. Images in
+    memory go through inference/batched.py (--workers threads decode and write, batches of
+    images); large TIFFs out of core, one at a time."""
     files = collect_inputs(inputs)
     out = Path(out)
     large = {path for path in files if out_of_core(path, predictor.options.out_of_core)}
     planned = planned_outputs(files, out, write_overlay, write_probabilities, instances, large)
     check_outputs(files, planned, out, overwrite)
-    legend = [f"value {value}" for value in predictor.mask_values.values]
-    written = []
-    for path in tqdm(files, desc="predict", unit="img", disable=not progress or len(files) < 2, leave=False):
-        if path in large:
-            written.append(predict_large_tiff(predictor, path, out / f"{path.stem}.tif", threshold, progress))
-            continue
-        image = read_image(path)
-        logits = predictor.logits(image, path)
-        class_ids = predictor.class_ids_from_logits(logits, threshold)
-        mask_path = out / f"{path.stem}.png"
-        save_png(mask_path, predictor.mask_values.decode(class_ids))
-        if write_probabilities:
-            save_probabilities(out / f"{path.stem}_probs.tif", predictor.probabilities(logits))
-        if instances:
-            write_objects(predictor, logits, out / f"{path.stem}_objects")
-        del logits
-        if write_overlay:
-            save_png(out / f"{path.stem}_overlay.png", overlay(image, class_ids, legend))
-        written.append(mask_path)
-    return written
+    write = partial(write_prediction, predictor, out, threshold, write_overlay, write_probabilities, instances)
+    in_memory = [path for path in files if path not in large]
+    written: dict[Path, Path] = {}
+    with tqdm(total=len(files), desc="predict", unit="img", disable=not progress or len(files) < 2, leave=False) as bar:
+        for path in files:
+            if path in large:
+                target = out / f"{path.stem}.tif"
+                written[path] = predict_large_tiff(
+                    predictor, path, target, threshold, progress, write_probabilities, instances
+                )
+                bar.update()
+        for path in predict_images(predictor, in_memory, write, predictor.options.workers):
+            written[path] = out / f"{path.stem}.png"
+            bar.update()
+    return [written[path] for path in files]
+
+
+def write_prediction(
+    predictor: Predictor,
+    out: Path,
+    threshold: float,
+    write_overlay: bool,
+    write_probabilities: bool,
+    instances: bool,
+    path: Path,
+    image: np.ndarray,
+    logits: torch.Tensor,
+) -> None:
+    """One image's outputs from its logits: the mask and those asked for (in a writer thread)."""
+    class_ids = predictor.class_ids_from_logits(logits, threshold)
+    save_png(out / f"{path.stem}.png", predictor.mask_values.decode(class_ids))
+    if write_probabilities:
+        save_probabilities(out / f"{path.stem}_probs.tif", predictor.probabilities(logits))
+    if instances:
+        write_objects(predictor, logits, out / f"{path.stem}_objects")
+    del logits
+    if write_overlay:
+        legend = [f"value {value}" for value in predictor.mask_values.values]
+        save_png(out / f"{path.stem}_overlay.png", overlay(image, class_ids, legend))
 
 
 def write_objects(predictor: Predictor, logits, stem: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import time
 from pathlib import Path
 
 from unetkit.errors import UnetkitError
@@ -96,6 +97,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from unetkit.predict import predict_files
 
     predictor = predictor_from_args(args)
+    started = time.perf_counter()
     written = predict_files(
         predictor,
         args.inputs,
@@ -107,7 +109,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
         args.overwrite,
         args.instances,
     )
-    print(f"wrote {len(written)} mask(s) to {args.out}")
+    seconds = max(time.perf_counter() - started, 1e-6)
+    print(f"wrote {len(written)} mask(s) to {args.out} in {seconds:.1f} s ({len(written) / seconds:.3g} images/s)")
 
 
 def cmd_export(args: argparse.Namespace) -> None:

@@ -5,10 +5,16 @@ BigTIFF. Neither the image, nor the logits, nor the mask is ever whole in memory
 band of tile height x image width (image, logits and weights) plus the model.
 
 Rows of the blended logits are final once no later tile row reaches them (below the next tile
-row's top), so each band is normalised, classified and written, then dropped."""
+row's top), so each band is normalised, classified and written, then dropped; probabilities and
+objects are written from the same bands (band_outputs.py). A model trained at a scale reads the
+pyramid level of that size, and its logits are resized to full size band by band
+(row_resample.py), so every output has the image's size, as in memory."""
 
 from __future__ import annotations
 
+import dataclasses
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,13 +22,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from unetkit.core.atomic import atomic_write
 from unetkit.errors import UnetkitError
-from unetkit.inference.tiling import gaussian_window, tile_starts, with_tta
+from unetkit.inference.band_outputs import MAX_OBJECT_CONTEXT, BandObjects, RowStore, output_tiles, write_tiled_tiff
+from unetkit.inference.row_resample import RowResampler
+from unetkit.inference.tiling import gaussian_window, tile_starts
 from unetkit.metrics import predicted_classes
 
 LARGE_PIXELS = 64 * 2**20  # "auto" predicts TIFFs above this many pixels out of core (a 8192^2 image)
-OUTPUT_TILE = 256  # the written mask's TIFF tiles
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 
@@ -51,12 +57,31 @@ def out_of_core(path: Path, mode: str) -> bool:
     return mode == "on" or shape[0] * shape[1] > LARGE_PIXELS
 
 
-def open_pixels(path: Path):
-    """A lazily decoded (H, W[, C]) array of the first series, and the value that maps to 1.0."""
+def choose_level(path: Path, scale: float) -> int:
+    """The pyramid level whose size matches the model's scale (level 0 at scale 1)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tiff:
+        series = tiff.series[0]
+        base, sizes = series.shape[:2], [level.shape[:2] for level in series.levels]
+    for index, size in enumerate(sizes):
+        wanted = [side * scale for side in base]
+        if all(abs(have - want) <= max(1.0, 0.01 * want) for have, want in zip(size, wanted, strict=True)):
+            return index
+    levels = ", ".join(f"{w} x {h}" for h, w in sizes)
+    wanted = f"{round(base[1] * scale)} x {round(base[0] * scale)}"
+    raise UnetkitError(
+        f"{path}: the model runs at --scale {scale:g}, so out of core it reads a pyramid level of {wanted} pixels; "
+        f"this TIFF has {levels}. Save it with such a level, or use --out-of-core off if it fits in memory"
+    )
+
+
+def open_pixels(path: Path, level: int = 0):
+    """A lazily decoded (H, W[, C]) array of the first series' `level`, and the value that maps to 1.0."""
     import tifffile
     import zarr
 
-    pixels = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+    pixels = zarr.open(tifffile.imread(path, aszarr=True, level=level), mode="r")
     if pixels.ndim == 3 and pixels.shape[2] not in (1, 2, 3, 4) or pixels.ndim not in (2, 3):
         raise UnetkitError(
             f"{path}: out-of-core prediction reads (height, width[, channels]) TIFFs; this one is "
@@ -78,26 +103,22 @@ def band_image(pixels, top: int, bottom: int, maximum: float) -> np.ndarray:
     return image
 
 
-def mask_rows(predictor, path: Path, threshold: float, progress: bool) -> Iterator[np.ndarray]:
-    """The mask, in the user's values, a band of final rows at a time, top to bottom."""
+def logit_bands(predictor, pixels, maximum: float, path: Path, progress: bool) -> Iterator[torch.Tensor]:
+    """(K, h, W) blended logits of `pixels` (already at the model's scale), a band of final rows
+    at a time, top to bottom."""
     options = predictor.options
-    pixels, maximum = open_pixels(path)
+    preprocess = dataclasses.replace(predictor.preprocess, scale=1.0)
     height, width = pixels.shape[:2]
-    if predictor.preprocess.scale != 1.0:
-        raise UnetkitError(
-            f"{path}: out-of-core prediction runs models trained at --scale 1 (this one: "
-            f"{predictor.preprocess.scale:g}); use --out-of-core off, or resize the slide first"
-        )
     th, tw = min(options.tile, height), min(options.tile, width)
     tops, lefts = tile_starts(height, th, options.overlap), tile_starts(width, tw, options.overlap)
     window = gaussian_window(th, tw)
-    forward = with_tta(predictor._forward) if options.tta else predictor._forward
+    forward = predictor.forward
     logits = torch.zeros(predictor.num_outputs, 0, width)
     weights = torch.zeros(0, width)
-    done = 0  # rows [0, done) are written; logits/weights hold rows [done, done + len)
+    done = 0  # rows [0, done) are out; logits/weights hold rows [done, done + len)
     bar = tqdm(total=len(tops) * len(lefts), desc="tiles", unit="tile", disable=not progress, leave=False)
     for index, top in enumerate(tops):
-        x = predictor.preprocess.image_tensor(band_image(pixels, top, top + th, maximum), path)
+        x = preprocess.image_tensor(band_image(pixels, top, top + th, maximum), path)
         grow = top + th - done - weights.shape[0]
         if grow > 0:
             logits = torch.cat([logits, torch.zeros(logits.shape[0], grow, width)], dim=1)
@@ -111,44 +132,64 @@ def mask_rows(predictor, path: Path, threshold: float, progress: bool) -> Iterat
                 weights[row : row + th, left : left + tw] += window
             bar.update(len(batch))
         final = (tops[index + 1] if index + 1 < len(tops) else height) - done
-        class_ids = predicted_classes((logits[:, :final] / weights[:final])[None], threshold)[0]
-        yield predictor.mask_values.decode(class_ids.numpy().astype(np.uint8))
+        yield logits[:, :final] / weights[:final]
         logits, weights, done = logits[:, final:], weights[final:], done + final
     bar.close()
 
 
-def output_tiles(rows: Iterator[np.ndarray], width: int, dtype: np.dtype) -> Iterator[np.ndarray]:
-    """Regroup bands of rows into OUTPUT_TILE x OUTPUT_TILE tiles in TIFF order (row by row, the
-    last ones padded)."""
-    pending = np.zeros((0, width), dtype=dtype)
-
-    def tile_row(block: np.ndarray) -> Iterator[np.ndarray]:
-        for left in range(0, width, OUTPUT_TILE):
-            tile = np.zeros((OUTPUT_TILE, OUTPUT_TILE), dtype=dtype)
-            part = block[:, left : left + OUTPUT_TILE]
-            tile[: part.shape[0], : part.shape[1]] = part
-            yield tile
-
-    for band in rows:
-        pending = np.concatenate([pending, band])
-        while pending.shape[0] >= OUTPUT_TILE:
-            yield from tile_row(pending[:OUTPUT_TILE])
-            pending = pending[OUTPUT_TILE:]
-    if pending.shape[0]:
-        yield from tile_row(pending)
+def resized_bands(bands: Iterator[torch.Tensor], source_height: int, size: tuple[int, int]) -> Iterator[torch.Tensor]:
+    """Bands of logits at a pyramid level -> bands at the image's full size (bilinear, as
+    Predictor.logits resizes a scaled model's logits)."""
+    resampler = RowResampler(source_height, *size)
+    for band in bands:
+        out = resampler.add(band)
+        if out.shape[1]:
+            yield out
 
 
-def predict_large_tiff(predictor, path: Path, out: Path, threshold: float = 0.5, progress: bool = True) -> Path:
-    """Write the mask of the TIFF `path` to `out` (a tiled BigTIFF, zlib), out of core."""
-    import tifffile
-
-    shape = tiff_shape(path)
+def predict_large_tiff(
+    predictor,
+    path: Path,
+    out: Path,
+    threshold: float = 0.5,
+    progress: bool = True,
+    probabilities: bool = False,
+    instances: bool = False,
+) -> Path:
+    """Write the mask of the TIFF `path` to `out` (a tiled BigTIFF, zlib), out of core; with
+    `probabilities` <stem>_probs.tif (K planes), with `instances` <stem>_objects.tif and .csv,
+    all at the image's full size. Models at a scale read the matching pyramid level."""
+    height, width = tiff_shape(path)[:2]
+    level = choose_level(path, predictor.preprocess.scale)
+    pixels, maximum = open_pixels(path, level)
+    bands = logit_bands(predictor, pixels, maximum, path, progress)
+    if pixels.shape[:2] != (height, width):
+        bands = resized_bands(bands, pixels.shape[0], (height, width))
     dtype = predictor.mask_values.decode(np.zeros(1, dtype=np.uint8)).dtype
-    tiles = output_tiles(mask_rows(predictor, path, threshold, progress), shape[1], dtype)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".unetkit-") as folder:
+        store = RowStore(Path(folder), "probabilities", (predictor.num_outputs + predictor.binary, height, width),
+                         np.float32) if probabilities else None  # fmt: skip
+        objects = BandObjects(predictor, height, width, Path(folder)) if instances else None
 
-    def write(temporary: Path) -> None:
-        with tifffile.TiffWriter(temporary, bigtiff=True) as writer:
-            writer.write(tiles, shape=shape[:2], dtype=dtype, tile=(OUTPUT_TILE, OUTPUT_TILE), compression="zlib")
+        def masks() -> Iterator[np.ndarray]:
+            for logits in bands:
+                # Before the yield: the TIFF writer stops pulling once it has its last tile.
+                chances = predictor.probabilities(logits[None]) if store or objects else None
+                if store:
+                    store.add(chances)
+                if objects:
+                    objects.add(chances)
+                class_ids = predicted_classes(logits[None], threshold)[0].numpy().astype(np.uint8)
+                yield predictor.mask_values.decode(class_ids)
 
-    atomic_write(out, write)
+        write_tiled_tiff(out, output_tiles(masks(), width, dtype), (height, width), dtype)
+        if store:
+            store.save_tiff(out.with_name(f"{out.stem}_probs.tif"))
+        if objects:
+            stem = out.with_name(f"{out.stem}_objects")
+            objects.save(stem.with_suffix(".tif"), stem.with_suffix(".csv"), predictor.mask_values.values)
+            if objects.cut:
+                print(f"{path}: {objects.cut} object(s) taller than {MAX_OBJECT_CONTEXT} rows were cut at band edges",
+                      file=sys.stderr)  # fmt: skip
     return out

@@ -49,7 +49,14 @@ class InferenceOptions:
         512, "tile size in pixels, at the model's scale", valid=whole(16, 65536), need="16 pixels or more"
     )
     overlap: int = option(64, "overlap between tiles in pixels; blended with a Gaussian window")
-    batch_size: int = option(4, "tiles per forward pass", valid=whole(1, 4096), need="at least 1 (at most 4096)")
+    batch_size: int = option(
+        4, "tiles, or images of one size, per forward pass", valid=whole(1, 4096), need="at least 1 (at most 4096)"
+    )
+    # 2: one thread can decode while another writes, the model in the main thread (inference/batched.py).
+    workers: int = option(
+        2, "predict: threads that decode images and write outputs while the model runs, images batched; "
+        "0: one image at a time, in one thread", valid=whole(0, 256), need="0 or more threads (at most 256)",
+    )  # fmt: skip
     tta: bool = option(
         False, "test-time augmentation: average flipped (and, for square tiles, rotated) predictions",
         flag=("--tta", True),
@@ -204,24 +211,29 @@ class Predictor:
         with torch.inference_mode(), self.amp.autocast(self.device):
             return self.model(x.to(self.device, memory_format=self.memory_format)).float().cpu()
 
+    @property
+    def forward(self) -> Forward:
+        """(N, C, h, w) model inputs -> (N, K, h, w) float32 logits, averaged over views with --tta."""
+        return with_tta(self._forward) if self.options.tta else self._forward
+
+    def tiled(self, x: torch.Tensor) -> bool:
+        """Whether the (C, h, w) model input `x` runs as overlapping tiles (--tiling)."""
+        opts = self.options
+        return opts.tiling == "on" or (opts.tiling == "auto" and x.shape[-1] * x.shape[-2] > AUTO_TILING_PIXELS)
+
     @torch.inference_mode()
     def logits(self, image: np.ndarray, path: str | Path = "image") -> torch.Tensor:
         """(H, W, C) image in [0, 1] -> (1, K, H, W) float32 logits at the image's own size."""
-        height, width = image.shape[:2]
         x = self.preprocess.image_tensor(image, Path(path))
-        forward: Forward = with_tta(self._forward) if self.options.tta else self._forward
         opts = self.options
-        tiled = opts.tiling == "on" or (opts.tiling == "auto" and x.shape[-1] * x.shape[-2] > AUTO_TILING_PIXELS)
-        if tiled:
+        if self.tiled(x):
             logits = predict_tiled(
-                forward, x, self.num_outputs, opts.tile, opts.overlap, opts.batch_size, opts.progress
+                self.forward, x, self.num_outputs, opts.tile, opts.overlap, opts.batch_size, opts.progress
             )[None]
         else:
-            logits = forward(x[None])
+            logits = self.forward(x[None])
         del x
-        if logits.shape[-2:] != (height, width):  # the model ran at a scaled size
-            logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
-        return logits
+        return at_image_size(logits, image.shape[:2])
 
     def class_ids(self, image: np.ndarray, path: str | Path = "image", threshold: float = 0.5) -> np.ndarray:
         """(H, W) class ids for an (H, W, C) image."""
@@ -239,3 +251,11 @@ class Predictor:
     def predict_file(self, path: str | Path, threshold: float = 0.5) -> np.ndarray:
         """The mask, in the original mask values, for one image file."""
         return self.mask_values.decode(self.class_ids(read_image(path), path, threshold))
+
+
+def at_image_size(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(1, K, h, w) logits resized (bilinear) to the image's (height, width) where the model ran
+    at a scaled size; unchanged otherwise."""
+    if logits.shape[-2:] == tuple(size):
+        return logits
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
