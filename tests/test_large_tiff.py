@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 from synthetic import run_cli
 
-import unetkit.inference.band_outputs as band_outputs
+import unetkit.inference.band_objects as band_objects
 import unetkit.inference.large_tiff as large_tiff
 from unetkit.core.checkpoint import load_checkpoint
 from unetkit.data.dataset import Preprocess
@@ -83,12 +83,13 @@ def test_out_of_core_writes_no_overlay(rgb_run, tmp_path, capsys):
     assert code == 2 and "writes no overlay" in err and not (tmp_path / "o").exists()
 
 
-def discs_probabilities(height: int = 300, width: int = 240) -> np.ndarray:
+def discs_probabilities(height: int = 300, width: int = 340) -> np.ndarray:
     """(2, H, W) smooth probabilities of many touching discs, some across every block edge, and
-    one 90-row ellipse on their right."""
+    on their right a tall ellipse and a wide one."""
     rng = np.random.default_rng(1)
     yy, xx = np.mgrid[:height, :width]
-    foreground = 1 - np.sqrt(((yy - 150) / 45) ** 2 + ((xx - 225) / 6) ** 2)
+    tall = 1 - np.sqrt(((yy - 150) / 45) ** 2 + ((xx - 225) / 6) ** 2)
+    foreground = np.maximum(tall, 1 - np.sqrt(((yy - 60) / 6) ** 2 + ((xx - 290) / 45) ** 2))
     for _ in range(70):
         cy, cx, radius = rng.integers(0, height), rng.integers(0, 200), rng.integers(4, 11)
         foreground = np.maximum(foreground, 1 - np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2) / (radius + 3))
@@ -104,7 +105,7 @@ class WholeRule:
 
 
 def blocks_of(probabilities, folder):
-    objects = band_outputs.BandObjects(WholeRule(), *probabilities.shape[1:], folder)
+    objects = band_objects.BandObjects(WholeRule(), *probabilities.shape[1:], folder)
     for top in range(0, len(probabilities[0]), 37):  # bands of any height, as the tiles make them
         objects.add(probabilities[:, top : top + 37])
     objects.save(folder / "o.tif", folder / "o.csv", [0, 255])
@@ -112,9 +113,9 @@ def blocks_of(probabilities, folder):
 
 
 def test_objects_cut_in_blocks_are_the_whole_image_objects(tmp_path, monkeypatch):
-    monkeypatch.setattr(band_outputs, "OBJECT_ROWS", 40)  # 300 rows: 8 blocks, each seeing 30 rows around it
-    monkeypatch.setattr(band_outputs, "OBJECT_CONTEXT", 30)  # ... and up to 120 below, for the tall ellipse
-    monkeypatch.setattr(band_outputs, "MAX_OBJECT_CONTEXT", 120)
+    monkeypatch.setattr(band_objects, "OBJECT_BLOCK", 40)  # 300 x 340: 8 x 9 blocks, each seeing 30 px around it
+    monkeypatch.setattr(band_objects, "OBJECT_CONTEXT", 30)  # ... and up to 120 more, for the ellipses
+    monkeypatch.setattr(band_objects, "MAX_OBJECT_CONTEXT", 120)
     probabilities = discs_probabilities()
     whole, classes = WholeRule().objects_from_probabilities(probabilities)
     objects, blocks = blocks_of(probabilities, tmp_path)
@@ -131,11 +132,11 @@ def test_objects_cut_in_blocks_are_the_whole_image_objects(tmp_path, monkeypatch
 
 
 def test_objects_taller_than_the_context_are_cut_and_counted(tmp_path, monkeypatch):
-    monkeypatch.setattr(band_outputs, "OBJECT_ROWS", 40)
-    monkeypatch.setattr(band_outputs, "OBJECT_CONTEXT", 30)
-    monkeypatch.setattr(band_outputs, "MAX_OBJECT_CONTEXT", 30)  # no room to grow: the ellipse is cut
+    monkeypatch.setattr(band_objects, "OBJECT_BLOCK", 40)
+    monkeypatch.setattr(band_objects, "OBJECT_CONTEXT", 30)
+    monkeypatch.setattr(band_objects, "MAX_OBJECT_CONTEXT", 30)  # no room to grow: the ellipses are cut
     objects, blocks = blocks_of(discs_probabilities(), tmp_path)
-    assert objects.cut >= 1 and blocks.max() > 30
+    assert objects.cut >= 2 and blocks.max() > 30
 
 
 def test_rows_resized_band_by_band_equal_the_whole_resize():
@@ -148,8 +149,8 @@ def test_rows_resized_band_by_band_equal_the_whole_resize():
 
 def test_probabilities_and_objects_out_of_core(rgb_run, tmp_path, capsys, monkeypatch):
     _, _, _, checkpoint = rgb_run
-    monkeypatch.setattr(band_outputs, "OBJECT_ROWS", 64)  # 300 rows: 5 blocks
-    monkeypatch.setattr(band_outputs, "OBJECT_CONTEXT", 48)  # the discs are at most 41 px tall
+    monkeypatch.setattr(band_objects, "OBJECT_BLOCK", 64)  # 300 x 400: 5 x 7 blocks
+    monkeypatch.setattr(band_objects, "OBJECT_CONTEXT", 48)  # the discs are at most 41 px tall
     rgb = slide(tmp_path / "slide.tif", 300, 400)
     # The tiny model barely tells discs (18% of pixels) from background: cut objects at its quantiles.
     predictor = Predictor(

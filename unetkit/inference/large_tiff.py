@@ -6,9 +6,9 @@ band of tile height x image width (image, logits and weights) plus the model.
 
 Rows of the blended logits are final once no later tile row reaches them (below the next tile
 row's top), so each band is normalised, classified and written, then dropped; probabilities and
-objects are written from the same bands (band_outputs.py). A model trained at a scale reads the
-pyramid level of that size, and its logits are resized to full size band by band
-(row_resample.py), so every output has the image's size, as in memory."""
+objects are written from the same bands (band_outputs.py, band_objects.py). A model trained at
+a scale reads the pyramid level of that size, and its logits are resized to full size band by
+band (row_resample.py), so every output has the image's size, as in memory."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from unetkit.errors import UnetkitError
-from unetkit.inference.band_outputs import MAX_OBJECT_CONTEXT, BandObjects, RowStore, output_tiles, write_tiled_tiff
+from unetkit.inference.band_objects import MAX_OBJECT_CONTEXT, BandObjects
+from unetkit.inference.band_outputs import RowStore, output_tiles, write_tiled_tiff
 from unetkit.inference.row_resample import RowResampler
 from unetkit.inference.tiling import gaussian_window, tile_starts
 from unetkit.metrics import predicted_classes
@@ -190,6 +191,6 @@ def predict_large_tiff(
             stem = out.with_name(f"{out.stem}_objects")
             objects.save(stem.with_suffix(".tif"), stem.with_suffix(".csv"), predictor.mask_values.values)
             if objects.cut:
-                print(f"{path}: {objects.cut} object(s) taller than {MAX_OBJECT_CONTEXT} rows were cut at band edges",
+                print(f"{path}: {objects.cut} object(s) larger than {MAX_OBJECT_CONTEXT} px were cut at block edges",
                       file=sys.stderr)  # fmt: skip
     return out
