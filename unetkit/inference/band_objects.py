@@ -42,8 +42,14 @@ class BandObjects:
         self.classes: list[int] = [0]  # class of each global id
         self.tables: list[dict[str, np.ndarray]] = []
         self.cut = 0  # objects larger than the context allows, cut at a block's edge
+        self.two_classes = False
 
     def add(self, probabilities: np.ndarray) -> None:
+        # Two classes: class 0's probability is 1 - class 1's and only class 1 makes objects, so
+        # only class 1 is kept, and class 0 is remade per block: the buffer (up to ~2300 rows x the
+        # slide's width) is the largest thing here.
+        self.two_classes = len(probabilities) == 2
+        probabilities = probabilities[1:] if self.two_classes else probabilities
         if not self.probabilities.size:
             self.probabilities = np.zeros((len(probabilities), 0, self.width), np.float32)
         self.probabilities = np.concatenate([self.probabilities, probabilities], axis=1)
@@ -83,7 +89,7 @@ class BandObjects:
         right, side = min(self.width, left + OBJECT_BLOCK), OBJECT_CONTEXT
         while True:
             first, last = max(0, left - side), min(self.width, right + side)
-            labels, classes = self.predictor.objects_from_probabilities(rows[:, :, first:last])
+            labels, classes = self.predictor.objects_from_probabilities(self._classes(rows[:, :, first:last]))
             boxes = ndimage.find_objects(labels)
             kept = [
                 (number, box) for number, box in enumerate(boxes, 1) if box is not None
@@ -113,14 +119,17 @@ class BandObjects:
         top, bottom = min(f[0].start for f in found) - row, max(f[0].stop for f in found) - row
         left, right = min(f[1].start for f in found), max(f[1].stop for f in found)
         area = self.labels[top:bottom, left:right]
-        table = object_table(
-            np.where(area >= first, area, 0), np.asarray(self.classes), probabilities[:, top:bottom, left:right]
-        )
+        chances = self._classes(probabilities[:, top:bottom, left:right])
+        table = object_table(np.where(area >= first, area, 0), np.asarray(self.classes), chances)
         for name, offset in (("centroid_y", row + top), ("bbox_min_y", row + top), ("bbox_max_y", row + top)):
             table[name] = table[name] + offset
         for name in ("centroid_x", "bbox_min_x", "bbox_max_x"):
             table[name] = table[name] + left
         self.tables.append(table)
+
+    def _classes(self, probabilities: np.ndarray) -> np.ndarray:
+        """Every class's probabilities from the kept ones."""
+        return np.concatenate([1 - probabilities, probabilities]) if self.two_classes else probabilities
 
     def save(self, labels_path: Path, table_path: Path, class_values: list[int]) -> None:
         """The label image (uint16 while the ids fit, as in memory) and the CSV table."""
