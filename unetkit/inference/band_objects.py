@@ -6,10 +6,11 @@ The image is cut into blocks of OBJECT_BLOCK x OBJECT_BLOCK pixels, each seen wi
 OBJECT_CONTEXT pixels around it (stardist's way for big images). A block keeps the objects whose
 top-left corner (bounding box) lies in it, so each object is kept once, by the block that sees
 it whole. When a kept object reaches the right edge of what its block sees, the block looks
-further right; when it reaches the bottom edge, the block row waits for more rows; both up to
-MAX_OBJECT_CONTEXT. Objects larger than that are cut there, and counted. Blocks, not bands of
-rows: the watershed's memory is a block's (about 8 bytes per pixel per array), whatever the
-slide's width. A 20,000 px wide band with full context took 2.7 GB."""
+further right; when it reaches the bottom edge, the block waits for more rows (the blocks to
+its left in the row stay as cut); both up to MAX_OBJECT_CONTEXT. Objects larger than that are
+cut there, and counted. Blocks, not bands of rows: the watershed's memory is a block's (about
+8 bytes per pixel per array), whatever the slide's width. A 20,000 px wide band with full
+context took 2.7 GB."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ class BandObjects:
         self.tables: list[dict[str, np.ndarray]] = []
         self.cut = 0  # objects larger than the context allows, cut at a block's edge
         self.two_classes = False
+        self.done: dict[int, tuple[list[Found], int]] = {}  # this block row's blocks: left -> objects, cut
 
     def add(self, probabilities: np.ndarray) -> None:
         # Two classes: class 0's probability is 1 - class 1's and only class 1 makes objects, so
@@ -61,17 +63,17 @@ class BandObjects:
         start, stop = self.start, min(self.height, self.start + OBJECT_BLOCK)
         seen_top, seen_bottom = max(0, start - OBJECT_CONTEXT), min(self.height, stop + self.below)
         rows = self.probabilities[:, seen_top - self.top : seen_bottom - self.top]
-        blocks, cut = [], 0
         for left in range(0, self.width, OBJECT_BLOCK):
+            if left in self.done:  # cut before this row waited for more rows below
+                continue
             found, reach_bottom, reach_right = self._block(rows, seen_top, (start, stop), left)
-            if reach_bottom and seen_bottom < self.height:
-                if self.below < MAX_OBJECT_CONTEXT:  # see further down, then cut the whole row again
-                    self.below *= 2
-                    return
-                cut += reach_bottom
-            blocks.append(found)
-            cut += reach_right
-        self.below, self.cut = OBJECT_CONTEXT, self.cut + cut
+            if reach_bottom and seen_bottom < self.height and self.below < MAX_OBJECT_CONTEXT:
+                self.below *= 2  # see further down, then cut this block (and those after it) again
+                return
+            self.done[left] = found, reach_bottom * (seen_bottom < self.height) + reach_right
+        blocks = [found for found, _ in self.done.values()]
+        self.cut += sum(cut for _, cut in self.done.values())
+        self.below, self.done = OBJECT_CONTEXT, {}
         more = seen_bottom - start - self.labels.shape[0]
         self.labels = np.concatenate([self.labels, np.zeros((max(0, more), self.width), np.uint32)])
         for found in blocks:
