@@ -146,7 +146,30 @@ def test_rows_resized_band_by_band_equal_the_whole_resize():
     whole = F.interpolate(x[None], size=(300, 190), mode="bilinear", align_corners=False)[0]
     resampler = RowResampler(151, 300, 190)
     parts = [resampler.add(x[:, top : top + 23]) for top in range(0, 151, 23)]
-    assert torch.allclose(torch.cat(parts, dim=1), whole, atol=1e-4)
+    assert torch.allclose(torch.cat(parts, dim=1), whole, atol=1e-6)  # PyTorch's rounding too
+
+
+def test_tall_strips_are_memory_mapped_or_refused(rgb_run, tmp_path, capsys, monkeypatch):
+    _, _, _, checkpoint = rgb_run
+    monkeypatch.setattr(large_tiff, "MAX_CHUNK_ROWS", 32)  # stands in for 4096 rows
+    rgb = slide(tmp_path / "slide.tif", 96, 128)
+    tifffile.imwrite(tmp_path / "tiled.tif", rgb, tile=(32, 32))
+    tifffile.imwrite(tmp_path / "one_strip.tif", rgb)  # uncompressed, one strip: tifffile's default
+    tifffile.imwrite(tmp_path / "zipped.tif", rgb, compression="zlib", rowsperstrip=96)
+    nan = rgb[:, :, 0].astype(np.float32) / 255
+    nan[70, 5] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", nan, tile=(32, 32))
+    args = ("predict", "--checkpoint", checkpoint, "--amp", "off", *TILES, "--out-of-core", "on")
+    for name in ("tiled", "one_strip"):
+        code, _, err = run_cli(capsys, *args, tmp_path / f"{name}.tif", "--out", tmp_path / name)
+        assert code == 0, err
+    assert np.array_equal(
+        tifffile.imread(tmp_path / "tiled" / "tiled.tif"), tifffile.imread(tmp_path / "one_strip" / "one_strip.tif")
+    )
+    code, _, err = run_cli(capsys, *args, tmp_path / "zipped.tif", "--out", tmp_path / "z")
+    assert code == 2 and "strips of 96 rows" in err and "save it tiled" in err and err.count("\n") == 1
+    code, _, err = run_cli(capsys, *args, tmp_path / "nan.tif", "--out", tmp_path / "n")
+    assert code == 2 and "nan.tif: NaN or infinite pixels (e.g. at row 70)" in err and err.count("\n") == 1
 
 
 def test_probabilities_and_objects_out_of_core(rgb_run, tmp_path, capsys, monkeypatch):

@@ -114,10 +114,14 @@ class BandObjects:
         if not found:
             return
         first = len(self.classes)
-        for number, (rows, columns, pixels, class_id) in enumerate(found, first):
+        for rows, columns, pixels, class_id in found:
             region = self.labels[rows.start - row : rows.stop - row, columns]
-            region[pixels & (region == 0)] = number
-            self.classes.append(class_id)
+            free = pixels & (region == 0)
+            if free.any():  # an object wholly taken by earlier blocks gets no id: ids stay consecutive
+                region[free] = len(self.classes)
+                self.classes.append(class_id)
+        if len(self.classes) == first:
+            return
         top, bottom = min(f[0].start for f in found) - row, max(f[0].stop for f in found) - row
         left, right = min(f[1].start for f in found), max(f[1].stop for f in found)
         area = self.labels[top:bottom, left:right]

@@ -141,7 +141,8 @@ def predict_images(predictor: Predictor, paths: Sequence[Path], write: Write, wo
     with ThreadPoolExecutor(workers, "unetkit-predict", torch.set_num_threads, (1,)) as pool:
         try:
             while todo or reading or batches.left or writing:
-                limit = max(1, min(4 * batches.size, PIXEL_BUDGET // largest)) if largest else workers
+                # Until an image is decoded its size is unknown: one at a time, not `workers` huge ones.
+                limit = max(1, min(4 * batches.size, PIXEL_BUDGET // largest)) if largest else 1
                 while todo and len(reading) + len(batches.left) + len(writing) < limit:
                     reading.append(pool.submit(decode, predictor, todo.popleft()))
                 if reading:

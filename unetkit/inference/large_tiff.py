@@ -16,7 +16,9 @@ import dataclasses
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +33,7 @@ from unetkit.metrics import predicted_classes
 
 LARGE_PIXELS = 64 * 2**20  # "auto" predicts TIFFs above this many pixels out of core (a 8192^2 image)
 TIFF_SUFFIXES = (".tif", ".tiff")
+MAX_CHUNK_ROWS = 4096  # taller strips are read through a memory map (uncompressed) or refused
 
 
 def tiff_shape(path: Path) -> tuple[int, ...] | None:
@@ -77,23 +80,57 @@ def choose_level(path: Path, scale: float) -> int:
     )
 
 
-def open_pixels(path: Path, level: int = 0):
-    """A lazily decoded (H, W[, C]) array of the first series' `level`, and the value that maps to 1.0."""
+@contextmanager
+def opened_pixels(path: Path, level: int = 0) -> Iterator[tuple[Any, float]]:
+    """A lazily decoded (H, W[, C]) array of the first series' `level` and the value that maps to
+    1.0 (as read_image decides); the file is closed afterwards."""
     import tifffile
     import zarr
 
-    pixels = zarr.open(tifffile.imread(path, aszarr=True, level=level), mode="r")
-    if pixels.ndim == 3 and pixels.shape[2] not in (1, 2, 3, 4) or pixels.ndim not in (2, 3):
+    store = tifffile.imread(path, aszarr=True, level=level)
+    try:
+        pixels = zarr.open(store, mode="r")
+        if pixels.ndim == 3 and pixels.shape[2] not in (1, 2, 3, 4) or pixels.ndim not in (2, 3):
+            raise UnetkitError(
+                f"{path}: out-of-core prediction reads (height, width[, channels]) TIFFs; this one is "
+                f"{tuple(pixels.shape)}; save it as one 2-D image (channels last)"
+            )
+        if pixels.chunks[0] > MAX_CHUNK_ROWS:
+            pixels = memory_mapped(path, level, pixels.chunks[0])
+        yield pixels, pixel_range(pixels)
+    finally:
+        store.close()
+
+
+def memory_mapped(path: Path, level: int, rows: int):
+    """A file stored in strips this tall (often one strip: the default of uncompressed writers)
+    would be decoded whole for every band; uncompressed, it is read through a memory map."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tiff:
+        mappable = tiff.series[0].levels[level].keyframe.is_memmappable
+    if not mappable:
         raise UnetkitError(
-            f"{path}: out-of-core prediction reads (height, width[, channels]) TIFFs; this one is "
-            f"{tuple(pixels.shape)}; save it as one 2-D image (channels last)"
+            f"{path}: stored compressed in strips of {rows} rows, so reading it a band at a time would decode "
+            "all of it for every band; save it tiled (e.g. tifffile.imwrite(..., tile=(512, 512))), or use "
+            "--out-of-core off if it fits in memory"
         )
-    if np.issubdtype(pixels.dtype, np.integer):
-        return pixels, float(np.iinfo(pixels.dtype).max) if pixels.dtype.itemsize <= 2 else 65535.0
-    return pixels, 1.0
+    return tifffile.memmap(path, mode="r", level=level)
 
 
-def band_image(pixels, top: int, bottom: int, maximum: float) -> np.ndarray:
+def pixel_range(pixels) -> float:
+    """The value that maps to 1.0: the type's maximum for 8- and 16-bit integers; for wider ones
+    65535 when every value fits in 16 bits (one pass over the image, as read_image looks at all
+    of it); 1.0 for floats."""
+    if not np.issubdtype(pixels.dtype, np.integer):
+        return 1.0
+    if pixels.dtype.itemsize <= 2:
+        return float(np.iinfo(pixels.dtype).max)
+    biggest = max(int(np.asarray(pixels[top : top + 1024]).max()) for top in range(0, pixels.shape[0], 1024))
+    return 65535.0 if biggest <= 65535 else float(np.iinfo(pixels.dtype).max)
+
+
+def band_image(pixels, top: int, bottom: int, maximum: float, path: Path = Path("image")) -> np.ndarray:
     """Rows [top, bottom) as float32 (h, W, C) in [0, 1], alpha dropped, like read_image."""
     band = np.asarray(pixels[top:bottom])
     band = band[:, :, None] if band.ndim == 2 else band
@@ -101,12 +138,29 @@ def band_image(pixels, top: int, bottom: int, maximum: float) -> np.ndarray:
         band = band[:, :, :-1]
     image = band.astype(np.float32)
     image /= maximum
+    if not np.issubdtype(band.dtype, np.integer) and not np.isfinite(image).all():
+        row = top + int(np.argwhere(~np.isfinite(image))[0][0])
+        raise UnetkitError(f"{path}: NaN or infinite pixels (e.g. at row {row}); fill them (e.g. with 0) first")
     return image
 
 
 def logit_bands(predictor, pixels, maximum: float, path: Path, progress: bool) -> Iterator[torch.Tensor]:
     """(K, h, W) blended logits of `pixels` (already at the model's scale), a band of final rows
-    at a time, top to bottom."""
+    at a time, top to bottom; always in tiles (--tile, --overlap), blended as tiling.py blends
+    them (batches stay within a tile row, so sums may differ from in memory by rounding)."""
+    height, width = pixels.shape[:2]
+    options = predictor.options
+    th, tw = min(options.tile, height), min(options.tile, width)
+    tiles = len(tile_starts(height, th, options.overlap)) * len(tile_starts(width, tw, options.overlap))
+    bar = tqdm(total=tiles, desc="tiles", unit="tile", disable=not progress, leave=False)
+    try:
+        yield from blended_rows(predictor, pixels, maximum, path, bar)
+    finally:  # also when the TIFF writer stops pulling early: the bar goes before the other outputs are saved
+        bar.close()
+
+
+def blended_rows(predictor, pixels, maximum: float, path: Path, bar) -> Iterator[torch.Tensor]:
+    """logit_bands' work: each tile row run in batches, added into the rows it covers."""
     options = predictor.options
     preprocess = dataclasses.replace(predictor.preprocess, scale=1.0)
     height, width = pixels.shape[:2]
@@ -117,9 +171,8 @@ def logit_bands(predictor, pixels, maximum: float, path: Path, progress: bool) -
     logits = torch.zeros(predictor.num_outputs, 0, width)
     weights = torch.zeros(0, width)
     done = 0  # rows [0, done) are out; logits/weights hold rows [done, done + len)
-    bar = tqdm(total=len(tops) * len(lefts), desc="tiles", unit="tile", disable=not progress, leave=False)
     for index, top in enumerate(tops):
-        x = preprocess.image_tensor(band_image(pixels, top, top + th, maximum), path)
+        x = preprocess.image_tensor(band_image(pixels, top, top + th, maximum, path), path)
         grow = top + th - done - weights.shape[0]
         if grow > 0:
             logits = torch.cat([logits, torch.zeros(logits.shape[0], grow, width)], dim=1)
@@ -135,7 +188,6 @@ def logit_bands(predictor, pixels, maximum: float, path: Path, progress: bool) -
         final = (tops[index + 1] if index + 1 < len(tops) else height) - done
         yield logits[:, :final] / weights[:final]
         logits, weights, done = logits[:, final:], weights[final:], done + final
-    bar.close()
 
 
 def resized_bands(bands: Iterator[torch.Tensor], source_height: int, size: tuple[int, int]) -> Iterator[torch.Tensor]:
@@ -162,13 +214,15 @@ def predict_large_tiff(
     all at the image's full size. Models at a scale read the matching pyramid level."""
     height, width = tiff_shape(path)[:2]
     level = choose_level(path, predictor.preprocess.scale)
-    pixels, maximum = open_pixels(path, level)
-    bands = logit_bands(predictor, pixels, maximum, path, progress)
-    if pixels.shape[:2] != (height, width):
-        bands = resized_bands(bands, pixels.shape[0], (height, width))
     dtype = predictor.mask_values.decode(np.zeros(1, dtype=np.uint8)).dtype
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".unetkit-") as folder:
+    with (
+        opened_pixels(path, level) as (pixels, maximum),
+        tempfile.TemporaryDirectory(dir=out.parent, prefix=".unetkit-") as folder,
+    ):
+        bands = logit_bands(predictor, pixels, maximum, path, progress)
+        if pixels.shape[:2] != (height, width):
+            bands = resized_bands(bands, pixels.shape[0], (height, width))
         store = RowStore(Path(folder), "probabilities", (predictor.num_outputs + predictor.binary, height, width),
                          np.float32) if probabilities else None  # fmt: skip
         objects = BandObjects(predictor, height, width, Path(folder)) if instances else None
@@ -184,7 +238,10 @@ def predict_large_tiff(
                 class_ids = predicted_classes(logits[None], threshold)[0].numpy().astype(np.uint8)
                 yield predictor.mask_values.decode(class_ids)
 
-        write_tiled_tiff(out, output_tiles(masks(), width, dtype), (height, width), dtype)
+        try:
+            write_tiled_tiff(out, output_tiles(masks(), width, dtype), (height, width), dtype)
+        finally:
+            bands.close()  # the tile bar goes now, not when the generators are collected
         if store:
             store.save_tiff(out.with_name(f"{out.stem}_probs.tif"))
         if objects:

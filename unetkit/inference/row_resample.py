@@ -25,6 +25,8 @@ class RowResampler:
         self.next = 0  # the next output row
 
     def add(self, band: torch.Tensor) -> torch.Tensor:
+        if not band.shape[1]:
+            return band.new_zeros(band.shape[0], 0, self.width)
         across = F.interpolate(band[None], size=(band.shape[1], self.width), mode="bilinear", align_corners=False)[0]
         self.rows = across if self.rows is None else torch.cat([self.rows, across], dim=1)
         self.received += band.shape[1]
@@ -42,6 +44,7 @@ class RowResampler:
         return out
 
     def source_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        """Where output rows sample the source, computed in float32 as PyTorch does."""
-        scale = torch.tensor(self.scale, dtype=torch.float32)
-        return ((rows.float() + 0.5) * scale - 0.5).clamp_min(0)
+        """Where output rows sample the source, as PyTorch computes it: a float32 scale, and
+        (row + 0.5) * scale - 0.5 rounded once (its kernel's fused multiply-add)."""
+        scale = float(torch.tensor(self.scale, dtype=torch.float32))
+        return ((rows.double() + 0.5) * scale - 0.5).float().clamp_min(0)
