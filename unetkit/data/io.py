@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -115,8 +116,8 @@ def read_image(path: str | Path) -> np.ndarray:
     if array.dtype == np.bool_:
         return array.astype(np.float32)
     if np.issubdtype(array.dtype, np.integer):
-        scaled = array.astype(np.float32)
-        scaled /= _integer_range(array)  # in place: a 4096^2 RGB image is 200 MB per copy
+        scaled = array.astype(np.float32)  # divided in place: a 4096^2 RGB image is 200 MB per copy
+        scaled /= integer_range(array.dtype, lambda: int(array.max()) if array.size else None)
         return scaled
     image = array.astype(np.float32)
     bad = ~np.isfinite(image)
@@ -128,13 +129,15 @@ def read_image(path: str | Path) -> np.ndarray:
     return image
 
 
-def _integer_range(array: np.ndarray) -> float:
-    """The value that maps to 1.0: the type's maximum for 8- and 16-bit images; for wider integer
-    types (int32 TIFFs often hold 12- or 16-bit data) 65535 when the values fit in 16 bits, so the
-    data is not squeezed into [0, 2^-15]."""
-    if array.dtype.itemsize <= 2:
-        return float(np.iinfo(array.dtype).max)
-    return 65535.0 if array.size and int(array.max()) <= 65535 else float(np.iinfo(array.dtype).max)
+def integer_range(dtype: np.dtype, largest: Callable[[], int | None]) -> float:
+    """The value of an integer image that maps to 1.0: the type's maximum for 8- and 16-bit
+    images; for wider types (int32 TIFFs often hold 12- or 16-bit data) 65535 when the largest
+    value (asked only for them; None: no pixels) fits in 16 bits, so the data is not squeezed
+    into [0, 2^-15]."""
+    if np.dtype(dtype).itemsize <= 2:
+        return float(np.iinfo(dtype).max)
+    biggest = largest()
+    return 65535.0 if biggest is not None and biggest <= 65535 else float(np.iinfo(dtype).max)
 
 
 def read_mask(path: str | Path) -> np.ndarray:

@@ -34,7 +34,7 @@ import torch
 
 from unetkit.data import read_image
 from unetkit.inference.predictor import Predictor, at_image_size
-from unetkit.inference.tiling import gaussian_window, tile_boxes
+from unetkit.inference.tiling import blend, gaussian_window, tile_boxes
 
 Write = Callable[[Path, np.ndarray, torch.Tensor], None]  # (path, (H, W, C) image, (1, K, H, W) logits)
 Box = tuple[int, int, int, int] | None  # a tile (top, left, height, width); None: the whole input
@@ -61,9 +61,7 @@ class Job:
         if box is None:
             self.logits = logits
             return
-        top, left, height, width = box  # as predict_tiled, in the same order: the same sums
-        self.logits[:, top : top + height, left : left + width] += logits * self.window
-        self.weights[top : top + height, left : left + width] += self.window
+        blend(self.logits, self.weights, box[0], box[1], logits, self.window)  # as predict_tiled, same order
 
     def result(self) -> torch.Tensor:
         """(1, K, H, W) logits at the image's size, as Predictor.logits returns them."""

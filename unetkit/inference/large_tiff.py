@@ -24,11 +24,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from unetkit.data.io import integer_range
 from unetkit.errors import UnetkitError
 from unetkit.inference.band_objects import MAX_OBJECT_CONTEXT, BandObjects
 from unetkit.inference.band_outputs import RowStore, output_tiles, write_tiled_tiff
 from unetkit.inference.row_resample import RowResampler
-from unetkit.inference.tiling import gaussian_window, tile_starts
+from unetkit.inference.tiling import blend, gaussian_window, tile_starts
 from unetkit.metrics import predicted_classes
 
 LARGE_PIXELS = 64 * 2**20  # "auto" predicts TIFFs above this many pixels out of core (a 8192^2 image)
@@ -119,15 +120,12 @@ def memory_mapped(path: Path, level: int, rows: int):
 
 
 def pixel_range(pixels) -> float:
-    """The value that maps to 1.0: the type's maximum for 8- and 16-bit integers; for wider ones
-    65535 when every value fits in 16 bits (one pass over the image, as read_image looks at all
-    of it); 1.0 for floats."""
+    """The value that maps to 1.0, by read_image's rule (for integers wider than 16 bits, one
+    pass over the image finds the largest value); 1.0 for floats."""
     if not np.issubdtype(pixels.dtype, np.integer):
         return 1.0
-    if pixels.dtype.itemsize <= 2:
-        return float(np.iinfo(pixels.dtype).max)
-    biggest = max(int(np.asarray(pixels[top : top + 1024]).max()) for top in range(0, pixels.shape[0], 1024))
-    return 65535.0 if biggest <= 65535 else float(np.iinfo(pixels.dtype).max)
+    rows = range(0, pixels.shape[0], 1024)
+    return integer_range(pixels.dtype, lambda: max(int(np.asarray(pixels[top : top + 1024]).max()) for top in rows))
 
 
 def band_image(pixels, top: int, bottom: int, maximum: float, path: Path = Path("image")) -> np.ndarray:
@@ -148,46 +146,32 @@ def logit_bands(predictor, pixels, maximum: float, path: Path, progress: bool) -
     """(K, h, W) blended logits of `pixels` (already at the model's scale), a band of final rows
     at a time, top to bottom; always in tiles (--tile, --overlap), blended as tiling.py blends
     them (batches stay within a tile row, so sums may differ from in memory by rounding)."""
-    height, width = pixels.shape[:2]
-    options = predictor.options
-    th, tw = min(options.tile, height), min(options.tile, width)
-    tiles = len(tile_starts(height, th, options.overlap)) * len(tile_starts(width, tw, options.overlap))
-    bar = tqdm(total=tiles, desc="tiles", unit="tile", disable=not progress, leave=False)
-    try:
-        yield from blended_rows(predictor, pixels, maximum, path, bar)
-    finally:  # also when the TIFF writer stops pulling early: the bar goes before the other outputs are saved
-        bar.close()
-
-
-def blended_rows(predictor, pixels, maximum: float, path: Path, bar) -> Iterator[torch.Tensor]:
-    """logit_bands' work: each tile row run in batches, added into the rows it covers."""
     options = predictor.options
     preprocess = dataclasses.replace(predictor.preprocess, scale=1.0)
     height, width = pixels.shape[:2]
     th, tw = min(options.tile, height), min(options.tile, width)
     tops, lefts = tile_starts(height, th, options.overlap), tile_starts(width, tw, options.overlap)
     window = gaussian_window(th, tw)
-    forward = predictor.forward
     logits = torch.zeros(predictor.num_outputs, 0, width)
     weights = torch.zeros(0, width)
     done = 0  # rows [0, done) are out; logits/weights hold rows [done, done + len)
-    for index, top in enumerate(tops):
-        x = preprocess.image_tensor(band_image(pixels, top, top + th, maximum, path), path)
-        grow = top + th - done - weights.shape[0]
-        if grow > 0:
-            logits = torch.cat([logits, torch.zeros(logits.shape[0], grow, width)], dim=1)
-            weights = torch.cat([weights, torch.zeros(grow, width)])
-        row = top - done
-        for start in range(0, len(lefts), options.batch_size):
-            batch = lefts[start : start + options.batch_size]
-            out = forward(torch.stack([x[:, :, left : left + tw] for left in batch])).float().cpu()
-            for left, tile_logits in zip(batch, out, strict=True):
-                logits[:, row : row + th, left : left + tw] += tile_logits * window
-                weights[row : row + th, left : left + tw] += window
-            bar.update(len(batch))
-        final = (tops[index + 1] if index + 1 < len(tops) else height) - done
-        yield logits[:, :final] / weights[:final]
-        logits, weights, done = logits[:, final:], weights[final:], done + final
+    # Closed also when the generator is (the TIFF writer stops pulling after its last tile).
+    with tqdm(total=len(tops) * len(lefts), desc="tiles", unit="tile", disable=not progress, leave=False) as bar:
+        for index, top in enumerate(tops):
+            x = preprocess.image_tensor(band_image(pixels, top, top + th, maximum, path), path)
+            grow = top + th - done - weights.shape[0]
+            if grow > 0:
+                logits = torch.cat([logits, torch.zeros(logits.shape[0], grow, width)], dim=1)
+                weights = torch.cat([weights, torch.zeros(grow, width)])
+            for start in range(0, len(lefts), options.batch_size):
+                batch = lefts[start : start + options.batch_size]
+                out = predictor.forward(torch.stack([x[:, :, left : left + tw] for left in batch])).float().cpu()
+                for left, tile_logits in zip(batch, out, strict=True):
+                    blend(logits, weights, top - done, left, tile_logits, window)
+                bar.update(len(batch))
+            final = (tops[index + 1] if index + 1 < len(tops) else height) - done
+            yield logits[:, :final] / weights[:final]
+            logits, weights, done = logits[:, final:], weights[final:], done + final
 
 
 def resized_bands(bands: Iterator[torch.Tensor], source_height: int, size: tuple[int, int]) -> Iterator[torch.Tensor]:

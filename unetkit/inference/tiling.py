@@ -39,6 +39,16 @@ def tile_boxes(height: int, width: int, tile: int, overlap: int) -> list[tuple[i
     return [(top, left, th, tw) for top in tile_starts(height, th, overlap) for left in tile_starts(width, tw, overlap)]
 
 
+def blend(
+    logits: torch.Tensor, weights: torch.Tensor, top: int, left: int, tile: torch.Tensor, window: torch.Tensor
+) -> None:
+    """Add one tile's (K, h, w) logits, weighted by `window`, into the sums at (top, left); the
+    blended logits are logits / weights once every tile is in."""
+    height, width = window.shape
+    logits[:, top : top + height, left : left + width] += tile * window
+    weights[top : top + height, left : left + width] += window
+
+
 def _batches(boxes: list, size: int) -> Iterator[list]:
     for start in range(0, len(boxes), size):
         yield boxes[start : start + size]
@@ -65,9 +75,8 @@ def predict_tiled(
         for batch in _batches(boxes, batch_size):
             crops = torch.stack([image[:, t : t + h, x : x + w] for t, x, h, w in batch])
             out = forward(crops).float().cpu()
-            for (t, x, h, w), tile_logits in zip(batch, out, strict=True):
-                logits[:, t : t + h, x : x + w] += tile_logits * window
-                weights[t : t + h, x : x + w] += window
+            for (top, left, _, _), tile_logits in zip(batch, out, strict=True):
+                blend(logits, weights, top, left, tile_logits, window)
             bar.update(len(batch))
     return logits / weights
 
