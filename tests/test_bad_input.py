@@ -219,7 +219,7 @@ def case_read_only_output_folder(tmp_path, rgb_run, monkeypatch, **_):
     monkeypatch.setattr(unetkit.core.atomic.tempfile, "mkstemp", read_only)
     _root, images, _masks, checkpoint = rgb_run
     args = ["predict", "--checkpoint", checkpoint, images, "--out", tmp_path / "out", "--no-progress"]
-    return Case(args, ("img00.png", "Read-only file system", "writable"))
+    return Case(args, (".unetkit-predict.json", "Read-only file system", "writable"))  # its first write
 
 
 def case_full_output_disk(tmp_path, rgb_run, monkeypatch, **_):

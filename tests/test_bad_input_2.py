@@ -81,7 +81,7 @@ def case_predict_into_the_mask_folder(tmp_path, rgb_run, **_):
     _root, images, masks, checkpoint = rgb_run
     return Case(
         ["predict", "--checkpoint", checkpoint, images, "--out", masks, "--no-progress"],
-        ("already exists", "never replaces", "--overwrite"),
+        ("img00.png", "did not write", "choose an empty --out folder"),  # the hint must not be --overwrite
         unchanged(images, masks),
     )
 
@@ -595,7 +595,12 @@ def test_review_cases_that_must_keep_working(tmp_path):
     tifffile.imwrite(tmp_path / "ij.tif", np.zeros((3, 20, 30), np.uint8), imagej=True, metadata={"axes": "CYX"})
     assert read_image(tmp_path / "ij.tif").shape == (20, 30, 3)
     one_bit, byte = np.zeros((4, 4), dtype=bool), np.eye(4, dtype=np.uint8)
-    assert discover_mask_values([(tmp_path / "a", one_bit), (tmp_path / "b", byte)]).values == [0, 1]
+    assert discover_mask_values(
+        [
+            (tmp_path / "a", *np.unique(one_bit, return_counts=True)),
+            (tmp_path / "b", *np.unique(byte, return_counts=True)),
+        ]
+    ).values == [0, 1]
     (tmp_path / LOCK_NAME).write_text(f"{os.getpid()}\n")
     notes = []
     with RunLock(tmp_path, log=notes.append) as lock:

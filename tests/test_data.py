@@ -84,14 +84,19 @@ def test_mask_values_round_trip_and_unknown_values_name_the_file():
         values.encode(np.array([[7]]), "b.png")
 
 
+def scanned(name: str, mask) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A mask as the fingerprint scans it: its path, distinct values and their pixel counts."""
+    return (Path(name), *np.unique(np.asarray(mask), return_counts=True))
+
+
 def test_discovered_values_are_sorted_and_jpeg_noise_is_refused():
-    found = discover_mask_values([(Path("a"), np.array([[255, 0]])), (Path("b"), np.array([[0]]))])
+    found = discover_mask_values([scanned("a", [[255, 0]]), scanned("b", [[0]])])
     assert found.values == [0, 255]
     noisy = np.arange(200).reshape(10, 20)
     with pytest.raises(UnetkitError, match="noisy.jpg.*distinct values"):
-        discover_mask_values([(Path("noisy.jpg"), noisy)])
+        discover_mask_values([scanned("noisy.jpg", noisy)])
     with pytest.raises(UnetkitError, match="two classes"):
-        discover_mask_values([(Path("a"), np.zeros((2, 2)))])
+        discover_mask_values([scanned("a", np.zeros((2, 2)))])
 
 
 def test_augmentation_moves_image_and_mask_together():

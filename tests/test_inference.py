@@ -132,7 +132,7 @@ def test_onnx_export_matches_pytorch_and_predicts_the_same_masks(trained, tmp_pa
         ["predict", "--checkpoint", str(checkpoint), str(images), "--out", str(tmp_path / "torch"), "--amp", "off"]
         + ["--backend", "torch"]
     )
-    for mask in (tmp_path / "torch").iterdir():
+    for mask in (tmp_path / "torch").glob("*.png"):
         assert np.array_equal(np.asarray(Image.open(mask)), np.asarray(Image.open(tmp_path / "onnx" / mask.name)))
 
 

@@ -169,7 +169,7 @@ def test_tall_strips_are_memory_mapped_or_refused(rgb_run, tmp_path, capsys, mon
     code, _, err = run_cli(capsys, *args, tmp_path / "zipped.tif", "--out", tmp_path / "z")
     assert code == 2 and "strips of 96 rows" in err and "save it tiled" in err and err.count("\n") == 1
     code, _, err = run_cli(capsys, *args, tmp_path / "nan.tif", "--out", tmp_path / "n")
-    assert code == 2 and "nan.tif: NaN or infinite pixels (e.g. at row 70)" in err and err.count("\n") == 1
+    assert code == 2 and "nan.tif: 1 pixel(s) are NaN or infinite (e.g. at row 70)" in err and err.count("\n") == 1
 
 
 def test_probabilities_and_objects_out_of_core(rgb_run, tmp_path, capsys, monkeypatch):

@@ -11,7 +11,14 @@ from pathlib import Path
 import numpy as np
 
 from unetkit.data.io import read_image, read_mask
-from unetkit.data.mask_values import MAX_DISCOVERED_VALUES, MAX_VALUE, bit_depth, depths_disagree, values_outside
+from unetkit.data.mask_values import (
+    MAX_DISCOVERED_VALUES,
+    MAX_VALUE,
+    bit_depth,
+    depths_disagree,
+    values_outside,
+    zero_dominates,
+)
 from unetkit.data.objects import instance_classes
 from unetkit.data.pairing import Matching, Pair, match_folders
 from unetkit.errors import UnetkitError
@@ -172,7 +179,7 @@ def _summarise_values(report: dict, value_counts: Counter, problems: list[dict],
     dominant = [v for v, n in value_counts.items() if n >= RARE_VALUE_FRACTION * total]
     rare = [v for v, n in value_counts.items() if n < RARE_VALUE_FRACTION * total]
     if len(value_counts) > MAX_DISCOVERED_VALUES:
-        instances = value_counts and max(value_counts, key=value_counts.get) == 0  # much background, many ids
+        instances = zero_dominates(dict(value_counts))
         problems.append(
             {
                 "file": report["masks"],

@@ -3,7 +3,9 @@ user's mask values), optionally probability maps and overlays."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import json
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from unetkit.core.atomic import write_json
 from unetkit.data import IMAGE_EXTENSIONS, list_images
 from unetkit.errors import UnetkitError
 from unetkit.inference import Predictor, overlay, save_png
@@ -33,15 +36,19 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
             files.append(item)
         else:
             raise UnetkitError(f"{item}: no such file or folder")
+    unique: dict[Path, Path] = {}
+    for path in files:
+        unique.setdefault(path.resolve(), path)  # one file named by two paths is predicted once
+    files = list(unique.values())
     seen: dict[str, Path] = {}
     for path in files:
-        if path.stem in seen and seen[path.stem] != path:
+        if path.stem in seen:
             raise UnetkitError(
                 f"{path}: same name as {seen[path.stem]}, and both would write {path.stem}.png; "
                 "predict them into different --out folders"
             )
         seen[path.stem] = path
-    return list(dict.fromkeys(files))
+    return files
 
 
 def planned_outputs(
@@ -76,9 +83,24 @@ def planned_outputs(
     return outputs
 
 
+# What predict wrote into an --out folder, so that --overwrite replaces only its own outputs and
+# never a user's file that has the same name (a ground-truth mask in `--out data/masks`).
+MANIFEST = ".unetkit-predict.json"
+
+
+def written_before(out: Path) -> set[str]:
+    """The file names earlier predictions wrote into `out` (none if the manifest is unreadable:
+    then nothing there counts as predict's, which is the safe side)."""
+    try:
+        return set(json.loads((out / MANIFEST).read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
 def check_outputs(files: Sequence[Path], outputs: dict[Path, Path], out: Path, overwrite: bool) -> None:
-    """Predict never writes into a folder it reads images from, and never replaces a file unless
-    asked: `--out imgs` would replace images by masks, `--out masks` the ground truth."""
+    """Predict never writes into a folder it reads images from, nor into one holding images it did
+    not write, and never replaces a file unless asked, and then only its own earlier output:
+    `--out imgs` would replace images by masks, `--out masks` the ground truth."""
     out_real = out.resolve()
     for path in files:
         if path.resolve().parent == out_real:
@@ -86,15 +108,41 @@ def check_outputs(files: Sequence[Path], outputs: dict[Path, Path], out: Path, o
                 f"{out}: --out is the folder of the input image {path.name}; masks written there would replace "
                 "or mix with the images; choose another --out folder"
             )
-    inputs = {path.resolve() for path in files}
+    ours = written_before(out)
+    theirs = sorted(p.name for p in out.glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.name not in ours)
+    if theirs:
+        raise UnetkitError(
+            f"{out / theirs[0]}: --out holds {len(theirs)} image(s) or mask(s) that unetkit predict did not write; "
+            "predict never writes beside them (--overwrite replaces only its own earlier outputs); "
+            "choose an empty --out folder"
+        )
     for target in outputs:
-        if target.exists() and target.resolve() in inputs:
-            raise UnetkitError(f"{target}: is an input image and would be replaced; choose another --out folder")
+        if target.exists() and target.name not in ours:
+            raise UnetkitError(
+                f"{target}: already exists and unetkit predict did not write it, so it is never replaced; "
+                "choose an empty --out folder"
+            )
         if target.exists() and not overwrite:
             raise UnetkitError(
                 f"{target}: already exists and predict never replaces files; choose an empty --out folder, "
-                "or pass --overwrite to replace an earlier prediction"
+                "or pass --overwrite to replace this earlier prediction"
             )
+
+
+@contextmanager
+def recorded_outputs(out: Path, outputs: Collection[Path]) -> Iterator[None]:
+    """Add `outputs` to the manifest before they are written, so a file predict writes is always
+    named there, even if the run is killed halfway; a run that fails before writing any of them
+    takes a new manifest away again (a refused command leaves no trace)."""
+    first = not (out / MANIFEST).exists()
+    names = sorted(written_before(out) | {path.name for path in outputs})
+    write_json(out / MANIFEST, {"written_by": "unetkit predict", "files": names})
+    try:
+        yield
+    except BaseException:
+        if first and not any(path.exists() for path in outputs):
+            (out / MANIFEST).unlink(missing_ok=True)
+        raise
 
 
 def predict_files(
@@ -122,7 +170,8 @@ def predict_files(
     write = partial(write_prediction, predictor, out, threshold, write_overlay, write_probabilities, instances)
     in_memory = [path for path in files if path not in large]
     written: dict[Path, Path] = {}
-    with tqdm(total=len(files), desc="predict", unit="img", disable=not progress or len(files) < 2, leave=False) as bar:
+    bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress or len(files) < 2, leave=False)
+    with recorded_outputs(out, planned), bar:
         for path in files:
             if path in large:
                 target = out / f"{path.stem}.tif"

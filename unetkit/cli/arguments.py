@@ -56,3 +56,15 @@ def value_type(hint: Any) -> type:
     """int, float or str from a field's annotation (`int | None` -> int)."""
     types = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
     return types[0] if types[0] in (int, float) else str
+
+
+def typed_as(cls: type, name: str, value: Any) -> str:
+    """How option `name` of `cls` is typed with `value` on the command line, for messages:
+    `--depth 3`, `--no-augment`, `--multiclass` (a flag, not --binary)."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    flag = "--" + name.replace("_", "-")
+    if field.metadata.get("flag"):
+        return field.metadata["flag"][0]
+    if field.metadata.get("toggle"):
+        return flag if value else "--no-" + flag[2:]
+    return f"{flag} {show(value)}"

@@ -7,9 +7,12 @@ import dataclasses
 import time
 from pathlib import Path
 
+from unetkit.cli.arguments import typed_as
+from unetkit.core.options import show
+from unetkit.core.provenance import written_by_unetkit
 from unetkit.errors import UnetkitError
 from unetkit.train.config import TrainConfig
-from unetkit.train.config_file import load_config_file
+from unetkit.train.config_file import read_config_file
 from unetkit.train.options import user_options
 
 
@@ -18,13 +21,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return config_and_given_options(args)[0]
 
 
-def config_and_given_options(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
-    """The config, and the names of the options set on the command line or in the --config file
-    (unetkit/train/options.py: layers 1-3). On --resume only these replace the checkpoint's own."""
+def config_and_given_options(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, str]]:
+    """The config, and the options set on the command line or in the --config file (unetkit/train/
+    options.py: layers 1-3), each with how it was given (`--depth 3`, `run.toml: depth = 3`): on
+    --resume these replace the checkpoint's own, or are refused in those words."""
     config_file = getattr(args, "config", None)
-    file = load_config_file(config_file) if config_file else None
+    file, keys = read_config_file(config_file) if config_file else (None, {})
     typed = {name: getattr(args, name, None) for name in TrainConfig().to_dict()}
-    return user_options(file, typed)
+    cfg, given = user_options(file, typed)
+    how = {name: f"{config_file}: {keys.get(name, name)} = {show(getattr(cfg, name))}" for name in given}
+    how.update({name: typed_as(TrainConfig, name, value) for name, value in typed.items() if value is not None})
+    return cfg, how
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -69,10 +76,18 @@ def predictor_from_args(args: argparse.Namespace):
 
 def output_file(option: str, path: str | None, suffix: str) -> None:
     """An output file option must name a file of its kind: `--json masks/img01.png` or
-    `--onnx best.pt` would replace the user's data with a report or a model."""
-    if path is not None and Path(path).suffix.lower() != suffix:
+    `--onnx best.pt` would replace the user's data with a report or a model; and an existing file
+    of that name is replaced only if unetkit wrote it (its content says so: core/provenance.py)."""
+    if path is None:
+        return
+    if Path(path).suffix.lower() != suffix:
         raise UnetkitError(
             f"{option} {path}: give a file name ending in {suffix}; the output never replaces another kind of file"
+        )
+    if Path(path).exists() and not written_by_unetkit(Path(path)):
+        raise UnetkitError(
+            f"{option} {path}: the file exists and unetkit did not write it, so it is never replaced; "
+            "give a new file name"
         )
 
 
@@ -89,7 +104,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.json:
         from unetkit.core.atomic import write_json
 
-        write_json(Path(args.json), report)
+        write_json(Path(args.json), {"written_by": f"unetkit {args.command}", **report})
         print(f"wrote {args.json}")
 
 
@@ -144,7 +159,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.json:
         from unetkit.core.atomic import write_json
 
-        write_json(Path(args.json), report)
+        write_json(Path(args.json), {"written_by": f"unetkit {args.command}", **report})
     return 0 if report["ok"] else 1
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], durable: bool 
     path = Path(path)
     ensure_folder(path.parent)
     try:
-        handle, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+        handle, name = tempfile.mkstemp(
+            prefix=_temporary_prefix(path.name), suffix=f".tmp{path.suffix}", dir=path.parent
+        )
         os.close(handle)
         temporary = Path(name)
         try:
@@ -76,12 +79,33 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], durable: bool 
         raise UnetkitError(f"{path}: cannot write ({first}); {WRITE_FIX}") from None
 
 
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete the temporary files that killed writes left in `folder` (".<stem>.<random>.tmp<suffix>");
-    only call it while holding the folder (the run lock), so no live write is touched."""
+# A temporary name keeps at most this much of the target's stem: a 250-character image name gives
+# a 250-character mask name, which is legal, while ".<stem>.<random>.tmp<suffix>" would pass the
+# file system's 255-byte limit.
+TEMPORARY_STEM_CHARACTERS = 64
+
+
+def _temporary_prefix(name: str) -> str:
+    return f".{Path(name).stem[:TEMPORARY_STEM_CHARACTERS]}."
+
+
+def is_temporary_of(name: str, final_names: Iterable[str]) -> bool:
+    """Whether `name` is a temporary file that `atomic_write` makes for one of `final_names`
+    (".<stem>.<random>.tmp<suffix>", mkstemp's random part)."""
+    return any(
+        re.fullmatch(re.escape(_temporary_prefix(final)) + r"[a-z0-9_]+" + re.escape(f".tmp{Path(final).suffix}"), name)
+        for final in final_names
+    )
+
+
+def remove_stale_temporaries(folder: str | Path, final_names: Iterable[str]) -> list[Path]:
+    """Delete the temporary files that killed writes of `final_names` left in `folder`; only the
+    names atomic_write makes for those files, so a user's `.notes.tmp` is never touched. Call it
+    only while holding the folder (the run lock), so no live write is touched."""
+    final_names = list(final_names)
     removed = []
     for path in Path(folder).glob(".*.tmp*"):
-        if path.is_file():
+        if path.is_file() and is_temporary_of(path.name, final_names):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed

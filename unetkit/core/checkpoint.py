@@ -5,7 +5,6 @@ a checkpoint can never run code hidden in it. The keys are listed in docs/checkp
 
 from __future__ import annotations
 
-import math
 import pickle
 import zipfile
 from pathlib import Path
@@ -15,13 +14,11 @@ import torch
 from torch import nn
 
 from unetkit.core.atomic import atomic_write
-from unetkit.core.model_spec import ModelSpec
-from unetkit.core.safetensors_file import load_safetensors, save_safetensors
+from unetkit.core.model_spec import DAMAGED, ModelSpec, ObjectRule
+from unetkit.core.safetensors_file import is_safetensors, load_safetensors, save_safetensors
 from unetkit.errors import UnetkitError
 
 FORMAT = "unetkit-checkpoint-v1"
-# What prediction needs; a training checkpoint has more (optimizer, scheduler, history, ...).
-MODEL_KEYS = (*ModelSpec.KEYS, "model")
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -29,11 +26,28 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint (torch.save) or its .safetensors export, whatever the file is named: the content
+    decides the format. Either way its prediction keys are checked the same way (check_state)."""
     path = Path(path)
     if not path.is_file():
         raise UnetkitError(f"{path}: checkpoint not found; pass the path of a best.pt or last.pt")
-    if path.suffix == ".safetensors":
-        return load_safetensors(path)
+    state = load_safetensors(path) if is_safetensors(path) else _load_torch(path)
+    check_state(state, path)
+    return state
+
+
+def check_state(state: dict[str, Any], source: str | Path = "checkpoint") -> ModelSpec:
+    """The one check of what prediction reads from a checkpoint, for every format and for a dict given
+    in Python: the model spec (required keys, preprocessing, mask values against the model's outputs),
+    the object rule and the weights' presence (whether they fit is model_from_checkpoint's to say)."""
+    spec = ModelSpec.from_state(state, source)
+    ObjectRule.from_state(state.get("object_rule"), source)
+    if not isinstance(state.get("model"), dict):
+        raise UnetkitError(f"{source}: checkpoint lacks model (the weights); {DAMAGED}")
+    return spec
+
+
+def _load_torch(path: Path) -> dict[str, Any]:
     _refuse_zip_bomb(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -45,7 +59,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from None
     except Exception as err:  # torch raises many types for a file that is not a checkpoint
         raise UnetkitError(
-            f"{path}: not a readable PyTorch checkpoint ({err.__class__.__name__}); "
+            f"{path}: not a readable PyTorch checkpoint or safetensors export ({err.__class__.__name__}); "
             "the file may be truncated or not a checkpoint, use a best.pt or last.pt from a run"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -53,13 +67,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path}: not a unetkit checkpoint (no '{FORMAT}' marker); "
             "use a best.pt or last.pt written by 'unetkit train'"
         )
-    missing = [key for key in MODEL_KEYS if key not in state]
-    if missing:
-        raise UnetkitError(
-            f"{path}: checkpoint lacks {', '.join(missing)}; it is damaged or was edited, "
-            "use a best.pt or last.pt written by 'unetkit train'"
-        )
-    _check_preprocess(path, state["preprocess"])
     return state
 
 
@@ -79,25 +86,11 @@ def _refuse_zip_bomb(path: Path) -> None:
         )
 
 
-def _check_preprocess(path: Path, preprocess: Any) -> None:
-    """A std of 0 or a NaN mean would turn every input into NaN or inf: refuse, don't predict garbage."""
-    try:
-        numbers = [float(v) for v in [*preprocess["mean"], *preprocess["std"], preprocess["scale"]]]
-        stds = [float(v) for v in preprocess["std"]]
-        sound = all(math.isfinite(v) for v in numbers) and all(v > 0 for v in stds) and preprocess["scale"] > 0
-    except (TypeError, KeyError, ValueError):
-        sound = False
-    if not sound:
-        raise UnetkitError(
-            f"{path}: the checkpoint's preprocessing (mean/std/scale {preprocess}) is not usable (std must be above "
-            "0, every number finite); the checkpoint is damaged or was edited, retrain or use another one"
-        )
-
-
 def model_from_checkpoint(state: dict[str, Any], source: str | Path = "checkpoint") -> nn.Module:
     """The checkpoint's network with its weights; a one-line error if the two do not fit."""
+    spec = check_state(state, source)  # a dict given in Python is checked like a file
     try:
-        model = ModelSpec.from_state(state).build()
+        model = spec.build()
         model.load_state_dict(state["model"])
     except (TypeError, ValueError, RuntimeError) as err:
         # load_state_dict lists every mismatched tensor; the first line is enough to see the cause.
@@ -105,7 +98,7 @@ def model_from_checkpoint(state: dict[str, Any], source: str | Path = "checkpoin
         first = next((line.strip() for line in detail[1:] if line.strip()), detail[0] if detail else "")
         raise UnetkitError(
             f"{source}: the weights do not fit a {state['model_name']} with {state['model_args']} "
-            f"({first[:160]}); the checkpoint is damaged or was edited, use one written by 'unetkit train'"
+            f"({first[:160]}); {DAMAGED}"
         ) from None
     return model.eval()
 

@@ -1,17 +1,26 @@
 """What it takes to rebuild a trained model and use it the way it was trained: the registered
 model's name and arguments, the mask values its classes stand for, the preprocessing of its
-input, and whether it has one sigmoid logit (binary) or softmax. Checkpoints, .safetensors and
-.onnx exports all carry these five under the same keys (docs/checkpoint-format.md)."""
+input, and whether it has one sigmoid logit (binary) or softmax; and the rule that cuts its
+objects. Checkpoints, .safetensors and .onnx exports all carry these under the same keys
+(docs/checkpoint-format.md), and `ModelSpec.from_state` / `ObjectRule.from_state` are the one
+check of them for every format: a file that passes predicts the way training meant it to."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from unetkit.core.options import each, number, whole
 from unetkit.data import MaskValues, Preprocess
+from unetkit.data.objects import INSTANCE_VALUES
+from unetkit.errors import UnetkitError
 from unetkit.models import create_model
+
+# How every refusal of a checkpoint's keys ends: what the user can do about it.
+DAMAGED = "it is damaged or was edited, use a best.pt or last.pt written by 'unetkit train' (or its export)"
 
 
 @dataclass(frozen=True)
@@ -25,15 +34,69 @@ class ModelSpec:
     KEYS = ("model_name", "model_args", "mask_values", "preprocess", "binary")
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> ModelSpec:
-        """From a checkpoint's (or export's) keys."""
-        return cls(
+    def from_state(cls, state: dict[str, Any], source: str | Path = "checkpoint") -> ModelSpec:
+        """From a checkpoint's (or export's) keys, checked; a one-line error naming `source` if
+        they are missing, malformed, or do not fit each other (preprocessing, output channels)."""
+        missing = [key for key in cls.KEYS if key not in state] if isinstance(state, dict) else list(cls.KEYS)
+        if missing:
+            raise UnetkitError(f"{source}: checkpoint lacks {', '.join(missing)}; {DAMAGED}")
+        spec = cls(
             state["model_name"],
-            dict(state["model_args"]),
-            MaskValues.from_dict(state["mask_values"]),
-            Preprocess(**state["preprocess"]),
-            bool(state["binary"]),
+            _parsed(state, "model_args", dict, source),
+            _parsed(state, "mask_values", MaskValues.from_dict, source),
+            _parsed(state, "preprocess", lambda value: Preprocess(**value), source),
+            state["binary"],
         )
+        spec._check_preprocess(source)
+        spec._check_outputs(source)
+        return spec
+
+    def _check_preprocess(self, source: str | Path) -> None:
+        """A std of 0 or a NaN mean would turn every input into NaN or inf, and a mean per channel
+        that the model does not take would be broadcast over the wrong channels: refuse both."""
+        p, channels = self.preprocess, self.args.get("in_channels")
+        per_channel = whole(1, 256)(channels) and all(isinstance(v, list | tuple) and len(v) == channels
+                                                      for v in (p.mean, p.std))  # fmt: skip
+        sound = per_channel and each(number)(list(p.mean)) and each(lambda v: number(v) and v > 0)(list(p.std))
+        if not (sound and number(p.scale) and p.scale > 0 and p.in_channels == channels):
+            raise UnetkitError(
+                f"{source}: the checkpoint's preprocessing (in_channels {_short(p.in_channels)}, mean "
+                f"{_short(p.mean)}, std {_short(p.std)}, scale {_short(p.scale)}) is not usable for its model of "
+                f"{_short(channels)} input channel(s) (std must be above 0, every number finite, one mean and std "
+                f"per channel); {DAMAGED}"
+            )
+
+    def _check_outputs(self, source: str | Path) -> None:
+        """Class id k is written as mask value k: a model with more or fewer outputs than the values
+        (or a binary model with other than two) would write its classes as the wrong values."""
+        values, outputs = self.mask_values.values, self.args.get("num_classes")
+        if not isinstance(self.binary, bool):
+            raise UnetkitError(f"{source}: the checkpoint's binary {str(self.binary)[:40]} is not true or false; "
+                               f"{DAMAGED}")  # fmt: skip
+        if not (len(values) == 2 and outputs == 1 if self.binary else outputs == len(values)):
+            kind = "a binary model: one output for two values" if self.binary else "one output per value"
+            raise UnetkitError(
+                f"{source}: the checkpoint's mask values {values} do not fit its model's {outputs} output "
+                f"channel(s) ({kind}); {DAMAGED}"
+            )
+        self._check_instances(source)
+
+    def _check_instances(self, source: str | Path) -> None:
+        """A model of instance masks has the classes background, object (and boundary) as ids 0, 1 (2),
+        whatever the masks held: objects are cut from class 1 (inference/instances.py)."""
+        instances, values = self.mask_values.instances, self.mask_values.values
+        if instances is None:
+            return
+        if not isinstance(instances, str) or instances not in INSTANCE_VALUES:
+            raise UnetkitError(f"{source}: the checkpoint's instances {str(instances)[:40]!r} is neither "
+                               f"{' nor '.join(map(repr, INSTANCE_VALUES))}; {DAMAGED}")  # fmt: skip
+        expected = list(INSTANCE_VALUES[instances])
+        if values != expected:
+            raise UnetkitError(
+                f"{source}: the checkpoint's instance-mask classes are {values}, not {expected} ({instances}), so "
+                "its objects cannot be cut; train the run again (earlier versions dropped the object class when "
+                "every object pixel was edge)"
+            )
 
     def to_state(self) -> dict[str, Any]:
         """The keys a checkpoint stores, as plain data."""
@@ -56,3 +119,57 @@ class ModelSpec:
 
     def build(self) -> nn.Module:
         return create_model(self.name, **self.args)
+
+
+def _short(value: Any) -> str:
+    """Numbers to 4 significant digits (a list of them too), so a message stays a short line."""
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(map(_short, value)) + "]"
+    return f"{value:.4g}" if isinstance(value, int | float) and not isinstance(value, bool) else str(value)[:40]
+
+
+def _parsed(state: dict[str, Any], key: str, parse: Any, source: str | Path) -> Any:
+    """`parse(state[key])`, or a one-line error naming the key."""
+    try:
+        return parse(state[key])
+    except UnetkitError as err:  # MaskValues' own check; its fix is for training data, not for a checkpoint
+        reason = str(err).split(";")[0]
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as err:  # e.g. a list for a dict
+        reason = f"{err.__class__.__name__}: {str(err)[:80]}"
+    raise UnetkitError(f"{source}: the checkpoint's {key} {str(state[key])[:120]} is malformed ({reason}); {DAMAGED}")
+
+
+@dataclass(frozen=True)
+class ObjectRule:
+    """How objects are cut from class probabilities (unetkit/inference/instances.py)."""
+
+    # The defaults: the best of the end-of-training grid on the demo's validation slices 22-24
+    # (adapted Rand error 0.045; seed 0.9 gave 0.17, 0.98 split cells into thousands of cores).
+    seed: float = 0.95  # object cores: probability above this
+    flood: float = 0.3  # cores grow over pixels above this
+    smooth: float = 2.0  # Gaussian sigma (pixels) on the probabilities first: one core per object
+    min_size: int = 16  # smaller objects (pixels) are dropped
+    max_hole: int = 16  # holes up to this many pixels inside an object are filled
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, rule: Any, source: str | Path = "checkpoint") -> ObjectRule | None:
+        """A checkpoint's `object_rule` (None: training chose none), checked: an unknown field or a
+        number out of range would cut objects by a rule nobody chose, or fail mid-prediction."""
+        valid = {
+            "seed": lambda v: number(v) and 0 < v < 1,
+            "flood": lambda v: number(v) and 0 < v < 1,
+            "smooth": lambda v: number(v) and 0 <= v <= 1000,
+            "min_size": whole(0, 2**31),
+            "max_hole": whole(0, 2**31),
+        }
+        if rule is None:
+            return None
+        if not (isinstance(rule, dict) and all(key in valid and valid[key](v) for key, v in rule.items())):
+            raise UnetkitError(
+                f"{source}: the checkpoint's object_rule {str(rule)[:160]} is not usable (fields seed and flood "
+                f"between 0 and 1, smooth 0 or more, min_size and max_hole whole pixels); {DAMAGED}"
+            )
+        return cls(**rule)

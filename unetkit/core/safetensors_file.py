@@ -27,6 +27,7 @@ from unetkit.errors import UnetkitError
 
 WEIGHTS_FORMAT = "unetkit-weights-v1"
 METADATA_KEY = "unetkit"
+MAX_HEADER_BYTES = 100 * 2**20  # the safetensors library's own limit on the JSON header
 _INSTALL_HINT = "install it with: pip install 'unetkit[export]' (or pip install safetensors)"
 
 
@@ -57,6 +58,15 @@ def save_safetensors(state: dict[str, Any], out_path: str | Path) -> Path:
 
     atomic_write(out_path, write, durable=True)
     return out_path
+
+
+def is_safetensors(path: str | Path) -> bool:
+    """Whether the file is laid out as safetensors (an 8-byte little-endian header size, then the JSON
+    header's "{"), whatever its name: a torch.save zip starts "PK", a legacy pickle with 0x80. A file
+    cut short after its first 9 bytes still counts, so its damage is reported as a safetensors file's."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    return len(head) == 9 and head[8:] == b"{" and 0 < int.from_bytes(head[:8], "little") <= MAX_HEADER_BYTES
 
 
 def load_safetensors(path: str | Path) -> dict[str, Any]:

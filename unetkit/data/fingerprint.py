@@ -25,7 +25,7 @@ from scipy import ndimage
 
 from unetkit.data.io import read_pair
 from unetkit.data.mask_values import MaskValues, discover_mask_values
-from unetkit.data.objects import instance_classes
+from unetkit.data.objects import INSTANCE_VALUES, instance_classes
 from unetkit.data.pairing import Pair
 from unetkit.errors import UnetkitError
 
@@ -183,9 +183,9 @@ def fingerprint_pairs(
     if mask_values:
         found = MaskValues.from_user(mask_values, ignore_value)
     else:
-        found = discover_mask_values(((s.pair.mask, s.mask_values) for s in scans), ignore_value)
-    if instances:
-        found = MaskValues(found.values, found.ignore_value, instances)
+        found = discover_mask_values(((s.pair.mask, s.mask_values, s.mask_counts) for s in scans), ignore_value)
+    if instances:  # the classes an instance mask trains as, even those the masks lack (data/objects.py)
+        found = MaskValues(INSTANCE_VALUES[instances], found.ignore_value, instances)
     return DataFingerprint(
         num_images=len(pairs),
         median_height=int(statistics.median(s.height for s in scans)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,31 +14,44 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from unetkit.errors import UnetkitError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# GIF for masks above all: Carvana's are "<stem>_mask.gif" (single-frame, palette: read as PNG's).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
 
 
-def _read_raw(path: Path) -> tuple[np.ndarray, str | None]:
-    """Return the pixel array and, for Pillow files, the image mode ("P" matters for masks)."""
+# Pillow modes whose last band is alpha: the file says so, and only then is a channel dropped.
+ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+
+
+def _read_raw(path: Path) -> tuple[np.ndarray, str | None, bool]:
+    """Return the pixel array, for Pillow files the image mode ("P" matters for masks), and
+    whether the file marks the last channel as alpha."""
     if not path.is_file():
         raise UnetkitError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise UnetkitError(f"{path}: the file is empty (0 bytes); replace it with the real image or remove it")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            return _read_tiff(path), None
+            array, alpha = _read_tiff(path)
+            return array, None, alpha
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse both alike.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as opened:
+                frames = getattr(opened, "n_frames", 1)
+                if frames > 1:
+                    raise UnetkitError(
+                        f"{path}: an animation of {frames} frames; unetkit reads one 2-D image per file: save "
+                        "each frame as its own file"
+                    )
                 # A camera's rotation flag, applied as every viewer does; the mask was drawn on
                 # the image as shown, and the predicted mask comes back that way too.
                 img = ImageOps.exif_transpose(opened)
                 mode = img.mode
                 if mode in ("I;16", "I;16B", "I;16L"):
-                    return np.asarray(img, dtype=np.uint16), mode
+                    return np.asarray(img, dtype=np.uint16), mode, False
                 if mode in ("CMYK", "YCbCr", "LAB", "HSV"):
                     img = img.convert("RGB")
-                return np.asarray(img), mode
+                return np.asarray(img), mode, mode in ALPHA_MODES
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         declared = re.search(r"\((\d+) pixels\)", str(err))
         raise UnetkitError(
@@ -53,18 +67,17 @@ def _read_raw(path: Path) -> tuple[np.ndarray, str | None]:
         ) from None
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def _read_tiff(path: Path) -> tuple[np.ndarray, bool]:
     """One 2-D image from a TIFF, as (H, W) or (H, W, C): colour samples (S) or up to 4 channels
-    (C, as ImageJ and OME store them) become the last axis. A stack of pages, slices or frames is
-    refused rather than guessed (a 3-page z-stack is not RGB), and so is a 4th channel that is not
-    marked as alpha (e.g. near-infrared)."""
+    (C, as ImageJ and OME store them) become the last axis; and whether the last is marked alpha.
+    A stack of pages, slices or frames is refused rather than guessed (a 3-page z-stack is not RGB)."""
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         array = series.asarray()
         axes = series.axes
         full_size_pages = [page for page in tif.pages if not getattr(page, "is_reduced", False)]  # not thumbnails
         other_pages = len(full_size_pages) - len(getattr(series, "pages", full_size_pages))
-        extrasamples = tuple(getattr(tif.pages[0], "extrasamples", ()) or ())
+        alpha = tiff_marks_alpha(tif)
     keep = [i for i, axis in enumerate(axes) if axis in "YX" or array.shape[i] > 1]
     array = array.reshape([array.shape[i] for i in keep])
     axes = "".join(axes[i] for i in keep)
@@ -78,13 +91,66 @@ def _read_tiff(path: Path) -> np.ndarray:
         )
     if colour:
         array = np.moveaxis(array, axes.index(colour[0]), -1)
-        alpha = colour[0] == "S" and extrasamples and extrasamples[0] in (1, 2)
-        if array.shape[-1] == 4 and not alpha:
+    return np.asarray(array), alpha
+
+
+def tiff_marks_alpha(tif: tifffile.TiffFile) -> bool:
+    """Whether the first series' last sample is alpha: one extra sample, marked associated or
+    unassociated alpha. ImageJ and OME channels (axis C) are never alpha."""
+    extrasamples = tuple(getattr(tif.pages[0], "extrasamples", ()) or ())
+    return "S" in tif.series[0].axes and len(extrasamples) == 1 and extrasamples[0] in (1, 2)
+
+
+def data_channels(array: np.ndarray, alpha: bool, path: Path) -> np.ndarray:
+    """The channels of an (H, W, C) image that are data: alpha is dropped only where the file marks
+    it (PNG LA/RGBA, TIFF extra sample), every other channel is kept, and a count the model cannot
+    take (gray or RGB) is refused by name rather than cut to fit."""
+    if alpha:
+        array = array[:, :, :-1]
+    channels = array.shape[2]
+    if channels not in (1, 3):
+        unmarked = " and the last is not marked as alpha" if not alpha and channels in (2, 4) else ""
+        raise UnetkitError(
+            f"{path}: the image has {channels} channels{unmarked}, and unetkit takes gray or RGB images: "
+            "save the channels to use as a gray or RGB image, or mark an alpha channel as alpha"
+        )
+    return array
+
+
+def to_unit_float(array: np.ndarray, maximum: float, path: Path, first_row: int = 0) -> np.ndarray:
+    """(h, W, C) pixels as float32 in [0, 1]: divided by `maximum` (pixel_maximum's value) in
+    place, since a 4096^2 RGB image is 200 MB per copy; NaN or infinite pixels refused with the
+    row (`first_row`: where this band starts in the image)."""
+    image = array.astype(np.float32)
+    image /= maximum
+    if not np.issubdtype(array.dtype, np.integer) and array.dtype != np.bool_:
+        bad = ~np.isfinite(image)
+        if bad.any():
             raise UnetkitError(
-                f"{path}: the TIFF has 4 channels and the 4th is not marked as alpha (e.g. near-infrared); "
-                "unetkit takes gray or RGB images: save the 3 channels to use, or mark the 4th as alpha"
+                f"{path}: {int(bad.sum())} pixel(s) are NaN or infinite (e.g. at row "
+                f"{first_row + int(np.argwhere(bad)[0][0])}); fill them (e.g. with 0 or the image's mean) or remove "
+                "the image"
             )
-    return np.asarray(array)
+    return image
+
+
+def pixel_maximum(dtype: np.dtype, largest: Callable[[], int | None]) -> float:
+    """The value that maps to 1.0: integer_range for integers, 1 for floats and booleans."""
+    return integer_range(dtype, largest) if np.issubdtype(dtype, np.integer) else 1.0
+
+
+@dataclass(frozen=True)
+class PixelRule:
+    """How a file's raw pixels become the model's input, decided once per file and applied to the
+    whole image (read_image) or a band of rows (out of core) alike, so the two never disagree."""
+
+    maximum: float  # the value that maps to 1.0 (pixel_maximum)
+    alpha: bool  # the file marks its last channel as alpha
+
+    def apply(self, array: np.ndarray, path: Path, first_row: int = 0) -> np.ndarray:
+        """(h, W[, C]) raw pixels -> float32 (h, W, C) in [0, 1], data channels only."""
+        array = array[:, :, None] if array.ndim == 2 else array
+        return to_unit_float(data_channels(array, self.alpha, path), self.maximum, path, first_row)
 
 
 def _channels_last(array: np.ndarray, path: Path) -> np.ndarray:
@@ -101,32 +167,18 @@ def _channels_last(array: np.ndarray, path: Path) -> np.ndarray:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image as float32 (H, W, C) in [0, 1]; integer types are scaled by their range.
-
-    Alpha is dropped (RGBA -> RGB, LA -> L), palette images become RGB.
+    """Read an image as float32 (H, W, C) in [0, 1], gray or RGB; integer types are scaled by
+    their range. Alpha is dropped where the file marks it (data_channels), palette images become RGB.
+    The out-of-core reader (inference/large_tiff.py) uses the same three steps a band at a time.
     """
     path = Path(path)
-    array, mode = _read_raw(path)
+    array, mode, alpha = _read_raw(path)
     if mode == "P":
         with Image.open(path) as img:
-            array = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+            array, alpha = np.asarray(ImageOps.exif_transpose(img).convert("RGB")), False
     array = _channels_last(array, path)
-    if array.shape[2] in (2, 4):  # gray+alpha or RGB+alpha
-        array = array[:, :, :-1]
-    if array.dtype == np.bool_:
-        return array.astype(np.float32)
-    if np.issubdtype(array.dtype, np.integer):
-        scaled = array.astype(np.float32)  # divided in place: a 4096^2 RGB image is 200 MB per copy
-        scaled /= integer_range(array.dtype, lambda: int(array.max()) if array.size else None)
-        return scaled
-    image = array.astype(np.float32)
-    bad = ~np.isfinite(image)
-    if bad.any():
-        raise UnetkitError(
-            f"{path}: {int(bad.sum())} pixel(s) are NaN or infinite (e.g. at row {int(np.argwhere(bad)[0][0])}); "
-            "fill them (e.g. with 0 or the image's mean) or remove the image"
-        )
-    return image
+    maximum = pixel_maximum(array.dtype, lambda: int(array.max()) if array.size else None)
+    return PixelRule(maximum, alpha).apply(array, path)
 
 
 def integer_range(dtype: np.dtype, largest: Callable[[], int | None]) -> float:
@@ -147,9 +199,9 @@ def read_mask(path: str | Path) -> np.ndarray:
     if its colour channels are equal, i.e. a gray mask saved as colour.
     """
     path = Path(path)
-    array, _mode = _read_raw(path)
+    array, _mode, alpha = _read_raw(path)
     array = _channels_last(array, path)
-    if array.shape[2] in (2, 4):
+    if alpha:
         array = array[:, :, :-1]
     if array.shape[2] > 1:
         if not all(np.array_equal(array[:, :, 0], array[:, :, c]) for c in range(1, array.shape[2])):

@@ -112,13 +112,16 @@ class MaskValues:
         return cls(state["values"], state.get("ignore_value"), state.get("instances"))
 
 
-def discover_mask_values(masks: Iterable[tuple[Path, np.ndarray]], ignore_value: int | None = None) -> MaskValues:
-    """Collect the sorted distinct values of the training masks (ignore value left out)."""
+def discover_mask_values(
+    masks: Iterable[tuple[Path, np.ndarray, np.ndarray]], ignore_value: int | None = None
+) -> MaskValues:
+    """Collect the sorted distinct values of the training masks (ignore value left out), from each
+    mask's path, distinct values (in the mask's dtype) and their pixel counts."""
     seen: set[int] = set()
     by_depth: dict[str, Path] = {}  # bit depth -> the first mask of that depth
-    for path, mask in masks:
-        by_depth.setdefault(bit_depth(mask.dtype), path)
-        found = [int(v) for v in np.unique(mask)]
+    for path, values, counts in masks:
+        by_depth.setdefault(bit_depth(values.dtype), path)
+        found = [int(v) for v in values]
         seen.update(found)
         # One 16-bit mask among 8-bit ones would silently add classes (0/255 plus 0/65535), and so
         # would a 1-bit mask (0/1) among 8-bit 0/255 ones; 1-bit beside 8-bit 0/1 masks is fine.
@@ -135,6 +138,12 @@ def discover_mask_values(masks: Iterable[tuple[Path, np.ndarray]], ignore_value:
                 "relabel the masks with values in that range (e.g. a -1 'unlabelled' as 255 with --ignore-value 255)"
             )
         if len(seen - {ignore_value}) > MAX_DISCOVERED_VALUES:
+            if zero_dominates(dict(zip(found, counts.tolist(), strict=True))):
+                raise UnetkitError(
+                    f"{path}: masks hold more than {MAX_DISCOVERED_VALUES} distinct values with 0 the most common: "
+                    "they look like instance masks (each object its own id); train with --instance-masks, "
+                    "or list the classes with --mask-values"
+                )
             raise UnetkitError(
                 f"{path}: masks hold more than {MAX_DISCOVERED_VALUES} distinct values, which looks "
                 "like a photo or JPEG-compressed mask; save masks as PNG with one value per class, "
@@ -143,6 +152,15 @@ def discover_mask_values(masks: Iterable[tuple[Path, np.ndarray]], ignore_value:
     if ignore_value is not None:
         seen.discard(ignore_value)
     return MaskValues(sorted(seen), ignore_value)
+
+
+def zero_dominates(counts: dict[int, int]) -> bool:
+    """Among many values, 0 (background) covers a fifth of the pixels or more and thrice any other
+    value: instance masks (an id per object), not a photo or a JPEG-compressed mask, whose values
+    spread out; `check` and `train` tell the two apart by this one rule."""
+    total, background = sum(counts.values()), counts.get(0, 0)
+    others = [n for value, n in counts.items() if value != 0]
+    return total > 0 and background >= 0.2 * total and background >= 3 * max(others, default=0)
 
 
 def values_outside(values: Iterable[int]) -> list[int]:

@@ -13,7 +13,10 @@ import numpy as np
 from skimage.measure import label
 from skimage.segmentation import find_boundaries
 
-INSTANCE_MODES = ("objects", "boundary")
+# The mask values (= class ids) an instance mask trains as, per mode, whether or not the masks hold
+# each one: objects no thicker than their edge are all boundary and leave no value 1 in the data.
+INSTANCE_VALUES = {"objects": (0, 1), "boundary": (0, 1, 2)}
+INSTANCE_MODES = tuple(INSTANCE_VALUES)
 
 
 def true_objects(class_ids: np.ndarray, object_classes: Sequence[int], ignore_id: int | None = None) -> np.ndarray:

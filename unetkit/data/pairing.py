@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,11 +28,13 @@ def list_images(folder: str | Path, what: str = "images") -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise UnetkitError(f"{folder}: {what} folder not found; check the path")
-    files = sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-    )
+    named = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    for path in named:
+        if path.is_symlink() and not path.exists():  # else it would be "missing", and its mask "without image"
+            raise UnetkitError(
+                f"{path}: a symbolic link to {os.readlink(path)}, which does not exist; fix or remove the link"
+            )
+    files = [p for p in named if p.is_file()]
     if not files:
         raise UnetkitError(
             f"{folder}: no {what} found (looked for {', '.join(IMAGE_EXTENSIONS)}); "

@@ -16,7 +16,10 @@ The package (bioimage.io model spec 0.5, written by bioimageio.spec, tested by b
 
 from __future__ import annotations
 
+import re
+import string
 import tempfile
+import unicodedata
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,9 @@ from unetkit.core.model_spec import ModelSpec
 from unetkit.data import read_image
 from unetkit.errors import UnetkitError
 from unetkit.inference.outputs import overlay, save_png
+
+# The characters bioimageio.spec 0.5 allows in a model's name (ModelDescr.name).
+NAME_CHARACTERS = set(string.ascii_letters + string.digits + "_+- ()")
 
 
 class ProbabilityNet(nn.Module):
@@ -115,12 +121,15 @@ def export_bioimageio(
     authors: list[str] | None = None,
 ) -> Path:
     """Write the bioimage.io package `out` (.zip) and return its path; see the module docstring."""
+    check_names(name, authors)
     try:
         from bioimageio.spec import save_bioimageio_package  # noqa: F401
     except ImportError:
         raise UnetkitError("bioimage.io export needs bioimageio.core: pip install 'unetkit[bioimageio]'") from None
     state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     spec = ModelSpec.from_state(state)
+    run_name = "model" if isinstance(checkpoint, dict) else Path(checkpoint).resolve().parent.name
+    name = name or spelled_as_name(f"unetkit {spec.name} {run_name}")
     model = model_from_checkpoint(state).eval()
     step = size_step(model.size_multiple, spec.preprocess.scale)
     net = ProbabilityNet(model, spec.preprocess.scale, spec.binary).eval()
@@ -129,14 +138,38 @@ def export_bioimageio(
         expected = net(normalised(raw, maximum, spec)).numpy()
     with tempfile.TemporaryDirectory(prefix="unetkit-bioimageio-") as folder:
         files = package_files(Path(folder), net, raw, maximum, expected, spec)
-        run_name = "model" if isinstance(checkpoint, dict) else Path(checkpoint).resolve().parent.name
-        description = describe(files, spec, step, maximum, name, authors, run_name)
+        description = describe(files, spec, step, maximum, name, authors)
         from bioimageio.spec import save_bioimageio_package
 
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         save_bioimageio_package(description, output_path=out)
     return out
+
+
+def check_names(name: str | None, authors: list[str] | None) -> None:
+    """--name and --author as bioimage.io takes them (a name of NAME_CHARACTERS, 5 to 128 of them; an
+    author without '/'): refused with a spelling that fits rather than changed unasked. The default
+    name, made of the run folder's (which may hold dots or accents: `cells.v2`), is spelled to fit."""
+    if name is not None and not (set(name) <= NAME_CHARACTERS and 5 <= len(name) <= 128):
+        raise UnetkitError(
+            f"--name {name!r}: bioimage.io names hold only ASCII letters, digits, spaces and _+-() (5 to 128 "
+            f"characters); e.g. --name {spelled_as_name(name)!r}"
+        )
+    for author in authors or []:
+        if "/" in author:
+            raise UnetkitError(f"--author {author!r}: bioimage.io author names cannot hold '/'; write it without")
+
+
+def spelled_as_name(text: str) -> str:
+    """`text` in NAME_CHARACTERS: accents dropped (é -> e), any other character a '-', at least 5
+    and at most 64 characters (bioimage.io advises 64)."""
+    letters = []
+    for character in text:
+        plain = unicodedata.normalize("NFKD", character).encode("ascii", "ignore").decode()
+        letters.append(plain if plain and set(plain) <= NAME_CHARACTERS else "-")
+    name = re.sub("-{2,}", "-", "".join(letters)).strip(" -")[:64].strip()
+    return name if len(name) >= 5 else f"{name} model".strip()
 
 
 def package_files(folder: Path, net: nn.Module, raw: np.ndarray, maximum: float, expected: np.ndarray,
@@ -168,8 +201,8 @@ def documentation(spec: ModelSpec) -> str:
     )
 
 
-def describe(files: dict[str, Path], spec: ModelSpec, step: int, maximum: float, name: str | None,
-             authors: list[str] | None, run_name: str) -> Any:  # fmt: skip
+def describe(files: dict[str, Path], spec: ModelSpec, step: int, maximum: float, name: str,
+             authors: list[str] | None) -> Any:  # fmt: skip
     """The bioimage.io ModelDescr (spec 0.5) of the package."""
     from bioimageio.spec.model import v0_5 as bio
 
@@ -207,7 +240,7 @@ def describe(files: dict[str, Path], spec: ModelSpec, step: int, maximum: float,
         onnx=bio.OnnxWeightsDescr(source=files["onnx"], opset_version=17),
     )
     return bio.ModelDescr(
-        name=name or f"unetkit {spec.name} {run_name}",
+        name=name,
         description=f"U-Net semantic segmentation ({len(classes)} classes) trained with unetkit",
         authors=[bio.Author(name=author) for author in (authors or ["unetkit user"])],
         cite=[

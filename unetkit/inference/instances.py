@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,21 +30,8 @@ from skimage.morphology import remove_small_holes, remove_small_objects
 from skimage.segmentation import watershed
 
 from unetkit.core.atomic import atomic_write
+from unetkit.core.model_spec import ObjectRule  # kept in checkpoints, so checked with their other keys
 from unetkit.data.objects import relabel
-
-
-@dataclass(frozen=True)
-class ObjectRule:
-    # The defaults: the best of the end-of-training grid on the demo's validation slices 22-24
-    # (adapted Rand error 0.045; seed 0.9 gave 0.17, 0.98 split cells into thousands of cores).
-    seed: float = 0.95  # object cores: probability above this
-    flood: float = 0.3  # cores grow over pixels above this
-    smooth: float = 2.0  # Gaussian sigma (pixels) on the probabilities first: one core per object
-    min_size: int = 16  # smaller objects (pixels) are dropped
-    max_hole: int = 16  # holes up to this many pixels inside an object are filled
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def split_objects(

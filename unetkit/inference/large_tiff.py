@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from unetkit.data.io import integer_range
+from unetkit.data.io import PixelRule, pixel_maximum, tiff_marks_alpha
 from unetkit.errors import UnetkitError
 from unetkit.inference.band_objects import MAX_OBJECT_CONTEXT, BandObjects
 from unetkit.inference.band_outputs import RowStore, output_tiles, write_tiled_tiff
@@ -82,9 +82,10 @@ def choose_level(path: Path, scale: float) -> int:
 
 
 @contextmanager
-def opened_pixels(path: Path, level: int = 0) -> Iterator[tuple[Any, float]]:
-    """A lazily decoded (H, W[, C]) array of the first series' `level` and the value that maps to
-    1.0 (as read_image decides); the file is closed afterwards."""
+def opened_pixels(path: Path, level: int = 0) -> Iterator[tuple[Any, PixelRule]]:
+    """A lazily decoded (H, W[, C]) array of the first series' `level` and read_image's pixel
+    rule for it (checked on the first row, before anything is written); the file is closed
+    afterwards."""
     import tifffile
     import zarr
 
@@ -98,7 +99,10 @@ def opened_pixels(path: Path, level: int = 0) -> Iterator[tuple[Any, float]]:
             )
         if pixels.chunks[0] > MAX_CHUNK_ROWS:
             pixels = memory_mapped(path, level, pixels.chunks[0])
-        yield pixels, pixel_range(pixels)
+        with tifffile.TiffFile(path) as tif:
+            rule = PixelRule(pixel_range(pixels), tiff_marks_alpha(tif))
+        rule.apply(np.asarray(pixels[:1]), path)  # a channel count the model cannot take: refused now
+        yield pixels, rule
     finally:
         store.close()
 
@@ -122,27 +126,16 @@ def memory_mapped(path: Path, level: int, rows: int):
 def pixel_range(pixels) -> float:
     """The value that maps to 1.0, by read_image's rule (for integers wider than 16 bits, one
     pass over the image finds the largest value); 1.0 for floats."""
-    if not np.issubdtype(pixels.dtype, np.integer):
-        return 1.0
     rows = range(0, pixels.shape[0], 1024)
-    return integer_range(pixels.dtype, lambda: max(int(np.asarray(pixels[top : top + 1024]).max()) for top in rows))
+    return pixel_maximum(pixels.dtype, lambda: max(int(np.asarray(pixels[top : top + 1024]).max()) for top in rows))
 
 
-def band_image(pixels, top: int, bottom: int, maximum: float, path: Path = Path("image")) -> np.ndarray:
-    """Rows [top, bottom) as float32 (h, W, C) in [0, 1], alpha dropped, like read_image."""
-    band = np.asarray(pixels[top:bottom])
-    band = band[:, :, None] if band.ndim == 2 else band
-    if band.shape[2] in (2, 4):
-        band = band[:, :, :-1]
-    image = band.astype(np.float32)
-    image /= maximum
-    if not np.issubdtype(band.dtype, np.integer) and not np.isfinite(image).all():
-        row = top + int(np.argwhere(~np.isfinite(image))[0][0])
-        raise UnetkitError(f"{path}: NaN or infinite pixels (e.g. at row {row}); fill them (e.g. with 0) first")
-    return image
+def band_image(pixels, top: int, bottom: int, rule: PixelRule, path: Path = Path("image")) -> np.ndarray:
+    """Rows [top, bottom) as float32 (h, W, C) in [0, 1], by read_image's rule."""
+    return rule.apply(np.asarray(pixels[top:bottom]), path, first_row=top)
 
 
-def logit_bands(predictor, pixels, maximum: float, path: Path, progress: bool) -> Iterator[torch.Tensor]:
+def logit_bands(predictor, pixels, rule: PixelRule, path: Path, progress: bool) -> Iterator[torch.Tensor]:
     """(K, h, W) blended logits of `pixels` (already at the model's scale), a band of final rows
     at a time, top to bottom; always in tiles (--tile, --overlap), blended as tiling.py blends
     them (batches stay within a tile row, so sums may differ from in memory by rounding)."""
@@ -158,7 +151,7 @@ def logit_bands(predictor, pixels, maximum: float, path: Path, progress: bool) -
     # Closed also when the generator is (the TIFF writer stops pulling after its last tile).
     with tqdm(total=len(tops) * len(lefts), desc="tiles", unit="tile", disable=not progress, leave=False) as bar:
         for index, top in enumerate(tops):
-            x = preprocess.image_tensor(band_image(pixels, top, top + th, maximum, path), path)
+            x = preprocess.image_tensor(band_image(pixels, top, top + th, rule, path), path)
             grow = top + th - done - weights.shape[0]
             if grow > 0:
                 logits = torch.cat([logits, torch.zeros(logits.shape[0], grow, width)], dim=1)
@@ -201,10 +194,10 @@ def predict_large_tiff(
     dtype = predictor.mask_values.decode(np.zeros(1, dtype=np.uint8)).dtype
     out.parent.mkdir(parents=True, exist_ok=True)
     with (
-        opened_pixels(path, level) as (pixels, maximum),
+        opened_pixels(path, level) as (pixels, rule),
         tempfile.TemporaryDirectory(dir=out.parent, prefix=".unetkit-") as folder,
     ):
-        bands = logit_bands(predictor, pixels, maximum, path, progress)
+        bands = logit_bands(predictor, pixels, rule, path, progress)
         if pixels.shape[:2] != (height, width):
             bands = resized_bands(bands, pixels.shape[0], (height, width))
         store = RowStore(Path(folder), "probabilities", (predictor.num_outputs + predictor.binary, height, width),

@@ -22,6 +22,7 @@ from unetkit.core.hardware import channels_last_is_faster, fastest_call, resolve
 from unetkit.core.model_spec import ModelSpec
 from unetkit.core.options import check_fields, number, option, whole
 from unetkit.data import read_image
+from unetkit.data.io import PixelRule, pixel_maximum
 from unetkit.errors import UnetkitError
 from unetkit.inference.instances import ObjectRule, split_objects
 from unetkit.inference.tiling import Forward, predict_tiled, with_tta
@@ -112,6 +113,7 @@ class Predictor:
     ) -> None:
         self.options = options or InferenceOptions()
         device, amp = device or self.options.device, amp or self.options.amp  # the arguments win
+        name = "checkpoint" if isinstance(source, dict) else source  # in messages
         if isinstance(source, str | Path) and Path(source).suffix.lower() == ".onnx":
             from unetkit.inference.onnx_runtime import OnnxModel
 
@@ -125,7 +127,7 @@ class Predictor:
             state = source if isinstance(source, dict) else load_checkpoint(source)
             self.device = resolve_device(device)
             self.amp = resolve_amp(amp, self.device)
-            self.model = model_from_checkpoint(state, "checkpoint" if isinstance(source, dict) else source)
+            self.model = model_from_checkpoint(state, name)
             self.memory_format = (
                 torch.channels_last if channels_last_is_faster(self.device, self.amp.dtype) else torch.contiguous_format
             )
@@ -133,8 +135,10 @@ class Predictor:
             self.model = fuse_conv_bn(self.model).to(self.device, memory_format=self.memory_format)
             self._forward = self._torch_forward
             self._choose_backend(state)
-        self.spec = ModelSpec.from_state(state)
-        self.state_object_rule = state.get("object_rule")
+        # Checked here too, not only when a file is loaded: an .onnx export's metadata and a dict
+        # given in Python pass the same check as a .pt or .safetensors file.
+        self.spec = ModelSpec.from_state(state, name)
+        self.state_object_rule = ObjectRule.from_state(state.get("object_rule"), name)
         self.mask_values = self.spec.mask_values
         self.preprocess = self.spec.preprocess
         self.binary = self.spec.binary
@@ -144,7 +148,7 @@ class Predictor:
     def object_rule(self) -> ObjectRule:
         """How objects are cut from the probabilities: the options given, else the rule training
         chose on its validation images (kept in the checkpoint), else the defaults."""
-        rule = ObjectRule(**self.state_object_rule) if self.state_object_rule else ObjectRule()
+        rule = self.state_object_rule or ObjectRule()
         given = {"seed": self.options.seed_threshold, "flood": self.options.flood_threshold}
         given.update(min_size=self.options.min_size, max_hole=self.options.max_hole)
         return dataclasses.replace(rule, **{k: v for k, v in given.items() if v is not None})
@@ -223,8 +227,9 @@ class Predictor:
 
     @torch.inference_mode()
     def logits(self, image: np.ndarray, path: str | Path = "image") -> torch.Tensor:
-        """(H, W, C) image in [0, 1] -> (1, K, H, W) float32 logits at the image's own size."""
-        x = self.preprocess.image_tensor(image, Path(path))
+        """(H, W, C) image in [0, 1] -> (1, K, H, W) float32 logits at the image's own size. Other
+        arrays (uint8/uint16, 2-D, float64) are first made so by read_image's pixel rule (model_image)."""
+        x = self.preprocess.image_tensor(model_image(image, path), Path(path))
         opts = self.options
         if self.tiled(x):
             logits = predict_tiled(
@@ -251,6 +256,21 @@ class Predictor:
     def predict_file(self, path: str | Path, threshold: float = 0.5) -> np.ndarray:
         """The mask, in the original mask values, for one image file."""
         return self.mask_values.decode(self.class_ids(read_image(path), path, threshold))
+
+
+def model_image(image: np.ndarray, path: str | Path = "image") -> np.ndarray:
+    """An image as read_image returns it: (H, W, C) float32 passes as it is (no copy); any other
+    array (e.g. uint8 from another reader, or 2-D) is scaled and shaped by read_image's own rule,
+    so an 8-bit image is not taken as values 0-255 where the model was trained on [0, 1]."""
+    image = np.asarray(image)
+    if image.dtype == np.float32 and image.ndim == 3:
+        return image
+    if image.dtype.kind not in "biuf" or image.ndim not in (2, 3) or not image.size:
+        raise UnetkitError(
+            f"{path}: an image array must be (H, W) or (H, W, C) numbers, got {image.dtype} of shape {image.shape}"
+        )
+    maximum = pixel_maximum(image.dtype, lambda: int(image.max()))
+    return PixelRule(maximum, alpha=False).apply(image, Path(path))
 
 
 def at_image_size(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

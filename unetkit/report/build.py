@@ -5,6 +5,7 @@ the file opens from disk with no network; HTML comes from a Jinja2 template (aut
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,9 +17,11 @@ from unetkit.data.io import read_pair
 from unetkit.errors import UnetkitError
 from unetkit.evaluate import evaluate_pairs
 from unetkit.inference import InferenceOptions, Predictor
+from unetkit.train.run_files import COLUMNS
 
 WORST, BEST = 3, 1  # example images shown
 VERDICTS = ((0.9, "good"), (0.7, "usable"), (0.0, "weak"))  # Dice at least -> the word
+FOLDER_KEYS = ("images", "masks", "val_images", "val_masks", "mask_suffix")  # config.json's paths (or null)
 
 
 def run_pairs(config: dict, images: str | None, masks: str | None) -> tuple[list[Pair], str]:
@@ -63,10 +66,59 @@ def examples(predictor: Predictor, pairs: Sequence[Pair], per_image: list[dict])
 
 
 def read_history(run: Path) -> list[dict]:
-    import csv
+    """metrics.csv's rows as numbers: the columns train writes (others, added by hand, are skipped);
+    an edited or cut file is refused naming its line, not drawn wrong."""
+    path = run / "metrics.csv"
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            return history_rows(csv.DictReader(handle), path)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise UnetkitError(
+            f"{path}: not a readable CSV file ({err.__class__.__name__}); restore the metrics.csv train wrote"
+        ) from None
 
-    with (run / "metrics.csv").open() as handle:
-        return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+
+def history_rows(reader: csv.DictReader, path: Path) -> list[dict]:
+    missing = [column for column in COLUMNS if column not in (reader.fieldnames or [])]
+    if missing:
+        raise UnetkitError(
+            f"{path}: no column {', '.join(missing)} in its header; the file was edited or is not a run's "
+            f"metrics.csv, restore the header {','.join(COLUMNS)}"
+        )
+    rows = []
+    for row in reader:
+        try:
+            rows.append({column: float(row[column]) for column in COLUMNS})
+        except (ValueError, TypeError):  # a word or an empty cell, or a row cut short (None)
+            raise UnetkitError(
+                f"{path}: line {reader.line_num} is not a row of {len(COLUMNS)} numbers; the file was edited or "
+                "cut, fix that line or remove it"
+            ) from None
+    return rows
+
+
+def read_config(run: Path) -> dict:
+    """config.json, checked where the report reads it (the option table, the image folders, the
+    validation images' names): a broken or edited file is refused by name, not shown half."""
+    path = run / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise UnetkitError(
+            f"{path}: not readable JSON ({str(err)[:80]}); the file was edited or cut, restore the one "
+            "'unetkit train' wrote"
+        ) from None
+    resolved = config.get("resolved", {}) if isinstance(config, dict) else None
+    names = resolved.get("val_images") if isinstance(resolved, dict) else None
+    sound = isinstance(resolved, dict) and (names is None or isinstance(names, list))
+    folders = [config.get(key) for key in FOLDER_KEYS] if sound else []
+    paths = sound and all(isinstance(v, str) for v in folders[:2]) and all(isinstance(v, str | None) for v in folders)
+    if not (paths and (folders[2] is None) == (folders[3] is None)):
+        raise UnetkitError(
+            f"{path}: not a run's options as 'unetkit train' writes them (an object whose {', '.join(FOLDER_KEYS)} "
+            "are paths or null and 'resolved' an object); the file was edited, restore the one train wrote"
+        )
+    return config
 
 
 def write_report(
@@ -85,14 +137,13 @@ def write_report(
     for needed in ("config.json", "metrics.csv", "best.pt"):
         if not (run / needed).is_file():
             raise UnetkitError(f"{run / needed}: not found; give the folder of a finished 'unetkit train' run")
-    config = json.loads((run / "config.json").read_text())
+    config, history = read_config(run), read_history(run)  # both before the minutes of evaluation
     if pairs is None:
         pairs, source = run_pairs(config, images, masks)
     if not pairs:
         raise UnetkitError(f"{source}: no image/mask pairs to report on")
     predictor = Predictor(run / "best.pt", options=InferenceOptions(backend="torch"))
     report = evaluate_pairs(predictor, pairs, progress=False)
-    history = read_history(run)
     values = predictor.mask_values.values
     classes = [dict(row, verdict=verdict(row["dice"])) for row in report["per_class"]]
     context = {

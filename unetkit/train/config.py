@@ -5,7 +5,14 @@ says in which order the values are chosen; None means unset)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import argparse
+import functools
+import numbers
+import os
+import types
+import typing
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 from unetkit.core.amp import AMP_MODES
@@ -28,6 +35,8 @@ from unetkit.models import MODELS, model_class
 from unetkit.train.schedulers import SCHEDULERS
 
 RECIPES = ("auto", "fast", "paper")
+DATA_FOLDERS = ("images", "masks", "val_images", "val_masks")
+PATH_OPTIONS = (*DATA_FOLDERS, "out", "resume")
 OPTIMIZERS = ("adamw", "sgd", "rmsprop")
 BY_RECIPE = "(default: chosen by --recipe)"
 
@@ -190,8 +199,10 @@ class TrainConfig:
     # run
     out: str | None = option(None, "run folder for checkpoints and logs (default runs/<timestamp>)", group="run")
     resume: str | None = option(
-        None, "continue from a last.pt; its saved options are used, except epochs, patience, time, min-epochs, "
-        "device, workers, cache-gb, progress", group="run",
+        None, "continue from a last.pt with its saved options: --epochs, --patience, --time, --min-epochs, "
+        "--device, --workers, --cache-gb, --no-progress, --no-report and --tensorboard may change, and --images/"
+        "--masks (--val-images/--val-masks) may name where the data moved; any other option given with another "
+        "value is refused", group="run",
     )  # fmt: skip
     seed: int = option(0, "", group="run", valid=whole(0, 2**32 - 1), need="a whole number from 0 to 4294967295")
     device: str = option("auto", "auto, cpu, cuda or cuda:N", group="run")
@@ -226,8 +237,17 @@ class TrainConfig:
         return model.min_input_size(model.arguments(self, in_channels=1, num_classes=2))
 
     def validate(self) -> None:
-        """Check every option's value; the first bad one is a one-line UnetkitError naming it.
-        Unset options (None) pass; the resolved config is checked again."""
+        """Check every option's type and value; the first bad one is a one-line UnetkitError naming
+        it. Unset options (None) pass; the resolved config is checked again. Numbers of other types
+        (numpy's) become Python's, so config.json and config.toml can hold them."""
+        for field in fields(self):
+            value = getattr(self, field.name)
+            try:
+                setattr(self, field.name, option_value(field.name, value))
+            except ValueError as err:
+                raise UnetkitError(
+                    f"TrainConfig {field.name}={value!r} is not {err}{_spelled(field.name, value)}"
+                ) from None
         check_fields(self)
         minimum = self.min_input_size()
         if self.patch_size and not (minimum <= self.patch_size <= 8192):
@@ -243,3 +263,89 @@ class TrainConfig:
             raise UnetkitError(
                 f"--min-epochs {show(self.min_epochs)} is invalid: it must be 1 or more epochs, and given with --time"
             )
+
+
+def option_value(name: str, value: Any, text: bool = False) -> Any:
+    """`value` as TrainConfig option `name`'s type, or ValueError saying what the option takes.
+    An int is a float too, a bool never a number. `text`: the value comes from a config file, so a
+    string is read as the command line reads it (its parser: `time = "10m"`, `mask_values =
+    "0,255"`, and YAML's `lr: 1e-3`, which PyYAML reads as a string; "none" is unset): one
+    spelling for the command line and the files."""
+    hint = _hints()[name]
+    kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    kind = next(k for k in kinds if k is not type(None))
+    if value is None and type(None) in kinds:
+        return None
+    if text and isinstance(value, str) and kind is not str:
+        if type(None) in kinds and value.strip().lower() == "none":
+            return None
+        return _parse(name, kind, value)
+    if typing.get_origin(kind) is list:
+        item = typing.get_args(kind)[0]
+        if isinstance(value, list) and all(_is_a(v, item) for v in value):
+            return [_as(v, item) for v in value]
+    elif _is_a(value, kind):
+        return _as(value, kind)
+    unset = ' or "none"' if text else " or None"
+    raise ValueError(_describe(kind) + (unset if type(None) in kinds else ""))
+
+
+@functools.cache
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _parse(name: str, kind: Any, text: str) -> Any:
+    """Option text as the command line parses it (unetkit/cli/arguments.py): the field's own
+    parser, or int/float. A switch (bool) has no text form there, so none here: "false" is not False."""
+    parse = next(f.metadata.get("parse") for f in fields(TrainConfig) if f.name == name)
+    if parse is None and kind not in (int, float):
+        raise ValueError(_describe(kind))
+    try:
+        return (parse or kind)(text)
+    except (ValueError, argparse.ArgumentTypeError) as err:
+        raise ValueError(f"{_describe(kind)}: {err}" if parse else _describe(kind)) from None
+
+
+def _is_a(value: Any, kind: Any) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):  # bool is an int in Python; `epochs = true` is a mistake, not 1
+        return False
+    if kind is int:
+        return isinstance(value, numbers.Integral)
+    if kind is float:
+        return isinstance(value, numbers.Real)
+    return isinstance(value, str | os.PathLike) and isinstance(os.fspath(value), str)
+
+
+def _as(value: Any, kind: Any) -> Any:
+    return os.fspath(value) if kind is str else kind(value)
+
+
+def _describe(kind: Any) -> str:
+    if typing.get_origin(kind) is list:
+        return "a list of " + _describe(typing.get_args(kind)[0]).removeprefix("a ").replace("number", "numbers")
+    return {bool: "true or false", int: "a whole number", float: "a number", str: "text"}[kind]
+
+
+def _spelled(name: str, value: Any) -> str:
+    """For a string given where Python wants a number or a list: what the command line makes of it."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        return f"; write {name}={option_value(name, value, text=True)!r}"
+    except ValueError:
+        return ""
+
+
+def absolute_paths(cfg: TrainConfig, base: str | Path, names: typing.Sequence[str] = DATA_FOLDERS) -> TrainConfig:
+    """A copy of `cfg` whose path options `names` are absolute, a relative one (or ~) taken against
+    `base`: a run's config then names its data from any folder, and a config file's paths mean
+    the same wherever it is run from."""
+    absolute = {}
+    for name in names:
+        value = getattr(cfg, name)
+        if isinstance(value, str | os.PathLike) and os.fspath(value):
+            absolute[name] = os.path.abspath(Path(base) / Path(value).expanduser())
+    return replace(cfg, **absolute)

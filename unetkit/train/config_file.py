@@ -2,8 +2,11 @@
 
 Precedence: TrainConfig defaults < the file < options given on the command line.
 Every run writes the options it ran with to RUN/config.toml, so
-`unetkit train --config RUN/config.toml --out NEW` runs it again. `out` and `resume` are left
-out of that file: they name this run's folder, not the recipe.
+`unetkit train --config RUN/config.toml --out NEW` runs it again, from any folder: the run's
+paths are written absolute, and a relative path in a config file is taken against the file's
+folder (`read_config_file`). `out` and `resume` are left out of that file: they name this run's
+folder, not the recipe. A value is spelled as on the command line or as its TOML/YAML type
+(`time = "10m"` or `time = 600`).
 
 TOML has no null. An unset option (None) is simply omitted, and "none" reads as unset. Files
 written before `grad_clip = 0` meant off said `grad_clip = "none"`; that still reads as off.
@@ -12,23 +15,18 @@ written before `grad_clip = 0` meant off said `grad_clip = "none"`; that still r
 from __future__ import annotations
 
 import codecs
+import difflib
 import json
 import math
 import tomllib
-import types
-import typing
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from unetkit.errors import UnetkitError
-from unetkit.train.config import TrainConfig
+from unetkit.train.config import PATH_OPTIONS, TrainConfig, absolute_paths, option_value
 
 NOT_IN_SAVED_CONFIG = ("out", "resume")
-
-
-def _field_types() -> dict[str, Any]:
-    return typing.get_type_hints(TrainConfig)
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:
@@ -36,14 +34,7 @@ def _read_mapping(path: Path) -> dict[str, Any]:
         raise UnetkitError(f"{path}: config file not found")
     text = _decode_text(path, path.read_bytes())
     if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise UnetkitError(f"{path}: YAML config files need PyYAML: pip install unetkit[yaml]") from None
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as err:
-            raise UnetkitError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+        data = _read_yaml(path, text)
     else:
         try:
             data = tomllib.loads(text)
@@ -52,6 +43,37 @@ def _read_mapping(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UnetkitError(f"{path}: expected key = value pairs at the top level")
     return data
+
+
+def _read_yaml(path: Path, text: str) -> Any:
+    """PyYAML's safe loader, except that a key given twice is refused (PyYAML keeps the last in
+    silence; TOML refuses it too)."""
+    try:
+        import yaml
+    except ImportError:
+        raise UnetkitError(f"{path}: YAML config files need PyYAML: pip install unetkit[yaml]") from None
+
+    class UniqueKeys(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            lines: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if not isinstance(key, str | int | float):
+                    continue  # unhashable keys: PyYAML's own error follows
+                line = key_node.start_mark.line + 1
+                if key in lines:
+                    raise UnetkitError(f"{path}: key {key!r} is given twice (lines {lines[key]} and {line}); keep one")
+                lines[key] = line
+            return super().construct_mapping(node, deep)
+
+    try:
+        return yaml.load(text, Loader=UniqueKeys) or {}  # a SafeLoader: builds no Python objects
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        hint = "; YAML indents with spaces, not tabs" if "\\t" in problem else ""
+        raise UnetkitError(f"{path}: not valid YAML: {problem}{where}{hint}") from None
 
 
 def _decode_text(path: Path, raw: bytes) -> str:
@@ -65,66 +87,53 @@ def _decode_text(path: Path, raw: bytes) -> str:
         raise UnetkitError(f"{path}: the config file is not UTF-8 or UTF-16 text; save it as UTF-8") from None
 
 
-def _check_value(path: Path, key: str, value: Any, hint: Any) -> Any:
-    """`value` converted to the field's type, or a one-line error naming the key and the file."""
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    optional = type(None) in options
-    kind = next(option for option in options if option is not type(None))
-    if optional and (value is None or (kind is not str and isinstance(value, str) and value.lower() == "none")):
-        return None
-    origin = typing.get_origin(kind)
-    if origin is list:
-        item = typing.get_args(kind)[0]
-        if isinstance(value, list):
-            try:
-                return [_check_scalar(v, item) for v in value]
-            except TypeError:
-                pass
-    else:
-        try:
-            return _check_scalar(value, kind)
-        except TypeError:
-            pass
-    raise UnetkitError(f"{path}: {key} = {value!r} is not a valid {_type_name(hint)}")
-
-
-def _check_scalar(value: Any, kind: type) -> Any:
-    # bool is an int in Python; a config that says `epochs = true` is a mistake, not 1.
-    if kind is bool and isinstance(value, bool):
-        return value
-    if kind is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if kind is float and isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            raise TypeError(value) from None
-    if kind is str and isinstance(value, str):
-        return value
-    raise TypeError(value)
-
-
-def _type_name(hint: Any) -> str:
-    return str(hint).replace("typing.", "").replace("NoneType", "None")
-
-
 def load_config_file(path: str | Path) -> TrainConfig:
-    """TrainConfig defaults, overridden by the file's keys."""
+    """TrainConfig defaults, overridden by the file's keys, their values as the file writes them
+    (`read_config_file` also anchors relative paths to the file's folder)."""
+    return _load(Path(path))[0]
+
+
+def read_config_file(path: str | Path) -> tuple[TrainConfig, dict[str, str]]:
+    """What `train --config FILE` uses: the file's options with relative paths taken against the
+    file's folder (not the current one), and each option's key as the file spells it, for messages."""
     path = Path(path)
-    types_by_name = _field_types()
-    cfg = TrainConfig()
+    cfg, keys = _load(path)
+    return absolute_paths(cfg, path.parent, [name for name in PATH_OPTIONS if name in keys]), keys
+
+
+def _load(path: Path) -> tuple[TrainConfig, dict[str, str]]:
+    names = [field.name for field in fields(TrainConfig)]
+    cfg, keys = TrainConfig(), {}
     for key, value in _read_mapping(path).items():
         if not isinstance(key, str):
             raise UnetkitError(f"{path}: key {key!r} is not an option name; keys are names like lr or batch-size")
         name = key.replace("-", "_")  # accept the CLI spelling too: batch-size = 8
-        if name not in types_by_name:
-            raise UnetkitError(f"{path}: unknown option {key!r}; see `unetkit train --help` for the options")
+        if name not in names:
+            raise UnetkitError(
+                f"{path}: unknown option {key!r}{_closest(key, names)}; `unetkit train --help` lists the options"
+            )
+        if name in keys:
+            raise UnetkitError(f"{path}: {keys[name]} and {key} are the same option; keep one")
         if name == "grad_clip" and isinstance(value, str) and value.lower() == "none":
             value = 0.0  # the older spelling of off
-        setattr(cfg, name, _check_value(path, key, value, types_by_name[name]))
-    return cfg
+        try:
+            setattr(cfg, name, option_value(name, value, text=True))
+        except ValueError as err:
+            raise UnetkitError(f"{path}: {key} = {_shown(value)} is not {err}") from None
+        keys[name] = key
+    return cfg, keys
+
+
+def _closest(key: str, names: list[str]) -> str:
+    """The option a typo most likely meant, spelled as the key was (dashes or underscores)."""
+    close = difflib.get_close_matches(key.replace("-", "_"), names, n=1)
+    if not close:
+        return ""
+    return f" (did you mean {close[0].replace('_', '-') if '-' in key else close[0]}?)"
+
+
+def _shown(value: Any) -> str:
+    return _toml_value(value) if isinstance(value, bool | int | float | str) else repr(value)
 
 
 def _toml_value(value: Any) -> str:

@@ -8,7 +8,7 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,13 +22,14 @@ from unetkit.core.hardware import cpu_description, resolve_device
 from unetkit.data import Pair
 from unetkit.errors import UnetkitError
 from unetkit.metrics import SegmentationMetrics, predicted_classes
-from unetkit.train.config import TrainConfig
+from unetkit.train.config import PATH_OPTIONS, TrainConfig, absolute_paths
 from unetkit.train.config_file import write_config_toml
 from unetkit.train.distributed import quiet, setup_distributed, unwrap
 from unetkit.train.interrupt import InterruptFlag
 from unetkit.train.object_rule import choose_object_rule
 from unetkit.train.options import resolve
 from unetkit.train.run_files import plot_curves, write_metrics_csv
+from unetkit.train.run_folder import RUN_FILES, check_run_folder, mark_run_folder, prepare_run_folder
 from unetkit.train.run_lock import RunLock
 from unetkit.train.setup import (
     build_datasets,
@@ -36,8 +37,6 @@ from unetkit.train.setup import (
     build_optimisation,
     model_spec,
     plan,
-    prepare_run_folder,
-    refuse_finished_run,
     training_pairs,
 )
 from unetkit.train.stopping import StopRules
@@ -126,8 +125,9 @@ class Trainer:
         if lock is not None:  # only rank 0 writes files, so only it needs the folder to itself
             try:
                 lock.acquire()
-                if self.cfg.resume is None:  # another run may have finished here since this one was set up
-                    refuse_finished_run(self.out, None)
+                # Another run may have finished here, or files appeared, since this one was set up.
+                check_run_folder(self.out, self.cfg.resume)
+                mark_run_folder(self.out)
             except UnetkitError as err:
                 lock.release()
                 refused = str(err)
@@ -142,7 +142,7 @@ class Trainer:
 
     def _fit_locked(self, on_epoch_end: EpochCallback | None) -> RunResult:
         if self.dist.is_main:
-            stale = remove_stale_temporaries(self.out)
+            stale = remove_stale_temporaries(self.out, RUN_FILES)
             if stale:
                 self.log(f"note: removed {len(stale)} temporary file(s) that a killed run left in {self.out}")
             self._write_run_config()
@@ -385,7 +385,8 @@ class Trainer:
 
     # --- the run folder ---
     def _write_run_config(self) -> None:
-        cfg = self.cfg
+        # Every path absolute, the run folder included: the run's config names them from any folder.
+        cfg = absolute_paths(replace(self.cfg, out=str(self.out)), Path.cwd(), PATH_OPTIONS)
         ensure_folder(self.out)
         write_json(
             self.out / "config.json",

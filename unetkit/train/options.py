@@ -4,12 +4,17 @@
   2. the --config file, TOML or YAML (config_file.py reads it)
   3. the command line, or the fields a Python caller set in its TrainConfig
   4. on --resume, the checkpoint's saved options: the run goes on as it started, except for
-     RESUMABLE options (epochs, time, device, ...), which layers 2-3 may still change
+     RESUMABLE options (epochs, time, device, ...), which layers 2-3 may still change, and the
+     data folders, which may name where the run's data is now (setup.py matches the run's split
+     by file name); any other option given with a value other than the run's is refused, never
+     dropped
   5. the recipe (recipes.py), for every option still unset, from the data and the machine
 
 "Unset" is spelled None and means only that: a later layer fills it (or, for the few options no
 layer fills, such as --patience or --time, the feature is off). `user_options` stacks layers 1-3,
-`resolve` adds layer 4, `fill_unset` layer 5; each ends with TrainConfig.validate().
+`resolve` adds layer 4 and makes the data folders absolute (against the current folder; a
+config file's are already absolute against its own), so config.json, config.toml and the
+checkpoints name them from anywhere; `fill_unset` adds layer 5; each ends with TrainConfig.validate().
 """
 
 from __future__ import annotations
@@ -19,10 +24,14 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from unetkit.train.config import TrainConfig
+from unetkit.core.options import show
+from unetkit.errors import UnetkitError
+from unetkit.train.config import DATA_FOLDERS, TrainConfig, absolute_paths
 
-# Options a resumed run may change; everything else comes from the checkpoint's config.
+# Options a resumed run may change (when to stop, where it runs, what it writes beside the run);
+# the data folders may move; everything else comes from the checkpoint's config.
 RESUMABLE = ("epochs", "patience", "time", "min_epochs", "progress", "workers", "device", "cache_gb")
+RESUMABLE += ("report", "tensorboard")
 
 
 def user_options(file: TrainConfig | None, command_line: Mapping[str, Any]) -> tuple[TrainConfig, set[str]]:
@@ -47,15 +56,19 @@ def set_fields(cfg: TrainConfig) -> set[str]:
 def resolve(
     cfg: TrainConfig, given: Collection[str] | None = None, checkpoint: Mapping[str, Any] | None = None
 ) -> TrainConfig:
-    """Layer 4, then the check: on resume the checkpoint's `config` with the RESUMABLE options in
-    `given` (default: those that differ from the defaults) taken from `cfg`."""
+    """Layer 4, then the check: on resume the checkpoint's `config` with the RESUMABLE options and
+    data folders in `given` (default: those that differ from the defaults) taken from `cfg`; any
+    other option in `given` must hold the run's own value. `given` may map each name to how the
+    user gave it (`--depth 3`, `run.toml: depth = 3`), which a refusal quotes."""
+    cfg = absolute_paths(cfg, Path.cwd())
     if checkpoint is not None:
-        given = set_fields(cfg) if given is None else set(given)
+        given = set_fields(cfg) if given is None else given
         saved = dict(checkpoint)
         if saved.get("grad_clip", 0) is None:  # checkpoints before 0 meant off saved None
             saved["grad_clip"] = 0.0
-        resumed = TrainConfig(**saved)
-        for name in RESUMABLE:
+        resumed = absolute_paths(TrainConfig(**saved), Path.cwd())  # older runs saved them as typed
+        refuse_changes(cfg, resumed, given)
+        for name in (*RESUMABLE, *DATA_FOLDERS):
             if name in given:
                 setattr(resumed, name, getattr(cfg, name))
         resumed.resume = cfg.resume
@@ -63,6 +76,22 @@ def resolve(
         cfg = resumed
     cfg.validate()
     return cfg
+
+
+def refuse_changes(cfg: TrainConfig, resumed: TrainConfig, given: Collection[str]) -> None:
+    """A resumed run goes on as it started: an option it cannot change, given with another value
+    than the run's, is an error rather than dropped (the user would think it applied). A data
+    folder may name where the run's own folder moved, not add one the run did not have."""
+    for name in [field.name for field in dataclasses.fields(cfg) if field.name in given]:  # in the options' order
+        moved = name in DATA_FOLDERS and bool(getattr(resumed, name))
+        if moved or name in (*RESUMABLE, "resume", "out") or getattr(cfg, name) == getattr(resumed, name):
+            continue
+        how = given[name] if isinstance(given, Mapping) else f"TrainConfig {name}={getattr(cfg, name)!r}"
+        raise UnetkitError(
+            f"{how}: a resumed run keeps the options it started with ({cfg.resume} has "
+            f"{name} = {show(getattr(resumed, name))}); leave it out, or start a new run without --resume "
+            f"(a resume may change only {', '.join(RESUMABLE).replace('_', '-')} and the data folders' places)"
+        )
 
 
 def fill_unset(cfg: TrainConfig, choices: Mapping[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import time
 from pathlib import Path
 
@@ -16,6 +17,11 @@ from unetkit.core.atomic import ensure_folder
 from unetkit.errors import UnetkitError
 
 LOCK_NAME = ".unetkit-train.lock"
+
+
+def is_lock_temporary(name: str) -> bool:
+    """The name `acquire` gives the lock's content before linking it into place."""
+    return re.fullmatch(r"\.lock\.\d+\.\d+\.tmp", name) is not None
 
 
 def _process_alive(pid: int) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,45 +28,13 @@ from unetkit.data.pairing import describe_names
 from unetkit.errors import UnetkitError
 from unetkit.losses import SegmentationLoss
 from unetkit.models import model_class
-from unetkit.train.config import OPTIMIZERS, TrainConfig
+from unetkit.train.config import DATA_FOLDERS, OPTIMIZERS, TrainConfig
 from unetkit.train.distributed import Distributed
 from unetkit.train.options import fill_unset
 from unetkit.train.recipes import apply_recipe, default_workers
 from unetkit.train.schedulers import Schedule
 
 Log = Callable[[str], None]
-
-
-# --- the run folder ---
-def prepare_run_folder(cfg: TrainConfig) -> Path:
-    out = Path(cfg.out) if cfg.out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    for option in ("images", "masks", "val_images", "val_masks"):
-        folder = getattr(cfg, option)
-        if folder and Path(folder).resolve() == out.resolve():
-            raise UnetkitError(
-                f"{out}: --out is the --{option.replace('_', '-')} folder; the run's checkpoints, plots and logs "
-                "would mix with your data; choose another --out"
-            )
-    resuming_here = cfg.resume is not None and out.resolve() == Path(cfg.resume).resolve().parent
-    if not resuming_here:
-        refuse_finished_run(out, cfg.resume)
-    return out
-
-
-def refuse_finished_run(out: Path, resume: str | None) -> None:
-    """A folder that holds another run's checkpoint is never written into."""
-    finished = [name for name in ("best.pt", "last.pt") if (out / name).exists()]
-    if not finished:
-        return
-    if resume is not None:
-        raise UnetkitError(
-            f"{out / finished[0]}: --out holds another run's checkpoint, and resuming {resume} there would "
-            f"replace it; resume into the run's own folder ({Path(resume).parent}) or an empty --out"
-        )
-    raise UnetkitError(
-        f"{out / finished[0]}: the run folder already holds a checkpoint; "
-        f"continue it with --resume {out / 'last.pt'} or choose another --out"
-    )
 
 
 # --- pairs ---
@@ -90,28 +57,74 @@ def training_pairs(
     cfg: TrainConfig, resumed_split: dict[str, list[str]] | None, log: Log
 ) -> tuple[list[Pair], list[Pair]]:
     """The training and validation pairs from the folders: --val-images, or a seeded split, or
-    on resume the run's own split."""
+    on resume the run's own split (in the folders the run names, or where its data moved to)."""
     if not cfg.images or not cfg.masks:
         raise UnetkitError("train needs --images DIR and --masks DIR")
-    train_pairs = find_pairs(cfg.images, cfg.masks, cfg.mask_suffix)
-    if cfg.val_images:
-        if not cfg.val_masks:
-            raise UnetkitError("--val-images needs --val-masks too")
-        return train_pairs, find_pairs(cfg.val_images, cfg.val_masks, cfg.mask_suffix)
+    if bool(cfg.val_images) != bool(cfg.val_masks):
+        given, needed = ("--val-images", "--val-masks") if cfg.val_images else ("--val-masks", "--val-images")
+        raise UnetkitError(f"{given} needs {needed} too")
     if resumed_split is not None:
-        return keep_split(resumed_split, train_pairs, log)
+        refuse_missing_folders(cfg)
+    train_pairs = find_pairs(cfg.images, cfg.masks, cfg.mask_suffix)
+    val_pairs = find_pairs(cfg.val_images, cfg.val_masks, cfg.mask_suffix) if cfg.val_images else None
+    if val_pairs is not None:
+        refuse_shared_files(train_pairs, val_pairs)
+    if resumed_split is not None:
+        return keep_split(resumed_split, train_pairs, val_pairs, log, cfg.images)
+    if val_pairs is not None:
+        return train_pairs, val_pairs
     return split_pairs(train_pairs, cfg.val_fraction, cfg.seed)
 
 
-def keep_split(split: dict[str, list[str]], pairs: Sequence[Pair], log: Log) -> tuple[list[Pair], list[Pair]]:
-    """On resume, the run's own random train/validation split (stored as image file names, so the
-    folder may move), whatever was added to or removed from it since: a redrawn split would
-    validate on images trained on."""
-    by_name = {p.image.name: p for p in pairs}
-    kept = {side: [by_name[name] for name in split[side] if name in by_name] for side in ("train", "val")}
-    removed = [name for side in ("train", "val") for name in split[side] if name not in by_name]
+def refuse_missing_folders(cfg: TrainConfig) -> None:
+    """On resume, a data folder the run names that is gone has most likely moved: say how to go on."""
+    for option in DATA_FOLDERS:
+        folder = getattr(cfg, option)
+        if folder and not Path(folder).is_dir():
+            raise UnetkitError(
+                f"{folder}: this run's {option.replace('_', ' ')} folder is not there; if the data moved, resume "
+                f"with --{option.replace('_', '-')} NEW_FOLDER (the run's split is found in it by file name)"
+            )
+
+
+def refuse_shared_files(train_pairs: Sequence[Pair], val_pairs: Sequence[Pair]) -> None:
+    """Validation on the files it trains on measures nothing: --val-images/--val-masks naming the
+    training folders (or links to them, or some of their files) are refused."""
+    for side, options in (("image", "--images and --val-images"), ("mask", "--masks and --val-masks")):
+        trained = {Path(getattr(pair, side)).resolve() for pair in train_pairs}
+        for pair in val_pairs:
+            if Path(getattr(pair, side)).resolve() in trained:
+                raise UnetkitError(
+                    f"{getattr(pair, side)}: this validation {side} is also a training {side} ({options} hold "
+                    "the same files), so validation would score what the model trained on; give validation "
+                    "folders of other images, or leave --val-images/--val-masks out to hold out --val-fraction"
+                )
+
+
+def keep_split(
+    split: dict[str, list[str]],
+    train_pool: Sequence[Pair],
+    val_pool: Sequence[Pair] | None,
+    log: Log,
+    images: str,
+) -> tuple[list[Pair], list[Pair]]:
+    """On resume, the run's own train/validation split (stored as image file names, so the folders
+    may move), whatever was added to or removed from them since: a redrawn split would validate
+    on images trained on. The validation names are looked up in `val_pool` (--val-images), else
+    beside the training ones. Folders that hold none of the run's training images are other
+    data, refused."""
+    pools = {"train": train_pool, "val": train_pool if val_pool is None else val_pool}
+    by_name = {side: {p.image.name: p for p in pool} for side, pool in pools.items()}
+    kept = {side: [by_name[side][name] for name in split[side] if name in by_name[side]] for side in pools}
+    removed = [name for side in pools for name in split[side] if name not in by_name[side]]
     known = set(split["train"]) | set(split["val"])
-    added = [name for name in by_name if name not in known]
+    added = [name for name in dict.fromkeys([*by_name["train"], *by_name["val"]]) if name not in known]
+    if not kept["train"]:
+        raise UnetkitError(
+            f"{images}: holds none of this run's {len(split['train'])} training images "
+            f"({describe_names(split['train'])}), so it is not the run's data; resume with the folders it trained "
+            "on (they may have moved: the names are matched), or start a new run without --resume"
+        )
     if removed:
         log(f"note: {len(removed)} image(s) of this run are gone and are left out: {describe_names(removed)}")
     if added:
@@ -119,8 +132,6 @@ def keep_split(split: dict[str, list[str]], pairs: Sequence[Pair], log: Log) -> 
             f"note: {len(added)} image(s) added since the run started are not used, so the validation split "
             f"stays as it was: {describe_names(added)}; start a new run to train on them"
         )
-    if not kept["train"]:
-        raise UnetkitError("none of this run's training images are left; check --images or start a new run")
     return kept["train"], kept["val"]
 
 
@@ -161,7 +172,12 @@ def plan(
 
 def check_plan(cfg: TrainConfig, mask_values: MaskValues) -> None:
     if cfg.binary and mask_values.num_classes != 2:
-        raise UnetkitError(f"--binary needs masks with two values, found {mask_values.values}")
+        # binary = true has no flag (--multiclass turns it off): it comes from a config file or TrainConfig
+        raise UnetkitError(
+            f"binary = true (one sigmoid output) needs masks with two values, but these have "
+            f"{mask_values.num_classes}: {mask_values.values}; remove binary from the config file (or set it to "
+            "false) to train a softmax over the classes"
+        )
     if cfg.class_weights is not None and len(cfg.class_weights) != mask_values.num_classes:
         raise UnetkitError(
             f"--class-weights has {len(cfg.class_weights)} weight(s) but the masks have "

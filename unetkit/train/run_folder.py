@@ -1,0 +1,107 @@
+"""The run folder belongs to unetkit: created by it, or empty when the run starts.
+
+A training writes config.json, metrics.csv, checkpoints and more into `--out`, and cleans up the
+temporaries a killed run left there. Both would destroy a user's files of those names (a folder
+with their own `config.json` and `.notes.tmp`), so a run writes only into a folder that is new,
+empty, or marked as a run folder by MARKER, which unetkit writes before anything else; in a
+marked folder only the names a run writes, and their temporaries, are unetkit's. Everything else
+is the user's, and its presence stops the run with one line.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+
+from unetkit.core.atomic import is_temporary_of, write_json
+from unetkit.errors import UnetkitError
+from unetkit.train.config import TrainConfig
+from unetkit.train.run_lock import LOCK_NAME, is_lock_temporary
+
+MARKER = ".unetkit-run.json"
+# Every name a run (train, then the demo's held-out step) writes in its folder.
+RUN_FILES = (
+    "best.pt",
+    "last.pt",
+    "config.json",
+    "config.toml",
+    "metrics.csv",
+    "curves.png",
+    "report.html",
+    "heldout.json",
+)
+RUN_FOLDERS = ("heldout", "tensorboard")
+
+
+def prepare_run_folder(cfg: TrainConfig) -> Path:
+    """The run's folder (`--out`, or a new timestamped one), checked before anything is built."""
+    out = Path(cfg.out) if cfg.out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    for option in ("images", "masks", "val_images", "val_masks"):
+        folder = getattr(cfg, option)
+        if folder and Path(folder).resolve() == out.resolve():
+            raise UnetkitError(
+                f"{out}: --out is the --{option.replace('_', '-')} folder; the run's checkpoints, plots and logs "
+                "would mix with your data; choose another --out"
+            )
+    check_run_folder(out, cfg.resume)
+    return out
+
+
+def resuming_in_place(out: Path, resume: str | None) -> bool:
+    return resume is not None and out.resolve() == Path(resume).resolve().parent
+
+
+def check_run_folder(out: Path, resume: str | None) -> None:
+    """Refuse a folder holding another run's checkpoint or files unetkit did not write; a run
+    resumed in its own folder keeps it (whatever the user put beside it is never written)."""
+    if resuming_in_place(out, resume):
+        return
+    refuse_finished_run(out, resume)
+    foreign = foreign_files(out)
+    if foreign:
+        raise UnetkitError(
+            f"{out / foreign[0]}: --out holds {len(foreign)} file(s) that unetkit did not write (e.g. "
+            f"{foreign[0]}); a run would overwrite or remove files there; choose a new or empty --out folder"
+        )
+
+
+def refuse_finished_run(out: Path, resume: str | None) -> None:
+    """A folder that holds another run's checkpoint is never written into."""
+    finished = [name for name in ("best.pt", "last.pt") if (out / name).exists()]
+    if not finished:
+        return
+    if resume is not None:
+        raise UnetkitError(
+            f"{out / finished[0]}: --out holds another run's checkpoint, and resuming {resume} there would "
+            f"replace it; resume into the run's own folder ({Path(resume).parent}) or an empty --out"
+        )
+    raise UnetkitError(
+        f"{out / finished[0]}: the run folder already holds a checkpoint; "
+        f"continue it with --resume {out / 'last.pt'} or choose another --out"
+    )
+
+
+def foreign_files(out: Path) -> list[str]:
+    """Names in `out` that are not unetkit's: all but the run lock in an unmarked folder; in a
+    marked one, all but the names a run writes and their temporaries."""
+    if not out.is_dir():
+        return []
+    marked = (out / MARKER).is_file()
+    return sorted(entry.name for entry in out.iterdir() if not _ours(entry, marked))
+
+
+def _ours(entry: Path, marked: bool) -> bool:
+    if entry.name == LOCK_NAME or is_lock_temporary(entry.name):
+        return True  # a killed run's lock is taken over as before (run_lock.py)
+    if not marked:
+        return False
+    if entry.is_dir():
+        return entry.name in RUN_FOLDERS
+    return entry.name in (MARKER, *RUN_FILES) or is_temporary_of(entry.name, (MARKER, *RUN_FILES))
+
+
+def mark_run_folder(out: Path) -> None:
+    """Write MARKER (under the run lock, before any other file of the run)."""
+    if not (out / MARKER).is_file():
+        write_json(out / MARKER, {"written_by": "unetkit train", "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
