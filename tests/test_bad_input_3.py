@@ -724,6 +724,13 @@ def case_val_masks_without_val_images(tmp_path, **_):
 CASES = {name.removeprefix("case_"): function for name, function in globals().items() if name.startswith("case_")}
 
 
+def test_the_three_batteries_hold_at_least_170_cases():
+    import test_bad_input
+    import test_bad_input_2
+
+    assert len(test_bad_input.CASES) + len(test_bad_input_2.CASES) + len(CASES) >= 170
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_input_3(name, tmp_path, rgb_run, monkeypatch, capsys):
     case = CASES[name](tmp_path=tmp_path, rgb_run=rgb_run, monkeypatch=monkeypatch)
@@ -886,6 +893,10 @@ def test_a_runs_config_toml_trains_again_from_any_folder(tmp_path, capsys, monke
     assert code == 0, err
     resolved = json.loads((tmp_path / "elsewhere" / "again" / "config.json").read_text())["resolved"]
     assert sorted(resolved["train_images"] + resolved["val_images"]) == [f"img0{i}.png" for i in range(4)]
+    # The README's `unetkit report RUN_DIR` from another folder: the run's validation images by their stored paths.
+    code, _, err = run_cli(capsys, "report", tmp_path / "work" / "run")
+    assert code == 0, err
+    assert "img0" in (tmp_path / "work" / "run" / "report.html").read_text()
 
 
 def test_a_config_files_time_and_relative_paths_read_as_on_the_command_line(tmp_path, capsys, monkeypatch):
