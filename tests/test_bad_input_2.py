@@ -560,7 +560,7 @@ def test_config_files_in_utf16_with_bom_and_yaml_exponents_load(tmp_path):
 
 def test_temporary_files_of_a_killed_run_are_removed_on_resume(tmp_path, capsys):
     out = finished_run(tmp_path, "run")
-    leftover = out / ".last.k3j2h1.tmp.pt"
+    leftover = out / ".last.k3j2h1ab.tmp.pt"  # mkstemp: 8 random characters
     leftover.write_bytes(b"half a checkpoint")
     code, text, err = run_cli(capsys, "train", "--resume", out / "last.pt", "--epochs", "2")
     assert code == 0, err

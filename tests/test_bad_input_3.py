@@ -202,6 +202,36 @@ def test_a_second_sample_marked_alpha_is_dropped_in_both_paths(tmp_path):
         assert np.array_equal(band_image(pixels, 0, 48, rule), whole)
 
 
+def case_resume_a_copied_checkpoint_among_the_users_files(tmp_path, **_):
+    """A last.pt copied into a folder of the user's files: resuming there wrote the run's files over theirs."""
+    first = finished_run(tmp_path, "first")
+    folder = user_folder(tmp_path, {"metrics.csv": b"mine\n", "config.json": b'{"mine": 1}', "notes.txt": b"x"})
+    (folder / "last.pt").write_bytes((first / "last.pt").read_bytes())
+    args = ["train", "--resume", folder / "last.pt", "--epochs", "2", "--no-progress"]
+    return Case(args, ("did not mark as a run folder", "--out NEW_FOLDER"), unchanged(folder))
+
+
+def case_json_onto_predicts_manifest(tmp_path, rgb_run, **_):
+    """Replacing predict's own manifest with a report stranded the folder (--overwrite refused after)."""
+    from unetkit.predict import MANIFEST
+
+    _root, images, masks, checkpoint = rgb_run
+    out = tmp_path / "pred"
+    assert run_cli_quiet(predict_args(checkpoint, images, out)) == 0
+    args = ["evaluate", "--checkpoint", checkpoint, "--images", images, "--masks", masks, "--json", out / MANIFEST]
+    return Case([*args, "--no-progress"], (MANIFEST, "did not write it"), unchanged(out))
+
+
+def test_cleanup_takes_only_mkstemp_shaped_temporaries(tmp_path, capsys):
+    """A user's `.last.mycopy.tmp.pt` in the run folder is not a temporary unetkit made (8 random characters)."""
+    out = finished_run(tmp_path, "run")
+    mine = out / ".last.mycopy.tmp.pt"
+    mine.write_bytes(b"my copy")
+    code, _, err = run_cli(capsys, "train", "--resume", out / "last.pt", "--epochs", "2", "--no-progress")
+    assert code == 0, err
+    assert mine.read_bytes() == b"my copy"
+
+
 # ---- files and names ----
 
 

@@ -91,9 +91,11 @@ def _temporary_prefix(name: str) -> str:
 
 def is_temporary_of(name: str, final_names: Iterable[str]) -> bool:
     """Whether `name` is a temporary file that `atomic_write` makes for one of `final_names`
-    (".<stem>.<random>.tmp<suffix>", mkstemp's random part)."""
+    (".<stem>.<random>.tmp<suffix>", mkstemp's random part: 8 of [a-z0-9_])."""
     return any(
-        re.fullmatch(re.escape(_temporary_prefix(final)) + r"[a-z0-9_]+" + re.escape(f".tmp{Path(final).suffix}"), name)
+        re.fullmatch(
+            re.escape(_temporary_prefix(final)) + r"[a-z0-9_]{8}" + re.escape(f".tmp{Path(final).suffix}"), name
+        )
         for final in final_names
     )
 

@@ -29,9 +29,14 @@ def written_by_unetkit(path: Path) -> bool:
         return False
 
 
+# JSON reports a command may replace; the run folder's and predict's markers ("unetkit train",
+# "unetkit predict") are not among them: replacing one would strand the folder it describes.
+REPLACEABLE_JSON = (f"{WRITER} evaluate", f"{WRITER} check")
+
+
 def _json(path: Path) -> bool:
     data = json.loads(path.read_text(encoding="utf-8"))
-    return isinstance(data, dict) and str(data.get("written_by", "")).startswith(WRITER)
+    return isinstance(data, dict) and data.get("written_by") in REPLACEABLE_JSON
 
 
 def _html(path: Path) -> bool:

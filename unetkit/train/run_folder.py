@@ -56,6 +56,7 @@ def check_run_folder(out: Path, resume: str | None) -> None:
     """Refuse a folder holding another run's checkpoint or files unetkit did not write; a run
     resumed in its own folder keeps it (whatever the user put beside it is never written)."""
     if resuming_in_place(out, resume):
+        refuse_unmarked_neighbours(out, Path(resume).name)
         return
     refuse_finished_run(out, resume)
     foreign = foreign_files(out)
@@ -63,6 +64,21 @@ def check_run_folder(out: Path, resume: str | None) -> None:
         raise UnetkitError(
             f"{out / foreign[0]}: --out holds {len(foreign)} file(s) that unetkit did not write (e.g. "
             f"{foreign[0]}); a run would overwrite or remove files there; choose a new or empty --out folder"
+        )
+
+
+def refuse_unmarked_neighbours(out: Path, checkpoint: str) -> None:
+    """Resuming where the checkpoint lies writes the run's files there: fine in a run folder
+    unetkit marked, but a copied last.pt in a folder of the user's files (their metrics.csv) must
+    not be; runs of versions before the marker resume into an empty --out instead."""
+    if (out / MARKER).is_file():
+        return
+    others = [name for name in foreign_files(out) if name not in (checkpoint, "best.pt", "last.pt")]
+    if others:
+        raise UnetkitError(
+            f"{out / others[0]}: {checkpoint} lies in a folder unetkit did not mark as a run folder (no {MARKER}), "
+            "and resuming there would overwrite or remove files beside it; resume into an empty folder with "
+            "--out NEW_FOLDER"
         )
 
 
