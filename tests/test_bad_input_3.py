@@ -232,6 +232,60 @@ def test_cleanup_takes_only_mkstemp_shaped_temporaries(tmp_path, capsys):
     assert mine.read_bytes() == b"my copy"
 
 
+def case_overwrite_a_prediction_corrected_by_hand(tmp_path, rgb_run, **_):
+    """The loop predict -> correct -> train again: --overwrite replaced the corrected mask."""
+    _root, images, _masks, checkpoint = rgb_run
+    out = tmp_path / "pred"
+    assert run_cli_quiet(predict_args(checkpoint, images, out)) == 0
+    corrected = np.zeros((40, 56), np.uint8)
+    corrected[5:20, 5:20] = 255
+    Image.fromarray(corrected).save(out / "img02.png")
+    args = predict_args(checkpoint, images, out, "--overwrite")
+    return Case(args, ("img02.png", "changed since predict wrote it", "move it"), unchanged(out))
+
+
+def case_resume_given_the_run_folder(tmp_path, rgb_run, **_):
+    folder = rgb_run[3].parent
+    return Case(["train", "--resume", folder, "--epochs", "2"], ("is a folder", "last.pt"))
+
+
+def case_json_naming_a_folder(tmp_path, rgb_run, **_):
+    _root, images, masks, checkpoint = rgb_run
+    (tmp_path / "scores.json").mkdir()
+    args = [
+        "evaluate",
+        "--checkpoint",
+        checkpoint,
+        "--images",
+        images,
+        "--masks",
+        masks,
+        "--json",
+        tmp_path / "scores.json",
+    ]
+    return Case([*args, "--no-progress"], ("scores.json", "is a folder", "file name"))
+
+
+def case_config_given_the_runs_config_json(tmp_path, rgb_run, **_):
+    config = rgb_run[3].parent / "config.json"
+    return Case(["train", "--config", config, "--out", tmp_path / "again"], ("config.json", "config.toml"))
+
+
+def test_a_torch_checkpoint_named_safetensors_predicts(rgb_run, tmp_path, capsys):
+    """The content decides the format both ways (torch.load took the name .safetensors as the format)."""
+    renamed = tmp_path / "pt_as.safetensors"
+    renamed.write_bytes(rgb_run[3].read_bytes())
+    code, _, err = run_cli(capsys, *predict_args(renamed, rgb_run[1], tmp_path / "o"))
+    assert code == 0, err
+
+
+def test_a_run_resumed_into_a_new_folder_takes_its_best_checkpoint(tmp_path, capsys):
+    first = finished_run(tmp_path, "first")
+    code, _, err = run_cli(capsys, "train", "--resume", first / "last.pt", "--out", tmp_path / "more", "--epochs", "2")
+    assert code == 0, err
+    assert (tmp_path / "more" / "best.pt").is_file() and (first / "best.pt").is_file()
+
+
 # ---- files and names ----
 
 

@@ -3,7 +3,6 @@ user's mask values), optionally probability maps and overlays."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -13,13 +12,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from unetkit.core.atomic import write_json
 from unetkit.data import IMAGE_EXTENSIONS, list_images
 from unetkit.errors import UnetkitError
 from unetkit.inference import Predictor, overlay, save_png
 from unetkit.inference.batched import predict_images
 from unetkit.inference.instances import object_table, save_labels, save_table
 from unetkit.inference.large_tiff import out_of_core, predict_large_tiff
+from unetkit.inference.manifest import MANIFEST, Manifest
 from unetkit.inference.outputs import save_probabilities
 
 
@@ -83,20 +82,6 @@ def planned_outputs(
     return outputs
 
 
-# What predict wrote into an --out folder, so that --overwrite replaces only its own outputs and
-# never a user's file that has the same name (a ground-truth mask in `--out data/masks`).
-MANIFEST = ".unetkit-predict.json"
-
-
-def written_before(out: Path) -> set[str]:
-    """The file names earlier predictions wrote into `out` (none if the manifest is unreadable:
-    then nothing there counts as predict's, which is the safe side)."""
-    try:
-        return set(json.loads((out / MANIFEST).read_text())["files"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return set()
-
-
 def check_outputs(files: Sequence[Path], outputs: dict[Path, Path], out: Path, overwrite: bool) -> None:
     """Predict never writes into a folder it reads images from, nor into one holding images it did
     not write, and never replaces a file unless asked, and then only its own earlier output:
@@ -108,8 +93,10 @@ def check_outputs(files: Sequence[Path], outputs: dict[Path, Path], out: Path, o
                 f"{out}: --out is the folder of the input image {path.name}; masks written there would replace "
                 "or mix with the images; choose another --out folder"
             )
-    ours = written_before(out)
-    theirs = sorted(p.name for p in out.glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.name not in ours)
+    manifest = Manifest.read(out)
+    theirs = sorted(
+        p.name for p in out.glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not manifest.lists(p.name)
+    )
     if theirs:
         raise UnetkitError(
             f"{out / theirs[0]}: --out holds {len(theirs)} image(s) or mask(s) that unetkit predict did not write; "
@@ -117,10 +104,15 @@ def check_outputs(files: Sequence[Path], outputs: dict[Path, Path], out: Path, o
             "choose an empty --out folder"
         )
     for target in outputs:
-        if target.exists() and target.name not in ours:
+        if target.exists() and not manifest.lists(target.name):
             raise UnetkitError(
                 f"{target}: already exists and unetkit predict did not write it, so it is never replaced; "
                 "choose an empty --out folder"
+            )
+        if target.exists() and manifest.edited(target):
+            raise UnetkitError(
+                f"{target}: changed since predict wrote it (corrected by hand?), so it is never replaced; "
+                "move it elsewhere first, or choose an empty --out folder"
             )
         if target.exists() and not overwrite:
             raise UnetkitError(
@@ -131,18 +123,21 @@ def check_outputs(files: Sequence[Path], outputs: dict[Path, Path], out: Path, o
 
 @contextmanager
 def recorded_outputs(out: Path, outputs: Collection[Path]) -> Iterator[None]:
-    """Add `outputs` to the manifest before they are written, so a file predict writes is always
-    named there, even if the run is killed halfway; a run that fails before writing any of them
-    takes a new manifest away again (a refused command leaves no trace)."""
+    """List `outputs` in the manifest before they are written and keep their content after (also
+    when the run stops halfway); a run that fails before writing any of them takes a new manifest
+    away again (a refused command leaves no trace)."""
     first = not (out / MANIFEST).exists()
-    names = sorted(written_before(out) | {path.name for path in outputs})
-    write_json(out / MANIFEST, {"written_by": "unetkit predict", "files": names})
+    manifest = Manifest.read(out)
+    manifest.plan(outputs)
     try:
         yield
     except BaseException:
         if first and not any(path.exists() for path in outputs):
             (out / MANIFEST).unlink(missing_ok=True)
+            raise
+        manifest.confirm(outputs)
         raise
+    manifest.confirm(outputs)
 
 
 def predict_files(

@@ -84,6 +84,8 @@ def output_file(option: str, path: str | None, suffix: str) -> None:
         raise UnetkitError(
             f"{option} {path}: give a file name ending in {suffix}; the output never replaces another kind of file"
         )
+    if Path(path).is_dir():
+        raise UnetkitError(f"{option} {path}: is a folder; give a file name ending in {suffix}")
     if Path(path).exists() and not written_by_unetkit(Path(path)):
         raise UnetkitError(
             f"{option} {path}: the file exists and unetkit did not write it, so it is never replaced; "

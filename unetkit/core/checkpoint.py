@@ -29,6 +29,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint (torch.save) or its .safetensors export, whatever the file is named: the content
     decides the format. Either way its prediction keys are checked the same way (check_state)."""
     path = Path(path)
+    if path.is_dir():
+        raise UnetkitError(f"{path}: is a folder; pass the checkpoint file in it (e.g. {path / 'last.pt'})")
     if not path.is_file():
         raise UnetkitError(f"{path}: checkpoint not found; pass the path of a best.pt or last.pt")
     state = load_safetensors(path) if is_safetensors(path) else _load_torch(path)
@@ -50,12 +52,14 @@ def check_state(state: dict[str, Any], source: str | Path = "checkpoint") -> Mod
 def _load_torch(path: Path) -> dict[str, Any]:
     _refuse_zip_bomb(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsafe content"
+        # A file object, not the path: torch.load reads a path named *.safetensors as safetensors, and
+        # the content (a torch zip here, is_safetensors said so) decides the format, not the name.
+        with path.open("rb") as handle:
+            state = torch.load(handle, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's own text explains weights_only at length
         raise UnetkitError(
-            f"{path}: refused to load, the file holds objects other than tensors and plain data "
-            f"({first[:120]}); use a checkpoint written by unetkit"
+            f"{path}: refused to load, the file holds objects other than tensors and plain data, or is no "
+            "torch checkpoint at all (an ONNX model loads by its .onnx name); use a checkpoint written by unetkit"
         ) from None
     except Exception as err:  # torch raises many types for a file that is not a checkpoint
         raise UnetkitError(

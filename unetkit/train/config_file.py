@@ -32,6 +32,11 @@ NOT_IN_SAVED_CONFIG = ("out", "resume")
 def _read_mapping(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UnetkitError(f"{path}: config file not found")
+    if path.suffix.lower() == ".json":  # a run's config.json records the resolved run; config.toml reruns it
+        raise UnetkitError(
+            f"{path}: --config reads TOML or YAML; to run a run again, pass the config.toml beside it "
+            f"({path.with_name('config.toml')})"
+        )
     text = _decode_text(path, path.read_bytes())
     if path.suffix.lower() in (".yaml", ".yml"):
         data = _read_yaml(path, text)
@@ -39,7 +44,9 @@ def _read_mapping(path: Path) -> dict[str, Any]:
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
-            raise UnetkitError(f"{path}: not valid TOML: {err}") from None
+            raise UnetkitError(
+                f"{path}: not valid TOML ({err}); fix the line it names, or write the file as key = value lines"
+            ) from None
     if not isinstance(data, dict):
         raise UnetkitError(f"{path}: expected key = value pairs at the top level")
     return data

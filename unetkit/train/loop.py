@@ -29,7 +29,7 @@ from unetkit.train.interrupt import InterruptFlag
 from unetkit.train.object_rule import choose_object_rule
 from unetkit.train.options import resolve
 from unetkit.train.run_files import plot_curves, write_metrics_csv
-from unetkit.train.run_folder import RUN_FILES, check_run_folder, mark_run_folder, prepare_run_folder
+from unetkit.train.run_folder import RUN_FILES, carry_best, check_run_folder, mark_run_folder, prepare_run_folder
 from unetkit.train.run_lock import RunLock
 from unetkit.train.setup import (
     build_datasets,
@@ -128,6 +128,7 @@ class Trainer:
                 # Another run may have finished here, or files appeared, since this one was set up.
                 check_run_folder(self.out, self.cfg.resume)
                 mark_run_folder(self.out)
+                carry_best(self.out, self.cfg.resume)
             except UnetkitError as err:
                 lock.release()
                 refused = str(err)

@@ -10,11 +10,12 @@ is the user's, and its presence stops the run with one line.
 
 from __future__ import annotations
 
+import shutil
 import time
 from datetime import datetime
 from pathlib import Path
 
-from unetkit.core.atomic import is_temporary_of, write_json
+from unetkit.core.atomic import atomic_write, is_temporary_of, write_json
 from unetkit.errors import UnetkitError
 from unetkit.train.config import TrainConfig
 from unetkit.train.run_lock import LOCK_NAME, is_lock_temporary
@@ -62,7 +63,7 @@ def check_run_folder(out: Path, resume: str | None) -> None:
     foreign = foreign_files(out)
     if foreign:
         raise UnetkitError(
-            f"{out / foreign[0]}: --out holds {len(foreign)} file(s) that unetkit did not write (e.g. "
+            f"{out / foreign[0]}: --out holds {len(foreign)} file(s) or folder(s) that unetkit did not write (e.g. "
             f"{foreign[0]}); a run would overwrite or remove files there; choose a new or empty --out folder"
         )
 
@@ -115,6 +116,16 @@ def _ours(entry: Path, marked: bool) -> bool:
     if entry.is_dir():
         return entry.name in RUN_FOLDERS
     return entry.name in (MARKER, *RUN_FILES) or is_temporary_of(entry.name, (MARKER, *RUN_FILES))
+
+
+def carry_best(out: Path, resume: str | None) -> None:
+    """A run resumed into a new folder takes its best.pt along: the folder then holds the run's
+    best checkpoint (which the next epochs may or may not beat), as a run folder always does."""
+    if resume is None or resuming_in_place(out, resume) or (out / "best.pt").exists():
+        return
+    best = Path(resume).parent / "best.pt"
+    if best.is_file():
+        atomic_write(out / "best.pt", lambda temporary: shutil.copyfile(best, temporary), durable=True)
 
 
 def mark_run_folder(out: Path) -> None:
