@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,13 +31,39 @@ def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
 
 
+# `unetkit train` under torchrun, each rank also saving its own final weights (so one launch serves
+# the tests below: a second launch for the weights cost ~11 s of the suite).
+RANKS_SCRIPT = """\
+import os, sys, torch
+import unetkit.train.loop as loop
+from unetkit.cli import main
+fit = loop.Trainer.fit
+def fit_and_save(self, *args, **kwargs):
+    result = fit(self, *args, **kwargs)
+    torch.save(self.model.module.state_dict(), os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.pt"))
+    return result
+loop.Trainer.fit = fit_and_save
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 @pytest.fixture(scope="module")
 def two_rank_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     images, masks = make_shapes(root, count=8, size=(32, 32))
     out = root / "run"
-    # Each rank saves its final weights, so the test can compare them.
-    result = torchrun("train", "--images", str(images), "--masks", str(masks), "--out", str(out), *TINY_OPTIONS)
+    (root / "ranks.py").write_text(RANKS_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(root / "ranks.py"),
+    ]
+    command += [str(root), "train", "--images", str(images), "--masks", str(masks), "--out", str(out), *TINY_OPTIONS]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     return images, masks, out, result
 
@@ -67,32 +94,13 @@ def test_validation_dice_equals_a_single_process_on_the_checkpoint(two_rank_run)
     assert isinstance(model, torch.nn.Module)
 
 
-def test_both_ranks_end_with_identical_weights(tmp_path):
-    images, masks = make_shapes(tmp_path, count=8, size=(32, 32))
-    script = tmp_path / "ranks.py"
-    # Train in-process under torchrun, then each rank saves its own weights and buffers.
-    script.write_text(
-        "import os, sys, torch\n"
-        "from unetkit.cli import add_train_arguments, config_from_args\n"
-        "import argparse\n"
-        "from unetkit.train import Trainer\n"
-        "p = argparse.ArgumentParser(); add_train_arguments(p)\n"
-        "trainer = Trainer(config_from_args(p.parse_args(sys.argv[2:])), log=lambda _: None)\n"
-        "trainer.fit()\n"
-        "state = trainer.model.module.state_dict()\n"
-        "torch.save(state, os.path.join(sys.argv[1], f\"rank{os.environ['RANK']}.pt\"))\n"
-        "trainer.dist.close()\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
-    command += [str(tmp_path), "--images", str(images), "--masks", str(masks), "--out", str(tmp_path / "run")]
-    result = subprocess.run(command + TINY_OPTIONS, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+def test_both_ranks_end_with_identical_weights(two_rank_run):
+    _images, _masks, out, _result = two_rank_run
+    rank0, rank1 = torch.load(out.parent / "rank0.pt"), torch.load(out.parent / "rank1.pt")
     assert rank0.keys() == rank1.keys()
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), name
-    saved = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    saved = load_checkpoint(out / "last.pt")["model"]
     for name in rank0:
         assert torch.equal(saved[name], rank0[name]), name
 
@@ -107,7 +115,8 @@ def test_without_torchrun_nothing_is_distributed(binary_data, tmp_path):
 
 
 def test_resume_under_torchrun_continues_the_run(two_rank_run):
-    _images, _masks, out, _result = two_rank_run
+    _images, _masks, run, _result = two_rank_run
+    out = shutil.copytree(run, run.parent / "resumed")  # the other tests read the run as it ended
     result = torchrun("train", "--resume", str(out / "last.pt"), "--epochs", "3", "--no-progress")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming" in result.stdout and len(re.findall(r"^epoch +3/3 ", result.stdout, re.MULTILINE)) == 1
