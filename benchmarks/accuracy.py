@@ -10,7 +10,10 @@ memory, and the CPU.
 
   isbi2012:   train slices 00-24 (the run holds out its own 10% for best.pt), test 25-29
   hc18-dev:   split.json train (262) / val (61), split by subject
-  camvid-dev: split.json train (70) / val (31), split in time; id 11 (void) is ignored
+  camvid-dev: split.json train (133, two streets) / val (50, a third street); id 11 (void) is ignored
+  dsb2018-dev: split.json train (160) / val (40), fluorescence nuclei as instance masks (each
+              nucleus its own id, which --instance-masks states); objects scored as StarDist scores
+              DSB2018: AP = TP / (TP + FP + FN) pooled over the images, at IoU 0.5 and 0.5:0.9
 
 Results: benchmarks/results/accuracy-<date>-<cpu>.json; the table goes in benchmarks/NOTES.md.
 Run it on a quiet machine, before and after every change to a recipe, a default or a loss.
@@ -46,7 +49,9 @@ DATASETS = {
     "isbi2012": ("test", []),
     "hc18-dev": ("val", []),
     "camvid-dev": ("val", ["--ignore-value", "11"]),
+    "dsb2018-dev": ("val", ["--instance-masks"]),
 }
+OBJECT_KEYS = ("adapted_rand_error", "ap", "f1", "ap50", "ap50_90", "true_objects", "predicted_objects")
 # What the recipe chose, shown with each result.
 PLAN_KEYS = ("scale", "patch_size", "patches_per_image", "lr", "orientation", "class_weights")
 # The issue 10 bars, checked in the table: what must be reached in 5 CPU minutes.
@@ -54,6 +59,7 @@ BARS = {
     "isbi2012": "cell (255) Dice >= 0.945, membrane (0) Dice >= 0.78",
     "hc18-dev": "head (255) Dice >= 0.96",
     "camvid-dev": "mean IoU over the 11 classes >= 0.45, no class at IoU 0",
+    "dsb2018-dev": "AP@0.5 >= 0.84 and AP@0.7 >= 0.65 with 10 minutes (issue 21)",
 }
 
 
@@ -129,7 +135,7 @@ def run_dataset(name: str, seconds: float, data_root: Path, out_root: Path, extr
         "mean_dice": report["mean_dice"],
         "mean_iou": report["mean_iou"],
         "mean_is": report["mean_is"],
-        "objects": {key: report.get("objects", {}).get(key) for key in ("adapted_rand_error", "ap", "f1")},
+        "objects": {key: report.get("objects", {}).get(key) for key in OBJECT_KEYS},
         "epochs": epochs,
         "seconds_to_first_epoch": train["seconds_to_marker"],
         "train_seconds": train["seconds"],
@@ -145,7 +151,8 @@ def run_dataset(name: str, seconds: float, data_root: Path, out_root: Path, extr
 
 def format_table(rows: list[dict]) -> str:
     lines = [
-        "| data set | split | per class Dice / IoU | mean Dice | mean IoU | objects: Rand error / AP | epochs | "
+        "| data set | split | per class Dice / IoU | mean Dice | mean IoU | objects: Rand error / AP@0.5 / "
+        "AP@0.5:0.9 (pooled) | epochs | "
         "to 1st epoch | train s | peak MiB |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -155,7 +162,7 @@ def format_table(rows: list[dict]) -> str:
             continue
         classes = ", ".join(f"{c['value']}: {_show(c['dice'])} / {_show(c['iou'])}" for c in row["per_class"])
         objects = row.get("objects") or {}
-        objects_shown = f"{_show(objects.get('adapted_rand_error'))} / {_show(objects.get('ap'))}"
+        objects_shown = " / ".join(_show(objects.get(key)) for key in ("adapted_rand_error", "ap50", "ap50_90"))
         lines.append(
             f"| {row['name']} | {row['evaluated_on']} ({row['images']}) | {classes} | {_show(row['mean_dice'])} | "
             f"{_show(row['mean_iou'])} | {objects_shown} | {row['epochs']} | {row['seconds_to_first_epoch']} s | "

@@ -88,14 +88,14 @@ def test_accuracy_benchmark_splits_by_links_and_formats_its_table(tmp_path):
         "per_class": [{"value": 0, "dice": 0.9, "iou": 0.8}, {"value": 255, "dice": None, "iou": None}],
         "mean_dice": 0.9,
         "mean_iou": 0.8,
-        "objects": {"adapted_rand_error": 0.05, "ap": 0.4, "f1": 0.7},
+        "objects": {"adapted_rand_error": 0.05, "ap": 0.4, "f1": 0.7, "ap50": 0.6, "ap50_90": 0.45},
         "epochs": 3,
         "seconds_to_first_epoch": 4.2,
         "train_seconds": 30.0,
         "peak_rss_mib": 500,
     }
     table = accuracy.format_table([row, {"name": "broken", "error": "train exited 2"}])
-    toy = "| toy | val (1) | 0: 0.900 / 0.800, 255: n/a / n/a | 0.900 | 0.800 | 0.050 / 0.400 | 3 | 4.2 s | 30 | 500 |"
+    toy = "| toy | val (1) | 0: 0.900 / 0.800, 255: n/a / n/a | 0.900 | 0.800 | 0.050 / 0.600 / 0.450 | 3 | 4.2 s |"
     assert toy in table
     assert "| broken | train exited 2 |" in table
     with pytest.raises(SystemExit) as stop:

@@ -65,6 +65,18 @@ def test_perfect_and_empty_answers():
     assert means["adapted_rand_error"] == pytest.approx(0) and means["true_objects"] == 2
 
 
+def test_pooled_ap_sums_objects_over_images_before_dividing():
+    """StarDist's DSB2018 score: TP / (TP + FP + FN) over the folder, not a mean of per-image ratios."""
+    true = two_squares()
+    merged = object_scores(true, (true > 0).astype(np.int64))  # 1 match at IoU 0.64 of 2 true, 1 predicted
+    perfect = object_scores(true, true)  # 2 matches of 2 and 2 at every threshold
+    means = mean_scores([merged, perfect])
+    assert means["ap50"] == pytest.approx(3 / (4 + 3 - 3))  # TP 3, FN 1, FP 0
+    # Thresholds 0.5-0.6 (3 of the 9 up to 0.9): TP 3 of 4 + 3 objects; 0.65-0.9 (6): TP 2, FP 1, FN 2.
+    assert means["ap50_90"] == pytest.approx((3 * 3 / 4 + 6 * 2 / 5) / 9)
+    assert mean_scores([object_scores(np.zeros_like(true), np.zeros_like(true))])["ap50"] is None
+
+
 def touching_discs(rows: int = 6, cols: int = 7, radius: int = 9, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Discs packed so that neighbours touch, and a probability map that is sure inside each disc
     and unsure (0.6: still foreground at 0.5) in the seams between them, as a model's is."""

@@ -76,7 +76,12 @@ def format_report(report: dict) -> str:
         lines.append(
             f"objects: adapted Rand error {objects['adapted_rand_error']:.4f}  VI split {objects['vi_split']:.3f} "
             f"merge {objects['vi_merge']:.3f}  pixel error {objects['pixel_error']:.4f}  "
-            f"F1@0.5 {objects['f1']:.3f}  AP {objects['ap']:.3f}  "
+            f"F1@0.5 {objects['f1']:.3f}  AP {objects['ap']:.3f}  pooled AP@0.5 {_show(objects.get('ap50'))} "
+            f"AP@0.5:0.9 {_show(objects.get('ap50_90'))}  "
             f"{objects['predicted_objects']} predicted / {objects['true_objects']} true"
         )
     return "\n".join(lines)
+
+
+def _show(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

@@ -10,7 +10,11 @@ Between a true and a predicted label image (0 = no object; true 0 pixels are lef
 - detection: a predicted and a true object match when their IoU is above 0.5 (above 0.5 at most
   one pair per object can, so no assignment is needed); precision, recall and F1 of the matches,
   their mean IoU, and the DSB2018 average precision: the mean over IoU thresholds
-  0.5, 0.55, ..., 0.95 of matches / (matches + unmatched true + unmatched predicted).
+  0.5, 0.55, ..., 0.95 of matches / (matches + unmatched true + unmatched predicted);
+- pooled over a folder, as the StarDist paper scores DSB2018: "AP"_t = TP / (TP + FP + FN) with
+  the matches and objects of every image summed before the division, at t = 0.5 (`ap50`) and
+  averaged over t = 0.5, 0.55, ..., 0.9 (`ap50_90`); each image keeps its matches per threshold
+  (`hits`) for it.
 Pixel error (1 - pixel accuracy) comes from the confusion matrix, as the other pixel scores.
 """
 
@@ -54,11 +58,21 @@ def object_scores(true: np.ndarray, pred: np.ndarray) -> dict[str, float | int]:
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     scores.update(precision=precision, recall=recall, f1=f1)
     scores["matched_iou"] = float(ious.mean()) if matches else math.nan
-    per_threshold = [
-        (hits := int((ious > t).sum())) / (n_true + n_pred - hits) if n_true + n_pred else 1.0 for t in IOU_THRESHOLDS
-    ]
-    scores["ap"] = float(np.mean(per_threshold))
+    hits = [int((ious > t).sum()) for t in IOU_THRESHOLDS]
+    scores["hits"] = hits
+    scores["ap"] = float(np.mean([h / (n_true + n_pred - h) if n_true + n_pred else 1.0 for h in hits]))
     return scores
+
+
+def pooled_ap(per_image: list[dict], thresholds: np.ndarray) -> float | None:
+    """TP / (TP + FP + FN) over all images together, averaged over `thresholds` (of IOU_THRESHOLDS)."""
+    true = sum(row["true_objects"] for row in per_image)
+    predicted = sum(row["predicted_objects"] for row in per_image)
+    if not true + predicted:
+        return None
+    columns = [list(IOU_THRESHOLDS).index(t) for t in thresholds]
+    hits = [sum(row["hits"][column] for row in per_image) for column in columns]
+    return float(np.mean([h / (true + predicted - h) for h in hits]))
 
 
 def mean_scores(per_image: list[dict]) -> dict[str, float | None]:
@@ -69,4 +83,6 @@ def mean_scores(per_image: list[dict]) -> dict[str, float | None]:
         means[name] = float(np.mean(values)) if values else None
     for name in ("true_objects", "predicted_objects", "matches"):
         means[name] = int(sum(row[name] for row in per_image))
+    means["ap50"] = pooled_ap(per_image, IOU_THRESHOLDS[:1])
+    means["ap50_90"] = pooled_ap(per_image, IOU_THRESHOLDS[IOU_THRESHOLDS <= 0.9])
     return means
