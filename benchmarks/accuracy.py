@@ -12,7 +12,7 @@ memory, and the CPU.
   hc18-dev:   split.json train (262) / val (61), split by subject
   camvid-dev: split.json train (133, two streets) / val (50, a third street); id 11 (void) is ignored
   dsb2018-dev: split.json train (160) / val (40), fluorescence nuclei as instance masks (each
-              nucleus its own id, which --instance-masks states); objects scored as StarDist scores
+              nucleus its own id, recognised from the masks); objects scored as StarDist scores
               DSB2018: AP = TP / (TP + FP + FN) pooled over the images, at IoU 0.5 and 0.5:0.9
 
 Results: benchmarks/results/accuracy-<date>-<cpu>.json; the table goes in benchmarks/NOTES.md.
@@ -49,7 +49,7 @@ DATASETS = {
     "isbi2012": ("test", []),
     "hc18-dev": ("val", []),
     "camvid-dev": ("val", ["--ignore-value", "11"]),
-    "dsb2018-dev": ("val", ["--instance-masks"]),
+    "dsb2018-dev": ("val", []),  # instance masks: recognised from the masks (issue 21)
 }
 OBJECT_KEYS = ("adapted_rand_error", "ap", "f1", "ap50", "ap50_90", "true_objects", "predicted_objects")
 # What the recipe chose, shown with each result.

@@ -5,15 +5,19 @@ run's validation images."""
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
+from PIL import Image
 from scipy import ndimage
 from skimage.measure import label
 from synthetic import run_cli
 
 from unetkit.core.checkpoint import load_checkpoint
+from unetkit.data import Pair
+from unetkit.data.fingerprint import PairScan, looks_like_instances
 from unetkit.data.objects import instance_classes, mask_objects, true_objects
 from unetkit.inference.instances import ObjectRule, object_table, split_objects
 from unetkit.object_metrics import mean_scores, object_scores
@@ -216,7 +220,73 @@ def test_training_on_instance_masks_with_boundary_class_and_border_weights(tmp_p
     code, _, err = run_cli(
         capsys, "train", "--images", images, "--masks", masks, "--out", tmp_path / "r2", "--boundary-class"
     )
-    assert code == 2 and "--boundary-class needs --instance-masks" in err
+    assert code == 2 and "--boundary-class needs instance masks" in err  # 3 ids a mask: not detected as such
+
+
+def instance_scan(ids: np.ndarray) -> PairScan:
+    """What the fingerprint keeps of one mask for the instance-mask rule."""
+    values, counts = np.unique(ids, return_counts=True)
+    scan = PairScan(Pair(Path("i.png"), Path("m.png")), *ids.shape, 1, np.zeros(1), np.zeros(1), values, counts, counts)
+    scan.ids, scan.regions = len(values) - (values[0] == 0), int(label(ids, connectivity=1).max())
+    return scan
+
+
+def test_instance_masks_are_told_from_class_masks():
+    """300 masks of each kind. Nuclei with their own ids (some touching), ids unique over the set:
+    instances. Relabelled 1..n in each mask: only a hint (organs, one shape per class, look the
+    same). Binary, scene classes, nested classes, one shape of each of 4 classes and JPEG-noisy
+    masks (many values, each in many specks) are neither."""
+    rng = np.random.default_rng(0)
+    kinds: dict[str, list] = {
+        name: [] for name in ("unique", "relabelled", "binary", "scene", "nested", "shapes", "jpeg")
+    }
+    for index in range(300):
+        labels = np.zeros((40, 40), np.uint16)
+        for k in range(int(rng.integers(4, 9))):
+            y, x = rng.integers(0, 34, 2)
+            labels[y : y + 6, x : x + 6] = k + 1
+        kinds["relabelled"].append(instance_scan(labels))
+        kinds["unique"].append(instance_scan(np.where(labels > 0, labels + 10 * index, 0)))
+        kinds["binary"].append(instance_scan((labels > 0).astype(np.uint8) * 255))
+        kinds["scene"].append(instance_scan(np.repeat(np.arange(8, dtype=np.uint8), 5)[None, :].repeat(40, axis=0)))
+        cell = np.zeros((40, 40), np.uint8)
+        cell[5:30, 5:30], cell[12:20, 12:20] = 1, 2
+        kinds["nested"].append(instance_scan(cell))
+        one_of_each = np.zeros((40, 40), np.uint8)
+        for value, (y, x) in enumerate(((2, 2), (2, 30), (30, 2), (30, 30)), start=1):  # classes 1-4, one shape each
+            one_of_each[y : y + int(rng.integers(4, 8)), x : x + 6] = value
+        kinds["shapes"].append(instance_scan(one_of_each))
+        noisy = (labels > 0).astype(np.int64) * 255 + rng.integers(-6, 7, labels.shape) * (
+            rng.random(labels.shape) < 0.2
+        )
+        kinds["jpeg"].append(instance_scan(np.clip(noisy, 0, 255).astype(np.uint8)))
+    assert looks_like_instances(kinds["unique"])
+    assert not looks_like_instances(kinds["relabelled"]) and looks_like_instances(kinds["relabelled"], sure=False)
+    for name in ("binary", "scene", "nested", "shapes", "jpeg"):
+        assert not looks_like_instances(kinds[name], sure=False), name
+
+
+def test_instance_masks_train_without_being_named(tmp_path, capsys):
+    """Detected from the masks (16-bit ids unique over the set): trained as background / object /
+    boundary, and said so."""
+    from synthetic import TINY_TRAIN
+
+    rng = np.random.default_rng(1)
+    for kind in ("images", "masks"):
+        (tmp_path / kind).mkdir()
+    for index in range(12):
+        labels = np.zeros((40, 40), np.uint16)
+        for k in range(6):
+            y, x = rng.integers(0, 32, 2)
+            labels[y : y + 7, x : x + 7] = 1 + k + 100 * index
+        Image.fromarray((labels > 0).astype(np.uint8) * 200).save(tmp_path / "images" / f"n{index}.png")
+        Image.fromarray(labels).save(tmp_path / "masks" / f"n{index}.png")
+    out = tmp_path / "run"
+    args = ["train", "--images", tmp_path / "images", "--masks", tmp_path / "masks", "--out", out, *TINY_TRAIN]
+    code, text, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert "instance label images" in text and "--no-instance-masks" in text
+    assert load_checkpoint(out / "best.pt")["mask_values"]["instances"] == "boundary"
 
 
 def test_check_spots_instance_masks_and_counts_their_objects(tmp_path, capsys):

@@ -68,14 +68,15 @@ class TrainConfig:
         None, "a mask value whose pixels count for neither loss nor metrics, e.g. 255", group="data",
         valid=whole(0, 65535), need="a mask value from 0 to 65535",
     )  # fmt: skip
-    instance_masks: bool = option(
-        False, "the masks are instance label images (each object its own id, 0 background, e.g. 16-bit PNG or "
-        "TIFF); trained as background / object, their objects kept for --border-weight and the object scores",
-        group="data", flag=("--instance-masks", True),
+    instance_masks: bool | None = option(
+        None, "the masks are instance label images (each object its own id, 0 background, e.g. 16-bit PNG or "
+        "TIFF); trained as background / object, their objects kept for --border-weight and the object scores "
+        "(default: detected from the masks, data/objects.py looks_like_instances)",
+        group="data", toggle=True,
     )  # fmt: skip
-    boundary_class: bool = option(
-        False, "with --instance-masks: a third class for each object's edge pixels, so touching objects' "
-        "interiors never touch", group="data", flag=("--boundary-class", True),
+    boundary_class: bool | None = option(
+        None, "for instance masks: a third class for each object's edge pixels, so touching objects' "
+        "interiors never touch (default: on for instance masks)", group="data", toggle=True,
     )  # fmt: skip
     recipe: str = option(
         "auto",
@@ -257,8 +258,11 @@ class TrainConfig:
             )
         if self.instance_masks and self.mask_values is not None:
             raise UnetkitError("--mask-values and --instance-masks do not mix: instance masks train as 0 / 1 (/ 2)")
-        if self.boundary_class and not self.instance_masks:
-            raise UnetkitError("--boundary-class needs --instance-masks: it marks the edges of the masks' instances")
+        if self.boundary_class and self.instance_masks is False:
+            raise UnetkitError(
+                "--boundary-class needs instance masks (each object its own id): it marks the edges of their "
+                "objects; pass --instance-masks if the masks are such"
+            )
         if self.min_epochs is not None and not (whole(1, 1_000_000)(self.min_epochs) and self.time is not None):
             raise UnetkitError(
                 f"--min-epochs {show(self.min_epochs)} is invalid: it must be 1 or more epochs, and given with --time"

@@ -160,14 +160,38 @@ def plan(
         cfg, _ = fill_unset(cfg, {"binary": resume_state["binary"], "workers": default_workers()})
     else:
         started = time.perf_counter()
-        instances = ("boundary" if cfg.boundary_class else "objects") if cfg.instance_masks else None
-        data = fingerprint_pairs(train_pairs, cfg.ignore_value, cfg.mask_values, instances=instances)
+        data = fingerprint_pairs(train_pairs, cfg.ignore_value, cfg.mask_values, **instance_modes(cfg))
+        cfg, _ = fill_unset(cfg, {"instance_masks": data.mask_values.instances is not None})
+        cfg, _ = fill_unset(cfg, {"boundary_class": data.mask_values.instances == "boundary"})
+        if data.instances_maybe:
+            log(
+                f"note: the masks may be instance label images (each object its own id: values "
+                f"{data.mask_values.values[:6]}...); they train as classes; pass --instance-masks if each id is one "
+                "object, --no-instance-masks to silence this"
+            )
+        if data.instances_detected:
+            log(
+                f"masks: instance label images (each object its own id), trained as {data.mask_values.values} "
+                f"({'background / object / boundary' if cfg.boundary_class else 'background / object'}); "
+                "--no-instance-masks trains their values as classes"
+            )
         cfg, summary = apply_recipe(cfg, data, device)
         log(f"{summary} ({time.perf_counter() - started:.1f}s to read and measure the training set)")
         preprocess = Preprocess(data.channels, data.mean, data.std, cfg.scale)
         data_plan = DataPlan(data.mask_values, preprocess, data.rarer_classes(data.mask_values))
     check_plan(cfg, data_plan.mask_values)
     return cfg, data_plan
+
+
+def instance_modes(cfg: TrainConfig) -> dict[str, str | None]:
+    """What the fingerprint takes the masks as: instance masks trained with a boundary class
+    unless --no-boundary-class (touching objects separate), given by --instance-masks or, when
+    unset, detected from the masks (none when --mask-values names the classes)."""
+    mode = "objects" if cfg.boundary_class is False else "boundary"
+    if cfg.instance_masks:
+        return {"instances": mode, "detect": None}
+    detect = cfg.instance_masks is None and cfg.mask_values is None
+    return {"instances": None, "detect": mode if detect else None}
 
 
 def check_plan(cfg: TrainConfig, mask_values: MaskValues) -> None:
