@@ -58,12 +58,14 @@ class ModelSpec:
         per_channel = whole(1, 256)(channels) and all(isinstance(v, list | tuple) and len(v) == channels
                                                       for v in (p.mean, p.std))  # fmt: skip
         sound = per_channel and each(number)(list(p.mean)) and each(lambda v: number(v) and v > 0)(list(p.std))
+        sound = sound and _percentiles_sound(p.percentiles)
         if not (sound and number(p.scale) and p.scale > 0 and p.in_channels == channels):
             raise UnetkitError(
                 f"{source}: the checkpoint's preprocessing (in_channels {_short(p.in_channels)}, mean "
-                f"{_short(p.mean)}, std {_short(p.std)}, scale {_short(p.scale)}) is not usable for its model of "
-                f"{_short(channels)} input channel(s) (std must be above 0, every number finite, one mean and std "
-                f"per channel); {DAMAGED}"
+                f"{_short(p.mean)}, std {_short(p.std)}, scale {_short(p.scale)}, percentiles "
+                f"{_short(p.percentiles)}) is not usable for its model of {_short(channels)} input channel(s) (std "
+                f"must be above 0, every number finite, one mean and std per channel, percentiles low < high in "
+                f"0..100); {DAMAGED}"
             )
 
     def _check_outputs(self, source: str | Path) -> None:
@@ -173,3 +175,11 @@ class ObjectRule:
                 f"between 0 and 1, smooth 0 or more, min_size and max_hole whole pixels); {DAMAGED}"
             )
         return cls(**rule)
+
+
+def _percentiles_sound(bounds: object) -> bool:
+    """None (the type's range only) or [low, high] with 0 <= low < high <= 100."""
+    if bounds is None:
+        return True
+    pair = isinstance(bounds, list | tuple) and len(bounds) == 2 and each(number)(list(bounds))
+    return bool(pair and 0 <= bounds[0] < bounds[1] <= 100)

@@ -37,6 +37,21 @@ def match_channels(image: np.ndarray, channels: int, path: Path) -> np.ndarray:
     )
 
 
+# Pixels the percentiles are estimated from: a 4096^2 image's exact percentiles cost ~1 s a channel,
+# an evenly strided million pixels ~20 ms, within 0.2% of the range on dsb2018-dev.
+PERCENTILE_PIXELS = 1_000_000
+
+
+def percentile_scaled(image: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Each channel of an (H, W, C) image with its `low` and `high` percentiles mapped to 0 and 1,
+    clipped to [0, 1]; a flat channel (no range) becomes 0."""
+    step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / PERCENTILE_PIXELS)))
+    sample = image[::step, ::step].reshape(-1, image.shape[2])
+    lo, hi = np.percentile(sample, [low, high], axis=0).astype(np.float32)
+    span = np.where(hi > lo, hi - lo, np.inf).astype(np.float32)
+    return np.clip((image - lo) / span, 0.0, 1.0).astype(np.float32)
+
+
 @dataclass
 class Preprocess:
     """What happens to every image before the model, for training and prediction alike.
@@ -46,11 +61,16 @@ class Preprocess:
     mean: list[float] = field(default_factory=lambda: [0.5])
     std: list[float] = field(default_factory=lambda: [0.25])
     scale: float = 1.0  # resize factor (0.5 = half size) applied before the model
+    # Per image, each channel's low and high percentile become 0 and 1 (clipped) before anything
+    # else, as stardist and cellpose normalise fluorescence; None: the type's range only.
+    percentiles: list[float] | None = None
 
     def resized_image(self, image: np.ndarray, path: Path) -> torch.Tensor:
         """(H, W, C) float image in [0, 1] -> (C, h, w) tensor at the model's scale, still in
         [0, 1]: augmentation (gamma, contrast) works on this, normalisation comes after."""
         image = match_channels(image, self.in_channels, path)
+        if self.percentiles is not None:
+            image = percentile_scaled(image, *self.percentiles)
         tensor = torch.tensor(image.transpose(2, 0, 1))  # always a copy, so normalize can work in place
         if self.scale != 1.0:
             size = scaled_size(tensor.shape[-2:], self.scale)

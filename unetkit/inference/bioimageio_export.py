@@ -32,6 +32,7 @@ from torch import nn
 from unetkit.core.checkpoint import load_checkpoint, model_from_checkpoint
 from unetkit.core.model_spec import ModelSpec
 from unetkit.data import read_image
+from unetkit.data.dataset import percentile_scaled
 from unetkit.errors import UnetkitError
 from unetkit.inference.outputs import overlay, save_png
 
@@ -93,9 +94,31 @@ def sample_image(path: str | Path | None, channels: int, step: int) -> tuple[np.
 
 
 def normalised(raw: np.ndarray, maximum: float, spec: ModelSpec) -> torch.Tensor:
+    """The model's input from (C, H, W) raw pixels, as unetkit's Preprocess makes it."""
+    image = raw / maximum
+    if spec.preprocess.percentiles is not None:
+        image = percentile_scaled(image.transpose(1, 2, 0), *spec.preprocess.percentiles).transpose(2, 0, 1)
     mean = np.asarray(spec.preprocess.mean, dtype=np.float32)[:, None, None]
     std = np.asarray(spec.preprocess.std, dtype=np.float32)[:, None, None]
-    return torch.from_numpy((raw / maximum - mean) / std)[None].float()
+    return torch.from_numpy((image - mean) / std)[None].float()
+
+
+def preprocessing(spec: ModelSpec, maximum: float) -> list[Any]:
+    """The spec's steps for unetkit's Preprocess: the type's range (scale_linear) or each image's
+    percentiles per channel (scale_range, then clip to [0, 1]), then the training set's mean and std."""
+    from bioimageio.spec.model import v0_5 as bio
+
+    normalise = bio.FixedZeroMeanUnitVarianceAlongAxisKwargs(
+        mean=list(spec.preprocess.mean), std=list(spec.preprocess.std), axis=bio.AxisId("channel")
+    )
+    if spec.preprocess.percentiles is None:
+        scaled = [bio.ScaleLinearDescr(kwargs=bio.ScaleLinearKwargs(gain=1 / maximum))]
+    else:
+        low, high = spec.preprocess.percentiles
+        axes = [bio.AxisId("y"), bio.AxisId("x")]
+        kwargs = bio.ScaleRangeKwargs(axes=axes, min_percentile=low, max_percentile=high)
+        scaled = [bio.ScaleRangeDescr(kwargs=kwargs), bio.ClipDescr(kwargs=bio.ClipKwargs(min=0.0, max=1.0))]
+    return [*scaled, bio.FixedZeroMeanUnitVarianceDescr(kwargs=normalise)]
 
 
 def write_weights(net: nn.Module, example: torch.Tensor, folder: Path) -> tuple[Path, Path]:
@@ -212,19 +235,13 @@ def describe(files: dict[str, Path], spec: ModelSpec, step: int, maximum: float,
     raw = bio.TensorId("raw")
     space_out = [bio.SpaceOutputAxis(id=bio.AxisId(a), size=bio.SizeReference(tensor_id=raw, axis_id=bio.AxisId(a)))
                  for a in "yx"]  # fmt: skip
-    normalise = bio.FixedZeroMeanUnitVarianceAlongAxisKwargs(
-        mean=list(spec.preprocess.mean), std=list(spec.preprocess.std), axis=bio.AxisId("channel")
-    )
     inputs = bio.InputTensorDescr(
         id=raw,
         description="raw pixel values (0-255 for 8-bit images)",
         axes=[bio.BatchAxis(), bio.ChannelAxis(channel_names=channels), *space_in],
         test_tensor=bio.FileDescr(source=files["input"]),
         data=bio.IntervalOrRatioDataDescr(type="float32"),
-        preprocessing=[
-            bio.ScaleLinearDescr(kwargs=bio.ScaleLinearKwargs(gain=1 / maximum)),
-            bio.FixedZeroMeanUnitVarianceDescr(kwargs=normalise),
-        ],
+        preprocessing=preprocessing(spec, maximum),
     )
     outputs = bio.OutputTensorDescr(
         id=bio.TensorId("probabilities"),

@@ -189,6 +189,11 @@ def predict_large_tiff(
     """Write the mask of the TIFF `path` to `out` (a tiled BigTIFF, zlib), out of core; with
     `probabilities` <stem>_probs.tif (K planes), with `instances` <stem>_objects.tif and .csv,
     all at the image's full size. Models at a scale read the matching pyramid level."""
+    if predictor.preprocess.percentiles is not None:
+        raise UnetkitError(
+            f"{path}: the model normalises each image by its own percentiles, which out-of-core prediction does "
+            "not estimate (it sees a band at a time); use --out-of-core off if the image fits in memory"
+        )
     height, width = tiff_shape(path)[:2]
     level = choose_level(path, predictor.preprocess.scale)
     dtype = predictor.mask_values.decode(np.zeros(1, dtype=np.uint8)).dtype

@@ -100,6 +100,12 @@ class TrainConfig:
         True, "turn off flips, rotations, scaling, elastic and intensity augmentation", group="data",
         flag=("--no-augment", False),
     )  # fmt: skip
+    normalize: str = option(
+        "dataset", "dataset: the training set's channel mean and std; image: each image's channels scaled so their "
+        "1st and 99.8th percentiles become 0 and 1, as stardist and cellpose normalise fluorescence whose "
+        "brightness varies from image to image (on dsb2018-dev it did not beat dataset: benchmarks/NOTES.md)",
+        group="data", choices=("dataset", "image"),
+    )  # fmt: skip
     elastic: bool | None = option(
         None, f"elastic deformation, the U-Net paper's augmentation {BY_RECIPE}; off in runs under 15 minutes",
         group="data", toggle=True,

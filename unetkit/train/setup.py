@@ -23,7 +23,7 @@ from unetkit.core.hardware import channels_last_is_faster
 from unetkit.core.model_spec import ModelSpec
 from unetkit.data import AugmentConfig, MaskValues, Pair, Preprocess, SegmentationDataset, find_pairs
 from unetkit.data.dataset import pad_collate
-from unetkit.data.fingerprint import fingerprint_pairs
+from unetkit.data.fingerprint import DataFingerprint, fingerprint_pairs
 from unetkit.data.pairing import describe_names
 from unetkit.errors import UnetkitError
 from unetkit.losses import SegmentationLoss
@@ -177,10 +177,23 @@ def plan(
             )
         cfg, summary = apply_recipe(cfg, data, device)
         log(f"{summary} ({time.perf_counter() - started:.1f}s to read and measure the training set)")
-        preprocess = Preprocess(data.channels, data.mean, data.std, cfg.scale)
+        preprocess = preprocess_for(cfg, data)
         data_plan = DataPlan(data.mask_values, preprocess, data.rarer_classes(data.mask_values))
     check_plan(cfg, data_plan.mask_values)
     return cfg, data_plan
+
+
+# stardist's and cellpose's default; the high end below 100 so a few hot pixels do not set the range
+IMAGE_PERCENTILES = [1.0, 99.8]
+
+
+def preprocess_for(cfg: TrainConfig, data: DataFingerprint) -> Preprocess:
+    """The set's mean and std; or, normalising each image by its percentiles, none (the images
+    are in [0, 1] already, and the network's first BatchNorm standardises what it sees)."""
+    if cfg.normalize == "image":
+        zeros, ones = [0.0] * data.channels, [1.0] * data.channels
+        return Preprocess(data.channels, zeros, ones, cfg.scale, percentiles=list(IMAGE_PERCENTILES))
+    return Preprocess(data.channels, data.mean, data.std, cfg.scale)
 
 
 def instance_modes(cfg: TrainConfig) -> dict[str, str | None]:

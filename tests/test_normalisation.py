@@ -1,0 +1,81 @@
+"""Per-image percentile normalisation (issue 21, `--normalize image`): how it scales, and that the
+checkpoint and the bioimage.io package repeat it. The recipe does not choose it: on dsb2018-dev it
+did not beat the data set's mean and std (benchmarks/NOTES.md)."""
+
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+from synthetic import TINY_TRAIN, assert_one_line_error, run_cli
+
+from unetkit.core.checkpoint import load_checkpoint
+from unetkit.data.dataset import percentile_scaled
+
+
+def test_percentile_scaling_matches_numpy_per_channel():
+    rng = np.random.default_rng(0)
+    image = np.stack([rng.random((50, 60)) * 0.1, rng.random((50, 60)) * 0.9 + 0.05], axis=-1).astype(np.float32)
+    scaled = percentile_scaled(image, 1.0, 99.8)
+    for channel in range(2):
+        low, high = np.percentile(image[..., channel], [1.0, 99.8])
+        expected = np.clip((image[..., channel] - low) / (high - low), 0, 1)
+        np.testing.assert_allclose(scaled[..., channel], expected, atol=1e-6)
+    assert not percentile_scaled(np.full((8, 8, 1), 0.3, np.float32), 1.0, 99.8).any()  # flat: 0, not NaN
+
+
+def dark_nuclei(root, count: int = 40, size: int = 32):
+    """Dark images whose brightness varies tenfold, bright discs on them, 0/255 masks."""
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[:size, :size]
+    for kind in ("images", "masks"):
+        (root / kind).mkdir(parents=True)
+    for index in range(count):
+        gain = 0.02 + 0.3 * (index % 10) / 10
+        mask = np.zeros((size, size), bool)
+        for _ in range(3):
+            cy, cx = rng.integers(5, size - 5, 2)
+            mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= 16
+        image = rng.normal(0.1, 0.02, (size, size)) * gain + mask * gain
+        Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)).save(root / "images" / f"n{index:02d}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"n{index:02d}.png")
+    return root / "images", root / "masks"
+
+
+@pytest.fixture(scope="module")
+def percentile_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dark")
+    images, masks = dark_nuclei(root)
+    from unetkit.cli import main
+
+    args = ["train", "--images", str(images), "--masks", str(masks), "--out", str(root / "run"), *TINY_TRAIN]
+    assert main([*args, "--normalize", "image"]) == 0
+    return images, masks, root / "run" / "best.pt"
+
+
+def test_a_per_image_normalised_model_keeps_its_percentiles(percentile_run):
+    _images, _masks, checkpoint = percentile_run
+    assert load_checkpoint(checkpoint)["preprocess"]["percentiles"] == [1.0, 99.8]
+
+
+def test_out_of_core_refuses_a_per_image_normalised_model(percentile_run, tmp_path, capsys):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "big.tif", np.zeros((64, 64), np.uint8), tile=(16, 16))
+    args = ["predict", "--checkpoint", percentile_run[2], tmp_path / "big.tif", "--out", tmp_path / "o"]
+    code, _, err = run_cli(capsys, *args, "--out-of-core", "on", "--no-progress")
+    assert_one_line_error(code, err, "big.tif", "its own percentiles", "--out-of-core off")
+
+
+def test_the_bioimageio_package_scales_each_image_by_its_percentiles(percentile_run, tmp_path, capsys):
+    bioimageio_core = pytest.importorskip("bioimageio.core", reason="needs pip install 'unetkit[bioimageio]'")
+    images, _masks, checkpoint = percentile_run
+    package = tmp_path / "model.zip"
+    code, _, err = run_cli(
+        capsys, "export", "--checkpoint", checkpoint, "--bioimageio", package, "--sample", images / "n03.png"
+    )
+    assert code == 0, err
+    summary = bioimageio_core.test_model(str(package))
+    assert summary.status == "passed", [(d.name, [e.msg for e in d.errors]) for d in summary.details if d.errors]
+    rdf = zipfile.ZipFile(package).read("rdf.yaml").decode()
+    assert "scale_range" in rdf and "99.8" in rdf and "scale_linear" not in rdf
