@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from unetkit.data.fingerprint import MaskFacts, looks_like_instances, mask_facts
 from unetkit.data.io import read_image, read_mask
 from unetkit.data.mask_values import (
     MAX_DISCOVERED_VALUES,
@@ -28,7 +29,7 @@ RARE_VALUE_FRACTION = 0.001  # values this rare beside a few dominant ones look 
 
 
 def check_dataset(
-    images_dir: str | Path, masks_dir: str | Path, mask_suffix: str | None = None, instance_masks: bool = False
+    images_dir: str | Path, masks_dir: str | Path, mask_suffix: str | None = None, instance_masks: bool | None = None
 ) -> dict:
     """A report dict: `ok` (training would work), `problems` and `warnings` (file, problem, fix),
     and what was found: pairs, sizes, channels, mask values with pixel counts and fractions."""
@@ -42,7 +43,9 @@ def check_dataset(
         problems.append({"file": str(err).split(": ", 1)[0], "problem": str(err)})
         return {**report, "ok": False, "pairs": 0}
     problems += unpaired(matching, images_dir, masks_dir)
-    scan = scan_pairs(matching.pairs, problems, warnings, instance_masks)
+    scan = scan_pairs(matching.pairs, problems, warnings, bool(instance_masks))
+    if instance_masks is None:
+        instance_masks = recognise_instances(scan, warnings)
     sizes, channels, value_counts, depths = scan.sizes, scan.channels, scan.value_counts, scan.depths
 
     if depths_disagree(set(depths), set(value_counts)):
@@ -97,6 +100,28 @@ class FolderScan:
     value_counts: Counter[int] = field(default_factory=Counter)
     depths: dict[str, Path] = field(default_factory=dict)
     objects: dict[str, int] = field(default_factory=dict)  # instance masks: objects per mask
+    names: list[str] = field(default_factory=list)  # the masks read, in order
+    facts: list[MaskFacts] = field(default_factory=list)  # what tells instance masks from class masks, per mask
+
+
+def recognise_instances(scan: FolderScan, warnings: list[dict]) -> bool:
+    """train's rule (data.fingerprint.looks_like_instances) on the masks as stored: instance masks
+    are then summarised as the background / object they train as, their ids counted as objects."""
+    if looks_like_instances(scan.facts):
+        background = scan.value_counts.get(0, 0)
+        scan.value_counts = Counter({0: background, 1: sum(scan.value_counts.values()) - background})
+        scan.objects = {name: facts.ids for name, facts in zip(scan.names, scan.facts, strict=True)}
+        return True
+    if looks_like_instances(scan.facts, sure=False):
+        warnings.append(
+            {
+                "file": "masks",
+                "problem": "the masks may be instance label images (each object its own id); train takes their "
+                "values as classes",
+                "fix": "train with --instance-masks if each id is one object",
+            }
+        )
+    return False
 
 
 def scan_pairs(
@@ -123,6 +148,8 @@ def scan_pairs(
                 }
             )
         scan.depths.setdefault(bit_depth(mask.dtype), pair.mask)
+        scan.names.append(pair.mask.name)
+        scan.facts.append(mask_facts(mask))
         if instance_masks:
             scan.objects[pair.mask.name] = len(np.unique(mask[mask > 0]))
             mask = instance_classes(mask, "objects")

@@ -96,8 +96,10 @@ def add_check_arguments(p: argparse.ArgumentParser) -> None:
     add_labelled_folder_arguments(p, "also write the report to this file")
     p.add_argument(
         "--instance-masks",
-        action="store_true",
-        help="the masks are instance label images (each object its own id): count the objects per mask",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the masks are instance label images (each object its own id): count the objects per mask "
+        "(default: recognised from the masks, as train does)",
     )
 
 

@@ -56,6 +56,22 @@ class ClassGeometry:
 
 
 @dataclass
+class MaskFacts:
+    """What tells an instance mask from a class mask (looks_like_instances), from the mask as stored."""
+
+    mask_values: np.ndarray  # the distinct values
+    mask_counts: np.ndarray  # their pixel counts
+    ids: int  # distinct values above 0
+    regions: int  # 4-connected regions of one value above 0 (an instance mask: one per id)
+
+
+def mask_facts(mask: np.ndarray, ignore_value: int | None = None) -> MaskFacts:
+    stored = mask if ignore_value is None else np.where(mask == ignore_value, 0, mask)
+    values, counts = np.unique(stored, return_counts=True)
+    return MaskFacts(values, counts, len(values) - bool(values[0] == 0), int(label(stored, connectivity=1).max()))
+
+
+@dataclass
 class PairScan:
     """What one pair contributes to the fingerprint."""
 
@@ -77,8 +93,7 @@ def scan_pair(
     pair: Pair, with_geometry: bool = False, instances: str | None = None, ignore_value: int | None = None
 ) -> PairScan:
     image, mask = read_pair(pair.image, pair.mask)
-    stored = mask if ignore_value is None else np.where(mask == ignore_value, 0, mask)
-    ids, regions = len(np.unique(stored)) - bool((stored == 0).any()), int(label(stored, connectivity=1).max())
+    facts = mask_facts(mask, ignore_value)
     if instances:  # instance label images are measured as the classes they train as
         mask = instance_classes(mask, instances, ignore_value)
     channel_sum, channel_sumsq = channel_moments(image)
@@ -95,8 +110,8 @@ def scan_pair(
         values,
         counts,
         row_sums,
-        ids=ids,
-        regions=regions,
+        ids=facts.ids,
+        regions=facts.regions,
     )
     if with_geometry and len(values) > 1:
         scan.geometry = {int(v): region_geometry(mask == v) for v in values}
@@ -263,7 +278,7 @@ def _class_geometry(per_mask: Iterable[dict[int, tuple[float, float]]]) -> dict[
     return {v: ClassGeometry(float(statistics.median(widths[v])), float(statistics.median(extents[v]))) for v in widths}
 
 
-def looks_like_instances(scans: Sequence[PairScan], sure: bool = True) -> bool:
+def looks_like_instances(scans: Sequence[PairScan | MaskFacts], sure: bool = True) -> bool:
     """Instance label images (each object its own id, 0 background), told from class masks by
     facts over the set: 0 dominates (data.mask_values.zero_dominates), each id is one connected
     region (a class's objects, or a JPEG's stray values, are many regions of one value), and more
