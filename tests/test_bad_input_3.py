@@ -251,18 +251,9 @@ def case_resume_given_the_run_folder(tmp_path, rgb_run, **_):
 
 def case_json_naming_a_folder(tmp_path, rgb_run, **_):
     _root, images, masks, checkpoint = rgb_run
-    (tmp_path / "scores.json").mkdir()
-    args = [
-        "evaluate",
-        "--checkpoint",
-        checkpoint,
-        "--images",
-        images,
-        "--masks",
-        masks,
-        "--json",
-        tmp_path / "scores.json",
-    ]
+    target = tmp_path / "scores.json"
+    target.mkdir()
+    args = ["evaluate", "--checkpoint", checkpoint, "--images", images, "--masks", masks, "--json", target]
     return Case([*args, "--no-progress"], ("scores.json", "is a folder", "file name"))
 
 
