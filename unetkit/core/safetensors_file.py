@@ -23,10 +23,10 @@ from typing import Any
 
 from unetkit.core.atomic import atomic_write
 from unetkit.core.model_spec import ModelSpec
+from unetkit.core.provenance import METADATA_KEY
 from unetkit.errors import UnetkitError
 
 WEIGHTS_FORMAT = "unetkit-weights-v1"
-METADATA_KEY = "unetkit"
 MAX_HEADER_BYTES = 100 * 2**20  # the safetensors library's own limit on the JSON header
 _INSTALL_HINT = "install it with: pip install 'unetkit[export]' (or pip install safetensors)"
 

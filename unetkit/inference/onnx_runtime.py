@@ -8,10 +8,9 @@ from typing import Any
 
 import torch
 
+from unetkit.core.provenance import METADATA_KEY
 from unetkit.errors import UnetkitError
 from unetkit.models.blocks import pad_to_multiple
-
-METADATA_KEY = "unetkit"
 
 
 class OnnxModel:
