@@ -131,13 +131,11 @@ def recorded_outputs(out: Path, outputs: Collection[Path]) -> Iterator[None]:
     manifest.plan(outputs)
     try:
         yield
-    except BaseException:
+    finally:
         if first and not any(path.exists() for path in outputs):
             (out / MANIFEST).unlink(missing_ok=True)
-            raise
-        manifest.confirm(outputs)
-        raise
-    manifest.confirm(outputs)
+        else:
+            manifest.confirm(outputs)
 
 
 def predict_files(

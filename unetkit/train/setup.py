@@ -161,8 +161,8 @@ def plan(
     else:
         started = time.perf_counter()
         data = fingerprint_pairs(train_pairs, cfg.ignore_value, cfg.mask_values, **instance_modes(cfg))
-        cfg, _ = fill_unset(cfg, {"instance_masks": data.mask_values.instances is not None})
-        cfg, _ = fill_unset(cfg, {"boundary_class": data.mask_values.instances == "boundary"})
+        instances = data.mask_values.instances
+        cfg, _ = fill_unset(cfg, {"instance_masks": instances is not None, "boundary_class": instances == "boundary"})
         if data.instances_maybe:
             log(
                 f"note: the masks may be instance label images (each object its own id: values "
