@@ -846,9 +846,11 @@ def test_an_export_predicts_under_any_name_and_suffix_case(rgb_run, tmp_path, ca
     assert_untouched(before)
 
 
-def test_boundary_class_on_objects_no_thicker_than_their_edge(tmp_path, capsys):
-    """Instance masks of 1-2 px wide objects are all edge: --boundary-class still trains classes 0/1/2
-    (the run ended in IndexError), and predict --instances and evaluate run with its best.pt."""
+@pytest.mark.parametrize("target", ["boundary", "centres"])
+def test_edge_targets_on_objects_no_thicker_than_their_edge(tmp_path, capsys, target):
+    """Instance masks of 1-2 px wide objects are all edge: --instance-target boundary still trains
+    classes 0/1/2 (the run ended in IndexError), centres 0/1/2/3, and predict --instances and
+    evaluate run with its best.pt."""
     import numpy as np
     import tifffile
     from PIL import Image
@@ -866,9 +868,9 @@ def test_boundary_class_on_objects_no_thicker_than_their_edge(tmp_path, capsys):
         tifffile.imwrite(masks / f"i{index}.tif", labels)
     before = snapshot(images, masks)
     run = tmp_path / "run"
-    code, out, err = run_cli(capsys, *train_args(images, masks, run, "--instance-masks", "--boundary-class"))
+    code, out, err = run_cli(capsys, *train_args(images, masks, run, "--instance-masks", "--instance-target", target))
     assert code == 0, err
-    assert "classes [0, 1, 2]" in out
+    assert ("classes [0, 1, 2]" if target == "boundary" else "classes [0, 1, 2, 3]") in out
     predicted = tmp_path / "pred"
     code, _out, err = run_cli(capsys, "predict", "--checkpoint", run / "best.pt", images, "--out", predicted,
                               "--instances", "--no-progress", "--backend", "torch")  # fmt: skip

@@ -174,6 +174,25 @@ def test_instance_masks_become_classes_and_keep_their_objects():
     objects = mask_objects(labels, with_boundary, "boundary", [1])
     assert sorted(np.unique(objects)) == [0, 1, 2]  # the instances, relabelled 1..n
     assert label(objects_only == 1, connectivity=1).max() == 1  # as a semantic mask they are one component
+    with_centres = instance_classes(labels, "centres")
+    assert np.array_equal(with_centres == 2, with_boundary == 2)  # the same edge
+    assert np.array_equal(with_centres > 0, labels > 0)
+    # Each object's centre: its deepest pixels, one component an object, apart from the other's:
+    centres = label(with_centres == 3, connectivity=1)
+    assert centres.max() == 2 and set(np.unique(labels[centres > 0])) == {7, 300}
+    assert with_centres[2, 2] == 3 and with_centres[2, 5] == 3 and with_centres[2, 4] == 2
+
+
+def test_centres_are_the_deepest_pixels_of_each_object():
+    """A 9x9 square's centre is its pixels at least half its deepest distance from outside; an
+    object two pixels thick is all edge, so has no centre (its objects are cut without a seed)."""
+    labels = np.zeros((13, 20), np.int64)
+    labels[2:11, 2:11] = 5
+    labels[4:6, 14:19] = 9
+    classes = instance_classes(labels, "centres")
+    depth = ndimage.distance_transform_edt(np.pad(labels == 5, 1))[1:-1, 1:-1]
+    assert np.array_equal(classes == 3, (depth >= 0.5 * depth.max()) & (classes != 2) & (labels == 5))
+    assert not (classes[labels == 9] == 3).any() and (classes[labels == 9] == 2).all()
 
 
 def make_instance_data(root, count: int = 12, size: int = 48) -> tuple:
@@ -200,13 +219,13 @@ def make_instance_data(root, count: int = 12, size: int = 48) -> tuple:
     return root / "images", root / "masks", total
 
 
-def test_training_on_instance_masks_with_boundary_class_and_border_weights(tmp_path, capsys):
+def test_training_on_instance_masks_with_a_boundary_target_and_border_weights(tmp_path, capsys):
     from synthetic import TINY_TRAIN
 
     images, masks, total = make_instance_data(tmp_path / "data")
     out = tmp_path / "run"
     args = ["train", "--images", images, "--masks", masks, "--out", out, *TINY_TRAIN]
-    code, _, err = run_cli(capsys, *args, "--instance-masks", "--boundary-class", "--border-weight", "10")
+    code, _, err = run_cli(capsys, *args, "--instance-masks", "--instance-target", "boundary", "--border-weight", "10")
     assert code == 0, err
     state = load_checkpoint(out / "best.pt")
     assert state["mask_values"]["values"] == [0, 1, 2] and state["mask_values"]["instances"] == "boundary"
@@ -218,9 +237,9 @@ def test_training_on_instance_masks_with_boundary_class_and_border_weights(tmp_p
     report = json.loads(report_path.read_text())
     assert report["objects"]["true_objects"] == total  # touching instances count one by one
     code, _, err = run_cli(
-        capsys, "train", "--images", images, "--masks", masks, "--out", tmp_path / "r2", "--boundary-class"
+        capsys, "train", "--images", images, "--masks", masks, "--out", tmp_path / "r2", "--instance-target", "centres"
     )
-    assert code == 2 and "--boundary-class needs instance masks" in err  # 3 ids a mask: not detected as such
+    assert code == 2 and "--instance-target centres needs instance masks" in err  # 3 ids a mask: not detected
 
 
 def instance_scan(ids: np.ndarray) -> PairScan:
@@ -268,7 +287,7 @@ def test_instance_masks_are_told_from_class_masks():
 
 def test_instance_masks_train_without_being_named(tmp_path, capsys):
     """Detected from the masks (16-bit ids unique over the set): trained as background / object /
-    boundary, and said so."""
+    boundary / centre, and said so."""
     from synthetic import TINY_TRAIN
 
     rng = np.random.default_rng(1)
@@ -286,7 +305,8 @@ def test_instance_masks_train_without_being_named(tmp_path, capsys):
     code, text, err = run_cli(capsys, *args)
     assert code == 0, err
     assert "instance label images" in text and "--no-instance-masks" in text
-    assert load_checkpoint(out / "best.pt")["mask_values"]["instances"] == "boundary"
+    assert "background / object / boundary / centre" in text
+    assert load_checkpoint(out / "best.pt")["mask_values"]["instances"] == "centres"
 
 
 def test_check_spots_instance_masks_and_counts_their_objects(tmp_path, capsys):
@@ -318,3 +338,18 @@ def test_objects_across_tile_borders_stay_whole(rgb_run, tmp_path, capsys):
     for name in ("img00", "img01", "img02"):
         a, b = (tifffile.imread(folder / f"{name}_objects.tif") for folder in (whole, tiled))
         assert a.max() == b.max()  # the same objects, none cut in two at a tile border
+
+
+@pytest.mark.parametrize(("boundary", "instances", "target"), [(True, True, "boundary"), (False, True, "objects"),
+                                                                (None, None, None)])  # fmt: skip
+def test_runs_from_before_instance_target_resume_as_they_trained(boundary, instances, target):
+    """Runs saved the toggle --boundary-class; resumed, it reads as the --instance-target it meant."""
+    from dataclasses import asdict
+
+    from unetkit.train.config import TrainConfig
+    from unetkit.train.options import resolve
+
+    saved = asdict(TrainConfig(images="i", masks="m", instance_masks=instances))
+    del saved["instance_target"]
+    saved["boundary_class"] = boundary
+    assert resolve(TrainConfig(resume="run/last.pt"), set(), saved).instance_target == target

@@ -84,7 +84,7 @@ class ModelSpec:
         self._check_instances(source)
 
     def _check_instances(self, source: str | Path) -> None:
-        """A model of instance masks has the classes background, object (and boundary) as ids 0, 1 (2),
+        """A model of instance masks has the classes of its mode (data/objects.py) as ids 0, 1 (2, 3),
         whatever the masks held: objects are cut from class 1 (inference/instances.py)."""
         instances, values = self.mask_values.instances, self.mask_values.values
         if instances is None:

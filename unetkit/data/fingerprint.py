@@ -190,7 +190,7 @@ def fingerprint_pairs(
 ) -> DataFingerprint:
     """Scan every pair (in parallel) and summarise. `mask_values` given: they are used (and
     checked by encoding later); otherwise they are discovered from all masks. `instances`
-    ("objects" or "boundary"): the masks are instance label images (data/objects.py); `detect`:
+    (a mode of data/objects.INSTANCE_VALUES): the masks are instance label images; `detect`:
     the mode to train them as if the masks look like instance masks (looks_like_instances)."""
     if not pairs:
         raise UnetkitError("no training pairs to fingerprint")

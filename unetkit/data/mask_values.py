@@ -25,7 +25,7 @@ class MaskValues:
 
     def __init__(self, values: Sequence[int], ignore_value: int | None = None, instances: str | None = None) -> None:
         values = [int(v) for v in values]
-        self.instances = instances  # "objects" | "boundary": the masks are instance label images (objects.py)
+        self.instances = instances  # a mode of objects.INSTANCE_VALUES: the masks are instance label images
         if len(values) < 2:
             raise UnetkitError(
                 f"masks hold only the value(s) {values}: segmentation needs at least two classes; "

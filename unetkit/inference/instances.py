@@ -35,27 +35,50 @@ from unetkit.data.objects import relabel
 
 
 def split_objects(
-    probabilities: np.ndarray, rule: ObjectRule, object_classes: Sequence[int] | None = None, boundary: bool = False
+    probabilities: np.ndarray,
+    rule: ObjectRule,
+    object_classes: Sequence[int] | None = None,
+    instances: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(K, H, W) class probabilities -> (H, W) uint32 label image (0: no object) and, for each
-    label id, its class (index 0 unused). `object_classes`: default every class but 0. With
-    `boundary` (a model trained on instance masks with a boundary class 2), cores come from the
-    object class and flood over object + boundary."""
+    label id, its class (index 0 unused). `object_classes`: default every class but 0.
+    `instances`: the mode of a model trained on instance masks (data/objects.py), whose one
+    object class is 1 (instance_landscape)."""
+    if instances:
+        core, extent, region = instance_landscape(probabilities, rule, instances)
+        objects = split_region(core, extent, region, rule)
+        return objects.astype(np.uint32), np.array([0] + [1] * int(objects.max()), dtype=np.int64)
     labels = np.zeros(probabilities.shape[1:], dtype=np.uint32)
     classes = [0]
-    many = len(probabilities) > 2 and not boundary
-    winner = probabilities.argmax(axis=0) if many else None
+    winner = probabilities.argmax(axis=0) if len(probabilities) > 2 else None
     for class_id in object_classes or range(1, len(probabilities)):
-        core = probabilities[class_id]
-        extent = core + probabilities[2] if boundary else core
-        if rule.smooth:
-            core, extent = ndimage.gaussian_filter(core, rule.smooth), ndimage.gaussian_filter(extent, rule.smooth)
-        region = extent > rule.flood if winner is None else winner == class_id
-        objects = split_region(core, extent, region, rule)
+        core = smoothed(probabilities[class_id], rule)
+        region = core > rule.flood if winner is None else winner == class_id
+        objects = split_region(core, core, region, rule)
         count = int(objects.max())
         labels[objects > 0] = objects[objects > 0] + len(classes) - 1
         classes += [class_id] * count
     return labels, np.array(classes, dtype=np.int64)
+
+
+def instance_landscape(probabilities: np.ndarray, rule: ObjectRule, mode: str) -> tuple[np.ndarray, ...]:
+    """(core, extent, region) of an instance model's probabilities: seeds where `core` is above
+    the seed threshold flood down `extent` over `region`, the pixels whose object probability
+    (anything but background) is above the flood threshold. "objects": core and extent are the
+    object class; "boundary": cores are the object class, which touching objects' interiors never
+    share; "centres": cores are the centre class, and flooding goes down the object's depth
+    (centre, then object, then boundary)."""
+    p = [smoothed(plane, rule) for plane in probabilities]
+    foreground = 1 - p[0]
+    if mode == "centres":
+        return p[3], p[3] + 0.5 * p[1], foreground > rule.flood
+    return p[1], foreground, foreground > rule.flood
+
+
+def smoothed(plane: np.ndarray, rule: ObjectRule) -> np.ndarray:
+    """A probability plane smoothed by the rule's Gaussian sigma, so one object's ragged core is
+    one seed."""
+    return ndimage.gaussian_filter(plane, rule.smooth) if rule.smooth else plane
 
 
 def split_region(core: np.ndarray, extent: np.ndarray, region: np.ndarray, rule: ObjectRule) -> np.ndarray:

@@ -162,9 +162,8 @@ class Predictor:
         self, probabilities: np.ndarray, rule: ObjectRule | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """(label image, class of each label id) by `rule` (default: object_rule)."""
-        boundary = self.mask_values.instances == "boundary"
         classes = self.mask_values.object_class_ids
-        return split_objects(probabilities, rule or self.object_rule, classes, boundary)
+        return split_objects(probabilities, rule or self.object_rule, classes, self.mask_values.instances)
 
     @property
     def num_classes(self) -> int:

@@ -1,12 +1,14 @@
 """`unetkit report RUN_DIR`: one self-contained HTML file about a run. What the options were and
 where it ran, how training went, how good best.pt is per class (and per object), where it is
-confused, and its worst and best images side by side with the truth. Images are embedded, so
+confused, and its worst and best images side by side with the truth (their objects, for tasks
+whose objects are counted, with merges, splits, misses and false objects outlined). Images are embedded, so
 the file opens from disk with no network; HTML comes from a Jinja2 template (autoescaped)."""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -14,9 +16,12 @@ import unetkit.report.figures as figures
 from unetkit.core.atomic import atomic_write
 from unetkit.data import Pair, find_pairs
 from unetkit.data.io import read_pair
+from unetkit.data.mask_values import IGNORE_ID, MaskValues
+from unetkit.data.objects import mask_objects
 from unetkit.errors import UnetkitError
 from unetkit.evaluate import evaluate_pairs
 from unetkit.inference import InferenceOptions, Predictor
+from unetkit.object_metrics import object_errors
 from unetkit.train.run_files import COLUMNS
 
 WORST, BEST = 3, 1  # example images shown
@@ -48,21 +53,57 @@ def verdict(dice: float | None) -> str:
     return next(word for floor, word in VERDICTS if dice >= floor)
 
 
-def examples(predictor: Predictor, pairs: Sequence[Pair], per_image: list[dict]) -> list[dict]:
-    """The worst and best images by Dice, with their panels."""
+def shows_objects(mask_values: MaskValues, objects: dict | None) -> bool:
+    """Whether the examples show objects rather than classes: when the report has object scores
+    (`objects`, some true object in the images) of a task whose objects are counted, by the rule
+    the recipe's border weights follow (train/recipes.py): instance masks, or one class on a
+    background. A street scene's classes are regions to outline, not things to count."""
+    return objects is not None and (mask_values.instances is not None or mask_values.num_classes == 2)
+
+
+def examples(predictor: Predictor, pairs: Sequence[Pair], per_image: list[dict], objects: bool = False) -> list[dict]:
+    """The worst and best images by Dice, with their panels: classes, or with `objects` objects."""
     ranked = sorted(range(len(per_image)), key=lambda i: per_image[i]["dice"])
     chosen = ranked[:WORST] + [i for i in ranked[-BEST:] if i not in ranked[:WORST]]
     shown = []
     for rank, index in enumerate(chosen):
-        pair = pairs[index]
-        image, mask = read_pair(pair.image, pair.mask)
-        truth = predictor.mask_values.encode(mask, pair.mask)
-        prediction = predictor.class_ids(image, pair.image)
+        pair, scores = pairs[index], per_image[index]
         kind = "worst" if rank < WORST else "best"
-        title = f"{kind}: {pair.image.name}, Dice {per_image[index]['dice']:.3f}"
-        shown.append({"kind": kind, "name": pair.image.name, "dice": per_image[index]["dice"],
-                      "png": figures.example(image, truth, prediction, title)})  # fmt: skip
+        title = f"{kind}: {pair.image.name}, {image_scores(scores, objects)}"
+        png, counts = (object_panels if objects else class_panels)(predictor, pair, title)
+        shown.append({"kind": kind, "name": pair.image.name, "dice": scores["dice"], "png": png, "errors": counts})
     return shown
+
+
+def image_scores(scores: dict, objects: bool) -> str:
+    """An example's scores for its title: Dice, and for objects AP, adapted Rand error and counts."""
+    text = f"Dice {show(scores['dice'])}"
+    if objects and "ap" in scores:
+        text += f", AP {show(scores['ap'])}, adapted Rand error {show(scores.get('adapted_rand_error'))}"
+        text += f", objects {scores['predicted_objects']} found / {scores['true_objects']} true"
+    return text
+
+
+def show(value: float | None) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.3f}"
+
+
+def class_panels(predictor: Predictor, pair: Pair, title: str) -> tuple[str, None]:
+    image, mask = read_pair(pair.image, pair.mask)
+    truth = predictor.mask_values.encode(mask, pair.mask)
+    return figures.example(image, truth, predictor.class_ids(image, pair.image), title), None
+
+
+def object_panels(predictor: Predictor, pair: Pair, title: str) -> tuple[str, str]:
+    """The true objects (as evaluate takes them from the mask), the predicted ones (as evaluate and
+    predict --instances cut them), and their errors; returns the PNG and the errors' counts."""
+    image, mask = read_pair(pair.image, pair.mask)
+    mask_values = predictor.mask_values
+    target = mask_values.encode(mask, pair.mask)
+    true = mask_objects(mask, target, mask_values.instances, mask_values.object_class_ids, IGNORE_ID)
+    pred = predictor.objects(predictor.logits(image, pair.image))[0]
+    errors = object_errors(true, pred)
+    return figures.object_example(image, true, pred, errors, title), errors.counts()
 
 
 def read_history(run: Path) -> list[dict]:
@@ -143,28 +184,36 @@ def write_report(
     if not pairs:
         raise UnetkitError(f"{source}: no image/mask pairs to report on")
     predictor = Predictor(run / "best.pt", options=InferenceOptions(backend="torch"))
-    report = evaluate_pairs(predictor, pairs, progress=False)
-    values = predictor.mask_values.values
-    classes = [dict(row, verdict=verdict(row["dice"])) for row in report["per_class"]]
-    context = {
-        "run": run.resolve().name,
-        "source": source,
-        "report": report,
-        "classes": classes,
-        "objects": report.get("objects") if report.get("objects", {}).get("adapted_rand_error") is not None else None,
-        "config": {k: v for k, v in config.items() if k != "resolved" and v not in (None, "", False)},
-        "resolved": config.get("resolved", {}),
-        "history": history,
-        "train_seconds": sum(row["seconds"] for row in history),
-        "curves": figures.curves(history),
-        "confusion": figures.confusion(report["confusion_matrix"], values),
-        "examples": examples(predictor, pairs, report["per_image"]),
-    }
+    context = {"run": run.resolve().name, "source": source, **scored(predictor, pairs)}
+    context.update(
+        config={k: v for k, v in config.items() if k != "resolved" and v not in (None, "", False)},
+        resolved=config.get("resolved", {}),
+        history=history,
+        train_seconds=sum(row["seconds"] for row in history),
+        curves=figures.curves(history),
+    )
     html = render(context)
     path = Path(out) if out else run / "report.html"
     atomic_write(path, lambda temporary: temporary.write_text(html, encoding="utf-8"))
     log(f"report: {path}")
     return path
+
+
+def scored(predictor: Predictor, pairs: Sequence[Pair]) -> dict:
+    """The template's parts that come from scoring the model on `pairs`: the evaluation report, the
+    classes with their verdicts, the object scores (when there are true objects), the confusion
+    matrix, and the example images (of objects where `shows_objects`)."""
+    report = evaluate_pairs(predictor, pairs, progress=False)
+    objects = report.get("objects") if report.get("objects", {}).get("adapted_rand_error") is not None else None
+    object_examples = shows_objects(predictor.mask_values, objects)
+    return {
+        "report": report,
+        "classes": [dict(row, verdict=verdict(row["dice"])) for row in report["per_class"]],
+        "objects": objects,
+        "object_examples": object_examples,
+        "confusion": figures.confusion(report["confusion_matrix"], predictor.mask_values.values),
+        "examples": examples(predictor, pairs, report["per_image"], object_examples),
+    }
 
 
 def render(context: dict) -> str:

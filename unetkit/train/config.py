@@ -29,6 +29,7 @@ from unetkit.core.options import (
     show,
     whole,
 )
+from unetkit.data.objects import INSTANCE_MODES
 from unetkit.errors import UnetkitError
 from unetkit.losses import LOSSES
 from unetkit.models import MODELS, model_class
@@ -74,9 +75,11 @@ class TrainConfig:
         "(default: detected from the masks, data/objects.py looks_like_instances)",
         group="data", toggle=True,
     )  # fmt: skip
-    boundary_class: bool | None = option(
-        None, "for instance masks: a third class for each object's edge pixels, so touching objects' "
-        "interiors never touch (default: on for instance masks)", group="data", toggle=True,
+    instance_target: str | None = option(
+        None, "for instance masks, the classes that tell touching objects apart: objects (background / object), "
+        "boundary (+ each object's edge, the U-Net paper's 3 classes), centres (+ edge and each object's centre, "
+        "the seeds of its objects; measured best on fluorescence nuclei) (default: centres)",
+        group="data", choices=INSTANCE_MODES,
     )  # fmt: skip
     recipe: str = option(
         "auto",
@@ -263,11 +266,13 @@ class TrainConfig:
                 f"for a {self.model} of --depth {self.depth}, or 'none'"
             )
         if self.instance_masks and self.mask_values is not None:
-            raise UnetkitError("--mask-values and --instance-masks do not mix: instance masks train as 0 / 1 (/ 2)")
-        if self.boundary_class and self.instance_masks is False:
             raise UnetkitError(
-                "--boundary-class needs instance masks (each object its own id): it marks the edges of their "
-                "objects; pass --instance-masks if the masks are such"
+                "--mask-values and --instance-masks do not mix: instance masks train as --instance-target's classes"
+            )
+        if self.instance_target and self.instance_masks is False:
+            raise UnetkitError(
+                f"--instance-target {self.instance_target} needs instance masks (each object its own id); pass "
+                "--instance-masks if the masks are such"
             )
         if self.min_epochs is not None and not (whole(1, 1_000_000)(self.min_epochs) and self.time is not None):
             raise UnetkitError(

@@ -66,6 +66,9 @@ def resolve(
         saved = dict(checkpoint)
         if saved.get("grad_clip", 0) is None:  # checkpoints before 0 meant off saved None
             saved["grad_clip"] = 0.0
+        if "boundary_class" in saved:  # runs before --instance-target had the toggle --boundary-class
+            boundary = saved.pop("boundary_class")
+            saved["instance_target"] = ("boundary" if boundary else "objects") if saved.get("instance_masks") else None
         resumed = absolute_paths(TrainConfig(**saved), Path.cwd())  # older runs saved them as typed
         refuse_changes(cfg, resumed, given)
         for name in (*RESUMABLE, *DATA_FOLDERS):

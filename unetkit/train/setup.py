@@ -24,6 +24,7 @@ from unetkit.core.model_spec import ModelSpec
 from unetkit.data import AugmentConfig, MaskValues, Pair, Preprocess, SegmentationDataset, find_pairs
 from unetkit.data.dataset import pad_collate
 from unetkit.data.fingerprint import DataFingerprint, fingerprint_pairs
+from unetkit.data.objects import DEFAULT_INSTANCE_TARGET, INSTANCE_CLASS_NAMES
 from unetkit.data.pairing import describe_names
 from unetkit.errors import UnetkitError
 from unetkit.losses import SegmentationLoss
@@ -162,7 +163,7 @@ def plan(
         started = time.perf_counter()
         data = fingerprint_pairs(train_pairs, cfg.ignore_value, cfg.mask_values, **instance_modes(cfg))
         instances = data.mask_values.instances
-        cfg, _ = fill_unset(cfg, {"instance_masks": instances is not None, "boundary_class": instances == "boundary"})
+        cfg, _ = fill_unset(cfg, {"instance_masks": instances is not None, "instance_target": instances})
         if data.instances_maybe:
             log(
                 f"note: the masks may be instance label images (each object its own id: values "
@@ -172,7 +173,7 @@ def plan(
         if data.instances_detected:
             log(
                 f"masks: instance label images (each object its own id), trained as {data.mask_values.values} "
-                f"({'background / object / boundary' if cfg.boundary_class else 'background / object'}); "
+                f"({' / '.join(INSTANCE_CLASS_NAMES[instances])}); "
                 "--no-instance-masks trains their values as classes"
             )
         cfg, summary = apply_recipe(cfg, data, device)
@@ -197,10 +198,10 @@ def preprocess_for(cfg: TrainConfig, data: DataFingerprint) -> Preprocess:
 
 
 def instance_modes(cfg: TrainConfig) -> dict[str, str | None]:
-    """What the fingerprint takes the masks as: instance masks trained with a boundary class
-    unless --no-boundary-class (touching objects separate), given by --instance-masks or, when
-    unset, detected from the masks (none when --mask-values names the classes)."""
-    mode = "objects" if cfg.boundary_class is False else "boundary"
+    """What the fingerprint takes the masks as: instance masks trained as --instance-target's
+    classes (default DEFAULT_INSTANCE_TARGET), given by --instance-masks or, when unset, detected
+    from the masks (none when --mask-values names the classes)."""
+    mode = cfg.instance_target or DEFAULT_INSTANCE_TARGET
     if cfg.instance_masks:
         return {"instances": mode, "detect": None}
     detect = cfg.instance_masks is None and cfg.mask_values is None
