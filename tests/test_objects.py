@@ -353,3 +353,14 @@ def test_runs_from_before_instance_target_resume_as_they_trained(boundary, insta
     del saved["instance_target"]
     saved["boundary_class"] = boundary
     assert resolve(TrainConfig(resume="run/last.pt"), set(), saved).instance_target == target
+
+
+def test_the_rule_choice_breaks_ties_towards_the_default():
+    """A rule better by less than TIE on the validation images is noise: the default wins."""
+    from unetkit.train.object_rule import TIE, safest
+
+    default, near, far = ObjectRule(), ObjectRule(seed=0.9), ObjectRule(seed=0.5, flood=0.5, smooth=1.0)
+    assert safest([(0.100, far), (0.100 + TIE / 2, default)], default) == (0.100 + TIE / 2, default)
+    assert safest([(0.100, far), (0.100 + 2 * TIE, default)], default) == (0.100, far)
+    assert safest([(0.100, far), (0.105, near)], default)[1] == near  # the nearer of the tied
+    assert ObjectRule.default("centres").seed < ObjectRule.default().seed  # instance seeds are their own class

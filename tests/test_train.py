@@ -11,6 +11,7 @@ import unetkit.core.amp as amp_module
 from unetkit.data import find_pairs
 from unetkit.data.fingerprint import ClassGeometry, DataFingerprint
 from unetkit.data.mask_values import MaskValues
+from unetkit.data.objects import INSTANCE_VALUES
 from unetkit.data.transforms import AugmentConfig, random_patch_grid
 from unetkit.train import TrainConfig, Trainer, load_checkpoint, resolve_amp, train
 from unetkit.train.recipes import apply_recipe, class_weights, data_orientation, data_scale
@@ -282,8 +283,9 @@ def test_border_weights_for_countable_objects_only():
     assert apply_recipe(TrainConfig(), ISBI, torch.device("cpu"))[0].border_weight == 10.0  # cells
     street = fingerprint_of((360, 480), {}, {0: 30, 1: 40, 2: 30})
     assert apply_recipe(TrainConfig(), street, torch.device("cpu"))[0].border_weight == 0.0  # scene classes
-    instances = dataclasses.replace(street, mask_values=MaskValues([0, 1, 2], instances="boundary"))
-    assert apply_recipe(TrainConfig(), instances, torch.device("cpu"))[0].border_weight == 10.0
+    for mode, weight in (("objects", 10.0), ("boundary", 0.0), ("centres", 0.0)):  # edge classes separate them
+        instances = dataclasses.replace(street, mask_values=MaskValues(INSTANCE_VALUES[mode], instances=mode))
+        assert apply_recipe(TrainConfig(), instances, torch.device("cpu"))[0].border_weight == weight, mode
     assert apply_recipe(TrainConfig(border_weight=0.0), ISBI, torch.device("cpu"))[0].border_weight == 0.0
 
 

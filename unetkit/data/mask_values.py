@@ -75,9 +75,16 @@ class MaskValues:
         return len(self.values)
 
     @property
+    def countable(self) -> bool:
+        """Whether the task's objects are things a person counts: instance masks, or one class on
+        a background (cells, nuclei, heads). A street scene's classes are regions, not things;
+        the recipe's border weights and the report's object panels follow this."""
+        return self.instances is not None or self.num_classes == 2
+
+    @property
     def object_class_ids(self) -> list[int]:
-        """The classes whose regions are objects: class 1 for instance masks (class 2 is their
-        boundary), else every class but class 0."""
+        """The classes whose regions are objects: class 1 for instance masks (2 and 3 are its
+        edge and centre), else every class but class 0."""
         return [1] if self.instances else list(range(1, max(self.num_classes, 2)))
 
     def encode(self, mask: np.ndarray, path: str | Path = "mask") -> np.ndarray:

@@ -148,7 +148,7 @@ class Predictor:
     def object_rule(self) -> ObjectRule:
         """How objects are cut from the probabilities: the options given, else the rule training
         chose on its validation images (kept in the checkpoint), else the defaults."""
-        rule = self.state_object_rule or ObjectRule()
+        rule = self.state_object_rule or ObjectRule.default(self.mask_values.instances)
         given = {"seed": self.options.seed_threshold, "flood": self.options.flood_threshold}
         given.update(min_size=self.options.min_size, max_hole=self.options.max_hole)
         return dataclasses.replace(rule, **{k: v for k, v in given.items() if v is not None})

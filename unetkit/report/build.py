@@ -55,15 +55,16 @@ def verdict(dice: float | None) -> str:
 
 def shows_objects(mask_values: MaskValues, objects: dict | None) -> bool:
     """Whether the examples show objects rather than classes: when the report has object scores
-    (`objects`, some true object in the images) of a task whose objects are counted, by the rule
-    the recipe's border weights follow (train/recipes.py): instance masks, or one class on a
-    background. A street scene's classes are regions to outline, not things to count."""
-    return objects is not None and (mask_values.instances is not None or mask_values.num_classes == 2)
+    (`objects`, some true object in the images) of a task whose objects are counted
+    (MaskValues.countable)."""
+    return objects is not None and mask_values.countable
 
 
 def examples(predictor: Predictor, pairs: Sequence[Pair], per_image: list[dict], objects: bool = False) -> list[dict]:
-    """The worst and best images by Dice, with their panels: classes, or with `objects` objects."""
-    ranked = sorted(range(len(per_image)), key=lambda i: per_image[i]["dice"])
+    """The worst and best images by Dice, or with `objects` by their objects' AP, with their
+    panels: classes, or objects."""
+    score = "ap" if objects else "dice"
+    ranked = sorted(range(len(per_image)), key=lambda i: per_image[i].get(score, per_image[i]["dice"]))
     chosen = ranked[:WORST] + [i for i in ranked[-BEST:] if i not in ranked[:WORST]]
     shown = []
     for rank, index in enumerate(chosen):
