@@ -464,6 +464,23 @@ def test_predict_overwrite_replaces_an_earlier_prediction(rgb_run, tmp_path, cap
     assert run_cli(capsys, *args, "--overwrite")[0] == 0
 
 
+def test_overwrite_takes_away_earlier_outputs_it_no_longer_writes(rgb_run, tmp_path, capsys):
+    """Objects and overlays of an earlier --instances --overlay run would be left beside the new
+    masks, out of date; predict's own go (and it says so), one corrected by hand stays."""
+    _root, images, _masks, checkpoint = rgb_run
+    out = tmp_path / "pred"
+    args = ["predict", "--checkpoint", checkpoint, images, "--out", out, "--no-progress"]
+    assert run_cli(capsys, *args, "--instances", "--overlay")[0] == 0
+    objects = sorted(out.glob("*_objects.*"))
+    assert objects and sorted(out.glob("*_overlay.png"))
+    objects[0].write_bytes(objects[0].read_bytes() + b"\n")  # corrected by hand: the user's now
+    code, text, err = run_cli(capsys, *args, "--overwrite")
+    assert code == 0, err
+    assert "removed" in text and "earlier output(s)" in text
+    assert sorted(out.glob("*_objects.*")) == [objects[0]] and not list(out.glob("*_overlay.png"))
+    assert sorted(out.glob("*.png")) and run_cli(capsys, *args, "--overwrite")[0] == 0  # and again
+
+
 def test_a_stale_lock_of_a_killed_run_is_taken_over(tmp_path, capsys):
     images, masks = data(tmp_path)
     out = tmp_path / "run"

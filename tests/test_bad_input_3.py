@@ -550,6 +550,25 @@ def case_export_onnx_onto_a_users_file(tmp_path, rgb_run, **_):
     return Case(["export", "--checkpoint", rgb_run[3], "--onnx", target], ("model.onnx", "did not write"))
 
 
+@pytest.mark.parametrize("damage", ["{not json", '{"pad_multiple": "16"}'])
+def test_onnx_with_damaged_metadata_is_one_line(tmp_path, capsys, rgb_run, damage):
+    """An .onnx whose unetkit metadata was edited or cut ended in KeyError/ValueError; now one line."""
+    import onnx
+
+    from unetkit.inference.onnx_export import export_onnx
+
+    path = tmp_path / "model.onnx"
+    export_onnx(rgb_run[3], path)
+    model = onnx.load(path)
+    next(p for p in model.metadata_props if p.key == "unetkit").value = damage
+    onnx.save(model, path)
+    before = snapshot(tmp_path)
+    code, _, err = run_cli(capsys, "predict", "--checkpoint", path, rgb_run[1], "--out", tmp_path / "pred")
+    assert_one_line_error(code, err, "model.onnx", "metadata is damaged", "re-export")
+    assert_untouched(before)
+    assert not (tmp_path / "pred").exists()
+
+
 def case_export_safetensors_onto_a_users_file(tmp_path, rgb_run, **_):
     target = users_file(tmp_path, "weights.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{}              ")
     return Case(

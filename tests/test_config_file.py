@@ -22,7 +22,7 @@ def test_precedence_defaults_then_file_then_command_line(tmp_path):
     cfg = parse_train("--config", path, "--lr", "0.5")
     assert cfg.epochs == 7 and cfg.batch_size == 2 and cfg.mask_values == [0, 255]  # from the file
     assert cfg.lr == 0.5  # the command line wins
-    assert cfg.patch_size is None  # "none" in the file is None
+    assert cfg.patch_size == 0  # "none" in the file reads as on the command line: whole images
     assert cfg.depth == TrainConfig().depth  # neither: the default
 
 
@@ -33,6 +33,8 @@ def test_precedence_defaults_then_file_then_command_line(tmp_path):
         ('epochs = "ten"\n', ["run.toml", "epochs"]),
         ("augment = 1\n", ["run.toml", "augment"]),
         ("epochs = \n", ["run.toml", "not valid TOML"]),
+        ("lr = -1\n", ["run.toml: lr = -1 is invalid", "must be"]),  # the file's line, not --lr
+        ('recipe = "quick"\n', ['run.toml: recipe = "quick" is invalid', "one of auto, fast, paper"]),
     ],
 )
 def test_bad_config_files_give_one_line_errors(tmp_path, capsys, text, needles):
@@ -52,7 +54,7 @@ def test_missing_config_file(tmp_path, capsys):
         TrainConfig,
         images=st.text(),
         epochs=st.integers(1, 10**6),
-        lr=st.floats(allow_nan=False, allow_infinity=False),
+        lr=st.floats(1e-6, 10),  # in range: a file's values are checked as it is read
         patch_size=st.none() | st.integers(1, 4096),
         grad_clip=st.just(0.0) | st.floats(0.1, 10),  # 0: off
         class_weights=st.none() | st.lists(st.floats(0, 10), max_size=4),

@@ -21,6 +21,9 @@ from unetkit.inference.large_tiff import out_of_core, predict_large_tiff
 from unetkit.inference.manifest import MANIFEST, Manifest
 from unetkit.inference.outputs import save_probabilities
 
+# Every name predict may write for an image <stem> (planned_outputs says which a run writes).
+OUTPUT_SUFFIXES = (".png", ".tif", "_overlay.png", "_probs.tif", "_objects.tif", "_objects.csv")
+
 
 def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     """Image files named directly, plus the images inside named folders; names must be unique
@@ -121,6 +124,28 @@ def check_outputs(files: Sequence[Path], outputs: dict[Path, Path], out: Path, o
             )
 
 
+def remove_earlier_outputs(files: Sequence[Path], planned: Collection[Path], out: Path) -> None:
+    """With --overwrite, the outputs an earlier run wrote for these images that this run does not
+    write (objects without --instances now, an overlay without --overlay) would be left beside
+    the new mask, out of date: predict's own, unedited ones go, and it says which."""
+    manifest = Manifest.read(out)
+    names = {f"{path.stem}{suffix}" for path in files for suffix in OUTPUT_SUFFIXES}
+    earlier = sorted(
+        out / name
+        for name in names
+        if out / name not in planned
+        and manifest.lists(name)
+        and (out / name).is_file()
+        and not manifest.edited(out / name)
+    )
+    for path in earlier:
+        path.unlink()
+    if earlier:
+        manifest.forget(earlier)
+        shown = ", ".join(path.name for path in earlier[:3]) + (", ..." if len(earlier) > 3 else "")
+        print(f"removed {len(earlier)} earlier output(s) of these images that this run does not write: {shown}")
+
+
 @contextmanager
 def recorded_outputs(out: Path, outputs: Collection[Path]) -> Iterator[None]:
     """List `outputs` in the manifest before they are written and keep their content after (also
@@ -160,6 +185,8 @@ def predict_files(
     large = {path for path in files if out_of_core(path, predictor.options.out_of_core)}
     planned = planned_outputs(files, out, write_overlay, write_probabilities, instances, large)
     check_outputs(files, planned, out, overwrite)
+    if overwrite:
+        remove_earlier_outputs(files, planned, out)
     write = partial(write_prediction, predictor, out, threshold, write_overlay, write_probabilities, instances)
     in_memory = [path for path in files if path not in large]
     written: dict[Path, Path] = {}

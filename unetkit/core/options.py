@@ -43,9 +43,11 @@ def option(
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def check_fields(instance: Any) -> None:
+def check_fields(instance: Any, spelled: Callable[[str, Any], str] | None = None) -> None:
     """The first field whose value fails its `choices` or `valid` check, as a one-line
-    UnetkitError naming the command-line option. None passes where the default is None (unset)."""
+    UnetkitError naming the command-line option, or as `spelled(name, value)` says it (a config
+    file's line). None passes where the default is None (unset)."""
+    spelled = spelled or (lambda name, value: f"{command_line_name(name)} {show(value)}")
     for field in dataclasses.fields(instance):
         value = getattr(instance, field.name)
         if value is None and field.default is None:
@@ -57,7 +59,7 @@ def check_fields(instance: Any) -> None:
             need = field.metadata["need"]
         else:
             continue
-        raise UnetkitError(f"{command_line_name(field.name)} {show(value)} is invalid: it must be {need}")
+        raise UnetkitError(f"{spelled(field.name, value)} is invalid: it must be {need}")
 
 
 def command_line_name(name: str) -> str:

@@ -58,6 +58,12 @@ class Manifest:
         self.files.update(dict.fromkeys(path.name for path in outputs))
         self._write()
 
+    def forget(self, removed: Iterable[Path]) -> None:
+        """Drop files predict removed (earlier outputs it no longer writes)."""
+        for path in removed:
+            self.files.pop(path.name, None)
+        self._write()
+
     def confirm(self, outputs: Iterable[Path]) -> None:
         """Keep the content of the outputs now in the folder."""
         self.files.update({path.name: digest(path) for path in outputs if path.is_file()})

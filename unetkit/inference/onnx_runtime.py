@@ -36,11 +36,27 @@ class OnnxModel:
         metadata = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in metadata:
             raise UnetkitError(f"{path}: not exported by unetkit (no '{METADATA_KEY}' metadata); use 'unetkit export'")
-        self.metadata: dict[str, Any] = json.loads(metadata[METADATA_KEY])
-        self.multiple = int(self.metadata["pad_multiple"])
+        self.metadata: dict[str, Any] = read_metadata(path, metadata[METADATA_KEY])
+        self.multiple = self.metadata["pad_multiple"]
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x, (height, width) = pad_to_multiple(x, self.multiple)
         (logits,) = self.session.run(None, {self.input_name: x.float().contiguous().numpy()})
         return torch.from_numpy(logits)[..., :height, :width]
+
+
+def read_metadata(path: Path, text: str) -> dict[str, Any]:
+    """The export's unetkit metadata, a JSON object with a whole `pad_multiple` (the rest is checked
+    by the model spec, as a checkpoint's keys are); anything else is one line naming the file."""
+    try:
+        metadata = json.loads(text)
+    except ValueError:
+        metadata = None
+    multiple = metadata.get("pad_multiple") if isinstance(metadata, dict) else None
+    if not (isinstance(multiple, int) and not isinstance(multiple, bool) and 1 <= multiple <= 2**16):
+        raise UnetkitError(
+            f"{path}: its '{METADATA_KEY}' metadata is damaged (not JSON with a whole pad_multiple); re-export it "
+            "with 'unetkit export --onnx'"
+        )
+    return metadata

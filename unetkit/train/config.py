@@ -284,17 +284,20 @@ def option_value(name: str, value: Any, text: bool = False) -> Any:
     """`value` as TrainConfig option `name`'s type, or ValueError saying what the option takes.
     An int is a float too, a bool never a number. `text`: the value comes from a config file, so a
     string is read as the command line reads it (its parser: `time = "10m"`, `mask_values =
-    "0,255"`, and YAML's `lr: 1e-3`, which PyYAML reads as a string; "none" is unset): one
-    spelling for the command line and the files."""
+    "0,255"`, and YAML's `lr: 1e-3`, which PyYAML reads as a string; "none", where the option's
+    parser does not take it, is unset): one spelling for the command line and the files."""
     hint = _hints()[name]
     kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     kind = next(k for k in kinds if k is not type(None))
     if value is None and type(None) in kinds:
         return None
     if text and isinstance(value, str) and kind is not str:
-        if type(None) in kinds and value.strip().lower() == "none":
-            return None
-        return _parse(name, kind, value)
+        try:
+            return _parse(name, kind, value)  # first as the command line reads it: patch_size = "none" is 0
+        except ValueError:
+            if type(None) in kinds and value.strip().lower() == "none":
+                return None
+            raise
     if typing.get_origin(kind) is list:
         item = typing.get_args(kind)[0]
         if isinstance(value, list) and all(_is_a(v, item) for v in value):

@@ -23,6 +23,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from unetkit.core.options import check_fields
 from unetkit.errors import UnetkitError
 from unetkit.train.config import PATH_OPTIONS, TrainConfig, absolute_paths, option_value
 
@@ -110,7 +111,7 @@ def read_config_file(path: str | Path) -> tuple[TrainConfig, dict[str, str]]:
 
 def _load(path: Path) -> tuple[TrainConfig, dict[str, str]]:
     names = [field.name for field in fields(TrainConfig)]
-    cfg, keys = TrainConfig(), {}
+    cfg, keys, raw = TrainConfig(), {}, {}
     for key, value in _read_mapping(path).items():
         if not isinstance(key, str):
             raise UnetkitError(f"{path}: key {key!r} is not an option name; keys are names like lr or batch-size")
@@ -127,7 +128,9 @@ def _load(path: Path) -> tuple[TrainConfig, dict[str, str]]:
             setattr(cfg, name, option_value(name, value, text=True))
         except ValueError as err:
             raise UnetkitError(f"{path}: {key} = {_shown(value)} is not {err}") from None
-        keys[name] = key
+        keys[name], raw[name] = key, value
+    # Ranges and choices here, so the error names the file's line, not a flag nobody typed.
+    check_fields(cfg, lambda name, value: f"{path}: {keys.get(name, name)} = {_shown(raw.get(name, value))}")
     return cfg, keys
 
 
