@@ -193,7 +193,7 @@ def case_four_channel_tiff_without_alpha(tmp_path, **_):
         four = np.zeros((48, 48, 4), dtype=np.uint8)
         tifffile.imwrite(stem.with_suffix(".tif"), four, photometric="rgb", extrasamples=["unspecified"])
 
-    return image_case(tmp_path, write, ("img01.tif", "4 channels", "not marked as alpha"))
+    return image_case(tmp_path, write, ("img01.tif has 4 channels", "marks it as alpha", "same channels"))
 
 
 def case_planar_four_channel_tiff_without_alpha(tmp_path, **_):
@@ -203,7 +203,7 @@ def case_planar_four_channel_tiff_without_alpha(tmp_path, **_):
             stem.with_suffix(".tif"), four, photometric="rgb", planarconfig="separate", extrasamples=["unspecified"]
         )
 
-    return image_case(tmp_path, write, ("img01.tif", "4 channels", "not marked as alpha"))
+    return image_case(tmp_path, write, ("img01.tif has 4 channels", "marks it as alpha", "same channels"))
 
 
 def case_negative_mask_value(tmp_path, **_):

@@ -147,7 +147,8 @@ def replace_image(tmp_path, write, *extra):
     images, masks = data(tmp_path)
     (images / "img01.png").unlink()
     write(images / "img01.tif")
-    return Case(train_args(images, masks, tmp_path / "run", *extra), ("img01.tif", "2 channels", "not marked as alpha"))
+    needles = ("img01.tif has 2 channels", "marks it as alpha", "same channels")  # a set of RGB images and one of 2
+    return Case(train_args(images, masks, tmp_path / "run", *extra), needles)
 
 
 def case_two_sample_tiff_not_marked_alpha(tmp_path, **_):
@@ -166,7 +167,8 @@ def case_two_channel_tiff_at_predict(tmp_path, rgb_run, **_):
     _root, _images, _masks, checkpoint = rgb_run
     two_sample_tiff(tmp_path / "two.tif")
     out = tmp_path / "pred"
-    return Case(predict_args(checkpoint, tmp_path / "two.tif", out), ("two.tif", "2 channels"), nothing_in(out))
+    needles = ("two.tif", "2 channel(s)", "trained on 3-channel images")
+    return Case(predict_args(checkpoint, tmp_path / "two.tif", out), needles, nothing_in(out))
 
 
 def rgb_nir(path):
@@ -176,11 +178,12 @@ def rgb_nir(path):
 
 @pytest.mark.parametrize("mode", ["off", "on"])
 def test_rgb_nir_is_refused_alike_in_memory_and_out_of_core(rgb_run, tmp_path, capsys, mode):
-    """The two paths share one pixel rule (data.io.PixelRule): out of core NIR was dropped."""
+    """The two paths share one pixel rule (data.io.PixelRule): out of core NIR was dropped. Four
+    channels are data now, and an RGB model refuses them in both paths before writing anything."""
     rgb_nir(tmp_path / "nir.tif")
     out = tmp_path / "pred"
     code, _, err = run_cli(capsys, *predict_args(rgb_run[3], tmp_path / "nir.tif", out, "--out-of-core", mode))
-    assert_one_line_error(code, err, "nir.tif", "4 channels", "not marked as alpha")
+    assert_one_line_error(code, err, "nir.tif", "4 channel(s)", "trained on 3-channel images")
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -188,7 +191,7 @@ def case_rgb_nir_tiff_out_of_core(tmp_path, rgb_run, **_):
     rgb_nir(tmp_path / "nir.tif")
     out = tmp_path / "pred"
     args = predict_args(rgb_run[3], tmp_path / "nir.tif", out, "--out-of-core", "on")
-    return Case(args, ("nir.tif", "4 channels", "not marked as alpha"), nothing_in(out))
+    return Case(args, ("nir.tif", "4 channel(s)", "trained on 3-channel images"), nothing_in(out))
 
 
 def test_a_second_sample_marked_alpha_is_dropped_in_both_paths(tmp_path):

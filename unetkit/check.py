@@ -192,7 +192,8 @@ def _summarise_shapes(report: dict, sizes: dict, channels: dict, warnings: list[
                     {
                         "file": name,
                         "problem": f"{count} channel(s) where most images have {common}",
-                        "fix": "it will be converted; convert it yourself if that is not what you want",
+                        "fix": "gray and RGB are converted (convert it yourself if that is not what you want); "
+                        "other channel counts cannot be mixed in one set",
                     }
                 )
 

@@ -33,7 +33,8 @@ def match_channels(image: np.ndarray, channels: int, path: Path) -> np.ndarray:
     if have == 3 and channels == 1:
         return (image @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[:, :, None]
     raise UnetkitError(
-        f"{path}: image has {have} channels but the model takes {channels}; convert the images to gray or RGB"
+        f"{path}: the image has {have} channel(s) but the model was trained on {channels}-channel images; give it "
+        f"images with the channels it was trained on"
     )
 
 

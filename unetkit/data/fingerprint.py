@@ -150,7 +150,7 @@ class DataFingerprint:
     median_width: int
     smallest_side: int  # the shortest side of any image
     largest_pixels: int  # the pixel count of the largest image
-    channels: int  # 1 when every image is gray, else 3
+    channels: int  # set_channels: the images' channel count (gray and RGB mixed: 3)
     mean: list[float]
     std: list[float]
     value_pixels: dict[int, int]  # mask value -> pixels over the set
@@ -174,10 +174,8 @@ class DataFingerprint:
         return [class_id for class_id in range(len(fractions)) if class_id != most]
 
     def describe(self) -> str:
-        return (
-            f"{self.num_images} images of median size {self.median_width}x{self.median_height}, "
-            f"{'gray' if self.channels == 1 else 'RGB'}"
-        )
+        kind = {1: "gray", 3: "RGB"}.get(self.channels, f"{self.channels} channels")
+        return f"{self.num_images} images of median size {self.median_width}x{self.median_height}, {kind}"
 
 
 def fingerprint_pairs(
@@ -197,7 +195,7 @@ def fingerprint_pairs(
     detecting = bool(detect and not instances and not mask_values)
     scans, detected, maybe = _scan_pairs(pairs, ignore_value, workers, instances, detect if detecting else None)
     instances = detect if detected else instances
-    channels = 1 if all(s.channels == 1 for s in scans) else 3
+    channels = set_channels(scans)
     mean, std = _channel_moments(scans, channels)
     value_pixels: Counter[int] = Counter()
     row_sums: Counter[int] = Counter()
@@ -251,6 +249,22 @@ def _scan_pairs(
     for index, again in zip(sorted(sampled), scan(sorted(sampled), None, geometry=True), strict=True):
         scans[index] = again  # the sampled masks again, for their geometry
     return scans, False, looks_like_instances(scans, sure=False)
+
+
+def set_channels(scans: Sequence[PairScan]) -> int:
+    """The channel count of a set's model: every image's own count; gray and RGB mixed train as RGB
+    (gray repeated, as photos are); other mixes are refused, naming an image of each count, since
+    no channel of a fluorescence image can be made up or dropped."""
+    counts = {scan.channels: scan.pair.image for scan in scans}
+    if set(counts) <= {1, 3}:
+        return max(counts)
+    if len(counts) > 1:
+        shown = ", ".join(f"{path.name} has {count}" for count, path in sorted(counts.items())[:3])
+        raise UnetkitError(
+            f"{shown} channels (a channel is dropped only where the file marks it as alpha); a model takes one "
+            "channel count: give every image the same channels"
+        )
+    return next(iter(counts))
 
 
 def _channel_moments(scans: Sequence[PairScan], channels: int) -> tuple[list[float], list[float]]:

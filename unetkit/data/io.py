@@ -18,6 +18,8 @@ from unetkit.errors import UnetkitError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
 
 
+# Channels an image may have: gray, RGB, and the 2-6 (up to 16) channels of fluorescence images.
+MAX_CHANNELS = 16
 # Pillow modes whose last band is alpha: the file says so, and only then is a channel dropped.
 ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
 
@@ -68,8 +70,8 @@ def _read_raw(path: Path) -> tuple[np.ndarray, str | None, bool]:
 
 
 def _read_tiff(path: Path) -> tuple[np.ndarray, bool]:
-    """One 2-D image from a TIFF, as (H, W) or (H, W, C): colour samples (S) or up to 4 channels
-    (C, as ImageJ and OME store them) become the last axis; and whether the last is marked alpha.
+    """One 2-D image from a TIFF, as (H, W) or (H, W, C): colour samples (S) or up to MAX_CHANNELS
+    channels (C, as ImageJ and OME store them) become the last axis; and whether the last is marked alpha.
     A stack of pages, slices or frames is refused rather than guessed (a 3-page z-stack is not RGB)."""
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
@@ -83,7 +85,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, bool]:
     axes = "".join(axes[i] for i in keep)
     colour = [axis for axis in axes if axis in "SC"]
     stacked = [axis for axis in axes if axis not in "YXSC"]
-    if stacked or len(colour) > 1 or (colour and array.shape[axes.index(colour[0])] > 4) or other_pages > 0:
+    if stacked or len(colour) > 1 or other_pages > 0:  # a channel axis of any length: data_channels counts it
         count = array.shape[axes.index(stacked[0])] if stacked else max(len(full_size_pages), 2)
         raise UnetkitError(
             f"{path}: the TIFF holds {count} pages or slices (axes {series.axes}); unetkit reads one 2-D image "
@@ -103,16 +105,14 @@ def tiff_marks_alpha(tif: tifffile.TiffFile) -> bool:
 
 def data_channels(array: np.ndarray, alpha: bool, path: Path) -> np.ndarray:
     """The channels of an (H, W, C) image that are data: alpha is dropped only where the file marks
-    it (PNG LA/RGBA, TIFF extra sample), every other channel is kept, and a count the model cannot
-    take (gray or RGB) is refused by name rather than cut to fit."""
+    it (PNG LA/RGBA, TIFF extra sample), every other channel is kept (a fluorescence image's second
+    channel is data, not alpha), up to MAX_CHANNELS."""
     if alpha:
         array = array[:, :, :-1]
-    channels = array.shape[2]
-    if channels not in (1, 3):
-        unmarked = " and the last is not marked as alpha" if not alpha and channels in (2, 4) else ""
+    if array.shape[2] > MAX_CHANNELS:
         raise UnetkitError(
-            f"{path}: the image has {channels} channels{unmarked}, and unetkit takes gray or RGB images: "
-            "save the channels to use as a gray or RGB image, or mark an alpha channel as alpha"
+            f"{path}: the image has {array.shape[2]} channels, more than the {MAX_CHANNELS} unetkit takes; save the "
+            "channels to segment on as their own image"
         )
     return array
 
@@ -156,9 +156,7 @@ class PixelRule:
 def _channels_last(array: np.ndarray, path: Path) -> np.ndarray:
     if array.ndim == 2:
         return array[:, :, None]
-    if array.ndim == 3:
-        if array.shape[2] > 4 and array.shape[0] <= 4:  # TIFF stored channels-first
-            array = np.moveaxis(array, 0, -1)
+    if array.ndim == 3:  # channels last already: Pillow's bands, or _read_tiff's S or C axis moved there
         return array
     raise UnetkitError(
         f"{path}: expected a 2-D image (height x width [x channels]), got shape {array.shape}; "
@@ -167,9 +165,10 @@ def _channels_last(array: np.ndarray, path: Path) -> np.ndarray:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image as float32 (H, W, C) in [0, 1], gray or RGB; integer types are scaled by
-    their range. Alpha is dropped where the file marks it (data_channels), palette images become RGB.
-    The out-of-core reader (inference/large_tiff.py) uses the same three steps a band at a time.
+    """Read an image as float32 (H, W, C) in [0, 1], C its data channels (1 to MAX_CHANNELS);
+    integer types are scaled by their range. Alpha is dropped where the file marks it
+    (data_channels), palette images become RGB. The out-of-core reader (inference/large_tiff.py)
+    uses the same three steps a band at a time.
     """
     path = Path(path)
     array, mode, alpha = _read_raw(path)

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from unetkit.data.io import PixelRule, pixel_maximum, tiff_marks_alpha
+from unetkit.data.dataset import match_channels
+from unetkit.data.io import MAX_CHANNELS, PixelRule, pixel_maximum, tiff_marks_alpha
 from unetkit.errors import UnetkitError
 from unetkit.inference.band_objects import MAX_OBJECT_CONTEXT, BandObjects
 from unetkit.inference.band_outputs import RowStore, output_tiles, write_tiled_tiff
@@ -92,7 +93,7 @@ def opened_pixels(path: Path, level: int = 0) -> Iterator[tuple[Any, PixelRule]]
     store = tifffile.imread(path, aszarr=True, level=level)
     try:
         pixels = zarr.open(store, mode="r")
-        if pixels.ndim == 3 and pixels.shape[2] not in (1, 2, 3, 4) or pixels.ndim not in (2, 3):
+        if pixels.ndim == 3 and pixels.shape[2] > MAX_CHANNELS + 1 or pixels.ndim not in (2, 3):
             raise UnetkitError(
                 f"{path}: out-of-core prediction reads (height, width[, channels]) TIFFs; this one is "
                 f"{tuple(pixels.shape)}; save it as one 2-D image (channels last)"
@@ -202,6 +203,7 @@ def predict_large_tiff(
         opened_pixels(path, level) as (pixels, rule),
         tempfile.TemporaryDirectory(dir=out.parent, prefix=".unetkit-") as folder,
     ):
+        match_channels(band_image(pixels, 0, 1, rule, path), predictor.preprocess.in_channels, path)  # before writing
         bands = logit_bands(predictor, pixels, rule, path, progress)
         if pixels.shape[:2] != (height, width):
             bands = resized_bands(bands, pixels.shape[0], (height, width))
