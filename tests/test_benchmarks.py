@@ -101,3 +101,27 @@ def test_accuracy_benchmark_splits_by_links_and_formats_its_table(tmp_path):
     with pytest.raises(SystemExit) as stop:
         accuracy.main(["--data", str(tmp_path / "nowhere"), "--only", "hc18-dev"])
     assert stop.value.code == 2
+
+
+def test_channels_benchmark_builds_two_channel_files_from_both_sets(tmp_path, monkeypatch):
+    """benchmarks/channels.py: EM slice in channel 0, nuclei in channel 1 (or zeros), 16-bit."""
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    from benchmarks import channels
+    from unetkit.data import read_image
+
+    for folder in ("isbi2012/images", "dsb2018-dev/images", "dsb2018-dev/masks"):
+        (tmp_path / folder).mkdir(parents=True)
+    Image.fromarray(np.full((16, 16), 200, np.uint8)).save(tmp_path / "isbi2012/images/00.png")
+    Image.fromarray(np.full((20, 24), 100, np.uint8)).save(tmp_path / "dsb2018-dev/images/n1.png")
+    tifffile.imwrite(tmp_path / "dsb2018-dev/masks/n1.tif", np.ones((20, 24), np.uint16))
+    monkeypatch.setattr(channels, "DATA", tmp_path)
+    images, masks = channels.two_channel_set(tmp_path / "out", ["n1"])
+    image = read_image(images / "n1.tif")
+    assert image.shape == (20, 24, 2)
+    assert np.allclose(image[..., 0], 200 / 255) and np.allclose(image[..., 1], 100 / 255)
+    assert (masks / "n1.tif").resolve() == (tmp_path / "dsb2018-dev/masks/n1.tif").resolve()
+    zeroed, _ = channels.two_channel_set(tmp_path / "zeroed", ["n1"], zero_nuclei=True)
+    assert not read_image(zeroed / "n1.tif")[..., 1].any()
