@@ -49,3 +49,23 @@ def test_a_non_zip_output_is_refused(rgb_run, tmp_path, capsys):
     _, _, _, checkpoint = rgb_run
     code, _, err = run_cli(capsys, "export", "--checkpoint", checkpoint, "--bioimageio", tmp_path / "model.yaml")
     assert code == 2 and "ending in .zip" in err
+
+
+def test_a_five_channel_16_bit_model_passes_the_bioimageio_model_test(tmp_path, capsys):
+    """Issue 22: the package declares C channels and its raw 16-bit test input passes the test."""
+    from synthetic import TINY_TRAIN
+    from test_channels import channel_set
+
+    images, masks = channel_set(tmp_path / "data", 5, 3, count=6)
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--images", images, "--masks", masks, "--out", out, *TINY_TRAIN)
+    assert code == 0, err
+    package = tmp_path / "model.zip"
+    args = ("export", "--checkpoint", out / "best.pt", "--bioimageio", package, "--sample", images / "i00.tif")
+    code, _, err = run_cli(capsys, *args)
+    assert code == 0, err
+    summary = bioimageio_core.test_model(str(package))
+    assert summary.status == "passed", [(d.name, [e.msg for e in d.errors]) for d in summary.details if d.errors]
+    with zipfile.ZipFile(package) as archive:
+        assert np.load(archive.open("test_input.npy")).shape[1] == 5  # (batch, channel, y, x)
+        assert np.load(archive.open("test_input.npy")).max() > 255  # raw 16-bit values

@@ -170,6 +170,12 @@ def read_image(path: str | Path) -> np.ndarray:
     (data_channels), palette images become RGB. The out-of-core reader (inference/large_tiff.py)
     uses the same three steps a band at a time.
     """
+    return read_image_scaled(path)[0]
+
+
+def read_image_scaled(path: str | Path) -> tuple[np.ndarray, float]:
+    """read_image's image and the raw value it maps to 1.0 (255 for 8-bit, 65535 for 16-bit), for
+    what has to say the file's own units (the bioimage.io package's raw test input)."""
     path = Path(path)
     array, mode, alpha = _read_raw(path)
     if mode == "P":
@@ -177,7 +183,7 @@ def read_image(path: str | Path) -> np.ndarray:
             array, alpha = np.asarray(ImageOps.exif_transpose(img).convert("RGB")), False
     array = _channels_last(array, path)
     maximum = pixel_maximum(array.dtype, lambda: int(array.max()) if array.size else None)
-    return PixelRule(maximum, alpha).apply(array, path)
+    return PixelRule(maximum, alpha).apply(array, path), maximum
 
 
 def integer_range(dtype: np.dtype, largest: Callable[[], int | None]) -> float:

@@ -31,8 +31,8 @@ from torch import nn
 
 from unetkit.core.checkpoint import load_checkpoint, model_from_checkpoint
 from unetkit.core.model_spec import ModelSpec
-from unetkit.data import read_image
 from unetkit.data.dataset import percentile_scaled
+from unetkit.data.io import read_image_scaled
 from unetkit.errors import UnetkitError
 from unetkit.inference.outputs import overlay, save_png
 
@@ -79,11 +79,7 @@ def sample_image(path: str | Path | None, channels: int, step: int) -> tuple[np.
         yy, xx = np.mgrid[:side, :side] / side
         raw = (127 + 100 * np.sin(6 * yy) * np.cos(5 * xx))[None].repeat(channels, 0)
         return raw.astype(np.float32), 255.0
-    from PIL import Image
-
-    with Image.open(path) as img:
-        maximum = 65535.0 if img.mode.startswith("I;16") or img.mode == "I" else 255.0
-    image = read_image(path)  # (H, W, C) in [0, 1]
+    image, maximum = read_image_scaled(path)  # (H, W, C) in [0, 1], and the raw value of 1.0
     if image.shape[2] != channels:
         raise UnetkitError(f"{path}: the sample has {image.shape[2]} channel(s), the model takes {channels}")
     height, width = (image.shape[0] // step) * step, (image.shape[1] // step) * step
