@@ -364,3 +364,5 @@ def test_the_rule_choice_breaks_ties_towards_the_default():
     assert safest([(0.100, far), (0.100 + 2 * TIE, default)], default) == (0.100, far)
     assert safest([(0.100, far), (0.105, near)], default)[1] == near  # the nearer of the tied
     assert ObjectRule.default("centres").seed < ObjectRule.default().seed  # instance seeds are their own class
+    sizes = [(0.100, ObjectRule(min_size=6)), (0.105, default), (0.107, ObjectRule(min_size=32))]
+    assert safest(sizes, default)[1] == default  # a tie on the smallest object kept keeps the default's 16 px

@@ -104,8 +104,10 @@ def safest(scored: list[tuple[float, ObjectRule]], default: ObjectRule) -> tuple
 
 
 def distance(rule: ObjectRule, other: ObjectRule) -> float:
-    """How far apart two rules are: seed and flood in probability, smoothing in units of 4 px."""
-    return abs(rule.seed - other.seed) + abs(rule.flood - other.flood) + abs(rule.smooth - other.smooth) / 4
+    """How far apart two rules are: seed and flood in probability, smoothing in units of 4 px, the
+    smallest object kept relative to the other's (so a tie on sizes keeps `other`'s, as for the rest)."""
+    sizes = abs(rule.min_size - other.min_size) / max(other.min_size, 1)
+    return abs(rule.seed - other.seed) + abs(rule.flood - other.flood) + abs(rule.smooth - other.smooth) / 4 + sizes
 
 
 def mean_error(rows: list[dict]) -> float:
