@@ -12,8 +12,6 @@ from tqdm.auto import tqdm
 
 from unetkit.data import Pair
 from unetkit.data.io import read_pair
-from unetkit.data.mask_values import IGNORE_ID
-from unetkit.data.objects import mask_objects
 from unetkit.inference import Predictor
 from unetkit.metrics import SegmentationMetrics
 from unetkit.object_metrics import mean_scores, object_scores
@@ -44,8 +42,7 @@ def evaluate_pairs(
         metrics.update(torch.from_numpy(pred), torch.from_numpy(target), pair.image.name)
         labels = predictor.objects(logits)[0]
         del logits
-        mask_values = predictor.mask_values
-        true = mask_objects(mask, target, mask_values.instances, mask_values.object_class_ids, IGNORE_ID)
+        true = predictor.mask_values.true_objects(mask, target)
         scores = object_scores(true, labels)
         scores["pixel_error"] = 1 - metrics.per_image[-1]["pixel_accuracy"]
         per_image_objects.append(scores)

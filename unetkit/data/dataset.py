@@ -15,7 +15,6 @@ from torch.utils.data import Dataset
 from unetkit.data.fingerprint import parallel_map
 from unetkit.data.io import read_pair
 from unetkit.data.mask_values import IGNORE_ID, MaskValues
-from unetkit.data.objects import mask_objects
 from unetkit.data.pairing import Pair
 from unetkit.data.transforms import AugmentConfig, random_patch
 from unetkit.data.weight_map import border_weights
@@ -123,7 +122,7 @@ def load_pair(
     loaded = (preprocess.resized_image(image, pair.image), preprocess.mask_tensor(class_ids))
     if not with_objects:
         return loaded
-    objects = mask_objects(mask, class_ids, mask_values.instances, mask_values.object_class_ids, IGNORE_ID)
+    objects = mask_values.true_objects(mask, class_ids)
     return (*loaded, preprocess.label_tensor(objects))
 
 

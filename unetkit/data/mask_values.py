@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unetkit.data.objects import instance_classes
+from unetkit.data.objects import instance_classes, mask_objects
 from unetkit.errors import UnetkitError
 
 IGNORE_ID = 255  # class id stored for pixels whose value is the ignore value
@@ -105,6 +105,11 @@ class MaskValues:
                 f"{self.values}; {fix}, or retrain with --mask-values including them"
             )
         return ids.astype(np.uint8)
+
+    def true_objects(self, mask: np.ndarray, class_ids: np.ndarray) -> np.ndarray:
+        """A mask's objects as this task counts them (objects.mask_objects): an instance mask's
+        own ids, else the components of each object class in `class_ids` (encode's)."""
+        return mask_objects(mask, class_ids, self.instances, self.object_class_ids, IGNORE_ID)
 
     def decode(self, class_ids: np.ndarray) -> np.ndarray:
         """Class ids -> the user's pixel values, in the smallest integer type that holds them."""

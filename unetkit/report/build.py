@@ -1,8 +1,9 @@
 """`unetkit report RUN_DIR`: one self-contained HTML file about a run. What the options were and
 where it ran, how training went, how good best.pt is per class (and per object), where it is
 confused, and its worst and best images side by side with the truth (their objects, for tasks
-whose objects are counted, with merges, splits, misses and false objects outlined). Images are embedded, so
-the file opens from disk with no network; HTML comes from a Jinja2 template (autoescaped)."""
+whose objects are counted, with merges, splits, misses and false objects outlined). Images are
+embedded, so the file opens from disk with no network; HTML comes from a Jinja2 template
+(autoescaped)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,7 @@ import unetkit.report.figures as figures
 from unetkit.core.atomic import atomic_write
 from unetkit.data import Pair, find_pairs
 from unetkit.data.io import read_pair
-from unetkit.data.mask_values import IGNORE_ID, MaskValues
-from unetkit.data.objects import mask_objects
+from unetkit.data.mask_values import MaskValues
 from unetkit.errors import UnetkitError
 from unetkit.evaluate import evaluate_pairs
 from unetkit.inference import InferenceOptions, Predictor
@@ -101,7 +101,7 @@ def object_panels(predictor: Predictor, pair: Pair, title: str) -> tuple[str, st
     image, mask = read_pair(pair.image, pair.mask)
     mask_values = predictor.mask_values
     target = mask_values.encode(mask, pair.mask)
-    true = mask_objects(mask, target, mask_values.instances, mask_values.object_class_ids, IGNORE_ID)
+    true = mask_values.true_objects(mask, target)
     pred = predictor.objects(predictor.logits(image, pair.image))[0]
     errors = object_errors(true, pred)
     return figures.object_example(image, true, pred, errors, title), errors.counts()

@@ -21,8 +21,6 @@ import numpy as np
 from unetkit.core.checkpoint import load_checkpoint, save_checkpoint
 from unetkit.data import Pair
 from unetkit.data.io import read_pair
-from unetkit.data.mask_values import IGNORE_ID
-from unetkit.data.objects import mask_objects
 from unetkit.inference import InferenceOptions, Predictor
 from unetkit.inference.instances import ObjectRule
 from unetkit.object_metrics import mean_scores, object_scores
@@ -87,8 +85,7 @@ def validation_probabilities(predictor: Predictor, val_pairs: Sequence[Pair]) ->
     for pair in list(val_pairs)[::step]:
         image, mask = read_pair(pair.image, pair.mask)
         target = predictor.mask_values.encode(mask, pair.mask)
-        mask_values = predictor.mask_values
-        truth = mask_objects(mask, target, mask_values.instances, mask_values.object_class_ids, IGNORE_ID)
+        truth = predictor.mask_values.true_objects(mask, target)
         if truth.any():
             images.append((predictor.probabilities(predictor.logits(image, pair.image)), truth))
     return images
