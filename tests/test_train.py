@@ -279,6 +279,22 @@ def test_recipe_scale_keeps_thin_structures_and_fits_large_objects():
     assert data_scale(rare_thin) == 0.25  # a class under 0.1% of the pixels does not hold it up
 
 
+def test_small_objects_train_on_small_patches_with_as_many_pixels_an_epoch():
+    """Nuclei (dsb2018-dev: up to 43 px, images 256 to 1024 px) fit in half a 128 px patch: four
+    times as many of them an epoch; ISBI's membrane network and CamVid's road do not."""
+    nuclei = fingerprint_of((256, 256), {0: (18.1, 340), 1: (1.4, 43), 2: (1.0, 20), 3: (2.0, 35)},
+                            {0: 83, 1: 10, 2: 2, 3: 5}, count=144)  # fmt: skip
+    nuclei = dataclasses.replace(nuclei, largest_pixels=1024 * 1024)
+    plan, _ = apply_recipe(TrainConfig(time=600.0), nuclei, torch.device("cpu"))
+    assert (plan.scale, plan.patch_size, plan.patches_per_image) == (1.0, 128, 4)
+    assert apply_recipe(TrainConfig(patch_size=256), nuclei, torch.device("cpu"))[0].patches_per_image == 1
+    isbi, _ = apply_recipe(TrainConfig(time=600.0), ISBI, torch.device("cpu"))
+    assert (isbi.patch_size, isbi.patches_per_image) == (256, 4)
+    camvid = {0: (17.6, 244), 2: (1.0, 154), 3: (30.5, 480), 6: (2.8, 43)}  # poles 1 px: full resolution
+    street = fingerprint_of((360, 480), camvid, {0: 30, 2: 5, 3: 40, 6: 25})
+    assert apply_recipe(TrainConfig(), street, torch.device("cpu"))[0].patch_size == 256
+
+
 def test_border_weights_for_countable_objects_only():
     assert apply_recipe(TrainConfig(), ISBI, torch.device("cpu"))[0].border_weight == 10.0  # cells
     street = fingerprint_of((360, 480), {}, {0: 30, 1: 40, 2: 30})

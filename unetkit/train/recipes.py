@@ -23,7 +23,8 @@ The resolution (fast recipe) is the largest of two needs, measured on the masks:
   the time is all in the model's convolutions, so a quarter of the pixels is 4x the epochs.
 Then the scale is rounded down to a multiple of 1/8, so that nearby data sets get the same plan.
 Images that are no larger than one 256x256 patch at that scale train whole (batches padded to the
-largest); larger ones train on patches, a third of them centred on the rarer classes.
+largest); larger ones train on patches, a third of them centred on the rarer classes, of 128 px
+where every object fits in half of that (SMALL_PATCH_SIDE), else 256.
 
 Border weights (both recipes): the U-Net paper's weight map (w0 = 10, data/weight_map.py) for data
 sets whose objects a person would count: two classes (cells and membranes, nuclei and
@@ -54,6 +55,11 @@ from unetkit.train.options import fill_unset
 __all__ = ["RECIPES", "apply_recipe"]
 SHORT_RUN_SECONDS = 15 * 60  # elastic deformation pays off only in longer runs
 PATCH_SIDE = 256
+# Where every object fits in half of it, patches are this small, and four times as many of them
+# make an epoch: as many pixels, four times the optimizer steps. dsb2018-dev (nuclei up to 43 px),
+# 10 CPU minutes: AP@0.5 0.824 with 256 px patches, 0.834 and 0.835 with 128 px (two runs),
+# validation Dice 0.736 -> 0.748 (benchmarks/NOTES.md, issue 21).
+SMALL_PATCH_SIDE = 128
 THIN_HALF_WIDTH = 2.0  # px at the model's scale for the thinnest class
 RARE_FRACTION = 1e-3  # classes rarer than this do not hold the resolution up
 MAX_CLASS_WEIGHT = 10.0
@@ -67,14 +73,21 @@ def data_scale(data: DataFingerprint, patch: int = PATCH_SIDE) -> float:
     if not data.geometry:
         return 1.0
     total = sum(data.value_pixels.values()) or 1
-    dominant = max(data.value_pixels, key=data.value_pixels.get, default=None)
     common = [g for v, g in data.geometry.items() if data.value_pixels.get(v, 0) / total >= RARE_FRACTION]
     thinnest = min((g.half_width for g in common), default=math.inf)
-    objects = [g.extent for v, g in data.geometry.items() if v != dominant and v in data.value_pixels]
-    fit = patch / 2 / max(objects) if objects and max(objects) > 0 else 1.0
+    largest = largest_object(data)
+    fit = patch / 2 / largest if largest > 0 else 1.0
     keep_thin = THIN_HALF_WIDTH / thinnest if thinnest > 0 else 1.0
     scale = min(1.0, max(fit, keep_thin))
     return max(1, math.floor(scale * 8)) / 8
+
+
+def largest_object(data: DataFingerprint) -> float:
+    """The largest object's extent in pixels: the largest of the non-dominant classes' extents (the
+    median over the masks of each one's biggest region's longer side); 0 without geometry."""
+    dominant = max(data.value_pixels, key=data.value_pixels.get, default=None)
+    extents = [g.extent for v, g in data.geometry.items() if v != dominant and v in data.value_pixels]
+    return max(extents, default=0.0)
 
 
 def data_orientation(data: DataFingerprint) -> str:
@@ -101,7 +114,7 @@ def class_weights(data: DataFingerprint, mask_values: MaskValues) -> list[float]
     return [round(r / mean, 4) for r in raw]
 
 
-def patch_side(data: DataFingerprint, scale: float, minimum: int) -> int:
+def patch_side(data: DataFingerprint, scale: float, minimum: int, small_patches: bool = True) -> int:
     """0 (whole images) when every image at the model's scale is no larger than one patch and
     every image reaches the network's minimum size; else the patch side, at most PATCH_SIDE and
     no larger than the images. HC18 at scale 0.25 (200x135): whole images reached head Dice 0.969
@@ -111,7 +124,15 @@ def patch_side(data: DataFingerprint, scale: float, minimum: int) -> int:
     # must not make every batch that big).
     if data.largest_pixels * scale**2 <= PATCH_SIDE**2 and data.smallest_side * scale >= minimum:
         return 0
-    return max(minimum, min(PATCH_SIDE, int(min(height, width)) // 16 * 16))
+    side = min(PATCH_SIDE, int(min(height, width)) // 16 * 16)
+    if small_patches and small_objects(data, scale):
+        side = min(side, SMALL_PATCH_SIDE)
+    return max(minimum, side)
+
+
+def small_objects(data: DataFingerprint, scale: float) -> bool:
+    """Whether the largest object fits in half a SMALL_PATCH_SIDE patch at the model's scale."""
+    return 0 < largest_object(data) * scale <= SMALL_PATCH_SIDE / 2
 
 
 def recipe_settings(name: str, data: DataFingerprint, device: torch.device, time_budget: float | None) -> dict:
@@ -151,7 +172,11 @@ def recipe_choices(cfg: TrainConfig, data: DataFingerprint, device: torch.device
     # The patch fits the images at the scale and depth that will be used, the user's if given.
     depth = cfg.depth if cfg.depth is not None else choices["depth"]
     minimum = dataclasses.replace(cfg, depth=depth).min_input_size()
-    choices["patch_size"] = patch_side(data, cfg.scale if cfg.scale is not None else choices["scale"], minimum)
+    scale = cfg.scale if cfg.scale is not None else choices["scale"]
+    choices["patch_size"] = patch_side(data, scale, minimum)
+    larger = patch_side(data, scale, minimum, small_patches=False)
+    if cfg.patch_size is None and choices["patch_size"] and larger > choices["patch_size"]:  # as many pixels
+        choices["patches_per_image"] *= round((larger / choices["patch_size"]) ** 2)
     choices["class_weights"] = class_weights(data, data.mask_values)
     # The weight map separates touching objects; the edge and centre classes of instance targets do
     # that themselves (dsb2018-dev val, 10 minutes, centres: AP@0.5 0.816 with w0 10, 0.824 without,
