@@ -175,17 +175,19 @@ def case_nan_pixel_at_predict(tmp_path, rgb_run, **_):
 
 
 def case_three_page_tiff_is_not_rgb(tmp_path, **_):
+    """Three pages are a stack of three planes (never RGB), which needs a mask stack of three."""
+
     def write(stem):
         tifffile.imwrite(stem.with_suffix(".tif"), np.zeros((3, 48, 48), dtype=np.uint8), photometric="minisblack")
 
-    return image_case(tmp_path, write, ("img01.tif", "3 pages or slices", "own file"))
+    return image_case(tmp_path, write, ("img01.png", "mask has 1 plane(s) but its image img01.tif has 3"))
 
 
 def case_two_page_mask_tiff(tmp_path, **_):
     def write(stem):
         tifffile.imwrite(stem.with_suffix(".tif"), np.zeros((2, 48, 48), dtype=np.uint8), photometric="minisblack")
 
-    return mask_case(tmp_path, write, ("img01.tif", "2 pages or slices"))
+    return mask_case(tmp_path, write, ("img01.tif", "mask has 2 plane(s) but its image img01.png has 1"))
 
 
 def case_four_channel_tiff_without_alpha(tmp_path, **_):
@@ -597,7 +599,9 @@ def test_check_reports_what_train_would_refuse(tmp_path, capsys):
     tifffile.imwrite(masks / "img00.tif", np.full((48, 48), -1, dtype=np.int16))
     code, out, _ = run_cli(capsys, "check", "--images", images, "--masks", masks)
     assert code == 1
-    assert "bit depths" in out and "NaN or infinite" in out and "3 pages or slices" in out
+    assert (
+        "bit depths" in out and "NaN or infinite" in out and "mask has 1 plane(s) but its image img03.tif has 3" in out
+    )
     assert "[-1] are outside 0..65535" in out
 
 

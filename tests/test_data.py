@@ -119,6 +119,6 @@ def test_dataset_caches_decoded_pairs(tmp_path: Path, monkeypatch):
     assert dataset.cache and len(dataset) == 6
     dataset.check_all()
     calls = []
-    monkeypatch.setattr("unetkit.data.dataset.read_pair", lambda *p: calls.append(p))
+    monkeypatch.setattr("unetkit.data.pairing.read_pair", lambda *p: calls.append(p))
     image, mask = dataset[4]
     assert image.shape == (1, 32, 32) and mask.shape == (32, 32) and not calls

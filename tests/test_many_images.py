@@ -75,7 +75,7 @@ def spy_on_batches(monkeypatch) -> list[list[tuple[str, bool]]]:
 
     def spy(self, shape=None):
         key = next(iter(self.waiting)) if shape is None else shape
-        batches.append([(job.path.name, box is not None) for job, box in self.waiting[key]])
+        batches.append([(job.ref.path.name, box is not None) for job, box in self.waiting[key]])
         return run(self, shape)
 
     monkeypatch.setattr(batched_module.Batches, "run", spy)

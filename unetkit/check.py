@@ -21,7 +21,8 @@ from unetkit.data.mask_values import (
     zero_dominates,
 )
 from unetkit.data.objects import instance_classes
-from unetkit.data.pairing import Matching, Pair, match_folders
+from unetkit.data.pairing import Matching, Pair, expand_planes, match_folders
+from unetkit.data.tiff_axes import FILE_AXES, AxisChoice, describe_axes
 from unetkit.errors import UnetkitError
 
 LOSSY_EXTENSIONS = (".jpg", ".jpeg")
@@ -29,7 +30,11 @@ RARE_VALUE_FRACTION = 0.001  # values this rare beside a few dominant ones look 
 
 
 def check_dataset(
-    images_dir: str | Path, masks_dir: str | Path, mask_suffix: str | None = None, instance_masks: bool | None = None
+    images_dir: str | Path,
+    masks_dir: str | Path,
+    mask_suffix: str | None = None,
+    instance_masks: bool | None = None,
+    axes: AxisChoice = FILE_AXES,
 ) -> dict:
     """A report dict: `ok` (training would work), `problems` and `warnings` (file, problem, fix),
     and what was found: pairs, sizes, channels, mask values with pixel counts and fractions."""
@@ -43,7 +48,7 @@ def check_dataset(
         problems.append({"file": str(err).split(": ", 1)[0], "problem": str(err)})
         return {**report, "ok": False, "pairs": 0}
     problems += unpaired(matching, images_dir, masks_dir)
-    scan = scan_pairs(matching.pairs, problems, warnings, bool(instance_masks))
+    scan = scan_pairs(matching.pairs, problems, warnings, bool(instance_masks), axes)
     if instance_masks is None:
         instance_masks = recognise_instances(scan, warnings)
     sizes, channels, value_counts, depths = scan.sizes, scan.channels, scan.value_counts, scan.depths
@@ -64,6 +69,7 @@ def check_dataset(
         counts = sorted(scan.objects.values())
         report["objects"] = {"total": sum(counts), "per_mask_median": counts[len(counts) // 2] if counts else 0}
     report["pairs"] = len(matching.pairs)
+    report["stacks"] = scan.stacks
     report["mask_suffix"] = matching.suffix
     report["ok"] = not problems
     return report
@@ -101,6 +107,7 @@ class FolderScan:
     depths: dict[str, Path] = field(default_factory=dict)
     objects: dict[str, int] = field(default_factory=dict)  # instance masks: objects per mask
     names: list[str] = field(default_factory=list)  # the masks read, in order
+    stacks: dict[str, str] = field(default_factory=dict)  # image stacks: how their axes were read
     facts: list[MaskFacts] = field(default_factory=list)  # what tells instance masks from class masks, per mask
 
 
@@ -125,20 +132,24 @@ def recognise_instances(scan: FolderScan, warnings: list[dict]) -> bool:
 
 
 def scan_pairs(
-    pairs: Sequence[Pair], problems: list[dict], warnings: list[dict], instance_masks: bool = False
+    pairs: Sequence[Pair],
+    problems: list[dict],
+    warnings: list[dict],
+    instance_masks: bool = False,
+    axes: AxisChoice = FILE_AXES,
 ) -> FolderScan:
     """Read every pair once; unreadable files and size mismatches become problems, JPEG masks
     warnings. Instance masks count their objects and are summarised as the 0/1 they train as."""
     scan = FolderScan()
-    for pair in pairs:
+    for pair in planes_of(pairs, scan, problems, axes):
         try:
-            image = read_image(pair.image)
-            mask = read_mask(pair.mask)
+            image = read_image(pair.image, pair.plane, axes)
+            mask = read_mask(pair.mask, pair.plane, axes)
         except UnetkitError as err:
             problems.append({"file": str(err).split(": ", 1)[0], "problem": str(err)})
             continue
-        scan.sizes[pair.image.name] = image.shape[:2]
-        scan.channels[pair.image.name] = image.shape[2]
+        scan.sizes[pair.label] = image.shape[:2]
+        scan.channels[pair.label] = image.shape[2]
         if image.shape[:2] != mask.shape:
             problems.append(
                 {
@@ -148,10 +159,10 @@ def scan_pairs(
                 }
             )
         scan.depths.setdefault(bit_depth(mask.dtype), pair.mask)
-        scan.names.append(pair.mask.name)
+        scan.names.append(pair.label)
         scan.facts.append(mask_facts(mask))
         if instance_masks:
-            scan.objects[pair.mask.name] = len(np.unique(mask[mask > 0]))
+            scan.objects[pair.label] = len(np.unique(mask[mask > 0]))
             mask = instance_classes(mask, "objects")
         values, counts = np.unique(mask, return_counts=True)
         scan.value_counts.update(dict(zip(values.tolist(), counts.tolist(), strict=True)))
@@ -164,6 +175,22 @@ def scan_pairs(
                 }
             )
     return scan
+
+
+def planes_of(pairs: Sequence[Pair], scan: FolderScan, problems: list[dict], axes: AxisChoice) -> list[Pair]:
+    """Every plane of every pair, as training reads them (expand_planes); stacks are listed in
+    `scan.stacks` with the axes they were read by, a mask stack of other planes is a problem."""
+    planes: list[Pair] = []
+    for pair in pairs:
+        try:
+            expanded = expand_planes([pair], axes)
+        except UnetkitError as err:
+            problems.append({"file": str(err).split(": ", 1)[0], "problem": str(err)})
+            continue
+        if len(expanded) > 1:
+            scan.stacks[pair.image.name] = describe_axes(pair.image, axes)
+        planes += expanded
+    return planes
 
 
 def _summarise_shapes(report: dict, sizes: dict, channels: dict, warnings: list[dict]) -> None:
@@ -263,6 +290,9 @@ def format_check(report: dict) -> str:
             + ", ".join(f"{row['value']}: {100 * row['fraction']:.2f}%" for row in report["mask_values"][:20])
             + (" ..." if len(report["mask_values"]) > 20 else "")
         )
+    stacks = report.get("stacks") or {}
+    lines += [f"stack: {name}: {axes}, each plane an image" for name, axes in list(stacks.items())[:10]]
+    lines += [f"stacks: {len(stacks) - 10} more (in --json)"] if len(stacks) > 10 else []
     if report.get("objects"):
         lines.append(f"objects: {report['objects']['total']} (median {report['objects']['per_mask_median']} per mask)")
     for kind in ("problems", "warnings"):

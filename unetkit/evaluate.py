@@ -11,7 +11,6 @@ import torch
 from tqdm.auto import tqdm
 
 from unetkit.data import Pair
-from unetkit.data.io import read_pair
 from unetkit.inference import Predictor
 from unetkit.metrics import SegmentationMetrics
 from unetkit.object_metrics import mean_scores, object_scores
@@ -35,11 +34,11 @@ def evaluate_pairs(
     metrics = SegmentationMetrics(predictor.num_classes, predictor.binary)
     per_image_objects = []
     for pair in tqdm(pairs, desc="evaluate", unit="img", disable=not progress, leave=False):
-        image, mask = read_pair(pair.image, pair.mask)
+        image, mask = pair.read()
         target = predictor.mask_values.encode(mask, pair.mask)
         logits = predictor.logits(image, pair.image)
         pred = predictor.class_ids_from_logits(logits, threshold)
-        metrics.update(torch.from_numpy(pred), torch.from_numpy(target), pair.image.name)
+        metrics.update(torch.from_numpy(pred), torch.from_numpy(target), pair.label)
         labels = predictor.objects(logits)[0]
         del logits
         true = predictor.mask_values.true_objects(mask, target)

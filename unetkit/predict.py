@@ -13,6 +13,8 @@ import torch
 from tqdm.auto import tqdm
 
 from unetkit.data import IMAGE_EXTENSIONS, list_images
+from unetkit.data.io import ImageRef
+from unetkit.data.tiff_axes import AxisChoice, TiffAxes, count_planes, tiff_layout
 from unetkit.errors import UnetkitError
 from unetkit.inference import Predictor, overlay, save_png
 from unetkit.inference.batched import predict_images
@@ -20,9 +22,10 @@ from unetkit.inference.instances import object_table, save_labels, save_table
 from unetkit.inference.large_tiff import out_of_core, predict_large_tiff
 from unetkit.inference.manifest import MANIFEST, Manifest
 from unetkit.inference.outputs import save_probabilities
+from unetkit.inference.stacks import StackOutputs, StackPrediction
 
 # Every name predict may write for an image <stem> (planned_outputs says which a run writes).
-OUTPUT_SUFFIXES = (".png", ".tif", "_overlay.png", "_probs.tif", "_objects.tif", "_objects.csv")
+OUTPUT_SUFFIXES = (".png", ".tif", "_overlay.png", "_overlay.tif", "_probs.tif", "_objects.tif", "_objects.csv")
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -60,9 +63,11 @@ def planned_outputs(
     probabilities: bool,
     instances: bool = False,
     large: Collection[Path] = (),
+    stacks: Collection[Path] = (),
 ) -> dict[Path, Path]:
     """Every file predict will write -> the input it comes from; `large` inputs (out of core)
-    write tiled TIFFs, and no overlay (a picture of a whole slide is the slide again)."""
+    write tiled TIFFs, and no overlay (a picture of a whole slide is the slide again); `stacks`
+    write TIFF stacks (inference/stacks.py)."""
     outputs: dict[Path, Path] = {}
     for path in files:
         if path in large and overlay:
@@ -70,10 +75,13 @@ def planned_outputs(
                 f"{path}: predicted out of core, which writes no overlay; drop --overlay (open the mask over the "
                 "slide in a viewer), or use --out-of-core off if it fits in memory"
             )
-        names = [f"{path.stem}.tif" if path in large else f"{path.stem}.png"]
-        names += [f"{path.stem}_overlay.png"] if overlay else []
-        names += [f"{path.stem}_probs.tif"] if probabilities else []
-        names += [f"{path.stem}_objects.tif", f"{path.stem}_objects.csv"] if instances else []
+        if path in stacks:
+            names = StackOutputs(out, 0.5, overlay, probabilities, instances).names(path.stem)
+        else:
+            names = [f"{path.stem}.tif" if path in large else f"{path.stem}.png"]
+            names += [f"{path.stem}_overlay.png"] if overlay else []
+            names += [f"{path.stem}_probs.tif"] if probabilities else []
+            names += [f"{path.stem}_objects.tif", f"{path.stem}_objects.csv"] if instances else []
         for name in names:
             target = out / name
             if target in outputs:
@@ -179,52 +187,66 @@ def predict_files(
     <stem>_objects.csv (one row per object). Returns the written mask paths. Nothing is written
     when an output would replace an input or (without `overwrite`) any existing file. Images in
     memory go through inference/batched.py (--workers threads decode and write, batches of
-    images); large TIFFs out of core, one at a time."""
+    images), a stack's planes as images of their own, written back as stacks (<stem>.tif and its
+    siblings, inference/stacks.py); large TIFFs out of core, one at a time."""
     files = collect_inputs(inputs)
     out = Path(out)
-    large = {path for path in files if out_of_core(path, predictor.options.out_of_core)}
-    planned = planned_outputs(files, out, write_overlay, write_probabilities, instances, large)
+    axes = predictor.options.axes
+    large = {path for path in files if out_of_core(path, predictor.options.out_of_core, axes)}
+    stacks = stack_layouts([path for path in files if path not in large], axes)
+    planned = planned_outputs(files, out, write_overlay, write_probabilities, instances, large, stacks)
     check_outputs(files, planned, out, overwrite)
     if overwrite:
         remove_earlier_outputs(files, planned, out)
-    write = partial(write_prediction, predictor, out, threshold, write_overlay, write_probabilities, instances)
-    in_memory = [path for path in files if path not in large]
-    written: dict[Path, Path] = {}
-    bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress or len(files) < 2, leave=False)
+    outputs = StackOutputs(out, threshold, write_overlay, write_probabilities, instances)
+    collected = {path: StackPrediction(predictor, path, layout, outputs) for path, layout in stacks.items()}
+    write = partial(write_prediction, predictor, outputs, collected)
+    refs = [ImageRef(path, plane, axes) for path in files if path not in large for plane in planes_of(path, stacks)]
+    written = {path: out / f"{path.stem}.tif" for path in [*large, *stacks]}
+    written |= {path: out / f"{path.stem}.png" for path in files if path not in written}
+    count = len(refs) + len(large)
+    bar = tqdm(total=count, desc="predict", unit="img", disable=not progress or count < 2, leave=False)
     with recorded_outputs(out, planned), bar:
         for path in files:
             if path in large:
-                target = out / f"{path.stem}.tif"
-                written[path] = predict_large_tiff(
-                    predictor, path, target, threshold, progress, write_probabilities, instances
-                )
+                predict_large_tiff(predictor, path, written[path], threshold, progress, write_probabilities, instances)
                 bar.update()
-        for path in predict_images(predictor, in_memory, write, predictor.options.workers):
-            written[path] = out / f"{path.stem}.png"
+        for _ in predict_images(predictor, refs, write, predictor.options.workers):
             bar.update()
     return [written[path] for path in files]
 
 
+def stack_layouts(files: Sequence[Path], axes: AxisChoice) -> dict[Path, TiffAxes]:
+    """The inputs that are stacks (more than one plane), with their axes."""
+    return {path: tiff_layout(path, axes) for path in files if count_planes(path, axes) > 1}
+
+
+def planes_of(path: Path, stacks: dict[Path, TiffAxes]) -> list[int | None]:
+    return list(range(stacks[path].planes)) if path in stacks else [None]
+
+
 def write_prediction(
     predictor: Predictor,
-    out: Path,
-    threshold: float,
-    write_overlay: bool,
-    write_probabilities: bool,
-    instances: bool,
-    path: Path,
+    outputs: StackOutputs,
+    stacks: dict[Path, StackPrediction],
+    ref: ImageRef,
     image: np.ndarray,
     logits: torch.Tensor,
 ) -> None:
-    """One image's outputs from its logits: the mask and those asked for (in a writer thread)."""
-    class_ids = predictor.class_ids_from_logits(logits, threshold)
+    """One image's outputs from its logits: the mask and those asked for (in a writer thread); a
+    stack's plane goes to its StackPrediction, which writes the stack with its last plane."""
+    if ref.plane is not None:
+        stacks[ref.path].add(ref.plane, image, logits)
+        return
+    path, out = ref.path, outputs.out
+    class_ids = predictor.class_ids_from_logits(logits, outputs.threshold)
     save_png(out / f"{path.stem}.png", predictor.mask_values.decode(class_ids))
-    if write_probabilities:
+    if outputs.probabilities:
         save_probabilities(out / f"{path.stem}_probs.tif", predictor.probabilities(logits))
-    if instances:
+    if outputs.instances:
         write_objects(predictor, logits, out / f"{path.stem}_objects")
     del logits
-    if write_overlay:
+    if outputs.overlay:
         legend = [f"value {value}" for value in predictor.mask_values.values]
         save_png(out / f"{path.stem}_overlay.png", overlay(image, class_ids, legend))
 

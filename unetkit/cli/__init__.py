@@ -22,6 +22,7 @@ from unetkit.cli.commands import (
 )
 from unetkit.core.amp import AMP_MODES
 from unetkit.core.options import duration as parse_duration
+from unetkit.data.tiff_axes import CHANNEL_AXIS_HELP, PLANE_AXIS_HELP
 from unetkit.errors import UnetkitError
 from unetkit.inference import InferenceOptions
 from unetkit.train.config import TrainConfig
@@ -94,6 +95,8 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_check_arguments(p: argparse.ArgumentParser) -> None:
     add_labelled_folder_arguments(p, "also write the report to this file")
+    p.add_argument("--channel-axis", type=str.upper, help=CHANNEL_AXIS_HELP)
+    p.add_argument("--plane-axis", type=str.upper, help=PLANE_AXIS_HELP)
     p.add_argument(
         "--instance-masks",
         action=argparse.BooleanOptionalAction,

@@ -95,12 +95,13 @@ def output_file(option: str, path: str | None, suffix: str) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from unetkit.data import find_pairs
+    from unetkit.data.pairing import expand_planes
     from unetkit.evaluate import evaluate_pairs, format_report
 
     output_file("--json", args.json, ".json")
     predictor = predictor_from_args(args)
-    pairs = find_pairs(args.images, args.masks, args.mask_suffix)
     options = predictor.options
+    pairs = expand_planes(find_pairs(args.images, args.masks, args.mask_suffix), options.axes)
     report = evaluate_pairs(predictor, pairs, options.threshold, progress=options.progress)
     print(format_report(report))
     if args.json:
@@ -156,7 +157,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     from unetkit.check import check_dataset, format_check
 
     output_file("--json", args.json, ".json")
-    report = check_dataset(args.images, args.masks, args.mask_suffix, args.instance_masks)
+    from unetkit.data.tiff_axes import AxisChoice
+
+    axes = AxisChoice(args.channel_axis, args.plane_axis)
+    report = check_dataset(args.images, args.masks, args.mask_suffix, args.instance_masks, axes)
     print(format_check(report))
     if args.json:
         from unetkit.core.atomic import write_json

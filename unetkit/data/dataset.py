@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from unetkit.data.fingerprint import parallel_map
-from unetkit.data.io import read_pair
 from unetkit.data.mask_values import IGNORE_ID, MaskValues
 from unetkit.data.pairing import Pair
 from unetkit.data.transforms import AugmentConfig, random_patch
@@ -117,7 +116,7 @@ def load_pair(
 ) -> tuple[torch.Tensor, ...]:
     """Decode one pair into (image (C, h, w) in [0, 1], class ids (h, w) uint8), checking it on the
     way; `with_objects` adds the mask's objects (h, w) int64 (objects.mask_objects)."""
-    image, mask = read_pair(pair.image, pair.mask)
+    image, mask = pair.read()
     class_ids = mask_values.encode(mask, pair.mask)
     loaded = (preprocess.resized_image(image, pair.image), preprocess.mask_tensor(class_ids))
     if not with_objects:

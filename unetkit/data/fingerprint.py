@@ -24,7 +24,6 @@ import numpy as np
 from scipy import ndimage
 from skimage.measure import label
 
-from unetkit.data.io import read_pair
 from unetkit.data.mask_values import MAX_DISCOVERED_VALUES, MaskValues, discover_mask_values, zero_dominates
 from unetkit.data.objects import INSTANCE_VALUES, instance_classes
 from unetkit.data.pairing import Pair
@@ -92,7 +91,7 @@ class PairScan:
 def scan_pair(
     pair: Pair, with_geometry: bool = False, instances: str | None = None, ignore_value: int | None = None
 ) -> PairScan:
-    image, mask = read_pair(pair.image, pair.mask)
+    image, mask = pair.read()
     facts = mask_facts(mask, ignore_value)
     if instances:  # instance label images are measured as the classes they train as
         mask = instance_classes(mask, instances, ignore_value)

@@ -12,6 +12,7 @@ import numpy as np
 import tifffile
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from unetkit.data.tiff_axes import FILE_AXES, IMAGE_AXES, AxisChoice, read_plane, tiff_axes
 from unetkit.errors import UnetkitError
 
 # GIF for masks above all: Carvana's are "<stem>_mask.gif" (single-frame, palette: read as PNG's).
@@ -24,7 +25,9 @@ MAX_CHANNELS = 16
 ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
 
 
-def _read_raw(path: Path) -> tuple[np.ndarray, str | None, bool]:
+def _read_raw(
+    path: Path, plane: int | None = None, axes: AxisChoice = FILE_AXES
+) -> tuple[np.ndarray, str | None, bool]:
     """Return the pixel array, for Pillow files the image mode ("P" matters for masks), and
     whether the file marks the last channel as alpha."""
     if not path.is_file():
@@ -33,7 +36,7 @@ def _read_raw(path: Path) -> tuple[np.ndarray, str | None, bool]:
         raise UnetkitError(f"{path}: the file is empty (0 bytes); replace it with the real image or remove it")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            array, alpha = _read_tiff(path)
+            array, alpha = _read_tiff(path, plane, axes)
             return array, None, alpha
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse both alike.
         with warnings.catch_warnings():
@@ -69,28 +72,25 @@ def _read_raw(path: Path) -> tuple[np.ndarray, str | None, bool]:
         ) from None
 
 
-def _read_tiff(path: Path) -> tuple[np.ndarray, bool]:
+def _read_tiff(path: Path, plane: int | None, choice: AxisChoice) -> tuple[np.ndarray, bool]:
     """One 2-D image from a TIFF, as (H, W) or (H, W, C): colour samples (S) or up to MAX_CHANNELS
-    channels (C, as ImageJ and OME store them) become the last axis; and whether the last is marked alpha.
-    A stack of pages, slices or frames is refused rather than guessed (a 3-page z-stack is not RGB)."""
+    channels (C, as ImageJ and OME store them) become the last axis; and whether the last is marked
+    alpha. A stack (Z, T or pages: tiff_axes.py) gives its plane `plane`; without one, a stack is
+    refused, since the caller reads 2-D images only."""
     with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        array = series.asarray()
-        axes = series.axes
-        full_size_pages = [page for page in tif.pages if not getattr(page, "is_reduced", False)]  # not thumbnails
-        other_pages = len(full_size_pages) - len(getattr(series, "pages", full_size_pages))
+        layout = tiff_axes(tif, path, choice)
+        if plane is None and layout.planes > 1:
+            raise UnetkitError(
+                f"{path}: a stack of {layout.planes} planes ({layout.describe()}), where one 2-D image is read here; "
+                "pass the stack to check, train, evaluate or predict, which read it plane by plane"
+            )
+        if plane is not None and not 0 <= plane < layout.planes:
+            raise UnetkitError(
+                f"{path}: has {layout.planes} plane(s), no plane {plane}; the file changed since it was listed"
+            )
+        array, axes = read_plane(tif, layout, plane or 0)
         alpha = tiff_marks_alpha(tif)
-    keep = [i for i, axis in enumerate(axes) if axis in "YX" or array.shape[i] > 1]
-    array = array.reshape([array.shape[i] for i in keep])
-    axes = "".join(axes[i] for i in keep)
-    colour = [axis for axis in axes if axis in "SC"]
-    stacked = [axis for axis in axes if axis not in "YXSC"]
-    if stacked or len(colour) > 1 or other_pages > 0:  # a channel axis of any length: data_channels counts it
-        count = array.shape[axes.index(stacked[0])] if stacked else max(len(full_size_pages), 2)
-        raise UnetkitError(
-            f"{path}: the TIFF holds {count} pages or slices (axes {series.axes}); unetkit reads one 2-D image "
-            "per file: save each slice as its own file (or an RGB image as one page with 3 samples)"
-        )
+    colour = [axis for axis in axes if axis not in IMAGE_AXES]  # what read_plane left: the channel axis
     if colour:
         array = np.moveaxis(array, axes.index(colour[0]), -1)
     return np.asarray(array), alpha
@@ -164,20 +164,34 @@ def _channels_last(array: np.ndarray, path: Path) -> np.ndarray:
     )
 
 
-def read_image(path: str | Path) -> np.ndarray:
+@dataclass(frozen=True)
+class ImageRef:
+    """One 2-D image in a file: the file's image, or plane `plane` of a stack (tiff_axes.py)."""
+
+    path: Path
+    plane: int | None = None
+    axes: AxisChoice = FILE_AXES
+
+    def read(self) -> np.ndarray:
+        return read_image(self.path, self.plane, self.axes)
+
+
+def read_image(path: str | Path, plane: int | None = None, axes: AxisChoice = FILE_AXES) -> np.ndarray:
     """Read an image as float32 (H, W, C) in [0, 1], C its data channels (1 to MAX_CHANNELS);
     integer types are scaled by their range. Alpha is dropped where the file marks it
     (data_channels), palette images become RGB. The out-of-core reader (inference/large_tiff.py)
     uses the same three steps a band at a time.
     """
-    return read_image_scaled(path)[0]
+    return read_image_scaled(path, plane, axes)[0]
 
 
-def read_image_scaled(path: str | Path) -> tuple[np.ndarray, float]:
+def read_image_scaled(
+    path: str | Path, plane: int | None = None, axes: AxisChoice = FILE_AXES
+) -> tuple[np.ndarray, float]:
     """read_image's image and the raw value it maps to 1.0 (255 for 8-bit, 65535 for 16-bit), for
     what has to say the file's own units (the bioimage.io package's raw test input)."""
     path = Path(path)
-    array, mode, alpha = _read_raw(path)
+    array, mode, alpha = _read_raw(path, plane, axes)
     if mode == "P":
         with Image.open(path) as img:
             array, alpha = np.asarray(ImageOps.exif_transpose(img).convert("RGB")), False
@@ -197,14 +211,14 @@ def integer_range(dtype: np.dtype, largest: Callable[[], int | None]) -> float:
     return 65535.0 if biggest is not None and biggest <= 65535 else float(np.iinfo(dtype).max)
 
 
-def read_mask(path: str | Path) -> np.ndarray:
+def read_mask(path: str | Path, plane: int | None = None, axes: AxisChoice = FILE_AXES) -> np.ndarray:
     """Read a mask as a 2-D integer array of the values stored in the file.
 
     Palette PNGs give their palette indices (the VOC convention). An RGB(A) mask is accepted only
     if its colour channels are equal, i.e. a gray mask saved as colour.
     """
     path = Path(path)
-    array, _mode, alpha = _read_raw(path)
+    array, _mode, alpha = _read_raw(path, plane, axes)
     array = _channels_last(array, path)
     if alpha:
         array = array[:, :, :-1]
@@ -236,9 +250,11 @@ def _colour_mask_message(path: Path, array: np.ndarray) -> str:
     )
 
 
-def read_pair(image_path: str | Path, mask_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """An image and its mask, read and checked to be the same size."""
-    image, mask = read_image(image_path), read_mask(mask_path)
+def read_pair(
+    image_path: str | Path, mask_path: str | Path, plane: int | None = None, axes: AxisChoice = FILE_AXES
+) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its mask (plane `plane` of both, for stacks), read and checked to be the same size."""
+    image, mask = read_image(image_path, plane, axes), read_mask(mask_path, plane, axes)
     if image.shape[:2] != mask.shape:
         turned = image.shape[:2] == mask.shape[::-1]
         hint = (

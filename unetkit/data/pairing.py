@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from unetkit.data.io import IMAGE_EXTENSIONS
+import numpy as np
+
+from unetkit.data.io import IMAGE_EXTENSIONS, read_pair
+from unetkit.data.tiff_axes import FILE_AXES, AxisChoice, count_planes
 from unetkit.errors import UnetkitError
 
 # Tried in order when no suffix is given: Carvana names its masks "<stem>_mask.gif", others "_label".
@@ -17,10 +21,42 @@ COMMON_MASK_SUFFIXES = ("", "_mask", "_masks", "_label", "_labels", "_gt", "_seg
 class Pair:
     image: Path
     mask: Path
+    plane: int | None = None  # one plane of an image stack and its mask stack; None: 2-D files
+    axes: AxisChoice = FILE_AXES  # --channel-axis / --plane-axis
+
+    def read(self) -> tuple[np.ndarray, np.ndarray]:
+        """(image, mask), read and checked (read_pair)."""
+        return read_pair(self.image, self.mask, self.plane, self.axes)
 
     @property
     def name(self) -> str:
         return self.image.stem
+
+    @property
+    def label(self) -> str:
+        """The image's file name, and its plane for a stack: how reports and scores name it."""
+        return self.image.name if self.plane is None else f"{self.image.name} plane {self.plane}"
+
+
+def file_names(pairs: Sequence[Pair]) -> list[str]:
+    """The image file names of `pairs`, once each (a stack's planes share one): how a run's split is kept."""
+    return list(dict.fromkeys(pair.image.name for pair in pairs))
+
+
+def expand_planes(pairs: Sequence[Pair], axes: AxisChoice = FILE_AXES) -> list[Pair]:
+    """Each stack pair (tiff_axes.py, its axes read by `axes`) as one pair per plane, in order;
+    2-D pairs as they are. A mask stack must have its image's planes."""
+    expanded: list[Pair] = []
+    for pair in pairs:
+        planes, mask_planes = count_planes(pair.image, axes), count_planes(pair.mask, axes)
+        if planes != mask_planes:
+            raise UnetkitError(
+                f"{pair.mask}: the mask has {mask_planes} plane(s) but its image {pair.image.name} has {planes}; "
+                "a stack's mask is a stack of the same planes (one 2-D mask per image plane)"
+            )
+        chosen = [None] if planes == 1 else range(planes)
+        expanded += [Pair(pair.image, pair.mask, plane, axes) for plane in chosen]
+    return expanded
 
 
 def list_images(folder: str | Path, what: str = "images") -> list[Path]:

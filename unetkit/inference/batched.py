@@ -9,7 +9,7 @@ image took 22-25 ms, decoding it 1.5 ms and writing its PNG mask 2.4 ms, and a b
   model   the calling thread: model inputs of one shape stacked up to batch_size, whole images or
           tiles (tiles of several images share a batch), tiles blended back per image exactly as
           predict_tiled blends them;
-  write   the caller's `write(path, image, logits)` (mask, TIFFs, overlay) in the same threads.
+  write   the caller's `write(ref, image, logits)` (mask, TIFFs, overlay) in the same threads.
 
 Images in flight (decoding, waiting for their batch, or being written) are at most 4 batches and
 at most PIXEL_BUDGET pixels, so memory is a few batches of small images, or one large image at a
@@ -27,16 +27,15 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from unetkit.data import read_image
+from unetkit.data.io import ImageRef
 from unetkit.inference.predictor import Predictor, at_image_size
 from unetkit.inference.tiling import blend, gaussian_window, tile_boxes
 
-Write = Callable[[Path, np.ndarray, torch.Tensor], None]  # (path, (H, W, C) image, (1, K, H, W) logits)
+Write = Callable[[ImageRef, np.ndarray, torch.Tensor], None]  # (image, its (H, W, C) pixels, (1, K, H, W) logits)
 Box = tuple[int, int, int, int] | None  # a tile (top, left, height, width); None: the whole input
 PIXEL_BUDGET = 16 * 2**20  # image pixels in flight: e.g. 256 of 256^2 (capped by batches), one 4096^2
 
@@ -46,7 +45,7 @@ class Job:
     """One image from decoding to writing; `logits` fill in as its pieces (tiles, or the whole
     input) come back from the model."""
 
-    path: Path
+    ref: ImageRef
     image: np.ndarray
     x: torch.Tensor | None  # (C, h, w) model input, dropped once every piece has run
     boxes: list[Box]
@@ -69,16 +68,16 @@ class Job:
         return at_image_size(logits[None], self.image.shape[:2])
 
 
-def decode(predictor: Predictor, path: Path) -> Job:
+def decode(predictor: Predictor, ref: ImageRef) -> Job:
     """Read and preprocess one image; a tiled one gets its tiles and blending buffers (in a worker)."""
-    image = read_image(path)
-    x = predictor.preprocess.image_tensor(image, path)
+    image = ref.read()
+    x = predictor.preprocess.image_tensor(image, ref.path)
     if not predictor.tiled(x):
-        return Job(path, image, x, [None])
+        return Job(ref, image, x, [None])
     _, height, width = x.shape
     boxes = tile_boxes(height, width, predictor.options.tile, predictor.options.overlap)
     logits, weights = torch.zeros(predictor.num_outputs, height, width), torch.zeros(height, width)
-    return Job(path, image, x, boxes, logits, weights, gaussian_window(boxes[0][2], boxes[0][3]))
+    return Job(ref, image, x, boxes, logits, weights, gaussian_window(boxes[0][2], boxes[0][3]))
 
 
 class Batches:
@@ -116,24 +115,24 @@ class Batches:
         return done
 
 
-def finish(job: Job, write: Write) -> Path:
-    write(job.path, job.image, job.result())
-    return job.path
+def finish(job: Job, write: Write) -> ImageRef:
+    write(job.ref, job.image, job.result())
+    return job.ref
 
 
-def predict_images(predictor: Predictor, paths: Sequence[Path], write: Write, workers: int) -> Iterator[Path]:
-    """Call `write(path, image, logits)` for every image; yields each path once it is written (not
-    necessarily in order). The first error (e.g. an unreadable image) is raised here once the writes
-    under way have finished; what was written stays, nothing more is read."""
-    if workers == 0 or len(paths) < 2:  # one image: nothing to overlap (and predict_tiled's tile bar)
-        for path in paths:
-            image = read_image(path)
-            write(path, image, predictor.logits(image, path))
-            yield path
+def predict_images(predictor: Predictor, refs: Sequence[ImageRef], write: Write, workers: int) -> Iterator[ImageRef]:
+    """Call `write(ref, image, logits)` for every image (a file, or a plane of a stack); yields each
+    once it is written (not necessarily in order). The first error (e.g. an unreadable image) is
+    raised here once the writes under way have finished; what was written stays, nothing more is read."""
+    if workers == 0 or len(refs) < 2:  # one image: nothing to overlap (and predict_tiled's tile bar)
+        for ref in refs:
+            image = ref.read()
+            write(ref, image, predictor.logits(image, ref.path))
+            yield ref
         return
-    todo, batches, largest = deque(paths), Batches(predictor), 0
+    todo, batches, largest = deque(refs), Batches(predictor), 0
     reading: deque[Future[Job]] = deque()
-    writing: deque[Future[Path]] = deque()
+    writing: deque[Future[ImageRef]] = deque()
     # The workers' torch calls (preprocessing, logits to masks) run single-threaded: each would
     # otherwise start an OpenMP team of its own beside the model's (no difference measured at 256^2).
     with ThreadPoolExecutor(workers, "unetkit-predict", torch.set_num_threads, (1,)) as pool:

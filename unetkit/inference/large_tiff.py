@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from unetkit.data.dataset import match_channels
 from unetkit.data.io import MAX_CHANNELS, PixelRule, pixel_maximum, tiff_marks_alpha
+from unetkit.data.tiff_axes import FILE_AXES, AxisChoice, count_planes, tiff_layout
 from unetkit.errors import UnetkitError
 from unetkit.inference.band_objects import MAX_OBJECT_CONTEXT, BandObjects
 from unetkit.inference.band_outputs import RowStore, output_tiles, write_tiled_tiff
@@ -51,14 +52,23 @@ def tiff_shape(path: Path) -> tuple[int, ...] | None:
         return None
 
 
-def out_of_core(path: Path, mode: str) -> bool:
-    """Whether `path` is predicted out of core: mode "on" (any TIFF), "auto" (large TIFFs) or "off"."""
+def out_of_core(path: Path, mode: str, axes: AxisChoice = FILE_AXES) -> bool:
+    """Whether `path` is predicted out of core: mode "on" (any TIFF), "auto" (large TIFFs) or "off".
+    Stacks are predicted in memory, plane by plane; one too large for that is refused here."""
     if mode == "off":
         return False
     shape = tiff_shape(path)
     if shape is None:
         if mode == "on" and path.suffix.lower() not in TIFF_SUFFIXES:
             raise UnetkitError(f"{path}: --out-of-core on reads TIFF files only; convert it or use --out-of-core auto")
+        return False
+    if count_planes(path, axes) > 1:
+        layout = tiff_layout(path, axes)
+        if mode == "on" or layout.length("Y") * layout.length("X") > LARGE_PIXELS:
+            raise UnetkitError(
+                f"{path}: a stack ({layout.describe()}); out-of-core prediction reads 2-D TIFFs only, stacks are "
+                "predicted in memory plane by plane: use --out-of-core off, or save large planes as their own files"
+            )
         return False
     return mode == "on" or shape[0] * shape[1] > LARGE_PIXELS
 

@@ -23,6 +23,7 @@ from unetkit.core.model_spec import ModelSpec
 from unetkit.core.options import check_fields, number, option, whole
 from unetkit.data import read_image
 from unetkit.data.io import PixelRule, pixel_maximum
+from unetkit.data.tiff_axes import AXIS_NEED, CHANNEL_AXIS_HELP, PLANE_AXIS_HELP, AxisChoice, axis_letter
 from unetkit.errors import UnetkitError
 from unetkit.inference.instances import ObjectRule, split_objects
 from unetkit.inference.tiling import Forward, predict_tiled, with_tta
@@ -75,6 +76,8 @@ class InferenceOptions:
         "auto", "predict TIFFs a band of tiles at a time and write a tiled TIFF mask (<name>.tif), never holding "
         "the image or its output whole: auto for TIFFs above 64 Mpx", choices=("auto", "on", "off"),
     )  # fmt: skip
+    channel_axis: str | None = option(None, CHANNEL_AXIS_HELP, valid=axis_letter, need=AXIS_NEED, parse=str.upper)
+    plane_axis: str | None = option(None, PLANE_AXIS_HELP, valid=axis_letter, need=AXIS_NEED, parse=str.upper)
     # Objects (predict --instances, evaluate's object scores); unset: the rule training chose on
     # its validation images, kept in the checkpoint (inference/instances.py).
     seed_threshold: float | None = option(
@@ -93,6 +96,11 @@ class InferenceOptions:
         None, "objects: fill holes up to this many pixels (default: the checkpoint's)", group="objects",
         valid=whole(0, 2**31), need="0 or more pixels",
     )  # fmt: skip
+
+    @property
+    def axes(self) -> AxisChoice:
+        """How TIFF axes are read: --channel-axis, --plane-axis."""
+        return AxisChoice(self.channel_axis, self.plane_axis)
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -16,8 +16,9 @@ from pathlib import Path
 import unetkit.report.figures as figures
 from unetkit.core.atomic import atomic_write
 from unetkit.data import Pair, find_pairs
-from unetkit.data.io import read_pair
 from unetkit.data.mask_values import MaskValues
+from unetkit.data.pairing import expand_planes
+from unetkit.data.tiff_axes import AxisChoice
 from unetkit.errors import UnetkitError
 from unetkit.evaluate import evaluate_pairs
 from unetkit.inference import InferenceOptions, Predictor
@@ -30,7 +31,14 @@ FOLDER_KEYS = ("images", "masks", "val_images", "val_masks", "mask_suffix")  # c
 
 
 def run_pairs(config: dict, images: str | None, masks: str | None) -> tuple[list[Pair], str]:
-    """The labelled images to show: the given folders, else the run's own validation images."""
+    """The labelled images to show (a stack's planes each its own): the given folders, else the
+    run's own validation images."""
+    pairs, source = run_files(config, images, masks)
+    axes = AxisChoice(config.get("channel_axis"), config.get("plane_axis"))
+    return expand_planes(pairs, axes), source
+
+
+def run_files(config: dict, images: str | None, masks: str | None) -> tuple[list[Pair], str]:
     if images or masks:
         if not (images and masks):
             raise UnetkitError("give both --images and --masks, or neither (the run's validation images)")
@@ -70,9 +78,9 @@ def examples(predictor: Predictor, pairs: Sequence[Pair], per_image: list[dict],
     for rank, index in enumerate(chosen):
         pair, scores = pairs[index], per_image[index]
         kind = "worst" if rank < WORST else "best"
-        title = f"{kind}: {pair.image.name}, {image_scores(scores, objects)}"
+        title = f"{kind}: {pair.label}, {image_scores(scores, objects)}"
         png, counts = (object_panels if objects else class_panels)(predictor, pair, title)
-        shown.append({"kind": kind, "name": pair.image.name, "dice": scores["dice"], "png": png, "errors": counts})
+        shown.append({"kind": kind, "name": pair.label, "dice": scores["dice"], "png": png, "errors": counts})
     return shown
 
 
@@ -90,7 +98,7 @@ def show(value: float | None) -> str:
 
 
 def class_panels(predictor: Predictor, pair: Pair, title: str) -> tuple[str, None]:
-    image, mask = read_pair(pair.image, pair.mask)
+    image, mask = pair.read()
     truth = predictor.mask_values.encode(mask, pair.mask)
     return figures.example(image, truth, predictor.class_ids(image, pair.image), title), None
 
@@ -98,7 +106,7 @@ def class_panels(predictor: Predictor, pair: Pair, title: str) -> tuple[str, Non
 def object_panels(predictor: Predictor, pair: Pair, title: str) -> tuple[str, str]:
     """The true objects (as evaluate takes them from the mask), the predicted ones (as evaluate and
     predict --instances cut them), and their errors; returns the PNG and the errors' counts."""
-    image, mask = read_pair(pair.image, pair.mask)
+    image, mask = pair.read()
     mask_values = predictor.mask_values
     target = mask_values.encode(mask, pair.mask)
     true = mask_values.true_objects(mask, target)

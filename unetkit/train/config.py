@@ -30,6 +30,7 @@ from unetkit.core.options import (
     whole,
 )
 from unetkit.data.objects import INSTANCE_MODES
+from unetkit.data.tiff_axes import AXIS_NEED, CHANNEL_AXIS_HELP, PLANE_AXIS_HELP, AxisChoice, axis_letter
 from unetkit.errors import UnetkitError
 from unetkit.losses import LOSSES
 from unetkit.models import MODELS, model_class
@@ -69,6 +70,12 @@ class TrainConfig:
         None, "a mask value whose pixels count for neither loss nor metrics, e.g. 255", group="data",
         valid=whole(0, 65535), need="a mask value from 0 to 65535",
     )  # fmt: skip
+    channel_axis: str | None = option(
+        None, CHANNEL_AXIS_HELP, group="data", valid=axis_letter, need=AXIS_NEED, parse=str.upper
+    )
+    plane_axis: str | None = option(
+        None, PLANE_AXIS_HELP, group="data", valid=axis_letter, need=AXIS_NEED, parse=str.upper
+    )
     instance_masks: bool | None = option(
         None, "the masks are instance label images (each object its own id, 0 background, e.g. 16-bit PNG or "
         "TIFF); trained as background / object, their objects kept for --border-weight and the object scores "
@@ -240,6 +247,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def axes(self) -> AxisChoice:
+        """How TIFF axes are read: --channel-axis, --plane-axis."""
+        return AxisChoice(self.channel_axis, self.plane_axis)
 
     def min_input_size(self) -> int:
         """The smallest image side the model trains on, as the model says (unset options: its defaults)."""

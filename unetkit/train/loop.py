@@ -20,6 +20,7 @@ from unetkit.core.atomic import ensure_folder, remove_stale_temporaries, write_j
 from unetkit.core.checkpoint import load_checkpoint, save_checkpoint
 from unetkit.core.hardware import cpu_description, resolve_device
 from unetkit.data import Pair
+from unetkit.data.pairing import file_names
 from unetkit.errors import UnetkitError
 from unetkit.metrics import SegmentationMetrics, predicted_classes
 from unetkit.train.config import PATH_OPTIONS, TrainConfig, absolute_paths
@@ -337,7 +338,7 @@ class Trainer:
             **self.spec.to_state(),
             "model": {k: v.detach().cpu().contiguous() for k, v in unwrap(self.model).state_dict().items()},
             "sampled_classes": self.plan.sampled_classes,
-            "split": {"train": [p.image.name for p in self.train_pairs], "val": [p.image.name for p in self.val_pairs]},
+            "split": {"train": file_names(self.train_pairs), "val": file_names(self.val_pairs)},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -404,8 +405,8 @@ class Trainer:
                     "binary": self.binary,
                     "model_args": self.spec.args,
                     "preprocess": self.plan.preprocess.to_dict(),
-                    "train_images": [p.image.name for p in self.train_pairs],
-                    "val_images": [p.image.name for p in self.val_pairs],
+                    "train_images": file_names(self.train_pairs),
+                    "val_images": file_names(self.val_pairs),
                 },
             },
         )

@@ -20,7 +20,6 @@ import numpy as np
 
 from unetkit.core.checkpoint import load_checkpoint, save_checkpoint
 from unetkit.data import Pair
-from unetkit.data.io import read_pair
 from unetkit.inference import InferenceOptions, Predictor
 from unetkit.inference.instances import ObjectRule
 from unetkit.object_metrics import mean_scores, object_scores
@@ -83,7 +82,7 @@ def validation_probabilities(predictor: Predictor, val_pairs: Sequence[Pair]) ->
     step = max(1, math.ceil(len(val_pairs) / MAX_IMAGES))
     images = []
     for pair in list(val_pairs)[::step]:
-        image, mask = read_pair(pair.image, pair.mask)
+        image, mask = pair.read()
         target = predictor.mask_values.encode(mask, pair.mask)
         truth = predictor.mask_values.true_objects(mask, target)
         if truth.any():

@@ -25,7 +25,7 @@ from unetkit.data import AugmentConfig, MaskValues, Pair, Preprocess, Segmentati
 from unetkit.data.dataset import pad_collate
 from unetkit.data.fingerprint import DataFingerprint, fingerprint_pairs
 from unetkit.data.objects import DEFAULT_INSTANCE_TARGET, INSTANCE_CLASS_NAMES
-from unetkit.data.pairing import describe_names
+from unetkit.data.pairing import describe_names, expand_planes
 from unetkit.errors import UnetkitError
 from unetkit.losses import SegmentationLoss
 from unetkit.models import model_class
@@ -57,8 +57,15 @@ def split_pairs(pairs: Sequence[Pair], fraction: float, seed: int) -> tuple[list
 def training_pairs(
     cfg: TrainConfig, resumed_split: dict[str, list[str]] | None, log: Log
 ) -> tuple[list[Pair], list[Pair]]:
-    """The training and validation pairs from the folders: --val-images, or a seeded split, or
-    on resume the run's own split (in the folders the run names, or where its data moved to)."""
+    """The training and validation pairs from the folders, a stack's planes each a pair of its
+    own (expand_planes) after the split, which keeps a stack's planes on one side."""
+    train, val = file_pairs(cfg, resumed_split, log)
+    return expand_planes(train, cfg.axes), expand_planes(val, cfg.axes)
+
+
+def file_pairs(cfg: TrainConfig, resumed_split: dict[str, list[str]] | None, log: Log) -> tuple[list[Pair], list[Pair]]:
+    """The training and validation files: --val-images, or a seeded split, or on resume the run's
+    own split (in the folders the run names, or where its data moved to)."""
     if not cfg.images or not cfg.masks:
         raise UnetkitError("train needs --images DIR and --masks DIR")
     if bool(cfg.val_images) != bool(cfg.val_masks):

@@ -1,0 +1,178 @@
+"""Stacks (issue 22): a TIFF of Z or T planes is read plane by plane, every layout the metadata
+names (ImageJ hyperstack TZCYX, OME, plain pages, RGB pages); it trains as one sample per plane
+(a stack's planes on one side of the split), is checked, evaluated and predicted plane by plane,
+and its outputs are stacks of the input's plane axes."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from synthetic import assert_one_line_error, run_cli
+
+from unetkit.cli import main
+from unetkit.data import read_image, read_mask
+from unetkit.data.tiff_axes import AxisChoice, count_planes
+from unetkit.errors import UnetkitError
+
+SIZE = 32
+
+
+def test_every_stack_layout_reads_each_plane(tmp_path):
+    """Plane p of each layout is the image the writer put there, channels last."""
+    rng = np.random.default_rng(0)
+    hyper = rng.integers(0, 65535, (3, 4, 2, SIZE, 24), dtype=np.uint16)  # T, Z, C, Y, X
+    tifffile.imwrite(tmp_path / "ij.tif", hyper, imagej=True, metadata={"axes": "TZCYX"})
+    ome = rng.integers(0, 65535, (20, 5, SIZE, 24), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "ome.tif", ome, ome=True, metadata={"axes": "ZCYX"})
+    pages = rng.integers(0, 255, (6, SIZE, 24), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "pages.tif", pages)  # no axis names: pages are planes
+    rgb = rng.integers(0, 255, (5, SIZE, 24, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    expected = {
+        "ij.tif": [np.moveaxis(hyper[t, z], 0, -1) / 65535 for t in range(3) for z in range(4)],
+        "ome.tif": [np.moveaxis(plane, 0, -1) / 65535 for plane in ome],
+        "pages.tif": [plane[:, :, None] / 255 for plane in pages],
+        "rgb.tif": [plane / 255 for plane in rgb],
+    }
+    for name, planes in expected.items():
+        assert count_planes(tmp_path / name) == len(planes), name
+        for index, plane in enumerate(planes):
+            np.testing.assert_allclose(read_image(tmp_path / name, index), plane, atol=1e-6, err_msg=name)
+    masks = rng.integers(0, 3, (6, SIZE, 24), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "masks.tif", masks)
+    assert all(np.array_equal(read_mask(tmp_path / "masks.tif", p), masks[p]) for p in range(6))
+
+
+def stack_set(root, stacks: int = 4, planes: int = 20, channels: int = 5, target: int = 3) -> tuple:
+    """OME-TIFF stacks (Z, C, Y, X) of 16-bit noise, discs visible in channel `target` only, and
+    their mask stacks (Z, Y, X)."""
+    rng = np.random.default_rng(1)
+    images, masks = root / "images", root / "masks"
+    images.mkdir(parents=True)
+    masks.mkdir(parents=True)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    for index in range(stacks):
+        truth = np.zeros((planes, SIZE, SIZE), np.uint8)
+        pixels = rng.normal(12000, 3000, (planes, channels, SIZE, SIZE))
+        for z in range(planes):
+            for _ in range(2):
+                cy, cx = rng.integers(7, SIZE - 7, 2)
+                truth[z][(yy - cy) ** 2 + (xx - cx) ** 2 <= 16] = 255
+            pixels[z, target] += 30000 * (truth[z] > 0)
+        stack = np.clip(pixels, 0, 65535).astype(np.uint16)
+        tifffile.imwrite(images / f"s{index}.ome.tif", stack, ome=True, metadata={"axes": "ZCYX"})
+        tifffile.imwrite(masks / f"s{index}.ome.tif", truth, ome=True, metadata={"axes": "ZYX"})
+    return images, masks
+
+
+@pytest.fixture(scope="module")
+def stack_run(tmp_path_factory):
+    """A model trained on four 20-plane, 5-channel stacks (80 planes), and its data."""
+    root = tmp_path_factory.mktemp("stacks")
+    images, masks = stack_set(root)
+    out = root / "run"
+    args = ["train", "--images", images, "--masks", masks, "--out", out, "--epochs", "6", "--base-channels", "8"]
+    args += ["--depth", "2", "--no-progress", "--no-report", "--workers", "0", "--val-fraction", "0.25"]
+    assert main([str(a) for a in args]) == 0
+    return root, images, masks, out
+
+
+def test_a_stack_trains_plane_by_plane_with_its_planes_on_one_side(stack_run):
+    root, _, _, out = stack_run
+    config = json.loads((out / "config.json").read_text())
+    split = config["resolved"]
+    assert len(split["train_images"]) == 3 and len(split["val_images"]) == 1  # whole stacks, by file
+    assert not set(split["train_images"]) & set(split["val_images"])
+    metrics = (out / "metrics.csv").read_text().splitlines()
+    assert len(metrics) == 7  # header and six epochs: 60 planes a training epoch
+
+
+def test_check_and_evaluate_read_every_plane(stack_run, capsys):
+    root, images, masks, out = stack_run
+    code, text, err = run_cli(capsys, "check", "--images", images, "--masks", masks)
+    assert code == 0, err
+    assert "stack: s0.ome.tif: axes ZCYX, 20 plane(s) of 5 channel(s)" in text
+    assert "32x32 x80" in text and "5 x80" in text
+    report = root / "eval.json"
+    code, text, err = run_cli(capsys, "evaluate", "--checkpoint", out / "best.pt", "--images", images,
+                              "--masks", masks, "--json", report, "--no-progress")  # fmt: skip
+    assert code == 0, err
+    per_image = json.loads(report.read_text())["per_image"]
+    assert len(per_image) == 80 and per_image[21]["file"] == "s1.ome.tif plane 1"
+    assert json.loads(report.read_text())["per_class"][1]["dice"] > 0.8
+
+
+def test_predict_writes_stacks_of_the_input_axes(stack_run, capsys):
+    root, images, _, out = stack_run
+    pred = root / "pred"
+    outputs = ["--out", pred, "--instances", "--probabilities", "--overlay", "--no-progress"]
+    code, text, err = run_cli(capsys, "predict", "--checkpoint", out / "best.pt", images / "s0.ome.tif", *outputs)
+    assert code == 0, err
+    truth = tifffile.imread(root / "masks" / "s0.ome.tif")
+    with tifffile.TiffFile(pred / "s0.ome.tif") as tif:
+        assert tif.series[0].axes == "ZYX"
+        mask = tif.asarray()
+    assert mask.shape == truth.shape and set(np.unique(mask)) <= {0, 255}
+    assert 2 * ((mask > 0) & (truth > 0)).sum() / ((mask > 0).sum() + (truth > 0).sum()) > 0.8
+    with tifffile.TiffFile(pred / "s0.ome_probs.tif") as tif:
+        assert tif.series[0].axes == "ZCYX" and tif.series[0].shape == (20, 2, SIZE, SIZE)
+    assert tifffile.imread(pred / "s0.ome_overlay.tif").shape == (20, SIZE, SIZE, 3)
+    labels = tifffile.imread(pred / "s0.ome_objects.tif")
+    assert labels.shape == truth.shape
+    rows = list(csv.DictReader((pred / "s0.ome_objects.csv").open()))
+    assert {row["plane"] for row in rows} == {str(z) for z in range(20)}
+    for z in range(20):  # ids start at 1 in every plane, and the table lists each plane's objects
+        ids = sorted(int(row["id"]) for row in rows if row["plane"] == str(z))
+        assert ids == list(range(1, labels[z].max() + 1))
+
+
+def test_a_mask_stack_of_other_planes_and_an_out_of_core_stack_are_refused(stack_run, tmp_path, capsys):
+    root, images, masks, out = stack_run
+    bad = tmp_path / "masks"
+    bad.mkdir()
+    for path in masks.iterdir():
+        tifffile.imwrite(bad / path.name, tifffile.imread(path)[:19], ome=True, metadata={"axes": "ZYX"})
+    code, _, err = run_cli(
+        capsys, "train", "--images", images, "--masks", bad, "--out", tmp_path / "r", "--epochs", "1"
+    )
+    assert_one_line_error(code, err, "mask has 19 plane(s) but its image s", ".ome.tif has 20")
+    code, _, err = run_cli(capsys, "predict", "--checkpoint", out / "best.pt", images / "s0.ome.tif",
+                           "--out", tmp_path / "p", "--out-of-core", "on")  # fmt: skip
+    assert_one_line_error(code, err, "s0.ome.tif", "--out-of-core off")
+
+
+def test_the_user_names_the_axes_where_the_metadata_is_wrong_or_missing(tmp_path, capsys):
+    """Pages without axis names are planes unless --channel-axis says they are channels; an OME
+    file that calls its z-slices channels is read as planes with --plane-axis C."""
+    rng = np.random.default_rng(2)
+    pages = rng.integers(0, 255, (3, SIZE, 24), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "pages.tif", pages, photometric="minisblack")  # 3 pages, not planar RGB
+    assert count_planes(tmp_path / "pages.tif") == 3
+    as_channels = AxisChoice(channel="Q")
+    assert count_planes(tmp_path / "pages.tif", as_channels) == 1
+    np.testing.assert_allclose(read_image(tmp_path / "pages.tif", None, as_channels), np.moveaxis(pages, 0, -1) / 255)
+    slices = rng.integers(0, 65535, (4, SIZE, 24), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "z_as_c.ome.tif", slices, ome=True, metadata={"axes": "CYX"})
+    assert count_planes(tmp_path / "z_as_c.ome.tif") == 1  # 4 channels by its metadata
+    as_planes = AxisChoice(plane="C")
+    assert count_planes(tmp_path / "z_as_c.ome.tif", as_planes) == 4
+    np.testing.assert_allclose(read_image(tmp_path / "z_as_c.ome.tif", 2, as_planes)[..., 0], slices[2] / 65535)
+    with pytest.raises(UnetkitError, match=r"pages.tif: --plane-axis Z, but the file's axes are QYX; name one of Q"):
+        read_image(tmp_path / "pages.tif", 0, AxisChoice(plane="Z"))
+    with pytest.raises(UnetkitError, match="--channel-axis YY: must be one axis letter"):
+        AxisChoice(channel="YY")
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for index in range(3):
+        tifffile.imwrite(images / f"p{index}.tif", pages, photometric="minisblack")
+        tifffile.imwrite(masks / f"p{index}.png", (pages[0] > 128).astype(np.uint8))
+    code, text, err = run_cli(capsys, "check", "--images", images, "--masks", masks, "--channel-axis", "q")
+    assert code == 0, err
+    assert "channels: 3 x3" in text
+    code, text, err = run_cli(capsys, "check", "--images", images, "--masks", masks)
+    assert "mask has 1 plane(s) but its image p0.tif has 3" in text

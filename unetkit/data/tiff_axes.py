@@ -1,0 +1,176 @@
+"""How a TIFF's axes become what unetkit reads: rows (Y) and columns (X), channels (S, the
+samples of a pixel, or C, the channel axis of ImageJ and OME files) and planes (every other axis
+longer than one: Z, T, and the unnamed page axes I and Q of a plain multi-page TIFF). A stack of
+P planes is P images of the same channels, read one plane at a time; a file of one plane is an
+ordinary 2-D image. The axes are tifffile's reading of the file's own metadata (ImageJ
+hyperstack, OME-XML, shaped), so nothing is guessed from the shape alone: a 3-page TIFF without
+metadata is 3 planes, never RGB. Where the metadata is wrong or missing, --channel-axis and
+--plane-axis (AxisChoice) name the axis that holds the channels or the planes, by the letter
+`unetkit check` shows."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from unetkit.errors import UnetkitError
+
+CHANNEL_AXES = "SC"
+IMAGE_AXES = "YX"
+
+
+# The options' words, shared by train, check, evaluate and predict.
+CHANNEL_AXIS_HELP = (
+    "TIFFs: the axis that holds the channels, by the letter unetkit check shows (e.g. Q for pages without axis "
+    "names), where the file's metadata is wrong or missing (default: S and C)"
+)
+PLANE_AXIS_HELP = (
+    "TIFFs: the axis whose every position is an image of its own (a plane), e.g. C where a file calls its "
+    "z-slices channels (default: every axis but Y, X, S and C)"
+)
+AXIS_NEED = "one axis letter as unetkit check shows it, e.g. Q, Z, T or C (not Y or X)"
+
+
+def axis_letter(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 1 and value.isalpha() and value.isupper() and value not in "YX"
+
+
+@dataclass(frozen=True)
+class AxisChoice:
+    """The user's word on a TIFF's axes, over its metadata: the axis that holds the channels, and
+    the axis that holds the planes (tifffile's letters, e.g. Q for unnamed pages); None: the file's."""
+
+    channel: str | None = None
+    plane: str | None = None
+
+    def __post_init__(self) -> None:
+        for option, axis in (("--channel-axis", self.channel), ("--plane-axis", self.plane)):
+            if axis is not None and not axis_letter(axis):
+                raise UnetkitError(f"{option} {axis}: must be {AXIS_NEED}")
+        if self.channel is not None and self.channel == self.plane:
+            raise UnetkitError(
+                f"--channel-axis and --plane-axis both name {self.channel}; an axis holds one or the other"
+            )
+
+    def check(self, axes: str, path: Path) -> None:
+        """Each chosen axis must be one of the file's (not Y or X)."""
+        others = "".join(a for a in axes if a not in IMAGE_AXES)
+        for option, axis in (("--channel-axis", self.channel), ("--plane-axis", self.plane)):
+            if axis is not None and axis not in others:
+                raise UnetkitError(
+                    f"{path}: {option} {axis}, but the file's axes are {axes}; name one of "
+                    f"{', '.join(others) or '(none)'} (unetkit check shows each file's axes), or leave the option out"
+                )
+
+
+FILE_AXES = AxisChoice()  # no choice: the file's own metadata
+
+
+@dataclass(frozen=True)
+class TiffAxes:
+    """The first series' axes and shape as tifffile reads them, and which are planes and channels."""
+
+    axes: str  # e.g. "TZCYX", "ZCYX", "QYXS", "YX"
+    shape: tuple[int, ...]
+    choice: AxisChoice = FILE_AXES
+
+    def length(self, axis: str) -> int:
+        return self.shape[self.axes.index(axis)]
+
+    @property
+    def channel_axes(self) -> str:
+        """S and C, or the chosen channel axis, but never the chosen plane axis."""
+        named = CHANNEL_AXES + (self.choice.channel or "")
+        return "".join(a for a in self.axes if a in named and a != self.choice.plane and self.length(a) > 1)
+
+    @property
+    def plane_axes(self) -> str:
+        """Every other axis longer than one (Z, T, pages), in the file's order: each position an image."""
+        image = self.channel_axes + IMAGE_AXES
+        return "".join(a for a in self.axes if a not in image and self.length(a) > 1)
+
+    @property
+    def planes(self) -> int:
+        return math.prod(self.length(a) for a in self.plane_axes)
+
+    @property
+    def plane_shape(self) -> tuple[int, ...]:
+        """The plane axes' lengths, e.g. (T, Z), for writing outputs of the same axes."""
+        return tuple(self.length(a) for a in self.plane_axes)
+
+    def describe(self) -> str:
+        channels = math.prod(self.length(a) for a in self.channel_axes)
+        return f"axes {self.axes}, {self.planes} plane(s) of {channels} channel(s)"
+
+
+def tiff_axes(tif: tifffile.TiffFile, path: Path, choice: AxisChoice = FILE_AXES) -> TiffAxes:
+    """The first series' axes; a file of several images (series) or two channel axes is refused."""
+    series = tif.series[0]
+    choice.check(series.axes, path)
+    layout = TiffAxes(series.axes, tuple(series.shape), choice)
+    if len(layout.channel_axes) > 1:
+        raise UnetkitError(
+            f"{path}: the TIFF has two channel axes, {' and '.join(layout.channel_axes)} (axes {layout.axes}); name "
+            f"the one that holds planes with --plane-axis, or save it with one channel axis"
+        )
+    full_size = [page for page in tif.pages if not getattr(page, "is_reduced", False)]  # not thumbnails
+    if len(full_size) > len(getattr(series, "pages", full_size)):
+        raise UnetkitError(
+            f"{path}: the TIFF holds {len(tif.series)} images of different shapes (series); unetkit reads one image or "
+            "one stack per file: save each as its own file"
+        )
+    return layout
+
+
+def count_planes(path: Path, choice: AxisChoice = FILE_AXES) -> int:
+    """How many 2-D images a file holds: a TIFF's planes (headers only), 1 for other formats and
+    for files the readers will refuse later with their own message."""
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return 1
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return tiff_axes(tif, path, choice).planes
+    except (UnetkitError, tifffile.TiffFileError, OSError, ValueError, IndexError):
+        return 1
+
+
+def tiff_layout(path: Path, choice: AxisChoice = FILE_AXES) -> TiffAxes:
+    """A TIFF's axes (tiff_axes), from its headers."""
+    with tifffile.TiffFile(path) as tif:
+        return tiff_axes(tif, path, choice)
+
+
+def describe_axes(path: Path, choice: AxisChoice = FILE_AXES) -> str:
+    """How a TIFF's axes are read (TiffAxes.describe), for check; '' for other files."""
+    return tiff_layout(path, choice).describe() if path.suffix.lower() in (".tif", ".tiff") else ""
+
+
+def read_plane(tif: tifffile.TiffFile, layout: TiffAxes, plane: int) -> tuple[np.ndarray, str]:
+    """Plane `plane` (counted over the plane axes in the file's order) as an array with the axes
+    left: the channel axis, if any, and Y, X. Only that plane's pages are decoded where each page
+    holds one 2-D image (ImageJ and OME files, plain stacks); other layouts are read whole."""
+    series = tif.series[0]
+    page_axes = series.keyframe.axes
+    leading = layout.axes[: len(layout.axes) - len(page_axes)]
+    if layout.axes.endswith(page_axes) and math.prod(layout.shape[: len(leading)]) == len(series.pages):
+        pages = np.arange(len(series.pages)).reshape(layout.shape[: len(leading)])
+        chosen, axes = _take_plane(pages, leading, layout, plane)
+        array = series.asarray(key=chosen.reshape(-1).tolist())  # one page comes back without the pages axis
+        return array.reshape(chosen.shape + tuple(series.keyframe.shape)), axes + page_axes
+    array, axes = _take_plane(series.asarray(), layout.axes, layout, plane)
+    return array, axes
+
+
+def _take_plane(array: np.ndarray, axes: str, layout: TiffAxes, plane: int) -> tuple[np.ndarray, str]:
+    """Index the plane axes of `array` (whose axes are `axes`) at the flat plane number `plane`;
+    length-1 axes are dropped. Returns the rest and its axes."""
+    position = np.unravel_index(plane, layout.plane_shape) if layout.plane_axes else ()
+    where = dict(zip(layout.plane_axes, position, strict=True))
+    index = tuple(where.get(a, 0) if a in where or (array.shape[i] == 1 and a not in IMAGE_AXES) else slice(None)
+                  for i, a in enumerate(axes))  # fmt: skip
+    kept = "".join(a for a, i in zip(axes, index, strict=True) if isinstance(i, slice))
+    return array[index], kept
