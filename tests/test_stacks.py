@@ -15,6 +15,7 @@ from synthetic import assert_one_line_error, run_cli
 
 from unetkit.cli import main
 from unetkit.data import read_image, read_mask
+from unetkit.data.pairing import Pair, expand_planes
 from unetkit.data.tiff_axes import AxisChoice, count_planes
 from unetkit.errors import UnetkitError
 
@@ -130,7 +131,25 @@ def test_predict_writes_stacks_of_the_input_axes(stack_run, capsys):
         assert ids == list(range(1, labels[z].max() + 1))
 
 
-def test_a_mask_stack_of_other_planes_and_an_out_of_core_stack_are_refused(stack_run, tmp_path, capsys):
+def test_out_of_core_a_stack_gives_what_it_gives_in_memory(stack_run, tmp_path, capsys):
+    """The band engine, plane by plane, then stacked tile by tile: the same stacks as in memory."""
+    root, images, _, out = stack_run
+    outputs = {}
+    for mode in ("off", "on"):
+        outputs[mode] = tmp_path / mode
+        args = ["--out", outputs[mode], "--instances", "--probabilities", "--no-progress", "--out-of-core", mode]
+        code, _, err = run_cli(capsys, "predict", "--checkpoint", out / "best.pt", images / "s0.ome.tif", *args)
+        assert code == 0, err
+    for name in ("s0.ome.tif", "s0.ome_probs.tif", "s0.ome_objects.tif"):
+        with tifffile.TiffFile(outputs["off"] / name) as memory, tifffile.TiffFile(outputs["on"] / name) as band:
+            assert band.series[0].axes == memory.series[0].axes, name
+            np.testing.assert_allclose(band.asarray(), memory.asarray(), atol=1e-4, err_msg=name)
+    tables = [list(csv.DictReader((outputs[m] / "s0.ome_objects.csv").open())) for m in ("off", "on")]
+    assert len(tables[0]) == len(tables[1]) and [r["plane"] for r in tables[0]] == [r["plane"] for r in tables[1]]
+    assert not [path for path in outputs["on"].iterdir() if path.is_dir()]  # the per-plane temporaries are gone
+
+
+def test_a_mask_stack_of_other_planes_is_refused(stack_run, tmp_path, capsys):
     root, images, masks, out = stack_run
     bad = tmp_path / "masks"
     bad.mkdir()
@@ -140,9 +159,6 @@ def test_a_mask_stack_of_other_planes_and_an_out_of_core_stack_are_refused(stack
         capsys, "train", "--images", images, "--masks", bad, "--out", tmp_path / "r", "--epochs", "1"
     )
     assert_one_line_error(code, err, "mask has 19 plane(s) but its image s", ".ome.tif has 20")
-    code, _, err = run_cli(capsys, "predict", "--checkpoint", out / "best.pt", images / "s0.ome.tif",
-                           "--out", tmp_path / "p", "--out-of-core", "on")  # fmt: skip
-    assert_one_line_error(code, err, "s0.ome.tif", "--out-of-core off")
 
 
 def test_the_user_names_the_axes_where_the_metadata_is_wrong_or_missing(tmp_path, capsys):
@@ -165,6 +181,16 @@ def test_the_user_names_the_axes_where_the_metadata_is_wrong_or_missing(tmp_path
         read_image(tmp_path / "pages.tif", 0, AxisChoice(plane="Z"))
     with pytest.raises(UnetkitError, match="--channel-axis YY: must be one axis letter"):
         AxisChoice(channel="YY")
+    tifffile.imwrite(
+        tmp_path / "qq.tif", rng.integers(0, 255, (3, 4, SIZE, 24), dtype=np.uint8), photometric="minisblack"
+    )
+    with pytest.raises(UnetkitError, match="axes QQYX name Q more than once"):
+        read_image(tmp_path / "qq.tif", 0)
+    masks_of_slices = tmp_path / "z_masks.tif"  # the masks are a plain ZYX stack: no C axis to name
+    tifffile.imwrite(masks_of_slices, (slices > 30000).astype(np.uint8), ome=True, metadata={"axes": "ZYX"})
+    pairs = expand_planes([Pair(tmp_path / "z_as_c.ome.tif", masks_of_slices)], as_planes)
+    assert [pair.plane for pair in pairs] == [0, 1, 2, 3]
+    np.testing.assert_array_equal(pairs[2].read()[1], slices[2] > 30000)
     images, masks = tmp_path / "images", tmp_path / "masks"
     images.mkdir()
     masks.mkdir()

@@ -288,6 +288,7 @@ def test_small_objects_train_on_small_patches_with_as_many_pixels_an_epoch():
     plan, _ = apply_recipe(TrainConfig(time=600.0), nuclei, torch.device("cpu"))
     assert (plan.scale, plan.patch_size, plan.patches_per_image) == (1.0, 128, 4)
     assert apply_recipe(TrainConfig(patch_size=256), nuclei, torch.device("cpu"))[0].patches_per_image == 1
+    assert apply_recipe(TrainConfig(recipe="paper"), nuclei, torch.device("cpu"))[0].patch_size == 256  # unmeasured
     isbi, _ = apply_recipe(TrainConfig(time=600.0), ISBI, torch.device("cpu"))
     assert (isbi.patch_size, isbi.patches_per_image) == (256, 4)
     camvid = {0: (17.6, 244), 2: (1.0, 154), 3: (30.5, 480), 6: (2.8, 43)}  # poles 1 px: full resolution

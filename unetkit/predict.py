@@ -22,7 +22,7 @@ from unetkit.inference.instances import object_table, save_labels, save_table
 from unetkit.inference.large_tiff import out_of_core, predict_large_tiff
 from unetkit.inference.manifest import MANIFEST, Manifest
 from unetkit.inference.outputs import save_probabilities
-from unetkit.inference.stacks import StackOutputs, StackPrediction
+from unetkit.inference.stacks import StackOutputs, StackPrediction, predict_large_stack
 
 # Every name predict may write for an image <stem> (planned_outputs says which a run writes).
 OUTPUT_SUFFIXES = (".png", ".tif", "_overlay.png", "_overlay.tif", "_probs.tif", "_objects.tif", "_objects.csv")
@@ -193,7 +193,7 @@ def predict_files(
     out = Path(out)
     axes = predictor.options.axes
     large = {path for path in files if out_of_core(path, predictor.options.out_of_core, axes)}
-    stacks = stack_layouts([path for path in files if path not in large], axes)
+    stacks = stack_layouts(files, axes)
     planned = planned_outputs(files, out, write_overlay, write_probabilities, instances, large, stacks)
     check_outputs(files, planned, out, overwrite)
     if overwrite:
@@ -208,7 +208,10 @@ def predict_files(
     bar = tqdm(total=count, desc="predict", unit="img", disable=not progress or count < 2, leave=False)
     with recorded_outputs(out, planned), bar:
         for path in files:
-            if path in large:
+            if path in large and path in stacks:
+                predict_large_stack(predictor, path, stacks[path], outputs, progress)
+                bar.update()
+            elif path in large:
                 predict_large_tiff(predictor, path, written[path], threshold, progress, write_probabilities, instances)
                 bar.update()
         for _ in predict_images(predictor, refs, write, predictor.options.workers):
@@ -254,5 +257,7 @@ def write_prediction(
 def write_objects(predictor: Predictor, logits, stem: Path) -> None:
     """<stem>.tif, the label image, and <stem>.csv, its table of objects."""
     labels, classes, probabilities = predictor.objects(logits)
-    save_labels(stem.with_suffix(".tif"), labels)
-    save_table(stem.with_suffix(".csv"), object_table(labels, classes, probabilities), predictor.mask_values.values)
+    # Not with_suffix: "x.ome_objects" would become "x.tif".
+    save_labels(stem.with_name(f"{stem.name}.tif"), labels)
+    table = object_table(labels, classes, probabilities)
+    save_table(stem.with_name(f"{stem.name}.csv"), table, predictor.mask_values.values)

@@ -81,8 +81,8 @@ def _read_tiff(path: Path, plane: int | None, choice: AxisChoice) -> tuple[np.nd
         layout = tiff_axes(tif, path, choice)
         if plane is None and layout.planes > 1:
             raise UnetkitError(
-                f"{path}: a stack of {layout.planes} planes ({layout.describe()}), where one 2-D image is read here; "
-                "pass the stack to check, train, evaluate or predict, which read it plane by plane"
+                f"{path}: a stack of {layout.planes} planes ({layout.describe()}), where one 2-D image is read here "
+                "(check, train, evaluate and predict read stacks plane by plane); save one plane as its own file"
             )
         if plane is not None and not 0 <= plane < layout.planes:
             raise UnetkitError(
@@ -218,7 +218,7 @@ def read_mask(path: str | Path, plane: int | None = None, axes: AxisChoice = FIL
     if its colour channels are equal, i.e. a gray mask saved as colour.
     """
     path = Path(path)
-    array, _mode, alpha = _read_raw(path, plane, axes)
+    array, _mode, alpha = _read_raw(path, plane, axes.for_masks)
     array = _channels_last(array, path)
     if alpha:
         array = array[:, :, :-1]

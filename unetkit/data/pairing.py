@@ -48,7 +48,7 @@ def expand_planes(pairs: Sequence[Pair], axes: AxisChoice = FILE_AXES) -> list[P
     2-D pairs as they are. A mask stack must have its image's planes."""
     expanded: list[Pair] = []
     for pair in pairs:
-        planes, mask_planes = count_planes(pair.image, axes), count_planes(pair.mask, axes)
+        planes, mask_planes = count_planes(pair.image, axes), count_planes(pair.mask, axes.for_masks)
         if planes != mask_planes:
             raise UnetkitError(
                 f"{pair.mask}: the mask has {mask_planes} plane(s) but its image {pair.image.name} has {planes}; "

@@ -46,6 +46,12 @@ class AxisChoice:
 
     channel: str | None = None
     plane: str | None = None
+    strict: bool = True  # a named axis the file lacks is an error (images); masks: skipped
+
+    @property
+    def for_masks(self) -> AxisChoice:
+        """Masks have no channels; their plane axis is the images' where they have it."""
+        return AxisChoice(None, self.plane, strict=False)
 
     def __post_init__(self) -> None:
         for option, axis in (("--channel-axis", self.channel), ("--plane-axis", self.plane)):
@@ -57,10 +63,17 @@ class AxisChoice:
             )
 
     def check(self, axes: str, path: Path) -> None:
-        """Each chosen axis must be one of the file's (not Y or X)."""
+        """Each chosen axis must be one of the file's (not Y or X); each axis letter appears once."""
+        repeated = sorted({a for a in axes if axes.count(a) > 1})
+        if repeated:
+            raise UnetkitError(
+                f"{path}: the TIFF's axes {axes} name {', '.join(repeated)} more than once, so planes and channels "
+                "cannot be told apart; save it with its axes named, e.g. tifffile.imwrite(..., metadata={'axes': "
+                "'ZCYX'}) or as an ImageJ hyperstack"
+            )
         others = "".join(a for a in axes if a not in IMAGE_AXES)
         for option, axis in (("--channel-axis", self.channel), ("--plane-axis", self.plane)):
-            if axis is not None and axis not in others:
+            if axis is not None and axis not in others and self.strict:
                 raise UnetkitError(
                     f"{path}: {option} {axis}, but the file's axes are {axes}; name one of "
                     f"{', '.join(others) or '(none)'} (unetkit check shows each file's axes), or leave the option out"
@@ -120,8 +133,8 @@ def tiff_axes(tif: tifffile.TiffFile, path: Path, choice: AxisChoice = FILE_AXES
     full_size = [page for page in tif.pages if not getattr(page, "is_reduced", False)]  # not thumbnails
     if len(full_size) > len(getattr(series, "pages", full_size)):
         raise UnetkitError(
-            f"{path}: the TIFF holds {len(tif.series)} images of different shapes (series); unetkit reads one image or "
-            "one stack per file: save each as its own file"
+            f"{path}: the TIFF holds pages outside its first image or stack (series of different shapes); unetkit "
+            "reads one image or one stack per file: save each as its own file"
         )
     return layout
 
@@ -156,7 +169,12 @@ def read_plane(tif: tifffile.TiffFile, layout: TiffAxes, plane: int) -> tuple[np
     series = tif.series[0]
     page_axes = series.keyframe.axes
     leading = layout.axes[: len(layout.axes) - len(page_axes)]
-    if layout.axes.endswith(page_axes) and math.prod(layout.shape[: len(leading)]) == len(series.pages):
+    pages_are_planes = set(layout.plane_axes) <= set(leading)  # not a plane axis inside a page (S as planes)
+    if (
+        pages_are_planes
+        and layout.axes.endswith(page_axes)
+        and math.prod(layout.shape[: len(leading)]) == len(series.pages)
+    ):
         pages = np.arange(len(series.pages)).reshape(layout.shape[: len(leading)])
         chosen, axes = _take_plane(pages, leading, layout, plane)
         array = series.asarray(key=chosen.reshape(-1).tolist())  # one page comes back without the pages axis

@@ -38,19 +38,31 @@ def output_tiles(rows: Iterator[np.ndarray], width: int, dtype: np.dtype) -> Ite
         yield from tile_row(pending)
 
 
-def write_tiled_tiff(path: Path, tiles: Iterator[np.ndarray], shape: tuple[int, ...], dtype: np.dtype) -> None:
+def write_tiled_tiff(
+    path: Path, tiles: Iterator[np.ndarray], shape: tuple[int, ...], dtype: np.dtype, axes: str | None = None
+) -> None:
     """A tiled, zlib-compressed BigTIFF from tiles in TIFF order, written atomically; (K, H, W)
-    shapes are K planes."""
-    planes = {"planarconfig": "separate"} if len(shape) == 3 else {}
+    shapes are K planes; with `axes` (a stack's, e.g. ZCYX), an OME-TIFF of a page per plane."""
+    ome = bool(axes) and names_ome_axes(axes)
+    if axes:
+        layout: dict = {"metadata": {"axes": axes}}
+    else:
+        layout = {"planarconfig": "separate"} if len(shape) == 3 else {}
 
     def write(temporary: Path) -> None:
-        with tifffile.TiffWriter(temporary, bigtiff=True) as writer:
+        with tifffile.TiffWriter(temporary, bigtiff=True, ome=ome) as writer:
             writer.write(
                 tiles, shape=shape, dtype=dtype, tile=(OUTPUT_TILE, OUTPUT_TILE), compression="zlib",
-                photometric="minisblack", **planes,
+                photometric="minisblack", **layout,
             )  # fmt: skip
 
     atomic_write(path, write)
+
+
+def names_ome_axes(axes: str) -> bool:
+    """Whether OME-TIFF can name these axes (each of T, C, Z, Y, X, S once); tifffile's shaped
+    TIFF keeps any others (Q, I: pages without names), and both read back with their axes."""
+    return all(axis in "TCZYXS" for axis in axes) and len(set(axes)) == len(axes)
 
 
 class RowStore:

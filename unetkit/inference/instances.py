@@ -115,21 +115,32 @@ def object_table(labels: np.ndarray, classes: np.ndarray, probabilities: np.ndar
 
 
 def save_labels(path: Path, labels: np.ndarray) -> None:
-    """A label image as TIFF: uint16 while the ids fit, else uint32."""
-    dtype = np.uint16 if labels.max(initial=0) < 2**16 else np.uint32
-    atomic_write(path, lambda temporary: tifffile.imwrite(temporary, labels.astype(dtype), compression="zlib"))
+    """A label image as TIFF (label_dtype)."""
+    atomic_write(
+        path, lambda temporary: tifffile.imwrite(temporary, labels.astype(label_dtype(labels)), compression="zlib")
+    )
+
+
+def label_dtype(labels: np.ndarray) -> type:
+    """uint16 while the ids fit, else uint32."""
+    return np.uint16 if labels.max(initial=0) < 2**16 else np.uint32
 
 
 def save_table(path: Path, table: dict[str, np.ndarray], class_values: list[int]) -> None:
     """The object table as CSV, with each object's class as the user's mask value."""
-    columns = list(table)
 
     def write(temporary: Path) -> None:
         with open(temporary, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(columns[:2] + ["mask_value"] + columns[2:])
-            for row in zip(*(table[name] for name in columns), strict=True):
-                values = [round(float(v), 4) if isinstance(v, float | np.floating) else int(v) for v in row]
-                writer.writerow(values[:2] + [class_values[values[1]]] + values[2:])
+            csv.writer(handle).writerows(table_rows(table, class_values))
 
     atomic_write(path, write)
+
+
+def table_rows(table: dict[str, np.ndarray], class_values: list[int]) -> list[list]:
+    """The CSV's header and rows: object_table's columns, the class's mask value after the class."""
+    columns = list(table)
+    rows = [columns[:2] + ["mask_value"] + columns[2:]]
+    for row in zip(*(table[name] for name in columns), strict=True):
+        values = [round(float(v), 4) if isinstance(v, float | np.floating) else int(v) for v in row]
+        rows.append(values[:2] + [class_values[values[1]]] + values[2:])
+    return rows

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from unetkit.data.dataset import match_channels
 from unetkit.data.io import MAX_CHANNELS, PixelRule, pixel_maximum, tiff_marks_alpha
-from unetkit.data.tiff_axes import FILE_AXES, AxisChoice, count_planes, tiff_layout
+from unetkit.data.tiff_axes import FILE_AXES, AxisChoice, TiffAxes, tiff_layout
 from unetkit.errors import UnetkitError
 from unetkit.inference.band_objects import MAX_OBJECT_CONTEXT, BandObjects
 from unetkit.inference.band_outputs import RowStore, output_tiles, write_tiled_tiff
@@ -53,24 +53,38 @@ def tiff_shape(path: Path) -> tuple[int, ...] | None:
 
 
 def out_of_core(path: Path, mode: str, axes: AxisChoice = FILE_AXES) -> bool:
-    """Whether `path` is predicted out of core: mode "on" (any TIFF), "auto" (large TIFFs) or "off".
-    Stacks are predicted in memory, plane by plane; one too large for that is refused here."""
+    """Whether `path` is predicted out of core: mode "on" (any TIFF), "auto" (TIFFs whose planes
+    are large) or "off"."""
     if mode == "off":
         return False
-    shape = tiff_shape(path)
-    if shape is None:
+    if tiff_shape(path) is None:
         if mode == "on" and path.suffix.lower() not in TIFF_SUFFIXES:
             raise UnetkitError(f"{path}: --out-of-core on reads TIFF files only; convert it or use --out-of-core auto")
         return False
-    if count_planes(path, axes) > 1:
+    try:
         layout = tiff_layout(path, axes)
-        if mode == "on" or layout.length("Y") * layout.length("X") > LARGE_PIXELS:
-            raise UnetkitError(
-                f"{path}: a stack ({layout.describe()}); out-of-core prediction reads 2-D TIFFs only, stacks are "
-                "predicted in memory plane by plane: use --out-of-core off, or save large planes as their own files"
-            )
+    except UnetkitError:  # the in-memory reader names the problem
         return False
-    return mode == "on" or shape[0] * shape[1] > LARGE_PIXELS
+    return mode == "on" or layout.length("Y") * layout.length("X") > LARGE_PIXELS
+
+
+class PlaneRows:
+    """Plane `plane` of a stack's lazily decoded series (zarr, or a memory map) as the (H, W[, C])
+    array the band engine reads rows of: only the rows asked for are decoded."""
+
+    def __init__(self, series, layout: TiffAxes, plane: int) -> None:
+        position = np.unravel_index(plane, layout.plane_shape)
+        self.fixed = dict(zip(layout.plane_axes, (int(i) for i in position), strict=True))
+        self.fixed |= {a: 0 for a, n in zip(layout.axes, layout.shape, strict=True) if n == 1 and a not in "YX"}
+        self.series, self.axes = series, layout.axes
+        kept = [a for a in layout.axes if a not in self.fixed]  # Y, X and the channel axis, in the file's order
+        self.order = [kept.index("Y"), kept.index("X")] + [i for i, a in enumerate(kept) if a not in "YX"]
+        self.shape = tuple(layout.length(kept[i]) for i in self.order)
+        self.ndim, self.dtype = len(self.shape), series.dtype
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        index = tuple(self.fixed.get(a, rows if a == "Y" else slice(None)) for a in self.axes)
+        return np.transpose(np.asarray(self.series[index]), self.order)
 
 
 def choose_level(path: Path, scale: float) -> int:
@@ -93,22 +107,28 @@ def choose_level(path: Path, scale: float) -> int:
 
 
 @contextmanager
-def opened_pixels(path: Path, level: int = 0) -> Iterator[tuple[Any, PixelRule]]:
-    """A lazily decoded (H, W[, C]) array of the first series' `level` and read_image's pixel
-    rule for it (checked on the first row, before anything is written); the file is closed
-    afterwards."""
+def opened_pixels(
+    path: Path, level: int = 0, plane: int | None = None, axes: AxisChoice = FILE_AXES
+) -> Iterator[tuple[Any, PixelRule]]:
+    """A lazily decoded (H, W[, C]) array of the first series' `level` (of its plane `plane`, for
+    a stack) and read_image's pixel rule for it (checked on the first row, before anything is
+    written); the file is closed afterwards."""
     import tifffile
     import zarr
 
     store = tifffile.imread(path, aszarr=True, level=level)
     try:
         pixels = zarr.open(store, mode="r")
-        if pixels.ndim == 3 and pixels.shape[2] > MAX_CHANNELS + 1 or pixels.ndim not in (2, 3):
+        if plane is not None:
+            layout = tiff_layout(path, axes)
+            rows = pixels.chunks[layout.axes.index("Y")]
+            pixels = PlaneRows(memory_mapped(path, level, rows) if rows > MAX_CHUNK_ROWS else pixels, layout, plane)
+        elif pixels.ndim == 3 and pixels.shape[2] > MAX_CHANNELS + 1 or pixels.ndim not in (2, 3):
             raise UnetkitError(
                 f"{path}: out-of-core prediction reads (height, width[, channels]) TIFFs; this one is "
                 f"{tuple(pixels.shape)}; save it as one 2-D image (channels last)"
             )
-        if pixels.chunks[0] > MAX_CHUNK_ROWS:
+        elif pixels.chunks[0] > MAX_CHUNK_ROWS:
             pixels = memory_mapped(path, level, pixels.chunks[0])
         with tifffile.TiffFile(path) as tif:
             rule = PixelRule(pixel_range(pixels), tiff_marks_alpha(tif))
@@ -188,6 +208,21 @@ def resized_bands(bands: Iterator[torch.Tensor], source_height: int, size: tuple
             yield out
 
 
+def level_to_read(preprocess, path: Path, plane: int | None) -> int:
+    """The pyramid level out-of-core prediction reads (choose_level); what it cannot do, refused."""
+    if preprocess.percentiles is not None:
+        raise UnetkitError(
+            f"{path}: the model normalises each image by its own percentiles, which out-of-core prediction does "
+            "not estimate (it sees a band at a time); use --out-of-core off if the image fits in memory"
+        )
+    if plane is not None and preprocess.scale != 1.0:
+        raise UnetkitError(
+            f"{path}: the model runs at --scale {preprocess.scale:g}, and out of core a stack is read at full size "
+            "only (no pyramid levels); use --out-of-core off if its planes fit in memory"
+        )
+    return 0 if plane is not None else choose_level(path, preprocess.scale)
+
+
 def predict_large_tiff(
     predictor,
     path: Path,
@@ -196,21 +231,20 @@ def predict_large_tiff(
     progress: bool = True,
     probabilities: bool = False,
     instances: bool = False,
+    plane: int | None = None,
+    axes: AxisChoice = FILE_AXES,
 ) -> Path:
-    """Write the mask of the TIFF `path` to `out` (a tiled BigTIFF, zlib), out of core; with
-    `probabilities` <stem>_probs.tif (K planes), with `instances` <stem>_objects.tif and .csv,
-    all at the image's full size. Models at a scale read the matching pyramid level."""
-    if predictor.preprocess.percentiles is not None:
-        raise UnetkitError(
-            f"{path}: the model normalises each image by its own percentiles, which out-of-core prediction does "
-            "not estimate (it sees a band at a time); use --out-of-core off if the image fits in memory"
-        )
-    height, width = tiff_shape(path)[:2]
-    level = choose_level(path, predictor.preprocess.scale)
+    """Write the mask of the TIFF `path` (of its plane `plane`, for a stack) to `out` (a tiled
+    BigTIFF, zlib), out of core; with `probabilities` <stem>_probs.tif (K planes), with
+    `instances` <stem>_objects.tif and .csv, all at the image's full size. Models at a scale read
+    the matching pyramid level."""
+    layout = tiff_layout(path, axes)
+    height, width = layout.length("Y"), layout.length("X")
+    level = level_to_read(predictor.preprocess, path, plane)
     dtype = predictor.mask_values.decode(np.zeros(1, dtype=np.uint8)).dtype
     out.parent.mkdir(parents=True, exist_ok=True)
     with (
-        opened_pixels(path, level) as (pixels, rule),
+        opened_pixels(path, level, plane, axes) as (pixels, rule),
         tempfile.TemporaryDirectory(dir=out.parent, prefix=".unetkit-") as folder,
     ):
         match_channels(band_image(pixels, 0, 1, rule, path), predictor.preprocess.in_channels, path)  # before writing

@@ -147,6 +147,10 @@ class Predictor:
         # given in Python pass the same check as a .pt or .safetensors file.
         self.spec = ModelSpec.from_state(state, name)
         self.state_object_rule = ObjectRule.from_state(state.get("object_rule"), name)
+        trained = state.get("config") if isinstance(state.get("config"), dict) else {}  # the run's TIFF axes
+        if self.options.channel_axis is None and self.options.plane_axis is None:
+            chosen = {"channel_axis": trained.get("channel_axis"), "plane_axis": trained.get("plane_axis")}
+            self.options = dataclasses.replace(self.options, **chosen)
         self.mask_values = self.spec.mask_values
         self.preprocess = self.spec.preprocess
         self.binary = self.spec.binary

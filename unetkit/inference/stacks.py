@@ -8,22 +8,24 @@ one row per object and its plane."""
 from __future__ import annotations
 
 import csv
+import tempfile
 import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import tifffile
 import torch
+import zarr
 
 from unetkit.core.atomic import atomic_write
 from unetkit.data.tiff_axes import TiffAxes
-from unetkit.inference.instances import object_table
+from unetkit.inference.band_outputs import OUTPUT_TILE, names_ome_axes, output_tiles, write_tiled_tiff
+from unetkit.inference.instances import label_dtype, object_table, table_rows
+from unetkit.inference.large_tiff import predict_large_tiff
 from unetkit.inference.outputs import overlay
-
-# OME-TIFF names these axes; any other plane axis (tifffile's Q or I for pages without names) is
-# written as tifffile's shaped TIFF, which keeps the axes too.
-OME_AXES = "TCZYXS"
 
 
 @dataclass(frozen=True)
@@ -56,11 +58,14 @@ class StackPrediction:
         """Keep plane `plane`'s outputs; returns True when this completed (and wrote) the stack."""
         predictor, outputs = self.predictor, self.outputs
         class_ids = predictor.class_ids_from_logits(logits, outputs.threshold)
-        kept = {"mask": predictor.mask_values.decode(class_ids)}
-        if outputs.probabilities or outputs.instances:
-            kept["probabilities"] = predictor.probabilities(logits)
-        if outputs.instances:
-            kept["labels"], kept["classes"] = predictor.objects_from_probabilities(kept["probabilities"])
+        kept: dict = {"mask": predictor.mask_values.decode(class_ids)}
+        probabilities = predictor.probabilities(logits) if outputs.probabilities or outputs.instances else None
+        if outputs.probabilities:
+            kept["probabilities"] = probabilities
+        if outputs.instances:  # the table now, so the probabilities need not wait for the last plane
+            kept["labels"], classes = predictor.objects_from_probabilities(probabilities)
+            table = object_table(kept["labels"], classes, probabilities)
+            kept["table"] = table_rows(table, predictor.mask_values.values)
         if outputs.overlay:
             legend = [f"value {value}" for value in predictor.mask_values.values]
             kept["overlay"] = overlay(image, class_ids, legend)
@@ -85,41 +90,77 @@ class StackPrediction:
             save_stack(out / f"{stem}_probs.tif", self.stacked("probabilities").astype(np.float32), axes + "CYX")
         if self.outputs.instances:
             labels = self.stacked("labels")
-            dtype = np.uint16 if labels.max(initial=0) < 2**16 else np.uint32
-            save_stack(out / f"{stem}_objects.tif", labels.astype(dtype), axes + "YX")
-            self.save_table(out / f"{stem}_objects.csv")
+            save_stack(out / f"{stem}_objects.tif", labels.astype(label_dtype(labels)), axes + "YX")
+            tables = (self.planes[plane]["table"] for plane in range(self.layout.planes))
+            save_plane_tables(out / f"{stem}_objects.csv", self.layout, tables)
         self.planes.clear()
 
-    def save_table(self, path: Path) -> None:
-        """The objects of every plane, one row each: the plane (its number and its position on
-        each plane axis), then object_table's columns with the class's mask value."""
-        values = self.predictor.mask_values.values
-        axes = self.layout.plane_axes
 
-        def write(temporary: Path) -> None:
-            with open(temporary, "w", newline="") as handle:
-                writer = csv.writer(handle)
-                for plane in range(self.layout.planes):
-                    kept = self.planes[plane]
-                    table = object_table(kept["labels"], kept["classes"], kept.get("probabilities"))
-                    if plane == 0:
-                        columns = list(table)
-                        writer.writerow(["plane", *axes.lower(), *columns[:2], "mask_value", *columns[2:]])
-                    where = [int(i) for i in np.unravel_index(plane, self.layout.plane_shape)]
-                    for row in zip(*(table[name] for name in columns), strict=True):
-                        cells = [round(float(v), 4) if isinstance(v, float | np.floating) else int(v) for v in row]
-                        writer.writerow([plane, *where, *cells[:2], values[cells[1]], *cells[2:]])
+def save_plane_tables(path: Path, layout: TiffAxes, tables: Iterable[list[list]]) -> None:
+    """The objects of every plane in one CSV, one row each: the plane (its number and its position
+    on each plane axis), then the plane's table (header and rows, instances.table_rows)."""
 
-        atomic_write(path, write)
+    def write(temporary: Path) -> None:
+        with open(temporary, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            for plane, (header, *rows) in enumerate(tables):
+                if plane == 0:
+                    writer.writerow(["plane", *layout.plane_axes.lower(), *header])
+                where = [int(i) for i in np.unravel_index(plane, layout.plane_shape)]
+                writer.writerows([plane, *where, *row] for row in rows)
+
+    atomic_write(path, write)
+
+
+def predict_large_stack(predictor, path: Path, layout: TiffAxes, outputs: StackOutputs, progress: bool) -> None:
+    """A stack out of core: each plane through the band engine (large_tiff.predict_large_tiff)
+    into temporary 2-D TIFFs, which are then stacked a tile at a time into the outputs that
+    StackPrediction writes in memory (no overlay: a picture of a slide is the slide again)."""
+    out = outputs.out
+    with tempfile.TemporaryDirectory(dir=out, prefix=".unetkit-") as folder:
+        planes = [Path(folder) / f"{plane}.tif" for plane in range(layout.planes)]
+        for plane, target in enumerate(planes):
+            predict_large_tiff(predictor, path, target, outputs.threshold, progress, outputs.probabilities,
+                               outputs.instances, plane, layout.choice)  # fmt: skip
+        axes = layout.plane_axes
+        stack_tiled(out / f"{path.stem}.tif", planes, layout, axes + "YX")
+        if outputs.probabilities:
+            stack_tiled(out / f"{path.stem}_probs.tif", sibling(planes, "_probs.tif"), layout, axes + "CYX")
+        if outputs.instances:
+            stack_tiled(out / f"{path.stem}_objects.tif", sibling(planes, "_objects.tif"), layout, axes + "YX")
+            tables = [list(csv.reader(table.open(newline=""))) for table in sibling(planes, "_objects.csv")]
+            save_plane_tables(out / f"{path.stem}_objects.csv", layout, tables)
+
+
+def sibling(planes: list[Path], suffix: str) -> list[Path]:
+    return [plane.with_name(plane.stem + suffix) for plane in planes]
+
+
+def stack_tiled(path: Path, planes: list[Path], layout: TiffAxes, axes: str) -> None:
+    """Tiled 2-D TIFFs (or K-plane ones), one per plane, as one tiled stack, a tile row at a time."""
+    with tifffile.TiffFile(planes[0]) as first:
+        shape, dtype = tuple(first.series[0].shape), first.series[0].dtype
+    pages, (height, width) = shape[:-2], shape[-2:]
+
+    def tiles() -> Iterator[np.ndarray]:
+        for plane in planes:
+            store = tifffile.imread(plane, aszarr=True)
+            try:
+                array = zarr.open(store, mode="r")
+                for page in np.ndindex(*pages):
+                    strips = (
+                        np.asarray(array[(*page, slice(top, top + OUTPUT_TILE))])
+                        for top in range(0, height, OUTPUT_TILE)
+                    )
+                    yield from output_tiles(strips, width, dtype)
+            finally:
+                store.close()
+
+    write_tiled_tiff(path, tiles(), layout.plane_shape + shape, dtype, axes)
 
 
 def save_stack(path: Path, array: np.ndarray, axes: str) -> None:
     """An output stack with its axes named: OME-TIFF where OME names them all, else tifffile's
     shaped TIFF (both read back with these axes by tifffile, Fiji and napari)."""
-    ome = all(axis in OME_AXES for axis in axes) and len(set(axes)) == len(axes)
-    atomic_write(
-        path,
-        lambda temporary: tifffile.imwrite(
-            temporary, array, ome=ome, metadata={"axes": axes}, compression="zlib", photometric=None
-        ),
-    )
+    write = partial(tifffile.imwrite, data=array, ome=names_ome_axes(axes), metadata={"axes": axes}, compression="zlib")
+    atomic_write(path, lambda temporary: write(temporary))

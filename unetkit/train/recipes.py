@@ -24,7 +24,7 @@ The resolution (fast recipe) is the largest of two needs, measured on the masks:
 Then the scale is rounded down to a multiple of 1/8, so that nearby data sets get the same plan.
 Images that are no larger than one 256x256 patch at that scale train whole (batches padded to the
 largest); larger ones train on patches, a third of them centred on the rarer classes, of 128 px
-where every object fits in half of that (SMALL_PATCH_SIDE), else 256.
+where the largest object fits in half of that (SMALL_PATCH_SIDE; fast recipe), else 256.
 
 Border weights (both recipes): the U-Net paper's weight map (w0 = 10, data/weight_map.py) for data
 sets whose objects a person would count: two classes (cells and membranes, nuclei and
@@ -114,7 +114,7 @@ def class_weights(data: DataFingerprint, mask_values: MaskValues) -> list[float]
     return [round(r / mean, 4) for r in raw]
 
 
-def patch_side(data: DataFingerprint, scale: float, minimum: int, small_patches: bool = True) -> int:
+def patch_side(data: DataFingerprint, scale: float, minimum: int, small_patches: bool = False) -> int:
     """0 (whole images) when every image at the model's scale is no larger than one patch and
     every image reaches the network's minimum size; else the patch side, at most PATCH_SIDE and
     no larger than the images. HC18 at scale 0.25 (200x135): whole images reached head Dice 0.969
@@ -131,7 +131,9 @@ def patch_side(data: DataFingerprint, scale: float, minimum: int, small_patches:
 
 
 def small_objects(data: DataFingerprint, scale: float) -> bool:
-    """Whether the largest object fits in half a SMALL_PATCH_SIDE patch at the model's scale."""
+    """Whether the largest object (largest_object: a median over the masks of each one's
+    largest, so some masks hold larger ones) fits in half a SMALL_PATCH_SIDE patch at the
+    model's scale."""
     return 0 < largest_object(data) * scale <= SMALL_PATCH_SIDE / 2
 
 
@@ -173,8 +175,9 @@ def recipe_choices(cfg: TrainConfig, data: DataFingerprint, device: torch.device
     depth = cfg.depth if cfg.depth is not None else choices["depth"]
     minimum = dataclasses.replace(cfg, depth=depth).min_input_size()
     scale = cfg.scale if cfg.scale is not None else choices["scale"]
-    choices["patch_size"] = patch_side(data, scale, minimum)
-    larger = patch_side(data, scale, minimum, small_patches=False)
+    # Measured with the fast recipe on a CPU only: the paper recipe keeps its 256 px patches.
+    choices["patch_size"] = patch_side(data, scale, minimum, small_patches=choices["recipe"] == "fast")
+    larger = patch_side(data, scale, minimum)
     if cfg.patch_size is None and choices["patch_size"] and larger > choices["patch_size"]:  # as many pixels
         choices["patches_per_image"] *= round((larger / choices["patch_size"]) ** 2)
     choices["class_weights"] = class_weights(data, data.mask_values)

@@ -45,8 +45,8 @@ def split_pairs(pairs: Sequence[Pair], fraction: float, seed: int) -> tuple[list
         return list(pairs), []
     if len(pairs) < 2:
         raise UnetkitError(
-            f"{pairs[0].image.parent}: only one image, nothing left to validate on; "
-            "add images, pass --val-images/--val-masks, or set --val-fraction 0"
+            f"{pairs[0].image}: only one image (a stack's planes stay together: one stack is one image here), "
+            "nothing left to validate on; add images, pass --val-images/--val-masks, or set --val-fraction 0"
         )
     order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = min(len(pairs) - 1, max(1, round(fraction * len(pairs))))
