@@ -199,6 +199,6 @@ def test_the_user_names_the_axes_where_the_metadata_is_wrong_or_missing(tmp_path
         tifffile.imwrite(masks / f"p{index}.png", (pages[0] > 128).astype(np.uint8))
     code, text, err = run_cli(capsys, "check", "--images", images, "--masks", masks, "--channel-axis", "q")
     assert code == 0, err
-    assert "channels: 3 x3" in text
+    assert "channels: 3 x3" in text and "TIFF images read as axes QYX, 1 plane(s) of 3 channel(s): 3" in text
     code, text, err = run_cli(capsys, "check", "--images", images, "--masks", masks)
     assert "mask has 1 plane(s) but its image p0.tif has 3" in text

@@ -69,7 +69,7 @@ def check_dataset(
         counts = sorted(scan.objects.values())
         report["objects"] = {"total": sum(counts), "per_mask_median": counts[len(counts) // 2] if counts else 0}
     report["pairs"] = len(matching.pairs)
-    report["stacks"] = scan.stacks
+    report["tiff_axes"] = scan.stacks
     report["mask_suffix"] = matching.suffix
     report["ok"] = not problems
     return report
@@ -107,7 +107,7 @@ class FolderScan:
     depths: dict[str, Path] = field(default_factory=dict)
     objects: dict[str, int] = field(default_factory=dict)  # instance masks: objects per mask
     names: list[str] = field(default_factory=list)  # the masks read, in order
-    stacks: dict[str, str] = field(default_factory=dict)  # image stacks: how their axes were read
+    stacks: dict[str, dict] = field(default_factory=dict)  # TIFF images: how their axes were read, planes
     facts: list[MaskFacts] = field(default_factory=list)  # what tells instance masks from class masks, per mask
 
 
@@ -178,8 +178,8 @@ def scan_pairs(
 
 
 def planes_of(pairs: Sequence[Pair], scan: FolderScan, problems: list[dict], axes: AxisChoice) -> list[Pair]:
-    """Every plane of every pair, as training reads them (expand_planes); stacks are listed in
-    `scan.stacks` with the axes they were read by, a mask stack of other planes is a problem."""
+    """Every plane of every pair, as training reads them (expand_planes); TIFF images are listed
+    in `scan.stacks` with how their axes were read, a mask stack of other planes is a problem."""
     planes: list[Pair] = []
     for pair in pairs:
         try:
@@ -187,8 +187,8 @@ def planes_of(pairs: Sequence[Pair], scan: FolderScan, problems: list[dict], axe
         except UnetkitError as err:
             problems.append({"file": str(err).split(": ", 1)[0], "problem": str(err)})
             continue
-        if len(expanded) > 1:
-            scan.stacks[pair.image.name] = describe_axes(pair.image, axes)
+        if pair.image.suffix.lower() in (".tif", ".tiff"):
+            scan.stacks[pair.image.name] = {"read_as": describe_axes(pair.image, axes), "planes": len(expanded)}
         planes += expanded
     return planes
 
@@ -276,6 +276,15 @@ def _summarise_values(report: dict, value_counts: Counter, problems: list[dict],
         )
 
 
+def tiff_lines(read: dict[str, dict]) -> list[str]:
+    """How the TIFFs' axes were read: each stack (up to 10), the 2-D ones counted by layout."""
+    stacks = [(name, how["read_as"]) for name, how in read.items() if how["planes"] > 1]
+    lines = [f"stack: {name}: {axes}, each plane an image" for name, axes in stacks[:10]]
+    lines += [f"stacks: {len(stacks) - 10} more (in --json)"] if len(stacks) > 10 else []
+    flat = Counter(how["read_as"] for how in read.values() if how["planes"] == 1)
+    return lines + [f"TIFF images read as {axes}: {count}" for axes, count in flat.items()]
+
+
 def format_check(report: dict) -> str:
     lines = [
         f"pairs: {report.get('pairs', 0)}"
@@ -290,9 +299,7 @@ def format_check(report: dict) -> str:
             + ", ".join(f"{row['value']}: {100 * row['fraction']:.2f}%" for row in report["mask_values"][:20])
             + (" ..." if len(report["mask_values"]) > 20 else "")
         )
-    stacks = report.get("stacks") or {}
-    lines += [f"stack: {name}: {axes}, each plane an image" for name, axes in list(stacks.items())[:10]]
-    lines += [f"stacks: {len(stacks) - 10} more (in --json)"] if len(stacks) > 10 else []
+    lines += tiff_lines(report.get("tiff_axes") or {})
     if report.get("objects"):
         lines.append(f"objects: {report['objects']['total']} (median {report['objects']['per_mask_median']} per mask)")
     for kind in ("problems", "warnings"):
