@@ -202,3 +202,5 @@ def test_the_user_names_the_axes_where_the_metadata_is_wrong_or_missing(tmp_path
     assert "channels: 3 x3" in text and "TIFF images read as axes QYX, 1 plane(s) of 3 channel(s): 3" in text
     code, text, err = run_cli(capsys, "check", "--images", images, "--masks", masks)
     assert "mask has 1 plane(s) but its image p0.tif has 3" in text
+    code, text, err = run_cli(capsys, "check", "--images", images, "--masks", masks, "--plane-axis", "Z")
+    assert "p0.tif: --plane-axis Z, but the file's axes are QYX; name one of Q" in text  # not "has 1 plane"

@@ -141,13 +141,14 @@ def tiff_axes(tif: tifffile.TiffFile, path: Path, choice: AxisChoice = FILE_AXES
 
 def count_planes(path: Path, choice: AxisChoice = FILE_AXES) -> int:
     """How many 2-D images a file holds: a TIFF's planes (headers only), 1 for other formats and
-    for files the readers will refuse later with their own message."""
+    for files the readers will refuse later with their own message; axes it cannot read as
+    asked (tiff_axes) are refused here."""
     if path.suffix.lower() not in (".tif", ".tiff"):
         return 1
     try:
         with tifffile.TiffFile(path) as tif:
             return tiff_axes(tif, path, choice).planes
-    except (UnetkitError, tifffile.TiffFileError, OSError, ValueError, IndexError):
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError):  # unreadable: the reader says so later
         return 1
 
 
