@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from unetkit.data import IMAGE_EXTENSIONS, list_images
 from unetkit.data.io import ImageRef
-from unetkit.data.tiff_axes import AxisChoice, TiffAxes, count_planes, tiff_layout
+from unetkit.data.tiff_axes import AxisChoice, TiffAxes, stack_layout
 from unetkit.errors import UnetkitError
 from unetkit.inference import Predictor, overlay, save_png
 from unetkit.inference.batched import predict_images
@@ -76,7 +76,9 @@ def planned_outputs(
                 "slide in a viewer), or use --out-of-core off if it fits in memory"
             )
         if path in stacks:
-            names = StackOutputs(out, 0.5, overlay, probabilities, instances).names(path.stem)
+            names = StackOutputs(out, overlay=overlay, probabilities=probabilities, instances=instances).names(
+                path.stem
+            )
         else:
             names = [f"{path.stem}.tif" if path in large else f"{path.stem}.png"]
             names += [f"{path.stem}_overlay.png"] if overlay else []
@@ -221,7 +223,8 @@ def predict_files(
 
 def stack_layouts(files: Sequence[Path], axes: AxisChoice) -> dict[Path, TiffAxes]:
     """The inputs that are stacks (more than one plane), with their axes."""
-    return {path: tiff_layout(path, axes) for path in files if count_planes(path, axes) > 1}
+    layouts = {path: stack_layout(path, axes) for path in files}
+    return {path: layout for path, layout in layouts.items() if layout is not None}
 
 
 def planes_of(path: Path, stacks: dict[Path, TiffAxes]) -> list[int | None]:

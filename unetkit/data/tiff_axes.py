@@ -115,6 +115,13 @@ class TiffAxes:
         """The plane axes' lengths, e.g. (T, Z), for writing outputs of the same axes."""
         return tuple(self.length(a) for a in self.plane_axes)
 
+    def fixed_at(self, plane: int) -> dict[str, int]:
+        """The index of every axis that plane `plane` (counted over the plane axes in the file's
+        order) fixes: its position on each plane axis, and 0 on axes of length 1 (not Y, X)."""
+        position = np.unravel_index(plane, self.plane_shape) if self.plane_axes else ()
+        fixed = {a: 0 for a, n in zip(self.axes, self.shape, strict=True) if n == 1 and a not in IMAGE_AXES}
+        return fixed | dict(zip(self.plane_axes, (int(i) for i in position), strict=True))
+
     def describe(self) -> str:
         channels = math.prod(self.length(a) for a in self.channel_axes)
         return f"axes {self.axes}, {self.planes} plane(s) of {channels} channel(s)"
@@ -139,17 +146,22 @@ def tiff_axes(tif: tifffile.TiffFile, path: Path, choice: AxisChoice = FILE_AXES
     return layout
 
 
-def count_planes(path: Path, choice: AxisChoice = FILE_AXES) -> int:
-    """How many 2-D images a file holds: a TIFF's planes (headers only), 1 for other formats and
-    for files the readers will refuse later with their own message; axes it cannot read as
-    asked (tiff_axes) are refused here."""
+def stack_layout(path: Path, choice: AxisChoice = FILE_AXES) -> TiffAxes | None:
+    """A stack's axes (headers only); None for 2-D images, other formats and files the readers
+    will refuse later with their own message. Axes it cannot read as asked are refused here."""
     if path.suffix.lower() not in (".tif", ".tiff"):
-        return 1
+        return None
     try:
-        with tifffile.TiffFile(path) as tif:
-            return tiff_axes(tif, path, choice).planes
+        layout = tiff_layout(path, choice)
     except (tifffile.TiffFileError, OSError, ValueError, IndexError):  # unreadable: the reader says so later
-        return 1
+        return None
+    return layout if layout.planes > 1 else None
+
+
+def count_planes(path: Path, choice: AxisChoice = FILE_AXES) -> int:
+    """How many 2-D images a file holds (stack_layout)."""
+    layout = stack_layout(path, choice)
+    return layout.planes if layout else 1
 
 
 def tiff_layout(path: Path, choice: AxisChoice = FILE_AXES) -> TiffAxes:
@@ -185,11 +197,9 @@ def read_plane(tif: tifffile.TiffFile, layout: TiffAxes, plane: int) -> tuple[np
 
 
 def _take_plane(array: np.ndarray, axes: str, layout: TiffAxes, plane: int) -> tuple[np.ndarray, str]:
-    """Index the plane axes of `array` (whose axes are `axes`) at the flat plane number `plane`;
-    length-1 axes are dropped. Returns the rest and its axes."""
-    position = np.unravel_index(plane, layout.plane_shape) if layout.plane_axes else ()
-    where = dict(zip(layout.plane_axes, position, strict=True))
-    index = tuple(where.get(a, 0) if a in where or (array.shape[i] == 1 and a not in IMAGE_AXES) else slice(None)
-                  for i, a in enumerate(axes))  # fmt: skip
+    """Index the axes of `array` (whose axes are `axes`) that plane `plane` fixes (TiffAxes.fixed_at).
+    Returns the rest and its axes."""
+    fixed = layout.fixed_at(plane)
+    index = tuple(fixed.get(a, slice(None)) for a in axes)
     kept = "".join(a for a, i in zip(axes, index, strict=True) if isinstance(i, slice))
     return array[index], kept

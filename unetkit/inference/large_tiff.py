@@ -39,31 +39,18 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 MAX_CHUNK_ROWS = 4096  # taller strips are read through a memory map (uncompressed) or refused
 
 
-def tiff_shape(path: Path) -> tuple[int, ...] | None:
-    """The first series' shape of a TIFF file (no pixels read), or None for other files."""
-    if path.suffix.lower() not in TIFF_SUFFIXES:
-        return None
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tiff:
-            return tuple(tiff.series[0].shape)
-    except Exception:  # unreadable here: the in-memory reader names the problem
-        return None
-
-
 def out_of_core(path: Path, mode: str, axes: AxisChoice = FILE_AXES) -> bool:
     """Whether `path` is predicted out of core: mode "on" (any TIFF), "auto" (TIFFs whose planes
     are large) or "off"."""
     if mode == "off":
         return False
-    if tiff_shape(path) is None:
-        if mode == "on" and path.suffix.lower() not in TIFF_SUFFIXES:
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        if mode == "on":
             raise UnetkitError(f"{path}: --out-of-core on reads TIFF files only; convert it or use --out-of-core auto")
         return False
     try:
         layout = tiff_layout(path, axes)
-    except UnetkitError:  # the in-memory reader names the problem
+    except Exception:  # unreadable or refused here: the in-memory reader names the problem
         return False
     return mode == "on" or layout.length("Y") * layout.length("X") > LARGE_PIXELS
 
@@ -73,9 +60,7 @@ class PlaneRows:
     array the band engine reads rows of: only the rows asked for are decoded."""
 
     def __init__(self, series, layout: TiffAxes, plane: int) -> None:
-        position = np.unravel_index(plane, layout.plane_shape)
-        self.fixed = dict(zip(layout.plane_axes, (int(i) for i in position), strict=True))
-        self.fixed |= {a: 0 for a, n in zip(layout.axes, layout.shape, strict=True) if n == 1 and a not in "YX"}
+        self.fixed = layout.fixed_at(plane)
         self.series, self.axes = series, layout.axes
         kept = [a for a in layout.axes if a not in self.fixed]  # Y, X and the channel axis, in the file's order
         self.order = [kept.index("Y"), kept.index("X")] + [i for i, a in enumerate(kept) if a not in "YX"]
