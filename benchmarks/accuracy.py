@@ -14,6 +14,8 @@ memory, and the CPU.
   dsb2018-dev: split.json train (160) / val (40), fluorescence nuclei as instance masks (each
               nucleus its own id, recognised from the masks); objects scored as StarDist scores
               DSB2018: AP = TP / (TP + FP + FN) pooled over the images, at IoU 0.5 and 0.5:0.9
+  dsb2018-dev-spread: the same, each image dimmed by its own gain of 1 to 100 (DERIVED); run
+              only when named with --only, as it is a check of the normalisation, not a data set
 
 Results: benchmarks/results/accuracy-<date>-<cpu>.json; the table goes in benchmarks/NOTES.md.
 Run it on a quiet machine, before and after every change to a recipe, a default or a loss.
@@ -28,8 +30,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from datetime import datetime
 from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image
 
 from benchmarks.common import cpu_slug, save_results
 from unetkit.cli import parse_duration
@@ -50,7 +57,13 @@ DATASETS = {
     "hc18-dev": ("val", []),
     "camvid-dev": ("val", ["--ignore-value", "11"]),
     "dsb2018-dev": ("val", []),  # instance masks: recognised from the masks (issue 21)
+    "dsb2018-dev-spread": ("val", []),  # derived below (issue 22)
 }
+# Sets made from a shared one in the run's temporary folder (never saved): name -> its source.
+# dsb2018-dev-spread: each dsb2018-dev image scaled by its own gain, 10**-2 to 1 (log-uniform,
+# seeded by the file name) and saved as 16-bit: fluorescence whose brightness varies by two
+# orders of magnitude from image to image, where dsb2018-dev's own spreads ~7-fold.
+DERIVED = {"dsb2018-dev-spread": "dsb2018-dev"}
 OBJECT_KEYS = ("adapted_rand_error", "ap", "f1", "ap50", "ap50_90", "true_objects", "predicted_objects")
 # What the recipe chose, shown with each result.
 PLAN_KEYS = ("scale", "patch_size", "patches_per_image", "lr", "orientation", "class_weights")
@@ -60,11 +73,20 @@ BARS = {
     "hc18-dev": "head (255) Dice >= 0.96",
     "camvid-dev": "mean IoU over the 11 classes >= 0.45, no class at IoU 0",
     "dsb2018-dev": "AP@0.5 >= 0.84 and AP@0.7 >= 0.65 with 10 minutes (issue 21)",
+    "dsb2018-dev-spread": "near dsb2018-dev's own AP: brightness alone must not cost objects (issue 22)",
 }
 
 
-def split_folders(root: Path, work: Path) -> dict[str, tuple[Path, Path]]:
-    """{split: (images dir, masks dir)} of symbolic links into `root`."""
+def spread_brightness(image: Path, out_dir: Path) -> None:
+    """dsb2018-dev-spread's image (DERIVED): 8-bit `image` times a gain of 10**-2 to 1, as uint16."""
+    gain = 10 ** (-2 * np.random.default_rng(zlib.crc32(image.stem.encode())).random())
+    pixels = np.asarray(Image.open(image), np.float64) * 257 * gain
+    tifffile.imwrite(out_dir / f"{image.stem}.tif", np.round(pixels).astype(np.uint16))
+
+
+def split_folders(root: Path, work: Path, derived: bool = False) -> dict[str, tuple[Path, Path]]:
+    """{split: (images dir, masks dir)} of symbolic links into `root`; with `derived`, the images
+    are spread_brightness's copies instead."""
     names = sorted(p.stem for p in (root / "images").iterdir())
     split_file = root / "split.json"
     splits = json.loads(split_file.read_text()) if split_file.exists() else isbi_split(names)
@@ -73,10 +95,24 @@ def split_folders(root: Path, work: Path) -> dict[str, tuple[Path, Path]]:
         for kind in ("images", "masks"):
             (work / split / kind).mkdir(parents=True)
             for path in (root / kind).iterdir():
-                if path.stem in set(members):
+                if path.stem in set(members) and derived and kind == "images":
+                    spread_brightness(path, work / split / kind)
+                elif path.stem in set(members):
                     (work / split / kind / path.name).symlink_to(path.resolve())
         folders[split] = (work / split / "images", work / split / "masks")
     return folders
+
+
+def first_pairs(folders: tuple[Path, Path], count: int) -> tuple[Path, Path]:
+    """Folders beside `folders` holding the links of their first `count` pairs (by file name)."""
+    subset = []
+    for folder in folders:
+        target = folder.parent.parent / f"first{count}" / folder.name
+        target.mkdir(parents=True)
+        for link in sorted(folder.iterdir())[:count]:
+            (target / link.name).symlink_to(link.resolve())
+        subset.append(target)
+    return subset[0], subset[1]
 
 
 def run_timed(command: list[str], log_path: Path, marker: str) -> dict:
@@ -102,13 +138,16 @@ def run_timed(command: list[str], log_path: Path, marker: str) -> dict:
     }
 
 
-def run_dataset(name: str, seconds: float, data_root: Path, out_root: Path, extra: list[str]) -> dict:
+def run_dataset(
+    name: str, seconds: float, data_root: Path, out_root: Path, extra: list[str], subset: int | None = None
+) -> dict:
+    """Train on the set's training split (or the first `subset` of it, by name) and evaluate."""
     eval_split, facts = DATASETS[name]
     out = out_root / name
     unetkit = [sys.executable, "-m", "unetkit.cli"]
     with tempfile.TemporaryDirectory() as tmp:
-        folders = split_folders(data_root / name, Path(tmp))
-        train_images, train_masks = folders["train"]
+        folders = split_folders(data_root / DERIVED.get(name, name), Path(tmp), derived=name in DERIVED)
+        train_images, train_masks = folders["train"] if subset is None else first_pairs(folders["train"], subset)
         command = [*unetkit, "train", "--images", str(train_images), "--masks", str(train_masks)]
         command += ["--out", str(out), "--time", f"{seconds:g}", "--no-progress", *facts, *extra]
         print(f"{name}: {' '.join(command[2:])}", flush=True)
@@ -186,8 +225,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--train-options", default="", help="experiments only, not the table: more train options, e.g. '--scale 0.25'"
     )
     args = parser.parse_args(argv)
-    names = args.only or list(DATASETS)
-    missing = [name for name in names if not (args.data / name / "images").is_dir()]
+    names = args.only or [name for name in DATASETS if name not in DERIVED]
+    missing = [name for name in names if not (args.data / DERIVED.get(name, name) / "images").is_dir()]
     if missing:
         parser.exit(2, f"{args.data}: data set(s) {', '.join(missing)} not found; pass --data DIR\n")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -125,3 +125,36 @@ def test_channels_benchmark_builds_two_channel_files_from_both_sets(tmp_path, mo
     assert (masks / "n1.tif").resolve() == (tmp_path / "dsb2018-dev/masks/n1.tif").resolve()
     zeroed, _ = channels.two_channel_set(tmp_path / "zeroed", ["n1"], zero_nuclei=True)
     assert not read_image(zeroed / "n1.tif")[..., 1].any()
+
+
+def test_derived_and_subset_splits_for_the_normalisation_and_fine_tune_benchmarks(tmp_path):
+    """dsb2018-dev-spread's images are dimmed copies written to the run's folder (never the
+    shared ones), its masks links; a fine-tune run trains on links to the first N pairs."""
+    import json
+
+    import numpy as np
+    import tifffile
+    from PIL import Image
+    from synthetic import make_shapes
+
+    from benchmarks import accuracy, finetune
+
+    root = tmp_path / "toy"
+    make_shapes(root, count=6)
+    (root / "split.json").write_text(json.dumps({"train": [f"img0{i}" for i in range(5)], "val": ["img05"]}))
+    folders = accuracy.split_folders(root, tmp_path / "work", derived=True)
+    images, masks = folders["train"]
+    gains = []
+    for path in sorted(images.iterdir()):
+        assert not path.is_symlink() and tifffile.imread(path).dtype == np.uint16
+        dimmed = tifffile.imread(path).astype(float)
+        original = np.asarray(Image.open(root / "images" / f"{path.stem}.png"), float) * 257
+        gains.append(dimmed.max() / original.max())
+    assert all(0.0099 <= gain <= 1.0 for gain in gains) and max(gains) / min(gains) > 2
+    assert all(p.is_symlink() for p in masks.iterdir())
+    first_images, first_masks = accuracy.first_pairs(folders["train"], 2)
+    assert [p.name for p in sorted(first_images.iterdir())] == ["img00.tif", "img01.tif"]
+    assert [p.name for p in sorted(first_masks.iterdir())] == ["img00.png", "img01.png"]
+    row = {"images": 8, "seconds": 60.0, "start": "init", "options": ["--init-from", "nuclei", "--lr", "1e-3"],
+           "epochs": 4, "objects": {"ap50": 0.8, "ap50_90": 0.6}, "per_class": [{"value": 1, "dice": 0.7}]}  # fmt: skip
+    assert "| 8 | 60 s | init --lr 1e-3 | 4 | 0.800 | 0.600 | 0.700 |" in finetune.table([row])

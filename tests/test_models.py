@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from unetkit.models import DumbNet, UNet, create_model
+from unetkit.models import MODELS, DumbNet, UNet, create_model, model_class
 
 
 def parameters(model: torch.nn.Module) -> int:
@@ -69,3 +69,18 @@ def test_folding_batchnorm_into_convs_keeps_the_outputs(model):
         torch.testing.assert_close(fused(x), model(x), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="eval"):
         fuse_conv_bn(model.train())
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_a_model_gives_back_the_options_it_was_built_from(name):
+    """options() inverts arguments(): --init-from builds the network a checkpoint was trained as."""
+    from types import SimpleNamespace
+
+    cls = model_class(name)
+    unset = {"base_channels": None, "depth": None, "upsampling": None}
+    args = cls.arguments(SimpleNamespace(base_channels=8, depth=2, upsampling="bilinear"), 3, 4)
+    assert cls.arguments(SimpleNamespace(**{**unset, **cls.options(args)}), 3, 4) == args
+    # A checkpoint that stored only the counts means the constructor's defaults.
+    default = create_model(name, in_channels=1, num_classes=2).state_dict()
+    rebuilt = create_model(name, **cls.arguments(SimpleNamespace(**{**unset, **cls.options({})}), 1, 2))
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in default.items()}

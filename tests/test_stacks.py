@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import pytest
+import roifile
 import tifffile
 from synthetic import assert_one_line_error, run_cli
 
@@ -137,7 +138,8 @@ def test_out_of_core_a_stack_gives_what_it_gives_in_memory(stack_run, tmp_path, 
     outputs = {}
     for mode in ("off", "on"):
         outputs[mode] = tmp_path / mode
-        args = ["--out", outputs[mode], "--instances", "--probabilities", "--no-progress", "--out-of-core", mode]
+        args = ["--out", outputs[mode], "--geojson", "--imagej-rois", "--probabilities", "--no-progress"]
+        args += ["--out-of-core", mode]  # --geojson implies --instances
         code, _, err = run_cli(capsys, "predict", "--checkpoint", out / "best.pt", images / "s0.ome.tif", *args)
         assert code == 0, err
     for name in ("s0.ome.tif", "s0.ome_probs.tif", "s0.ome_objects.tif"):
@@ -147,6 +149,12 @@ def test_out_of_core_a_stack_gives_what_it_gives_in_memory(stack_run, tmp_path, 
     tables = [list(csv.DictReader((outputs[m] / "s0.ome_objects.csv").open())) for m in ("off", "on")]
     assert len(tables[0]) == len(tables[1]) and [r["plane"] for r in tables[0]] == [r["plane"] for r in tables[1]]
     assert not [path for path in outputs["on"].iterdir() if path.is_dir()]  # the per-plane temporaries are gone
+    geojson = [json.loads((outputs[m] / "s0.ome_objects.geojson").read_text()) for m in ("off", "on")]
+    assert geojson[0] == geojson[1] and len(geojson[0]["features"]) == len(tables[0])
+    planes = [f["geometry"]["plane"]["z"] for f in geojson[0]["features"]]
+    assert planes == [int(row["plane"]) for row in tables[0]]  # QuPath's z of each object's plane
+    rois = roifile.roiread(outputs["on"] / "s0.ome_rois.zip")
+    assert [(roi.position, roi.z_position) for roi in rois] == [(p + 1, p + 1) for p in planes]  # from 1
 
 
 def test_a_mask_stack_of_other_planes_is_refused(stack_run, tmp_path, capsys):

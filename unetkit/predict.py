@@ -21,11 +21,13 @@ from unetkit.inference.batched import predict_images
 from unetkit.inference.instances import object_table, save_labels, save_table
 from unetkit.inference.large_tiff import out_of_core, predict_large_tiff
 from unetkit.inference.manifest import MANIFEST, Manifest
+from unetkit.inference.object_files import OBJECT_FILES, object_file_names, write_object_files
 from unetkit.inference.outputs import save_probabilities
 from unetkit.inference.stacks import StackOutputs, StackPrediction, predict_large_stack
 
 # Every name predict may write for an image <stem> (planned_outputs says which a run writes).
-OUTPUT_SUFFIXES = (".png", ".tif", "_overlay.png", "_overlay.tif", "_probs.tif", "_objects.tif", "_objects.csv")
+OUTPUT_SUFFIXES = (".png", ".tif", "_overlay.png", "_overlay.tif", "_probs.tif", "_objects.tif", "_objects.csv",
+                   *OBJECT_FILES.values())  # fmt: skip
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -64,10 +66,11 @@ def planned_outputs(
     instances: bool = False,
     large: Collection[Path] = (),
     stacks: Collection[Path] = (),
+    object_files: tuple[str, ...] = (),
 ) -> dict[Path, Path]:
     """Every file predict will write -> the input it comes from; `large` inputs (out of core)
     write tiled TIFFs, and no overlay (a picture of a whole slide is the slide again); `stacks`
-    write TIFF stacks (inference/stacks.py)."""
+    write TIFF stacks (inference/stacks.py); `object_files`, the objects for QuPath and Fiji."""
     outputs: dict[Path, Path] = {}
     for path in files:
         if path in large and overlay:
@@ -84,6 +87,7 @@ def planned_outputs(
             names += [f"{path.stem}_overlay.png"] if overlay else []
             names += [f"{path.stem}_probs.tif"] if probabilities else []
             names += [f"{path.stem}_objects.tif", f"{path.stem}_objects.csv"] if instances else []
+        names += object_file_names(path.stem, object_files) if instances else []
         for name in names:
             target = out / name
             if target in outputs:
@@ -183,10 +187,12 @@ def predict_files(
     progress: bool = True,
     overwrite: bool = False,
     instances: bool = False,
+    object_files: tuple[str, ...] = (),
 ) -> list[Path]:
     """Predict every input into `out`: <stem>.png, and if asked <stem>_overlay.png,
     <stem>_probs.tif, and the objects: <stem>_objects.tif (one id per object) with
-    <stem>_objects.csv (one row per object). Returns the written mask paths. Nothing is written
+    <stem>_objects.csv (one row per object), and from those the `object_files` (OBJECT_FILES:
+    QuPath's GeoJSON, Fiji's ROI set; inference/object_files.py). Returns the written mask paths. Nothing is written
     when an output would replace an input or (without `overwrite`) any existing file. Images in
     memory go through inference/batched.py (--workers threads decode and write, batches of
     images), a stack's planes as images of their own, written back as stacks (<stem>.tif and its
@@ -196,7 +202,7 @@ def predict_files(
     axes = predictor.options.axes
     large = {path for path in files if out_of_core(path, predictor.options.out_of_core, axes)}
     stacks = stack_layouts(files, axes)
-    planned = planned_outputs(files, out, write_overlay, write_probabilities, instances, large, stacks)
+    planned = planned_outputs(files, out, write_overlay, write_probabilities, instances, large, stacks, object_files)
     check_outputs(files, planned, out, overwrite)
     if overwrite:
         remove_earlier_outputs(files, planned, out)
@@ -207,6 +213,7 @@ def predict_files(
     written = {path: out / f"{path.stem}.tif" for path in [*large, *stacks]}
     written |= {path: out / f"{path.stem}.png" for path in files if path not in written}
     count = len(refs) + len(large)
+    instance_model = predictor.mask_values.instances is not None
     bar = tqdm(total=count, desc="predict", unit="img", disable=not progress or count < 2, leave=False)
     with recorded_outputs(out, planned), bar:
         for path in files:
@@ -218,6 +225,9 @@ def predict_files(
                 bar.update()
         for _ in predict_images(predictor, refs, write, predictor.options.workers):
             bar.update()
+        for path in files if instances else []:
+            labels = out / f"{path.stem}_objects.tif"
+            write_object_files(labels, out / f"{path.stem}_objects.csv", object_files, instance_model)
     return [written[path] for path in files]
 
 

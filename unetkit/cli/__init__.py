@@ -14,6 +14,7 @@ from unetkit.cli.commands import (
     cmd_demo,
     cmd_evaluate,
     cmd_export,
+    cmd_models,
     cmd_predict,
     cmd_report,
     cmd_train,
@@ -43,6 +44,7 @@ def add_inference_arguments(p: argparse.ArgumentParser) -> None:
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--checkpoint", help="a best.pt or last.pt from a run")
     model.add_argument("--onnx", help="an exported model.onnx (run with ONNX Runtime) instead of a checkpoint")
+    model.add_argument("--model", help="a ready-made model by name, e.g. nuclei (unetkit models lists them)")
     add_dataclass_arguments(p, InferenceOptions)
 
 
@@ -71,10 +73,24 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
         help="also write the objects: <name>_objects.tif (one id per object, touching ones split by seeded "
         "watershed) and <name>_objects.csv (id, class, area, centroid, bounding box, mean probability)",
     )
+    p.add_argument(
+        "--geojson",
+        action="store_true",
+        help="also write <name>_objects.geojson, the objects' outlines with their class and measurements, "
+        "for QuPath (File > Import objects); implies --instances",
+    )
+    p.add_argument(
+        "--imagej-rois",
+        action="store_true",
+        help="also write <name>_rois.zip, each object's outline as an ImageJ ROI (a polygon holds no holes, "
+        "and an object of several pieces gets its largest), for Fiji's ROI Manager; implies --instances",
+    )
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt from a run")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="a best.pt or last.pt from a run")
+    model.add_argument("--model", help="a ready-made model by name, e.g. nuclei (unetkit models lists them)")
     p.add_argument("--onnx", help="output .onnx file")
     p.add_argument("--safetensors", help="output .safetensors file; predict/evaluate take it as --checkpoint")
     p.add_argument(
@@ -157,6 +173,12 @@ COMMANDS: dict[str, tuple[str, str, Arguments, Callable]] = {
         "One self-contained HTML file (images embedded, no network) about a run and its best.pt.",
         add_report_arguments,
         cmd_report,
+    ),
+    "models": (
+        "list the ready-made models shipped with unetkit (predict --model NAME, train --init-from NAME)",
+        "The ready-made models: what each segments, its held-out score, and its model card.",
+        lambda p: None,
+        cmd_models,
     ),
     "demo": (
         "train and evaluate on the bundled ISBI 2012 EM membranes",

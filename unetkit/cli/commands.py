@@ -60,9 +60,7 @@ def predictor_from_args(args: argparse.Namespace):
     from unetkit.inference import Predictor
 
     options = inference_options(args)
-    source = args.onnx or args.checkpoint
-    if source is None:
-        raise UnetkitError("give the model with --checkpoint CKPT (or --onnx MODEL.onnx)")
+    source = args.onnx or checkpoint_of(args)
     if options.backend == "onnxruntime" and options.amp in ("bf16", "fp16"):
         raise UnetkitError(f"--backend onnxruntime runs in fp32; drop --amp {options.amp} or use --backend torch")
     predictor = Predictor(source, options=options)
@@ -72,6 +70,26 @@ def predictor_from_args(args: argparse.Namespace):
     else:
         print(f"running on PyTorch, {predictor.device}, {predictor.amp.compute_dtype}")
     return predictor
+
+
+def checkpoint_of(args: argparse.Namespace) -> str:
+    """--checkpoint, or the weights of the ready-made model --model names."""
+    if args.model is None:
+        return args.checkpoint
+    from unetkit.zoo import zoo_model
+
+    return str(zoo_model(args.model).weights)
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from unetkit.zoo import zoo_models
+
+    models = zoo_models()
+    if not models:
+        print("no ready-made models in this installation")
+    for model in models.values():
+        size = model.weights.stat().st_size / 2**20
+        print(f"{model.name}: {model.summary} ({size:.1f} MB)\n  held out: {model.held_out}\n  card: {model.card}")
 
 
 def output_file(option: str, path: str | None, suffix: str) -> None:
@@ -125,10 +143,16 @@ def cmd_predict(args: argparse.Namespace) -> None:
         args.probabilities,
         predictor.options.progress,
         args.overwrite,
-        args.instances,
+        args.instances or args.geojson or args.imagej_rois,
+        object_files_asked(args),
     )
     seconds = max(time.perf_counter() - started, 1e-6)
     print(f"wrote {len(written)} mask(s) to {args.out} in {seconds:.1f} s ({len(written) / seconds:.3g} images/s)")
+
+
+def object_files_asked(args: argparse.Namespace) -> tuple[str, ...]:
+    """The object files predict is asked for, as inference/object_files.OBJECT_FILES names them."""
+    return tuple(name for name, asked in (("geojson", args.geojson), ("imagej", args.imagej_rois)) if asked)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -137,19 +161,20 @@ def cmd_export(args: argparse.Namespace) -> None:
     output_file("--bioimageio", args.bioimageio, ".zip")
     output_file("--onnx", args.onnx, ".onnx")
     output_file("--safetensors", args.safetensors, ".safetensors")
+    checkpoint = checkpoint_of(args)
     if args.onnx:
         from unetkit.inference.onnx_export import export_onnx
 
-        difference = export_onnx(args.checkpoint, args.onnx)
+        difference = export_onnx(checkpoint, args.onnx)
         print(f"wrote {args.onnx}; ONNX Runtime vs PyTorch max abs logit difference {difference:.2e}")
     if args.safetensors:
         from unetkit.core.checkpoint import export_safetensors
 
-        print(f"wrote {export_safetensors(args.checkpoint, args.safetensors)} (weights and metadata only, no pickle)")
+        print(f"wrote {export_safetensors(checkpoint, args.safetensors)} (weights and metadata only, no pickle)")
     if args.bioimageio:
         from unetkit.inference.bioimageio_export import export_bioimageio
 
-        export_bioimageio(args.checkpoint, args.bioimageio, args.sample, args.name, args.author)
+        export_bioimageio(checkpoint, args.bioimageio, args.sample, args.name, args.author)
         print(f"wrote {args.bioimageio} (bioimage.io model package: TorchScript and ONNX weights, test tensors)")
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from unetkit.models.blocks import ConvBNReLU, OutConv, pad_to_multiple
-from unetkit.models.registry import given, register_model
+from unetkit.models.registry import constructor_defaults, given, register_model
 
 
 @register_model
@@ -31,6 +31,10 @@ class DumbNet(nn.Module):
     def arguments(cls, options: Any, in_channels: int, num_classes: int) -> dict[str, Any]:
         """Its one level's width is the --base-channels option."""
         return {"in_channels": in_channels, "num_classes": num_classes, **given(width=options.base_channels)}
+
+    @classmethod
+    def options(cls, args: dict[str, Any]) -> dict[str, Any]:
+        return {"base_channels": args.get("width", constructor_defaults(cls)["width"])}
 
     @classmethod
     def min_input_size(cls, args: dict[str, Any]) -> int:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from unetkit.models.blocks import DoubleConv, Down, OutConv, Up, Upsampling, pad_to_multiple
-from unetkit.models.registry import given, register_model
+from unetkit.models.registry import constructor_defaults, given, register_model
 
 
 @register_model
@@ -54,6 +54,11 @@ class UNet(nn.Module):
     def arguments(cls, options: Any, in_channels: int, num_classes: int) -> dict[str, Any]:
         chosen = given(base_channels=options.base_channels, depth=options.depth, upsampling=options.upsampling)
         return {"in_channels": in_channels, "num_classes": num_classes, **chosen}
+
+    @classmethod
+    def options(cls, args: dict[str, Any]) -> dict[str, Any]:
+        defaults = constructor_defaults(cls)
+        return {key: args.get(key, defaults[key]) for key in ("base_channels", "depth", "upsampling")}
 
     @classmethod
     def min_input_size(cls, args: dict[str, Any]) -> int:

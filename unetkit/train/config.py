@@ -110,10 +110,10 @@ class TrainConfig:
         True, "turn off flips, rotations, scaling, elastic and intensity augmentation", group="data",
         flag=("--no-augment", False),
     )  # fmt: skip
-    normalize: str = option(
-        "dataset", "dataset: the training set's channel mean and std; image: each image's channels scaled so their "
-        "1st and 99.8th percentiles become 0 and 1, as stardist and cellpose normalise fluorescence whose "
-        "brightness varies from image to image (on dsb2018-dev it did not beat dataset: benchmarks/NOTES.md)",
+    normalize: str | None = option(
+        None, "dataset: the training set's channel mean and std; image: each image's channels scaled so their "
+        "1st and 99.8th percentiles become 0 and 1, as stardist and cellpose normalise fluorescence; "
+        f"{BY_RECIPE}: image where a channel's brightness varies tenfold or more from image to image",
         group="data", choices=("dataset", "image"),
     )  # fmt: skip
     elastic: bool | None = option(
@@ -220,6 +220,13 @@ class TrainConfig:
         "--device, --workers, --cache-gb, --no-progress, --no-report and --tensorboard may change, and --images/"
         "--masks (--val-images/--val-masks) may name where the data moved; any other option given with another "
         "value is refused", group="run",
+    )  # fmt: skip
+    init_from: str | None = option(
+        None, "start the weights from a trained model (a best.pt, last.pt, .safetensors export, or a ready-made "
+        "model's name: unetkit models): a new run, "
+        "its optimizer, schedule, split, normalisation and mask values fresh from this data; the architecture and "
+        "scale are the model's; other classes start the output layer afresh, another channel count adapts the "
+        "first convolution (both said in the log)", group="run",
     )  # fmt: skip
     seed: int = option(0, "", group="run", valid=whole(0, 2**32 - 1), need="a whole number from 0 to 4294967295")
     device: str = option("auto", "auto, cpu, cuda or cuda:N", group="run")

@@ -26,6 +26,7 @@ from unetkit.metrics import SegmentationMetrics, predicted_classes
 from unetkit.train.config import PATH_OPTIONS, TrainConfig, absolute_paths
 from unetkit.train.config_file import write_config_toml
 from unetkit.train.distributed import quiet, setup_distributed, unwrap
+from unetkit.train.init_from import architecture_from, load_init_state
 from unetkit.train.interrupt import InterruptFlag
 from unetkit.train.object_rule import choose_object_rule
 from unetkit.train.options import resolve
@@ -80,6 +81,7 @@ class Trainer:
     ) -> None:
         resume_state = load_resume_state(cfg.resume)
         cfg = resolve(cfg, resume_overrides, resume_state["config"] if resume_state else None)
+        init_state = load_init_state(cfg.init_from) if resume_state is None else None
         self.dist = setup_distributed(resolve_device(cfg.device))  # single-process unless torchrun
         self.device = self.dist.device
         self.log = log if self.dist.is_main else quiet
@@ -93,11 +95,15 @@ class Trainer:
                 f"--patience {cfg.patience} needs validation images to watch; "
                 "give --val-images/--val-masks or a --val-fraction above 0"
             )
+        if init_state is not None:
+            cfg = architecture_from(cfg, init_state, cfg.init_from)
         self.cfg, self.plan = plan(cfg, self.train_pairs, resume_state, self.device, self.log)
         self.mask_values, self.binary = self.plan.mask_values, bool(self.cfg.binary)
         self.train_set, self.val_set = build_datasets(self.cfg, self.plan, self.train_pairs, self.val_pairs)
         self.spec = model_spec(self.cfg, self.plan)
-        built = build_model(self.cfg, self.spec, self.dist)
+        built = build_model(self.cfg, self.spec, self.dist, init_state)
+        for line in built.notes:
+            self.log(line)
         self.model, self.amp, self.channels_last, self.memory_format = (
             built.model, built.amp, built.channels_last, built.memory_format
         )  # fmt: skip

@@ -26,6 +26,14 @@ Images that are no larger than one 256x256 patch at that scale train whole (batc
 largest); larger ones train on patches, a third of them centred on the rarer classes, of 128 px
 where the largest object fits in half of that (SMALL_PATCH_SIDE; fast recipe), else 256.
 
+Normalisation (both recipes): one mean and std a channel over the set, unless some channel's
+brightness range (1st to 99.8th percentile) is BRIGHTNESS_SPREAD times wider in the 95th-percentile
+image than in the 5th (DataFingerprint.brightness_spread), as in fluorescence whose exposure or
+staining varies by orders of magnitude: then each image's channels are scaled by their own
+percentiles, as stardist and cellpose do. The train splits spread 1.2 (CamVid) to 1.4 (HC18) and
+7.2 (dsb2018-dev), where per-image percentiles lost twice (AP@0.5 -0.011 and -0.012); on
+dsb2018-dev-spread, the same images dimmed 1 to 100-fold, they win (benchmarks/NOTES.md, issue 22).
+
 Border weights (both recipes): the U-Net paper's weight map (w0 = 10, data/weight_map.py) for data
 sets whose objects a person would count: two classes (cells and membranes, nuclei and
 background) or instance masks trained without an edge class; off for scene classes and for the
@@ -65,6 +73,7 @@ RARE_FRACTION = 1e-3  # classes rarer than this do not hold the resolution up
 MAX_CLASS_WEIGHT = 10.0
 BORDER_WEIGHT = 10.0  # the U-Net paper's w0
 UPRIGHT_SHIFT = 0.15  # a class's mean height this far from the middle marks an upright data set
+BRIGHTNESS_SPREAD = 10.0  # images this many times brighter than others: each is normalised on its own
 PATCHES_PER_EPOCH = 96  # small sets crop several patches per image so an epoch is worth its overhead
 
 
@@ -88,6 +97,13 @@ def largest_object(data: DataFingerprint) -> float:
     dominant = max(data.value_pixels, key=data.value_pixels.get, default=None)
     extents = [g.extent for v, g in data.geometry.items() if v != dominant and v in data.value_pixels]
     return max(extents, default=0.0)
+
+
+def data_normalisation(data: DataFingerprint) -> str:
+    """ "image" (each image's channels by their own percentiles) where some channel's brightness
+    spreads BRIGHTNESS_SPREAD-fold or more over the set (DataFingerprint.brightness_spread), else
+    "dataset" (one mean and std a channel), as the module docstring measures."""
+    return "image" if max(data.brightness_spread, default=1.0) >= BRIGHTNESS_SPREAD else "dataset"
 
 
 def data_orientation(data: DataFingerprint) -> str:
@@ -157,6 +173,7 @@ def recipe_settings(name: str, data: DataFingerprint, device: torch.device, time
             # ISBI (cell Dice +0.01; benchmarks/NOTES.md).
             "lr": 4e-3,
         }
+    settings["normalize"] = data_normalisation(data)
     settings["patches_per_image"] = max(1, round(PATCHES_PER_EPOCH / max(1, data.num_images)))
     settings["orientation"] = data_orientation(data)
     settings["recipe"] = name

@@ -31,6 +31,7 @@ from unetkit.losses import SegmentationLoss
 from unetkit.models import model_class
 from unetkit.train.config import DATA_FOLDERS, OPTIMIZERS, TrainConfig
 from unetkit.train.distributed import Distributed
+from unetkit.train.init_from import start_from
 from unetkit.train.options import fill_unset
 from unetkit.train.recipes import apply_recipe, default_workers
 from unetkit.train.schedulers import Schedule
@@ -287,12 +288,18 @@ class ModelSetup:
     amp: AmpPolicy
     channels_last: bool
     memory_format: torch.memory_format
+    notes: list[str]  # what --init-from adapted, for the log
 
 
-def build_model(cfg: TrainConfig, spec: ModelSpec, dist: Distributed) -> ModelSetup:
-    """The network with seeded initial weights, its AMP policy and memory layout, the same on every rank."""
+def build_model(
+    cfg: TrainConfig, spec: ModelSpec, dist: Distributed, init_state: dict[str, Any] | None = None
+) -> ModelSetup:
+    """The network with seeded initial weights (or those of --init-from's model), its AMP policy
+    and memory layout, the same on every rank."""
     torch.manual_seed(cfg.seed)  # the same initial weights for the same seed
-    model = spec.build().to(dist.device)
+    model = spec.build()
+    notes = start_from(model, spec, init_state, cfg.init_from) if init_state is not None else []
+    model = model.to(dist.device)
     amp = resolve_amp(cfg.amp, dist.device)
     chosen = dist.broadcast_object(amp.name)  # `auto` times a conv: ranks could disagree
     if chosen != amp.name:
@@ -307,7 +314,7 @@ def build_model(cfg: TrainConfig, spec: ModelSpec, dist: Distributed) -> ModelSe
     channels_last = dist.broadcast_object(channels_last)  # DDP needs one layout
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = dist.wrap(model.to(memory_format=memory_format), cfg.sync_bn)  # DDP under torchrun
-    return ModelSetup(model, amp, channels_last, memory_format)
+    return ModelSetup(model, amp, channels_last, memory_format, notes)
 
 
 # --- optimisation ---

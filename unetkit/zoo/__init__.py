@@ -1,0 +1,63 @@
+"""Ready-made models shipped with unetkit: `predict --model nuclei`, `evaluate --model`, `export
+--model` and `train --init-from nuclei` take them by name, with no training and no network.
+
+A model is two files in this folder: <name>.safetensors (weights and metadata, the format of
+`unetkit export --safetensors`, which every command reads as a checkpoint) and <name>.md, its model
+card: the data and its licence, the recipe, training time and machine, held-out scores, intended
+use and limits. The card's first line is "# <name>: <what it segments>". benchmarks/zoo.py made
+each one and makes it again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from unetkit.errors import UnetkitError
+
+ZOO = Path(__file__).parent
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    name: str
+    weights: Path
+    card: Path
+
+    @property
+    def summary(self) -> str:
+        """What it segments: the card's first line after '# <name>: '."""
+        first = self.card.read_text(encoding="utf-8").splitlines()[0]
+        return first.split(":", 1)[1].strip() if ":" in first else first.lstrip("# ")
+
+    @property
+    def held_out(self) -> str:
+        """The card's line that starts 'Held out:', without that word."""
+        lines = self.card.read_text(encoding="utf-8").splitlines()
+        return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Held out:")), "")
+
+
+def zoo_models() -> dict[str, ZooModel]:
+    """Every shipped model, by name: each <name>.safetensors with its <name>.md card."""
+    return {
+        path.stem: ZooModel(path.stem, path, path.with_suffix(".md"))
+        for path in sorted(ZOO.glob("*.safetensors"))
+        if path.with_suffix(".md").is_file()
+    }
+
+
+def zoo_model(name: str) -> ZooModel:
+    models = zoo_models()
+    if name not in models:
+        shown = ", ".join(models) or "none"
+        raise UnetkitError(f"{name}: no such ready-made model (unetkit models lists them: {shown})")
+    return models[name]
+
+
+def model_file(name: str) -> Path:
+    """A checkpoint's path as given, or a ready-made model's weights when `name` is a zoo name and
+    no file of that name exists."""
+    path = Path(name)
+    if not path.exists() and name in zoo_models():
+        return zoo_models()[name].weights
+    return path
