@@ -27,7 +27,7 @@ ZOO = Path(__file__).resolve().parent.parent / "unetkit" / "zoo"
 MODELS = {
     "nuclei": {
         "data": "dsb2018-dev",
-        "time": 40 * 60,
+        "time": 30 * 60,
         "what": "fluorescence nuclei as objects (instance output: one id per nucleus)",
         "data_text": "the 160 training images of dsb2018-dev (StarDist's DSB2018 subset: fluorescence "
         "nuclei of many cell types and magnifications from the Kaggle 2018 Data Science Bowl, BBBC038)",
@@ -41,7 +41,7 @@ MODELS = {
     },
     "em-membranes": {
         "data": "isbi2012",
-        "time": 15 * 60,
+        "time": 10 * 60,
         "what": "cell membranes in serial-section electron microscopy (ISBI 2012), mask 0 = membrane, 255 = cell",
         "data_text": "slices 00-24 of the ISBI 2012 training stack (Drosophila larva ventral nerve cord, "
         "ssTEM, 512x512)",

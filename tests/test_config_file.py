@@ -86,3 +86,11 @@ def test_rerun_from_saved_config_gives_the_same_metrics(tmp_path, capsys):
         return [line.rsplit(",", 1)[0] for line in (run / "metrics.csv").read_text().splitlines()]
 
     assert metrics(first) == metrics(second) and len(metrics(first)) == 3
+
+
+def test_a_config_file_spells_options_as_the_command_line_does(tmp_path):
+    """An axis letter in either case, as `--channel-axis c` takes it."""
+    path = tmp_path / "run.toml"
+    path.write_text('channel-axis = "c"\nplane_axis = "z"\n')
+    cfg = load_config_file(path)
+    assert (cfg.channel_axis, cfg.plane_axis) == ("C", "Z")

@@ -42,6 +42,7 @@ def test_a_new_run_starts_from_the_model_and_takes_its_architecture(trained, tmp
     started, text = first_epoch_weights(capsys, tmp_path / "again", root / "gray/images", root / "gray/masks", model)
     config = load_checkpoint(tmp_path / "again" / "last.pt")["config"]
     assert (config["base_channels"], config["depth"], config["init_from"]) == (4, 2, str(model))
+    assert (config["scale"], config["normalize"]) == (1.0, "dataset")  # the model's, as nothing else was given
     for key, value in weights(model).items():
         if value.is_floating_point() and "running" not in key:  # BatchNorm statistics move in train mode
             torch.testing.assert_close(started[key], value, msg=key)

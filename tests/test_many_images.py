@@ -15,6 +15,7 @@ from synthetic import assert_one_line_error, run_cli
 from unetkit.inference import InferenceOptions, Predictor
 from unetkit.inference import batched as batched_module
 from unetkit.inference import predictor as predictor_module
+from unetkit.inference.outputs import PredictOutputs
 from unetkit.inference.tiling import tile_boxes
 from unetkit.predict import MANIFEST, predict_files
 
@@ -48,7 +49,7 @@ def predictor(rgb_run, monkeypatch):
 
 def predict(predictor: Predictor, folder: Path, out: Path, workers: int, **outputs) -> list[Path]:
     predictor.options.workers = workers
-    return predict_files(predictor, [folder], out, progress=False, **outputs)
+    return predict_files(predictor, [folder], PredictOutputs(out, **outputs))
 
 
 def assert_same_outputs(expected: Path, got: Path) -> None:
@@ -106,10 +107,10 @@ def test_batched_prediction_writes_what_one_at_a_time_writes(predictor, folder, 
 def test_every_output_is_the_same_batched_with_tta_too(predictor, folder, tmp_path, tta):
     predictor.options.tta = tta
     files = sorted(folder.iterdir())[:24]  # every shape, 64 x 80 tiled
-    outputs = {"write_overlay": True, "write_probabilities": True, "instances": True}
+    outputs = {"overlay": True, "probabilities": True, "instances": True}
     for workers, out in ((0, "sequential"), (2, "batched")):
         predictor.options.workers = workers
-        predict_files(predictor, files, tmp_path / out, progress=False, **outputs)
+        predict_files(predictor, files, PredictOutputs(tmp_path / out, **outputs))
     assert len([p for p in (tmp_path / "batched").iterdir() if p.name != MANIFEST]) == 24 * 5
     assert_same_outputs(tmp_path / "sequential", tmp_path / "batched")
 

@@ -6,9 +6,11 @@ import json
 import zipfile
 
 import numpy as np
+import pytest
 import roifile
 from skimage.draw import disk, polygon2mask
 
+from unetkit.inference import object_files
 from unetkit.inference.instances import object_table, save_labels, save_table
 from unetkit.inference.object_files import write_object_files
 
@@ -58,7 +60,10 @@ def written_objects(tmp_path, labels: np.ndarray, formats=("geojson", "imagej"))
     write_object_files(tmp_path / "cells_objects.tif", tmp_path / "cells_objects.csv", formats, instance_model=True)
 
 
-def test_geojson_outlines_rasterise_back_to_the_labels(tmp_path):
+@pytest.mark.parametrize("read", ["whole", "per object"])
+def test_geojson_outlines_rasterise_back_to_the_labels(tmp_path, monkeypatch, read):
+    if read == "per object":  # as a slide's label image is read: a crop of a zarr view per object
+        monkeypatch.setattr(object_files, "WHOLE_PIXELS", 0)
     labels = shapes_labels()
     written_objects(tmp_path, labels)
     collection = json.loads((tmp_path / "cells_objects.geojson").read_text())

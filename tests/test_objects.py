@@ -245,7 +245,8 @@ def test_training_on_instance_masks_with_a_boundary_target_and_border_weights(tm
 def instance_scan(ids: np.ndarray) -> PairScan:
     """What the fingerprint keeps of one mask for the instance-mask rule."""
     values, counts = np.unique(ids, return_counts=True)
-    scan = PairScan(Pair(Path("i.png"), Path("m.png")), *ids.shape, 1, np.zeros(1), np.zeros(1), values, counts, counts)
+    scan = PairScan(Pair(Path("i.png"), Path("m.png")), *ids.shape, 1, np.zeros(1), np.zeros(1), np.ones(1), values,
+                   counts, counts)  # fmt: skip
     scan.ids, scan.regions = len(values) - (values[0] == 0), int(label(ids, connectivity=1).max())
     return scan
 

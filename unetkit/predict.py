@@ -21,13 +21,12 @@ from unetkit.inference.batched import predict_images
 from unetkit.inference.instances import object_table, save_labels, save_table
 from unetkit.inference.large_tiff import out_of_core, predict_large_tiff
 from unetkit.inference.manifest import MANIFEST, Manifest
-from unetkit.inference.object_files import OBJECT_FILES, object_file_names, write_object_files
-from unetkit.inference.outputs import save_probabilities
-from unetkit.inference.stacks import StackOutputs, StackPrediction, predict_large_stack
+from unetkit.inference.object_files import write_object_files
+from unetkit.inference.outputs import PredictOutputs, save_probabilities
+from unetkit.inference.stacks import StackPrediction, predict_large_stack
 
 # Every name predict may write for an image <stem> (planned_outputs says which a run writes).
-OUTPUT_SUFFIXES = (".png", ".tif", "_overlay.png", "_overlay.tif", "_probs.tif", "_objects.tif", "_objects.csv",
-                   *OBJECT_FILES.values())  # fmt: skip
+OUTPUT_SUFFIXES = PredictOutputs.every_suffix()
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -59,44 +58,28 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 def planned_outputs(
-    files: Sequence[Path],
-    out: Path,
-    overlay: bool,
-    probabilities: bool,
-    instances: bool = False,
-    large: Collection[Path] = (),
-    stacks: Collection[Path] = (),
-    object_files: tuple[str, ...] = (),
+    files: Sequence[Path], outputs: PredictOutputs, large: Collection[Path] = (), stacks: Collection[Path] = ()
 ) -> dict[Path, Path]:
-    """Every file predict will write -> the input it comes from; `large` inputs (out of core)
-    write tiled TIFFs, and no overlay (a picture of a whole slide is the slide again); `stacks`
-    write TIFF stacks (inference/stacks.py); `object_files`, the objects for QuPath and Fiji."""
-    outputs: dict[Path, Path] = {}
+    """Every file predict will write -> the input it comes from (PredictOutputs.names); `large`
+    inputs (out of core) write tiled TIFFs, and no overlay (a picture of a whole slide is the
+    slide again); `stacks` write TIFF stacks (inference/stacks.py)."""
+    planned: dict[Path, Path] = {}
     for path in files:
-        if path in large and overlay:
+        if path in large and outputs.overlay:
             raise UnetkitError(
                 f"{path}: predicted out of core, which writes no overlay; drop --overlay (open the mask over the "
                 "slide in a viewer), or use --out-of-core off if it fits in memory"
             )
-        if path in stacks:
-            names = StackOutputs(out, overlay=overlay, probabilities=probabilities, instances=instances).names(
-                path.stem
-            )
-        else:
-            names = [f"{path.stem}.tif" if path in large else f"{path.stem}.png"]
-            names += [f"{path.stem}_overlay.png"] if overlay else []
-            names += [f"{path.stem}_probs.tif"] if probabilities else []
-            names += [f"{path.stem}_objects.tif", f"{path.stem}_objects.csv"] if instances else []
-        names += object_file_names(path.stem, object_files) if instances else []
-        for name in names:
-            target = out / name
-            if target in outputs:
+        kind = "stack" if path in stacks else "large" if path in large else "image"
+        for name in outputs.names(path.stem, kind):
+            target = outputs.out / name
+            if target in planned:
                 raise UnetkitError(
-                    f"{path}: its output {name} is also the output of {outputs[target].name}; "
+                    f"{path}: its output {name} is also the output of {planned[target].name}; "
                     "rename one of them or predict them into different --out folders"
                 )
-            outputs[target] = path
-    return outputs
+            planned[target] = path
+    return planned
 
 
 def check_outputs(files: Sequence[Path], outputs: dict[Path, Path], out: Path, overwrite: bool) -> None:
@@ -177,57 +160,46 @@ def recorded_outputs(out: Path, outputs: Collection[Path]) -> Iterator[None]:
             manifest.confirm(outputs)
 
 
-def predict_files(
-    predictor: Predictor,
-    inputs: Sequence[str | Path],
-    out: str | Path,
-    threshold: float = 0.5,
-    write_overlay: bool = False,
-    write_probabilities: bool = False,
-    progress: bool = True,
-    overwrite: bool = False,
-    instances: bool = False,
-    object_files: tuple[str, ...] = (),
-) -> list[Path]:
-    """Predict every input into `out`: <stem>.png, and if asked <stem>_overlay.png,
-    <stem>_probs.tif, and the objects: <stem>_objects.tif (one id per object) with
-    <stem>_objects.csv (one row per object), and from those the `object_files` (OBJECT_FILES:
-    QuPath's GeoJSON, Fiji's ROI set; inference/object_files.py). Returns the written mask paths. Nothing is written
-    when an output would replace an input or (without `overwrite`) any existing file. Images in
-    memory go through inference/batched.py (--workers threads decode and write, batches of
-    images), a stack's planes as images of their own, written back as stacks (<stem>.tif and its
-    siblings, inference/stacks.py); large TIFFs out of core, one at a time."""
-    files = collect_inputs(inputs)
-    out = Path(out)
-    axes = predictor.options.axes
-    large = {path for path in files if out_of_core(path, predictor.options.out_of_core, axes)}
-    stacks = stack_layouts(files, axes)
-    planned = planned_outputs(files, out, write_overlay, write_probabilities, instances, large, stacks, object_files)
-    check_outputs(files, planned, out, overwrite)
-    if overwrite:
+def predict_files(predictor: Predictor, inputs: Sequence[str | Path], outputs: PredictOutputs) -> list[Path]:
+    """Predict every input into `outputs.out`: <stem>.png, and what `outputs` asks for (its
+    names): <stem>_overlay.png, <stem>_probs.tif, the objects (<stem>_objects.tif, one id per
+    object, and <stem>_objects.csv, one row per object) and from those the object files for
+    QuPath and Fiji (inference/object_files.py). Returns the written mask paths. Nothing is
+    written when an output would replace an input or (without `outputs.overwrite`) any existing
+    file. Images in memory go through inference/batched.py (--workers threads decode and write,
+    batches of images), a stack's planes as images of their own, written back as stacks
+    (<stem>.tif and its siblings, inference/stacks.py); large TIFFs out of core, one at a time.
+    The threshold, progress bar and axes are the predictor's options."""
+    files, out, options = collect_inputs(inputs), outputs.out, predictor.options
+    large = {path for path in files if out_of_core(path, options.out_of_core, options.axes)}
+    stacks = stack_layouts(files, options.axes)
+    planned = planned_outputs(files, outputs, large, stacks)
+    check_outputs(files, planned, out, outputs.overwrite)
+    if outputs.overwrite:
         remove_earlier_outputs(files, planned, out)
-    outputs = StackOutputs(out, threshold, write_overlay, write_probabilities, instances)
     collected = {path: StackPrediction(predictor, path, layout, outputs) for path, layout in stacks.items()}
     write = partial(write_prediction, predictor, outputs, collected)
-    refs = [ImageRef(path, plane, axes) for path in files if path not in large for plane in planes_of(path, stacks)]
+    refs = [ImageRef(path, plane, options.axes) for path in files if path not in large
+            for plane in planes_of(path, stacks)]  # fmt: skip
     written = {path: out / f"{path.stem}.tif" for path in [*large, *stacks]}
     written |= {path: out / f"{path.stem}.png" for path in files if path not in written}
     count = len(refs) + len(large)
-    instance_model = predictor.mask_values.instances is not None
-    bar = tqdm(total=count, desc="predict", unit="img", disable=not progress or count < 2, leave=False)
+    bar = tqdm(total=count, desc="predict", unit="img", disable=not options.progress or count < 2, leave=False)
     with recorded_outputs(out, planned), bar:
         for path in files:
             if path in large and path in stacks:
-                predict_large_stack(predictor, path, stacks[path], outputs, progress)
+                predict_large_stack(predictor, path, stacks[path], outputs)
                 bar.update()
             elif path in large:
-                predict_large_tiff(predictor, path, written[path], threshold, progress, write_probabilities, instances)
+                predict_large_tiff(predictor, path, written[path], options.threshold, options.progress,
+                                   outputs.probabilities, outputs.instances)  # fmt: skip
                 bar.update()
-        for _ in predict_images(predictor, refs, write, predictor.options.workers):
+        for _ in predict_images(predictor, refs, write, options.workers):
             bar.update()
-        for path in files if instances else []:
-            labels = out / f"{path.stem}_objects.tif"
-            write_object_files(labels, out / f"{path.stem}_objects.csv", object_files, instance_model)
+        instance_model = predictor.mask_values.instances is not None
+        for path in files if outputs.instances else []:
+            labels, table = out / f"{path.stem}_objects.tif", out / f"{path.stem}_objects.csv"
+            write_object_files(labels, table, outputs.object_files, instance_model)
     return [written[path] for path in files]
 
 
@@ -243,7 +215,7 @@ def planes_of(path: Path, stacks: dict[Path, TiffAxes]) -> list[int | None]:
 
 def write_prediction(
     predictor: Predictor,
-    outputs: StackOutputs,
+    outputs: PredictOutputs,
     stacks: dict[Path, StackPrediction],
     ref: ImageRef,
     image: np.ndarray,
@@ -255,7 +227,7 @@ def write_prediction(
         stacks[ref.path].add(ref.plane, image, logits)
         return
     path, out = ref.path, outputs.out
-    class_ids = predictor.class_ids_from_logits(logits, outputs.threshold)
+    class_ids = predictor.class_ids_from_logits(logits, predictor.options.threshold)
     save_png(out / f"{path.stem}.png", predictor.mask_values.decode(class_ids))
     if outputs.probabilities:
         save_probabilities(out / f"{path.stem}_probs.tif", predictor.probabilities(logits))

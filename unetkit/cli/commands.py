@@ -130,29 +130,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    from unetkit.inference.outputs import PredictOutputs
     from unetkit.predict import predict_files
 
     predictor = predictor_from_args(args)
-    started = time.perf_counter()
-    written = predict_files(
-        predictor,
-        args.inputs,
-        args.out,
-        predictor.options.threshold,
-        args.overlay,
-        args.probabilities,
-        predictor.options.progress,
-        args.overwrite,
-        args.instances or args.geojson or args.imagej_rois,
-        object_files_asked(args),
+    files = tuple(name for name, asked in (("geojson", args.geojson), ("imagej", args.imagej_rois)) if asked)
+    outputs = PredictOutputs(
+        Path(args.out), args.overlay, args.probabilities, args.instances or bool(files), files, args.overwrite
     )
+    started = time.perf_counter()
+    written = predict_files(predictor, args.inputs, outputs)
     seconds = max(time.perf_counter() - started, 1e-6)
     print(f"wrote {len(written)} mask(s) to {args.out} in {seconds:.1f} s ({len(written) / seconds:.3g} images/s)")
-
-
-def object_files_asked(args: argparse.Namespace) -> tuple[str, ...]:
-    """The object files predict is asked for, as inference/object_files.OBJECT_FILES names them."""
-    return tuple(name for name, asked in (("geojson", args.geojson), ("imagej", args.imagej_rois)) if asked)
 
 
 def cmd_export(args: argparse.Namespace) -> None:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from unetkit.data.fingerprint import parallel_map
+from unetkit.data.fingerprint import channel_percentiles, parallel_map
 from unetkit.data.mask_values import IGNORE_ID, MaskValues
 from unetkit.data.pairing import Pair
 from unetkit.data.transforms import AugmentConfig, random_patch
@@ -44,9 +44,13 @@ PERCENTILE_PIXELS = 1_000_000
 def percentile_scaled(image: np.ndarray, low: float, high: float) -> np.ndarray:
     """Each channel of an (H, W, C) image with its `low` and `high` percentiles mapped to 0 and 1,
     clipped to [0, 1]; a flat channel (no range) becomes 0."""
-    step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / PERCENTILE_PIXELS)))
-    sample = image[::step, ::step].reshape(-1, image.shape[2])
-    lo, hi = np.percentile(sample, [low, high], axis=0).astype(np.float32)
+    lo, hi = channel_percentiles(image, [low, high], PERCENTILE_PIXELS)
+    return range_scaled(image, lo, hi)
+
+
+def range_scaled(image: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Each channel of an (H, W, C) image with `lo` and `hi` (per channel) mapped to 0 and 1, clipped."""
+    lo, hi = np.asarray(lo, np.float32), np.asarray(hi, np.float32)
     span = np.where(hi > lo, hi - lo, np.inf).astype(np.float32)
     return np.clip((image - lo) / span, 0.0, 1.0).astype(np.float32)
 

@@ -31,8 +31,8 @@ from unetkit.data.pairing import Pair
 from unetkit.errors import UnetkitError
 
 GEOMETRY_SAMPLE = 32  # masks whose class geometry is measured, evenly spaced over the set
-# An image's brightness range in a channel: its 1st to 99.8th percentile (the per-image
-# normalisation's own bounds), from about this many pixels, evenly strided.
+# An image's brightness range in a channel: its 1st to 99.8th percentile, the bounds of the
+# per-image normalisation (train/setup.py's IMAGE_PERCENTILES), from about this many pixels.
 RANGE_PERCENTILES = (1.0, 99.8)
 RANGE_SAMPLE = 65536
 FLAT = 1e-3  # a channel whose range is below this (of the type's full range) is blank: it tells nothing
@@ -136,12 +136,21 @@ def channel_moments(image: np.ndarray, rows: int = 128) -> tuple[np.ndarray, np.
     return sums, squares
 
 
+def channel_percentiles(image: np.ndarray, bounds: Sequence[float], pixels: int) -> np.ndarray:
+    """(len(bounds), C): each channel's percentiles of an (H, W, C) image, from an evenly strided
+    sample of about `pixels` pixels (exact percentiles of a 4096^2 image cost ~1 s a channel)."""
+    step = sample_step(image.shape[0], image.shape[1], pixels)
+    return np.percentile(image[::step, ::step].reshape(-1, image.shape[2]), bounds, axis=0)
+
+
+def sample_step(height: int, width: int, pixels: int) -> int:
+    """The stride of rows and columns that leaves about `pixels` of a height x width image."""
+    return max(1, int(np.sqrt(height * width / pixels)))
+
+
 def channel_range(image: np.ndarray) -> np.ndarray:
-    """Each channel's 1st to 99.8th percentile range of an (H, W, C) image, from an evenly
-    strided sample of RANGE_SAMPLE pixels (exact percentiles of a 4096^2 image cost ~1 s)."""
-    step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / RANGE_SAMPLE)))
-    sample = image[::step, ::step].reshape(-1, image.shape[2])
-    low, high = np.percentile(sample, RANGE_PERCENTILES, axis=0)
+    """Each channel's RANGE_PERCENTILES range of an (H, W, C) image."""
+    low, high = channel_percentiles(image, RANGE_PERCENTILES, RANGE_SAMPLE)
     return (high - low).astype(np.float64)
 
 
@@ -304,9 +313,9 @@ def _channel_moments(scans: Sequence[PairScan], channels: int) -> tuple[list[flo
 
 def brightness_spread(scans: Sequence[PairScan], channels: int) -> list[float]:
     """Per channel, the 95th over the 5th percentile of the images' brightness ranges, blank
-    images left out: fluorescence varies by orders of magnitude, scenes and EM by little (train
-    splits: ISBI 1.3, HC18 1.4, CamVid 1.2, dsb2018-dev 7.2). Percentiles, not max over min, so
-    a few odd images do not decide it. A gray image in an RGB set counts in all three channels."""
+    images left out: fluorescence varies, scenes and EM little (train splits: ISBI 1.36, HC18 1.33,
+    CamVid 1.24, dsb2018-dev 7.34). Percentiles, not max over min, so a few odd images do not
+    decide it. A gray image in an RGB set counts in all three channels."""
     ranges = np.array(
         [s.channel_range if s.channels == channels else np.full(channels, s.channel_range.mean()) for s in scans]
     )

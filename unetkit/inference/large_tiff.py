@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from unetkit.data.dataset import match_channels
+from unetkit.data.dataset import PERCENTILE_PIXELS, match_channels, range_scaled
+from unetkit.data.fingerprint import sample_step
 from unetkit.data.io import MAX_CHANNELS, PixelRule, pixel_maximum, tiff_marks_alpha
 from unetkit.data.tiff_axes import FILE_AXES, AxisChoice, TiffAxes, tiff_layout
 from unetkit.errors import UnetkitError
@@ -156,7 +157,10 @@ def logit_bands(predictor, pixels, rule: PixelRule, path: Path, progress: bool) 
     at a time, top to bottom; always in tiles (--tile, --overlap), blended as tiling.py blends
     them (batches stay within a tile row, so sums may differ from in memory by rounding)."""
     options = predictor.options
-    preprocess = dataclasses.replace(predictor.preprocess, scale=1.0)
+    # Per-image percentiles come from the whole image first (image_percentiles), then scale each band.
+    preprocess = dataclasses.replace(predictor.preprocess, scale=1.0, percentiles=None)
+    bounds = predictor.preprocess.percentiles
+    ranges = image_percentiles(pixels, rule, path, bounds, preprocess.in_channels) if bounds else None
     height, width = pixels.shape[:2]
     th, tw = min(options.tile, height), min(options.tile, width)
     tops, lefts = tile_starts(height, th, options.overlap), tile_starts(width, tw, options.overlap)
@@ -167,7 +171,8 @@ def logit_bands(predictor, pixels, rule: PixelRule, path: Path, progress: bool) 
     # Closed also when the generator is (the TIFF writer stops pulling after its last tile).
     with tqdm(total=len(tops) * len(lefts), desc="tiles", unit="tile", disable=not progress, leave=False) as bar:
         for index, top in enumerate(tops):
-            x = preprocess.image_tensor(band_image(pixels, top, top + th, rule, path), path)
+            image = match_channels(band_image(pixels, top, top + th, rule, path), preprocess.in_channels, path)
+            x = preprocess.image_tensor(range_scaled(image, *ranges) if ranges is not None else image, path)
             grow = top + th - done - weights.shape[0]
             if grow > 0:
                 logits = torch.cat([logits, torch.zeros(logits.shape[0], grow, width)], dim=1)
@@ -183,6 +188,18 @@ def logit_bands(predictor, pixels, rule: PixelRule, path: Path, progress: bool) 
             logits, weights, done = logits[:, final:], weights[final:], done + final
 
 
+def image_percentiles(pixels, rule: PixelRule, path: Path, bounds: list[float], channels: int) -> np.ndarray:
+    """(2, C): each channel's `bounds` percentiles over the whole image, read a band at a time from
+    the same strided sample of rows and columns as percentile_scaled takes in memory (of the
+    pyramid level read, for a model at a scale, where memory takes the full-size image)."""
+    height, width = pixels.shape[:2]
+    step = sample_step(height, width, PERCENTILE_PIXELS)
+    band = step * max(1, 256 // step)  # a multiple of the step: every band starts on a sampled row
+    rows = [match_channels(band_image(pixels, top, top + band, rule, path), channels, path)[::step, ::step]
+            for top in range(0, height, band)]  # fmt: skip
+    return np.percentile(np.concatenate(rows).reshape(-1, channels), bounds, axis=0)
+
+
 def resized_bands(bands: Iterator[torch.Tensor], source_height: int, size: tuple[int, int]) -> Iterator[torch.Tensor]:
     """Bands of logits at a pyramid level -> bands at the image's full size (bilinear, as
     Predictor.logits resizes a scaled model's logits)."""
@@ -195,11 +212,6 @@ def resized_bands(bands: Iterator[torch.Tensor], source_height: int, size: tuple
 
 def level_to_read(preprocess, path: Path, plane: int | None) -> int:
     """The pyramid level out-of-core prediction reads (choose_level); what it cannot do, refused."""
-    if preprocess.percentiles is not None:
-        raise UnetkitError(
-            f"{path}: the model normalises each image by its own percentiles, which out-of-core prediction does "
-            "not estimate (it sees a band at a time); use --out-of-core off if the image fits in memory"
-        )
     if plane is not None and preprocess.scale != 1.0:
         raise UnetkitError(
             f"{path}: the model runs at --scale {preprocess.scale:g}, and out of core a stack is read at full size "

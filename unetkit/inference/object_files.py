@@ -18,7 +18,10 @@ from __future__ import annotations
 import csv
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import roifile
@@ -28,25 +31,21 @@ from scipy import ndimage
 from skimage.measure import approximate_polygon, find_contours
 
 from unetkit.core.atomic import atomic_write
-from unetkit.inference.outputs import class_colour
+from unetkit.inference.outputs import OBJECT_FILES, class_colour
 
-OBJECT_FILES = {"geojson": "_objects.geojson", "imagej": "_rois.zip"}  # format -> the file's suffix
 WHOLE_PIXELS = 2**26  # label images up to this many pixels are read whole, larger ones per object
 Ring = np.ndarray  # (N, 2) x, y vertices of a closed outline, the first repeated last
-
-
-def object_file_names(stem: str, formats: tuple[str, ...]) -> list[str]:
-    return [f"{stem}{OBJECT_FILES[name]}" for name in formats]
 
 
 def write_object_files(labels_path: Path, table_path: Path, formats: tuple[str, ...], instance_model: bool) -> None:
     """<stem>_objects.geojson and/or <stem>_rois.zip beside the label image and table predict wrote."""
     if not formats:
         return
-    rows = list(csv.DictReader(table_path.open(newline="")))
-    labels = label_array(labels_path)
+    with table_path.open(newline="") as table:
+        rows = list(csv.DictReader(table))
+    with label_array(labels_path) as labels:
+        objects = [(row, object_rings(labels, row)) for row in rows]
     stem = labels_path.name.removesuffix("_objects.tif")
-    objects = [(row, object_rings(labels, row)) for row in rows]
     if "geojson" in formats:
         collection = {"type": "FeatureCollection", "features": [
             qupath_feature(stem, row, rings, instance_model) for row, rings in objects if rings
@@ -60,13 +59,16 @@ def write_object_files(labels_path: Path, table_path: Path, formats: tuple[str, 
         atomic_write(target, lambda temporary: roifile.roiwrite(temporary, rois, mode="w"))
 
 
-def label_array(path: Path):
+@contextmanager
+def label_array(path: Path) -> Iterator[Any]:
     """The label image, (planes..., H, W): in memory when small, else a zarr view read per crop."""
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         if int(np.prod(series.shape)) <= WHOLE_PIXELS:
-            return series.asarray()
-    return zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+            yield series.asarray()
+            return
+        with series.aszarr() as store:
+            yield zarr.open(store, mode="r")
 
 
 def object_rings(labels, row: dict[str, str]) -> list[list[Ring]]:

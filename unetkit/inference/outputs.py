@@ -5,6 +5,7 @@ leaves a truncated file behind."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,41 @@ PALETTE = np.array(
      [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128], [220, 190, 255]],
     dtype=np.float32,
 )  # fmt: skip
+
+
+# What an object file of predict is called after the image's stem (inference/object_files.py).
+OBJECT_FILES = {"geojson": "_objects.geojson", "imagej": "_rois.zip"}
+
+
+@dataclass(frozen=True)
+class PredictOutputs:
+    """What `predict` writes beside each mask, and where: its options, passed down whole. One
+    place names every output file, for planning (nothing is written when an output would replace
+    a file), writing, and out of core."""
+
+    out: Path
+    overlay: bool = False
+    probabilities: bool = False
+    instances: bool = False
+    object_files: tuple[str, ...] = ()  # OBJECT_FILES' names, written with the instances
+    overwrite: bool = False  # replace predict's own earlier outputs
+
+    def names(self, stem: str, kind: str = "image") -> list[str]:
+        """The files an input <stem> gets: "image" (in memory: a PNG mask), "large" (out of core:
+        tiled TIFFs, no overlay) or "stack" (TIFF stacks of the input's planes)."""
+        names = [f"{stem}.png" if kind == "image" else f"{stem}.tif"]
+        names += [f"{stem}_overlay.png" if kind == "image" else f"{stem}_overlay.tif"] if self.overlay else []
+        names += [f"{stem}_probs.tif"] if self.probabilities else []
+        if self.instances:
+            names += [f"{stem}_objects.tif", f"{stem}_objects.csv"]
+            names += [f"{stem}{OBJECT_FILES[name]}" for name in self.object_files]
+        return names
+
+    @staticmethod
+    def every_suffix() -> list[str]:
+        """What any input's outputs add to its stem, whatever was asked."""
+        every = PredictOutputs(Path(), True, True, True, tuple(OBJECT_FILES))
+        return sorted({name.removeprefix("x") for kind in ("image", "stack") for name in every.names("x", kind)})
 
 
 def save_png(path: Path, array: np.ndarray) -> None:

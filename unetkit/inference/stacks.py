@@ -11,7 +11,6 @@ import csv
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -25,31 +24,14 @@ from unetkit.data.tiff_axes import TiffAxes
 from unetkit.inference.band_outputs import OUTPUT_TILE, names_ome_axes, output_tiles, write_tiled_tiff
 from unetkit.inference.instances import label_dtype, object_table, table_rows
 from unetkit.inference.large_tiff import predict_large_tiff
-from unetkit.inference.outputs import overlay
-
-
-@dataclass(frozen=True)
-class StackOutputs:
-    """Which outputs a stack gets (predict's options), and where: <stem>.tif and its siblings."""
-
-    out: Path
-    threshold: float = 0.5
-    overlay: bool = False
-    probabilities: bool = False
-    instances: bool = False
-
-    def names(self, stem: str) -> list[str]:
-        names = [f"{stem}.tif"]
-        names += [f"{stem}_overlay.tif"] if self.overlay else []
-        names += [f"{stem}_probs.tif"] if self.probabilities else []
-        return names + ([f"{stem}_objects.tif", f"{stem}_objects.csv"] if self.instances else [])
+from unetkit.inference.outputs import PredictOutputs, overlay
 
 
 class StackPrediction:
     """Collects one stack's planes as they come back from the model (in any order, from any
     thread) and writes its outputs when the last one is in."""
 
-    def __init__(self, predictor, path: Path, layout: TiffAxes, outputs: StackOutputs) -> None:
+    def __init__(self, predictor, path: Path, layout: TiffAxes, outputs: PredictOutputs) -> None:
         self.predictor, self.path, self.layout, self.outputs = predictor, path, layout, outputs
         self.planes: dict[int, dict[str, np.ndarray]] = {}
         self.lock = threading.Lock()
@@ -57,7 +39,7 @@ class StackPrediction:
     def add(self, plane: int, image: np.ndarray, logits: torch.Tensor) -> bool:
         """Keep plane `plane`'s outputs; returns True when this completed (and wrote) the stack."""
         predictor, outputs = self.predictor, self.outputs
-        class_ids = predictor.class_ids_from_logits(logits, outputs.threshold)
+        class_ids = predictor.class_ids_from_logits(logits, predictor.options.threshold)
         kept: dict = {"mask": predictor.mask_values.decode(class_ids)}
         probabilities = predictor.probabilities(logits) if outputs.probabilities or outputs.instances else None
         if outputs.probabilities:
@@ -112,7 +94,7 @@ def save_plane_tables(path: Path, layout: TiffAxes, tables: Iterable[list[list]]
     atomic_write(path, write)
 
 
-def predict_large_stack(predictor, path: Path, layout: TiffAxes, outputs: StackOutputs, progress: bool) -> None:
+def predict_large_stack(predictor, path: Path, layout: TiffAxes, outputs: PredictOutputs) -> None:
     """A stack out of core: each plane through the band engine (large_tiff.predict_large_tiff)
     into temporary 2-D TIFFs, which are then stacked a tile at a time into the outputs that
     StackPrediction writes in memory (no overlay: a picture of a slide is the slide again)."""
@@ -120,8 +102,8 @@ def predict_large_stack(predictor, path: Path, layout: TiffAxes, outputs: StackO
     with tempfile.TemporaryDirectory(dir=out, prefix=".unetkit-") as folder:
         planes = [Path(folder) / f"{plane}.tif" for plane in range(layout.planes)]
         for plane, target in enumerate(planes):
-            predict_large_tiff(predictor, path, target, outputs.threshold, progress, outputs.probabilities,
-                               outputs.instances, plane, layout.choice)  # fmt: skip
+            predict_large_tiff(predictor, path, target, predictor.options.threshold, predictor.options.progress,
+                               outputs.probabilities, outputs.instances, plane, layout.choice)  # fmt: skip
         axes = layout.plane_axes
         stack_tiled(out / f"{path.stem}.tif", planes, layout, axes + "YX")
         if outputs.probabilities:

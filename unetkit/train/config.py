@@ -113,7 +113,7 @@ class TrainConfig:
     normalize: str | None = option(
         None, "dataset: the training set's channel mean and std; image: each image's channels scaled so their "
         "1st and 99.8th percentiles become 0 and 1, as stardist and cellpose normalise fluorescence; "
-        f"{BY_RECIPE}: image where a channel's brightness varies tenfold or more from image to image",
+        f"{BY_RECIPE}: image where a channel's brightness varies threefold or more from image to image",
         group="data", choices=("dataset", "image"),
     )  # fmt: skip
     elastic: bool | None = option(
@@ -223,10 +223,10 @@ class TrainConfig:
     )  # fmt: skip
     init_from: str | None = option(
         None, "start the weights from a trained model (a best.pt, last.pt, .safetensors export, or a ready-made "
-        "model's name: unetkit models): a new run, "
-        "its optimizer, schedule, split, normalisation and mask values fresh from this data; the architecture and "
-        "scale are the model's; other classes start the output layer afresh, another channel count adapts the "
-        "first convolution (both said in the log)", group="run",
+        "model's name: unetkit models): a new run, its optimizer, schedule, split, normalisation and mask values "
+        "fresh from this data; the architecture is the model's, and its scale unless --scale is given; other "
+        "classes start the output layer afresh, another channel count adapts the first convolution (both said in "
+        "the log)", group="run",
     )  # fmt: skip
     seed: int = option(0, "", group="run", valid=whole(0, 2**32 - 1), need="a whole number from 0 to 4294967295")
     device: str = option("auto", "auto, cpu, cuda or cuda:N", group="run")
@@ -310,7 +310,7 @@ def option_value(name: str, value: Any, text: bool = False) -> Any:
     kind = next(k for k in kinds if k is not type(None))
     if value is None and type(None) in kinds:
         return None
-    if text and isinstance(value, str) and kind is not str:
+    if text and isinstance(value, str) and (kind is not str or _parser(name)):  # channel_axis = "c" is C
         try:
             return _parse(name, kind, value)  # first as the command line reads it: patch_size = "none" is 0
         except ValueError:
@@ -332,10 +332,14 @@ def _hints() -> dict[str, Any]:
     return typing.get_type_hints(TrainConfig)
 
 
+def _parser(name: str) -> Any:
+    return next(f.metadata.get("parse") for f in fields(TrainConfig) if f.name == name)
+
+
 def _parse(name: str, kind: Any, text: str) -> Any:
     """Option text as the command line parses it (unetkit/cli/arguments.py): the field's own
     parser, or int/float. A switch (bool) has no text form there, so none here: "false" is not False."""
-    parse = next(f.metadata.get("parse") for f in fields(TrainConfig) if f.name == name)
+    parse = _parser(name)
     if parse is None and kind not in (int, float):
         raise ValueError(_describe(kind))
     try:

@@ -1,11 +1,13 @@
 """Starting a run from a trained model (`train --init-from MODEL`), the loop of people who correct
 a few masks and train again: the new run's weights start from MODEL's, while its optimizer,
-schedule, split, normalisation and mask values start fresh from the new data (`--resume`
-continues the same run instead).
+schedule, split, normalisation statistics and mask values start fresh from the new data
+(`--resume` continues the same run instead).
 
-The network must be the one MODEL was trained as: its architecture options (and its scale,
-which sets how large objects are in pixels) fill whatever the user left unset, and one set to
-another value is refused. What may differ is said, not hidden:
+The network must be the one MODEL was trained as: its architecture options fill whatever the
+user left unset, and one set to another value is refused. Its scale (how large objects are in
+pixels) and its kind of normalisation (per-image percentiles, or a mean and std then measured on
+the new data) are taken too, unless the user gives --scale or --normalize. What may differ is
+said, not hidden:
 - other classes: the output layer starts afresh (the rest of the network keeps what it learned);
 - another channel count: the first convolution's trained filters are summed over their
   channels and shared out over the new ones (sum / new count), so an image whose channels are
@@ -29,8 +31,6 @@ from unetkit.train.config import TrainConfig
 from unetkit.train.options import fill_unset
 from unetkit.zoo import model_file
 
-COUNTS = ("in_channels", "num_classes")  # the model arguments the data decides, not the architecture
-
 
 def load_init_state(name: str | None) -> dict[str, Any] | None:
     """MODEL's checkpoint (a best.pt, last.pt, .safetensors export or a ready-made model's name), checked."""
@@ -46,7 +46,6 @@ def architecture_from(cfg: TrainConfig, state: dict[str, Any], source: str) -> T
     if cfg.model != spec.name:
         raise UnetkitError(f"{source}: a {spec.name}, not a {cfg.model}; drop --model or start from another model")
     arch = model_class(spec.name).options(spec.args)
-    arch["scale"] = spec.preprocess.scale
     for key, value in arch.items():
         if getattr(cfg, key) is not None and getattr(cfg, key) != value:
             flag = "--" + key.replace("_", "-")
@@ -56,15 +55,18 @@ def architecture_from(cfg: TrainConfig, state: dict[str, Any], source: str) -> T
             )
     # Recorded as a full path (a ready-made model by its name), so the run says where it started.
     where = str(Path(source).resolve()) if Path(source).exists() else source
-    return replace(fill_unset(cfg, arch)[0], init_from=where)
+    # Unless the user gives them: the model's scale, so objects keep the size in pixels it learned,
+    # and its kind of normalisation (the statistics of mean and std come from the new data).
+    normalize = "image" if spec.preprocess.percentiles is not None else "dataset"
+    unset = {**arch, "scale": spec.preprocess.scale, "normalize": normalize}
+    return replace(fill_unset(cfg, unset)[0], init_from=where)
 
 
 def start_from(model: nn.Module, spec: ModelSpec, state: dict[str, Any], source: str) -> list[str]:
     """Copy MODEL's weights into this run's `model` (built from `spec`); what was adapted, as lines
     for the log."""
     init = check_state(state, source)
-    mine = {key: value for key, value in spec.args.items() if key not in COUNTS}
-    theirs = {key: value for key, value in init.args.items() if key not in COUNTS}
+    mine, theirs = model_class(spec.name).options(spec.args), model_class(init.name).options(init.args)
     if init.name != spec.name or mine != theirs:
         raise UnetkitError(f"{source}: a {init.name} with {theirs}, not the {spec.name} with {mine} this run builds; "
                            "start from a model of this architecture")  # fmt: skip

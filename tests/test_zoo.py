@@ -1,0 +1,115 @@
+"""The ready-made models shipped in unetkit/zoo (issue 24): listed with their cards, used by name
+with no training and no network by predict, evaluate, export and train --init-from."""
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from synthetic import assert_one_line_error, run_cli
+
+from unetkit.zoo import zoo_models
+
+SHIPPED = ("nuclei", "em-membranes")
+DEMO = Path(__file__).resolve().parents[1] / "unetkit" / "demo_data" / "isbi2012"
+
+
+def fluorescent_nuclei(folder: Path, count: int = 3, size: int = 256, nuclei: int = 25) -> list[int]:
+    """Dark 8-bit images with bright, slightly uneven round nuclei 12-20 px across, apart from
+    each other; returns how many each image holds."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    yy, xx = np.mgrid[:size, :size]
+    for index in range(count):
+        image = rng.normal(12, 3, (size, size))
+        centres = [(28 + 50 * (k // 5) + rng.integers(-5, 6), 28 + 50 * (k % 5) + rng.integers(-5, 6))
+                   for k in range(nuclei)]  # fmt: skip
+        for cy, cx in centres:
+            radius = rng.uniform(6, 10)
+            inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
+            image[inside] = rng.uniform(90, 200) + rng.normal(0, 8, inside.sum())
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(folder / f"n{index}.png")
+    return [nuclei] * count
+
+
+def test_every_shipped_model_has_its_weights_and_a_full_card():
+    models = zoo_models()
+    assert set(SHIPPED) <= set(models)
+    total = 0
+    for name in SHIPPED:
+        model, card = models[name], models[name].card.read_text()
+        total += model.weights.stat().st_size
+        assert model.summary and model.held_out, name
+        for field in ("**Data**", "**Licence of the data**", "**Recipe**", "**Training**", "**Intended use**",
+                      "**Limits**"):  # fmt: skip
+            assert field in card, (name, field)
+    assert total < 15 * 2**20  # the wheel stays small
+
+
+def test_models_lists_them(capsys):
+    code, text, err = run_cli(capsys, "models")
+    assert code == 0, err
+    for name in SHIPPED:
+        assert f"{name}: " in text
+    assert text.count("held out: ") >= len(SHIPPED)
+
+
+def test_predict_with_the_nuclei_model_finds_nuclei_with_no_training(tmp_path, capsys):
+    expected = fluorescent_nuclei(tmp_path / "images")
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "predict", "--model", "nuclei", tmp_path / "images", "--out", out, "--geojson",
+                           "--no-progress")  # fmt: skip
+    assert code == 0, err
+    for index, count in enumerate(expected):
+        rows = list(csv.DictReader((out / f"n{index}_objects.csv").open()))
+        assert 0.8 * count <= len(rows) <= 1.2 * count, (index, len(rows))
+        assert len(json.loads((out / f"n{index}_objects.geojson").read_text())["features"]) == len(rows)
+
+
+def test_evaluate_and_export_take_a_model_by_name(tmp_path, capsys):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    for kind, folder in (("images", images), ("masks", masks)):
+        folder.mkdir()
+        for index in range(25, 30):  # the slices em-membranes never saw
+            shutil.copy(DEMO / kind / f"{index}.png", folder)
+    report = tmp_path / "eval.json"
+    code, _, err = run_cli(capsys, "evaluate", "--model", "em-membranes", "--images", images, "--masks", masks,
+                           "--json", report, "--no-progress")  # fmt: skip
+    assert code == 0, err
+    cells = json.loads(report.read_text())["per_class"][1]
+    assert cells["mask_value"] == 255 and cells["dice"] > 0.93
+    pytest.importorskip("onnxruntime")
+    code, text, err = run_cli(capsys, "export", "--model", "nuclei", "--onnx", tmp_path / "nuclei.onnx")
+    assert code == 0 and (tmp_path / "nuclei.onnx").is_file(), err
+
+
+def test_training_starts_from_a_model_by_name(tmp_path, capsys):
+    fluorescent_nuclei(tmp_path / "images", count=4, size=64, nuclei=1)
+    (tmp_path / "masks").mkdir()
+    for path in (tmp_path / "images").iterdir():
+        mask = (np.asarray(Image.open(path)) > 60).astype(np.uint8)  # one nucleus: id 1
+        Image.fromarray(mask).save(tmp_path / "masks" / path.name)
+    args = [
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--no-report",
+        "--amp",
+        "off",
+        "--instance-masks",
+        "--val-fraction",
+        "0.25",
+    ]
+    code, text, err = run_cli(capsys, "train", "--images", tmp_path / "images", "--masks", tmp_path / "masks",
+                              "--out", tmp_path / "run", "--init-from", "nuclei", *args)  # fmt: skip
+    assert code == 0, err
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["init_from"] == "nuclei" and "init-from:" not in text  # the same classes: nothing adapted
+
+
+def test_an_unknown_model_name_is_one_line(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "predict", "--model", "nucleii", tmp_path, "--out", tmp_path / "o")
+    assert_one_line_error(code, err, "nucleii", "unetkit models", "nuclei")
