@@ -40,8 +40,9 @@ def main(argv: list[str] | None = None) -> None:
             for start in args.starts:
                 extra = ["--init-from", args.model, *args.train_options.split()] if start == "init" else []
                 out = args.out / stamp / f"{count}-{seconds:g}-{start}"
+                out.mkdir(parents=True)
                 row = run_dataset("dsb2018-dev", seconds, args.data, out, extra, subset=count)
-                rows.append({"images": count, "seconds": seconds, "start": start, "options": extra, **row})
+                rows.append({**row, "train_images": count, "seconds": seconds, "start": start, "options": extra})
                 print(table(rows), flush=True)
     path = RESULTS / f"finetune-{datetime.now():%Y-%m-%d-%H%M}-{cpu_slug()}.json"
     save_results(path, {"cpu": cpu_description(), "model": args.model, "rows": rows, "table": table(rows)})
@@ -56,7 +57,8 @@ def table(rows: list[dict]) -> str:
         shown = [objects.get("ap50"), objects.get("ap50_90"), dice]
         cells = " | ".join("n/a" if value is None else f"{value:.3f}" for value in shown)
         start = " ".join([row["start"], *row["options"][2:]])
-        lines.append(f"| {row['images']} | {row['seconds']:g} s | {start} | {row.get('epochs', 'n/a')} | {cells} |")
+        run = f"| {row['train_images']} | {row['seconds']:g} s | {start} | {row.get('epochs', 'n/a')}"
+        lines.append(f"{run} | {cells} |")
     return "\n".join(lines)
 
 

@@ -155,6 +155,7 @@ def test_derived_and_subset_splits_for_the_normalisation_and_fine_tune_benchmark
     first_images, first_masks = accuracy.first_pairs(folders["train"], 2)
     assert [p.name for p in sorted(first_images.iterdir())] == ["img00.tif", "img01.tif"]
     assert [p.name for p in sorted(first_masks.iterdir())] == ["img00.png", "img01.png"]
-    row = {"images": 8, "seconds": 60.0, "start": "init", "options": ["--init-from", "nuclei", "--lr", "1e-3"],
-           "epochs": 4, "objects": {"ap50": 0.8, "ap50_90": 0.6}, "per_class": [{"value": 1, "dice": 0.7}]}  # fmt: skip
+    row = {"images": 40, "train_images": 8, "seconds": 60.0, "start": "init", "epochs": 4,
+           "options": ["--init-from", "nuclei", "--lr", "1e-3"], "objects": {"ap50": 0.8, "ap50_90": 0.6},
+           "per_class": [{"value": 1, "dice": 0.7}]}  # fmt: skip
     assert "| 8 | 60 s | init --lr 1e-3 | 4 | 0.800 | 0.600 | 0.700 |" in finetune.table([row])

@@ -108,6 +108,7 @@ def test_training_starts_from_a_model_by_name(tmp_path, capsys):
     assert code == 0, err
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["init_from"] == "nuclei" and "init-from:" not in text  # the same classes: nothing adapted
+    assert config["lr"] == 1e-3  # the fast recipe's fine-tuning rate (recipes.FINE_TUNE_LR)
 
 
 def test_an_unknown_model_name_is_one_line(tmp_path, capsys):

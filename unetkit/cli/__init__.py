@@ -98,7 +98,9 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
         help="output .zip: a bioimage.io model package for Fiji (deepImageJ), ilastik, QuPath, napari "
         "(needs pip install 'unetkit[bioimageio]')",
     )
-    p.add_argument("--sample", help="with --bioimageio: an image for the package's test input and cover")
+    p.add_argument(
+        "--sample", help="with --bioimageio: an image (a stack's first plane) for the package's test input and cover"
+    )
     p.add_argument("--name", help="with --bioimageio: the model's name")
     p.add_argument("--author", action="append", help="with --bioimageio: an author's name (repeat for more)")
 

@@ -33,6 +33,7 @@ from unetkit.core.checkpoint import load_checkpoint, model_from_checkpoint
 from unetkit.core.model_spec import ModelSpec
 from unetkit.data.dataset import percentile_scaled
 from unetkit.data.io import read_image_scaled
+from unetkit.data.tiff_axes import count_planes
 from unetkit.errors import UnetkitError
 from unetkit.inference.outputs import overlay, save_png
 
@@ -72,14 +73,16 @@ def size_step(multiple: int, scale: float) -> int:
 
 
 def sample_image(path: str | Path | None, channels: int, step: int) -> tuple[np.ndarray, float]:
-    """(C, H, W) float32 raw pixel values of the sample, cropped to whole size steps, and the
-    type's maximum (255 for 8-bit); without a file, a smooth synthetic 8-bit image."""
+    """(C, H, W) float32 raw pixel values of the sample (a stack's first plane), cropped to whole
+    size steps, and the type's maximum (255 for 8-bit); without a file, a smooth synthetic 8-bit
+    image."""
     if path is None:
         side = 4 * step
         yy, xx = np.mgrid[:side, :side] / side
         raw = (127 + 100 * np.sin(6 * yy) * np.cos(5 * xx))[None].repeat(channels, 0)
         return raw.astype(np.float32), 255.0
-    image, maximum = read_image_scaled(path)  # (H, W, C) in [0, 1], and the raw value of 1.0
+    plane = 0 if count_planes(Path(path)) > 1 else None  # the package's test input is one 2-D image
+    image, maximum = read_image_scaled(path, plane)  # (H, W, C) in [0, 1], and the raw value of 1.0
     if image.shape[2] != channels:
         raise UnetkitError(f"{path}: the sample has {image.shape[2]} channel(s), the model takes {channels}")
     height, width = (image.shape[0] // step) * step, (image.shape[1] // step) * step

@@ -78,6 +78,9 @@ UPRIGHT_SHIFT = 0.15  # a class's mean height this far from the middle marks an 
 # Images this many times brighter than others: each is normalised on its own. Between the sets that
 # keep the mean and std (1.2-1.4) and dsb2018-dev (7.3), where per-image percentiles won.
 BRIGHTNESS_SPREAD = 3.0
+# A run started from a trained model (--init-from) steps more gently: 8 dsb2018-dev images, 1 minute,
+# from the nuclei model: AP@0.5 0.845 at the fast recipe's 4e-3, 0.860 at 1e-3 (benchmarks/NOTES.md).
+FINE_TUNE_LR = 1e-3
 PATCHES_PER_EPOCH = 96  # small sets crop several patches per image so an epoch is worth its overhead
 
 
@@ -201,6 +204,8 @@ def recipe_choices(cfg: TrainConfig, data: DataFingerprint, device: torch.device
     larger = patch_side(data, scale, minimum)
     if cfg.patch_size is None and choices["patch_size"] and larger > choices["patch_size"]:  # as many pixels
         choices["patches_per_image"] *= round((larger / choices["patch_size"]) ** 2)
+    if cfg.init_from and choices["recipe"] == "fast":
+        choices["lr"] = FINE_TUNE_LR
     choices["class_weights"] = class_weights(data, data.mask_values)
     # The weight map separates touching objects; the edge and centre classes of instance targets do
     # that themselves (dsb2018-dev val, 10 minutes, centres: AP@0.5 0.816 with w0 10, 0.824 without,
