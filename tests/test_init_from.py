@@ -84,3 +84,21 @@ def test_another_architecture_or_a_resume_is_refused_in_one_line(trained, tmp_pa
     assert code == 2 and "init" in err.lower() and "Traceback" not in err
     code, _, err = run_cli(capsys, "train", *data[:4], "--init-from", tmp_path / "none.pt", "--out", tmp_path / "d")
     assert_one_line_error(code, err, "none.pt", "not found")
+
+
+def test_the_model_s_own_normalisation_is_kept_on_request(trained, tmp_path, capsys):
+    """--normalize model: the model's mean and std, not those of the new data."""
+    root, model = trained
+    images, masks = make_shapes(tmp_path / "bright", count=12, seed=3)
+    data = ["--images", images, "--masks", masks, "--init-from", model, *TRAIN]
+    code, _, err = run_cli(capsys, "train", *data, "--out", tmp_path / "kept", "--normalize", "model")
+    assert code == 0, err
+    kept = load_checkpoint(tmp_path / "kept" / "best.pt")["preprocess"]
+    original = load_checkpoint(model)["preprocess"]
+    assert (kept["mean"], kept["std"]) == (original["mean"], original["std"])
+    code, _, err = run_cli(capsys, "train", *data, "--out", tmp_path / "fresh")
+    assert code == 0, err
+    assert load_checkpoint(tmp_path / "fresh" / "best.pt")["preprocess"]["mean"] != original["mean"]
+    code, _, err = run_cli(capsys, "train", "--images", images, "--masks", masks, "--out", tmp_path / "x",
+                           "--normalize", "model", *TRAIN)  # fmt: skip
+    assert_one_line_error(code, err, "--normalize model", "--init-from")

@@ -113,8 +113,9 @@ class TrainConfig:
     normalize: str | None = option(
         None, "dataset: the training set's channel mean and std; image: each image's channels scaled so their "
         "1st and 99.8th percentiles become 0 and 1, as stardist and cellpose normalise fluorescence; "
-        f"{BY_RECIPE}: image where a channel's brightness varies threefold or more from image to image",
-        group="data", choices=("dataset", "image"),
+        f"model: the --init-from model's own (its mean and std, or percentiles) {BY_RECIPE}: image where a "
+        "channel's brightness varies threefold or more from image to image; with --init-from, the model's kind",
+        group="data", choices=("dataset", "image", "model"),
     )  # fmt: skip
     elastic: bool | None = option(
         None, f"elastic deformation, the U-Net paper's augmentation {BY_RECIPE}; off in runs under 15 minutes",
@@ -293,6 +294,8 @@ class TrainConfig:
                 f"--instance-target {self.instance_target} needs instance masks (each object its own id); pass "
                 "--instance-masks if the masks are such"
             )
+        if self.normalize == "model" and not self.init_from:
+            raise UnetkitError("--normalize model keeps the normalisation of the --init-from model; give --init-from")
         if self.min_epochs is not None and not (whole(1, 1_000_000)(self.min_epochs) and self.time is not None):
             raise UnetkitError(
                 f"--min-epochs {show(self.min_epochs)} is invalid: it must be 1 or more epochs, and given with --time"

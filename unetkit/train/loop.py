@@ -97,7 +97,7 @@ class Trainer:
             )
         if init_state is not None:
             cfg = architecture_from(cfg, init_state, cfg.init_from)
-        self.cfg, self.plan = plan(cfg, self.train_pairs, resume_state, self.device, self.log)
+        self.cfg, self.plan = plan(cfg, self.train_pairs, resume_state, self.device, self.log, init_state)
         self.mask_values, self.binary = self.plan.mask_values, bool(self.cfg.binary)
         self.train_set, self.val_set = build_datasets(self.cfg, self.plan, self.train_pairs, self.val_pairs)
         self.spec = model_spec(self.cfg, self.plan)

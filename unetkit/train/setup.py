@@ -8,6 +8,7 @@ Each takes the resolved options and returns what the Trainer (loop.py) holds."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -155,10 +156,16 @@ class DataPlan:
 
 
 def plan(
-    cfg: TrainConfig, train_pairs: Sequence[Pair], resume_state: dict[str, Any] | None, device: torch.device, log: Log
+    cfg: TrainConfig,
+    train_pairs: Sequence[Pair],
+    resume_state: dict[str, Any] | None,
+    device: torch.device,
+    log: Log,
+    init_state: dict[str, Any] | None = None,
 ) -> tuple[TrainConfig, DataPlan]:
     """Read and measure every training pair, let the recipe fill the unset options; on resume,
-    the checkpoint's plan (its config is already resolved)."""
+    the checkpoint's plan (its config is already resolved). `init_state`: --init-from's model,
+    whose normalisation --normalize model keeps."""
     if resume_state is not None:
         data_plan = DataPlan(
             MaskValues.from_dict(resume_state["mask_values"]),
@@ -186,7 +193,7 @@ def plan(
             )
         cfg, summary = apply_recipe(cfg, data, device)
         log(f"{summary} ({time.perf_counter() - started:.1f}s to read and measure the training set)")
-        preprocess = preprocess_for(cfg, data)
+        preprocess = preprocess_for(cfg, data, init_state)
         data_plan = DataPlan(data.mask_values, preprocess, data.rarer_classes(data.mask_values))
     check_plan(cfg, data_plan.mask_values)
     return cfg, data_plan
@@ -196,9 +203,18 @@ def plan(
 IMAGE_PERCENTILES = [1.0, 99.8]
 
 
-def preprocess_for(cfg: TrainConfig, data: DataFingerprint) -> Preprocess:
+def preprocess_for(cfg: TrainConfig, data: DataFingerprint, init_state: dict[str, Any] | None = None) -> Preprocess:
     """The set's mean and std; or, normalising each image by its percentiles, none (the images
-    are in [0, 1] already, and the network's first BatchNorm standardises what it sees)."""
+    are in [0, 1] already, and the network's first BatchNorm standardises what it sees); or
+    (--normalize model) the --init-from model's own, at this run's scale."""
+    if cfg.normalize == "model" and init_state is not None:  # TrainConfig.check: --normalize model needs it
+        kept = Preprocess(**init_state["preprocess"])
+        if kept.in_channels != data.channels:
+            raise UnetkitError(
+                f"--normalize model: the model normalises {kept.in_channels} channel(s) and these images have "
+                f"{data.channels}; use --normalize dataset or image"
+            )
+        return dataclasses.replace(kept, scale=cfg.scale)
     if cfg.normalize == "image":
         zeros, ones = [0.0] * data.channels, [1.0] * data.channels
         return Preprocess(data.channels, zeros, ones, cfg.scale, percentiles=list(IMAGE_PERCENTILES))
