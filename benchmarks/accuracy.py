@@ -40,7 +40,7 @@ from PIL import Image
 
 from benchmarks.common import cpu_slug, save_results
 from unetkit.cli import parse_duration
-from unetkit.core.hardware import cpu_description
+from unetkit.runtime.hardware import cpu_description
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"

@@ -23,8 +23,8 @@ import tifffile
 from benchmarks.accuracy import DATA, RESULTS, run_timed
 from benchmarks.common import cpu_slug, save_results
 from unetkit.cli import parse_duration
-from unetkit.core.hardware import cpu_description
 from unetkit.data.io import read_image
+from unetkit.runtime.hardware import cpu_description
 
 
 def two_channel_set(folder: Path, names: list[str], zero_nuclei: bool = False) -> tuple[Path, Path]:

@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from unetkit.core.amp import cpu_has_native_bf16, resolve_amp
-from unetkit.core.hardware import cpu_description
 from unetkit.models import UNet
+from unetkit.runtime.amp import cpu_has_native_bf16, resolve_amp
+from unetkit.runtime.hardware import cpu_description
 
 
 @dataclass(frozen=True)

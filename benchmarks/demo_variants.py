@@ -16,11 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-from unetkit.core.hardware import cpu_description
 from unetkit.data import find_pairs
 from unetkit.demo import DEMO_DATA, HELDOUT_SLICES, TRAIN_SLICES, VAL_SLICES, demo_config
 from unetkit.evaluate import evaluate_pairs
 from unetkit.inference import InferenceOptions, Predictor
+from unetkit.runtime.hardware import cpu_description
 from unetkit.train import train
 
 RESULTS = Path(__file__).parent / "results" / "demo_variants.jsonl"

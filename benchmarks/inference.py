@@ -5,9 +5,9 @@ unetkit      the Predictor's forward (`Predictor._forward`, what predict_tiled c
              batch of tiles): inference_mode, the AMP policy (bf16 where the CPU has it), output
              back to float32. Predictor does not switch to channels_last today.
 unetkit+cl   the same, plus channels_last for model and input; measured only where
-             unetkit.core.hardware.channels_last_is_faster() says NHWC wins, to show what Predictor
+             unetkit.runtime.hardware.channels_last_is_faster() says NHWC wins, to show what Predictor
              would gain from it (Trainer already uses it).
-onnxruntime  the model exported with unetkit.inference.onnx_export.export_onnx, run by unetkit's OnnxModel
+onnxruntime  the model exported with unetkit.inference.export.onnx.export_onnx, run by unetkit's OnnxModel
              (CPUExecutionProvider, fp32); skipped when onnx/onnxruntime are missing.
 """
 
@@ -21,9 +21,9 @@ from typing import Any
 import torch
 
 from benchmarks.common import ModelSpec, Settings, measure, model_gflop
-from unetkit.core.hardware import channels_last_is_faster
 from unetkit.data import MaskValues, Preprocess
 from unetkit.inference import InferenceOptions, Predictor
+from unetkit.runtime.hardware import channels_last_is_faster
 from unetkit.train import save_checkpoint
 
 
@@ -49,7 +49,7 @@ def onnx_forward(state: dict[str, Any], folder: Path, log=print):
     except ImportError:
         log("  onnxruntime: skipped (onnx/onnxruntime not installed)")
         return None
-    from unetkit.inference.onnx_export import export_onnx
+    from unetkit.inference.export.onnx import export_onnx
     from unetkit.inference.onnx_runtime import OnnxModel
 
     checkpoint = folder / "model.pt"

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from unetkit.core.hardware import cpu_description
 from unetkit.data import read_image
 from unetkit.demo import DEMO_DATA
 from unetkit.inference.tiling import tile_starts
+from unetkit.runtime.hardware import cpu_description
 
 CROP = 4096
 
@@ -93,7 +93,7 @@ def compare_extras(work: Path, top: int, probabilities: bool, instances: bool) -
     slide against the in-memory crop's, at least 256 px in from the crop's edges."""
     import zarr
 
-    from unetkit.object_metrics import object_scores
+    from unetkit.scoring.objects import object_scores
 
     inner = (slice(top + 256, top + CROP - 256),) * 2
     results = {}

@@ -29,11 +29,11 @@ import torch
 from PIL import Image
 
 from benchmarks.common import cpu_slug, save_results
-from unetkit.core.amp import resolve_amp
-from unetkit.core.hardware import cpu_description
 from unetkit.data import read_image
 from unetkit.demo import DEMO_DATA
 from unetkit.inference import InferenceOptions
+from unetkit.runtime.amp import resolve_amp
+from unetkit.runtime.hardware import cpu_description
 
 SIDE = 256
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -47,7 +47,7 @@ def run_job(job: dict) -> dict:
             trainer = make_trainer(spec, data, job["size"], job["batch"], Path(tmp) / "run")
             for epoch in range(1, job["steps"] + 1):
                 trainer.train_one_epoch(epoch)
-        return {"amp": trainer.amp.compute_dtype, "channels_last": trainer.channels_last}
+        return {"amp": trainer.built.amp.compute_dtype, "channels_last": trainer.built.channels_last}
     if job["job"] == "tiled":
         from benchmarks.inference import checkpoint_state
         from unetkit.inference import InferenceOptions, Predictor

@@ -45,7 +45,7 @@ def make_trainer(spec: ModelSpec, data: tuple[Path, Path], size: int, batch: int
         min_epochs=None,
     )
     pairs = find_pairs(*data)
-    return Trainer(cfg, train_pairs=pairs, val_pairs=[], log=lambda _: None)
+    return Trainer.from_config(cfg, train_pairs=pairs, val_pairs=[], log=lambda _: None)
 
 
 class OneBatch:
@@ -110,12 +110,12 @@ def benchmark_training(settings: Settings, log=print) -> list[dict]:
                 # Images 1.5x the patch, so crops land at random places, as in real training.
                 data = write_synthetic_pngs(Path(tmp) / "data", count=batch, side=size * 3 // 2)
                 trainer = make_trainer(spec, data, size, batch, Path(tmp) / "run")
-                policy = {"amp": trainer.amp.compute_dtype, "channels_last": trainer.channels_last}
+                policy = {"amp": trainer.built.amp.compute_dtype, "channels_last": trainer.built.channels_last}
                 full_step = epoch_runner(trainer)
 
                 timings = {"unetkit": measure(full_step, settings.warmup, settings.iters, settings.max_case_seconds)}
 
-                trainer.train_loader = OneBatch(tuple(next(iter(trainer.train_loader))))
+                trainer.opt.loader = OneBatch(tuple(next(iter(trainer.opt.loader))))
                 timings["bare"] = measure(full_step, settings.warmup, settings.iters, settings.max_case_seconds)
 
                 naive = NaiveTrainer(spec, data, size, batch)

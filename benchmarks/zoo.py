@@ -19,7 +19,7 @@ from pathlib import Path
 from benchmarks.accuracy import DATA, RESULTS, run_dataset
 from benchmarks.common import cpu_slug, save_results
 from unetkit.cli import parse_duration
-from unetkit.core.hardware import cpu_description
+from unetkit.runtime.hardware import cpu_description
 
 ZOO = Path(__file__).resolve().parent.parent / "unetkit" / "zoo"
 

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from unetkit.core.amp import cpu_has_native_bf16
-from unetkit.core.hardware import cpu_description
 from unetkit.data import find_pairs, read_image, read_mask
 from unetkit.demo import DEMO_DATA, HELDOUT_SLICES, TRAIN_SLICES, VAL_SLICES, demo_config
-from unetkit.metrics import confusion_matrix, dice_from_confusion, iou_from_confusion
 from unetkit.models import create_model
+from unetkit.runtime.amp import cpu_has_native_bf16
+from unetkit.runtime.hardware import cpu_description
+from unetkit.scoring.metrics import confusion_matrix, dice_from_confusion, iou_from_confusion
 from unetkit.train.schedulers import SCHEDULERS, Schedule
 
 DPI = 80  # small PNGs: they are committed to the repository
@@ -55,7 +55,7 @@ def _demo_slice(index: int) -> tuple[np.ndarray, np.ndarray]:
     return image, mask
 
 
-# --- Dice vs F1 vs IoU (unetkit/metrics.py) ---
+# --- Dice vs F1 vs IoU (unetkit/scoring/metrics.py) ---
 def figure_dice_iou(out: Path) -> Path:
     """Dice, F1 and IoU of real predictions: each demo slice's membranes predicted by an intensity
     threshold (membranes are dark), at several thresholds to spread the scores out."""
@@ -129,7 +129,7 @@ def figure_upsampling(out: Path) -> Path:
     return _save(figure, out / "upsampling.png")
 
 
-# --- AMP (unetkit/core/amp.py) ---
+# --- AMP (unetkit/runtime/amp.py) ---
 def _time(function: Callable[[], object], repeats: int = 5) -> float:
     function()  # warm-up: first calls pick kernels
     started = time.perf_counter()

@@ -21,10 +21,10 @@ import torch
 from PIL import Image
 from synthetic import TINY_TRAIN, assert_one_line_error, make_shapes, run_cli
 
-import unetkit.core.atomic
+import unetkit.runtime.atomic
 import unetkit.train.setup
-from unetkit.losses import SegmentationLoss
 from unetkit.train import load_checkpoint
+from unetkit.train.losses import SegmentationLoss
 
 
 @dataclass
@@ -216,7 +216,7 @@ def case_read_only_output_folder(tmp_path, rgb_run, monkeypatch, **_):
     def read_only(*_args, **_kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(unetkit.core.atomic.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(unetkit.runtime.atomic.tempfile, "mkstemp", read_only)
     _root, images, _masks, checkpoint = rgb_run
     args = ["predict", "--checkpoint", checkpoint, images, "--out", tmp_path / "out", "--no-progress"]
     return Case(args, (".unetkit-predict.json", "Read-only file system", "writable"))  # its first write

@@ -21,7 +21,7 @@ from PIL import Image
 from synthetic import assert_one_line_error, make_shapes, run_cli
 from test_bad_input import Case, data, train_args
 
-import unetkit.core.checkpoint
+import unetkit.models.checkpoint
 from unetkit.train import load_checkpoint
 from unetkit.train.run_lock import LOCK_NAME
 
@@ -276,7 +276,7 @@ def case_disk_full_while_saving_a_checkpoint(tmp_path, monkeypatch, **_):
     def full(*_args, **_kwargs):
         raise RuntimeError("[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing file")
 
-    monkeypatch.setattr(unetkit.core.checkpoint.torch, "save", full)
+    monkeypatch.setattr(unetkit.models.checkpoint.torch, "save", full)
 
     def no_temporary_left() -> None:
         assert not [p for p in out.iterdir() if p.name.startswith(".") and ".tmp" in p.name]

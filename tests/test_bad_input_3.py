@@ -196,7 +196,7 @@ def case_rgb_nir_tiff_out_of_core(tmp_path, rgb_run, **_):
 
 def test_a_second_sample_marked_alpha_is_dropped_in_both_paths(tmp_path):
     from unetkit.data import read_image
-    from unetkit.inference.large_tiff import band_image, opened_pixels
+    from unetkit.inference.slide.large_tiff import band_image, opened_pixels
 
     two_sample_tiff(tmp_path / "la.tif", marked_alpha=True)
     whole = read_image(tmp_path / "la.tif")
@@ -376,7 +376,7 @@ def bad_checkpoint(tmp_path, rgb_run, name, edit=None, header=None):
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from unetkit.core.safetensors_file import METADATA_KEY, save_safetensors
+    from unetkit.models.safetensors_file import METADATA_KEY, save_safetensors
     from unetkit.train import load_checkpoint
 
     state = load_checkpoint(rgb_run[3])
@@ -558,7 +558,7 @@ def test_onnx_with_damaged_metadata_is_one_line(tmp_path, capsys, rgb_run, damag
     """An .onnx whose unetkit metadata was edited or cut ended in KeyError/ValueError; now one line."""
     import onnx
 
-    from unetkit.inference.onnx_export import export_onnx
+    from unetkit.inference.export.onnx import export_onnx
 
     path = tmp_path / "model.onnx"
     export_onnx(rgb_run[3], path)

@@ -17,7 +17,7 @@ from unetkit.data import (
     read_image,
     read_mask,
 )
-from unetkit.data.transforms import random_patch
+from unetkit.data.transforms import STRONG_PHOTOMETRIC, gaussian_blur, jitter_intensity, random_patch
 from unetkit.errors import UnetkitError
 
 
@@ -110,6 +110,33 @@ def test_augmentation_moves_image_and_mask_together():
         patch, patch_mask = random_patch(image, mask, (48, 48), aug)
         agree = ((patch[0] > 0.5) == (patch_mask == 1)).float().mean()
         assert agree > 0.97
+
+
+def test_blur_matches_scipy_and_keeps_the_mean():
+    from scipy.ndimage import gaussian_filter
+
+    torch.manual_seed(0)
+    image = torch.rand(3, 40, 50, dtype=torch.float64)
+    blurred = gaussian_blur(image, 1.2)
+    reference = np.stack([gaussian_filter(c, 1.2, mode="mirror", truncate=2.5) for c in image.numpy()])
+    assert np.abs(blurred.numpy() - reference).max() < 1e-6
+    assert float(blurred.mean()) == pytest.approx(float(image.mean()), abs=0.01)
+
+
+def test_strong_photometric_tints_each_channel_on_its_own():
+    """Another street's light: each channel gets its own gain, and some samples are blurred."""
+    flat = torch.full((3, 32, 32), 0.5)
+    strong = AugmentConfig(**STRONG_PHOTOMETRIC)
+    light = AugmentConfig()
+    torch.manual_seed(0)
+    tints = [jitter_intensity(flat, strong).mean((1, 2)) for _ in range(50)]
+    assert max(float(t.max() - t.min()) for t in tints) > 0.05  # channels moved apart
+    assert all(float(t.max() - t.min()) < 1e-6 for t in (jitter_intensity(flat, light).mean((1, 2)) for _ in range(50)))
+    edge = torch.zeros(1, 32, 32)
+    edge[:, :, 16:] = 1
+    blurred = [jitter_intensity(edge, AugmentConfig(brightness=0, contrast=0, gamma=0, blur=1.5)) for _ in range(40)]
+    soft = [b for b in blurred if float(b[0, 0, 15]) > 0.01]
+    assert 5 < len(soft) < 35  # about half of the samples
 
 
 def test_dataset_caches_decoded_pairs(tmp_path: Path, monkeypatch):

@@ -40,7 +40,7 @@ from unetkit.cli import main
 fit = loop.Trainer.fit
 def fit_and_save(self, *args, **kwargs):
     result = fit(self, *args, **kwargs)
-    torch.save(self.model.module.state_dict(), os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.pt"))
+    torch.save(self.built.model.module.state_dict(), os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.pt"))
     return result
 loop.Trainer.fit = fit_and_save
 sys.exit(main(sys.argv[2:]))
@@ -83,8 +83,8 @@ def test_validation_dice_equals_a_single_process_on_the_checkpoint(two_rank_run)
     # The same validation images, scored by one process with the saved weights.
     _train, val_pairs = split_pairs(find_pairs(images, masks), 0.25, seed=0)
     cfg = TrainConfig(**{**state["config"], "resume": str(out / "last.pt"), "out": str(out)})
-    trainer = Trainer(cfg, log=lambda _: None)
-    assert [p.name for p in trainer.val_pairs] == [p.name for p in val_pairs]
+    trainer = Trainer.from_config(cfg, log=lambda _: None)
+    assert [p.name for p in trainer.run.val_pairs] == [p.name for p in val_pairs]
     val_loss, metrics = trainer.validate()
     ddp_row = state["history"][-1]
     assert metrics.mean_dice == ddp_row["val_dice"]
@@ -107,11 +107,11 @@ def test_both_ranks_end_with_identical_weights(two_rank_run):
 
 def test_without_torchrun_nothing_is_distributed(binary_data, tmp_path):
     images, masks = binary_data
-    trainer = Trainer(
+    trainer = Trainer.from_config(
         TrainConfig(images=str(images), masks=str(masks), out=str(tmp_path / "run"), base_channels=4, depth=2),
         log=lambda _: None,
     )
-    assert not trainer.dist.enabled and trainer.train_sampler is None and not dist.is_initialized()
+    assert not trainer.dist.enabled and trainer.opt.sampler is None and not dist.is_initialized()
 
 
 def test_resume_under_torchrun_continues_the_run(two_rank_run):
@@ -145,10 +145,10 @@ def test_two_nodes_train_one_run(tmp_path, capsys):
         "from unetkit.cli import build_parser, config_and_given_options\n"
         "import unetkit.train.loop as loop\n"
         "cfg, given = config_and_given_options(build_parser().parse_args(sys.argv[2:]))\n"
-        "trainer = loop.Trainer(cfg, resume_overrides=given)\n"
+        "trainer = loop.Trainer.from_config(cfg, resume_overrides=given)\n"
         "trainer.fit()\n"
         "node = os.environ['GROUP_RANK']\n"  # torchrun's node rank
-        "torch.save(trainer.model.module.state_dict(), os.path.join(sys.argv[1], f'node{node}.pt'))\n"
+        "torch.save(trainer.built.model.module.state_dict(), os.path.join(sys.argv[1], f'node{node}.pt'))\n"
         "trainer.dist.close()\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

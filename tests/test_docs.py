@@ -21,9 +21,9 @@ def test_every_page_names_its_module_and_has_its_figure():
 
     root = Path(__file__).resolve().parents[1]
     pages = {
-        "metrics.md": ("unetkit/metrics.py", "dice_iou.png"),
+        "metrics.md": ("unetkit/scoring/metrics.py", "dice_iou.png"),
         "upsampling.md": ("unetkit/models/blocks.py", "upsampling.png"),
-        "amp.md": ("unetkit/core/amp.py", "amp.png"),
+        "amp.md": ("unetkit/runtime/amp.py", "amp.png"),
         "schedulers.md": ("unetkit/train/schedulers.py", "schedulers.png"),
         "dumbnet_vs_unet.md": ("unetkit/models/dumbnet.py", "dumbnet_vs_unet.png"),
         "objects.md": ("unetkit/data/weight_map.py", "weight_map.png"),

@@ -5,10 +5,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from unetkit.core.checkpoint import export_safetensors
-from unetkit.core.safetensors_file import load_safetensors
 from unetkit.errors import UnetkitError
 from unetkit.inference import InferenceOptions, Predictor
+from unetkit.models.checkpoint import export_safetensors
+from unetkit.models.safetensors_file import load_safetensors
 from unetkit.train import load_checkpoint
 
 

@@ -220,7 +220,7 @@ def test_checkpoint_runs_on_onnxruntime_when_asked_or_when_it_is_faster(trained,
 
 
 def test_auto_backend_stays_on_pytorch_when_the_export_fails(trained, monkeypatch):
-    import unetkit.inference.onnx_export as export_module
+    import unetkit.inference.export.onnx as export_module
 
     def broken_export(*args, **kwargs):
         raise RuntimeError("exporter bug")
@@ -233,7 +233,7 @@ def test_auto_backend_stays_on_pytorch_when_the_export_fails(trained, monkeypatc
 
 
 def test_backend_choices_that_cannot_hold_are_refused_or_fall_back(trained, tmp_path, monkeypatch):
-    import unetkit.inference.onnx_export as export_module
+    import unetkit.inference.export.onnx as export_module
     from unetkit.errors import UnetkitError
 
     _root, _images, _masks, checkpoint = trained

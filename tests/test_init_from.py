@@ -6,7 +6,7 @@ import pytest
 import torch
 from synthetic import TINY_TRAIN, assert_one_line_error, make_shapes, run_cli
 
-from unetkit.core.checkpoint import load_checkpoint
+from unetkit.models.checkpoint import load_checkpoint
 from unetkit.train.init_from import shared_out
 
 # TINY_TRAIN without its architecture: an --init-from run takes the model's.

@@ -11,14 +11,14 @@ import torch.nn.functional as F
 from PIL import Image
 from synthetic import run_cli
 
-import unetkit.inference.band_objects as band_objects
-import unetkit.inference.large_tiff as large_tiff
-from unetkit.core.checkpoint import load_checkpoint
+import unetkit.inference.slide.band_objects as band_objects
+import unetkit.inference.slide.large_tiff as large_tiff
 from unetkit.data.dataset import Preprocess
 from unetkit.inference import InferenceOptions, Predictor
 from unetkit.inference.instances import ObjectRule, object_table, split_objects
-from unetkit.inference.row_resample import RowResampler
-from unetkit.object_metrics import object_scores
+from unetkit.inference.slide.row_resample import RowResampler
+from unetkit.models.checkpoint import load_checkpoint
+from unetkit.scoring.objects import object_scores
 
 TILES = ("--tiling", "on", "--tile", "64", "--overlap", "16", "--batch-size", "8", "--backend", "torch")
 

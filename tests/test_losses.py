@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from unetkit.data import IGNORE_ID
-from unetkit.losses import LOSSES, SegmentationLoss, class_probabilities
+from unetkit.models.heads import class_probabilities
+from unetkit.train.losses import LOSSES, SegmentationLoss
 
 
 def confident_logits(target: torch.Tensor, num_classes: int, right: bool = True) -> torch.Tensor:

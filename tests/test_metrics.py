@@ -4,7 +4,7 @@ import torch
 from sklearn.metrics import f1_score, jaccard_score
 
 from unetkit.data import IGNORE_ID
-from unetkit.metrics import SegmentationMetrics, confusion_matrix, dice_from_confusion, iou_from_confusion
+from unetkit.scoring.metrics import SegmentationMetrics, confusion_matrix, dice_from_confusion, iou_from_confusion
 
 
 @pytest.mark.parametrize("num_classes", [2, 5])

@@ -51,12 +51,59 @@ def test_registry_builds_by_name_and_rejects_unknown_names():
         create_model("resnet")
 
 
-@pytest.mark.parametrize("model", [UNet(1, 2, base_channels=4, depth=2), DumbNet(3, 2, width=8)])
-def test_folding_batchnorm_into_convs_keeps_the_outputs(model):
+def small(name: str) -> tuple[torch.nn.Module, dict]:
+    """A registered model built small, as training builds it: from options, 3 channels in, 4 classes."""
+    from types import SimpleNamespace
+
+    cls = model_class(name)
+    args = cls.arguments(SimpleNamespace(base_channels=4, depth=2, upsampling="bilinear"), 3, 4)
+    return create_model(name, **args), args
+
+
+# Every test below runs on every registered model (timm's tests/test_models.py): a new model is
+# tested by registering it.
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_keeps_the_input_size_from_its_minimum_up(name):
+    model, args = small(name)
+    side = model_class(name).min_input_size(args)
+    with torch.no_grad():
+        for size in ((side, side), (side + 5, 2 * side + 3), (3 * side, side + 1)):
+            assert model.eval()(torch.randn(2, 3, *size)).shape == (2, 4, *size), size
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_learns_and_every_parameter_gets_a_gradient(name):
+    torch.manual_seed(0)
+    model, args = small(name)
+    side = 2 * model_class(name).min_input_size(args)
+    images, target = torch.randn(2, 3, side, side), torch.randint(0, 4, (2, side, side))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        loss = torch.nn.functional.cross_entropy(model.train()(images), target)
+        optimizer.zero_grad()
+        loss.backward()
+        if not losses:
+            assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_says_the_width_of_its_first_level(name):
+    model, args = small(name)
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert (first.in_channels, first.out_channels) == (3, model_class(name).probe_channels(args))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_folding_batchnorm_into_convs_keeps_the_outputs(name):
     import copy
 
     from unetkit.models import fuse_conv_bn
 
+    model, _ = small(name)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)
@@ -64,7 +111,7 @@ def test_folding_batchnorm_into_convs_keeps_the_outputs(model):
     model.eval()
     fused = fuse_conv_bn(copy.deepcopy(model))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
-    x = torch.randn(2, model.down[0].in_channels if isinstance(model, DumbNet) else 1, 24, 28)
+    x = torch.randn(2, 3, 24, 28)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), model(x), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="eval"):

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 from synthetic import TINY_TRAIN, run_cli
 
-from unetkit.core.checkpoint import load_checkpoint
 from unetkit.data import find_pairs
 from unetkit.data.dataset import percentile_scaled
 from unetkit.data.fingerprint import DataFingerprint, fingerprint_pairs
+from unetkit.models.checkpoint import load_checkpoint
 from unetkit.train import TrainConfig
 from unetkit.train.recipes import apply_recipe, data_normalisation
 
@@ -111,7 +111,7 @@ def test_out_of_core_takes_the_same_percentiles_as_in_memory(percentile_run, tmp
     """The whole image's percentiles, from the same strided sample read a band at a time; then the
     model's outputs are those of the image in memory."""
     from unetkit.data.io import PixelRule
-    from unetkit.inference.large_tiff import image_percentiles
+    from unetkit.inference.slide.large_tiff import image_percentiles
 
     rng = np.random.default_rng(3)
     big = (rng.gamma(2.0, 0.1, (2300, 2100, 2)) * np.linspace(0.2, 1, 2100)[:, None]).astype(np.float32)

@@ -15,12 +15,12 @@ from scipy import ndimage
 from skimage.measure import label
 from synthetic import run_cli
 
-from unetkit.core.checkpoint import load_checkpoint
 from unetkit.data import Pair
 from unetkit.data.fingerprint import PairScan, looks_like_instances
 from unetkit.data.objects import instance_classes, mask_objects, true_objects
 from unetkit.inference.instances import ObjectRule, object_table, split_objects
-from unetkit.object_metrics import mean_scores, object_scores
+from unetkit.models.checkpoint import load_checkpoint
+from unetkit.scoring.objects import mean_scores, object_scores
 
 
 def two_squares() -> np.ndarray:
@@ -358,7 +358,7 @@ def test_runs_from_before_instance_target_resume_as_they_trained(boundary, insta
 
 def test_the_rule_choice_breaks_ties_towards_the_default():
     """A rule better by less than TIE on the validation images is noise: the default wins."""
-    from unetkit.train.object_rule import TIE, safest
+    from unetkit.runs.object_rule import TIE, safest
 
     default, near, far = ObjectRule(), ObjectRule(seed=0.9), ObjectRule(seed=0.5, flood=0.5, smooth=1.0)
     assert safest([(0.100, far), (0.100 + TIE / 2, default)], default) == (0.100 + TIE / 2, default)

@@ -11,8 +11,8 @@ from sklearn.metrics import f1_score, jaccard_score
 
 from unetkit.data import MaskValues
 from unetkit.data.transforms import random_patch
-from unetkit.metrics import SegmentationMetrics, confusion_matrix, dice_from_confusion, iou_from_confusion
 from unetkit.models.blocks import pad_to_multiple
+from unetkit.scoring.metrics import SegmentationMetrics, confusion_matrix, dice_from_confusion, iou_from_confusion
 
 FAST = settings(max_examples=40, deadline=None)
 

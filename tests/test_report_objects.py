@@ -1,5 +1,5 @@
 """The run report of an object task: true and predicted objects in their own colours, and the
-merges, splits, misses and false objects (object_metrics.object_errors) outlined and counted."""
+merges, splits, misses and false objects (scoring.objects.object_errors) outlined and counted."""
 
 import re
 
@@ -9,9 +9,9 @@ from PIL import Image
 from synthetic import TINY_TRAIN
 
 from unetkit.data.mask_values import MaskValues
-from unetkit.object_metrics import object_errors
 from unetkit.report.build import shows_objects
 from unetkit.report.figures import object_colours
+from unetkit.scoring.objects import object_errors
 
 
 def hand_made_pair() -> tuple[np.ndarray, np.ndarray]:

@@ -10,8 +10,8 @@ import pytest
 
 from unetkit.cli import build_parser
 from unetkit.cli.arguments import add_dataclass_arguments
-from unetkit.core.options import option, whole
 from unetkit.inference import InferenceOptions
+from unetkit.runtime.options import option, whole
 from unetkit.train.config import TrainConfig
 
 PACKAGE = Path(__file__).resolve().parents[1] / "unetkit"
@@ -71,6 +71,30 @@ def test_inference_imports_nothing_from_training_and_there_is_no_cycle():
         if name not in done:
             visit(name)
     assert not cycles
+
+
+def package_of(module: str) -> str:
+    """unetkit.train.loop -> train; a top-level module is its own package (unetkit.scoring.metrics -> metrics)."""
+    return module.split(".")[1] if module.count(".") else "unetkit"
+
+
+def test_packages_import_one_way():
+    """Packages, not only modules: no cycle between them, training and inference never import each
+    other, and neither imports the report or the run layer that calls them in order (unetkit/runs)."""
+    trees = modules()
+    edges = {
+        (package_of(name), package_of(dep))
+        for name, tree in trees.items()
+        for dep in imports(tree, set(trees))
+        if package_of(name) != package_of(dep) and package_of(name) != "unetkit"
+    }
+    for below in ("train", "inference"):
+        assert not {(a, b) for a, b in edges if a == below and b in {"train", "inference", "report", "runs"}}
+    packages = {a for a, _ in edges} | {b for _, b in edges}
+    reaches = {p: {b for a, b in edges if a == p} for p in packages}
+    for _ in packages:  # the transitive closure
+        reaches = {p: found | {c for b in found for c in reaches.get(b, ())} for p, found in reaches.items()}
+    assert not [p for p in packages if p in reaches[p]], edges
 
 
 @pytest.mark.parametrize(("command", "options"), [("train", TrainConfig), ("predict", InferenceOptions)])

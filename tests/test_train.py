@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import unetkit.core.amp as amp_module
+import unetkit.runtime.amp as amp_module
 from unetkit.data import find_pairs
 from unetkit.data.fingerprint import ClassGeometry, DataFingerprint
 from unetkit.data.mask_values import MaskValues
 from unetkit.data.objects import INSTANCE_VALUES
 from unetkit.data.transforms import AugmentConfig, random_patch_grid
 from unetkit.train import TrainConfig, Trainer, load_checkpoint, resolve_amp, train
-from unetkit.train.recipes import apply_recipe, class_weights, data_orientation, data_scale
+from unetkit.train.recipes import apply_recipe, class_weights, data_orientation, data_scale, largest_object
 from unetkit.train.schedulers import SCHEDULERS, Schedule
 
 
@@ -71,7 +71,7 @@ def test_resume_matches_an_uninterrupted_run(binary_data, tmp_path):
     full = train(tiny_config(images, masks, tmp_path / "full", epochs=3), log=lambda _: None)
 
     def interrupt_after_first(row):
-        if row["epoch"] == 1:
+        if row.epoch == 1:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -82,9 +82,7 @@ def test_resume_matches_an_uninterrupted_run(binary_data, tmp_path):
         )
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1
     resumed = train(TrainConfig(resume=str(tmp_path / "cut" / "last.pt"), progress=False), log=lambda _: None)
-    assert [r["train_loss"] for r in resumed.history] == pytest.approx(
-        [r["train_loss"] for r in full.history], rel=1e-5
-    )
+    assert [r.train_loss for r in resumed.history] == pytest.approx([r.train_loss for r in full.history], rel=1e-5)
     a = load_checkpoint(full.last_checkpoint)["model"]
     b = load_checkpoint(resumed.last_checkpoint)["model"]
     for name in a:
@@ -135,7 +133,8 @@ def test_amp_auto_is_fp32_when_onednn_is_held_to_avx2():
     # ONEDNN_MAX_CPU_ISA=AVX2 makes oneDNN emulate bf16, as on an AVX2-only CPU: on either kind
     # of CPU the run-time choice must then be fp32.
     code = (
-        "import torch; from unetkit.core.amp import resolve_amp; print(resolve_amp('auto', torch.device('cpu')).name)"
+        "import torch; from unetkit.runtime.amp import resolve_amp; "
+        "print(resolve_amp('auto', torch.device('cpu')).name)"
     )
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
@@ -189,9 +188,9 @@ def test_optimizers_and_losses_all_run(binary_data, tmp_path):
             class_weights=[1.0, 2.0],
             lr=1e-3,
         )
-        trainer = Trainer(cfg, pairs[:6], pairs[6:], log=lambda _: None)
+        trainer = Trainer.from_config(cfg, pairs[:6], pairs[6:], log=lambda _: None)
         result = trainer.fit()
-        assert torch.isfinite(torch.tensor(result.history[0]["train_loss"]))
+        assert torch.isfinite(torch.tensor(result.history[0].train_loss))
 
 
 def test_time_budget_anneals_the_lr_and_stops_in_time(binary_data, tmp_path):
@@ -201,9 +200,9 @@ def test_time_budget_anneals_the_lr_and_stops_in_time(binary_data, tmp_path):
     assert len(result.history) >= 2
     # No epoch starts that is expected to pass the budget: the run ends within one epoch of it.
     elapsed = load_checkpoint(result.last_checkpoint)["elapsed_seconds"]
-    longest = max(row["seconds"] for row in result.history)
+    longest = max(row.seconds for row in result.history)
     assert elapsed <= 3.0 + longest + 1.0
-    lrs = [row["lr"] for row in result.history]
+    lrs = [row.lr for row in result.history]
     assert lrs[-1] < max(lrs)  # annealing over time, not over an epoch count
 
 
@@ -230,6 +229,9 @@ def fingerprint_of(
 # The three real data sets' fingerprints (measured on their training splits, see recipes.py).
 ISBI = fingerprint_of((512, 512), {0: (2.0, 512), 255: (8.5, 246)}, {0: 22, 255: 78}, count=22)
 HC18 = fingerprint_of((540, 800), {0: (101.3, 800), 255: (58.1, 448)}, {0: 70, 255: 30}, count=262)
+# camvid-dev's train split: (half width, extent) of each class but the rarest, as its fingerprint measures them
+CAMVID = {0: (18.5, 253), 1: (16.0, 228), 2: (1.0, 136), 3: (30.7, 480), 4: (7.0, 180), 5: (6.0, 122), 6: (2.1, 38),
+          7: (4.0, 48), 8: (9.0, 116), 9: (2.0, 46)}  # fmt: skip
 
 
 def test_recipes_fill_only_what_the_user_left_out():
@@ -273,10 +275,15 @@ def test_recipe_scale_keeps_thin_structures_and_fits_large_objects():
     assert (hc18.scale, hc18.patch_size, hc18.patches_per_image) == (0.25, 0, 1)  # 200x135: whole images
     user, _ = apply_recipe(TrainConfig(scale=0.5), HC18, torch.device("cpu"))
     assert (user.scale, user.patch_size) == (0.5, 256)  # the patch fits the user's scale
-    thin_and_large = fingerprint_of((360, 480), {0: (20, 480), 1: (1.0, 115), 2: (30, 420)}, {0: 60, 1: 1, 2: 39})
-    assert data_scale(thin_and_large) == 1.0  # a thin class wins over large ones
+    thin_and_large = fingerprint_of((360, 480), {0: (20, 480), 1: (1.0, 115), 2: (30, 420)}, {0: 60, 1: 10, 2: 30})
+    assert data_scale(thin_and_large) == 1.0  # a thin class of 10% of the pixels wins over large ones
     rare_thin = fingerprint_of((540, 800), {0: (100, 800), 1: (50, 448), 2: (1.0, 5)}, {0: 70_000, 1: 29_999, 2: 1})
     assert data_scale(rare_thin) == 0.25  # a class under 0.1% of the pixels does not hold it up
+    # CamVid's train split: poles 1 px and 1% of the pixels, the road (32%, no background) spans the frame.
+    street = fingerprint_of((360, 480), CAMVID, {0: 16, 1: 29, 2: 1, 3: 32, 4: 6, 5: 7, 6: 1, 7: 1, 8: 6, 9: 1})
+    assert data_scale(street) == 0.25  # camvid-dev's unseen street, 5 minutes: mIoU 0.35 against 0.22-0.27 at 1.0
+    assert largest_object(street) == 480  # the road: no class holds over half the pixels
+    assert largest_object(HC18) == 448  # the heads, not the background (70%) around them
 
 
 def test_small_objects_train_on_small_patches_with_as_many_pixels_an_epoch():
@@ -291,9 +298,9 @@ def test_small_objects_train_on_small_patches_with_as_many_pixels_an_epoch():
     assert apply_recipe(TrainConfig(recipe="paper"), nuclei, torch.device("cpu"))[0].patch_size == 256  # unmeasured
     isbi, _ = apply_recipe(TrainConfig(time=600.0), ISBI, torch.device("cpu"))
     assert (isbi.patch_size, isbi.patches_per_image) == (256, 4)
-    camvid = {0: (17.6, 244), 2: (1.0, 154), 3: (30.5, 480), 6: (2.8, 43)}  # poles 1 px: full resolution
-    street = fingerprint_of((360, 480), camvid, {0: 30, 2: 5, 3: 40, 6: 25})
-    assert apply_recipe(TrainConfig(), street, torch.device("cpu"))[0].patch_size == 256
+    street = fingerprint_of((360, 480), CAMVID, {0: 16, 1: 29, 2: 1, 3: 32, 4: 6, 5: 7, 6: 1, 7: 1, 8: 6, 9: 1})
+    plan, _ = apply_recipe(TrainConfig(), street, torch.device("cpu"))
+    assert (plan.scale, plan.patch_size) == (0.25, 0)  # whole 120x90 frames
 
 
 def test_border_weights_for_countable_objects_only():
@@ -314,6 +321,7 @@ def test_upright_scenes_are_not_turned_upside_down():
     assert data_orientation(rare_high) == "any"  # a class under 1% of the pixels does not decide
     upright, _ = apply_recipe(TrainConfig(), street, torch.device("cpu"))
     assert upright.orientation == "upright"
+    assert upright.photometric == "light"  # strong lost in 5 minutes (benchmarks/NOTES.md, issue 23)
     torch.manual_seed(0)
     for _ in range(20):  # rows keep their order: the grid's y grows downwards in every sample
         upright_only = AugmentConfig(vertical_flips=False, rotate90=False, elastic_sigma_px=0.0)
@@ -365,7 +373,7 @@ def test_min_epochs_outlast_a_budget_too_short_for_them(binary_data, tmp_path):
     cfg = tiny_config(images, masks, tmp_path / "run", epochs=None, time=0.05, min_epochs=3)
     result = train(cfg, log=lambda _: None)
     assert len(result.history) == 3  # the budget is spent after epoch 1; the minimum still runs
-    lrs = [row["lr"] for row in result.history]
+    lrs = [row.lr for row in result.history]
     assert lrs[-1] < lrs[1]  # and the LR anneals over those epochs, not stuck at ~0 after the budget
 
 
@@ -385,7 +393,7 @@ def test_plateau_without_validation_keeps_the_lr(binary_data, tmp_path):
     images, masks = binary_data
     cfg = tiny_config(images, masks, tmp_path / "run", epochs=5, scheduler="plateau", val_fraction=0)
     result = train(cfg, log=lambda _: None)
-    assert {row["lr"] for row in result.history} == {5e-3}
+    assert {row.lr for row in result.history} == {5e-3}
     assert result.best_checkpoint.exists()
 
 
@@ -399,7 +407,7 @@ def test_timed_run_with_epochs_anneals_by_the_last_epoch(binary_data, tmp_path):
 
 
 def test_cpu_description_says_when_the_isa_is_held_back(monkeypatch):
-    from unetkit.core.hardware import ISA_LIMIT_VARIABLES, cpu_description
+    from unetkit.runtime.hardware import ISA_LIMIT_VARIABLES, cpu_description
 
     for name in ISA_LIMIT_VARIABLES:
         monkeypatch.delenv(name, raising=False)
@@ -410,7 +418,7 @@ def test_cpu_description_says_when_the_isa_is_held_back(monkeypatch):
 
 def test_training_picks_its_memory_layout_from_a_forward_and_backward_probe(binary_data, tmp_path, monkeypatch):
     import unetkit.train.setup as setup_module
-    from unetkit.core.hardware import channels_last_is_faster
+    from unetkit.runtime.hardware import channels_last_is_faster
 
     calls = []
 
@@ -421,8 +429,8 @@ def test_training_picks_its_memory_layout_from_a_forward_and_backward_probe(bina
     monkeypatch.setattr(setup_module, "channels_last_is_faster", probe)
     images, masks = binary_data
     cfg = tiny_config(images, masks, tmp_path / "run", epochs=1, channels_last="auto")
-    trainer = Trainer(cfg, log=lambda _: None)
+    trainer = Trainer.from_config(cfg, log=lambda _: None)
     assert calls == [{"channels": 16, "size": 32, "backward": True}]  # base 8 -> at least 16; the patch size
     assert torch.is_grad_enabled()
-    expected = torch.channels_last if trainer.channels_last else torch.contiguous_format
-    assert trainer.memory_format == expected
+    expected = torch.channels_last if trainer.built.channels_last else torch.contiguous_format
+    assert trainer.built.memory_format == expected

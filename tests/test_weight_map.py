@@ -11,7 +11,7 @@ from synthetic import make_shapes
 from unetkit.data import MaskValues, Preprocess, SegmentationDataset, find_pairs
 from unetkit.data.dataset import pad_collate
 from unetkit.data.weight_map import border_weights
-from unetkit.losses import SegmentationLoss
+from unetkit.train.losses import SegmentationLoss
 
 
 def discs_with_gaps(gap: int = 2) -> np.ndarray:

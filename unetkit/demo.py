@@ -16,14 +16,15 @@ import dataclasses
 import time
 from pathlib import Path
 
-from unetkit.core.atomic import write_json
-from unetkit.core.hardware import cpu_description
 from unetkit.data import find_pairs
 from unetkit.errors import UnetkitError
 from unetkit.evaluate import evaluate_pairs, format_report
 from unetkit.inference import Predictor, overlay, save_png
 from unetkit.report import write_report
-from unetkit.train import TrainConfig, train
+from unetkit.runs import run_training
+from unetkit.runtime.atomic import write_json
+from unetkit.runtime.hardware import cpu_description
+from unetkit.train import TrainConfig
 
 DEMO_DATA = Path(__file__).parent / "demo_data" / "isbi2012"
 TRAIN_SLICES = range(0, 22)
@@ -58,7 +59,8 @@ def run_demo(out: str | Path = "runs/demo", progress: bool = True, amp: str = "a
     print(f"unetkit demo: ISBI 2012 EM membranes ({DEMO_DATA / 'SOURCE.md'})")
     print(f"CPU: {cpu_description()}")
     started = time.perf_counter()
-    result = train(dataclasses.replace(demo_config(out, progress, amp), report=False), train_pairs, val_pairs)
+    # The report comes at the end, from the held-out slices rather than the validation ones.
+    result = run_training(dataclasses.replace(demo_config(out, progress, amp), report=False), train_pairs, val_pairs)
     trained = time.perf_counter() - started
 
     predictor = Predictor(result.best_checkpoint, amp=amp)

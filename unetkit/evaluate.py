@@ -1,6 +1,6 @@
 """Scoring a trained model on a labelled folder: Dice and IoU per class, their mean, pixel
 accuracy, and the same per image; and the objects: the model's objects (inference/instances.py)
-against the connected components of the true mask, by the scores of object_metrics.py."""
+against the connected components of the true mask, by the scores of scoring/objects.py."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from tqdm.auto import tqdm
 
 from unetkit.data import Pair
 from unetkit.inference import Predictor
-from unetkit.metrics import SegmentationMetrics
-from unetkit.object_metrics import mean_scores, object_scores
+from unetkit.scoring.metrics import SegmentationMetrics
+from unetkit.scoring.objects import mean_scores, object_scores
 
 OBJECTS_ABOUT = (
     "objects of every class but class 0: true = 4-connected components of the mask, predicted = seeded "

@@ -19,10 +19,10 @@ from unetkit.errors import UnetkitError
 from unetkit.inference import Predictor, overlay, save_png
 from unetkit.inference.batched import predict_images
 from unetkit.inference.instances import object_table, save_labels, save_table
-from unetkit.inference.large_tiff import out_of_core, predict_large_tiff
 from unetkit.inference.manifest import MANIFEST, Manifest
 from unetkit.inference.object_files import write_object_files
 from unetkit.inference.outputs import PredictOutputs, save_probabilities
+from unetkit.inference.slide.large_tiff import out_of_core, predict_large_tiff
 from unetkit.inference.stacks import StackPrediction, predict_large_stack
 
 # Every name predict may write for an image <stem> (planned_outputs says which a run writes).

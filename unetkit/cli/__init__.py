@@ -21,11 +21,11 @@ from unetkit.cli.commands import (
     config_and_given_options,
     config_from_args,
 )
-from unetkit.core.amp import AMP_MODES
-from unetkit.core.options import duration as parse_duration
 from unetkit.data.tiff_axes import CHANNEL_AXIS_HELP, PLANE_AXIS_HELP
 from unetkit.errors import UnetkitError
 from unetkit.inference import InferenceOptions
+from unetkit.runtime.amp import AMP_MODES
+from unetkit.runtime.options import duration as parse_duration
 from unetkit.train.config import TrainConfig
 
 __all__ = ["add_train_arguments", "build_parser", "config_and_given_options", "config_from_args", "main"]

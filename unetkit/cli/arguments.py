@@ -1,4 +1,4 @@
-"""Command-line options made from dataclass fields (unetkit/core/options.py), so that a field of
+"""Command-line options made from dataclass fields (unetkit/runtime/options.py), so that a field of
 TrainConfig or InferenceOptions is an option of `unetkit train` or of predict/evaluate with no
 line here. Every generated option defaults to None: then "given on the command line" can be told
 from "left at the dataclass's default", which a resumed run needs (unetkit/train/options.py).
@@ -16,7 +16,7 @@ import typing
 from collections.abc import Collection
 from typing import Any
 
-from unetkit.core.options import show
+from unetkit.runtime.options import show
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: Collection[str] = ()) -> None:

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 from unetkit.cli.arguments import typed_as
-from unetkit.core.options import show
-from unetkit.core.provenance import written_by_unetkit
 from unetkit.errors import UnetkitError
+from unetkit.runtime.options import show
+from unetkit.runtime.provenance import written_by_unetkit
 from unetkit.train.config import TrainConfig
 from unetkit.train.config_file import read_config_file
 from unetkit.train.options import user_options
@@ -35,11 +35,11 @@ def config_and_given_options(args: argparse.Namespace) -> tuple[TrainConfig, dic
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from unetkit.train import train
+    from unetkit.runs import run_training
     from unetkit.train.distributed import is_main_process
 
     cfg, given = config_and_given_options(args)
-    result = train(cfg, resume_overrides=given)
+    result = run_training(cfg, resume_overrides=given)
     if not is_main_process():  # under torchrun, one summary is enough
         return
     best = f"best val Dice {result.best_dice:.4f}" if result.best_dice > -1 else "no validation: best = last"
@@ -123,7 +123,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     report = evaluate_pairs(predictor, pairs, options.threshold, progress=options.progress)
     print(format_report(report))
     if args.json:
-        from unetkit.core.atomic import write_json
+        from unetkit.runtime.atomic import write_json
 
         write_json(Path(args.json), {"written_by": f"unetkit {args.command}", **report})
         print(f"wrote {args.json}")
@@ -152,16 +152,16 @@ def cmd_export(args: argparse.Namespace) -> None:
     output_file("--safetensors", args.safetensors, ".safetensors")
     checkpoint = checkpoint_of(args)
     if args.onnx:
-        from unetkit.inference.onnx_export import export_onnx
+        from unetkit.inference.export.onnx import export_onnx
 
         difference = export_onnx(checkpoint, args.onnx)
         print(f"wrote {args.onnx}; ONNX Runtime vs PyTorch max abs logit difference {difference:.2e}")
     if args.safetensors:
-        from unetkit.core.checkpoint import export_safetensors
+        from unetkit.models.checkpoint import export_safetensors
 
         print(f"wrote {export_safetensors(checkpoint, args.safetensors)} (weights and metadata only, no pickle)")
     if args.bioimageio:
-        from unetkit.inference.bioimageio_export import export_bioimageio
+        from unetkit.inference.export.bioimageio import export_bioimageio
 
         export_bioimageio(checkpoint, args.bioimageio, args.sample, args.name, args.author)
         print(f"wrote {args.bioimageio} (bioimage.io model package: TorchScript and ONNX weights, test tensors)")
@@ -177,7 +177,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     report = check_dataset(args.images, args.masks, args.mask_suffix, args.instance_masks, axes)
     print(format_check(report))
     if args.json:
-        from unetkit.core.atomic import write_json
+        from unetkit.runtime.atomic import write_json
 
         write_json(Path(args.json), {"written_by": f"unetkit {args.command}", **report})
     return 0 if report["ok"] else 1

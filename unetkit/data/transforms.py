@@ -8,6 +8,7 @@ is added to it, and a single grid_sample moves the image (bilinear) and the mask
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,13 @@ class AugmentConfig:
     brightness: float = 0.1
     contrast: float = 0.2
     gamma: float = 0.2
+    colour: float = 0.0  # each channel's own gain in [1 - colour, 1 + colour]: another light's tint
+    blur: float = 0.0  # Gaussian blur of up to this sigma (px), half the time: another lens or focus
+
+
+# Photometric augmentation strong enough for a scene the training set never saw (another street,
+# another day's light): camvid-dev's unseen street, benchmarks/NOTES.md (issue 23).
+STRONG_PHOTOMETRIC = {"brightness": 0.25, "contrast": 0.4, "gamma": 0.3, "colour": 0.15, "blur": 1.5}
 
 
 def random_patch_grid(
@@ -101,7 +109,12 @@ def apply_grid(image: torch.Tensor, mask: torch.Tensor, grid: torch.Tensor) -> t
 
 
 def jitter_intensity(image: torch.Tensor, aug: AugmentConfig) -> torch.Tensor:
-    """Random brightness, contrast and gamma on an image in [0, 1]."""
+    """Random blur, channel gains, gamma, contrast and brightness on a (C, H, W) image in [0, 1]."""
+    if aug.blur > 0 and torch.rand(1) < 0.5:
+        image = gaussian_blur(image, float(torch.empty(1).uniform_(0.3, aug.blur)))
+    if aug.colour > 0:
+        gains = torch.empty(image.shape[0], 1, 1).uniform_(1 - aug.colour, 1 + aug.colour)
+        image = image * gains
     if aug.gamma > 0:
         gamma = float(torch.empty(1).uniform_(1 - aug.gamma, 1 + aug.gamma))
         image = image.clamp(0, 1) ** gamma
@@ -112,6 +125,18 @@ def jitter_intensity(image: torch.Tensor, aug: AugmentConfig) -> torch.Tensor:
     if aug.brightness > 0:
         image = image + float(torch.empty(1).uniform_(-aug.brightness, aug.brightness))
     return image
+
+
+def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(C, H, W) image blurred by a separable Gaussian of `sigma` px, edges reflected."""
+    radius = max(1, math.ceil(2.5 * sigma))
+    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=image.dtype) / sigma) ** 2)
+    taps = taps / taps.sum()
+    channels = image.shape[0]
+    out = F.pad(image[None], (radius, radius, radius, radius), mode="reflect")
+    out = F.conv2d(out, taps.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    out = F.conv2d(out, taps.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    return out[0]
 
 
 def random_patch(

@@ -7,8 +7,8 @@ image took 22-25 ms, decoding it 1.5 ms and writing its PNG mask 2.4 ms, and a b
 
   decode  read_image and preprocessing in `workers` threads, ahead of the model;
   model   the calling thread: model inputs of one shape stacked up to batch_size, whole images or
-          tiles (tiles of several images share a batch), tiles blended back per image exactly as
-          predict_tiled blends them;
+          tiles (tiles of several images share a batch), run and blended back per image by the
+          tiling engine (tiling.py) that predict_tiled uses;
   write   the caller's `write(ref, image, logits)` (mask, TIFFs, overlay) in the same threads.
 
 Images in flight (decoding, waiting for their batch, or being written) are at most 4 batches and
@@ -32,39 +32,39 @@ import numpy as np
 import torch
 
 from unetkit.data.io import ImageRef
+from unetkit.inference import tiling
 from unetkit.inference.predictor import Predictor, at_image_size
-from unetkit.inference.tiling import blend, gaussian_window, tile_boxes
+from unetkit.inference.tiling import Blend, crop, forward_batches, tile_boxes
 
 Write = Callable[[ImageRef, np.ndarray, torch.Tensor], None]  # (image, its (H, W, C) pixels, (1, K, H, W) logits)
-Box = tuple[int, int, int, int] | None  # a tile (top, left, height, width); None: the whole input
+Box = tiling.Box | None  # a tile (top, left, height, width); None: the whole input
 PIXEL_BUDGET = 16 * 2**20  # image pixels in flight: e.g. 256 of 256^2 (capped by batches), one 4096^2
 
 
 @dataclass(eq=False)
 class Job:
-    """One image from decoding to writing; `logits` fill in as its pieces (tiles, or the whole
+    """One image from decoding to writing; its logits fill in as its pieces (tiles, or the whole
     input) come back from the model."""
 
     ref: ImageRef
     image: np.ndarray
     x: torch.Tensor | None  # (C, h, w) model input, dropped once every piece has run
     boxes: list[Box]
-    logits: torch.Tensor | None = None  # (K, h, w): the blended sum for tiles
-    weights: torch.Tensor | None = None  # (h, w) sum of the tiles' windows
-    window: torch.Tensor | None = None
+    blended: Blend | None = None  # a tiled image's tiles, blended by tiling.py's engine
+    logits: torch.Tensor | None = None  # (K, h, w): a whole input's
 
     def piece(self, box: Box) -> torch.Tensor:
-        return self.x if box is None else self.x[:, box[0] : box[0] + box[2], box[1] : box[1] + box[3]]
+        return self.x if box is None else crop(self.x, box)
 
     def add(self, box: Box, logits: torch.Tensor) -> None:
         if box is None:
             self.logits = logits
-            return
-        blend(self.logits, self.weights, box[0], box[1], logits, self.window)  # as predict_tiled, same order
+        else:
+            self.blended.add(box, logits)  # as predict_tiled, in the same order
 
     def result(self) -> torch.Tensor:
         """(1, K, H, W) logits at the image's size, as Predictor.logits returns them."""
-        logits = self.logits if self.weights is None else self.logits / self.weights
+        logits = self.logits if self.blended is None else self.blended.take()
         return at_image_size(logits[None], self.image.shape[:2])
 
 
@@ -76,8 +76,7 @@ def decode(predictor: Predictor, ref: ImageRef) -> Job:
         return Job(ref, image, x, [None])
     _, height, width = x.shape
     boxes = tile_boxes(height, width, predictor.options.tile, predictor.options.overlap)
-    logits, weights = torch.zeros(predictor.num_outputs, height, width), torch.zeros(height, width)
-    return Job(ref, image, x, boxes, logits, weights, gaussian_window(boxes[0][2], boxes[0][3]))
+    return Job(ref, image, x, boxes, Blend(predictor.num_outputs, width, boxes[0][2:], height))
 
 
 class Batches:
@@ -104,8 +103,9 @@ class Batches:
         pieces = self.waiting.pop(next(iter(self.waiting)) if shape is None else shape)
         done = []
         with torch.inference_mode():
-            out = self.forward(torch.stack([job.piece(box) for job, box in pieces])).float().cpu()
-            for (job, box), logits in zip(pieces, out, strict=True):
+            for (job, box), logits in forward_batches(
+                self.forward, [(p, p[0].piece(p[1])) for p in pieces], len(pieces)
+            ):
                 job.add(box, logits)
                 self.left[job] -= 1
                 if not self.left[job]:

@@ -11,7 +11,7 @@ Objects smaller than `min_size` pixels go, holes up to `max_hole` pixels are fil
 probabilities are smoothed first (`smooth`), so that one object's ragged core is one seed.
 
 The rule's numbers are chosen on a run's validation images at the end of training (see
-unetkit/train/object_rule.py) and kept in the checkpoint. Runs on the whole stitched
+unetkit/runs/object_rule.py) and kept in the checkpoint. Runs on the whole stitched
 probability map, so objects across tile borders stay whole.
 """
 
@@ -29,9 +29,9 @@ from skimage.measure import label, regionprops_table
 from skimage.morphology import remove_small_holes, remove_small_objects
 from skimage.segmentation import watershed
 
-from unetkit.core.atomic import atomic_write
-from unetkit.core.model_spec import ObjectRule  # kept in checkpoints, so checked with their other keys
 from unetkit.data.objects import relabel
+from unetkit.models.spec import ObjectRule  # kept in checkpoints, so checked with their other keys
+from unetkit.runtime.atomic import atomic_write
 
 
 def split_objects(

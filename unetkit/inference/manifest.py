@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from unetkit.core.atomic import write_json
+from unetkit.runtime.atomic import write_json
 
 MANIFEST = ".unetkit-predict.json"
 

@@ -30,8 +30,8 @@ import zarr
 from scipy import ndimage
 from skimage.measure import approximate_polygon, find_contours
 
-from unetkit.core.atomic import atomic_write
 from unetkit.inference.outputs import OBJECT_FILES, class_colour
+from unetkit.runtime.atomic import atomic_write
 
 WHOLE_PIXELS = 2**26  # label images up to this many pixels are read whole, larger ones per object
 Ring = np.ndarray  # (N, 2) x, y vertices of a closed outline, the first repeated last

@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from unetkit.core.provenance import METADATA_KEY
 from unetkit.errors import UnetkitError
 from unetkit.models.blocks import pad_to_multiple
+from unetkit.runtime.provenance import METADATA_KEY
 
 
 class OnnxModel:

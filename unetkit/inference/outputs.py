@@ -12,7 +12,7 @@ import numpy as np
 import tifffile
 from PIL import Image, ImageDraw
 
-from unetkit.core.atomic import atomic_write
+from unetkit.runtime.atomic import atomic_write
 
 # Distinct colours for classes 1, 2, ...; class 0 (usually background) is left uncoloured.
 PALETTE = np.array(

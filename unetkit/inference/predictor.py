@@ -16,20 +16,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from unetkit.core.amp import AMP_MODES, resolve_amp
-from unetkit.core.checkpoint import load_checkpoint, model_from_checkpoint
-from unetkit.core.hardware import channels_last_is_faster, fastest_call, resolve_device
-from unetkit.core.model_spec import ModelSpec
-from unetkit.core.options import check_fields, number, option, whole
 from unetkit.data import read_image
 from unetkit.data.io import PixelRule, pixel_maximum
 from unetkit.data.tiff_axes import AXIS_NEED, CHANNEL_AXIS_HELP, PLANE_AXIS_HELP, AxisChoice, axis_letter
 from unetkit.errors import UnetkitError
 from unetkit.inference.instances import ObjectRule, split_objects
 from unetkit.inference.tiling import Forward, predict_tiled, with_tta
-from unetkit.losses import class_probabilities
-from unetkit.metrics import predicted_classes
 from unetkit.models.blocks import fuse_conv_bn
+from unetkit.models.checkpoint import load_checkpoint, model_from_checkpoint
+from unetkit.models.heads import class_probabilities, predicted_classes
+from unetkit.models.spec import ModelSpec
+from unetkit.runtime.amp import AMP_MODES, resolve_amp
+from unetkit.runtime.hardware import channels_last_is_faster, fastest_call, resolve_device
+from unetkit.runtime.options import check_fields, number, option, whole
 
 TILING_MODES = ("auto", "on", "off")
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -198,7 +197,7 @@ class Predictor:
                 return
         elif self.device.type != "cpu":
             raise UnetkitError("--backend onnxruntime runs on the CPU; use --device cpu")
-        from unetkit.inference.onnx_export import export_onnx
+        from unetkit.inference.export.onnx import export_onnx
         from unetkit.inference.onnx_runtime import OnnxModel
 
         try:

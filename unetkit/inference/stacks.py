@@ -19,12 +19,12 @@ import tifffile
 import torch
 import zarr
 
-from unetkit.core.atomic import atomic_write
 from unetkit.data.tiff_axes import TiffAxes
-from unetkit.inference.band_outputs import OUTPUT_TILE, names_ome_axes, output_tiles, write_tiled_tiff
 from unetkit.inference.instances import label_dtype, object_table, table_rows
-from unetkit.inference.large_tiff import predict_large_tiff
 from unetkit.inference.outputs import PredictOutputs, overlay
+from unetkit.inference.slide.band_outputs import OUTPUT_TILE, names_ome_axes, output_tiles, write_tiled_tiff
+from unetkit.inference.slide.large_tiff import predict_large_tiff
+from unetkit.runtime.atomic import atomic_write
 
 
 class StackPrediction:

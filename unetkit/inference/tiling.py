@@ -1,15 +1,22 @@
-"""Prediction on images of any size in bounded memory: overlapping tiles, run in batches, their
-logits blended with a Gaussian window so tile borders (where a conv net sees the least context)
-count least. Memory is the tile batch plus the output, never the whole image through the model."""
+"""The one tiling engine: prediction on images of any size in bounded memory, as overlapping tiles
+(tile_boxes), run in batches (forward_batches), their logits blended with a Gaussian window
+(Blend) so tile borders (where a conv net sees the least context) count least. Memory is the
+tile batch plus the output, never the whole image through the model. A whole image
+(predict_tiled), a folder's images batched together (batched.py) and a large TIFF read a band at
+a time (large_tiff.py) all tile, run and blend here."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import itertools
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 import torch
 from tqdm.auto import tqdm
 
 Forward = Callable[[torch.Tensor], torch.Tensor]  # (N, C, h, w) -> (N, K, h, w) float32 logits
+Box = tuple[int, int, int, int]  # a tile: top, left, height, width
+Key = TypeVar("Key")  # what a piece is known by: its tile, or (image, tile)
 
 
 def gaussian_window(height: int, width: int, sigma_fraction: float = 0.125) -> torch.Tensor:
@@ -33,25 +40,65 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     return starts + [size - tile]
 
 
-def tile_boxes(height: int, width: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+def tile_boxes(height: int, width: int, tile: int, overlap: int) -> list[Box]:
     """(top, left, tile height, tile width) of every tile; tiles are clipped to small images."""
     th, tw = min(tile, height), min(tile, width)
     return [(top, left, th, tw) for top in tile_starts(height, th, overlap) for left in tile_starts(width, tw, overlap)]
 
 
-def blend(
-    logits: torch.Tensor, weights: torch.Tensor, top: int, left: int, tile: torch.Tensor, window: torch.Tensor
-) -> None:
-    """Add one tile's (K, h, w) logits, weighted by `window`, into the sums at (top, left); the
-    blended logits are logits / weights once every tile is in."""
-    height, width = window.shape
-    logits[:, top : top + height, left : left + width] += tile * window
-    weights[top : top + height, left : left + width] += window
+class Blend:
+    """Overlapping tiles' logits blended into one image: each tile's (K, h, w) logits weighted by the
+    Gaussian window and summed, and the sums divided by the summed windows when rows are taken.
+    It holds a band of rows from image row `top` on, growing as tiles reach further down, so the
+    same code serves a whole image (taken at once) and an image read a band at a time out of core
+    (rows taken as soon as no later tile reaches them)."""
+
+    def __init__(self, num_outputs: int, width: int, tile_hw: tuple[int, int], height: int = 0) -> None:
+        self.window = gaussian_window(*tile_hw)
+        self.logits = torch.zeros(num_outputs, height, width)
+        self.weights = torch.zeros(height, width)
+        self.top = 0  # the image row of the first row held
+
+    def add(self, box: Box, logits: torch.Tensor) -> None:
+        """Add one tile's (K, h, w) logits at `box` (top, left, h, w in image rows and columns)."""
+        top, left = box[0] - self.top, box[1]
+        height, width = self.window.shape
+        grow = top + height - self.weights.shape[0]
+        if grow > 0:
+            self.logits = torch.cat(
+                [self.logits, self.logits.new_zeros(self.logits.shape[0], grow, self.logits.shape[2])], 1
+            )
+            self.weights = torch.cat([self.weights, self.weights.new_zeros(grow, self.weights.shape[1])])
+        self.logits[:, top : top + height, left : left + width] += logits * self.window
+        self.weights[top : top + height, left : left + width] += self.window
+
+    def take(self, rows: int | None = None) -> torch.Tensor:
+        """The first `rows` rows held (default: all) as blended (K, rows, W) logits; they are dropped."""
+        rows = self.weights.shape[0] if rows is None else rows
+        blended = self.logits[:, :rows] / self.weights[:rows]
+        self.logits, self.weights, self.top = self.logits[:, rows:], self.weights[rows:], self.top + rows
+        return blended
 
 
-def _batches(boxes: list, size: int) -> Iterator[list]:
-    for start in range(0, len(boxes), size):
-        yield boxes[start : start + size]
+def crop(image: torch.Tensor, box: Box) -> torch.Tensor:
+    """The (C, h, w) piece of a (C, H, W) image under `box` (top, left, h, w)."""
+    top, left, height, width = box
+    return image[:, top : top + height, left : left + width]
+
+
+def forward_batches(
+    forward: Forward, pieces: Iterable[tuple[Key, torch.Tensor]], batch_size: int
+) -> Iterator[tuple[Key, torch.Tensor]]:
+    """(key, (C, h, w) model input) pieces of one shape through `forward`, `batch_size` at a time:
+    (key, (K, h, w) float32 logits on the CPU) for each, in order. Every tiled path runs its tiles here."""
+    batch: list[tuple[Key, torch.Tensor]] = []
+    for piece in itertools.chain(pieces, [None]):  # None: the end, which runs the last, smaller batch
+        if piece is not None:
+            batch.append(piece)
+        if batch and (piece is None or len(batch) == batch_size):
+            out = forward(torch.stack([x for _, x in batch])).float().cpu()
+            yield from zip((key for key, _ in batch), out, strict=True)
+            batch = []
 
 
 def predict_tiled(
@@ -68,17 +115,12 @@ def predict_tiled(
         raise ValueError(f"overlap ({overlap}) must be smaller than the tile ({tile})")
     _, height, width = image.shape
     boxes = tile_boxes(height, width, tile, overlap)
-    window = gaussian_window(boxes[0][2], boxes[0][3])
-    logits = torch.zeros(num_outputs, height, width)
-    weights = torch.zeros(height, width)
+    blended = Blend(num_outputs, width, boxes[0][2:], height)
     with tqdm(total=len(boxes), desc="tiles", unit="tile", disable=not progress, leave=False) as bar:
-        for batch in _batches(boxes, batch_size):
-            crops = torch.stack([image[:, t : t + h, x : x + w] for t, x, h, w in batch])
-            out = forward(crops).float().cpu()
-            for (top, left, _, _), tile_logits in zip(batch, out, strict=True):
-                blend(logits, weights, top, left, tile_logits, window)
-            bar.update(len(batch))
-    return logits / weights
+        for box, logits in forward_batches(forward, ((box, crop(image, box)) for box in boxes), batch_size):
+            blended.add(box, logits)
+            bar.update()
+    return blended.take()
 
 
 def with_tta(forward: Forward) -> Forward:

@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import unetkit.report.figures as figures
-from unetkit.core.atomic import atomic_write
 from unetkit.data import Pair, find_pairs
 from unetkit.data.mask_values import MaskValues
 from unetkit.data.pairing import expand_planes
@@ -22,8 +21,9 @@ from unetkit.data.tiff_axes import AxisChoice
 from unetkit.errors import UnetkitError
 from unetkit.evaluate import evaluate_pairs
 from unetkit.inference import InferenceOptions, Predictor
-from unetkit.object_metrics import object_errors
-from unetkit.train.run_files import COLUMNS
+from unetkit.runtime.atomic import atomic_write
+from unetkit.scoring.objects import object_errors
+from unetkit.train.run_files import COLUMNS, EpochRow
 
 WORST, BEST = 3, 1  # example images shown
 VERDICTS = ((0.9, "good"), (0.7, "usable"), (0.0, "weak"))  # Dice at least -> the word
@@ -115,7 +115,7 @@ def object_panels(predictor: Predictor, pair: Pair, title: str) -> tuple[str, st
     return figures.object_example(image, true, pred, errors, title), errors.counts()
 
 
-def read_history(run: Path) -> list[dict]:
+def read_history(run: Path) -> list[EpochRow]:
     """metrics.csv's rows as numbers: the columns train writes (others, added by hand, are skipped);
     an edited or cut file is refused naming its line, not drawn wrong."""
     path = run / "metrics.csv"
@@ -128,7 +128,7 @@ def read_history(run: Path) -> list[dict]:
         ) from None
 
 
-def history_rows(reader: csv.DictReader, path: Path) -> list[dict]:
+def history_rows(reader: csv.DictReader, path: Path) -> list[EpochRow]:
     missing = [column for column in COLUMNS if column not in (reader.fieldnames or [])]
     if missing:
         raise UnetkitError(
@@ -138,7 +138,7 @@ def history_rows(reader: csv.DictReader, path: Path) -> list[dict]:
     rows = []
     for row in reader:
         try:
-            rows.append({column: float(row[column]) for column in COLUMNS})
+            rows.append(EpochRow.from_dict(row))
         except (ValueError, TypeError):  # a word or an empty cell, or a row cut short (None)
             raise UnetkitError(
                 f"{path}: line {reader.line_num} is not a row of {len(COLUMNS)} numbers; the file was edited or "
@@ -198,7 +198,7 @@ def write_report(
         config={k: v for k, v in config.items() if k != "resolved" and v not in (None, "", False)},
         resolved=config.get("resolved", {}),
         history=history,
-        train_seconds=sum(row["seconds"] for row in history),
+        train_seconds=sum(row.seconds for row in history),
         curves=figures.curves(history),
     )
     html = render(context)

@@ -10,8 +10,8 @@ import io
 import numpy as np
 
 from unetkit.inference.outputs import class_colour
-from unetkit.object_metrics import ObjectErrors
-from unetkit.train.run_files import curves_figure
+from unetkit.scoring.objects import ObjectErrors
+from unetkit.train.run_files import EpochRow, curves_figure
 
 # Outline colours of the object errors (RGB in [0, 1]), drawn in this order (later on top).
 ERROR_COLOURS = {
@@ -40,7 +40,7 @@ def data_uri(figure, dpi: int = 80) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def curves(history: list[dict]) -> str:
+def curves(history: list[EpochRow]) -> str:
     return data_uri(curves_figure(history))
 
 

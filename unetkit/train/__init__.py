@@ -1,5 +1,5 @@
-from unetkit.core.amp import AmpPolicy, cpu_has_native_bf16, resolve_amp
-from unetkit.core.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from unetkit.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from unetkit.runtime.amp import AmpPolicy, cpu_has_native_bf16, resolve_amp
 from unetkit.train.config import TrainConfig
 from unetkit.train.loop import RunResult, Trainer, train
 from unetkit.train.schedulers import SCHEDULERS, Schedule

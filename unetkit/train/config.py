@@ -1,5 +1,5 @@
 """Every training option in one dataclass. Each field carries its help, choices and check
-(unetkit/core/options.py), so the command line, the config files and `validate()` all come from
+(unetkit/runtime/options.py), so the command line, the config files and `validate()` all come from
 here: a new option is one field. `config.json` in the run folder is this, resolved (options.py
 says in which order the values are chosen; None means unset)."""
 
@@ -15,8 +15,12 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from unetkit.core.amp import AMP_MODES
-from unetkit.core.options import (
+from unetkit.data.objects import INSTANCE_MODES
+from unetkit.data.tiff_axes import AXIS_NEED, CHANNEL_AXIS_HELP, PLANE_AXIS_HELP, AxisChoice, axis_letter
+from unetkit.errors import UnetkitError
+from unetkit.models import MODELS, model_class
+from unetkit.runtime.amp import AMP_MODES
+from unetkit.runtime.options import (
     above,
     between,
     check_fields,
@@ -29,11 +33,7 @@ from unetkit.core.options import (
     show,
     whole,
 )
-from unetkit.data.objects import INSTANCE_MODES
-from unetkit.data.tiff_axes import AXIS_NEED, CHANNEL_AXIS_HELP, PLANE_AXIS_HELP, AxisChoice, axis_letter
-from unetkit.errors import UnetkitError
-from unetkit.losses import LOSSES
-from unetkit.models import MODELS, model_class
+from unetkit.train.losses import LOSSES
 from unetkit.train.schedulers import SCHEDULERS
 
 RECIPES = ("auto", "fast", "paper")
@@ -126,6 +126,11 @@ class TrainConfig:
         "any: flips and 90-degree turns; upright: left-right flips only, for scenes with an up (default: from "
         "the masks: upright when a class sits well above or below the middle)",
         group="data", choices=("any", "upright"),
+    )  # fmt: skip
+    photometric: str | None = option(
+        None, "intensity augmentation: light (brightness, contrast, gamma) or strong (also each channel's gain and "
+        "blur, and wider ranges: for scenes met under other light) (default: light)", group="data",
+        choices=("light", "strong"),
     )  # fmt: skip
     # model
     model: str = option("unet", "architecture", group="model", choices=MODELS)

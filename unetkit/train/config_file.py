@@ -23,8 +23,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from unetkit.core.options import check_fields
 from unetkit.errors import UnetkitError
+from unetkit.runtime.options import check_fields
 from unetkit.train.config import PATH_OPTIONS, TrainConfig, absolute_paths, option_value
 
 NOT_IN_SAVED_CONFIG = ("out", "resume")

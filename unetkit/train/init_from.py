@@ -23,10 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from unetkit.core.checkpoint import check_state, load_checkpoint
-from unetkit.core.model_spec import ModelSpec
 from unetkit.errors import UnetkitError
 from unetkit.models import model_class
+from unetkit.models.checkpoint import check_state, load_checkpoint
+from unetkit.models.spec import ModelSpec
 from unetkit.train.config import TrainConfig
 from unetkit.train.options import fill_unset
 from unetkit.zoo import model_file

@@ -1,6 +1,8 @@
-"""Training, start to finish: options -> setup (setup.py: data, model, optimisation) -> epochs
-(train, validate, checkpoint, stop rules) -> run folder. The Trainer holds the pieces of one
-run and runs its epochs; everything that builds them lives in setup.py."""
+"""Training: options -> setup (setup.py: data, model, optimisation) -> epochs (train, validate,
+checkpoint, stop rules) -> run folder. The steps after it (object rule, report) are the run
+layer's (unetkit/runs). The run is planned first (run_plan.py: options, data plan, folder, split);
+the Trainer is built from that plan, holds the pieces of the run (setup.py builds each, and the
+Trainer keeps them whole: `built`, `opt`) and runs its epochs."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,37 +18,34 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from unetkit.core.atomic import ensure_folder, remove_stale_temporaries, write_json
-from unetkit.core.checkpoint import load_checkpoint, save_checkpoint
-from unetkit.core.hardware import cpu_description, resolve_device
 from unetkit.data import Pair
 from unetkit.data.pairing import file_names
 from unetkit.errors import UnetkitError
-from unetkit.metrics import SegmentationMetrics, predicted_classes
+from unetkit.models.checkpoint import save_checkpoint
+from unetkit.models.heads import predicted_classes
+from unetkit.runtime.atomic import ensure_folder, remove_stale_temporaries, write_json
+from unetkit.runtime.hardware import cpu_description
+from unetkit.scoring.metrics import SegmentationMetrics
 from unetkit.train.config import PATH_OPTIONS, TrainConfig, absolute_paths
 from unetkit.train.config_file import write_config_toml
-from unetkit.train.distributed import quiet, setup_distributed, unwrap
-from unetkit.train.init_from import architecture_from, load_init_state
+from unetkit.train.distributed import unwrap
 from unetkit.train.interrupt import InterruptFlag
-from unetkit.train.object_rule import choose_object_rule
-from unetkit.train.options import resolve
-from unetkit.train.run_files import plot_curves, write_metrics_csv
-from unetkit.train.run_folder import RUN_FILES, carry_best, check_run_folder, mark_run_folder, prepare_run_folder
+from unetkit.train.run_files import EpochRow, plot_curves, write_metrics_csv
+from unetkit.train.run_folder import RUN_FILES, carry_best, check_run_folder, mark_run_folder
 from unetkit.train.run_lock import RunLock
+from unetkit.train.run_plan import RunPlan, plan_run
 from unetkit.train.setup import (
     build_datasets,
     build_model,
     build_optimisation,
     model_spec,
-    plan,
-    training_pairs,
 )
 from unetkit.train.stopping import StopRules
 
 if TYPE_CHECKING:
     from unetkit.train.tensorboard import TensorBoardLog
 
-EpochCallback = Callable[[dict[str, float]], None]
+EpochCallback = Callable[[EpochRow], None]
 CURVES_SECONDS = 30.0
 
 
@@ -55,78 +54,48 @@ class RunResult:
     out: Path
     best_checkpoint: Path
     last_checkpoint: Path
-    history: list[dict[str, float]]
+    history: list[EpochRow]
     best_dice: float
 
 
-def load_resume_state(path: str | None) -> dict[str, Any] | None:
-    if path is None:
-        return None
-    state = load_checkpoint(path)
-    if "config" not in state or "optimizer" not in state:
-        raise UnetkitError(f"{path}: a weights-only export cannot be resumed; pass the run's last.pt")
-    return state
-
-
 class Trainer:
-    """Holds the pieces of one run; `fit()` runs the epochs."""
+    """Holds the pieces of one run, built from its plan (run_plan.py); `fit()` runs the epochs."""
 
-    def __init__(
-        self,
+    def __init__(self, run: RunPlan) -> None:
+        self.run = run
+        self.cfg, self.dist, self.out, self.log = run.cfg, run.dist, run.out, run.log
+        self.train_set, self.val_set = build_datasets(run.cfg, run.data, run.train_pairs, run.val_pairs)
+        self.spec = model_spec(run.cfg, run.data)
+        self.built = build_model(run.cfg, self.spec, run.dist, run.init_state)
+        for line in self.built.notes:
+            self.log(line)
+        # The LR schedule of a --time run reads the clock from its first step on.
+        self.elapsed_before, self.started = 0.0, None  # training seconds before this process (resume), and now
+        self.opt = build_optimisation(run.cfg, self.built, self.train_set, run.dist, self.timed_progress)
+        self.stop_rules = StopRules(run.cfg, run.dist, run.out)
+        self.start_epoch, self.history, self.best_dice, self.epochs_since_best = 1, [], -math.inf, 0
+        if run.resume_state is not None:
+            self._restore(run.resume_state)
+        self.saved_epoch = self.start_epoch - 1  # the epoch last.pt holds; 0: none yet
+        self.interrupt = InterruptFlag()
+        self.curves_drawn, self.curves_epochs = -math.inf, 0  # when curves.png was last drawn, and how many epochs
+
+    @classmethod
+    def from_config(
+        cls,
         cfg: TrainConfig,
         train_pairs: Sequence[Pair] | None = None,
         val_pairs: Sequence[Pair] | None = None,
         log: Callable[[str], None] = print,
         resume_overrides: Collection[str] | None = None,
-    ) -> None:
-        resume_state = load_resume_state(cfg.resume)
-        cfg = resolve(cfg, resume_overrides, resume_state["config"] if resume_state else None)
-        init_state = load_init_state(cfg.init_from) if resume_state is None else None
-        self.dist = setup_distributed(resolve_device(cfg.device))  # single-process unless torchrun
-        self.device = self.dist.device
-        self.log = log if self.dist.is_main else quiet
-        self.out = self.dist.broadcast_object(prepare_run_folder(cfg))  # one timestamped folder
-        if train_pairs is None:
-            split = resume_state.get("split") if resume_state else None
-            train_pairs, val_pairs = training_pairs(cfg, split, self.log)
-        self.train_pairs, self.val_pairs = list(train_pairs), list(val_pairs or [])
-        if cfg.patience is not None and not self.val_pairs:
-            raise UnetkitError(
-                f"--patience {cfg.patience} needs validation images to watch; "
-                "give --val-images/--val-masks or a --val-fraction above 0"
-            )
-        if init_state is not None:
-            cfg = architecture_from(cfg, init_state, cfg.init_from)
-        self.cfg, self.plan = plan(cfg, self.train_pairs, resume_state, self.device, self.log, init_state)
-        self.mask_values, self.binary = self.plan.mask_values, bool(self.cfg.binary)
-        self.train_set, self.val_set = build_datasets(self.cfg, self.plan, self.train_pairs, self.val_pairs)
-        self.spec = model_spec(self.cfg, self.plan)
-        built = build_model(self.cfg, self.spec, self.dist, init_state)
-        for line in built.notes:
-            self.log(line)
-        self.model, self.amp, self.channels_last, self.memory_format = (
-            built.model, built.amp, built.channels_last, built.memory_format
-        )  # fmt: skip
-        # The LR schedule of a --time run reads the clock from its first step on.
-        self.elapsed_before, self.started = 0.0, None  # training seconds before this process (resume), and now
-        opt = build_optimisation(self.cfg, built, self.train_set, self.dist, self.timed_progress)
-        self.criterion, self.optimizer, self.schedule, self.scaler = (
-            opt.criterion,
-            opt.optimizer,
-            opt.schedule,
-            opt.scaler,
-        )
-        self.train_loader, self.train_sampler = opt.loader, opt.sampler
-        self.stop_rules = StopRules(self.cfg, self.dist, self.out)
-        self.start_epoch, self.history, self.best_dice, self.epochs_since_best = 1, [], -math.inf, 0
-        if resume_state is not None:
-            self._restore(resume_state)
-        self.saved_epoch = self.start_epoch - 1  # the epoch last.pt holds; 0: none yet
-        self.interrupt = InterruptFlag()
-        self.curves_drawn, self.curves_epochs = -math.inf, 0  # when curves.png was last drawn, and how many epochs
+    ) -> Trainer:
+        """Plan the run (run_plan.plan_run, which says the arguments), then build it."""
+        return cls(plan_run(cfg, train_pairs, val_pairs, log, resume_overrides))
 
     # --- the whole run ---
-    def fit(self, on_epoch_end: EpochCallback | None = None) -> RunResult:
+    def fit(self, on_epoch_end: EpochCallback | None = None, then: Callable[[], None] | None = None) -> RunResult:
+        """Run the epochs; then `then` (the run layer's steps after training, unetkit/runs), while
+        the run folder is still locked to this run."""
         lock = RunLock(self.out, self.log) if self.dist.is_main else None
         refused = None
         if lock is not None:  # only rank 0 writes files, so only it needs the folder to itself
@@ -143,24 +112,24 @@ class Trainer:
         if refused:
             raise UnetkitError(refused)
         try:
-            return self._fit_locked(on_epoch_end)
+            return self._fit_locked(on_epoch_end, then)
         finally:
             if lock is not None:
                 lock.release()
 
-    def _fit_locked(self, on_epoch_end: EpochCallback | None) -> RunResult:
+    def _fit_locked(self, on_epoch_end: EpochCallback | None, then: Callable[[], None] | None) -> RunResult:
         if self.dist.is_main:
             stale = remove_stale_temporaries(self.out, RUN_FILES)
             if stale:
                 self.log(f"note: removed {len(stale)} temporary file(s) that a killed run left in {self.out}")
             self._write_run_config()
-        params = sum(p.numel() for p in self.model.parameters())
+        params = sum(p.numel() for p in self.built.model.parameters())
         self.log(
-            f"model {self.cfg.model} ({params / 1e6:.2f}M parameters) on {self.device}; "
-            f"{len(self.train_pairs)} training / {len(self.val_pairs)} validation images; "
-            f"classes {self.mask_values.values} ({'binary, sigmoid' if self.binary else 'softmax'})"
+            f"model {self.cfg.model} ({params / 1e6:.2f}M parameters) on {self.dist.device}; "
+            f"{len(self.run.train_pairs)} training / {len(self.run.val_pairs)} validation images; "
+            f"classes {self.run.data.mask_values.values} ({'binary, sigmoid' if bool(self.cfg.binary) else 'softmax'})"
         )
-        self.log(f"AMP: {self.amp.reason}; channels_last: {'on' if self.channels_last else 'off'}")
+        self.log(f"AMP: {self.built.amp.reason}; channels_last: {'on' if self.built.channels_last else 'off'}")
         if self.start_epoch > 1:
             self.log(f"resuming {self.cfg.resume} at epoch {self.start_epoch}")
         tensorboard = self._open_tensorboard()
@@ -174,12 +143,8 @@ class Trainer:
         finally:
             if tensorboard is not None:
                 tensorboard.close()
-        if self.dist.is_main and self.val_pairs and (self.out / "best.pt").is_file():  # (a resume may not write one)
-            choose_object_rule(self.out / "best.pt", self.val_pairs, self.log)
-            if self.cfg.report:
-                from unetkit.report import write_report  # the report reads the run; training does not need it
-
-                write_report(self.out, log=self.log, pairs=self.val_pairs, source="the run's validation images")
+        if then is not None:
+            then()
         return RunResult(self.out, self.out / "best.pt", self.out / "last.pt", self.history, self.best_dice)
 
     def _epoch_loop(self, on_epoch_end: EpochCallback | None, tensorboard: TensorBoardLog | None) -> None:
@@ -191,14 +156,14 @@ class Trainer:
             torch.manual_seed(cfg.seed * 100_003 + epoch + 1_000_003 * self.dist.rank)
             epoch_start = time.perf_counter()
             row, metrics = self._train_and_validate(epoch)
-            improved = self._note_best(epoch, row["val_dice"])
+            improved = self._note_best(epoch, row.val_dice)
             if self.dist.is_main:  # only rank 0 writes files
                 self._save_epoch(epoch, improved)
             self.saved_epoch = epoch
             self._report(epoch, row, improved)
             if tensorboard is not None:
                 tensorboard.log_epoch(row, metrics)
-                tensorboard.log_images(epoch, unwrap(self.model), self.val_set, self)
+                tensorboard.log_images(epoch, self.built, self.val_set, self.dist.device)
             if on_epoch_end is not None:
                 on_epoch_end(row)
             epoch_seconds = time.perf_counter() - epoch_start  # training, validation and saving
@@ -210,18 +175,17 @@ class Trainer:
     def _train_and_validate(self, epoch: int) -> tuple[dict[str, float], SegmentationMetrics | None]:
         """One epoch of training and one validation pass: the epoch's row of metrics.csv."""
         epoch_start = time.perf_counter()
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = self.opt.optimizer.param_groups[0]["lr"]
         train_loss = self.train_one_epoch(epoch)
         metrics = None
         val_loss, val_dice, val_iou = math.nan, math.nan, math.nan
-        if self.val_pairs:
+        if self.run.val_pairs:
             val_loss, metrics = self.validate()
             val_dice, val_iou = metrics.mean_dice, metrics.mean_iou
-        losses = {"training": train_loss, **({"validation": val_loss} if self.val_pairs else {})}
+        losses = {"training": train_loss, **({"validation": val_loss} if self.run.val_pairs else {})}
         self.stop_rules.check_finite(epoch, losses, self.saved_epoch)
-        self.schedule.step_epoch(val_dice)
-        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_dice": val_dice}
-        row.update(val_iou=val_iou, lr=lr, seconds=time.perf_counter() - epoch_start)
+        self.opt.schedule.step_epoch(val_dice)
+        row = EpochRow(epoch, train_loss, val_loss, val_dice, val_iou, lr, time.perf_counter() - epoch_start)
         self.history.append(row)
         return row, metrics
 
@@ -229,9 +193,9 @@ class Trainer:
         """Whether this epoch is the best so far (always, without validation)."""
         # The first epoch always writes best.pt, so it exists even if Dice is undefined (NaN).
         first = self.best_dice == -math.inf and epoch == self.start_epoch
-        improved = not self.val_pairs or val_dice > self.best_dice or first
+        improved = not self.run.val_pairs or val_dice > self.best_dice or first
         if improved:
-            if self.val_pairs and not math.isnan(val_dice):
+            if self.run.val_pairs and not math.isnan(val_dice):
                 self.best_dice = val_dice
             self.epochs_since_best = 0
         else:
@@ -241,10 +205,10 @@ class Trainer:
     def _report(self, epoch: int, row: dict[str, float], improved: bool) -> None:
         budget = f" ({self.elapsed():.0f}/{self.cfg.time:g}s)" if self.cfg.time else ""
         self.log(
-            f"epoch {self.epoch_label(epoch):>3}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
-            f"val Dice {row['val_dice']:.4f}  val IoU {row['val_iou']:.4f}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
+            f"epoch {self.epoch_label(epoch):>3}  train loss {row.train_loss:.4f}  val loss {row.val_loss:.4f}  "
+            f"val Dice {row.val_dice:.4f}  val IoU {row.val_iou:.4f}  lr {row.lr:.2e}  {row.seconds:.1f}s"
             + budget
-            + ("  *best" if improved and self.val_pairs else "")
+            + ("  *best" if improved and self.run.val_pairs else "")
         )
 
     def _interrupted_message(self) -> str:
@@ -258,34 +222,34 @@ class Trainer:
 
     # --- one epoch of each kind ---
     def train_one_epoch(self, epoch: int) -> float:
-        self.model.train()
-        if self.train_sampler is not None:
-            self.train_sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
-        total_loss = torch.zeros((), device=self.device)
+        self.built.model.train()
+        if self.opt.sampler is not None:
+            self.opt.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
+        total_loss = torch.zeros((), device=self.dist.device)
         batches = 0
         bar = tqdm(
-            total=len(self.train_loader.dataset),
+            total=len(self.opt.loader.dataset),
             desc=f"epoch {self.epoch_label(epoch)}",
             unit="img",
             disable=not (self.cfg.progress and self.dist.is_main),
             leave=False,
             dynamic_ncols=True,
         )
-        for images, masks, *pixel_weights in self.train_loader:  # border weights when the run uses them
-            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
-            masks = masks.to(self.device, non_blocking=True)
-            weights = pixel_weights[0].to(self.device, non_blocking=True) if pixel_weights else None
-            with self.amp.autocast(self.device):
-                logits = self.model(images)
-            loss = self.criterion(logits, masks, weights)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+        for images, masks, *pixel_weights in self.opt.loader:  # border weights when the run uses them
+            images = images.to(self.dist.device, non_blocking=True, memory_format=self.built.memory_format)
+            masks = masks.to(self.dist.device, non_blocking=True)
+            weights = pixel_weights[0].to(self.dist.device, non_blocking=True) if pixel_weights else None
+            with self.built.amp.autocast(self.dist.device):
+                logits = self.built.model(images)
+            loss = self.opt.criterion(logits, masks, weights)
+            self.opt.optimizer.zero_grad(set_to_none=True)
+            self.opt.scaler.scale(loss).backward()
             if self.cfg.grad_clip:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.schedule.step_batch()
+                self.opt.scaler.unscale_(self.opt.optimizer)
+                nn.utils.clip_grad_norm_(self.built.model.parameters(), self.cfg.grad_clip)
+            self.opt.scaler.step(self.opt.optimizer)
+            self.opt.scaler.update()
+            self.opt.schedule.step_batch()
             total_loss += loss.detach()
             batches += 1
             self.interrupt.check()
@@ -299,18 +263,18 @@ class Trainer:
     def validate(self) -> tuple[float, SegmentationMetrics]:
         # The bare model: DDP's forward would broadcast buffers, a collective that hangs when the
         # ranks hold different numbers of validation images.
-        model = unwrap(self.model)
+        model = unwrap(self.built.model)
         model.eval()
         self.dist.sync_buffers(model)
-        metrics = SegmentationMetrics(self.mask_values.num_classes, self.binary)
+        metrics = SegmentationMetrics(self.run.data.mask_values.num_classes, bool(self.cfg.binary))
         total_loss = 0.0
         for index in self.dist.shard(len(self.val_set)):
             image, mask = self.val_set[index]
-            image = image[None].to(self.device, memory_format=self.memory_format)
-            mask = mask[None].to(self.device)
-            with self.amp.autocast(self.device):
+            image = image[None].to(self.dist.device, memory_format=self.built.memory_format)
+            mask = mask[None].to(self.dist.device)
+            with self.built.amp.autocast(self.dist.device):
                 logits = model(image)
-            total_loss += float(self.criterion(logits, mask))
+            total_loss += float(self.opt.criterion(logits, mask))
             metrics.update(predicted_classes(logits), mask)
             self.interrupt.check()
         if self.dist.enabled:  # every rank gets the whole set's scores
@@ -342,17 +306,17 @@ class Trainer:
     def _state(self, epoch: int) -> dict[str, Any]:
         return {
             **self.spec.to_state(),
-            "model": {k: v.detach().cpu().contiguous() for k, v in unwrap(self.model).state_dict().items()},
-            "sampled_classes": self.plan.sampled_classes,
-            "split": {"train": file_names(self.train_pairs), "val": file_names(self.val_pairs)},
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict(),
+            "model": {k: v.detach().cpu().contiguous() for k, v in unwrap(self.built.model).state_dict().items()},
+            "sampled_classes": self.run.data.sampled_classes,
+            "split": {"train": file_names(self.run.train_pairs), "val": file_names(self.run.val_pairs)},
+            "optimizer": self.opt.optimizer.state_dict(),
+            "scheduler": self.opt.schedule.state_dict(),
+            "scaler": self.opt.scaler.state_dict(),
             "epoch": epoch,
             "best_dice": self.best_dice,
             "epochs_since_best": self.epochs_since_best,
             "elapsed_seconds": self.elapsed(),
-            "history": self.history,
+            "history": [asdict(row) for row in self.history],
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -361,15 +325,15 @@ class Trainer:
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
-        unwrap(self.model).load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        unwrap(self.built.model).load_state_dict(state["model"])
+        self.opt.optimizer.load_state_dict(state["optimizer"])
+        self.opt.schedule.load_state_dict(state["scheduler"])
+        self.opt.scaler.load_state_dict(state["scaler"])
         self.start_epoch = state["epoch"] + 1
         self.best_dice = state["best_dice"]
         self.epochs_since_best = state["epochs_since_best"]
         self.elapsed_before = state.get("elapsed_seconds", 0.0)
-        self.history = list(state["history"])
+        self.history = [EpochRow.from_dict(row) for row in state["history"]]
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -401,18 +365,18 @@ class Trainer:
             {
                 **cfg.to_dict(),
                 "resolved": {
-                    "device": str(self.device),
-                    "amp": self.amp.name,
-                    "amp_reason": self.amp.reason,
-                    "channels_last": self.channels_last,
+                    "device": str(self.dist.device),
+                    "amp": self.built.amp.name,
+                    "amp_reason": self.built.amp.reason,
+                    "channels_last": self.built.channels_last,
                     "world_size": self.dist.world_size,
                     "cpu": cpu_description(),
-                    "mask_values": self.mask_values.values,
-                    "binary": self.binary,
+                    "mask_values": self.run.data.mask_values.values,
+                    "binary": bool(self.cfg.binary),
                     "model_args": self.spec.args,
-                    "preprocess": self.plan.preprocess.to_dict(),
-                    "train_images": file_names(self.train_pairs),
-                    "val_images": file_names(self.val_pairs),
+                    "preprocess": self.run.data.preprocess.to_dict(),
+                    "train_images": file_names(self.run.train_pairs),
+                    "val_images": file_names(self.run.val_pairs),
                 },
             },
         )
@@ -423,7 +387,7 @@ class Trainer:
             return None
         from unetkit.train.tensorboard import TensorBoardLog  # tensorboard is an optional extra
 
-        return TensorBoardLog(self.out / "tensorboard", self.mask_values.values)
+        return TensorBoardLog(self.out / "tensorboard", self.run.data.mask_values.values)
 
 
 def train(
@@ -431,13 +395,14 @@ def train(
     train_pairs: Sequence[Pair] | None = None,
     val_pairs: Sequence[Pair] | None = None,
     log: Callable[[str], None] = print,
-    on_epoch_end: Callable[[dict[str, float]], None] | None = None,
+    on_epoch_end: EpochCallback | None = None,
     resume_overrides: Collection[str] | None = None,
 ) -> RunResult:
-    """Train a model as `cfg` says; returns where the checkpoints and logs are. On resume,
+    """Train a model as `cfg` says, the epochs only (unetkit.runs.run_training also chooses the
+    object rule and writes the report); returns where the checkpoints and logs are. On resume,
     `resume_overrides` names the options to take from `cfg` rather than from the checkpoint
     (default: those that differ from TrainConfig's defaults)."""
-    trainer = Trainer(cfg, train_pairs, val_pairs, log, resume_overrides)
+    trainer = Trainer.from_config(cfg, train_pairs, val_pairs, log, resume_overrides)
     result = trainer.fit(on_epoch_end)
     # Not in a `finally`: after an error the other ranks may never reach close()'s barrier;
     # torchrun stops them instead.

@@ -24,8 +24,8 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from unetkit.core.options import show
 from unetkit.errors import UnetkitError
+from unetkit.runtime.options import show
 from unetkit.train.config import DATA_FOLDERS, TrainConfig, absolute_paths
 
 # Options a resumed run may change (when to stop, where it runs, what it writes beside the run);

@@ -11,12 +11,18 @@ rather than the best model at any cost.
 
 The resolution (fast recipe) is the largest of two needs, measured on the masks:
 - thin structures keep their pixels: the thinnest class (median distance to its edge, among
-  classes with at least 0.1% of the pixels) stays >= THIN_HALF_WIDTH pixels at the model's scale.
-  ISBI membranes (2.0 px) and CamVid poles (1.0 px) keep full resolution: on ISBI, 256 px crops
+  classes with at least THIN_SHARE of the pixels) stays >= THIN_HALF_WIDTH pixels at the model's
+  scale. ISBI membranes (2.0 px, 22% of the pixels) keep full resolution: on ISBI, 256 px crops
   at full size beat whole slices at half size for the same compute (membrane Dice 0.80 vs
-  0.77-0.78 after 90 fp32 seconds), because a 2-3 px membrane is 1 px wide at half size;
-- large objects fit in half a patch: the largest object of the non-dominant classes (median over
-  the masks of the biggest region's longer side) spans at most half a patch side, so a patch
+  0.77-0.78 after 90 fp32 seconds), because a 2-3 px membrane is 1 px wide at half size. A thin
+  class rarer than that does not hold the whole model at full size: CamVid's poles (1 px, 1% of
+  the pixels) did, and on camvid-dev's unseen street 5 minutes scored mIoU 0.22-0.27 at full size
+  (256 px crops, poles at IoU 0), 0.31 at half size, 0.37 at 3/8 and 0.35 at 1/4 (whole frames,
+  3.5x the epochs of half size; poles 0.05, no class at 0): what the epochs buy outweighs the
+  pixels a rare thin class loses (benchmarks/NOTES.md, issue 23);
+- large objects fit in half a patch: the largest object (median over the masks of the biggest
+  region's longer side) of the classes but the background, a class of over half the pixels (in
+  a street scene no class is: its road is an object too), spans at most half a patch side, so a patch
   sees it whole with context around it, and the 4-level U-Net's receptive field (~180 px) spans
   it. HC18 heads span ~450 of 800 px: head Dice after 5 fp32 minutes on a 2-core AVX2 CPU was
   0.840 at scale 0.5 and 0.963 at 0.25 (256 px patches at full resolution: 0.79, issue 10);
@@ -71,7 +77,7 @@ PATCH_SIDE = 256
 # validation Dice 0.736 -> 0.748 (benchmarks/NOTES.md, issue 21).
 SMALL_PATCH_SIDE = 128
 THIN_HALF_WIDTH = 2.0  # px at the model's scale for the thinnest class
-RARE_FRACTION = 1e-3  # classes rarer than this do not hold the resolution up
+THIN_SHARE = 0.05  # thin classes rarer than this do not hold the resolution up (docstring)
 MAX_CLASS_WEIGHT = 10.0
 BORDER_WEIGHT = 10.0  # the U-Net paper's w0
 UPRIGHT_SHIFT = 0.15  # a class's mean height this far from the middle marks an upright data set
@@ -89,7 +95,7 @@ def data_scale(data: DataFingerprint, patch: int = PATCH_SIDE) -> float:
     if not data.geometry:
         return 1.0
     total = sum(data.value_pixels.values()) or 1
-    common = [g for v, g in data.geometry.items() if data.value_pixels.get(v, 0) / total >= RARE_FRACTION]
+    common = [g for v, g in data.geometry.items() if data.value_pixels.get(v, 0) / total >= THIN_SHARE]
     thinnest = min((g.half_width for g in common), default=math.inf)
     largest = largest_object(data)
     fit = patch / 2 / largest if largest > 0 else 1.0
@@ -99,10 +105,12 @@ def data_scale(data: DataFingerprint, patch: int = PATCH_SIDE) -> float:
 
 
 def largest_object(data: DataFingerprint) -> float:
-    """The largest object's extent in pixels: the largest of the non-dominant classes' extents (the
-    median over the masks of each one's biggest region's longer side); 0 without geometry."""
+    """The largest object's extent in pixels: the largest of the classes' extents (the median over
+    the masks of each one's biggest region's longer side) but the background's; 0 without geometry."""
+    total = sum(data.value_pixels.values()) or 1
     dominant = max(data.value_pixels, key=data.value_pixels.get, default=None)
-    extents = [g.extent for v, g in data.geometry.items() if v != dominant and v in data.value_pixels]
+    background = dominant if dominant is not None and data.value_pixels[dominant] / total > 0.5 else None
+    extents = [g.extent for v, g in data.geometry.items() if v != background and v in data.value_pixels]
     return max(extents, default=0.0)
 
 
@@ -183,6 +191,9 @@ def recipe_settings(name: str, data: DataFingerprint, device: torch.device, time
     settings["normalize"] = data_normalisation(data)
     settings["patches_per_image"] = max(1, round(PATCHES_PER_EPOCH / max(1, data.num_images)))
     settings["orientation"] = data_orientation(data)
+    # Strong photometric augmentation lost on camvid-dev's unseen street in 5 minutes (mIoU 0.243
+    # against 0.308 with light, whole frames at half size): the short run underfits (NOTES, issue 23).
+    settings["photometric"] = "light"
     settings["recipe"] = name
     return settings
 

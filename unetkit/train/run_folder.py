@@ -15,8 +15,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from unetkit.core.atomic import atomic_write, is_temporary_of, write_json
 from unetkit.errors import UnetkitError
+from unetkit.runtime.atomic import atomic_write, is_temporary_of, write_json
 from unetkit.train.config import TrainConfig
 from unetkit.train.run_lock import LOCK_NAME, is_lock_temporary
 

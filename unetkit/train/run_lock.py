@@ -13,8 +13,8 @@ import re
 import time
 from pathlib import Path
 
-from unetkit.core.atomic import ensure_folder
 from unetkit.errors import UnetkitError
+from unetkit.runtime.atomic import ensure_folder
 
 LOCK_NAME = ".unetkit-train.lock"
 

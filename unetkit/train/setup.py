@@ -19,20 +19,21 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from unetkit.core.amp import AmpPolicy, resolve_amp
-from unetkit.core.hardware import channels_last_is_faster
-from unetkit.core.model_spec import ModelSpec
 from unetkit.data import AugmentConfig, MaskValues, Pair, Preprocess, SegmentationDataset, find_pairs
 from unetkit.data.dataset import pad_collate
 from unetkit.data.fingerprint import DataFingerprint, fingerprint_pairs
 from unetkit.data.objects import DEFAULT_INSTANCE_TARGET, INSTANCE_CLASS_NAMES
 from unetkit.data.pairing import describe_names, expand_planes
+from unetkit.data.transforms import STRONG_PHOTOMETRIC
 from unetkit.errors import UnetkitError
-from unetkit.losses import SegmentationLoss
 from unetkit.models import model_class
+from unetkit.models.spec import ModelSpec
+from unetkit.runtime.amp import AmpPolicy, resolve_amp
+from unetkit.runtime.hardware import channels_last_is_faster
 from unetkit.train.config import DATA_FOLDERS, OPTIMIZERS, TrainConfig
 from unetkit.train.distributed import Distributed
 from unetkit.train.init_from import start_from
+from unetkit.train.losses import SegmentationLoss
 from unetkit.train.options import fill_unset
 from unetkit.train.recipes import apply_recipe, default_workers
 from unetkit.train.schedulers import Schedule
@@ -257,7 +258,8 @@ def build_datasets(
     if cfg.augment:
         turns = cfg.orientation != "upright"  # upright scenes are only mirrored left-right
         no_elastic = {} if cfg.elastic else {"elastic_sigma_px": 0.0}
-        augment = AugmentConfig(vertical_flips=turns, rotate90=turns, **no_elastic)
+        strong = STRONG_PHOTOMETRIC if cfg.photometric == "strong" else {}
+        augment = AugmentConfig(vertical_flips=turns, rotate90=turns, **no_elastic, **strong)
     cache_bytes = cfg.cache_gb * 2**30 if cfg.cache_gb is not None else None
     shared = {"mask_values": data_plan.mask_values, "preprocess": data_plan.preprocess, "cache_bytes": cache_bytes}
     train_set = SegmentationDataset(

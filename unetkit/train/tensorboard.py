@@ -5,15 +5,16 @@ TensorBoard (`tensorboard --logdir RUN/tensorboard`). tensorboard is an optional
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
-from torch import nn
 
 from unetkit.data import SegmentationDataset
 from unetkit.data.mask_values import IGNORE_ID
 from unetkit.errors import UnetkitError
-from unetkit.metrics import SegmentationMetrics, dice_from_confusion, iou_from_confusion, predicted_classes
+from unetkit.models.heads import predicted_classes
+from unetkit.scoring.metrics import SegmentationMetrics, dice_from_confusion, iou_from_confusion
+from unetkit.train.distributed import unwrap
+from unetkit.train.setup import ModelSetup
 
 IMAGES_PER_EPOCH = 3  # a few validation images; more only slows TensorBoard down
 
@@ -30,14 +31,14 @@ class TensorBoardLog:
         self.mask_values = mask_values
 
     def log_epoch(self, row: dict[str, float], metrics: SegmentationMetrics | None) -> None:
-        epoch = int(row["epoch"])
-        self.writer.add_scalar("loss/train", row["train_loss"], epoch)
-        self.writer.add_scalar("lr", row["lr"], epoch)
+        epoch = row.epoch
+        self.writer.add_scalar("loss/train", row.train_loss, epoch)
+        self.writer.add_scalar("lr", row.lr, epoch)
         if metrics is None:
             return
-        self.writer.add_scalar("loss/val", row["val_loss"], epoch)
-        self.writer.add_scalar("val/dice", row["val_dice"], epoch)
-        self.writer.add_scalar("val/iou", row["val_iou"], epoch)
+        self.writer.add_scalar("loss/val", row.val_loss, epoch)
+        self.writer.add_scalar("val/dice", row.val_dice, epoch)
+        self.writer.add_scalar("val/iou", row.val_iou, epoch)
         dice, iou = dice_from_confusion(metrics.matrix), iou_from_confusion(metrics.matrix)
         for k, value in enumerate(self.mask_values):
             if not torch.isnan(dice[k]):  # a class absent from truth and prediction has no score
@@ -45,14 +46,14 @@ class TensorBoardLog:
                 self.writer.add_scalar(f"iou_per_class/{value}", float(iou[k]), epoch)
 
     @torch.no_grad()
-    def log_images(self, epoch: int, model: nn.Module, val_set: SegmentationDataset, trainer: Any) -> None:
+    def log_images(self, epoch: int, built: ModelSetup, val_set: SegmentationDataset, device: torch.device) -> None:
         """Image | predicted mask | true mask, side by side, for the first few validation images."""
-        model.eval()
+        model = unwrap(built.model).eval()
         num_classes = max(2, len(self.mask_values))
         for index in range(min(IMAGES_PER_EPOCH, len(val_set))):
             image, mask = val_set[index]
-            batch = image[None].to(trainer.device, memory_format=trainer.memory_format)
-            with trainer.amp.autocast(trainer.device):
+            batch = image[None].to(device, memory_format=built.memory_format)
+            with built.amp.autocast(device):
                 predicted = predicted_classes(model(batch))[0].cpu()
             grey = image.float().mean(0)
             grey = (grey - grey.min()) / (grey.max() - grey.min()).clamp_min(1e-6)

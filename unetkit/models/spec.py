@@ -13,11 +13,11 @@ from typing import Any
 
 from torch import nn
 
-from unetkit.core.options import each, number, whole
 from unetkit.data import MaskValues, Preprocess
 from unetkit.data.objects import INSTANCE_VALUES
 from unetkit.errors import UnetkitError
 from unetkit.models import create_model
+from unetkit.runtime.options import each, number, whole
 
 # How every refusal of a checkpoint's keys ends: what the user can do about it.
 DAMAGED = "it is damaged or was edited, use a best.pt or last.pt written by 'unetkit train' (or its export)"

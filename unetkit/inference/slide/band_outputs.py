@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from unetkit.core.atomic import atomic_write
+from unetkit.runtime.atomic import atomic_write
 
 OUTPUT_TILE = 256  # the written TIFFs' tiles, and the zarr chunks
 

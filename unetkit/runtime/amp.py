@@ -20,7 +20,7 @@ from functools import cache, partial
 import torch
 import torch.nn.functional as F
 
-from unetkit.core.hardware import fastest_call
+from unetkit.runtime.hardware import fastest_call
 
 AMP_MODES = ("auto", "off", "fp16", "bf16")
 

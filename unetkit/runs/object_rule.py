@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from unetkit.core.checkpoint import load_checkpoint, save_checkpoint
+from unetkit.models.checkpoint import load_checkpoint, save_checkpoint
 from unetkit.data import Pair
 from unetkit.inference import InferenceOptions, Predictor
 from unetkit.inference.instances import ObjectRule
-from unetkit.object_metrics import mean_scores, object_scores
+from unetkit.scoring.objects import mean_scores, object_scores
 
 MAX_IMAGES = 24
 MAX_CLASSES = 4
@@ -39,7 +39,7 @@ SIZE_FRACTIONS = (0.02, 0.05, 0.1)  # of the median object's area: objects small
 def choose_object_rule(checkpoint: Path, val_pairs: Sequence[Pair], log: Callable[[str], None]) -> None:
     """Score every rule of the grid on (up to MAX_IMAGES of) the validation images and write the
     best into `checkpoint`: by adapted Rand error, the score of a connected-pixels task (ISBI), or
-    for instance masks by the field's object score, pooled AP over IoU 0.5:0.9 (object_metrics)."""
+    for instance masks by the field's object score, pooled AP over IoU 0.5:0.9 (scoring/objects.py)."""
     state = load_checkpoint(checkpoint)
     predictor = Predictor(state, options=InferenceOptions(backend="torch"))
     if not val_pairs or predictor.num_classes > MAX_CLASSES:

@@ -14,13 +14,6 @@ import torch
 from unetkit.data.mask_values import IGNORE_ID
 
 
-def predicted_classes(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """(N, K, H, W) logits -> (N, H, W) class ids; a binary model's one logit is thresholded."""
-    if logits.shape[1] == 1:
-        return (torch.sigmoid(logits[:, 0].float()) > threshold).long()
-    return logits.argmax(dim=1)
-
-
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(num_classes, num_classes) counts, rows = true class, columns = predicted class."""
     keep = target != IGNORE_ID

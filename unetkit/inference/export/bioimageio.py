@@ -29,13 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unetkit.core.checkpoint import load_checkpoint, model_from_checkpoint
-from unetkit.core.model_spec import ModelSpec
 from unetkit.data.dataset import percentile_scaled
 from unetkit.data.io import read_image_scaled
 from unetkit.data.tiff_axes import count_planes
 from unetkit.errors import UnetkitError
 from unetkit.inference.outputs import overlay, save_png
+from unetkit.models.checkpoint import load_checkpoint, model_from_checkpoint
+from unetkit.models.spec import ModelSpec
 
 # The characters bioimageio.spec 0.5 allows in a model's name (ModelDescr.name).
 NAME_CHARACTERS = set(string.ascii_letters + string.digits + "_+- ()")

@@ -13,17 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from unetkit.data.mask_values import IGNORE_ID
+from unetkit.models.heads import class_probabilities
 
 LOSSES = ("ce+dice", "ce", "dice", "focal")
-
-
-def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """(N, K, H, W) logits -> per-class probabilities, with a binary model's one logit made into
-    two channels (background, foreground) so every loss and metric sees K >= 2 classes."""
-    if logits.shape[1] == 1:
-        foreground = torch.sigmoid(logits)
-        return torch.cat([1 - foreground, foreground], dim=1)
-    return torch.softmax(logits, dim=1)
 
 
 def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, eps: float = 1.0) -> torch.Tensor:

@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from unetkit.core.atomic import atomic_write
-from unetkit.core.model_spec import DAMAGED, ModelSpec, ObjectRule
-from unetkit.core.safetensors_file import is_safetensors, load_safetensors, save_safetensors
 from unetkit.errors import UnetkitError
+from unetkit.models.safetensors_file import is_safetensors, load_safetensors, save_safetensors
+from unetkit.models.spec import DAMAGED, ModelSpec, ObjectRule
+from unetkit.runtime.atomic import atomic_write
 
 FORMAT = "unetkit-checkpoint-v1"
 
@@ -109,5 +109,5 @@ def model_from_checkpoint(state: dict[str, Any], source: str | Path = "checkpoin
 
 def export_safetensors(checkpoint_path: str | Path, out_path: str | Path) -> Path:
     """Write the weights and prediction settings of a checkpoint to a .safetensors file
-    (unetkit/core/safetensors_file.py), checked on the way like any checkpoint that is loaded."""
+    (unetkit/models/safetensors_file.py), checked on the way like any checkpoint that is loaded."""
     return save_safetensors(load_checkpoint(checkpoint_path), out_path)

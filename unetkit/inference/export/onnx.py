@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from unetkit.core.atomic import atomic_write
-from unetkit.core.checkpoint import load_checkpoint, model_from_checkpoint
-from unetkit.core.model_spec import ModelSpec
 from unetkit.errors import UnetkitError
 from unetkit.inference.onnx_runtime import METADATA_KEY, OnnxModel
+from unetkit.models.checkpoint import load_checkpoint, model_from_checkpoint
+from unetkit.models.spec import ModelSpec
+from unetkit.runtime.atomic import atomic_write
 
 
 def export_onnx(checkpoint: str | Path | dict[str, Any], out: str | Path, opset: int = 17) -> float:

@@ -1,6 +1,6 @@
 """Whole-slide prediction out of core: a large TIFF is read a band of tile rows at a time
 (tifffile's zarr store decodes only the tiles or strips asked for), its overlapping tiles run
-and blend exactly as in tiling.py, and the mask is written a tile row at a time into a tiled
+and blend in tiling.py's engine, and the mask is written a tile row at a time into a tiled
 BigTIFF. Neither the image, nor the logits, nor the mask is ever whole in memory: the peak is a
 band of tile height x image width (image, logits and weights) plus the model.
 
@@ -29,11 +29,11 @@ from unetkit.data.fingerprint import sample_step
 from unetkit.data.io import MAX_CHANNELS, PixelRule, pixel_maximum, tiff_marks_alpha
 from unetkit.data.tiff_axes import FILE_AXES, AxisChoice, TiffAxes, tiff_layout
 from unetkit.errors import UnetkitError
-from unetkit.inference.band_objects import MAX_OBJECT_CONTEXT, BandObjects
-from unetkit.inference.band_outputs import RowStore, output_tiles, write_tiled_tiff
-from unetkit.inference.row_resample import RowResampler
-from unetkit.inference.tiling import blend, gaussian_window, tile_starts
-from unetkit.metrics import predicted_classes
+from unetkit.inference.slide.band_objects import MAX_OBJECT_CONTEXT, BandObjects
+from unetkit.inference.slide.band_outputs import RowStore, output_tiles, write_tiled_tiff
+from unetkit.inference.slide.row_resample import RowResampler
+from unetkit.inference.tiling import Blend, crop, forward_batches, tile_boxes, tile_starts
+from unetkit.models.heads import predicted_classes
 
 LARGE_PIXELS = 64 * 2**20  # "auto" predicts TIFFs above this many pixels out of core (a 8192^2 image)
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -154,38 +154,30 @@ def band_image(pixels, top: int, bottom: int, rule: PixelRule, path: Path = Path
 
 def logit_bands(predictor, pixels, rule: PixelRule, path: Path, progress: bool) -> Iterator[torch.Tensor]:
     """(K, h, W) blended logits of `pixels` (already at the model's scale), a band of final rows
-    at a time, top to bottom; always in tiles (--tile, --overlap), blended as tiling.py blends
-    them (batches stay within a tile row, so sums may differ from in memory by rounding)."""
+    at a time, top to bottom; always in tiles (--tile, --overlap), run and blended by tiling.py's
+    engine a tile row at a time (batches stay within a tile row, so sums may differ from in
+    memory by rounding)."""
     options = predictor.options
     # Per-image percentiles come from the whole image first (image_percentiles), then scale each band.
     preprocess = dataclasses.replace(predictor.preprocess, scale=1.0, percentiles=None)
     bounds = predictor.preprocess.percentiles
     ranges = image_percentiles(pixels, rule, path, bounds, preprocess.in_channels) if bounds else None
     height, width = pixels.shape[:2]
-    th, tw = min(options.tile, height), min(options.tile, width)
-    tops, lefts = tile_starts(height, th, options.overlap), tile_starts(width, tw, options.overlap)
-    window = gaussian_window(th, tw)
-    logits = torch.zeros(predictor.num_outputs, 0, width)
-    weights = torch.zeros(0, width)
-    done = 0  # rows [0, done) are out; logits/weights hold rows [done, done + len)
+    th = min(options.tile, height)
+    tops = tile_starts(height, th, options.overlap)
+    row = tile_boxes(th, width, options.tile, options.overlap)  # the tiles of one tile row, from its top
+    blended = Blend(predictor.num_outputs, width, row[0][2:])
     # Closed also when the generator is (the TIFF writer stops pulling after its last tile).
-    with tqdm(total=len(tops) * len(lefts), desc="tiles", unit="tile", disable=not progress, leave=False) as bar:
+    with tqdm(total=len(tops) * len(row), desc="tiles", unit="tile", disable=not progress, leave=False) as bar:
         for index, top in enumerate(tops):
             image = match_channels(band_image(pixels, top, top + th, rule, path), preprocess.in_channels, path)
             x = preprocess.image_tensor(range_scaled(image, *ranges) if ranges is not None else image, path)
-            grow = top + th - done - weights.shape[0]
-            if grow > 0:
-                logits = torch.cat([logits, torch.zeros(logits.shape[0], grow, width)], dim=1)
-                weights = torch.cat([weights, torch.zeros(grow, width)])
-            for start in range(0, len(lefts), options.batch_size):
-                batch = lefts[start : start + options.batch_size]
-                out = predictor.forward(torch.stack([x[:, :, left : left + tw] for left in batch])).float().cpu()
-                for left, tile_logits in zip(batch, out, strict=True):
-                    blend(logits, weights, top - done, left, tile_logits, window)
-                bar.update(len(batch))
-            final = (tops[index + 1] if index + 1 < len(tops) else height) - done
-            yield logits[:, :final] / weights[:final]
-            logits, weights, done = logits[:, final:], weights[final:], done + final
+            pieces = (((top, left, h, w), crop(x, (0, left, h, w))) for _, left, h, w in row)
+            for box, logits in forward_batches(predictor.forward, pieces, options.batch_size):
+                blended.add(box, logits)
+                bar.update()
+            final = tops[index + 1] if index + 1 < len(tops) else height  # no later tile reaches above it
+            yield blended.take(final - blended.top)
 
 
 def image_percentiles(pixels, rule: PixelRule, path: Path, bounds: list[float], channels: int) -> np.ndarray:

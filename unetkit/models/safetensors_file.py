@@ -11,7 +11,7 @@ the header's `__metadata__` under the key "unetkit", a JSON object with what pre
 
 Optimizer, scheduler and RNG state are left out: an export predicts, it does not resume training.
 `Predictor("model.safetensors")` and `--checkpoint model.safetensors` load it directly.
-This module reads and writes the format; `unetkit.core.checkpoint.export_safetensors` turns a
+This module reads and writes the format; `unetkit.models.checkpoint.export_safetensors` turns a
 checkpoint into one.
 """
 
@@ -21,10 +21,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from unetkit.core.atomic import atomic_write
-from unetkit.core.model_spec import ModelSpec
-from unetkit.core.provenance import METADATA_KEY
 from unetkit.errors import UnetkitError
+from unetkit.models.spec import ModelSpec
+from unetkit.runtime.atomic import atomic_write
+from unetkit.runtime.provenance import METADATA_KEY
 
 WEIGHTS_FORMAT = "unetkit-weights-v1"
 MAX_HEADER_BYTES = 100 * 2**20  # the safetensors library's own limit on the JSON header

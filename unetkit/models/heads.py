@@ -1,0 +1,23 @@
+"""Reading a model's output, in one place for training, metrics and inference (as smp's heads and
+nnU-Net's LabelManager): a binary model has one logit (sigmoid), any other one logit a class
+(softmax)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """(N, K, H, W) logits -> per-class probabilities, with a binary model's one logit made into
+    two channels (background, foreground) so every loss and metric sees K >= 2 classes."""
+    if logits.shape[1] == 1:
+        foreground = torch.sigmoid(logits)
+        return torch.cat([1 - foreground, foreground], dim=1)
+    return torch.softmax(logits, dim=1)
+
+
+def predicted_classes(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """(N, K, H, W) logits -> (N, H, W) class ids; a binary model's one logit is thresholded."""
+    if logits.shape[1] == 1:
+        return (torch.sigmoid(logits[:, 0].float()) > threshold).long()
+    return logits.argmax(dim=1)
