@@ -55,7 +55,7 @@ def main(argv: list[str]) -> dict:
         for tta in (False, True):
             predictor = Predictor(out / f"{checkpoint}.pt", amp=cfg.amp, options=InferenceOptions(tta=tta))
             report = evaluate_pairs(predictor, [pairs[i] for i in HELDOUT_SLICES], progress=False)
-            dice = {cls["mask_value"]: cls["dice"] for cls in report["per_class"]}
+            dice = {cls.mask_value: cls.dice for cls in report.per_class}
             row[checkpoint + ("_tta" if tta else "")] = {"cell": round(dice[255], 4), "membrane": round(dice[0], 4)}
     print(json.dumps(row), flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

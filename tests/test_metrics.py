@@ -54,5 +54,9 @@ def test_report_names_each_class_by_its_mask_value():
     metrics = SegmentationMetrics(2, binary=True)
     metrics.update(torch.tensor([[0, 1]]), torch.tensor([[0, 1]]), "a.png")
     report = metrics.report([0, 255])
-    assert [(r["class_id"], r["mask_value"], r["dice"]) for r in report["per_class"]] == [(0, 0, 1.0), (1, 255, 1.0)]
-    assert report["num_images"] == 1 and report["per_image"][0]["file"] == "a.png"
+    assert [(r.class_id, r.mask_value, r.dice) for r in report.per_class] == [(0, 0, 1.0), (1, 255, 1.0)]
+    assert report.num_images == 1 and report.per_image[0]["file"] == "a.png"
+    record = report.to_dict()  # evaluate --json's keys, in its order
+    assert list(record) == ["mean_dice", "mean_iou", "mean_is", "pixel_accuracy", "num_images", "confusion_matrix",
+                            "per_class", "per_image"]  # fmt: skip
+    assert record["per_class"][1] == {"class_id": 1, "mask_value": 255, "dice": 1.0, "iou": 1.0, "pixels": 1}

@@ -20,10 +20,12 @@ from unetkit.data import find_pairs
 from unetkit.errors import UnetkitError
 from unetkit.evaluate import evaluate_pairs, format_report
 from unetkit.inference import Predictor, overlay, save_png
+from unetkit.inference.outputs import output_name
 from unetkit.report import write_report
 from unetkit.runs import run_training
 from unetkit.runtime.atomic import write_json
 from unetkit.runtime.hardware import cpu_description
+from unetkit.scoring.metrics import EvaluationReport
 from unetkit.train import TrainConfig
 
 DEMO_DATA = Path(__file__).parent / "demo_data" / "isbi2012"
@@ -46,7 +48,7 @@ def demo_config(out: str | Path, progress: bool = True, amp: str = "auto") -> Tr
     )
 
 
-def run_demo(out: str | Path = "runs/demo", progress: bool = True, amp: str = "auto") -> dict:
+def run_demo(out: str | Path = "runs/demo", progress: bool = True, amp: str = "auto") -> EvaluationReport:
     out = Path(out)
     pairs = find_pairs(DEMO_DATA / "images", DEMO_DATA / "masks")
     by_slice = {int(p.name): p for p in pairs}
@@ -67,20 +69,20 @@ def run_demo(out: str | Path = "runs/demo", progress: bool = True, amp: str = "a
     overlays = out / "heldout"
 
     def write_outputs(pair, image, class_ids, _objects) -> None:
-        save_png(overlays / f"{pair.name}.png", predictor.mask_values.decode(class_ids))
-        save_png(overlays / f"{pair.name}_overlay.png", overlay(image, class_ids))
+        save_png(overlays / output_name(pair.name, "mask"), predictor.mask_values.decode(class_ids))
+        save_png(overlays / output_name(pair.name, "overlay"), overlay(image, class_ids))
 
     report = evaluate_pairs(predictor, heldout_pairs, progress=progress, on_prediction=write_outputs)
-    write_json(out / "heldout.json", report)
+    write_json(out / "heldout.json", report.to_dict())
     total = time.perf_counter() - started
-    by_value = {row["mask_value"]: row for row in report["per_class"]}
+    by_value = {row.mask_value: row for row in report.per_class}
     print(format_report(report))
     print(
-        f"held-out slices 25-29 at 512x512: cell interior (255) Dice {by_value[255]['dice']:.4f} "
-        f"IoU {by_value[255]['iou']:.4f}; membrane (0) Dice {by_value[0]['dice']:.4f} "
-        f"IoU {by_value[0]['iou']:.4f}"
+        f"held-out slices 25-29 at 512x512: cell interior (255) Dice {by_value[255].dice:.4f} "
+        f"IoU {by_value[255].iou:.4f}; membrane (0) Dice {by_value[0].dice:.4f} "
+        f"IoU {by_value[0].iou:.4f}"
     )
-    objects = report["objects"]
+    objects = report.objects
     print(
         f"held-out cells as objects: adapted Rand error {objects['adapted_rand_error']:.4f}, "
         f"{objects['predicted_objects']} found / {objects['true_objects']} true"

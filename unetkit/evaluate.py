@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from unetkit.data import Pair
 from unetkit.inference import Predictor
-from unetkit.scoring.metrics import SegmentationMetrics
+from unetkit.scoring.metrics import EvaluationReport, SegmentationMetrics
 from unetkit.scoring.objects import mean_scores, object_scores
 
 OBJECTS_ABOUT = (
@@ -27,7 +27,7 @@ def evaluate_pairs(
     threshold: float = 0.5,
     progress: bool = True,
     on_prediction: Callable[[Pair, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
-) -> dict:
+) -> EvaluationReport:
     """The evaluation report (see SegmentationMetrics.report) for predictions at full size, with
     `objects`: the mean object scores over the images (per image in `per_image`). `on_prediction`
     is called with each pair, its image, predicted class ids and object labels."""
@@ -50,24 +50,24 @@ def evaluate_pairs(
             on_prediction(pair, image, pred, labels)
     report = metrics.report(predictor.mask_values.values)
     objects = mean_scores(per_image_objects)
-    objects["pixel_error"] = 1 - report["pixel_accuracy"]
-    report["objects"] = {**objects, "rule": predictor.object_rule.to_dict(), "about": OBJECTS_ABOUT}
+    objects["pixel_error"] = 1 - report.pixel_accuracy
+    report.objects = {**objects, "rule": predictor.object_rule.to_dict(), "about": OBJECTS_ABOUT}
     return report
 
 
-def format_report(report: dict) -> str:
+def format_report(report: EvaluationReport) -> str:
     """A per-class table for the terminal."""
     lines = [f"{'class':>5}  {'value':>6}  {'pixels':>11}  {'Dice':>7}  {'IoU':>7}"]
-    for row in report["per_class"]:
-        dice = "    n/a" if row["dice"] is None else f"{row['dice']:.4f}"
-        iou = "    n/a" if row["iou"] is None else f"{row['iou']:.4f}"
-        lines.append(f"{row['class_id']:>5}  {row['mask_value']:>6}  {row['pixels']:>11}  {dice:>7}  {iou:>7}")
+    for row in report.per_class:
+        dice = "    n/a" if row.dice is None else f"{row.dice:.4f}"
+        iou = "    n/a" if row.iou is None else f"{row.iou:.4f}"
+        lines.append(f"{row.class_id:>5}  {row.mask_value:>6}  {row.pixels:>11}  {dice:>7}  {iou:>7}")
     lines.append(
-        f"mean Dice {report['mean_dice']:.4f}  mean IoU {report['mean_iou']:.4f}  "
-        f"({report['mean_is']})  pixel accuracy {report['pixel_accuracy']:.4f}  "
-        f"images {report['num_images']}"
+        f"mean Dice {report.mean_dice:.4f}  mean IoU {report.mean_iou:.4f}  "
+        f"({report.mean_is})  pixel accuracy {report.pixel_accuracy:.4f}  "
+        f"images {report.num_images}"
     )
-    objects = report.get("objects")
+    objects = report.objects
     if objects and objects["adapted_rand_error"] is not None:
         lines.append(
             f"objects: adapted Rand error {objects['adapted_rand_error']:.4f}  VI split {objects['vi_split']:.3f} "

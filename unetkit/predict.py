@@ -181,8 +181,8 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], outputs: P
     write = partial(write_prediction, predictor, outputs, collected)
     refs = [ImageRef(path, plane, options.axes) for path in files if path not in large
             for plane in planes_of(path, stacks)]  # fmt: skip
-    written = {path: out / f"{path.stem}.tif" for path in [*large, *stacks]}
-    written |= {path: out / f"{path.stem}.png" for path in files if path not in written}
+    written = {path: outputs.file(path.stem, "mask", "large") for path in [*large, *stacks]}
+    written |= {path: outputs.file(path.stem, "mask") for path in files if path not in written}
     count = len(refs) + len(large)
     bar = tqdm(total=count, desc="predict", unit="img", disable=not options.progress or count < 2, leave=False)
     with recorded_outputs(out, planned), bar:
@@ -191,14 +191,13 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], outputs: P
                 predict_large_stack(predictor, path, stacks[path], outputs)
                 bar.update()
             elif path in large:
-                predict_large_tiff(predictor, path, written[path], options.threshold, options.progress,
-                                   outputs.probabilities, outputs.instances)  # fmt: skip
+                predict_large_tiff(predictor, path, written[path], outputs)
                 bar.update()
         for _ in predict_images(predictor, refs, write, options.workers):
             bar.update()
         instance_model = predictor.mask_values.instances is not None
         for path in files if outputs.instances else []:
-            labels, table = out / f"{path.stem}_objects.tif", out / f"{path.stem}_objects.csv"
+            labels, table = outputs.file(path.stem, "objects"), outputs.file(path.stem, "object_table")
             write_object_files(labels, table, outputs.object_files, instance_model)
     return [written[path] for path in files]
 
@@ -226,23 +225,17 @@ def write_prediction(
     if ref.plane is not None:
         stacks[ref.path].add(ref.plane, image, logits)
         return
-    path, out = ref.path, outputs.out
+    stem = ref.path.stem
     class_ids = predictor.class_ids_from_logits(logits, predictor.options.threshold)
-    save_png(out / f"{path.stem}.png", predictor.mask_values.decode(class_ids))
+    save_png(outputs.file(stem, "mask"), predictor.mask_values.decode(class_ids))
     if outputs.probabilities:
-        save_probabilities(out / f"{path.stem}_probs.tif", predictor.probabilities(logits))
+        save_probabilities(outputs.file(stem, "probabilities"), predictor.probabilities(logits))
     if outputs.instances:
-        write_objects(predictor, logits, out / f"{path.stem}_objects")
+        labels, classes, probabilities = predictor.objects(logits)
+        save_labels(outputs.file(stem, "objects"), labels)
+        table = object_table(labels, classes, probabilities)
+        save_table(outputs.file(stem, "object_table"), table, predictor.mask_values.values)
     del logits
     if outputs.overlay:
         legend = [f"value {value}" for value in predictor.mask_values.values]
-        save_png(out / f"{path.stem}_overlay.png", overlay(image, class_ids, legend))
-
-
-def write_objects(predictor: Predictor, logits, stem: Path) -> None:
-    """<stem>.tif, the label image, and <stem>.csv, its table of objects."""
-    labels, classes, probabilities = predictor.objects(logits)
-    # Not with_suffix: "x.ome_objects" would become "x.tif".
-    save_labels(stem.with_name(f"{stem.name}.tif"), labels)
-    table = object_table(labels, classes, probabilities)
-    save_table(stem.with_name(f"{stem.name}.csv"), table, predictor.mask_values.values)
+        save_png(outputs.file(stem, "overlay"), overlay(image, class_ids, legend))

@@ -125,7 +125,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.json:
         from unetkit.runtime.atomic import write_json
 
-        write_json(Path(args.json), {"written_by": f"unetkit {args.command}", **report})
+        write_json(Path(args.json), {"written_by": f"unetkit {args.command}", **report.to_dict()})
         print(f"wrote {args.json}")
 
 

@@ -30,7 +30,7 @@ import zarr
 from scipy import ndimage
 from skimage.measure import approximate_polygon, find_contours
 
-from unetkit.inference.outputs import OBJECT_FILES, class_colour
+from unetkit.inference.outputs import class_colour, output_name
 from unetkit.runtime.atomic import atomic_write
 
 WHOLE_PIXELS = 2**26  # label images up to this many pixels are read whole, larger ones per object
@@ -45,16 +45,16 @@ def write_object_files(labels_path: Path, table_path: Path, formats: tuple[str, 
         rows = list(csv.DictReader(table))
     with label_array(labels_path) as labels:
         objects = [(row, object_rings(labels, row)) for row in rows]
-    stem = labels_path.name.removesuffix("_objects.tif")
+    stem = labels_path.name.removesuffix(output_name("", "objects"))
     if "geojson" in formats:
         collection = {"type": "FeatureCollection", "features": [
             qupath_feature(stem, row, rings, instance_model) for row, rings in objects if rings
         ]}  # fmt: skip
-        target = labels_path.with_name(stem + OBJECT_FILES["geojson"])
+        target = labels_path.with_name(output_name(stem, "geojson"))
         atomic_write(target, lambda temporary: temporary.write_text(json.dumps(collection)))
     if "imagej" in formats:
         rois = [imagej_roi(row, rings) for row, rings in objects if rings]
-        target = labels_path.with_name(stem + OBJECT_FILES["imagej"])
+        target = labels_path.with_name(output_name(stem, "imagej"))
         # A list, even an empty one, makes a .zip (a single ImagejRoi would make a .roi)
         atomic_write(target, lambda temporary: roifile.roiwrite(temporary, rois, mode="w"))
 

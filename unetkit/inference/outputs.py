@@ -22,38 +22,54 @@ PALETTE = np.array(
 )  # fmt: skip
 
 
-# What an object file of predict is called after the image's stem (inference/object_files.py).
-OBJECT_FILES = {"geojson": "_objects.geojson", "imagej": "_rois.zip"}
+# What each output adds to its input's stem. The mask and the overlay are PNGs for an image held in
+# memory, TIFFs for slides predicted out of core and for stacks.
+SUFFIXES: dict[str, str | dict[str, str]] = {
+    "mask": {"image": ".png", "tiff": ".tif"},
+    "overlay": {"image": "_overlay.png", "tiff": "_overlay.tif"},
+    "probabilities": "_probs.tif",
+    "objects": "_objects.tif",  # the label image
+    "object_table": "_objects.csv",
+    "geojson": "_objects.geojson",  # QuPath (object_files.py)
+    "imagej": "_rois.zip",  # Fiji's ROI Manager (object_files.py)
+}
+OBJECT_FILES = ("geojson", "imagej")  # made from the label image and table, when asked for
+
+
+def output_name(stem: str, output: str, kind: str = "image") -> str:
+    """The one place an output file is named: <stem> + SUFFIXES[output], for an input of `kind`
+    "image" (in memory), "large" (out of core) or "stack"."""
+    suffix = SUFFIXES[output]
+    return stem + (suffix["image" if kind == "image" else "tiff"] if isinstance(suffix, dict) else suffix)
 
 
 @dataclass(frozen=True)
 class PredictOutputs:
-    """What `predict` writes beside each mask, and where: its options, passed down whole. One
-    place names every output file, for planning (nothing is written when an output would replace
-    a file), writing, and out of core."""
+    """What `predict` writes beside each mask, and where: its options, passed down whole. Every
+    output file is named by output_name, for planning (nothing is written when an output would
+    replace a file), writing, and out of core."""
 
     out: Path
     overlay: bool = False
     probabilities: bool = False
     instances: bool = False
-    object_files: tuple[str, ...] = ()  # OBJECT_FILES' names, written with the instances
+    object_files: tuple[str, ...] = ()  # of OBJECT_FILES, written with the instances
     overwrite: bool = False  # replace predict's own earlier outputs
 
     def names(self, stem: str, kind: str = "image") -> list[str]:
-        """The files an input <stem> gets: "image" (in memory: a PNG mask), "large" (out of core:
-        tiled TIFFs, no overlay) or "stack" (TIFF stacks of the input's planes)."""
-        names = [f"{stem}.png" if kind == "image" else f"{stem}.tif"]
-        names += [f"{stem}_overlay.png" if kind == "image" else f"{stem}_overlay.tif"] if self.overlay else []
-        names += [f"{stem}_probs.tif"] if self.probabilities else []
-        if self.instances:
-            names += [f"{stem}_objects.tif", f"{stem}_objects.csv"]
-            names += [f"{stem}{OBJECT_FILES[name]}" for name in self.object_files]
-        return names
+        """The files an input <stem> of `kind` (output_name) gets."""
+        asked = ["mask", *["overlay"] * self.overlay, *["probabilities"] * self.probabilities]
+        asked += ["objects", "object_table", *self.object_files] if self.instances else []
+        return [output_name(stem, output, kind) for output in asked]
+
+    def file(self, stem: str, output: str, kind: str = "image") -> Path:
+        """Where the `output` of an input <stem> of `kind` is written."""
+        return self.out / output_name(stem, output, kind)
 
     @staticmethod
     def every_suffix() -> list[str]:
         """What any input's outputs add to its stem, whatever was asked."""
-        every = PredictOutputs(Path(), True, True, True, tuple(OBJECT_FILES))
+        every = PredictOutputs(Path(), True, True, True, OBJECT_FILES)
         return sorted({name.removeprefix("x") for kind in ("image", "stack") for name in every.names("x", kind)})
 
 

@@ -21,7 +21,7 @@ import zarr
 
 from unetkit.data.tiff_axes import TiffAxes
 from unetkit.inference.instances import label_dtype, object_table, table_rows
-from unetkit.inference.outputs import PredictOutputs, overlay
+from unetkit.inference.outputs import PredictOutputs, output_name, overlay
 from unetkit.inference.slide.band_outputs import OUTPUT_TILE, names_ome_axes, output_tiles, write_tiled_tiff
 from unetkit.inference.slide.large_tiff import predict_large_tiff
 from unetkit.runtime.atomic import atomic_write
@@ -64,17 +64,18 @@ class StackPrediction:
         return planes.reshape(self.layout.plane_shape + planes.shape[1:])
 
     def write(self) -> None:
-        stem, out, axes = self.path.stem, self.outputs.out, self.layout.plane_axes
-        save_stack(out / f"{stem}.tif", self.stacked("mask"), axes + "YX")
+        stem, axes = self.path.stem, self.layout.plane_axes
+        file = partial(self.outputs.file, stem, kind="stack")
+        save_stack(file("mask"), self.stacked("mask"), axes + "YX")
         if self.outputs.overlay:
-            save_stack(out / f"{stem}_overlay.tif", self.stacked("overlay"), axes + "YXS")
+            save_stack(file("overlay"), self.stacked("overlay"), axes + "YXS")
         if self.outputs.probabilities:
-            save_stack(out / f"{stem}_probs.tif", self.stacked("probabilities").astype(np.float32), axes + "CYX")
+            save_stack(file("probabilities"), self.stacked("probabilities").astype(np.float32), axes + "CYX")
         if self.outputs.instances:
             labels = self.stacked("labels")
-            save_stack(out / f"{stem}_objects.tif", labels.astype(label_dtype(labels)), axes + "YX")
+            save_stack(file("objects"), labels.astype(label_dtype(labels)), axes + "YX")
             tables = (self.planes[plane]["table"] for plane in range(self.layout.planes))
-            save_plane_tables(out / f"{stem}_objects.csv", self.layout, tables)
+            save_plane_tables(file("object_table"), self.layout, tables)
         self.planes.clear()
 
 
@@ -98,24 +99,24 @@ def predict_large_stack(predictor, path: Path, layout: TiffAxes, outputs: Predic
     """A stack out of core: each plane through the band engine (large_tiff.predict_large_tiff)
     into temporary 2-D TIFFs, which are then stacked a tile at a time into the outputs that
     StackPrediction writes in memory (no overlay: a picture of a slide is the slide again)."""
-    out = outputs.out
-    with tempfile.TemporaryDirectory(dir=out, prefix=".unetkit-") as folder:
-        planes = [Path(folder) / f"{plane}.tif" for plane in range(layout.planes)]
+    file = partial(outputs.file, path.stem, kind="stack")
+    with tempfile.TemporaryDirectory(dir=outputs.out, prefix=".unetkit-") as folder:
+        planes = [Path(folder) / output_name(str(plane), "mask", "large") for plane in range(layout.planes)]
         for plane, target in enumerate(planes):
-            predict_large_tiff(predictor, path, target, predictor.options.threshold, predictor.options.progress,
-                               outputs.probabilities, outputs.instances, plane, layout.choice)  # fmt: skip
+            predict_large_tiff(predictor, path, target, outputs, plane, layout.choice)
         axes = layout.plane_axes
-        stack_tiled(out / f"{path.stem}.tif", planes, layout, axes + "YX")
+        stack_tiled(file("mask"), planes, layout, axes + "YX")
         if outputs.probabilities:
-            stack_tiled(out / f"{path.stem}_probs.tif", sibling(planes, "_probs.tif"), layout, axes + "CYX")
+            stack_tiled(file("probabilities"), sibling(planes, "probabilities"), layout, axes + "CYX")
         if outputs.instances:
-            stack_tiled(out / f"{path.stem}_objects.tif", sibling(planes, "_objects.tif"), layout, axes + "YX")
-            tables = [list(csv.reader(table.open(newline=""))) for table in sibling(planes, "_objects.csv")]
-            save_plane_tables(out / f"{path.stem}_objects.csv", layout, tables)
+            stack_tiled(file("objects"), sibling(planes, "objects"), layout, axes + "YX")
+            tables = [list(csv.reader(table.open(newline=""))) for table in sibling(planes, "object_table")]
+            save_plane_tables(file("object_table"), layout, tables)
 
 
-def sibling(planes: list[Path], suffix: str) -> list[Path]:
-    return [plane.with_name(plane.stem + suffix) for plane in planes]
+def sibling(planes: list[Path], output: str) -> list[Path]:
+    """The files predict_large_tiff wrote beside each plane's mask for `output`."""
+    return [plane.with_name(output_name(plane.stem, output, "large")) for plane in planes]
 
 
 def stack_tiled(path: Path, planes: list[Path], layout: TiffAxes, axes: str) -> None:

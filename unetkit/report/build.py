@@ -11,6 +11,7 @@ import csv
 import json
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import unetkit.report.figures as figures
@@ -213,15 +214,15 @@ def scored(predictor: Predictor, pairs: Sequence[Pair]) -> dict:
     classes with their verdicts, the object scores (when there are true objects), the confusion
     matrix, and the example images (of objects where `shows_objects`)."""
     report = evaluate_pairs(predictor, pairs, progress=False)
-    objects = report.get("objects") if report.get("objects", {}).get("adapted_rand_error") is not None else None
+    objects = report.objects if report.objects.get("adapted_rand_error") is not None else None
     object_examples = shows_objects(predictor.mask_values, objects)
     return {
         "report": report,
-        "classes": [dict(row, verdict=verdict(row["dice"])) for row in report["per_class"]],
+        "classes": [dict(asdict(row), verdict=verdict(row.dice)) for row in report.per_class],
         "objects": objects,
         "object_examples": object_examples,
-        "confusion": figures.confusion(report["confusion_matrix"], predictor.mask_values.values),
-        "examples": examples(predictor, pairs, report["per_image"], object_examples),
+        "confusion": figures.confusion(report.confusion_matrix, predictor.mask_values.values),
+        "examples": examples(predictor, pairs, report.per_image, object_examples),
     }
 
 

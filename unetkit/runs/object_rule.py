@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from unetkit.models.checkpoint import load_checkpoint, save_checkpoint
 from unetkit.data import Pair
 from unetkit.inference import InferenceOptions, Predictor
 from unetkit.inference.instances import ObjectRule
+from unetkit.models.checkpoint import load_checkpoint, save_checkpoint
 from unetkit.scoring.objects import mean_scores, object_scores
 
 MAX_IMAGES = 24

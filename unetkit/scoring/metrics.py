@@ -9,6 +9,8 @@ averaged per batch or per image (that would weight a small image like a large on
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import torch
 
 from unetkit.data.mask_values import IGNORE_ID
@@ -87,29 +89,48 @@ class SegmentationMetrics:
             return "foreground class (class 1) only"
         return f"mean over all {self.num_classes} classes, background included"
 
-    def report(self, mask_values: list[int] | None = None) -> dict:
+    def report(self, mask_values: list[int] | None = None) -> EvaluationReport:
         """The evaluation record: headline means, pixel accuracy, per class and per image."""
         dice, iou = dice_from_confusion(self.matrix), iou_from_confusion(self.matrix)
         values = mask_values or list(range(self.num_classes))
-        return {
-            "mean_dice": self.mean_dice,
-            "mean_iou": self.mean_iou,
-            "mean_is": self.describe_mean(),
-            "pixel_accuracy": self.pixel_accuracy,
-            "num_images": len(self.per_image),
-            "confusion_matrix": self.matrix.tolist(),  # rows: true class, columns: predicted class
-            "per_class": [
-                {
-                    "class_id": k,
-                    "mask_value": values[k],
-                    "dice": _json_float(dice[k]),
-                    "iou": _json_float(iou[k]),
-                    "pixels": int(self.matrix[k].sum()),
-                }
-                for k in range(self.num_classes)
-            ],
-            "per_image": self.per_image,
-        }
+        per_class = [
+            ClassScore(k, values[k], _json_float(dice[k]), _json_float(iou[k]), int(self.matrix[k].sum()))
+            for k in range(self.num_classes)
+        ]
+        return EvaluationReport(
+            self.mean_dice, self.mean_iou, self.describe_mean(), self.pixel_accuracy, len(self.per_image),
+            self.matrix.tolist(), per_class, self.per_image,
+        )  # fmt: skip
+
+
+@dataclass
+class ClassScore:
+    class_id: int
+    mask_value: int
+    dice: float | None  # None: the class is in neither the truth nor the prediction
+    iou: float | None
+    pixels: int  # true pixels of the class
+
+
+@dataclass
+class EvaluationReport:
+    """What evaluate scores, in `unetkit evaluate --json`'s order (to_dict)."""
+
+    mean_dice: float
+    mean_iou: float
+    mean_is: str  # what the means are over (SegmentationMetrics.describe_mean)
+    pixel_accuracy: float
+    num_images: int
+    confusion_matrix: list[list[int]]  # rows: true class, columns: predicted class
+    per_class: list[ClassScore]
+    per_image: list[dict]  # file, dice, iou, pixel_accuracy (and the object scores, from evaluate)
+    objects: dict | None = None  # the object scores over the images (evaluate.py)
+
+    def to_dict(self) -> dict:
+        record = asdict(self)
+        if self.objects is None:
+            del record["objects"]
+        return record
 
 
 def _json_float(value: torch.Tensor) -> float | None:

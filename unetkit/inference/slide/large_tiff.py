@@ -29,6 +29,7 @@ from unetkit.data.fingerprint import sample_step
 from unetkit.data.io import MAX_CHANNELS, PixelRule, pixel_maximum, tiff_marks_alpha
 from unetkit.data.tiff_axes import FILE_AXES, AxisChoice, TiffAxes, tiff_layout
 from unetkit.errors import UnetkitError
+from unetkit.inference.outputs import PredictOutputs, output_name
 from unetkit.inference.slide.band_objects import MAX_OBJECT_CONTEXT, BandObjects
 from unetkit.inference.slide.band_outputs import RowStore, output_tiles, write_tiled_tiff
 from unetkit.inference.slide.row_resample import RowResampler
@@ -213,20 +214,13 @@ def level_to_read(preprocess, path: Path, plane: int | None) -> int:
 
 
 def predict_large_tiff(
-    predictor,
-    path: Path,
-    out: Path,
-    threshold: float = 0.5,
-    progress: bool = True,
-    probabilities: bool = False,
-    instances: bool = False,
-    plane: int | None = None,
-    axes: AxisChoice = FILE_AXES,
+    predictor, path: Path, out: Path, outputs: PredictOutputs, plane: int | None = None, axes: AxisChoice = FILE_AXES
 ) -> Path:
     """Write the mask of the TIFF `path` (of its plane `plane`, for a stack) to `out` (a tiled
-    BigTIFF, zlib), out of core; with `probabilities` <stem>_probs.tif (K planes), with
-    `instances` <stem>_objects.tif and .csv, all at the image's full size. Models at a scale read
-    the matching pyramid level."""
+    BigTIFF, zlib), out of core, and beside it the outputs asked for (the probabilities, K
+    planes; the objects, a label image and its table), named by output_name after `out`'s stem,
+    all at the image's full size. Models at a scale read the matching pyramid level."""
+    threshold, progress = predictor.options.threshold, predictor.options.progress
     layout = tiff_layout(path, axes)
     height, width = layout.length("Y"), layout.length("X")
     level = level_to_read(predictor.preprocess, path, plane)
@@ -241,8 +235,8 @@ def predict_large_tiff(
         if pixels.shape[:2] != (height, width):
             bands = resized_bands(bands, pixels.shape[0], (height, width))
         store = RowStore(Path(folder), "probabilities", (predictor.num_outputs + predictor.binary, height, width),
-                         np.float32) if probabilities else None  # fmt: skip
-        objects = BandObjects(predictor, height, width, Path(folder)) if instances else None
+                         np.float32) if outputs.probabilities else None  # fmt: skip
+        objects = BandObjects(predictor, height, width, Path(folder)) if outputs.instances else None
 
         def masks() -> Iterator[np.ndarray]:
             for logits in bands:
@@ -260,10 +254,10 @@ def predict_large_tiff(
         finally:
             bands.close()  # the tile bar goes now, not when the generators are collected
         if store:
-            store.save_tiff(out.with_name(f"{out.stem}_probs.tif"))
+            store.save_tiff(out.with_name(output_name(out.stem, "probabilities")))
         if objects:
-            stem = out.with_name(f"{out.stem}_objects")
-            objects.save(stem.with_suffix(".tif"), stem.with_suffix(".csv"), predictor.mask_values.values)
+            labels, table = (out.with_name(output_name(out.stem, output)) for output in ("objects", "object_table"))
+            objects.save(labels, table, predictor.mask_values.values)
             if objects.cut:
                 print(f"{path}: {objects.cut} object(s) larger than {MAX_OBJECT_CONTEXT} px were cut at block edges",
                       file=sys.stderr)  # fmt: skip
