@@ -25,7 +25,7 @@ TINY_TRAIN = (
     "--no-progress",
     "--amp",
     "off",
-    "--no-report",  # tests/test_report.py covers the report
+    "--no-report",  # tests/report/test_report.py covers the report
 )
 
 

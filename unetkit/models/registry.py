@@ -16,7 +16,7 @@ A registered model is an nn.Module class with three class methods:
       started from a trained model (--init-from) builds the same network.
 
 Adding a model is one file in unetkit/models/ with `@register_model` on its class, and one
-import line in unetkit/models/__init__.py; tests/test_models.py then tests it.
+import line in unetkit/models/__init__.py; tests/models/test_models.py then tests it.
 """
 
 from __future__ import annotations

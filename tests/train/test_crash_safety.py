@@ -14,7 +14,7 @@ from synthetic import make_shapes
 
 from unetkit.train import load_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Epochs of roughly a second each on a small CPU, so a signal can land inside one.
 SLOW_EPOCHS = ("--base-channels", "8", "--depth", "2", "--patch-size", "48", "--patches-per-image", "12")
 SLOW_EPOCHS += ("--batch-size", "4", "--val-fraction", "0.25", "--no-progress", "--amp", "off", "--workers", "0")

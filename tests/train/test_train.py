@@ -34,7 +34,7 @@ def tiny_config(images: Path, masks: Path, out: Path, **overrides) -> TrainConfi
         val_fraction=0.25,
         amp="off",
         channels_last="off",
-        report=False,  # tests/test_report.py covers the report
+        report=False,  # tests/report/test_report.py covers the report
     )
     settings.update(overrides)
     return TrainConfig(**settings)

@@ -15,7 +15,7 @@ from unetkit.demo import DEMO_DATA
 from unetkit.inference import InferenceOptions, Predictor
 
 bioimageio_core = pytest.importorskip("bioimageio.core", reason="needs pip install 'unetkit[bioimageio]'")
-DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "runs" / "demo" / "best.pt"
+DEMO_CHECKPOINT = Path(__file__).resolve().parents[2] / "runs" / "demo" / "best.pt"
 
 
 def test_package_passes_the_bioimageio_model_test(rgb_run, tmp_path, capsys):

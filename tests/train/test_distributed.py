@@ -16,7 +16,7 @@ from unetkit.data import find_pairs
 from unetkit.train import TrainConfig, Trainer, load_checkpoint, model_from_checkpoint
 from unetkit.train.setup import split_pairs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_OPTIONS = (
     "--epochs 2 --base-channels 4 --depth 2 --patch-size 32 --batch-size 2 --val-fraction 0.25 "
     "--amp off --channels-last off --no-progress --workers 0 --no-report"
