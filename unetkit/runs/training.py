@@ -7,7 +7,7 @@ from collections.abc import Callable, Collection, Sequence
 from unetkit.data import Pair
 from unetkit.report import write_report
 from unetkit.runs.object_rule import choose_object_rule
-from unetkit.train import RunResult, TrainConfig, Trainer
+from unetkit.train import RunResult, TrainConfig, Trainer, train
 from unetkit.train.loop import EpochCallback
 
 
@@ -23,12 +23,7 @@ def run_training(
     report (unless cfg.report is off); returns where the checkpoints and logs are. On resume,
     `resume_overrides` names the options to take from `cfg` rather than from the checkpoint
     (default: those that differ from TrainConfig's defaults)."""
-    trainer = Trainer.from_config(cfg, train_pairs, val_pairs, log, resume_overrides)
-    result = trainer.fit(on_epoch_end, then=lambda: after_training(trainer))
-    # Not in a `finally`: after an error the other ranks may never reach close()'s barrier;
-    # torchrun stops them instead.
-    trainer.dist.close()
-    return result
+    return train(cfg, train_pairs, val_pairs, log, on_epoch_end, resume_overrides, then=after_training)
 
 
 def after_training(trainer: Trainer) -> None:

@@ -397,13 +397,14 @@ def train(
     log: Callable[[str], None] = print,
     on_epoch_end: EpochCallback | None = None,
     resume_overrides: Collection[str] | None = None,
+    then: Callable[[Trainer], None] | None = None,
 ) -> RunResult:
-    """Train a model as `cfg` says, the epochs only (unetkit.runs.run_training also chooses the
-    object rule and writes the report); returns where the checkpoints and logs are. On resume,
-    `resume_overrides` names the options to take from `cfg` rather than from the checkpoint
-    (default: those that differ from TrainConfig's defaults)."""
+    """Train a model as `cfg` says, then `then(trainer)` while the run folder is still locked
+    (unetkit.runs.run_training passes the object rule and the report); returns where the
+    checkpoints and logs are. On resume, `resume_overrides` names the options to take from `cfg`
+    rather than from the checkpoint (default: those that differ from TrainConfig's defaults)."""
     trainer = Trainer.from_config(cfg, train_pairs, val_pairs, log, resume_overrides)
-    result = trainer.fit(on_epoch_end)
+    result = trainer.fit(on_epoch_end, then=(lambda: then(trainer)) if then is not None else None)
     # Not in a `finally`: after an error the other ranks may never reach close()'s barrier;
     # torchrun stops them instead.
     trainer.dist.close()
