@@ -63,6 +63,24 @@ def test_tta_keeps_shape_and_is_deterministic():
         assert torch.equal(first, second)
 
 
+def test_tta_of_an_upright_model_shows_only_the_mirror():
+    """A street model never saw its sky below its road: --tta averages the image and its
+    left-right mirror only, even for square inputs, where other models also get turns."""
+    seen = []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.clone())
+        return x.repeat(1, 2, 1, 1)
+
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    out = with_tta(forward, upright=True)(x)
+    assert len(seen) == 2 and torch.equal(seen[0], x) and torch.equal(seen[1], x.flip(-1))
+    torch.testing.assert_close(out, x.repeat(1, 2, 1, 1))  # each view mapped back before averaging
+    seen.clear()
+    with_tta(forward)(x)
+    assert len(seen) == 6  # identity, two mirrors, three turns
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("inference")

@@ -46,3 +46,32 @@ def test_class_weights_scale_each_class():
     assert weighted == pytest.approx(float(plain))  # uniform logits: the weighted mean is the same
     logits[0, 1, 0, 1] = 5.0  # class 1 right, class 0 unsure: weighting class 1 lowers the loss
     assert SegmentationLoss("ce", class_weights=[1.0, 3.0])(logits, target) < SegmentationLoss("ce")(logits, target)
+
+
+def test_lovasz_is_one_minus_iou_where_the_probabilities_are_hard():
+    """At 0/1 probabilities the Lovasz extension is the Jaccard loss itself: checked against
+    scikit-learn's per-class IoU (the mean over the classes present in the target)."""
+    from sklearn.metrics import jaccard_score
+
+    from unetkit.train.losses import lovasz_softmax_loss
+
+    generator = torch.Generator().manual_seed(3)
+    target = torch.randint(0, 4, (2, 9, 7), generator=generator)
+    predicted = torch.where(torch.rand(target.shape, generator=generator) < 0.3, (target + 1) % 5, target)
+    probs = torch.nn.functional.one_hot(predicted, 5).permute(0, 3, 1, 2).float()  # class 4 only predicted
+    valid = torch.rand(target.shape, generator=generator) > 0.1
+    loss = lovasz_softmax_loss(probs, target, valid)
+    present = sorted(set(target[valid].tolist()))
+    ious = jaccard_score(target[valid], predicted[valid], labels=present, average=None)
+    assert float(loss) == pytest.approx(1 - ious.mean(), abs=1e-6)
+
+
+def test_lovasz_gradient_lowers_the_loss():
+    target = torch.randint(0, 3, (2, 8, 8))
+    logits = torch.zeros(2, 3, 8, 8, requires_grad=True)
+    loss = SegmentationLoss("ce+lovasz")
+    before = loss(logits, target)
+    before.backward()
+    with torch.no_grad():
+        after = loss(logits - 0.5 * logits.grad, target)
+    assert after < before

@@ -66,9 +66,10 @@ def test_multiclass_training_learns(multiclass_data, tmp_path):
     assert result.best_dice > 0.8
 
 
-def test_resume_matches_an_uninterrupted_run(binary_data, tmp_path):
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_matches_an_uninterrupted_run(binary_data, tmp_path, ema):
     images, masks = binary_data
-    full = train(tiny_config(images, masks, tmp_path / "full", epochs=3), log=lambda _: None)
+    full = train(tiny_config(images, masks, tmp_path / "full", epochs=3, ema=ema), log=lambda _: None)
 
     def interrupt_after_first(row):
         if row.epoch == 1:
@@ -76,17 +77,23 @@ def test_resume_matches_an_uninterrupted_run(binary_data, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train(
-            tiny_config(images, masks, tmp_path / "cut", epochs=3),
+            tiny_config(images, masks, tmp_path / "cut", epochs=3, ema=ema),
             log=lambda _: None,
             on_epoch_end=interrupt_after_first,
         )
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1
     resumed = train(TrainConfig(resume=str(tmp_path / "cut" / "last.pt"), progress=False), log=lambda _: None)
     assert [r.train_loss for r in resumed.history] == pytest.approx([r.train_loss for r in full.history], rel=1e-5)
-    a = load_checkpoint(full.last_checkpoint)["model"]
-    b = load_checkpoint(resumed.last_checkpoint)["model"]
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+    full_state, resumed_state = load_checkpoint(full.last_checkpoint), load_checkpoint(resumed.last_checkpoint)
+    kept = ("model", "training_model") if ema else ("model",)  # under --ema the average and the weights
+    assert ("training_model" in full_state) == bool(ema)
+    for key in kept:
+        a, b = full_state[key], resumed_state[key]
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+    if ema:
+        assert resumed_state["ema_updates"] == full_state["ema_updates"] > 0
+        assert any(not torch.equal(full_state["model"][n], full_state["training_model"][n]) for n in a)
 
 
 def test_finished_run_is_never_overwritten(binary_data, tmp_path):

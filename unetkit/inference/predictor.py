@@ -25,7 +25,7 @@ from unetkit.inference.tiling import Forward, predict_tiled, with_tta
 from unetkit.models.blocks import fuse_conv_bn
 from unetkit.models.checkpoint import load_checkpoint, model_from_checkpoint
 from unetkit.models.heads import class_probabilities, predicted_classes
-from unetkit.models.spec import ModelSpec
+from unetkit.models.spec import ModelSpec, trained_orientation
 from unetkit.runtime.amp import AMP_MODES, resolve_amp
 from unetkit.runtime.hardware import channels_last_is_faster, fastest_call, resolve_device
 from unetkit.runtime.options import check_fields, number, option, whole
@@ -59,7 +59,8 @@ class InferenceOptions:
         "0: one image at a time, in one thread", valid=whole(0, 256), need="0 or more threads (at most 256)",
     )  # fmt: skip
     tta: bool = option(
-        False, "test-time augmentation: average flipped (and, for square tiles, rotated) predictions",
+        False, "test-time augmentation: average flipped (and, for square tiles, rotated) predictions; "
+        "for a model trained upright, the left-right mirror only",
         flag=("--tta", True),
     )  # fmt: skip
     amp: str = option("auto", "mixed precision for PyTorch models, as for train", choices=AMP_MODES)
@@ -150,6 +151,7 @@ class Predictor:
         if self.options.channel_axis is None and self.options.plane_axis is None:
             chosen = {"channel_axis": trained.get("channel_axis"), "plane_axis": trained.get("plane_axis")}
             self.options = dataclasses.replace(self.options, **chosen)
+        self.upright = trained_orientation(state) == "upright"  # --tta shows it only the views it trained on
         self.mask_values = self.spec.mask_values
         self.preprocess = self.spec.preprocess
         self.binary = self.spec.binary
@@ -228,7 +230,7 @@ class Predictor:
     @property
     def forward(self) -> Forward:
         """(N, C, h, w) model inputs -> (N, K, h, w) float32 logits, averaged over views with --tta."""
-        return with_tta(self._forward) if self.options.tta else self._forward
+        return with_tta(self._forward, self.upright) if self.options.tta else self._forward
 
     def tiled(self, x: torch.Tensor) -> bool:
         """Whether the (C, h, w) model input `x` runs as overlapping tiles (--tiling)."""

@@ -123,17 +123,20 @@ def predict_tiled(
     return blended.take()
 
 
-def with_tta(forward: Forward) -> Forward:
+def with_tta(forward: Forward, upright: bool = False) -> Forward:
     """Test-time augmentation: average the logits over flips (and the four 90-degree rotations
-    when the input is square), each mapped back to the original orientation."""
+    when the input is square), each mapped back to the original orientation. An `upright` model
+    (trained without vertical flips or turns: a street's sky stays above its road) sees only the
+    left-right mirror, the one view its training showed it."""
 
     def augmented(x: torch.Tensor) -> torch.Tensor:
         views: list[tuple[Callable, Callable]] = [
             (lambda t: t, lambda t: t),
             (lambda t: t.flip(-1), lambda t: t.flip(-1)),
-            (lambda t: t.flip(-2), lambda t: t.flip(-2)),
         ]
-        if x.shape[-1] == x.shape[-2]:
+        if not upright:
+            views.append((lambda t: t.flip(-2), lambda t: t.flip(-2)))
+        if x.shape[-1] == x.shape[-2] and not upright:
             for k in (1, 2, 3):
                 views.append((lambda t, k=k: t.rot90(k, (-2, -1)), lambda t, k=k: t.rot90(-k, (-2, -1))))
         total = None

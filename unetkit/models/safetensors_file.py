@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from unetkit.errors import UnetkitError
-from unetkit.models.spec import ModelSpec
+from unetkit.models.spec import ModelSpec, trained_orientation
 from unetkit.runtime.atomic import atomic_write
 from unetkit.runtime.provenance import METADATA_KEY
 
@@ -40,11 +40,12 @@ def _safetensors_torch() -> Any:
 
 
 def save_safetensors(state: dict[str, Any], out_path: str | Path) -> Path:
-    """Write a checkpoint's weights and prediction keys (ModelSpec.KEYS, epoch, best_dice, object_rule) to a
-    .safetensors file, atomically."""
+    """Write a checkpoint's weights and prediction keys (ModelSpec.KEYS, epoch, best_dice, object_rule,
+    orientation) to a .safetensors file, atomically."""
     st = _safetensors_torch()
     kept = (*ModelSpec.KEYS, "epoch", "best_dice", "object_rule")
     meta = {"format": WEIGHTS_FORMAT, **{key: state.get(key) for key in kept}}
+    meta["orientation"] = trained_orientation(state)  # for --tta
     tensors = {name: tensor.contiguous() for name, tensor in state["model"].items()}
     out_path = Path(out_path)
 

@@ -141,6 +141,14 @@ def _parsed(state: dict[str, Any], key: str, parse: Any, source: str | Path) -> 
     raise UnetkitError(f"{source}: the checkpoint's {key} {str(state[key])[:120]} is malformed ({reason}); {DAMAGED}")
 
 
+def trained_orientation(state: dict[str, Any]) -> str | None:
+    """How training turned the images: "upright" (left-right mirrors only: a street's sky stays
+    above its road), "any", or None when unknown; an export's own key, else the checkpoint's
+    config. Test-time augmentation shows the model only these views."""
+    config = state.get("config")
+    return state.get("orientation") or (config.get("orientation") if isinstance(config, dict) else None)
+
+
 @dataclass(frozen=True)
 class ObjectRule:
     """How objects are cut from class probabilities (unetkit/inference/instances.py)."""

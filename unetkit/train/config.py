@@ -127,6 +127,10 @@ class TrainConfig:
         "the masks: upright when a class sits well above or below the middle)",
         group="data", choices=("any", "upright"),
     )  # fmt: skip
+    zoom: float = option(
+        1.25, "augmentation zooms each image by a random factor between 1/zoom and zoom; 1: no zoom",
+        group="data", valid=between(1, 4), need="1 (off) to 4, e.g. 1.25",
+    )  # fmt: skip
     photometric: str | None = option(
         None, "intensity augmentation: light (brightness, contrast, gamma) or strong (also each channel's gain and "
         "blur, and wider ranges: for scenes met under other light) (default: light)", group="data",
@@ -196,6 +200,11 @@ class TrainConfig:
     grad_clip: float = option(
         1.0, "clip the gradient norm to this; 0 turns it off", group="optimisation",
         valid=between(0), need="0 (off) or more",
+    )  # fmt: skip
+    ema: float = option(
+        0.0, "validate, save and predict with an exponential moving average of the weights, this decay per "
+        "step, e.g. 0.99; 0: off", group="optimisation",
+        valid=between(0, 0.9999), need="0 (off) or a decay below 1, e.g. 0.99",
     )  # fmt: skip
     amp: str = option(
         "auto", "mixed precision: auto picks fp16/bf16 on GPUs and bf16 on CPUs with native bf16",

@@ -163,7 +163,7 @@ class Trainer:
             self._report(epoch, row, improved)
             if tensorboard is not None:
                 tensorboard.log_epoch(row, metrics)
-                tensorboard.log_images(epoch, self.built, self.val_set, self.dist.device)
+                tensorboard.log_images(epoch, self.evaluated_model(), self.built, self.val_set, self.dist.device)
             if on_epoch_end is not None:
                 on_epoch_end(row)
             epoch_seconds = time.perf_counter() - epoch_start  # training, validation and saving
@@ -249,6 +249,8 @@ class Trainer:
                 nn.utils.clip_grad_norm_(self.built.model.parameters(), self.cfg.grad_clip)
             self.opt.scaler.step(self.opt.optimizer)
             self.opt.scaler.update()
+            if self.opt.average is not None:
+                self.opt.average.update(unwrap(self.built.model))
             self.opt.schedule.step_batch()
             total_loss += loss.detach()
             batches += 1
@@ -261,9 +263,7 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> tuple[float, SegmentationMetrics]:
-        # The bare model: DDP's forward would broadcast buffers, a collective that hangs when the
-        # ranks hold different numbers of validation images.
-        model = unwrap(self.built.model)
+        model = self.evaluated_model()
         model.eval()
         self.dist.sync_buffers(model)
         metrics = SegmentationMetrics(self.run.data.mask_values.num_classes, bool(self.cfg.binary))
@@ -281,6 +281,12 @@ class Trainer:
             self.dist.all_reduce_sum(metrics.matrix)
             total_loss = float(self.dist.all_reduce_sum(torch.tensor(total_loss, dtype=torch.float64)))
         return total_loss / max(1, len(self.val_set)), metrics
+
+    def evaluated_model(self) -> nn.Module:
+        """The network validated, saved as the checkpoint's model and predicted with: the weights'
+        average under --ema, else the bare model (DDP's forward would broadcast buffers, a
+        collective that hangs when the ranks hold different numbers of validation images)."""
+        return self.opt.average.model if self.opt.average is not None else unwrap(self.built.model)
 
     # --- time ---
     def epoch_label(self, epoch: int) -> str:
@@ -304,9 +310,13 @@ class Trainer:
 
     # --- checkpoints ---
     def _state(self, epoch: int) -> dict[str, Any]:
+        # Under --ema also the optimizer's own weights and the average's age, to resume both.
+        average = self.opt.average
+        raw = {"training_model": weights(unwrap(self.built.model)), "ema_updates": average.updates} if average else {}
         return {
             **self.spec.to_state(),
-            "model": {k: v.detach().cpu().contiguous() for k, v in unwrap(self.built.model).state_dict().items()},
+            "model": weights(self.evaluated_model()),
+            **raw,
             "sampled_classes": self.run.data.sampled_classes,
             "split": {"train": file_names(self.run.train_pairs), "val": file_names(self.run.val_pairs)},
             "optimizer": self.opt.optimizer.state_dict(),
@@ -325,7 +335,9 @@ class Trainer:
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
-        unwrap(self.built.model).load_state_dict(state["model"])
+        unwrap(self.built.model).load_state_dict(state.get("training_model", state["model"]))
+        if self.opt.average is not None:
+            self.opt.average.restore(state["model"], state.get("ema_updates", 0))
         self.opt.optimizer.load_state_dict(state["optimizer"])
         self.opt.schedule.load_state_dict(state["scheduler"])
         self.opt.scaler.load_state_dict(state["scaler"])
@@ -388,6 +400,11 @@ class Trainer:
         from unetkit.train.tensorboard import TensorBoardLog  # tensorboard is an optional extra
 
         return TensorBoardLog(self.out / "tensorboard", self.run.data.mask_values.values)
+
+
+def weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A model's state on the CPU, as a checkpoint holds it."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
 def train(

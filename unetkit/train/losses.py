@@ -15,7 +15,7 @@ from torch import nn
 from unetkit.data.mask_values import IGNORE_ID
 from unetkit.models.heads import class_probabilities
 
-LOSSES = ("ce+dice", "ce", "dice", "focal")
+LOSSES = ("ce+dice", "ce", "dice", "focal", "ce+lovasz")
 
 
 def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -29,6 +29,34 @@ def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor, valid: torch.Tenso
     intersection = (probs * onehot).sum(dims)
     total = probs.sum(dims) + onehot.sum(dims)
     return 1 - ((2 * intersection + eps) / (total + eps)).mean()
+
+
+def lovasz_softmax_loss(probs: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The Lovasz-softmax loss (Berman, Rannen Triki and Blaschko, CVPR 2018): for each class present
+    in the batch, the Lovasz extension of its Jaccard loss 1 - IoU, a convex surrogate that equals
+    1 - IoU exactly where the probabilities are 0 or 1; the mean over those classes. IoU is what the
+    scene benchmarks score, and a class of few pixels weighs as much as the road."""
+    num_classes = probs.shape[1]
+    probs = probs.permute(0, 2, 3, 1).reshape(-1, num_classes)[valid.reshape(-1)]
+    target = target.reshape(-1)[valid.reshape(-1)]
+    losses = []
+    for c in range(num_classes):
+        truth = (target == c).to(probs.dtype)
+        if not truth.any():
+            continue
+        errors, order = (truth - probs[:, c]).abs().sort(descending=True)
+        losses.append(torch.dot(errors, jaccard_steps(truth[order])))
+    return torch.stack(losses).mean() if losses else probs.sum() * 0
+
+
+def jaccard_steps(truth_sorted: torch.Tensor) -> torch.Tensor:
+    """How much 1 - IoU grows as each pixel, in order of decreasing error, is counted wrong:
+    the gradient of the Lovasz extension (Berman et al., Algorithm 1)."""
+    positives = truth_sorted.sum()
+    intersection = positives - truth_sorted.cumsum(0)
+    union = positives + (1 - truth_sorted).cumsum(0)
+    jaccard = 1 - intersection / union
+    return torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
 
 
 class SegmentationLoss(nn.Module):
@@ -58,10 +86,12 @@ class SegmentationLoss(nn.Module):
         valid = target != IGNORE_ID
         safe_target = torch.where(valid, target, torch.zeros_like(target))
         loss = logits.new_zeros(())
-        if self.kind in ("ce+dice", "ce", "focal"):
+        if self.kind in ("ce+dice", "ce", "focal", "ce+lovasz"):
             loss = loss + self._pixel_loss(logits, safe_target, valid, pixel_weights)
         if self.kind in ("ce+dice", "dice"):
             loss = loss + soft_dice_loss(class_probabilities(logits), safe_target, valid)
+        if self.kind == "ce+lovasz":
+            loss = loss + lovasz_softmax_loss(class_probabilities(logits), safe_target, valid)
         return loss
 
     def _pixel_loss(

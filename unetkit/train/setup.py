@@ -30,8 +30,9 @@ from unetkit.models import model_class
 from unetkit.models.spec import ModelSpec
 from unetkit.runtime.amp import AmpPolicy, resolve_amp
 from unetkit.runtime.hardware import channels_last_is_faster
+from unetkit.train.averaging import WeightAverage
 from unetkit.train.config import DATA_FOLDERS, OPTIMIZERS, TrainConfig
-from unetkit.train.distributed import Distributed
+from unetkit.train.distributed import Distributed, unwrap
 from unetkit.train.init_from import start_from
 from unetkit.train.losses import SegmentationLoss
 from unetkit.train.options import fill_unset
@@ -259,7 +260,8 @@ def build_datasets(
         turns = cfg.orientation != "upright"  # upright scenes are only mirrored left-right
         no_elastic = {} if cfg.elastic else {"elastic_sigma_px": 0.0}
         strong = STRONG_PHOTOMETRIC if cfg.photometric == "strong" else {}
-        augment = AugmentConfig(vertical_flips=turns, rotate90=turns, **no_elastic, **strong)
+        zoom = (1 / cfg.zoom, cfg.zoom)
+        augment = AugmentConfig(vertical_flips=turns, rotate90=turns, scale_range=zoom, **no_elastic, **strong)
     cache_bytes = cfg.cache_gb * 2**30 if cfg.cache_gb is not None else None
     shared = {"mask_values": data_plan.mask_values, "preprocess": data_plan.preprocess, "cache_bytes": cache_bytes}
     train_set = SegmentationDataset(
@@ -354,6 +356,7 @@ class Optimisation:
     sampler: DistributedSampler | None  # under torchrun: each rank's share of every epoch
     schedule: Schedule
     scaler: torch.amp.GradScaler
+    average: WeightAverage | None  # --ema: the weights validated, saved and predicted with
 
 
 def build_optimisation(
@@ -364,7 +367,7 @@ def build_optimisation(
     time_progress: Callable[[int, int], float],
 ) -> Optimisation:
     """Loss, optimizer, loader, LR schedule (over the epochs, or over --time through
-    `time_progress(step, steps_per_epoch)`) and the fp16 gradient scaler."""
+    `time_progress(step, steps_per_epoch)`), the fp16 gradient scaler and the weights' average."""
     criterion = SegmentationLoss(cfg.loss, cfg.class_weights).to(dist.device)
     optimizer = build_optimizer(cfg, setup.model.parameters())
     sampler = dist.sampler(train_set, cfg.seed)
@@ -391,4 +394,5 @@ def build_optimisation(
         time_progress=(lambda step: time_progress(step, len(loader))) if cfg.time else None,
     )
     scaler = torch.amp.GradScaler(dist.device.type, enabled=setup.amp.use_scaler)
-    return Optimisation(criterion, optimizer, loader, sampler, schedule, scaler)
+    average = WeightAverage(unwrap(setup.model), cfg.ema) if cfg.ema else None
+    return Optimisation(criterion, optimizer, loader, sampler, schedule, scaler, average)

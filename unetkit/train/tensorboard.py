@@ -7,13 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from unetkit.data import SegmentationDataset
 from unetkit.data.mask_values import IGNORE_ID
 from unetkit.errors import UnetkitError
 from unetkit.models.heads import predicted_classes
 from unetkit.scoring.metrics import SegmentationMetrics, dice_from_confusion, iou_from_confusion
-from unetkit.train.distributed import unwrap
 from unetkit.train.setup import ModelSetup
 
 IMAGES_PER_EPOCH = 3  # a few validation images; more only slows TensorBoard down
@@ -46,9 +46,12 @@ class TensorBoardLog:
                 self.writer.add_scalar(f"iou_per_class/{value}", float(iou[k]), epoch)
 
     @torch.no_grad()
-    def log_images(self, epoch: int, built: ModelSetup, val_set: SegmentationDataset, device: torch.device) -> None:
-        """Image | predicted mask | true mask, side by side, for the first few validation images."""
-        model = unwrap(built.model).eval()
+    def log_images(
+        self, epoch: int, model: nn.Module, built: ModelSetup, val_set: SegmentationDataset, device: torch.device
+    ) -> None:
+        """Image | predicted mask | true mask, side by side, for the first few validation images
+        (`model`: the one validated, the weights' average under --ema)."""
+        model = model.eval()
         num_classes = max(2, len(self.mask_values))
         for index in range(min(IMAGES_PER_EPOCH, len(val_set))):
             image, mask = val_set[index]

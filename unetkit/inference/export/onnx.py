@@ -14,7 +14,7 @@ import torch
 from unetkit.errors import UnetkitError
 from unetkit.inference.onnx_runtime import METADATA_KEY, OnnxModel
 from unetkit.models.checkpoint import load_checkpoint, model_from_checkpoint
-from unetkit.models.spec import ModelSpec
+from unetkit.models.spec import ModelSpec, trained_orientation
 from unetkit.runtime.atomic import atomic_write
 
 
@@ -32,6 +32,7 @@ def export_onnx(checkpoint: str | Path | dict[str, Any], out: str | Path, opset:
     example = torch.randn(1, channels, 4 * multiple, 4 * multiple)
     metadata = {**ModelSpec.from_state(state).to_state(), "pad_multiple": multiple}
     metadata["object_rule"] = state.get("object_rule")
+    metadata["orientation"] = trained_orientation(state)  # for --tta
     differences: list[float] = []
 
     def export_and_check(temporary: Path) -> None:
