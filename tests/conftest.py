@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 from synthetic import TINY_TRAIN, make_shapes
 
 from unetkit.cli import main
@@ -26,3 +28,11 @@ def rgb_run(tmp_path_factory):
     code = main(["train", "--images", str(images), "--masks", str(masks), "--out", str(root / "run"), *TINY_TRAIN])
     assert code == 0
     return root, images, masks, root / "run" / "best.pt"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`-n 2`), each worker takes its share of the cores for torch's own
+    threads, so two workers on two cores do not fight over them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))

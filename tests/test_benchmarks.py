@@ -159,3 +159,20 @@ def test_derived_and_subset_splits_for_the_normalisation_and_fine_tune_benchmark
            "options": ["--init-from", "nuclei", "--lr", "1e-3"], "objects": {"ap50": 0.8, "ap50_90": 0.6},
            "per_class": [{"value": 1, "dice": 0.7}]}  # fmt: skip
     assert "| 8 | 60 s | init --lr 1e-3 | 4 | 0.800 | 0.600 | 0.700 |" in finetune.table([row])
+
+
+def test_scene_probes_score_iou_per_class_with_void_left_out(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from benchmarks.scene_probes import scores
+
+    (tmp_path / "masks").mkdir()
+    truth = {"a": np.array([[0, 0, 1, 11]], np.uint8), "b": np.array([[2, 2, 1, 1]], np.uint8)}
+    for name, mask in truth.items():
+        Image.fromarray(mask).save(tmp_path / "masks" / f"{name}.png")
+    (tmp_path / "split.json").write_text(json.dumps({"train": [], "val": ["a", "b"]}))
+    guess = {"a": np.array([[0, 1, 1, 5]]), "b": np.array([[2, 2, 1, 0]])}  # the void pixel's guess counts for nothing
+    iou = scores(lambda name: guess[name], tmp_path)
+    assert iou[0] == 1 / 3 and iou[1] == 2 / 4 and iou[2] == 1.0  # class 0: 1 hit of 3 pixels in either
+    assert np.isnan(iou[3])  # absent from both: no score

@@ -464,3 +464,15 @@ def test_training_picks_its_memory_layout_from_a_forward_and_backward_probe(bina
     assert torch.is_grad_enabled()
     expected = torch.channels_last if trainer.built.channels_last else torch.contiguous_format
     assert trainer.built.memory_format == expected
+
+
+def test_zoom_sets_the_augmentation_range_and_is_checked(binary_data, tmp_path):
+    images, masks = binary_data
+    default = Trainer.from_config(tiny_config(images, masks, tmp_path / "a"), log=lambda _: None)
+    assert default.train_set.augment.scale_range == (0.8, 1.25)  # as before --zoom existed
+    wide = Trainer.from_config(tiny_config(images, masks, tmp_path / "b", zoom=2.0), log=lambda _: None)
+    assert wide.train_set.augment.scale_range == (0.5, 2.0)
+    from unetkit.errors import UnetkitError
+
+    with pytest.raises(UnetkitError, match="--zoom 0.5"):
+        tiny_config(images, masks, tmp_path / "c", zoom=0.5).validate()
