@@ -39,3 +39,18 @@ def test_safetensors_without_unetkit_metadata_is_refused(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 20)
     with pytest.raises(UnetkitError, match="junk.safetensors"):
         load_checkpoint(tmp_path / "junk.safetensors")
+
+
+def test_exports_keep_whether_the_model_was_trained_upright(rgb_run, tmp_path):
+    """--tta of an upright model averages only the mirror; its exports must say it is upright."""
+    from unetkit.inference.export.onnx import export_onnx
+    from unetkit.models.checkpoint import save_checkpoint
+
+    state = load_checkpoint(rgb_run[3])
+    upright = {**state, "config": {**state["config"], "orientation": "upright"}}
+    save_checkpoint(tmp_path / "upright.pt", upright)
+    export_safetensors(tmp_path / "upright.pt", tmp_path / "upright.safetensors")
+    export_onnx(upright, tmp_path / "upright.onnx")
+    for source in ("upright.pt", "upright.safetensors", "upright.onnx"):
+        assert Predictor(tmp_path / source).upright, source
+    assert not Predictor(rgb_run[3]).upright  # trained with every turn
