@@ -1044,3 +1044,21 @@ def test_train_config_takes_python_types_and_says_what_text_would_mean(tmp_path)
     assert type(numpy_numbers.epochs) is int and [type(v) for v in numpy_numbers.mask_values] == [int, int]
     assert "mask_values = [0, 255]" in config_to_toml(numpy_numbers)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("typed", [["--channel-axis", "C"], ["--plane-axis", "Z", "--channel-axis", "S"]])
+def test_axis_options_for_folders_without_a_tiff_are_refused_not_dropped(rgb_run, tmp_path, capsys, typed):
+    root, images, masks, checkpoint = rgb_run
+    before = {path: path.read_bytes() for path in [*images.iterdir(), *masks.iterdir()]}
+    commands = [
+        ["train", "--images", images, "--masks", masks, "--out", tmp_path / "run", "--epochs", "1"],
+        ["evaluate", "--checkpoint", checkpoint, "--images", images, "--masks", masks, "--no-progress"],
+        ["predict", "--checkpoint", checkpoint, "--out", tmp_path / "pred", images],
+    ]
+    for command in commands:
+        code, _, err = run_cli(capsys, *command, *typed)
+        assert_one_line_error(code, err, str(images), typed[1], "none of the 5 image(s) is a TIFF")
+    code, text, _ = run_cli(capsys, "check", "--images", images, "--masks", masks, *typed)
+    assert code == 1 and "none of the 5 image(s) is a TIFF" in text
+    assert not (tmp_path / "run").exists() and not (tmp_path / "pred").exists()
+    assert {path: path.read_bytes() for path in before} == before

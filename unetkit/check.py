@@ -22,7 +22,7 @@ from unetkit.data.mask_values import (
 )
 from unetkit.data.objects import instance_classes
 from unetkit.data.pairing import Matching, Pair, expand_planes, match_folders
-from unetkit.data.tiff_axes import FILE_AXES, AxisChoice, describe_axes
+from unetkit.data.tiff_axes import FILE_AXES, AxisChoice, describe_axes, refuse_unused_axes
 from unetkit.errors import UnetkitError
 
 LOSSY_EXTENSIONS = (".jpg", ".jpeg")
@@ -48,6 +48,10 @@ def check_dataset(
         problems.append({"file": str(err).split(": ", 1)[0], "problem": str(err)})
         return {**report, "ok": False, "pairs": 0}
     problems += unpaired(matching, images_dir, masks_dir)
+    try:
+        refuse_unused_axes(axes, [pair.image for pair in matching.pairs])
+    except UnetkitError as err:
+        problems.append({"file": str(images_dir), "problem": str(err)})
     scan = scan_pairs(matching.pairs, problems, warnings, bool(instance_masks), axes)
     if instance_masks is None:
         instance_masks = recognise_instances(scan, warnings)

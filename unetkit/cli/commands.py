@@ -114,12 +114,15 @@ def output_file(option: str, path: str | None, suffix: str) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from unetkit.data import find_pairs
     from unetkit.data.pairing import expand_planes
+    from unetkit.data.tiff_axes import AxisChoice, refuse_unused_axes
     from unetkit.evaluate import evaluate_pairs, format_report
 
     output_file("--json", args.json, ".json")
     predictor = predictor_from_args(args)
     options = predictor.options
-    pairs = expand_planes(find_pairs(args.images, args.masks, args.mask_suffix), options.axes)
+    pairs = find_pairs(args.images, args.masks, args.mask_suffix)
+    refuse_unused_axes(AxisChoice(args.channel_axis, args.plane_axis), [pair.image for pair in pairs])  # typed ones
+    pairs = expand_planes(pairs, options.axes)
     report = evaluate_pairs(predictor, pairs, options.threshold, progress=options.progress)
     print(format_report(report))
     if args.json:
@@ -130,10 +133,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    from unetkit.data.tiff_axes import AxisChoice, refuse_unused_axes
     from unetkit.inference.outputs import PredictOutputs
-    from unetkit.predict import predict_files
+    from unetkit.predict import collect_inputs, predict_files
 
-    predictor = predictor_from_args(args)
+    predictor = predictor_from_args(args)  # a bad checkpoint is named first
+    refuse_unused_axes(AxisChoice(args.channel_axis, args.plane_axis), collect_inputs(args.inputs))
     files = tuple(name for name, asked in (("geojson", args.geojson), ("imagej", args.imagej_rois)) if asked)
     outputs = PredictOutputs(
         Path(args.out), args.overlay, args.probabilities, args.instances or bool(files), files, args.overwrite

@@ -11,6 +11,7 @@ metadata is 3 planes, never RGB. Where the metadata is wrong or missing, --chann
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +145,18 @@ def tiff_axes(tif: tifffile.TiffFile, path: Path, choice: AxisChoice = FILE_AXES
             "reads one image or one stack per file: save each as its own file"
         )
     return layout
+
+
+def refuse_unused_axes(choice: AxisChoice, images: Sequence[Path]) -> None:
+    """--channel-axis and --plane-axis read TIFFs only: given for images none of which is a TIFF
+    they would do nothing, so they are refused rather than dropped."""
+    given = [f"{option} {axis}" for option, axis in (("--channel-axis", choice.channel), ("--plane-axis", choice.plane))
+             if axis is not None]  # fmt: skip
+    if given and images and not any(path.suffix.lower() in (".tif", ".tiff") for path in images):
+        raise UnetkitError(
+            f"{images[0].parent}: {' and '.join(given)} name a TIFF's axes, and none of the {len(images)} image(s) "
+            f"is a TIFF (a PNG's or JPEG's channels are the file's own); leave {'them' if len(given) > 1 else 'it'} out"
+        )
 
 
 def stack_layout(path: Path, choice: AxisChoice = FILE_AXES) -> TiffAxes | None:

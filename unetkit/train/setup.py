@@ -24,6 +24,7 @@ from unetkit.data.dataset import pad_collate
 from unetkit.data.fingerprint import DataFingerprint, fingerprint_pairs
 from unetkit.data.objects import DEFAULT_INSTANCE_TARGET, INSTANCE_CLASS_NAMES
 from unetkit.data.pairing import describe_names, expand_planes
+from unetkit.data.tiff_axes import refuse_unused_axes
 from unetkit.data.transforms import STRONG_PHOTOMETRIC
 from unetkit.errors import UnetkitError
 from unetkit.models import model_class
@@ -64,6 +65,7 @@ def training_pairs(
     """The training and validation pairs from the folders, a stack's planes each a pair of its
     own (expand_planes) after the split, which keeps a stack's planes on one side."""
     train, val = file_pairs(cfg, resumed_split, log)
+    refuse_unused_axes(cfg.axes, [pair.image for pair in [*train, *val]])
     return expand_planes(train, cfg.axes), expand_planes(val, cfg.axes)
 
 
