@@ -35,26 +35,23 @@ def lovasz_softmax_loss(probs: torch.Tensor, target: torch.Tensor, valid: torch.
     """The Lovasz-softmax loss (Berman, Rannen Triki and Blaschko, CVPR 2018): for each class present
     in the batch, the Lovasz extension of its Jaccard loss 1 - IoU, a convex surrogate that equals
     1 - IoU exactly where the probabilities are 0 or 1; the mean over those classes. IoU is what the
-    scene benchmarks score, and a class of few pixels weighs as much as the road."""
+    scene benchmarks score, and a class of few pixels weighs as much as the road. All classes are
+    sorted in one call and absent ones masked out, so a step has no per-class host sync."""
     num_classes = probs.shape[1]
     probs = probs.permute(0, 2, 3, 1).reshape(-1, num_classes)[valid.reshape(-1)]
-    target = target.reshape(-1)[valid.reshape(-1)]
-    losses = []
-    for c in range(num_classes):
-        truth = (target == c).to(probs.dtype)
-        if not truth.any():
-            continue
-        errors, order = (truth - probs[:, c]).abs().sort(descending=True)
-        losses.append(torch.dot(errors, jaccard_steps(truth[order])))
-    return torch.stack(losses).mean() if losses else probs.sum() * 0
+    truth = F.one_hot(target.reshape(-1)[valid.reshape(-1)], num_classes).to(probs.dtype)
+    errors, order = (truth - probs).abs().sort(dim=0, descending=True)  # each class's column on its own
+    per_class = (errors * jaccard_steps(truth.gather(0, order))).sum(0)
+    present = (truth.sum(0) > 0).to(probs.dtype)
+    return (per_class * present).sum() / present.sum().clamp_min(1)
 
 
 def jaccard_steps(truth_sorted: torch.Tensor) -> torch.Tensor:
-    """How much 1 - IoU grows as each pixel, in order of decreasing error, is counted wrong:
-    the gradient of the Lovasz extension (Berman et al., Algorithm 1)."""
-    positives = truth_sorted.sum()
+    """How much 1 - IoU grows as each pixel, in order of decreasing error, is counted wrong (down
+    each column, one per class): the gradient of the Lovasz extension (Berman et al., Algorithm 1)."""
+    positives = truth_sorted.sum(0)
     intersection = positives - truth_sorted.cumsum(0)
-    union = positives + (1 - truth_sorted).cumsum(0)
+    union = positives + (1 - truth_sorted).cumsum(0)  # >= 1: no division by zero, present or not
     jaccard = 1 - intersection / union
     return torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
 
