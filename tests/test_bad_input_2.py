@@ -22,8 +22,8 @@ from synthetic import assert_one_line_error, make_shapes, run_cli
 from test_bad_input import Case, data, train_args
 
 import unetkit.models.checkpoint
+from unetkit.runtime.folder_lock import LOCK_NAME
 from unetkit.train import load_checkpoint
-from unetkit.train.run_lock import LOCK_NAME
 
 
 def snapshot(*folders: Path) -> dict[Path, str]:
@@ -117,7 +117,7 @@ def case_second_training_into_a_busy_run_folder(tmp_path, **_):
     out = tmp_path / "run"
     out.mkdir()
     (out / LOCK_NAME).write_text(f"{os.getppid()}\n")  # a live process holds the folder
-    return Case(train_args(images, masks, out), ("another training", "is writing to this run folder", "--out"))
+    return Case(train_args(images, masks, out), ("another training", "is writing to this folder", "--out"))
 
 
 def case_class_weights_of_the_wrong_length(tmp_path, **_):
@@ -610,7 +610,7 @@ def test_review_cases_that_must_keep_working(tmp_path):
     masks beside 8-bit 0/1 masks are one labelling; a lock holding this very process id is stale."""
     from unetkit.data import read_image
     from unetkit.data.mask_values import MaskValues, discover_mask_values
-    from unetkit.train.run_lock import RunLock
+    from unetkit.runtime.folder_lock import RunLock
 
     assert MaskValues.from_dict({"values": [255, 0], "ignore_value": None}).values == [255, 0]
     tifffile.imwrite(tmp_path / "ij.tif", np.zeros((3, 20, 30), np.uint8), imagej=True, metadata={"axes": "CYX"})

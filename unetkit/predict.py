@@ -3,6 +3,7 @@ user's mask values), optionally probability maps and overlays."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -19,11 +20,13 @@ from unetkit.errors import UnetkitError
 from unetkit.inference import Predictor, overlay, save_png
 from unetkit.inference.batched import predict_images
 from unetkit.inference.instances import object_table, save_labels, save_table
-from unetkit.inference.manifest import MANIFEST, Manifest
+from unetkit.inference.manifest import JOURNAL, MANIFEST, Manifest
 from unetkit.inference.object_files import write_object_files
 from unetkit.inference.outputs import PredictOutputs, save_probabilities
 from unetkit.inference.slide.large_tiff import out_of_core, predict_large_tiff
 from unetkit.inference.stacks import StackPrediction, predict_large_stack
+from unetkit.runtime.atomic import is_temporary_of, remove_stale_temporaries
+from unetkit.runtime.folder_lock import PREDICT_LOCK_NAME, RunLock
 
 # Every name predict may write for an image <stem> (planned_outputs says which a run writes).
 OUTPUT_SUFFIXES = PredictOutputs.every_suffix()
@@ -85,7 +88,8 @@ def planned_outputs(
 def check_outputs(files: Sequence[Path], outputs: dict[Path, Path], out: Path, overwrite: bool) -> None:
     """Predict never writes into a folder it reads images from, nor into one holding images it did
     not write, and never replaces a file unless asked, and then only its own earlier output:
-    `--out imgs` would replace images by masks, `--out masks` the ground truth."""
+    `--out imgs` would replace images by masks, `--out masks` the ground truth. The outputs of a
+    run that was stopped halfway (killed) are replaced without --overwrite: the rerun completes it."""
     out_real = out.resolve()
     for path in files:
         if path.resolve().parent == out_real:
@@ -94,8 +98,11 @@ def check_outputs(files: Sequence[Path], outputs: dict[Path, Path], out: Path, o
                 "or mix with the images; choose another --out folder"
             )
     manifest = Manifest.read(out)
+    ours = [*manifest.files, *(target.name for target in outputs)]
     theirs = sorted(
-        p.name for p in out.glob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not manifest.lists(p.name)
+        p.name
+        for p in out.glob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not manifest.lists(p.name) and not is_temporary_of(p.name, ours)
     )
     if theirs:
         raise UnetkitError(
@@ -114,7 +121,7 @@ def check_outputs(files: Sequence[Path], outputs: dict[Path, Path], out: Path, o
                 f"{target}: changed since predict wrote it (corrected by hand?), so it is never replaced; "
                 "move it elsewhere first, or choose an empty --out folder"
             )
-        if target.exists() and not overwrite:
+        if target.exists() and not overwrite and not manifest.unfinished:
             raise UnetkitError(
                 f"{target}: already exists and predict never replaces files; choose an empty --out folder, "
                 "or pass --overwrite to replace this earlier prediction"
@@ -144,20 +151,44 @@ def remove_earlier_outputs(files: Sequence[Path], planned: Collection[Path], out
 
 
 @contextmanager
+def claimed_folder(out: Path, planned: Collection[Path], files: Sequence[Path], overwrite: bool) -> Iterator[None]:
+    """Hold `out` for this run (the predict lock: a second predict there is refused in one line);
+    then, with no other run writing, take away what a killed run left half-done (its temporaries),
+    and check the folder again: another run may have written there since the first check."""
+    created = not out.exists()
+    lock = RunLock(out, name=PREDICT_LOCK_NAME, holder="unetkit predict")
+    try:
+        with lock:
+            remove_stale_temporaries(out, [*Manifest.read(out).files, *(path.name for path in planned)])
+            for folder in out.glob(".unetkit-????????"):  # a killed out-of-core stack's plane files
+                if folder.is_dir():
+                    shutil.rmtree(folder, ignore_errors=True)
+            check_outputs(files, planned, out, overwrite)
+            yield
+    finally:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a refused or failed run leaves no trace
+
+
+@contextmanager
 def recorded_outputs(out: Path, outputs: Collection[Path]) -> Iterator[None]:
-    """List `outputs` in the manifest before they are written and keep their content after (also
-    when the run stops halfway); a run that fails before writing any of them takes a new manifest
-    away again (a refused command leaves no trace)."""
+    """List `outputs` in the manifest before they are written, record each one's content as it is
+    written (Manifest.journal), and mark the run finished only if it ends; a run that fails before
+    writing any of them takes a new manifest away again (a refused command leaves no trace)."""
     first = not (out / MANIFEST).exists()
     manifest = Manifest.read(out)
     manifest.plan(outputs)
+    finished = False
     try:
-        yield
+        with manifest.journal():
+            yield
+        finished = True
     finally:
         if first and not any(path.exists() for path in outputs):
             (out / MANIFEST).unlink(missing_ok=True)
+            (out / JOURNAL).unlink(missing_ok=True)
         else:
-            manifest.confirm(outputs)
+            manifest.fold(finished)
 
 
 def predict_files(predictor: Predictor, inputs: Sequence[str | Path], outputs: PredictOutputs) -> list[Path]:
@@ -174,9 +205,23 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], outputs: P
     large = {path for path in files if out_of_core(path, options.out_of_core, options.axes)}
     stacks = stack_layouts(files, options.axes)
     planned = planned_outputs(files, outputs, large, stacks)
-    check_outputs(files, planned, out, outputs.overwrite)
-    if outputs.overwrite:
-        remove_earlier_outputs(files, planned, out)
+    check_outputs(files, planned, out, outputs.overwrite)  # before the folder is made or locked
+    with claimed_folder(out, planned, files, outputs.overwrite):
+        if outputs.overwrite:
+            remove_earlier_outputs(files, planned, out)
+        return write_outputs(predictor, files, outputs, large, stacks, planned)
+
+
+def write_outputs(
+    predictor: Predictor,
+    files: Sequence[Path],
+    outputs: PredictOutputs,
+    large: Collection[Path],
+    stacks: dict[Path, TiffAxes],
+    planned: Collection[Path],
+) -> list[Path]:
+    """predict_files' writing half, in a folder this run holds."""
+    out, options = outputs.out, predictor.options
     collected = {path: StackPrediction(predictor, path, layout, outputs) for path, layout in stacks.items()}
     write = partial(write_prediction, predictor, outputs, collected)
     refs = [ImageRef(path, plane, options.axes) for path in files if path not in large

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from unetkit.data.fingerprint import channel_percentiles, parallel_map
+from unetkit.data.io import is_photometric_rgb
 from unetkit.data.mask_values import IGNORE_ID, MaskValues
 from unetkit.data.pairing import Pair
 from unetkit.data.transforms import AugmentConfig, random_patch
@@ -21,19 +22,32 @@ from unetkit.errors import UnetkitError
 
 
 def match_channels(image: np.ndarray, channels: int, path: Path) -> np.ndarray:
-    """Give an (H, W, C) image the model's channel count: gray is repeated to RGB, RGB becomes
-    luminance for a gray model."""
+    """Give an (H, W, C) image the model's channel count: gray is repeated to RGB, and a colour
+    photograph (photometric RGB) becomes its luminance for a gray model, said once. Three channels
+    that are not colour (a TIFF's C axis: three fluorescence stains) are refused: blended to
+    luminance they would be predicted as an image the model never saw, with no word."""
     have = image.shape[2]
     if have == channels:
         return image
     if have == 1 and channels == 3:
         return np.repeat(image, 3, axis=2)
-    if have == 3 and channels == 1:
+    if have == 3 and channels == 1 and is_photometric_rgb(path):
+        _say_luminance(path)
         return (image @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[:, :, None]
+    kind = " (channels of a TIFF's C axis, not RGB colour)" if have == 3 else ""
     raise UnetkitError(
-        f"{path}: the image has {have} channel(s) but the model was trained on {channels}-channel images; give it "
-        f"images with the channels it was trained on"
+        f"{path}: the image has {have} channel(s){kind} but the model was trained on {channels}-channel images; "
+        "give it images with the channels it was trained on (e.g. save the channel it segments as its own file)"
     )
+
+
+_LUMINANCE_SAID: list[Path] = []  # once a process: a folder of photographs would say it a thousand times
+
+
+def _say_luminance(path: Path) -> None:
+    if not _LUMINANCE_SAID:
+        _LUMINANCE_SAID.append(path)
+        print(f"note: colour (RGB) images are read as their luminance for this 1-channel model (first: {path})")
 
 
 # Pixels the percentiles are estimated from: a 4096^2 image's exact percentiles cost ~1 s a channel,

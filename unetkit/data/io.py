@@ -12,6 +12,7 @@ import numpy as np
 import tifffile
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from unetkit.data.limits import max_pixels, too_many_pixels
 from unetkit.data.tiff_axes import FILE_AXES, IMAGE_AXES, AxisChoice, read_plane, tiff_axes
 from unetkit.errors import UnetkitError
 
@@ -38,7 +39,9 @@ def _read_raw(
         if path.suffix.lower() in (".tif", ".tiff"):
             array, alpha = _read_tiff(path, plane, axes)
             return array, None, alpha
-        # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse both alike.
+        # Pillow checks a header's size as it opens the file, against its MAX_IMAGE_PIXELS: unetkit's
+        # one limit (data/limits.py). It only warns between that and twice that; refuse both alike.
+        Image.MAX_IMAGE_PIXELS = max_pixels()
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as opened:
@@ -59,11 +62,7 @@ def _read_raw(
                 return np.asarray(img), mode, mode in ALPHA_MODES
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         declared = re.search(r"\((\d+) pixels\)", str(err))
-        raise UnetkitError(
-            f"{path}: the header declares {declared.group(1) if declared else 'too many'} pixels, over "
-            f"Pillow's limit of {Image.MAX_IMAGE_PIXELS} (possibly a decompression bomb); "
-            "split a genuine large image into tiles or remove the file"
-        ) from None
+        raise too_many_pixels(path, int(declared.group(1)) if declared else max_pixels() + 1) from None
     except (UnidentifiedImageError, OSError, ValueError, tifffile.TiffFileError) as err:
         reason = (str(err).strip().splitlines() or [""])[0][:80]
         raise UnetkitError(
@@ -94,6 +93,21 @@ def _read_tiff(path: Path, plane: int | None, choice: AxisChoice) -> tuple[np.nd
     if colour:
         array = np.moveaxis(array, axes.index(colour[0]), -1)
     return np.asarray(array), alpha
+
+
+def is_photometric_rgb(path: Path) -> bool:
+    """Whether the file's channels are colour (a photograph: PNG/JPEG RGB, palette, a TIFF with
+    photometric RGB or YCbCr), not separate channels (a TIFF's C axis, as ImageJ and OME save
+    fluorescence stains). Read from the header only."""
+    if Path(path).suffix.lower() not in (".tif", ".tiff"):
+        return True  # Pillow's three-band modes are all colour
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return tif.pages[0].photometric in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR) and (
+                "C" not in tif.series[0].axes
+            )
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError):
+        return False
 
 
 def tiff_marks_alpha(tif: tifffile.TiffFile) -> bool:

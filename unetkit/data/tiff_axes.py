@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from unetkit.data.limits import check_declared_pixels
 from unetkit.errors import UnetkitError
 
 CHANNEL_AXES = "SC"
@@ -133,6 +134,7 @@ def tiff_axes(tif: tifffile.TiffFile, path: Path, choice: AxisChoice = FILE_AXES
     series = tif.series[0]
     choice.check(series.axes, path)
     layout = TiffAxes(series.axes, tuple(series.shape), choice)
+    check_declared_pixels(path, layout.length("Y"), layout.length("X"))  # before any pixel is read
     if len(layout.channel_axes) > 1:
         raise UnetkitError(
             f"{path}: the TIFF has two channel axes, {' and '.join(layout.channel_axes)} (axes {layout.axes}); name "

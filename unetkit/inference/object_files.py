@@ -119,7 +119,9 @@ def qupath_feature(stem: str, row: dict[str, str], rings: list[list[Ring]], inst
     if len(polygons) > 1:
         geometry = {"type": "MultiPolygon", "coordinates": polygons}
     if "plane" in row:  # QuPath's ImagePlane: the plane index on Z, or T for a time-lapse
-        geometry["plane"] = {"c": -1, "z": int(row.get("z", row["plane"])), "t": int(row.get("t", 0))}
+        # A time-lapse's frame k is t=k at z=0: QuPath looked for z-slices that do not exist.
+        z = row.get("z", 0 if "t" in row else row["plane"])
+        geometry["plane"] = {"c": -1, "z": int(z), "t": int(row.get("t", 0))}
     value = int(row["mask_value"])
     name = "object" if instance_model else f"value {value}"
     measurements = {key: float(row[key]) for key in ("area", "centroid_x", "centroid_y", "mean_probability")}

@@ -125,8 +125,8 @@ class ModelSpec:
 
 def _short(value: Any) -> str:
     """Numbers to 4 significant digits (a list of them too), so a message stays a short line."""
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(map(_short, value)) + "]"
+    if isinstance(value, list | tuple):  # a few items: a list of a million is a bomb, not a message
+        return "[" + ", ".join(map(_short, value[:6])) + (", ..." if len(value) > 6 else "") + "]"
     return f"{value:.4g}" if isinstance(value, int | float) and not isinstance(value, bool) else str(value)[:40]
 
 

@@ -138,9 +138,9 @@ def row(panels: list[tuple], title: str, legend: list | None = None) -> str:
     figure, axes = plt.subplots(1, len(panels), figsize=(12, 12 * height / width / len(panels) + 0.5))
     for axis, (name, array, cmap) in zip(axes, panels, strict=True):
         axis.imshow(array, cmap=cmap, interpolation="nearest")
-        axis.set_title(name, fontsize=10)
+        axis.set_title(name, fontsize=10, parse_math=False)  # names are data: "$x$" is not math
         axis.set_axis_off()
     if legend:
         axes[-1].legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, 0), ncol=2, fontsize=8, frameon=False)
-    figure.suptitle(title, fontsize=11)
+    figure.suptitle(title, fontsize=11, parse_math=False)
     return data_uri(figure, dpi=90)

@@ -9,10 +9,12 @@ killed with SIGKILL) sees either the old file or the new one, never a mixture.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,9 @@ def _current_umask() -> int:
 
 # mkstemp creates files readable by their owner only; give results the usual permissions instead.
 FILE_MODE = 0o666 & ~_current_umask()
-WRITE_FAILURES = ("write", "Write", "space", "I/O", "Errno")  # in torch's messages for a failed write
+# In torch's messages for a failed write: a full disk mid-checkpoint surfaces as "[enforce fail at
+# inline_container.cc] unexpected pos 37120 vs 37016" (measured on a 3 MB tmpfs), naming no cause.
+WRITE_FAILURES = ("write", "Write", "space", "I/O", "Errno", "inline_container", "unexpected pos")
 WRITE_FIX = "check that the folder is writable and the disk has space, or choose another output folder"
 
 
@@ -41,6 +45,27 @@ def ensure_folder(folder: str | Path) -> Path:
     except OSError as err:
         raise UnetkitError(f"{folder}: cannot create the folder ({err.strerror or err}); {WRITE_FIX}") from None
     return folder
+
+
+# folder -> called with (target, temporary) before each rename into it (predict's manifest journal)
+_recorders: dict[str, Callable[[Path, Path], None]] = {}
+
+
+def _folder_key(folder: Path) -> str:
+    return os.path.abspath(folder)
+
+
+@contextmanager
+def recording(folder: Path, record: Callable[[Path, Path], None]) -> Iterator[None]:
+    """While open, every atomic_write into `folder` calls `record(target, temporary)` once the
+    content is complete and before it is renamed into place, so what is recorded is exactly what
+    lands, and a file never lands unrecorded."""
+    key = _folder_key(folder)
+    _recorders[key] = record
+    try:
+        yield
+    finally:
+        _recorders.pop(key, None)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None], durable: bool = False) -> None:
@@ -64,6 +89,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], durable: bool 
             if durable:
                 with temporary.open("rb") as written:
                     os.fsync(written.fileno())
+            record = _recorders.get(_folder_key(path.parent))
+            if record is not None:
+                record(path, temporary)
             os.replace(temporary, path)
         except BaseException:
             temporary.unlink(missing_ok=True)
@@ -77,6 +105,17 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], durable: bool 
         if not any(word in str(err) for word in WRITE_FAILURES):
             raise
         raise UnetkitError(f"{path}: cannot write ({first}); {WRITE_FIX}") from None
+
+
+def strict_json(data: Any) -> Any:
+    """`data` with every float that is not finite (NaN, inf) as None, in dicts, lists and tuples."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {key: strict_json(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [strict_json(value) for value in data]
+    return data
 
 
 # A temporary name keeps at most this much of the target's stem: a 250-character image name gives
@@ -114,6 +153,8 @@ def remove_stale_temporaries(folder: str | Path, final_names: Iterable[str]) -> 
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Indented JSON, written atomically: a report or config.json is whole or absent."""
-    text = json.dumps(data, indent=2) + "\n"
+    """Indented strict JSON, written atomically: a report or config.json is whole or absent. A
+    number that is not one (NaN: no objects to score in an image) is written null, as strict
+    readers (JavaScript, jq, QuPath scripts) reject Python's NaN."""
+    text = json.dumps(strict_json(data), indent=2, allow_nan=False) + "\n"
     atomic_write(path, lambda temporary: temporary.write_text(text))

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from unetkit.errors import UnetkitError
+from unetkit.runtime.atomic import atomic_write
 from unetkit.runtime.options import check_fields
 from unetkit.train.config import PATH_OPTIONS, TrainConfig, absolute_paths, option_value
 
@@ -39,18 +40,22 @@ def _read_mapping(path: Path) -> dict[str, Any]:
             f"({path.with_name('config.toml')})"
         )
     text = _decode_text(path, path.read_bytes())
-    if path.suffix.lower() in (".yaml", ".yml"):
-        data = _read_yaml(path, text)
-    else:
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as err:
-            raise UnetkitError(
-                f"{path}: not valid TOML ({err}); fix the line it names, or write the file as key = value lines"
-            ) from None
+    try:
+        data = _read_yaml(path, text) if path.suffix.lower() in (".yaml", ".yml") else _read_toml(path, text)
+    except RecursionError:  # thousands of nested brackets: no option is shaped like that
+        raise UnetkitError(f"{path}: values nested too deep to read; options are plain values or short lists") from None
     if not isinstance(data, dict):
         raise UnetkitError(f"{path}: expected key = value pairs at the top level")
     return data
+
+
+def _read_toml(path: Path, text: str) -> Any:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise UnetkitError(
+            f"{path}: not valid TOML ({str(err)[:200]}); fix the line it names, or write the file as key = value lines"
+        ) from None
 
 
 def _read_yaml(path: Path, text: str) -> Any:
@@ -62,6 +67,18 @@ def _read_yaml(path: Path, text: str) -> Any:
         raise UnetkitError(f"{path}: YAML config files need PyYAML: pip install unetkit[yaml]") from None
 
     class UniqueKeys(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            # An alias repeats a node by reference: nine nested ones make a 1 KB file expand to 3 GB
+            # (measured: 38 s, then a traceback). A config file has no use for them.
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                line, anchor = event.start_mark.line + 1, str(event.anchor)[:40]
+                raise UnetkitError(
+                    f"{path}: line {line} repeats a value by a YAML alias (*{anchor}); "
+                    "config files take plain values: write the value out"
+                )
+            return super().compose_node(parent, index)
+
         def construct_mapping(self, node: Any, deep: bool = False) -> Any:
             lines: dict[Any, int] = {}
             for key_node, _ in node.value:
@@ -70,7 +87,9 @@ def _read_yaml(path: Path, text: str) -> Any:
                     continue  # unhashable keys: PyYAML's own error follows
                 line = key_node.start_mark.line + 1
                 if key in lines:
-                    raise UnetkitError(f"{path}: key {key!r} is given twice (lines {lines[key]} and {line}); keep one")
+                    raise UnetkitError(
+                        f"{path}: key {str(key)[:40]!r} is given twice (lines {lines[key]} and {line}); keep one"
+                    )
                 lines[key] = line
             return super().construct_mapping(node, deep)
 
@@ -179,6 +198,5 @@ def config_to_toml(cfg: TrainConfig) -> str:
 
 
 def write_config_toml(path: Path, cfg: TrainConfig) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(config_to_toml(cfg))
-    temporary.replace(path)
+    text = config_to_toml(cfg)
+    atomic_write(path, lambda temporary: temporary.write_text(text))

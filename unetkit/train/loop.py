@@ -24,6 +24,7 @@ from unetkit.errors import UnetkitError
 from unetkit.models.checkpoint import save_checkpoint
 from unetkit.models.heads import predicted_classes
 from unetkit.runtime.atomic import ensure_folder, remove_stale_temporaries, write_json
+from unetkit.runtime.folder_lock import RunLock
 from unetkit.runtime.hardware import cpu_description
 from unetkit.scoring.metrics import SegmentationMetrics
 from unetkit.train.config import PATH_OPTIONS, TrainConfig, absolute_paths
@@ -32,7 +33,6 @@ from unetkit.train.distributed import unwrap
 from unetkit.train.interrupt import InterruptFlag
 from unetkit.train.run_files import EpochRow, plot_curves, write_metrics_csv
 from unetkit.train.run_folder import RUN_FILES, carry_best, check_run_folder, mark_run_folder
-from unetkit.train.run_lock import RunLock
 from unetkit.train.run_plan import RunPlan, plan_run
 from unetkit.train.setup import (
     build_datasets,
@@ -96,6 +96,7 @@ class Trainer:
     def fit(self, on_epoch_end: EpochCallback | None = None, then: Callable[[], None] | None = None) -> RunResult:
         """Run the epochs; then `then` (the run layer's steps after training, unetkit/runs), while
         the run folder is still locked to this run."""
+        self._refuse_finished_resume()
         lock = RunLock(self.out, self.log) if self.dist.is_main else None
         refused = None
         if lock is not None:  # only rank 0 writes files, so only it needs the folder to itself
@@ -116,6 +117,25 @@ class Trainer:
         finally:
             if lock is not None:
                 lock.release()
+
+    def _refuse_finished_resume(self) -> None:
+        """A resumed run that had already stopped (its epochs done, or the same stop rule holds) is
+        refused before anything is written: resuming it would rewrite best.pt and config.json for
+        no epoch trained."""
+        if self.run.resume_state is None:
+            return
+        epoch, cfg = self.start_epoch - 1, self.cfg
+        if cfg.epochs is not None and epoch >= cfg.epochs:
+            reason = f"its {cfg.epochs} epochs are done"
+        else:
+            seconds = self.history[-1].seconds if self.history else 0.0
+            since_best, elapsed = self.epochs_since_best, self.elapsed_before  # the checkpoint's, on every rank
+            reason = self.stop_rules.reason_to_stop(epoch, since_best, elapsed, seconds, agree=False)
+        if reason:
+            raise UnetkitError(
+                f"{cfg.resume}: this run already finished at epoch {epoch} ({reason}), so there is nothing to "
+                "resume; train longer with a larger --epochs or --time, or start a new run from it with --init-from"
+            )
 
     def _fit_locked(self, on_epoch_end: EpochCallback | None, then: Callable[[], None] | None) -> RunResult:
         if self.dist.is_main:

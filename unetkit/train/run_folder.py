@@ -17,8 +17,8 @@ from pathlib import Path
 
 from unetkit.errors import UnetkitError
 from unetkit.runtime.atomic import atomic_write, is_temporary_of, write_json
+from unetkit.runtime.folder_lock import LOCK_NAME, is_lock_temporary
 from unetkit.train.config import TrainConfig
-from unetkit.train.run_lock import LOCK_NAME, is_lock_temporary
 
 MARKER = ".unetkit-run.json"
 # Every name a run (train, then the demo's held-out step) writes in its folder.
@@ -93,9 +93,11 @@ def refuse_finished_run(out: Path, resume: str | None) -> None:
             f"{out / finished[0]}: --out holds another run's checkpoint, and resuming {resume} there would "
             f"replace it; resume into the run's own folder ({Path(resume).parent}) or an empty --out"
         )
+    # last.pt is missing where the disk filled between the two saves: best.pt holds the same epoch
+    checkpoint = out / ("last.pt" if "last.pt" in finished else finished[0])
     raise UnetkitError(
         f"{out / finished[0]}: the run folder already holds a checkpoint; "
-        f"continue it with --resume {out / 'last.pt'} or choose another --out"
+        f"continue it with --resume {checkpoint} or choose another --out"
     )
 
 
@@ -110,7 +112,7 @@ def foreign_files(out: Path) -> list[str]:
 
 def _ours(entry: Path, marked: bool) -> bool:
     if entry.name == LOCK_NAME or is_lock_temporary(entry.name):
-        return True  # a killed run's lock is taken over as before (run_lock.py)
+        return True  # a killed run's lock is taken over as before (runtime/folder_lock.py)
     if not marked:
         return False
     if entry.is_dir():

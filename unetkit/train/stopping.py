@@ -31,14 +31,17 @@ class StopRules:
             "train again with a lower --lr, or with --amp off"
         )
 
-    def reason_to_stop(self, epoch: int, epochs_since_best: int, elapsed: float, epoch_seconds: float) -> str | None:
+    def reason_to_stop(
+        self, epoch: int, epochs_since_best: int, elapsed: float, epoch_seconds: float, agree: bool = True
+    ) -> str | None:
         """Why no further epoch should start, or None. `epoch_seconds`: the last epoch's training,
-        validation and saving, the best guess of the next one's."""
+        validation and saving, the best guess of the next one's. `agree`: the ranks' clocks differ,
+        so all stop if one would; False where every rank holds the same numbers (a checkpoint's)."""
         cfg = self.cfg
         if cfg.patience is not None and epochs_since_best >= cfg.patience:
             return f"early stop: no better val Dice for {cfg.patience} epochs"
         over_budget = cfg.time is not None and elapsed + epoch_seconds > cfg.time and epoch >= (cfg.min_epochs or 0)
-        if self.dist.any_rank(over_budget):  # the ranks' clocks differ; all stop together
+        if self.dist.any_rank(over_budget) if agree else over_budget:
             done = f" and the {cfg.min_epochs} minimum epochs are done" if cfg.min_epochs else ""
             return f"stopping: another epoch would pass the {cfg.time:g}-second budget{done}"
         return None

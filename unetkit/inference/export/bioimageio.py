@@ -36,6 +36,7 @@ from unetkit.errors import UnetkitError
 from unetkit.inference.outputs import overlay, save_png
 from unetkit.models.checkpoint import load_checkpoint, model_from_checkpoint
 from unetkit.models.spec import ModelSpec
+from unetkit.runtime.atomic import WRITE_FIX, atomic_write, ensure_folder
 
 # The characters bioimageio.spec 0.5 allows in a model's name (ModelDescr.name).
 NAME_CHARACTERS = set(string.ascii_letters + string.digits + "_+- ()")
@@ -152,20 +153,26 @@ def export_bioimageio(
     spec = ModelSpec.from_state(state)
     run_name = "model" if isinstance(checkpoint, dict) else Path(checkpoint).resolve().parent.name
     name = name or spelled_as_name(f"unetkit {spec.name} {run_name}")
-    model = model_from_checkpoint(state).eval()
+    model = model_from_checkpoint(state, "checkpoint" if isinstance(checkpoint, dict) else checkpoint).eval()
     step = size_step(model.size_multiple, spec.preprocess.scale)
     net = ProbabilityNet(model, spec.preprocess.scale, spec.binary).eval()
     raw, maximum = sample_image(sample, spec.in_channels, step)
     with torch.no_grad():
         expected = net(normalised(raw, maximum, spec)).numpy()
-    with tempfile.TemporaryDirectory(prefix="unetkit-bioimageio-") as folder:
-        files = package_files(Path(folder), net, raw, maximum, expected, spec)
-        description = describe(files, spec, step, maximum, name, authors)
-        from bioimageio.spec import save_bioimageio_package
+    out = Path(out)
+    ensure_folder(out.parent)  # a folder that cannot be made is said before any work
+    try:
+        with tempfile.TemporaryDirectory(prefix="unetkit-bioimageio-") as folder:
+            files = package_files(Path(folder), net, raw, maximum, expected, spec)
+            description = describe(files, spec, step, maximum, name, authors)
+            from bioimageio.spec import save_bioimageio_package
 
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        save_bioimageio_package(description, output_path=out)
+            # The zip is written whole under a temporary name and renamed into place: a full disk
+            # or a read-only folder leaves no partial package (atomic_write says which, in one line).
+            atomic_write(out, lambda temporary: save_bioimageio_package(description, output_path=temporary))
+    except OSError as err:  # the temporary folder's files (a full /tmp)
+        where = err.filename or tempfile.gettempdir()
+        raise UnetkitError(f"{where}: cannot write the package's files ({err.strerror or err}); {WRITE_FIX}") from None
     return out
 
 

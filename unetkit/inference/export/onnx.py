@@ -26,7 +26,7 @@ def export_onnx(checkpoint: str | Path | dict[str, Any], out: str | Path, opset:
     except ImportError:
         raise UnetkitError("ONNX export needs onnx and onnxruntime: pip install 'unetkit[onnx]'") from None
     state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-    model = model_from_checkpoint(state)
+    model = model_from_checkpoint(state, "checkpoint" if isinstance(checkpoint, dict) else checkpoint)
     multiple = model.size_multiple
     channels = ModelSpec.from_state(state).in_channels
     example = torch.randn(1, channels, 4 * multiple, 4 * multiple)

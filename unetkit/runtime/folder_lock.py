@@ -1,8 +1,11 @@
-"""One training per run folder: a lock file holding the process id, for the run's life.
+"""One training per run folder, one predict per --out folder: a lock file holding the process
+id, for the command's life.
 
 Two trainings into one `--out` would otherwise interleave their checkpoints, config and metrics
-(best.pt of one, last.pt of the other). The lock is created atomically (O_EXCL); a lock whose
-process is gone (a killed run) is stale and taken over, with a note.
+(best.pt of one, last.pt of the other); two predicts into one `--out` would each keep a manifest
+of its own view, and the last to finish would drop the other's outputs from it. The lock is
+created atomically (O_EXCL); a lock whose process is gone (a killed run) is stale and taken
+over, with a note.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from unetkit.errors import UnetkitError
 from unetkit.runtime.atomic import ensure_folder
 
 LOCK_NAME = ".unetkit-train.lock"
+PREDICT_LOCK_NAME = ".unetkit-predict.lock"
 
 
 def is_lock_temporary(name: str) -> bool:
@@ -54,9 +58,9 @@ def _link_or_create(source: Path, target: Path) -> None:
 class RunLock:
     """`with RunLock(folder):` holds the folder's lock; a second holder gets a one-line error."""
 
-    def __init__(self, folder: str | Path, log=print) -> None:
-        self.path = Path(folder) / LOCK_NAME
-        self.log = log
+    def __init__(self, folder: str | Path, log=print, name: str = LOCK_NAME, holder: str = "training") -> None:
+        self.path = Path(folder) / name
+        self.log, self.holder = log, holder
         self.held = False
 
     def acquire(self) -> None:
@@ -78,17 +82,17 @@ class RunLock:
             raise UnetkitError(f"{self.path}: cannot create the run lock ({err.strerror or err})") from None
         finally:
             temporary.unlink(missing_ok=True)
-        raise UnetkitError(f"{self.path}: the run lock keeps reappearing; is another training starting here?")
+        raise UnetkitError(f"{self.path}: the lock keeps reappearing; is another {self.holder} starting here?")
 
     def _refuse_or_clear(self) -> None:
         pid = self._holder()
         # Our own id in the lock is a leftover too: a restarted container often runs as the same pid.
         if pid != os.getpid() and _process_alive(pid):
             raise UnetkitError(
-                f"{self.path.parent}: another training (process {pid}) is writing to this run folder; "
+                f"{self.path.parent}: another {self.holder} (process {pid}) is writing to this folder; "
                 "wait for it to finish or choose another --out"
             )
-        self.log(f"note: removing the stale lock of a run that ended without cleaning up ({self.path})")
+        self.log(f"note: removing the stale lock of a {self.holder} that ended without cleaning up ({self.path})")
         self.path.unlink(missing_ok=True)
 
     def _holder(self) -> int:
