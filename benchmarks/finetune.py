@@ -29,12 +29,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, nargs="+", default=[8, 32], help="training image counts")
     parser.add_argument("--time", type=parse_duration, nargs="+", default=[60.0, 180.0], help="budgets")
     parser.add_argument("--starts", nargs="+", default=["scratch", "init"], choices=["scratch", "init"])
+    parser.add_argument("--untouched", action="store_true", help="also score MODEL as shipped (the bar of issue 33)")
     parser.add_argument("--train-options", default="", help="more options for the --init-from runs")
     parser.add_argument("--out", type=Path, default=Path("runs") / "finetune", help="run folders and logs")
     args = parser.parse_args(argv)
     print(f"CPU: {cpu_description()}", flush=True)
     stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
-    rows = []
+    rows = [untouched(args.model, args.data, args.out / stamp)] if args.untouched else []
     for count in args.images:
         for seconds in args.time:
             for start in args.starts:
@@ -47,6 +48,29 @@ def main(argv: list[str] | None = None) -> None:
     path = RESULTS / f"finetune-{datetime.now():%Y-%m-%d-%H%M}-{cpu_slug()}.json"
     save_results(path, {"cpu": cpu_description(), "model": args.model, "rows": rows, "table": table(rows)})
     print(f"results: {path}")
+
+
+def untouched(model: str, data: Path, out: Path) -> dict:
+    """MODEL as shipped, scored on the val split as the runs are: what a loop that starts from it
+    must never end below (issue 33)."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    from benchmarks.accuracy import split_folders
+
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        images, masks = split_folders(data / "dsb2018-dev", Path(tmp))["val"]
+        report = out / "untouched-eval.json"
+        command = [sys.executable, "-m", "unetkit.cli", "evaluate", "--model", model, "--images", str(images)]
+        subprocess.run([*command, "--masks", str(masks), "--json", str(report), "--no-progress"], check=True)
+    scores = json.loads(report.read_text())
+    objects = {key: scores.get("objects", {}).get(key) for key in ("ap50", "ap50_90")}
+    per_class = [{"value": row["mask_value"], "dice": row["dice"]} for row in scores["per_class"]]
+    return {"train_images": 0, "seconds": 0.0, "start": "untouched", "options": [], "objects": objects,
+            "per_class": per_class, "epochs": 0}  # fmt: skip
 
 
 def table(rows: list[dict]) -> str:

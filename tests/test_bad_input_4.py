@@ -475,6 +475,144 @@ def case_yaml_key_of_a_megabyte_given_twice(tmp_path, **_):
     return Case(["train", "--config", config, "--out", tmp_path / "run", *TINY_TRAIN], ("run.yaml", "given twice"))
 
 
+# ---- 5. channels: never blended in silence ----
+
+
+def fluorescence_stack(path: Path, channels: int = 3, axes: str = "CYX") -> Path:
+    """An ImageJ-style TIFF of `channels` stains on a C axis (not RGB colour)."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (channels, 64, 64), dtype=np.uint8)
+    tifffile.imwrite(path, pixels, imagej=True, metadata={"axes": axes})
+    return path
+
+
+def case_three_fluorescence_channels_to_the_gray_nuclei_model(tmp_path, **_):
+    image = fluorescence_stack(tmp_path / "stains.tif")
+    out = tmp_path / "pred"
+    args = ["predict", "--model", "nuclei", image, "--out", out, "--no-progress"]
+    return Case(args, ("stains.tif", "3 channel(s)", "C axis, not RGB", "1-channel"), nothing_in(out))
+
+
+def case_two_fluorescence_channels_to_the_gray_nuclei_model(tmp_path, **_):
+    image = fluorescence_stack(tmp_path / "two.tif", channels=2)
+    out = tmp_path / "pred"
+    args = ["predict", "--model", "nuclei", image, "--out", out, "--no-progress"]
+    return Case(args, ("two.tif", "2 channel(s)", "1-channel"), nothing_in(out))
+
+
+def case_three_fluorescence_channels_evaluated_by_the_gray_model(tmp_path, **_):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    fluorescence_stack(images / "a.tif")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(masks / "a.png")
+    args = ["evaluate", "--model", "nuclei", "--images", images, "--masks", masks, "--no-progress"]
+    return Case(args, ("a.tif", "C axis, not RGB"))
+
+
+def case_rgb_model_given_a_gray_image_stack_of_four(tmp_path, rgb_run, **_):
+    image = fluorescence_stack(tmp_path / "four.tif", channels=4)
+    return Case(predict_args(rgb_run[3], image, tmp_path / "pred"), ("four.tif", "4 channel(s)", "3-channel"))
+
+
+# ---- 5. paths and names: as the file says, never shadowed in silence ----
+
+
+def case_config_init_from_relative_to_the_config_file(tmp_path, rgb_run, monkeypatch, **_):
+    """init_from = "models/m.pt" in conf/run.toml means conf/models/m.pt (the other paths did; this
+    one was read against the current folder, and the missing file named the wrong place)."""
+    images, masks = data(tmp_path)
+    conf = tmp_path / "conf"
+    (conf / "models").mkdir(parents=True)
+    config = conf / "run.toml"
+    config.write_text(f'images = "{images}"\nmasks = "{masks}"\ninit_from = "models/m.pt"\n')
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--config", config, "--out", tmp_path / "run", *TINY_TRAIN]
+    return Case(args, (str(conf / "models" / "m.pt"), "not found"), nothing_in(tmp_path / "run"))
+
+
+def case_a_data_folder_named_like_a_ready_made_model(tmp_path, monkeypatch, **_):
+    images, masks = data(tmp_path)
+    (tmp_path / "nuclei").mkdir()
+    (tmp_path / "nuclei" / "notes.txt").write_text("my nuclei data")
+    monkeypatch.chdir(tmp_path)
+    args = train_args(images, masks, tmp_path / "run", "--init-from", "nuclei")
+    return Case(
+        args, ("nuclei: is a folder here", "ready-made model", "nuclei.safetensors"), nothing_in(tmp_path / "run")
+    )
+
+
+def case_init_from_an_onnx_export(tmp_path, rgb_run, capsys, **_):
+    model = tmp_path / "m.onnx"
+    assert run_cli(capsys, "export", "--checkpoint", rgb_run[3], "--onnx", model)[0] == 0
+    images, masks = make_shapes(tmp_path / "data", count=4, rgb=True)
+    args = train_args(images, masks, tmp_path / "run", "--init-from", model)
+    return Case(args, ("m.onnx", "ONNX export", "best.pt"), nothing_in(tmp_path / "run"))
+
+
+def case_resume_from_an_onnx_export(tmp_path, rgb_run, capsys, **_):
+    model = tmp_path / "m.onnx"
+    assert run_cli(capsys, "export", "--checkpoint", rgb_run[3], "--onnx", model)[0] == 0
+    return Case(["train", "--resume", model, "--no-progress"], ("m.onnx",))
+
+
+# ---- 6. the Python API checks its arguments where they enter ----
+
+
+def api(call: Callable[..., object], *needles: str) -> Callable[..., ApiCase]:
+    def case(tmp_path, rgb_run, **_):
+        return ApiCase(lambda: call(tmp_path, rgb_run), needles)
+
+    return case
+
+
+def _predictor(source=None, **kwargs):
+    from unetkit.inference import Predictor
+
+    return Predictor(source, **kwargs)
+
+
+def _config(tmp_path, **kwargs):
+    from unetkit.train import TrainConfig
+
+    images, masks = data(tmp_path)
+    return TrainConfig(images=str(images), masks=str(masks), out=str(tmp_path / "run"), **kwargs)
+
+
+def _run_training(*args, **kwargs):
+    from unetkit.runs import run_training
+
+    return run_training(*args, **kwargs)
+
+
+API_CASES = {
+    "api_predictor_of_none": api(lambda t, r: _predictor(None), "Predictor(source)", "NoneType", "best.pt"),
+    "api_predictor_of_a_number": api(lambda t, r: _predictor(3), "Predictor(source)", "int"),
+    "api_predictor_options_as_a_dict": api(
+        lambda t, r: _predictor(r[3], options={"threshold": 0.3}), "Predictor(options=)", "InferenceOptions"
+    ),
+    "api_predictor_device_as_a_torch_device": api(
+        lambda t, r: _predictor(r[3], device=object()), "Predictor(device=)", "'cpu'"
+    ),
+    "api_predict_file_of_an_array": api(
+        lambda t, r: _predictor(r[3]).predict_file(np.zeros((32, 32))), "predict_file(path)", "ndarray"
+    ),
+    "api_class_ids_of_a_path": api(
+        lambda t, r: _predictor(r[3]).class_ids(str(r[1] / "img00.png")), "logits(image)", "numpy array"
+    ),
+    "api_run_training_of_a_dict": api(lambda t, r: _run_training({"images": "x"}), "run_training(cfg)", "TrainConfig"),
+    "api_run_training_of_a_path": api(lambda t, r: _run_training("config.toml"), "run_training(cfg)", "str"),
+    "api_run_training_pairs_as_a_folder": api(
+        lambda t, r: _run_training(_config(t, epochs=1), train_pairs="data/images"), "train_pairs", "Pair"
+    ),
+    "api_string_base_channels": api(
+        lambda t, r: _run_training(_config(t, base_channels="16", epochs=1)), "base_channels='16'", "base_channels=16"
+    ),
+    "api_string_epochs": api(lambda t, r: _run_training(_config(t, epochs="3")), "epochs='3'", "whole number"),
+    "api_negative_time": api(lambda t, r: _run_training(_config(t, time=-5.0)), "time"),
+}
+
+
 # ---- the battery ----
 
 
@@ -506,6 +644,7 @@ CASES = {name.removeprefix("case_"): function for name, function in globals().it
     "png_bomb_in_evaluate": bomb_case("img01.png", lambda p: p.write_bytes(png_declaring(60_000, 60_000)), "evaluate"),
     "gif_bomb_in_training": bomb_case("img01.gif", lambda p: p.write_bytes(gif_declaring(65_000, 65_000))),
     "jpeg_bomb_in_training": bomb_case("img01.jpg", lambda p: p.write_bytes(jpeg_declaring(65_000, 65_000))),
+    **API_CASES,
     "jpeg_bomb_in_predict": bomb_case("img01.jpg", lambda p: p.write_bytes(jpeg_declaring(65_000, 65_000)), "predict"),
 }
 
@@ -572,3 +711,164 @@ def test_a_killed_training_resumes_and_its_finished_run_is_refused_after(tmp_pat
     assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
     code, _out, err = run_cli(capsys, "train", "--resume", out / "last.pt", "--no-progress")
     assert_one_line_error(code, err, "already finished at epoch 3")
+
+
+def nuclei_with_ids(folder: Path, count: int, size: int = 96, per_image: int = 7) -> tuple[Path, Path]:
+    """Fluorescent nuclei and their instance masks, uint16, ids numbered on across the images (as
+    a user's corrected masks often are): few images, so few ids that no rule can be sure of."""
+    images, masks = folder / "images", folder / "masks"
+    images.mkdir(parents=True)
+    masks.mkdir()
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:size, :size]
+    next_id = 1
+    for index in range(count):
+        image, labels = rng.normal(12, 3, (size, size)), np.zeros((size, size), np.uint16)
+        for k in range(per_image):
+            cy, cx = 14 + 34 * (k // 3) + rng.integers(-3, 4), 14 + 34 * (k % 3) + rng.integers(-3, 4)
+            inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= rng.uniform(5, 9) ** 2
+            image[inside] = rng.uniform(90, 200)
+            labels[inside] = next_id
+            next_id += 1
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(images / f"n{index}.png")
+        tifffile.imwrite(masks / f"n{index}.tif", labels)
+    return images, masks
+
+
+def test_a_run_from_the_nuclei_model_keeps_its_instances_on_a_few_images(tmp_path, capsys):
+    """Issue 33's loop on four images (28 ids): read as the model's instances and its classes,
+    not as 29 semantic classes with a fresh output layer; from scratch the same masks are said
+    plainly to be many classes, with the option that reads them the other way."""
+    images, masks = nuclei_with_ids(tmp_path / "data", count=4)
+    options = ["--epochs", "1", "--no-progress", "--no-report", "--amp", "off", "--val-fraction", "0.25"]
+    code, text, err = run_cli(capsys, "train", "--images", images, "--masks", masks, "--out", tmp_path / "from",
+                              "--init-from", "nuclei", *options)  # fmt: skip
+    assert code == 0, err
+    assert "as the --init-from model was" in text and "afresh" not in text
+    config = json.loads((tmp_path / "from" / "config.json").read_text())
+    from unetkit.train import load_checkpoint
+    from unetkit.zoo import zoo_model
+
+    model_target = load_checkpoint(zoo_model("nuclei").weights)["mask_values"]["instances"]
+    assert config["instance_masks"] is True and config["instance_target"] == model_target
+    code, text, err = run_cli(capsys, "train", "--images", images, "--masks", masks, "--out", tmp_path / "scratch",
+                              *TINY_TRAIN, "--val-fraction", "0")  # fmt: skip
+    assert code == 0, err
+    assert "the masks hold 29 values, so this trains 29 classes from 4 images" in text and "--instance-masks" in text
+
+
+def test_a_colour_photograph_to_the_gray_model_is_read_as_luminance_and_said(tmp_path, capsys):
+    import unetkit.data.dataset
+
+    unetkit.data.dataset._LUMINANCE_SAID.clear()
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(photo)
+    code, text, err = run_cli(
+        capsys, "predict", "--model", "nuclei", photo, "--out", tmp_path / "pred", "--no-progress"
+    )
+    assert code == 0, err
+    assert text.count("read as their luminance") == 1 and (tmp_path / "pred" / "photo.png").is_file()
+
+
+def test_geojson_of_a_time_lapse_puts_each_frame_on_t_not_z(tmp_path, capsys):
+    frames = np.stack([np.asarray(Image.open(p)) for p in sorted(nuclei_with_ids(tmp_path / "d", 3)[0].iterdir())])
+    movie = tmp_path / "movie.tif"
+    tifffile.imwrite(movie, frames, imagej=True, metadata={"axes": "TYX"})
+    out = tmp_path / "pred"
+    args = ["predict", "--model", "nuclei", movie, "--out", out, "--instances", "--geojson", "--no-progress"]
+    code, _text, err = run_cli(capsys, *args)
+    assert code == 0, err
+    features = json.loads((out / "movie_objects.geojson").read_text())["features"]
+    planes = {(f["geometry"]["plane"]["z"], f["geometry"]["plane"]["t"]) for f in features}
+    assert {z for z, _t in planes} == {0} and {t for _z, t in planes} == {0, 1, 2}
+
+
+def test_evaluate_json_is_strict_json_with_null_for_an_image_without_objects(tmp_path, rgb_run, capsys):
+    _root, images, masks, checkpoint = rgb_run
+    empty = tmp_path / "masks"
+    empty.mkdir()
+    for mask in masks.iterdir():
+        Image.fromarray(np.zeros_like(np.asarray(Image.open(mask)))).save(empty / mask.name)
+    report = tmp_path / "eval.json"
+    args = ["evaluate", "--checkpoint", checkpoint, "--images", images, "--masks", empty, "--json", report]
+    code, _text, err = run_cli(capsys, *args, "--no-progress")
+    assert code == 0, err
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} in {report}")
+
+    parsed = json.loads(report.read_text(), parse_constant=refuse)
+    assert None in [row.get("dice") for row in parsed["per_class"]] or "null" in report.read_text()
+
+
+def test_a_report_of_images_named_like_math_is_written(tmp_path, capsys):
+    images, masks = make_shapes(tmp_path / "data", count=6, prefix="cell_$x^2$_")
+    out = tmp_path / "run"
+    args = [a for a in train_args(images, masks, out) if a != "--no-report"]
+    code, _text, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert "cell_$x^2$_" in (out / "report.html").read_text()
+
+
+def test_a_config_files_init_from_is_read_against_its_folder(tmp_path, rgb_run, monkeypatch, capsys):
+    images, masks = make_shapes(tmp_path / "data", count=4, rgb=True)
+    conf = tmp_path / "conf"
+    (conf / "models").mkdir(parents=True)
+    (conf / "models" / "m.pt").write_bytes(rgb_run[3].read_bytes())
+    (conf / "run.toml").write_text(f'images = "{images}"\nmasks = "{masks}"\ninit_from = "models/m.pt"\n')
+    monkeypatch.chdir(tmp_path)
+    code, _text, err = run_cli(capsys, "train", "--config", conf / "run.toml", "--out", tmp_path / "run", *TINY_TRAIN)
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["init_from"] == str(conf / "models" / "m.pt")
+
+
+# ---- kills at each phase: the same command afterwards finishes the job, and leaves no debris ----
+
+
+@pytest.mark.parametrize(
+    ("suffix", "nth"),
+    [(".unetkit-run.json", 1), ("config.json", 1), ("config.toml", 1), ("best.pt", 1)],
+)
+def test_the_same_train_command_after_a_kill_at_each_first_write(tmp_path, capsys, suffix, nth):
+    images, masks = data(tmp_path)
+    out = tmp_path / "run"
+    killed(train_args(images, masks, out), suffix, nth)
+    code, _text, err = run_cli(capsys, *train_args(images, masks, out))
+    assert code == 0, err
+    assert (out / "best.pt").is_file() and not [p.name for p in out.iterdir() if ".tmp" in p.name]
+
+
+@pytest.mark.parametrize(("option", "name"), [("--onnx", "m.onnx"), ("--safetensors", "m.safetensors")])
+def test_an_export_killed_before_it_landed_is_made_again_without_debris(tmp_path, rgb_run, capsys, option, name):
+    target = tmp_path / "exports" / name
+    killed(["export", "--checkpoint", rgb_run[3], option, target], name, 1)
+    assert not target.exists() and [p.name for p in target.parent.iterdir()]  # only the temporary
+    code, _text, err = run_cli(capsys, "export", "--checkpoint", rgb_run[3], option, target)
+    assert code == 0, err
+    assert [p.name for p in target.parent.iterdir()] == [name]
+
+
+def test_predict_killed_while_planning_leaves_a_folder_the_rerun_takes(tmp_path, rgb_run, capsys):
+    out = tmp_path / "pred"
+    killed(predict_args(rgb_run[3], rgb_run[1], out), MANIFEST, 1)  # before its manifest landed
+    code, _text, err = run_cli(capsys, *predict_args(rgb_run[3], rgb_run[1], out))
+    assert code == 0, err
+    assert len(list(out.glob("img*.png"))) == 5 and not list(out.glob(".*.tmp*"))
+
+
+def test_a_killed_predicts_objects_are_completed_by_the_rerun(tmp_path, rgb_run, capsys):
+    images = many_images(tmp_path, 6)
+    out = tmp_path / "pred"
+    killed(predict_args(rgb_run[3], images, out, "--instances", "--workers", "0"), "_objects.tif", 3)
+    code, _text, err = run_cli(capsys, *predict_args(rgb_run[3], images, out, "--instances"))
+    assert code == 0, err
+    assert len(list(out.glob("*_objects.csv"))) == 6 and not list(out.glob(".*.tmp*"))
+
+
+def test_the_four_batteries_hold_at_least_240_cases():
+    import test_bad_input
+    import test_bad_input_2
+    import test_bad_input_3
+
+    total = sum(len(module.CASES) for module in (test_bad_input, test_bad_input_2, test_bad_input_3)) + len(CASES)
+    assert total >= 240, total

@@ -159,7 +159,7 @@ def claimed_folder(out: Path, planned: Collection[Path], files: Sequence[Path], 
     lock = RunLock(out, name=PREDICT_LOCK_NAME, holder="unetkit predict")
     try:
         with lock:
-            remove_stale_temporaries(out, [*Manifest.read(out).files, *(path.name for path in planned)])
+            remove_stale_temporaries(out, [MANIFEST, *Manifest.read(out).files, *(path.name for path in planned)])
             for folder in out.glob(".unetkit-????????"):  # a killed out-of-core stack's plane files
                 if folder.is_dir():
                     shutil.rmtree(folder, ignore_errors=True)

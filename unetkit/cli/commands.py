@@ -9,6 +9,7 @@ from pathlib import Path
 
 from unetkit.cli.arguments import typed_as
 from unetkit.errors import UnetkitError
+from unetkit.runtime.atomic import remove_stale_temporaries
 from unetkit.runtime.options import show
 from unetkit.runtime.provenance import written_by_unetkit
 from unetkit.train.config import TrainConfig
@@ -95,7 +96,8 @@ def cmd_models(args: argparse.Namespace) -> None:
 def output_file(option: str, path: str | None, suffix: str) -> None:
     """An output file option must name a file of its kind: `--json masks/img01.png` or
     `--onnx best.pt` would replace the user's data with a report or a model; and an existing file
-    of that name is replaced only if unetkit wrote it (its content says so: core/provenance.py)."""
+    of that name is replaced only if unetkit wrote it (its content says so: runtime/provenance.py).
+    The temporaries a killed export of this very name left beside it are removed."""
     if path is None:
         return
     if Path(path).suffix.lower() != suffix:
@@ -109,6 +111,8 @@ def output_file(option: str, path: str | None, suffix: str) -> None:
             f"{option} {path}: the file exists and unetkit did not write it, so it is never replaced; "
             "give a new file name"
         )
+    if Path(path).parent.is_dir():
+        remove_stale_temporaries(Path(path).parent, [Path(path).name])
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

@@ -213,15 +213,18 @@ def fingerprint_pairs(
     workers: int | None = None,
     instances: str | None = None,
     detect: str | None = None,
+    fits_model: bool = False,
 ) -> DataFingerprint:
     """Scan every pair (in parallel) and summarise. `mask_values` given: they are used (and
     checked by encoding later); otherwise they are discovered from all masks. `instances`
     (a mode of data/objects.INSTANCE_VALUES): the masks are instance label images; `detect`:
-    the mode to train them as if the masks look like instance masks (looks_like_instances)."""
+    the mode to train them as if the masks look like instance masks (looks_like_instances);
+    `fits_model`: the run starts from an instance model, and masks that fit it are taken as its."""
     if not pairs:
         raise UnetkitError("no training pairs to fingerprint")
     detecting = bool(detect and not instances and not mask_values)
-    scans, detected, maybe = _scan_pairs(pairs, ignore_value, workers, instances, detect if detecting else None)
+    detect = detect if detecting else None
+    scans, detected, maybe = _scan_pairs(pairs, ignore_value, workers, instances, detect, fits_model)
     instances = detect if detected else instances
     channels = set_channels(scans)
     mean, std = _channel_moments(scans, channels)
@@ -256,7 +259,12 @@ def fingerprint_pairs(
 
 
 def _scan_pairs(
-    pairs: Sequence[Pair], ignore_value: int | None, workers: int | None, instances: str | None, detect: str | None
+    pairs: Sequence[Pair],
+    ignore_value: int | None,
+    workers: int | None,
+    instances: str | None,
+    detect: str | None,
+    fits_model: bool = False,
 ) -> tuple[list[PairScan], bool, bool]:
     """Every pair's scan, with the geometry of an evenly spaced sample; with `detect`, whether the
     masks are instance masks (then scanned as the classes they train as) or may be (a hint)."""
@@ -273,7 +281,7 @@ def _scan_pairs(
     scans = scan(range(len(pairs)), instances, geometry=not detect)
     if not detect:
         return scans, False, False
-    if looks_like_instances(scans):  # measured again as the classes they train as
+    if looks_like_instances(scans, fits=fits_model):  # measured again as the classes they train as
         return scan(range(len(pairs)), detect, geometry=True), True, False
     for index, again in zip(sorted(sampled), scan(sorted(sampled), None, geometry=True), strict=True):
         scans[index] = again  # the sampled masks again, for their geometry
@@ -337,14 +345,17 @@ def _class_geometry(per_mask: Iterable[dict[int, tuple[float, float]]]) -> dict[
     return {v: ClassGeometry(float(statistics.median(widths[v])), float(statistics.median(extents[v]))) for v in widths}
 
 
-def looks_like_instances(scans: Sequence[PairScan | MaskFacts], sure: bool = True) -> bool:
+def looks_like_instances(scans: Sequence[PairScan | MaskFacts], sure: bool = True, fits: bool = False) -> bool:
     """Instance label images (each object its own id, 0 background), told from class masks by
     facts over the set: 0 dominates (data.mask_values.zero_dominates), each id is one connected
     region (a class's objects, or a JPEG's stray values, are many regions of one value), and more
     distinct ids than the MAX_DISCOVERED_VALUES classes a mask set may hold: sure (dsb2018-dev:
     370 ids, 1.0 region an id; ISBI, HC18 and CamVid fail the first or last). With `sure` off, a
     hint only: four or more ids in the median mask, not one same set of values in every mask; a
-    class mask with one shape per class (organs) looks the same, so this is never acted on alone."""
+    class mask with one shape per class (organs) looks the same, so this is never acted on alone.
+    `fits`: the first two facts only, which instance masks of any count hold: enough where the run
+    starts from an instance model (--init-from), whose kind of target the masks then keep (eight
+    corrected nuclei images hold 56 ids, too few to be sure of, and trained as 57 classes)."""
     pixels: Counter[int] = Counter()
     union: set[int] = set()
     for scan in scans:
@@ -354,6 +365,8 @@ def looks_like_instances(scans: Sequence[PairScan | MaskFacts], sure: bool = Tru
     one_region_each = 0 < ids and sum(s.regions for s in scans) <= 1.1 * ids
     if not (zero_dominates(dict(pixels)) and one_region_each):
         return False
+    if fits:
+        return True
     if sure:
         return len(union - {0}) > MAX_DISCOVERED_VALUES
     one_set = len({tuple(s.mask_values.tolist()) for s in scans}) == 1

@@ -28,7 +28,7 @@ from unetkit.models.heads import class_probabilities, predicted_classes
 from unetkit.models.spec import ModelSpec, trained_orientation
 from unetkit.runtime.amp import AMP_MODES, resolve_amp
 from unetkit.runtime.hardware import channels_last_is_faster, fastest_call, resolve_device
-from unetkit.runtime.options import check_fields, number, option, whole
+from unetkit.runtime.options import check_argument, check_fields, number, option, whole
 
 TILING_MODES = ("auto", "on", "off")
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -119,6 +119,12 @@ class Predictor:
         amp: str | None = None,
         options: InferenceOptions | None = None,
     ) -> None:
+        check_argument(source, (str, Path, dict), "Predictor(source)", "Predictor('runs/cells/best.pt')")
+        check_argument(
+            options, (InferenceOptions, type(None)), "Predictor(options=)", "InferenceOptions(threshold=0.3)"
+        )
+        check_argument(device, (str, type(None)), "Predictor(device=)", "device='cpu'")
+        check_argument(amp, (str, type(None)), "Predictor(amp=)", "amp='off'")
         self.options = options or InferenceOptions()
         device, amp = device or self.options.device, amp or self.options.amp  # the arguments win
         name = "checkpoint" if isinstance(source, dict) else source  # in messages
@@ -241,6 +247,9 @@ class Predictor:
     def logits(self, image: np.ndarray, path: str | Path = "image") -> torch.Tensor:
         """(H, W, C) image in [0, 1] -> (1, K, H, W) float32 logits at the image's own size. Other
         arrays (uint8/uint16, 2-D, float64) are first made so by read_image's pixel rule (model_image)."""
+        check_argument(
+            image, np.ndarray, "Predictor.logits(image)", "an (H, W, C) numpy array; files: predict_file(path)"
+        )
         x = self.preprocess.image_tensor(model_image(image, path), Path(path))
         opts = self.options
         if self.tiled(x):
@@ -267,6 +276,7 @@ class Predictor:
 
     def predict_file(self, path: str | Path, threshold: float = 0.5) -> np.ndarray:
         """The mask, in the original mask values, for one image file."""
+        check_argument(path, (str, Path), "Predictor.predict_file(path)", "an image's path; arrays: class_ids(image)")
         return self.mask_values.decode(self.class_ids(read_image(path), path, threshold))
 
 

@@ -36,10 +36,14 @@ TIE = 0.01
 SIZE_FRACTIONS = (0.02, 0.05, 0.1)  # of the median object's area: objects smaller than this are dropped
 
 
-def choose_object_rule(checkpoint: Path, val_pairs: Sequence[Pair], log: Callable[[str], None]) -> None:
+def choose_object_rule(
+    checkpoint: Path, val_pairs: Sequence[Pair], log: Callable[[str], None], start: ObjectRule | None = None
+) -> None:
     """Score every rule of the grid on (up to MAX_IMAGES of) the validation images and write the
     best into `checkpoint`: by adapted Rand error, the score of a connected-pixels task (ISBI), or
-    for instance masks by the field's object score, pooled AP over IoU 0.5:0.9 (scoring/objects.py)."""
+    for instance masks by the field's object score, pooled AP over IoU 0.5:0.9 (scoring/objects.py).
+    `start`: the rule of the model the run started from (--init-from), chosen on a whole held-out
+    set: a candidate, and the one ties go to, as a few corrected images cannot outvote it."""
     state = load_checkpoint(checkpoint)
     predictor = Predictor(state, options=InferenceOptions(backend="torch"))
     if not val_pairs or predictor.num_classes > MAX_CLASSES:
@@ -50,7 +54,8 @@ def choose_object_rule(checkpoint: Path, val_pairs: Sequence[Pair], log: Callabl
     instances = predictor.mask_values.instances is not None
     grid = INSTANCE_GRID if instances else GRID
     rules = [ObjectRule(**dict(zip(grid, values, strict=True))) for values in itertools.product(*grid.values())]
-    error, best = safest(score_rules(predictor, images, rules), ObjectRule.default(predictor.mask_values.instances))
+    anchor = start or ObjectRule.default(predictor.mask_values.instances)
+    error, best = safest(score_rules(predictor, images, [*rules, anchor]), anchor)
     # Then the smallest object kept, in proportion to the validation images' objects (ties keep the
     # grid's 16 px): on dsb2018-dev val, 0 / 8 / 16 / 32 px gave AP@0.5 0.806 / 0.817 / 0.824 / 0.827.
     median = float(np.median(np.concatenate([np.bincount(truth.ravel())[1:] for _, truth in images])))

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 
 from unetkit.data import Pair
+from unetkit.models.spec import ObjectRule
 from unetkit.report import write_report
 from unetkit.runs.object_rule import choose_object_rule
+from unetkit.runtime.options import check_argument
 from unetkit.train import RunResult, TrainConfig, Trainer, train
 from unetkit.train.loop import EpochCallback
 
@@ -23,6 +25,9 @@ def run_training(
     report (unless cfg.report is off); returns where the checkpoints and logs are. On resume,
     `resume_overrides` names the options to take from `cfg` rather than from the checkpoint
     (default: those that differ from TrainConfig's defaults)."""
+    check_argument(cfg, TrainConfig, "run_training(cfg)", "run_training(TrainConfig(images=..., masks=..., time=600))")
+    for name, pairs in (("train_pairs", train_pairs), ("val_pairs", val_pairs)):
+        check_argument(pairs, (list, tuple, type(None)), f"run_training({name}=)", "a list of unetkit.data.Pair")
     return train(cfg, train_pairs, val_pairs, log, on_epoch_end, resume_overrides, then=after_training)
 
 
@@ -32,6 +37,7 @@ def after_training(trainer: Trainer) -> None:
     best = trainer.out / "best.pt"
     if not (trainer.dist.is_main and trainer.run.val_pairs and best.is_file()):  # (a resume may not write one)
         return
-    choose_object_rule(best, trainer.run.val_pairs, trainer.log)
+    start = (trainer.run.init_state or {}).get("object_rule")  # an --init-from model's own rule
+    choose_object_rule(best, trainer.run.val_pairs, trainer.log, ObjectRule.from_state(start) if start else None)
     if trainer.cfg.report:
         write_report(trainer.out, log=trainer.log, pairs=trainer.run.val_pairs, source="the run's validation images")

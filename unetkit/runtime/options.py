@@ -133,3 +133,12 @@ def duration(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"the time budget must be positive, got {text!r}")
     return value
+
+
+def check_argument(value: Any, kinds: type | tuple[type, ...], name: str, example: str) -> None:
+    """A Python API argument checked where it enters: the wrong type is one line naming the
+    argument and a right call, as the command line answers, not a TypeError from deep inside."""
+    if isinstance(value, kinds):
+        return
+    wanted = " or ".join(kind.__name__ for kind in (kinds if isinstance(kinds, tuple) else (kinds,)))
+    raise UnetkitError(f"{name}: expected {wanted}, got {type(value).__name__} {str(value)[:40]!r}; e.g. {example}")

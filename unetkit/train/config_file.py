@@ -18,8 +18,9 @@ import codecs
 import difflib
 import json
 import math
+import os
 import tomllib
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +126,21 @@ def read_config_file(path: str | Path) -> tuple[TrainConfig, dict[str, str]]:
     file's folder (not the current one), and each option's key as the file spells it, for messages."""
     path = Path(path)
     cfg, keys = _load(path)
-    return absolute_paths(cfg, path.parent, [name for name in PATH_OPTIONS if name in keys]), keys
+    cfg = absolute_paths(cfg, path.parent, [name for name in PATH_OPTIONS if name in keys])
+    return replace(cfg, init_from=model_path_from(cfg.init_from, path.parent)), keys
+
+
+def model_path_from(init_from: str | None, base: Path) -> str | None:
+    """A config file's init_from: a path relative to the file's folder (like every path in it),
+    unless it is a ready-made model's name and no file or folder of that name is there."""
+    from unetkit.zoo import zoo_models
+
+    if not init_from:
+        return init_from
+    beside = base / Path(init_from).expanduser()
+    if init_from in zoo_models() and not beside.exists():
+        return init_from
+    return os.path.abspath(beside)
 
 
 def _load(path: Path) -> tuple[TrainConfig, dict[str, str]]:

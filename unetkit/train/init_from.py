@@ -36,7 +36,13 @@ def load_init_state(name: str | None) -> dict[str, Any] | None:
     """MODEL's checkpoint (a best.pt, last.pt, .safetensors export or a ready-made model's name), checked."""
     if name is None:
         return None
-    return load_checkpoint(model_file(name))
+    path = model_file(name)
+    if path.suffix.lower() == ".onnx":
+        raise UnetkitError(
+            f"{path}: an ONNX export predicts but holds no weights training can start from; pass --init-from the "
+            "run's best.pt or its .safetensors export"
+        )
+    return load_checkpoint(path)
 
 
 def architecture_from(cfg: TrainConfig, state: dict[str, Any], source: str) -> TrainConfig:

@@ -113,6 +113,8 @@ def foreign_files(out: Path) -> list[str]:
 def _ours(entry: Path, marked: bool) -> bool:
     if entry.name == LOCK_NAME or is_lock_temporary(entry.name):
         return True  # a killed run's lock is taken over as before (runtime/folder_lock.py)
+    if is_temporary_of(entry.name, (MARKER,)):
+        return True  # a run killed while marking the folder: only unetkit writes that name
     if not marked:
         return False
     if entry.is_dir():

@@ -180,7 +180,7 @@ def plan(
         cfg, _ = fill_unset(cfg, {"binary": resume_state["binary"], "workers": default_workers()})
     else:
         started = time.perf_counter()
-        data = fingerprint_pairs(train_pairs, cfg.ignore_value, cfg.mask_values, **instance_modes(cfg))
+        data = fingerprint_pairs(train_pairs, cfg.ignore_value, cfg.mask_values, **instance_modes(cfg, init_state))
         instances = data.mask_values.instances
         cfg, _ = fill_unset(cfg, {"instance_masks": instances is not None, "instance_target": instances})
         if data.instances_maybe:
@@ -192,9 +192,11 @@ def plan(
         if data.instances_detected:
             log(
                 f"masks: instance label images (each object its own id), trained as {data.mask_values.values} "
-                f"({' / '.join(INSTANCE_CLASS_NAMES[instances])}); "
+                f"({' / '.join(INSTANCE_CLASS_NAMES[instances])}"
+                f"{', as the --init-from model was' if model_instances(init_state) else ''}); "
                 "--no-instance-masks trains their values as classes"
             )
+        say_many_classes(data, cfg, log)
         cfg, summary = apply_recipe(cfg, data, device)
         log(f"{summary} ({time.perf_counter() - started:.1f}s to read and measure the training set)")
         preprocess = preprocess_for(cfg, data, init_state)
@@ -225,15 +227,40 @@ def preprocess_for(cfg: TrainConfig, data: DataFingerprint, init_state: dict[str
     return Preprocess(data.channels, data.mean, data.std, cfg.scale)
 
 
-def instance_modes(cfg: TrainConfig) -> dict[str, str | None]:
+def instance_modes(cfg: TrainConfig, init_state: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the fingerprint takes the masks as: instance masks trained as --instance-target's
     classes (default DEFAULT_INSTANCE_TARGET), given by --instance-masks or, when unset, detected
-    from the masks (none when --mask-values names the classes)."""
-    mode = cfg.instance_target or DEFAULT_INSTANCE_TARGET
+    from the masks (none when --mask-values names the classes). A run from an instance model keeps
+    the model's kind of target where the masks fit it, however few they are."""
+    from_model = model_instances(init_state)
+    mode = cfg.instance_target or from_model or DEFAULT_INSTANCE_TARGET
     if cfg.instance_masks:
         return {"instances": mode, "detect": None}
     detect = cfg.instance_masks is None and cfg.mask_values is None
-    return {"instances": None, "detect": mode if detect else None}
+    return {"instances": None, "detect": mode if detect else None, "fits_model": bool(detect and from_model)}
+
+
+def model_instances(init_state: dict[str, Any] | None) -> str | None:
+    """The --init-from model's instance target (objects, boundary), or None."""
+    values = (init_state or {}).get("mask_values")
+    return values.get("instances") if isinstance(values, dict) else None
+
+
+# Classes that read as a hint of instance masks when a set holds more of them than images: the
+# correct-and-retrain loop's eight nuclei images trained as 57 classes and scored AP@0.5 0.16.
+MANY_CLASSES = 16
+
+
+def say_many_classes(data: DataFingerprint, cfg: TrainConfig, log: Log) -> None:
+    """Dozens of classes from a handful of images is said plainly, with the option that reads the
+    masks the other way."""
+    classes = data.mask_values.num_classes
+    if data.mask_values.instances or cfg.mask_values or classes <= MANY_CLASSES or data.num_images >= classes:
+        return
+    log(
+        f"note: the masks hold {classes} values, so this trains {classes} classes from {data.num_images} images; "
+        "if each value is one object (instance masks), pass --instance-masks"
+    )
 
 
 def check_plan(cfg: TrainConfig, mask_values: MaskValues) -> None:

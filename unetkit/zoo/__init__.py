@@ -58,6 +58,17 @@ def model_file(name: str) -> Path:
     """A checkpoint's path as given, or a ready-made model's weights when `name` is a zoo name and
     no file of that name exists."""
     path = Path(name)
-    if not path.exists() and name in zoo_models():
+    if name not in zoo_models():
+        return path
+    if not path.exists():
         return zoo_models()[name].weights
+    if path.is_dir():  # a data folder named like a model: neither is what the user meant to load
+        raise UnetkitError(
+            f"{name}: is a folder here, and also the name of a ready-made model; a path wins over a name, and a "
+            f"folder is no model: pass the file ({path / 'best.pt'}), or the ready-made one by its file "
+            f"({zoo_models()[name].weights})"
+        )
+    print(
+        f"note: {name} is a file here and is loaded as the model; the ready-made {name} is {zoo_models()[name].weights}"
+    )
     return path
