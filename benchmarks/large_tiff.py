@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--instances", action="store_true", help="also write and compare the objects")
     args = parser.parse_args(argv)
     print(f"CPU: {cpu_description()}", flush=True)
+    # A whole-slide image is over the default pixel limit (data/limits.py): raised as a user would.
+    os.environ.setdefault("UNETKIT_MAX_PIXELS", str(max(2**28, args.side * args.side)))
     extra = ["--probabilities"] * args.probabilities + ["--instances"] * args.instances
     results: dict = {"cpu": cpu_description(), "side": args.side, "outputs": ["mask", *extra]}
     with tempfile.TemporaryDirectory(prefix="unetkit-large-") as folder:

@@ -758,9 +758,9 @@ def test_a_run_from_the_nuclei_model_keeps_its_instances_on_a_few_images(tmp_pat
 
 
 def test_a_colour_photograph_to_the_gray_model_is_read_as_luminance_and_said(tmp_path, capsys):
-    import unetkit.data.dataset
+    import unetkit.data.preprocess
 
-    unetkit.data.dataset._LUMINANCE_SAID.clear()
+    unetkit.data.preprocess._LUMINANCE_SAID.clear()
     photo = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(photo)
     code, text, err = run_cli(

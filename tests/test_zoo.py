@@ -114,3 +114,18 @@ def test_training_starts_from_a_model_by_name(tmp_path, capsys):
 def test_an_unknown_model_name_is_one_line(tmp_path, capsys):
     code, _, err = run_cli(capsys, "predict", "--model", "nucleii", tmp_path, "--out", tmp_path / "o")
     assert_one_line_error(code, err, "nucleii", "unetkit models", "nuclei")
+
+
+def test_a_ready_made_model_predicts_from_python_by_name(tmp_path):
+    """Predictor.from_pretrained("nuclei") (stardist's and Hugging Face's convention) and a list of
+    arrays in memory, cut at the options' threshold (its one source)."""
+    from unetkit.inference import InferenceOptions, Predictor
+
+    expected = fluorescent_nuclei(tmp_path / "images", count=2)
+    images = [np.asarray(Image.open(path)) for path in sorted((tmp_path / "images").iterdir())]
+    predictor = Predictor.from_pretrained("nuclei", options=InferenceOptions(backend="torch"))
+    masks = predictor.predict_images(images)
+    assert len(masks) == 2 and all(mask.shape == (256, 256) for mask in masks)
+    objects = [predictor.objects(predictor.logits(image))[0].max() for image in images]
+    assert objects == expected[:2]
+    assert np.array_equal(predictor.predict_file(sorted((tmp_path / "images").iterdir())[0]), masks[0])

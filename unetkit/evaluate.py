@@ -24,7 +24,6 @@ OBJECTS_ABOUT = (
 def evaluate_pairs(
     predictor: Predictor,
     pairs: Sequence[Pair],
-    threshold: float = 0.5,
     progress: bool = True,
     on_prediction: Callable[[Pair, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
 ) -> EvaluationReport:
@@ -37,7 +36,7 @@ def evaluate_pairs(
         image, mask = pair.read()
         target = predictor.mask_values.encode(mask, pair.mask)
         logits = predictor.logits(image, pair.image)
-        pred = predictor.class_ids_from_logits(logits, threshold)
+        pred = predictor.class_ids_from_logits(logits, predictor.options.threshold)  # the one threshold
         metrics.update(torch.from_numpy(pred), torch.from_numpy(target), pair.label)
         labels = predictor.objects(logits)[0]
         del logits

@@ -13,7 +13,7 @@ from synthetic import run_cli
 
 import unetkit.inference.slide.band_objects as band_objects
 import unetkit.inference.slide.large_tiff as large_tiff
-from unetkit.data.dataset import Preprocess
+from unetkit.data.preprocess import Preprocess
 from unetkit.inference import InferenceOptions, Predictor
 from unetkit.inference.instances import ObjectRule, object_table, split_objects
 from unetkit.inference.slide.row_resample import RowResampler

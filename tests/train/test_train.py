@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -55,6 +56,10 @@ def test_tiny_training_really_learns(binary_data, tmp_path):
     assert state["mask_values"]["values"] == [0, 255] and state["binary"] is True
     for key in ("optimizer", "scheduler", "scaler", "epoch", "rng", "config"):
         assert key in state
+    fingerprint = json.loads((run / "fingerprint.json").read_text())  # what the recipe read, beside config.json
+    config = json.loads((run / "config.json").read_text())
+    assert fingerprint["num_images"] == len(config["resolved"]["train_images"])  # the training split
+    assert fingerprint["mask_values"]["values"] == [0, 255] and set(fingerprint["value_pixels"]) == {"0", "255"}
 
 
 def test_multiclass_training_learns(multiclass_data, tmp_path):

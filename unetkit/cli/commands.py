@@ -127,7 +127,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     pairs = find_pairs(args.images, args.masks, args.mask_suffix)
     refuse_unused_axes(AxisChoice(args.channel_axis, args.plane_axis), [pair.image for pair in pairs])  # typed ones
     pairs = expand_planes(pairs, options.axes)
-    report = evaluate_pairs(predictor, pairs, options.threshold, progress=options.progress)
+    report = evaluate_pairs(predictor, pairs, progress=options.progress)
     print(format_report(report))
     if args.json:
         from unetkit.runtime.atomic import write_json

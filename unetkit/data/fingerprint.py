@@ -18,8 +18,8 @@ import statistics
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import TypeVar
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 from scipy import ndimage
@@ -28,12 +28,12 @@ from skimage.measure import label
 from unetkit.data.mask_values import MAX_DISCOVERED_VALUES, MaskValues, discover_mask_values, zero_dominates
 from unetkit.data.objects import INSTANCE_VALUES, instance_classes
 from unetkit.data.pairing import Pair
+from unetkit.data.preprocess import IMAGE_PERCENTILES, channel_percentiles
 from unetkit.errors import UnetkitError
 
 GEOMETRY_SAMPLE = 32  # masks whose class geometry is measured, evenly spaced over the set
-# An image's brightness range in a channel: its 1st to 99.8th percentile, the bounds of the
-# per-image normalisation (train/setup.py's IMAGE_PERCENTILES), from about this many pixels.
-RANGE_PERCENTILES = (1.0, 99.8)
+# An image's brightness range in a channel is measured between the bounds of the per-image
+# normalisation (data/preprocess.py's IMAGE_PERCENTILES), from about this many pixels.
 RANGE_SAMPLE = 65536
 FLAT = 1e-3  # a channel whose range is below this (of the type's full range) is blank: it tells nothing
 
@@ -86,7 +86,7 @@ class PairScan:
     channels: int
     channel_sum: np.ndarray  # float64 (C,)
     channel_sumsq: np.ndarray
-    channel_range: np.ndarray  # (C,) the image's brightness range in each channel (RANGE_PERCENTILES)
+    channel_range: np.ndarray  # (C,) the image's brightness range in each channel (IMAGE_PERCENTILES)
     mask_values: np.ndarray  # the distinct values, in the mask's own dtype
     mask_counts: np.ndarray
     mask_row_sums: np.ndarray  # per value: the sum of its pixels' heights in the image (0 top, 1 bottom)
@@ -136,21 +136,9 @@ def channel_moments(image: np.ndarray, rows: int = 128) -> tuple[np.ndarray, np.
     return sums, squares
 
 
-def channel_percentiles(image: np.ndarray, bounds: Sequence[float], pixels: int) -> np.ndarray:
-    """(len(bounds), C): each channel's percentiles of an (H, W, C) image, from an evenly strided
-    sample of about `pixels` pixels (exact percentiles of a 4096^2 image cost ~1 s a channel)."""
-    step = sample_step(image.shape[0], image.shape[1], pixels)
-    return np.percentile(image[::step, ::step].reshape(-1, image.shape[2]), bounds, axis=0)
-
-
-def sample_step(height: int, width: int, pixels: int) -> int:
-    """The stride of rows and columns that leaves about `pixels` of a height x width image."""
-    return max(1, int(np.sqrt(height * width / pixels)))
-
-
 def channel_range(image: np.ndarray) -> np.ndarray:
-    """Each channel's RANGE_PERCENTILES range of an (H, W, C) image."""
-    low, high = channel_percentiles(image, RANGE_PERCENTILES, RANGE_SAMPLE)
+    """Each channel's IMAGE_PERCENTILES range of an (H, W, C) image."""
+    low, high = channel_percentiles(image, IMAGE_PERCENTILES, RANGE_SAMPLE)
     return (high - low).astype(np.float64)
 
 
@@ -201,9 +189,32 @@ class DataFingerprint:
         most = max(range(len(fractions)), key=fractions.__getitem__)
         return [class_id for class_id in range(len(fractions)) if class_id != most]
 
+    def to_dict(self) -> dict[str, Any]:
+        """What the recipe read, as JSON-ready data: fingerprint.json in the run folder, so a
+        surprising plan can be explained from the run folder alone (nnU-Net keeps its fingerprint
+        as a file too)."""
+        plain = {
+            name: getattr(self, name) for name in self.__dataclass_fields__ if name not in ("geometry", "mask_values")
+        }
+        geometry = {str(value): asdict(shape) for value, shape in self.geometry.items()}
+        return {
+            **_python_numbers(plain),
+            "mask_values": self.mask_values.to_dict(),
+            "geometry": _python_numbers(geometry),
+        }
+
     def describe(self) -> str:
         kind = {1: "gray", 3: "RGB"}.get(self.channels, f"{self.channels} channels")
         return f"{self.num_images} images of median size {self.median_width}x{self.median_height}, {kind}"
+
+
+def _python_numbers(data: Any) -> Any:
+    """numpy scalars as Python numbers, through dicts and lists (json writes only the latter)."""
+    if isinstance(data, dict):
+        return {str(key): _python_numbers(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [_python_numbers(value) for value in data]
+    return data.item() if isinstance(data, np.generic) else data
 
 
 def fingerprint_pairs(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -261,9 +262,9 @@ class Predictor:
         del x
         return at_image_size(logits, image.shape[:2])
 
-    def class_ids(self, image: np.ndarray, path: str | Path = "image", threshold: float = 0.5) -> np.ndarray:
-        """(H, W) class ids for an (H, W, C) image."""
-        return self.class_ids_from_logits(self.logits(image, path), threshold)
+    def class_ids(self, image: np.ndarray, path: str | Path = "image") -> np.ndarray:
+        """(H, W) class ids for an (H, W, C) image, binary models cut at options.threshold (its one source)."""
+        return self.class_ids_from_logits(self.logits(image, path), self.options.threshold)
 
     @staticmethod
     def class_ids_from_logits(logits: torch.Tensor, threshold: float = 0.5) -> np.ndarray:
@@ -274,10 +275,25 @@ class Predictor:
         """(K, H, W) float32 per-class probabilities (two channels for a binary model)."""
         return class_probabilities(logits)[0].numpy().astype(np.float32)
 
-    def predict_file(self, path: str | Path, threshold: float = 0.5) -> np.ndarray:
+    def predict_file(self, path: str | Path) -> np.ndarray:
         """The mask, in the original mask values, for one image file."""
         check_argument(path, (str, Path), "Predictor.predict_file(path)", "an image's path; arrays: class_ids(image)")
-        return self.mask_values.decode(self.class_ids(read_image(path), path, threshold))
+        return self.mask_values.decode(self.class_ids(read_image(path), path))
+
+    def predict_images(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Masks, in the original mask values, for images already in memory (numpy arrays as
+        read_image returns them, or any array its pixel rule reads: uint8, uint16, 2-D)."""
+        check_argument(images, (list, tuple), "Predictor.predict_images(images)", "[image_a, image_b]")
+        return [self.mask_values.decode(self.class_ids(image, f"image {index}")) for index, image in enumerate(images)]
+
+    @classmethod
+    def from_pretrained(cls, name: str, **kwargs: Any) -> Predictor:
+        """A ready-made model by its name (`unetkit models` lists them), as stardist's and Hugging
+        Face's from_pretrained: Predictor.from_pretrained("nuclei"). Keywords as Predictor's."""
+        from unetkit.zoo import zoo_model
+
+        check_argument(name, str, "Predictor.from_pretrained(name)", "Predictor.from_pretrained('nuclei')")
+        return cls(zoo_model(name).weights, **kwargs)
 
 
 def model_image(image: np.ndarray, path: str | Path = "image") -> np.ndarray:

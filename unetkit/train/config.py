@@ -79,7 +79,8 @@ class TrainConfig:
     instance_masks: bool | None = option(
         None, "the masks are instance label images (each object its own id, 0 background, e.g. 16-bit PNG or "
         "TIFF); trained as background / object, their objects kept for --border-weight and the object scores "
-        "(default: detected from the masks, data/objects.py looks_like_instances)",
+        "(default: detected from the masks: background the largest value, one region an id, more ids than a "
+        "class mask holds; from an instance model (--init-from), whenever the masks fit it)",
         group="data", toggle=True,
     )  # fmt: skip
     instance_target: str | None = option(

@@ -405,6 +405,8 @@ class Trainer:
 
     # --- the run folder ---
     def _write_run_config(self) -> None:
+        if self.run.data.fingerprint is not None:
+            write_json(self.out / "fingerprint.json", self.run.data.fingerprint)
         # Every path absolute, the run folder included: the run's config names them from any folder.
         cfg = absolute_paths(replace(self.cfg, out=str(self.out)), Path.cwd(), PATH_OPTIONS)
         ensure_folder(self.out)

@@ -27,6 +27,7 @@ RUN_FILES = (
     "last.pt",
     "config.json",
     "config.toml",
+    "fingerprint.json",
     "metrics.csv",
     "curves.png",
     "report.html",

@@ -24,6 +24,7 @@ from unetkit.data.dataset import pad_collate
 from unetkit.data.fingerprint import DataFingerprint, fingerprint_pairs
 from unetkit.data.objects import DEFAULT_INSTANCE_TARGET, INSTANCE_CLASS_NAMES
 from unetkit.data.pairing import describe_names, expand_planes
+from unetkit.data.preprocess import IMAGE_PERCENTILES
 from unetkit.data.tiff_axes import refuse_unused_axes
 from unetkit.data.transforms import STRONG_PHOTOMETRIC
 from unetkit.errors import UnetkitError
@@ -157,6 +158,7 @@ class DataPlan:
     mask_values: MaskValues
     preprocess: Preprocess
     sampled_classes: list[int]  # class ids a third of the patches are centred on
+    fingerprint: dict[str, Any] | None = None  # what the recipe read (None on resume: the run's own file stays)
 
 
 def plan(
@@ -200,13 +202,9 @@ def plan(
         cfg, summary = apply_recipe(cfg, data, device)
         log(f"{summary} ({time.perf_counter() - started:.1f}s to read and measure the training set)")
         preprocess = preprocess_for(cfg, data, init_state)
-        data_plan = DataPlan(data.mask_values, preprocess, data.rarer_classes(data.mask_values))
+        data_plan = DataPlan(data.mask_values, preprocess, data.rarer_classes(data.mask_values), data.to_dict())
     check_plan(cfg, data_plan.mask_values)
     return cfg, data_plan
-
-
-# stardist's and cellpose's default; the high end below 100 so a few hot pixels do not set the range
-IMAGE_PERCENTILES = [1.0, 99.8]
 
 
 def preprocess_for(cfg: TrainConfig, data: DataFingerprint, init_state: dict[str, Any] | None = None) -> Preprocess:

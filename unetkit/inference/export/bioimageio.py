@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unetkit.data.dataset import percentile_scaled
 from unetkit.data.io import read_image_scaled
+from unetkit.data.preprocess import percentile_scaled
 from unetkit.data.tiff_axes import count_planes
 from unetkit.errors import UnetkitError
 from unetkit.inference.outputs import overlay, save_png

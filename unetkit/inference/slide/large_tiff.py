@@ -12,7 +12,6 @@ band (row_resample.py), so every output has the image's size, as in memory."""
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -24,9 +23,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from unetkit.data.dataset import PERCENTILE_PIXELS, match_channels, range_scaled
-from unetkit.data.fingerprint import sample_step
 from unetkit.data.io import MAX_CHANNELS, PixelRule, pixel_maximum, tiff_marks_alpha
+from unetkit.data.preprocess import PERCENTILE_PIXELS, match_channels, sample_step
 from unetkit.data.tiff_axes import FILE_AXES, AxisChoice, TiffAxes, tiff_layout
 from unetkit.errors import UnetkitError
 from unetkit.inference.outputs import PredictOutputs, output_name
@@ -160,8 +158,8 @@ def logit_bands(predictor, pixels, rule: PixelRule, path: Path, progress: bool) 
     memory by rounding)."""
     options = predictor.options
     # Per-image percentiles come from the whole image first (image_percentiles), then scale each band.
-    preprocess = dataclasses.replace(predictor.preprocess, scale=1.0, percentiles=None)
-    bounds = predictor.preprocess.percentiles
+    preprocess = predictor.preprocess
+    bounds = preprocess.percentiles
     ranges = image_percentiles(pixels, rule, path, bounds, preprocess.in_channels) if bounds else None
     height, width = pixels.shape[:2]
     th = min(options.tile, height)
@@ -171,8 +169,7 @@ def logit_bands(predictor, pixels, rule: PixelRule, path: Path, progress: bool) 
     # Closed also when the generator is (the TIFF writer stops pulling after its last tile).
     with tqdm(total=len(tops) * len(row), desc="tiles", unit="tile", disable=not progress, leave=False) as bar:
         for index, top in enumerate(tops):
-            image = match_channels(band_image(pixels, top, top + th, rule, path), preprocess.in_channels, path)
-            x = preprocess.image_tensor(range_scaled(image, *ranges) if ranges is not None else image, path)
+            x = preprocess.band_tensor(band_image(pixels, top, top + th, rule, path), path, ranges)
             pieces = (((top, left, h, w), crop(x, (0, left, h, w))) for _, left, h, w in row)
             for box, logits in forward_batches(predictor.forward, pieces, options.batch_size):
                 blended.add(box, logits)
