@@ -13,8 +13,8 @@ from PIL import Image
 from synthetic import TINY_TRAIN, run_cli
 
 from unetkit.data import find_pairs
-from unetkit.data.preprocess import percentile_scaled
 from unetkit.data.fingerprint import DataFingerprint, fingerprint_pairs
+from unetkit.data.preprocess import percentile_scaled
 from unetkit.models.checkpoint import load_checkpoint
 from unetkit.train import TrainConfig
 from unetkit.train.recipes import apply_recipe, data_normalisation
