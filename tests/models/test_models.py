@@ -131,3 +131,24 @@ def test_a_model_gives_back_the_options_it_was_built_from(name):
     default = create_model(name, in_channels=1, num_classes=2).state_dict()
     rebuilt = create_model(name, **cls.arguments(SimpleNamespace(**{**unset, **cls.options({})}), 1, 2))
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in default.items()}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_exports_to_onnx_safetensors_and_bioimageio(name, tmp_path):
+    """A registered model leaves unetkit every way a trained one does (smp's model tests export
+    every encoder): ONNX (checked against PyTorch on two sizes), safetensors (read back to the
+    same weights) and a bioimage.io package."""
+    from unetkit.data import MaskValues, Preprocess
+    from unetkit.inference.export.bioimageio import export_bioimageio
+    from unetkit.inference.export.onnx import export_onnx
+    from unetkit.models.checkpoint import load_checkpoint
+    from unetkit.models.safetensors_file import save_safetensors
+    from unetkit.models.spec import ModelSpec
+
+    model, args = small(name)
+    spec = ModelSpec(name, args, MaskValues([0, 1, 2, 3]), Preprocess(3, [0.5] * 3, [0.25] * 3), False)
+    state = {**spec.to_state(), "model": model.eval().state_dict()}
+    assert export_onnx(state, tmp_path / "m.onnx") < 1e-3
+    weights = load_checkpoint(save_safetensors(state, tmp_path / "m.safetensors"))["model"]
+    assert all(torch.equal(weights[key], value) for key, value in state["model"].items())
+    assert export_bioimageio(state, tmp_path / "m.zip").stat().st_size > 0

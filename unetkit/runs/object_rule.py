@@ -56,7 +56,8 @@ def choose_object_rule(
     rules = [ObjectRule(**dict(zip(grid, values, strict=True))) for values in itertools.product(*grid.values())]
     anchor = start or ObjectRule.default(predictor.mask_values.instances)
     tie = TIE if start is None else start_tie(images)
-    error, best = safest(score_rules(predictor, images, [*rules, anchor]), anchor, tie)
+    candidates = rules if start is None or start in rules else [*rules, start]
+    error, best = safest(score_rules(predictor, images, candidates), anchor, tie)
     # Then the smallest object kept, in proportion to the validation images' objects (ties keep the
     # grid's 16 px): on dsb2018-dev val, 0 / 8 / 16 / 32 px gave AP@0.5 0.806 / 0.817 / 0.824 / 0.827.
     median = float(np.median(np.concatenate([np.bincount(truth.ravel())[1:] for _, truth in images])))

@@ -9,8 +9,9 @@ from unetkit.models.spec import ObjectRule
 from unetkit.report import write_report
 from unetkit.runs.object_rule import choose_object_rule
 from unetkit.runtime.options import check_argument
-from unetkit.train import RunResult, TrainConfig, Trainer, train
+from unetkit.train import RunResult, TrainConfig, Trainer
 from unetkit.train.loop import EpochCallback
+from unetkit.train.run_claim import claimed_run
 
 
 def run_training(
@@ -28,7 +29,11 @@ def run_training(
     check_argument(cfg, TrainConfig, "run_training(cfg)", "run_training(TrainConfig(images=..., masks=..., time=600))")
     for name, pairs in (("train_pairs", train_pairs), ("val_pairs", val_pairs)):
         check_argument(pairs, (list, tuple, type(None)), f"run_training({name}=)", "a list of unetkit.data.Pair")
-    return train(cfg, train_pairs, val_pairs, log, on_epoch_end, resume_overrides, then=after_training)
+    # plan -> Trainer(plan) -> fit -> the steps after training, in a run folder held throughout
+    with claimed_run(cfg, train_pairs, val_pairs, log, resume_overrides) as trainer:
+        result = trainer.fit(on_epoch_end)
+        after_training(trainer)
+    return result
 
 
 def after_training(trainer: Trainer) -> None:

@@ -1,7 +1,8 @@
 from unetkit.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from unetkit.runtime.amp import AmpPolicy, cpu_has_native_bf16, resolve_amp
 from unetkit.train.config import TrainConfig
-from unetkit.train.loop import RunResult, Trainer, train
+from unetkit.train.loop import RunResult, Trainer
+from unetkit.train.run_claim import train
 from unetkit.train.schedulers import SCHEDULERS, Schedule
 
 __all__ = [

@@ -10,7 +10,7 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,19 +20,14 @@ from tqdm.auto import tqdm
 
 from unetkit.data import Pair
 from unetkit.data.pairing import file_names
-from unetkit.errors import UnetkitError
 from unetkit.models.checkpoint import save_checkpoint
 from unetkit.models.heads import predicted_classes
-from unetkit.runtime.atomic import ensure_folder, remove_stale_temporaries, write_json
-from unetkit.runtime.folder_lock import RunLock
-from unetkit.runtime.hardware import cpu_description
 from unetkit.scoring.metrics import SegmentationMetrics
-from unetkit.train.config import PATH_OPTIONS, TrainConfig, absolute_paths
-from unetkit.train.config_file import write_config_toml
+from unetkit.train.budget import TimeBudget
+from unetkit.train.config import TrainConfig
 from unetkit.train.distributed import unwrap
 from unetkit.train.interrupt import InterruptFlag
 from unetkit.train.run_files import EpochRow, plot_curves, write_metrics_csv
-from unetkit.train.run_folder import MARKER, RUN_FILES, carry_best, check_run_folder, mark_run_folder
 from unetkit.train.run_plan import RunPlan, plan_run
 from unetkit.train.setup import (
     build_datasets,
@@ -70,8 +65,8 @@ class Trainer:
         for line in self.built.notes:
             self.log(line)
         # The LR schedule of a --time run reads the clock from its first step on.
-        self.elapsed_before, self.started = 0.0, None  # training seconds before this process (resume), and now
-        self.opt = build_optimisation(run.cfg, self.built, self.train_set, run.dist, self.timed_progress)
+        self.budget = TimeBudget(run.cfg.time, run.cfg.min_epochs, run.cfg.epochs)
+        self.opt = build_optimisation(run.cfg, self.built, self.train_set, run.dist, self.budget.progress)
         self.stop_rules = StopRules(run.cfg, run.dist, run.out)
         self.start_epoch, self.history, self.best_dice, self.epochs_since_best = 1, [], -math.inf, 0
         if run.resume_state is not None:
@@ -93,56 +88,8 @@ class Trainer:
         return cls(plan_run(cfg, train_pairs, val_pairs, log, resume_overrides))
 
     # --- the whole run ---
-    def fit(self, on_epoch_end: EpochCallback | None = None, then: Callable[[], None] | None = None) -> RunResult:
-        """Run the epochs; then `then` (the run layer's steps after training, unetkit/runs), while
-        the run folder is still locked to this run."""
-        self._refuse_finished_resume()
-        lock = RunLock(self.out, self.log) if self.dist.is_main else None
-        refused = None
-        if lock is not None:  # only rank 0 writes files, so only it needs the folder to itself
-            try:
-                lock.acquire()
-                # Another run may have finished here, or files appeared, since this one was set up.
-                check_run_folder(self.out, self.cfg.resume)
-                mark_run_folder(self.out)
-                carry_best(self.out, self.cfg.resume)
-            except UnetkitError as err:
-                lock.release()
-                refused = str(err)
-        refused = self.dist.broadcast_object(refused)  # under torchrun every rank stops, none waits
-        if refused:
-            raise UnetkitError(refused)
-        try:
-            return self._fit_locked(on_epoch_end, then)
-        finally:
-            if lock is not None:
-                lock.release()
-
-    def _refuse_finished_resume(self) -> None:
-        """A resumed run that had already stopped (its epochs done, or the same stop rule holds) is
-        refused before anything is written: resuming it would rewrite best.pt and config.json for
-        no epoch trained."""
-        if self.run.resume_state is None:
-            return
-        epoch, cfg = self.start_epoch - 1, self.cfg
-        if cfg.epochs is not None and epoch >= cfg.epochs:
-            reason = f"its {cfg.epochs} epochs are done"
-        else:
-            seconds = self.history[-1].seconds if self.history else 0.0
-            since_best, elapsed = self.epochs_since_best, self.elapsed_before  # the checkpoint's, on every rank
-            reason = self.stop_rules.reason_to_stop(epoch, since_best, elapsed, seconds, agree=False)
-        if reason:
-            raise UnetkitError(
-                f"{cfg.resume}: this run already finished at epoch {epoch} ({reason}), so there is nothing to "
-                "resume; train longer with a larger --epochs or --time, or start a new run from it with --init-from"
-            )
-
-    def _fit_locked(self, on_epoch_end: EpochCallback | None, then: Callable[[], None] | None) -> RunResult:
-        if self.dist.is_main:
-            stale = remove_stale_temporaries(self.out, (MARKER, *RUN_FILES))
-            if stale:
-                self.log(f"note: removed {len(stale)} temporary file(s) that a killed run left in {self.out}")
-            self._write_run_config()
+    def fit(self, on_epoch_end: EpochCallback | None = None) -> RunResult:
+        """Run the epochs, in a run folder the caller holds (run_claim.claimed_run)."""
         params = sum(p.numel() for p in self.built.model.parameters())
         self.log(
             f"model {self.cfg.model} ({params / 1e6:.2f}M parameters) on {self.dist.device}; "
@@ -163,13 +110,23 @@ class Trainer:
         finally:
             if tensorboard is not None:
                 tensorboard.close()
-        if then is not None:
-            then()
         return RunResult(self.out, self.out / "best.pt", self.out / "last.pt", self.history, self.best_dice)
+
+    def finished_reason(self) -> str | None:
+        """Why a resumed run has nothing left to train (its epochs done, or the same stop rule
+        holds), or None; a fresh run has all of it left."""
+        if self.run.resume_state is None:
+            return None
+        epoch, cfg = self.start_epoch - 1, self.cfg
+        if cfg.epochs is not None and epoch >= cfg.epochs:
+            return f"its {cfg.epochs} epochs are done"
+        seconds = self.history[-1].seconds if self.history else 0.0
+        # the checkpoint's numbers, the same on every rank (the budget has not started)
+        return self.stop_rules.reason_to_stop(epoch, self.epochs_since_best, self.budget, seconds, agree=False)
 
     def _epoch_loop(self, on_epoch_end: EpochCallback | None, tensorboard: TensorBoardLog | None) -> None:
         cfg = self.cfg
-        self.started = time.perf_counter()
+        self.budget.start()
         self._validate_start()
         epochs = itertools.count(self.start_epoch) if cfg.epochs is None else range(self.start_epoch, cfg.epochs + 1)
         for epoch in epochs:
@@ -188,7 +145,7 @@ class Trainer:
             if on_epoch_end is not None:
                 on_epoch_end(row)
             epoch_seconds = time.perf_counter() - epoch_start  # training, validation and saving
-            reason = self.stop_rules.reason_to_stop(epoch, self.epochs_since_best, self.elapsed(), epoch_seconds)
+            reason = self.stop_rules.reason_to_stop(epoch, self.epochs_since_best, self.budget, epoch_seconds)
             if reason:
                 self.log(reason)
                 break
@@ -239,7 +196,7 @@ class Trainer:
         return improved
 
     def _report(self, epoch: int, row: dict[str, float], improved: bool) -> None:
-        budget = f" ({self.elapsed():.0f}/{self.cfg.time:g}s)" if self.cfg.time else ""
+        budget = self.budget.shown()
         self.log(
             f"epoch {self.epoch_label(epoch):>3}  train loss {row.train_loss:.4f}  val loss {row.val_loss:.4f}  "
             f"val Dice {row.val_dice:.4f}  val IoU {row.val_iou:.4f}  lr {row.lr:.2e}  {row.seconds:.1f}s"
@@ -328,22 +285,6 @@ class Trainer:
     def epoch_label(self, epoch: int) -> str:
         return f"{epoch}/{self.cfg.epochs}" if self.cfg.epochs else str(epoch)
 
-    def timed_progress(self, step: int, steps_per_epoch: int) -> float:
-        """Fraction of a timed run done: of the --time budget, or, when --min-epochs would not fit in
-        it (a slow or busy machine), of those epochs, whichever is behind. So the LR reaches ~0
-        when both the time and the minimum epochs are spent."""
-        progress = self.elapsed() / self.cfg.time
-        if self.cfg.min_epochs:
-            progress = min(progress, step / (self.cfg.min_epochs * steps_per_epoch))
-        if self.cfg.epochs:  # the epochs may run out before the time does: anneal by then too
-            progress = max(progress, step / (self.cfg.epochs * steps_per_epoch))
-        return progress
-
-    def elapsed(self) -> float:
-        """Seconds of training so far, across resumes: what a --time budget counts."""
-        running = time.perf_counter() - self.started if self.started is not None else 0.0
-        return self.elapsed_before + running
-
     # --- checkpoints ---
     def _state(self, epoch: int) -> dict[str, Any]:
         # Under --ema also the optimizer's own weights and the average's age, to resume both.
@@ -361,7 +302,7 @@ class Trainer:
             "epoch": epoch,
             "best_dice": self.best_dice,
             "epochs_since_best": self.epochs_since_best,
-            "elapsed_seconds": self.elapsed(),
+            "elapsed_seconds": self.budget.elapsed(),
             "history": [asdict(row) for row in self.history],
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -380,7 +321,7 @@ class Trainer:
         self.start_epoch = state["epoch"] + 1
         self.best_dice = state["best_dice"]
         self.epochs_since_best = state["epochs_since_best"]
-        self.elapsed_before = state.get("elapsed_seconds", 0.0)
+        self.budget.before = state.get("elapsed_seconds", 0.0)
         self.history = [EpochRow.from_dict(row) for row in state["history"]]
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
@@ -404,34 +345,6 @@ class Trainer:
         self.curves_drawn, self.curves_epochs = time.perf_counter(), len(self.history)
 
     # --- the run folder ---
-    def _write_run_config(self) -> None:
-        if self.run.data.fingerprint is not None:
-            write_json(self.out / "fingerprint.json", self.run.data.fingerprint)
-        # Every path absolute, the run folder included: the run's config names them from any folder.
-        cfg = absolute_paths(replace(self.cfg, out=str(self.out)), Path.cwd(), PATH_OPTIONS)
-        ensure_folder(self.out)
-        write_json(
-            self.out / "config.json",
-            {
-                **cfg.to_dict(),
-                "resolved": {
-                    "device": str(self.dist.device),
-                    "amp": self.built.amp.name,
-                    "amp_reason": self.built.amp.reason,
-                    "channels_last": self.built.channels_last,
-                    "world_size": self.dist.world_size,
-                    "cpu": cpu_description(),
-                    "mask_values": self.run.data.mask_values.values,
-                    "binary": bool(self.cfg.binary),
-                    "model_args": self.spec.args,
-                    "preprocess": self.run.data.preprocess.to_dict(),
-                    "train_images": file_names(self.run.train_pairs),
-                    "val_images": file_names(self.run.val_pairs),
-                },
-            },
-        )
-        write_config_toml(self.out / "config.toml", cfg)  # `--config` this file to run it again
-
     def _open_tensorboard(self) -> TensorBoardLog | None:
         if not (self.cfg.tensorboard and self.dist.is_main):
             return None
@@ -443,24 +356,3 @@ class Trainer:
 def weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """A model's state on the CPU, as a checkpoint holds it."""
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-
-
-def train(
-    cfg: TrainConfig,
-    train_pairs: Sequence[Pair] | None = None,
-    val_pairs: Sequence[Pair] | None = None,
-    log: Callable[[str], None] = print,
-    on_epoch_end: EpochCallback | None = None,
-    resume_overrides: Collection[str] | None = None,
-    then: Callable[[Trainer], None] | None = None,
-) -> RunResult:
-    """Train a model as `cfg` says, then `then(trainer)` while the run folder is still locked
-    (unetkit.runs.run_training passes the object rule and the report); returns where the
-    checkpoints and logs are. On resume, `resume_overrides` names the options to take from `cfg`
-    rather than from the checkpoint (default: those that differ from TrainConfig's defaults)."""
-    trainer = Trainer.from_config(cfg, train_pairs, val_pairs, log, resume_overrides)
-    result = trainer.fit(on_epoch_end, then=(lambda: then(trainer)) if then is not None else None)
-    # Not in a `finally`: after an error the other ranks may never reach close()'s barrier;
-    # torchrun stops them instead.
-    trainer.dist.close()
-    return result

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 from unetkit.errors import UnetkitError
+from unetkit.train.budget import TimeBudget
 from unetkit.train.config import TrainConfig
 from unetkit.train.distributed import Distributed
 
@@ -32,7 +33,7 @@ class StopRules:
         )
 
     def reason_to_stop(
-        self, epoch: int, epochs_since_best: int, elapsed: float, epoch_seconds: float, agree: bool = True
+        self, epoch: int, epochs_since_best: int, budget: TimeBudget, epoch_seconds: float, agree: bool = True
     ) -> str | None:
         """Why no further epoch should start, or None. `epoch_seconds`: the last epoch's training,
         validation and saving, the best guess of the next one's. `agree`: the ranks' clocks differ,
@@ -40,7 +41,7 @@ class StopRules:
         cfg = self.cfg
         if cfg.patience is not None and epochs_since_best >= cfg.patience:
             return f"early stop: no better val Dice for {cfg.patience} epochs"
-        over_budget = cfg.time is not None and elapsed + epoch_seconds > cfg.time and epoch >= (cfg.min_epochs or 0)
+        over_budget = budget.would_pass(epoch, epoch_seconds)
         if self.dist.any_rank(over_budget) if agree else over_budget:
             done = f" and the {cfg.min_epochs} minimum epochs are done" if cfg.min_epochs else ""
             return f"stopping: another epoch would pass the {cfg.time:g}-second budget{done}"

@@ -1,0 +1,54 @@
+"""A run's wall-clock budget (`--time`): one object that the LR schedule and the stop rules read,
+saved with the run (its seconds so far) and restored on resume, so a resumed run spends only
+what is left.
+
+    budget.start()                    when the first epoch starts (or the start is scored)
+    budget.elapsed()                  seconds of training so far, across resumes
+    budget.progress(step, per_epoch)  the schedule's clock: the fraction of the run done
+    budget.would_pass(epoch, seconds) whether another epoch of `seconds` would pass the limit
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+
+@dataclass
+class TimeBudget:
+    limit: float | None  # seconds (--time); None: no budget
+    min_epochs: int | None = None  # epochs run even past the limit (--min-epochs)
+    epochs: int | None = None  # --epochs, which may run out before the time does
+    before: float = 0.0  # seconds spent by earlier processes of this run (resume)
+    started: float | None = None  # perf_counter() when this process started training
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Seconds of training so far, across resumes: what the budget counts."""
+        running = time.perf_counter() - self.started if self.started is not None else 0.0
+        return self.before + running
+
+    def progress(self, step: int, steps_per_epoch: int) -> float:
+        """Fraction of a timed run done: of the budget, or, when the minimum epochs would not fit in
+        it (a slow or busy machine), of those epochs, whichever is behind. So the LR reaches ~0
+        when both the time and the minimum epochs are spent."""
+        assert self.limit is not None, "only a timed run's schedule reads the budget"
+        progress = self.elapsed() / self.limit
+        if self.min_epochs:
+            progress = min(progress, step / (self.min_epochs * steps_per_epoch))
+        if self.epochs:  # the epochs may run out before the time does: anneal by then too
+            progress = max(progress, step / (self.epochs * steps_per_epoch))
+        return progress
+
+    def would_pass(self, epoch: int, epoch_seconds: float) -> bool:
+        """Whether another epoch as long as the last (`epoch_seconds`) would pass the limit, once
+        the minimum epochs are done."""
+        if self.limit is None:
+            return False
+        return self.elapsed() + epoch_seconds > self.limit and epoch >= (self.min_epochs or 0)
+
+    def shown(self) -> str:
+        """' (41/60s)' for the epoch line of a timed run, '' otherwise."""
+        return f" ({self.elapsed():.0f}/{self.limit:g}s)" if self.limit else ""
