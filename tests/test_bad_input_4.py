@@ -515,6 +515,49 @@ def case_rgb_model_given_a_gray_image_stack_of_four(tmp_path, rgb_run, **_):
     return Case(predict_args(rgb_run[3], image, tmp_path / "pred"), ("four.tif", "4 channel(s)", "3-channel"))
 
 
+def case_a_large_tiff_whose_header_lies_out_of_core(tmp_path, rgb_run, **_):
+    """100 Mpx declared (under the limit, so out of core), 267 bytes held: read through a memory
+    map, it was numpy's "mmap length is greater than file size" traceback."""
+    image = tmp_path / "slide.tif"
+    tifffile.imwrite(image, np.zeros((48, 48), np.uint8), metadata=None)
+    with tifffile.TiffFile(image, mode="r+") as tif:
+        for tag in ("ImageWidth", "ImageLength", "RowsPerStrip"):
+            tif.pages[0].tags[tag].overwrite(10_000)
+    out = tmp_path / "pred"
+    return Case(
+        predict_args(rgb_run[3], image, out), ("slide.tif", "cannot read this file as an image"), nothing_in(out)
+    )
+
+
+def case_a_tiled_tiff_cut_short_out_of_core(tmp_path, rgb_run, **_):
+    """An interrupted download: a tiled, compressed TIFF cut to half its size (the codec's error)."""
+    whole = tmp_path / "whole.tif"
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(whole, rng.integers(0, 255, (1024, 1024, 3), dtype=np.uint8), tile=(256, 256), compression="zlib")
+    image = tmp_path / "cut.tif"
+    image.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    whole.unlink()
+    out = tmp_path / "pred"
+    args = predict_args(rgb_run[3], image, out, "--out-of-core", "on")
+    return Case(args, ("cut.tif", "cannot read this file as an image"), nothing_in(out))
+
+
+def case_toml_unknown_key_of_two_megabytes(tmp_path, **_):
+    images, masks = data(tmp_path)
+    config = tmp_path / "run.toml"
+    config.write_text(f'images = "{images}"\nmasks = "{masks}"\n{"k" * 2_000_000} = 1\n')
+    return Case(["train", "--config", config, "--out", tmp_path / "run", *TINY_TRAIN], ("run.toml", "unknown option"))
+
+
+def case_init_from_a_folder_of_onnx_files(tmp_path, rgb_run, **_):
+    images, masks = make_shapes(tmp_path / "data", count=4, rgb=True)
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    (exports / "m.onnx").write_bytes(b"not read")
+    args = train_args(images, masks, tmp_path / "run", "--init-from", exports)
+    return Case(args, ("exports: is a folder", "it holds none"), nothing_in(tmp_path / "run"))
+
+
 # ---- 5. paths and names: as the file says, never shadowed in silence ----
 
 
@@ -553,7 +596,7 @@ def case_init_from_an_onnx_export(tmp_path, rgb_run, capsys, **_):
 def case_resume_from_an_onnx_export(tmp_path, rgb_run, capsys, **_):
     model = tmp_path / "m.onnx"
     assert run_cli(capsys, "export", "--checkpoint", rgb_run[3], "--onnx", model)[0] == 0
-    return Case(["train", "--resume", model, "--no-progress"], ("m.onnx",))
+    return Case(["train", "--resume", model, "--no-progress"], ("m.onnx", "ONNX export", "last.pt"))
 
 
 # ---- 6. the Python API checks its arguments where they enter ----
@@ -610,6 +653,11 @@ API_CASES = {
     ),
     "api_string_epochs": api(lambda t, r: _run_training(_config(t, epochs="3")), "epochs='3'", "whole number"),
     "api_negative_time": api(lambda t, r: _run_training(_config(t, time=-5.0)), "time"),
+    "api_an_array_of_70000_squared": api(
+        lambda t, r: _predictor(r[3]).predict_images([np.broadcast_to(np.uint8(0), (70_000, 70_000))]),
+        "4,900,000,000 pixels",
+        "UNETKIT_MAX_PIXELS",
+    ),
 }
 
 

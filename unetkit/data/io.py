@@ -64,11 +64,17 @@ def _read_raw(
         declared = re.search(r"\((\d+) pixels\)", str(err))
         raise too_many_pixels(path, int(declared.group(1)) if declared else max_pixels() + 1) from None
     except (UnidentifiedImageError, OSError, ValueError, tifffile.TiffFileError) as err:
-        reason = (str(err).strip().splitlines() or [""])[0][:80]
-        raise UnetkitError(
-            f"{path}: cannot read this file as an image ({err.__class__.__name__}{f': {reason}' if reason else ''}); "
-            "replace it with a valid PNG/JPEG/BMP/TIFF or remove it"
-        ) from None
+        raise unreadable(path, err) from None
+
+
+def unreadable(path: Path, err: BaseException) -> UnetkitError:
+    """The one line for a file that is not the image it claims to be (truncated, lying header), for
+    every reader, whole or a band at a time."""
+    reason = (str(err).strip().splitlines() or [""])[0][:80]
+    return UnetkitError(
+        f"{path}: cannot read this file as an image ({err.__class__.__name__}{f': {reason}' if reason else ''}); "
+        "replace it with a valid PNG/JPEG/BMP/TIFF or remove it"
+    )
 
 
 def _read_tiff(path: Path, plane: int | None, choice: AxisChoice) -> tuple[np.ndarray, bool]:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from unetkit.data import read_image
 from unetkit.data.io import PixelRule, pixel_maximum
+from unetkit.data.limits import check_declared_pixels
 from unetkit.data.tiff_axes import AXIS_NEED, CHANNEL_AXIS_HELP, PLANE_AXIS_HELP, AxisChoice, axis_letter
 from unetkit.errors import UnetkitError
 from unetkit.inference.instances import ObjectRule, split_objects
@@ -301,6 +302,8 @@ def model_image(image: np.ndarray, path: str | Path = "image") -> np.ndarray:
     array (e.g. uint8 from another reader, or 2-D) is scaled and shaped by read_image's own rule,
     so an 8-bit image is not taken as values 0-255 where the model was trained on [0, 1]."""
     image = np.asarray(image)
+    if image.ndim >= 2:  # the pixel limit of every file reader holds for arrays too (data/limits.py)
+        check_declared_pixels(Path(path), image.shape[0], image.shape[1])
     if image.dtype == np.float32 and image.ndim == 3:
         return image
     if image.dtype.kind not in "biuf" or image.ndim not in (2, 3) or not image.size:

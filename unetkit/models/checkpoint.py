@@ -30,7 +30,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     decides the format. Either way its prediction keys are checked the same way (check_state)."""
     path = Path(path)
     if path.is_dir():
-        raise UnetkitError(f"{path}: is a folder; pass the checkpoint file in it (e.g. {path / 'last.pt'})")
+        found = sorted(p.name for p in path.iterdir() if p.suffix.lower() in (".pt", ".safetensors"))[:3]
+        shown = f"(it holds {', '.join(found)})" if found else "(it holds none: a best.pt, last.pt or .safetensors)"
+        raise UnetkitError(f"{path}: is a folder; pass a checkpoint file {shown}")
     if not path.is_file():
         raise UnetkitError(f"{path}: checkpoint not found; pass the path of a best.pt or last.pt")
     state = load_safetensors(path) if is_safetensors(path) else _load_torch(path)

@@ -148,11 +148,12 @@ def _load(path: Path) -> tuple[TrainConfig, dict[str, str]]:
     cfg, keys, raw = TrainConfig(), {}, {}
     for key, value in _read_mapping(path).items():
         if not isinstance(key, str):
-            raise UnetkitError(f"{path}: key {key!r} is not an option name; keys are names like lr or batch-size")
+            shown = repr(key)[:40]  # a number stays a number: key 1
+            raise UnetkitError(f"{path}: key {shown} is not an option name; keys are names like lr or batch-size")
         name = key.replace("-", "_")  # accept the CLI spelling too: batch-size = 8
         if name not in names:
             raise UnetkitError(
-                f"{path}: unknown option {key!r}{_closest(key, names)}; `unetkit train --help` lists the options"
+                f"{path}: unknown option {key[:40]!r}{_closest(key, names)}; `unetkit train --help` lists the options"
             )
         if name in keys:
             raise UnetkitError(f"{path}: {keys[name]} and {key} are the same option; keep one")

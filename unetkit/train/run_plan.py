@@ -38,6 +38,8 @@ class RunPlan:
 def load_resume_state(path: str | None) -> dict[str, Any] | None:
     if path is None:
         return None
+    if Path(path).suffix.lower() == ".onnx":
+        raise UnetkitError(f"{path}: an ONNX export holds no training state to resume; pass the run's last.pt")
     state = load_checkpoint(path)
     if "config" not in state or "optimizer" not in state:
         raise UnetkitError(f"{path}: a weights-only export cannot be resumed; pass the run's last.pt")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from unetkit.data.io import MAX_CHANNELS, PixelRule, pixel_maximum, tiff_marks_alpha
+from unetkit.data.io import MAX_CHANNELS, PixelRule, pixel_maximum, tiff_marks_alpha, unreadable
 from unetkit.data.preprocess import PERCENTILE_PIXELS, match_channels, sample_step
 from unetkit.data.tiff_axes import FILE_AXES, AxisChoice, TiffAxes, tiff_layout
 from unetkit.errors import UnetkitError
@@ -116,8 +116,8 @@ def opened_pixels(
         elif pixels.chunks[0] > MAX_CHUNK_ROWS:
             pixels = memory_mapped(path, level, pixels.chunks[0])
         with tifffile.TiffFile(path) as tif:
-            rule = PixelRule(pixel_range(pixels), tiff_marks_alpha(tif))
-        rule.apply(np.asarray(pixels[:1]), path)  # a channel count the model cannot take: refused now
+            rule = PixelRule(pixel_range(pixels, path), tiff_marks_alpha(tif))
+        rule.apply(rows_of(pixels, 0, 1, path), path)  # a channel count the model cannot take: refused now
         yield pixels, rule
     finally:
         store.close()
@@ -136,19 +136,31 @@ def memory_mapped(path: Path, level: int, rows: int):
             "all of it for every band; save it tiled (e.g. tifffile.imwrite(..., tile=(512, 512))), or use "
             "--out-of-core off if it fits in memory"
         )
-    return tifffile.memmap(path, mode="r", level=level)
+    try:
+        return tifffile.memmap(path, mode="r", level=level)
+    except (ValueError, OSError) as err:  # a header that promises more than the file holds
+        raise unreadable(path, err) from None
 
 
-def pixel_range(pixels) -> float:
+def pixel_range(pixels, path: Path = Path("image")) -> float:
     """The value that maps to 1.0, by read_image's rule (for integers wider than 16 bits, one
     pass over the image finds the largest value); 1.0 for floats."""
     rows = range(0, pixels.shape[0], 1024)
-    return pixel_maximum(pixels.dtype, lambda: max(int(np.asarray(pixels[top : top + 1024]).max()) for top in rows))
+    return pixel_maximum(pixels.dtype, lambda: max(int(rows_of(pixels, top, top + 1024, path).max()) for top in rows))
+
+
+def rows_of(pixels, top: int, bottom: int, path: Path) -> np.ndarray:
+    """Rows [top, bottom) as stored; a file cut short or whose header lies is one line, as in memory
+    (tifffile, zarr, the codecs and mmap each raise their own kind of error)."""
+    try:
+        return np.asarray(pixels[top:bottom])
+    except Exception as err:
+        raise unreadable(path, err) from None
 
 
 def band_image(pixels, top: int, bottom: int, rule: PixelRule, path: Path = Path("image")) -> np.ndarray:
     """Rows [top, bottom) as float32 (h, W, C) in [0, 1], by read_image's rule."""
-    return rule.apply(np.asarray(pixels[top:bottom]), path, first_row=top)
+    return rule.apply(rows_of(pixels, top, bottom, path), path, first_row=top)
 
 
 def logit_bands(predictor, pixels, rule: PixelRule, path: Path, progress: bool) -> Iterator[torch.Tensor]:
