@@ -1,0 +1,23 @@
+"""train/budget.py: the --time budget the schedule and the stop rules read."""
+
+from __future__ import annotations
+
+from unetkit.train.budget import TimeBudget
+
+
+def test_a_budget_counts_earlier_processes_and_says_when_an_epoch_would_pass_it(monkeypatch):
+    clock = iter([100.0, 130.0, 130.0, 130.0, 130.0])
+    monkeypatch.setattr("unetkit.train.budget.time.perf_counter", lambda: next(clock))
+    budget = TimeBudget(limit=60.0, min_epochs=None, epochs=None, before=20.0)
+    assert budget.elapsed() == 20.0 and budget.shown() == " (20/60s)"  # not started: the earlier seconds
+    budget.start()  # at 100 s
+    assert budget.elapsed() == 50.0  # 20 before + 30 now
+    assert budget.would_pass(epoch=3, epoch_seconds=11.0) and not budget.would_pass(epoch=3, epoch_seconds=9.0)
+
+
+def test_the_schedule_clock_waits_for_the_minimum_epochs_and_runs_out_with_the_epochs():
+    budget = TimeBudget(limit=100.0, min_epochs=10, epochs=None, before=50.0)  # half the time spent
+    assert budget.progress(step=10, steps_per_epoch=10) == 0.1  # 1 of 10 minimum epochs: behind the time
+    budget = TimeBudget(limit=100.0, min_epochs=None, epochs=4, before=10.0)
+    assert budget.progress(step=30, steps_per_epoch=10) == 0.75  # 3 of 4 epochs: ahead of the time
+    assert not TimeBudget(limit=None).would_pass(epoch=100, epoch_seconds=1e9)
