@@ -14,7 +14,7 @@ from synthetic import make_shapes, run_cli
 
 from unetkit.data import find_pairs
 from unetkit.train import TrainConfig, Trainer, load_checkpoint, model_from_checkpoint
-from unetkit.train.setup import split_pairs
+from unetkit.train.split import split_pairs
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_OPTIONS = (

@@ -7,7 +7,7 @@ The network must be the one MODEL was trained as: its architecture options fill 
 user left unset, and one set to another value is refused. Its scale (how large objects are in
 pixels) and its kind of normalisation (per-image percentiles, or a mean and std then measured on
 the new data) are taken too, unless the user gives --scale or --normalize (--normalize model
-keeps the model's own statistics: setup.preprocess_for). What may differ is said, not hidden:
+keeps the model's own statistics: data_plan.preprocess_for). What may differ is said, not hidden:
 - other classes: the output layer starts afresh (the rest of the network keeps what it learned);
 - another channel count: the first convolution's trained filters are summed over their
   channels and shared out over the new ones (sum / new count), so an image whose channels are

@@ -1,8 +1,8 @@
-"""Training: options -> setup (setup.py: data, model, optimisation) -> epochs (train, validate,
-checkpoint, stop rules) -> run folder. The steps after it (object rule, report) are the run
-layer's (unetkit/runs). The run is planned first (run_plan.py: options, data plan, folder, split);
-the Trainer is built from that plan, holds the pieces of the run (setup.py builds each, and the
-Trainer keeps them whole: `built`, `opt`) and runs its epochs."""
+"""Training: the epochs (train, validate, checkpoint, stop rules). The run is planned first
+(run_plan.py: options, pairs from split.py, the data plan from data_plan.py, folder); the Trainer
+is built from that plan, holds the pieces of the run (setup.py builds each, and the Trainer keeps
+them whole: `built`, `opt`) and runs its epochs in a folder the caller holds (run_claim.py). The
+steps after it (object rule, report) are the run layer's (unetkit/runs)."""
 
 from __future__ import annotations
 

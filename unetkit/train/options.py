@@ -5,7 +5,7 @@
   3. the command line, or the fields a Python caller set in its TrainConfig
   4. on --resume, the checkpoint's saved options: the run goes on as it started, except for
      RESUMABLE options (epochs, time, device, ...), which layers 2-3 may still change, and the
-     data folders, which may name where the run's data is now (setup.py matches the run's split
+     data folders, which may name where the run's data is now (split.py matches the run's split
      by file name); any other option given with a value other than the run's is refused, never
      dropped
   5. the recipe (recipes.py), for every option still unset, from the data and the machine

@@ -15,11 +15,12 @@ from unetkit.errors import UnetkitError
 from unetkit.models.checkpoint import load_checkpoint
 from unetkit.runtime.hardware import resolve_device
 from unetkit.train.config import TrainConfig
+from unetkit.train.data_plan import DataPlan, plan
 from unetkit.train.distributed import Distributed, quiet, setup_distributed
 from unetkit.train.init_from import architecture_from, load_init_state
 from unetkit.train.options import resolve
 from unetkit.train.run_folder import prepare_run_folder
-from unetkit.train.setup import DataPlan, plan, training_pairs
+from unetkit.train.split import training_pairs
 
 
 @dataclass

@@ -1,0 +1,148 @@
+"""The data plan, made once before the first step from every training pair: the fingerprint (what
+the masks and images are), the recipe's choices for the unset options, the mask values (classes,
+instances) and the preprocessing, kept in every checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from unetkit.data import MaskValues, Pair, Preprocess
+from unetkit.data.fingerprint import DataFingerprint, fingerprint_pairs
+from unetkit.data.objects import DEFAULT_INSTANCE_TARGET, INSTANCE_CLASS_NAMES
+from unetkit.data.preprocess import IMAGE_PERCENTILES
+from unetkit.errors import UnetkitError
+from unetkit.train.config import TrainConfig
+from unetkit.train.options import fill_unset
+from unetkit.train.recipes import apply_recipe, default_workers
+from unetkit.train.split import Log
+
+
+@dataclass
+class DataPlan:
+    """What training learns from the training set before the first step, kept in checkpoints."""
+
+    mask_values: MaskValues
+    preprocess: Preprocess
+    sampled_classes: list[int]  # class ids a third of the patches are centred on
+    fingerprint: dict[str, Any] | None = None  # what the recipe read (None on resume: the run's own file stays)
+
+
+def plan(
+    cfg: TrainConfig,
+    train_pairs: Sequence[Pair],
+    resume_state: dict[str, Any] | None,
+    device: torch.device,
+    log: Log,
+    init_state: dict[str, Any] | None = None,
+) -> tuple[TrainConfig, DataPlan]:
+    """Read and measure every training pair, let the recipe fill the unset options; on resume,
+    the checkpoint's plan (its config is already resolved). `init_state`: --init-from's model,
+    whose normalisation --normalize model keeps."""
+    if resume_state is not None:
+        data_plan = DataPlan(
+            MaskValues.from_dict(resume_state["mask_values"]),
+            Preprocess(**resume_state["preprocess"]),
+            list(resume_state.get("sampled_classes", [])),
+        )
+        # Older checkpoints left these two unset in their config.
+        cfg, _ = fill_unset(cfg, {"binary": resume_state["binary"], "workers": default_workers()})
+    else:
+        started = time.perf_counter()
+        data = fingerprint_pairs(train_pairs, cfg.ignore_value, cfg.mask_values, **instance_modes(cfg, init_state))
+        instances = data.mask_values.instances
+        cfg, _ = fill_unset(cfg, {"instance_masks": instances is not None, "instance_target": instances})
+        if data.instances_maybe:
+            log(
+                f"note: the masks may be instance label images (each object its own id: values "
+                f"{data.mask_values.values[:6]}...); they train as classes; pass --instance-masks if each id is one "
+                "object, --no-instance-masks to silence this"
+            )
+        if data.instances_detected:
+            log(
+                f"masks: instance label images (each object its own id), trained as {data.mask_values.values} "
+                f"({' / '.join(INSTANCE_CLASS_NAMES[instances])}"
+                f"{', as the --init-from model was' if model_instances(init_state) else ''}); "
+                "--no-instance-masks trains their values as classes"
+            )
+        say_many_classes(data, cfg, log)
+        cfg, summary = apply_recipe(cfg, data, device)
+        log(f"{summary} ({time.perf_counter() - started:.1f}s to read and measure the training set)")
+        preprocess = preprocess_for(cfg, data, init_state)
+        data_plan = DataPlan(data.mask_values, preprocess, data.rarer_classes(data.mask_values), data.to_dict())
+    check_plan(cfg, data_plan.mask_values)
+    return cfg, data_plan
+
+
+def preprocess_for(cfg: TrainConfig, data: DataFingerprint, init_state: dict[str, Any] | None = None) -> Preprocess:
+    """The set's mean and std; or, normalising each image by its percentiles, none (the images
+    are in [0, 1] already, and the network's first BatchNorm standardises what it sees); or
+    (--normalize model) the --init-from model's own, at this run's scale."""
+    if cfg.normalize == "model" and init_state is not None:  # TrainConfig.check: --normalize model needs it
+        kept = Preprocess(**init_state["preprocess"])
+        if kept.in_channels != data.channels:
+            raise UnetkitError(
+                f"--normalize model: the model normalises {kept.in_channels} channel(s) and these images have "
+                f"{data.channels}; use --normalize dataset or image"
+            )
+        return dataclasses.replace(kept, scale=cfg.scale)
+    if cfg.normalize == "image":
+        zeros, ones = [0.0] * data.channels, [1.0] * data.channels
+        return Preprocess(data.channels, zeros, ones, cfg.scale, percentiles=list(IMAGE_PERCENTILES))
+    return Preprocess(data.channels, data.mean, data.std, cfg.scale)
+
+
+def instance_modes(cfg: TrainConfig, init_state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the fingerprint takes the masks as: instance masks trained as --instance-target's
+    classes (default DEFAULT_INSTANCE_TARGET), given by --instance-masks or, when unset, detected
+    from the masks (none when --mask-values names the classes). A run from an instance model keeps
+    the model's kind of target where the masks fit it, however few they are."""
+    from_model = model_instances(init_state)
+    mode = cfg.instance_target or from_model or DEFAULT_INSTANCE_TARGET
+    if cfg.instance_masks:
+        return {"instances": mode, "detect": None}
+    detect = cfg.instance_masks is None and cfg.mask_values is None
+    return {"instances": None, "detect": mode if detect else None, "fits_model": bool(detect and from_model)}
+
+
+def model_instances(init_state: dict[str, Any] | None) -> str | None:
+    """The --init-from model's instance target (objects, boundary), or None."""
+    values = (init_state or {}).get("mask_values")
+    return values.get("instances") if isinstance(values, dict) else None
+
+
+# Classes that read as a hint of instance masks when a set holds more of them than images: the
+# correct-and-retrain loop's eight nuclei images trained as 57 classes and scored AP@0.5 0.16.
+MANY_CLASSES = 16
+
+
+def say_many_classes(data: DataFingerprint, cfg: TrainConfig, log: Log) -> None:
+    """Dozens of classes from a handful of images is said plainly, with the option that reads the
+    masks the other way."""
+    classes = data.mask_values.num_classes
+    if data.mask_values.instances or cfg.mask_values or classes <= MANY_CLASSES or data.num_images >= classes:
+        return
+    log(
+        f"note: the masks hold {classes} values, so this trains {classes} classes from {data.num_images} images; "
+        "if each value is one object (instance masks), pass --instance-masks"
+    )
+
+
+def check_plan(cfg: TrainConfig, mask_values: MaskValues) -> None:
+    if cfg.binary and mask_values.num_classes != 2:
+        # binary = true has no flag (--multiclass turns it off): it comes from a config file or TrainConfig
+        raise UnetkitError(
+            f"binary = true (one sigmoid output) needs masks with two values, but these have "
+            f"{mask_values.num_classes}: {mask_values.values}; remove binary from the config file (or set it to "
+            "false) to train a softmax over the classes"
+        )
+    if cfg.class_weights is not None and len(cfg.class_weights) != mask_values.num_classes:
+        raise UnetkitError(
+            f"--class-weights has {len(cfg.class_weights)} weight(s) but the masks have "
+            f"{mask_values.num_classes} classes {mask_values.values}; give one weight per class"
+        )
