@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from collections.abc import Callable
@@ -101,6 +102,7 @@ def _read_tiff(path: Path, plane: int | None, choice: AxisChoice) -> tuple[np.nd
     return np.asarray(array), alpha
 
 
+@functools.lru_cache(maxsize=4096)  # asked once a band out of core: the header is read once a file
 def is_photometric_rgb(path: Path) -> bool:
     """Whether the file's channels are colour (a photograph: PNG/JPEG RGB, palette, a TIFF with
     photometric RGB or YCbCr), not separate channels (a TIFF's C axis, as ImageJ and OME save

@@ -100,7 +100,7 @@ class Manifest:
         version now there), fold the journal in; a run that did not finish stays unfinished."""
         for name, hashes in self.files.items():
             path = self.folder / name
-            if hashes and path.is_file():
+            if hashes and len(hashes) > 1 and path.is_file():  # one hash: nothing to choose, nothing read
                 now = digest(path)
                 self.files[name] = [now] if now in hashes else hashes[-1:]
         self.unfinished = not finished
