@@ -24,7 +24,7 @@ from PIL import Image
 from benchmarks.common import ModelSpec, Settings, measure, model_gflop, write_synthetic_pngs
 from unetkit.data import find_pairs
 from unetkit.demo import demo_config
-from unetkit.train import Trainer
+from unetkit.train import Trainer, plan_run
 
 
 def make_trainer(spec: ModelSpec, data: tuple[Path, Path], size: int, batch: int, out: Path) -> Trainer:
@@ -45,7 +45,7 @@ def make_trainer(spec: ModelSpec, data: tuple[Path, Path], size: int, batch: int
         min_epochs=None,
     )
     pairs = find_pairs(*data)
-    return Trainer.from_config(cfg, train_pairs=pairs, val_pairs=[], log=lambda _: None)
+    return Trainer(plan_run(cfg, train_pairs=pairs, val_pairs=[], log=lambda _: None))
 
 
 class OneBatch:

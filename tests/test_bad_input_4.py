@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
-from synthetic import TINY_TRAIN, assert_one_line_error, make_shapes, run_cli
+from synthetic import TINY_TRAIN, assert_one_line_error, make_shapes, nuclei_with_ids, run_cli
 from test_bad_input import Case, data, png_declaring, train_args
 from test_bad_input_2 import assert_untouched, finished_run, nothing_in, snapshot, unchanged
 
@@ -759,28 +759,6 @@ def test_a_killed_training_resumes_and_its_finished_run_is_refused_after(tmp_pat
     assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
     code, _out, err = run_cli(capsys, "train", "--resume", out / "last.pt", "--no-progress")
     assert_one_line_error(code, err, "already finished at epoch 3")
-
-
-def nuclei_with_ids(folder: Path, count: int, size: int = 96, per_image: int = 7) -> tuple[Path, Path]:
-    """Fluorescent nuclei and their instance masks, uint16, ids numbered on across the images (as
-    a user's corrected masks often are): few images, so few ids that no rule can be sure of."""
-    images, masks = folder / "images", folder / "masks"
-    images.mkdir(parents=True)
-    masks.mkdir()
-    rng = np.random.default_rng(1)
-    yy, xx = np.mgrid[:size, :size]
-    next_id = 1
-    for index in range(count):
-        image, labels = rng.normal(12, 3, (size, size)), np.zeros((size, size), np.uint16)
-        for k in range(per_image):
-            cy, cx = 14 + 34 * (k // 3) + rng.integers(-3, 4), 14 + 34 * (k % 3) + rng.integers(-3, 4)
-            inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= rng.uniform(5, 9) ** 2
-            image[inside] = rng.uniform(90, 200)
-            labels[inside] = next_id
-            next_id += 1
-        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(images / f"n{index}.png")
-        tifffile.imwrite(masks / f"n{index}.tif", labels)
-    return images, masks
 
 
 def test_a_run_from_the_nuclei_model_keeps_its_instances_on_a_few_images(tmp_path, capsys):

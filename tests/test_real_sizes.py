@@ -16,7 +16,7 @@ from unetkit.data import Preprocess, SegmentationDataset, find_pairs, read_image
 from unetkit.data.dataset import pad_collate
 from unetkit.data.fingerprint import fingerprint_pairs
 from unetkit.data.mask_values import IGNORE_ID, MaskValues
-from unetkit.train import TrainConfig, Trainer
+from unetkit.train import TrainConfig, Trainer, plan_run
 
 BATCH_16 = ("--batch-size", "16")
 
@@ -100,11 +100,11 @@ def test_a_set_beyond_the_memory_cap_trains_with_lazy_decoding(tmp_path):
     images, masks = make_shapes(tmp_path, count=40, size=(32, 32), seed=6)
     settings = dict(base_channels=4, depth=2, patch_size=16, patches_per_image=1, epochs=1, amp="off")
     cfg = TrainConfig(images=str(images), masks=str(masks), out=str(tmp_path / "run"), progress=False, **settings)
-    trainer = Trainer.from_config(TrainConfig(**{**cfg.to_dict(), "cache_gb": 0.0}), log=lambda _: None)
+    trainer = Trainer(plan_run(TrainConfig(**{**cfg.to_dict(), "cache_gb": 0.0}), log=lambda _: None))
     assert not trainer.train_set.cache and not trainer.val_set.cache
     result = trainer.fit()
     assert len(result.history) == 1 and not trainer.train_set._decoded  # decoded every time, kept never
-    cached = Trainer.from_config(TrainConfig(**{**cfg.to_dict(), "out": str(tmp_path / "cached")}), log=lambda _: None)
+    cached = Trainer(plan_run(TrainConfig(**{**cfg.to_dict(), "out": str(tmp_path / "cached")}), log=lambda _: None))
     assert cached.train_set.cache and len(cached.train_set._decoded) == 36
 
 

@@ -13,7 +13,7 @@ import torch.distributed as dist
 from synthetic import make_shapes, run_cli
 
 from unetkit.data import find_pairs
-from unetkit.train import TrainConfig, Trainer, load_checkpoint, model_from_checkpoint
+from unetkit.train import TrainConfig, Trainer, load_checkpoint, model_from_checkpoint, plan_run
 from unetkit.train.split import split_pairs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,7 +83,7 @@ def test_validation_dice_equals_a_single_process_on_the_checkpoint(two_rank_run)
     # The same validation images, scored by one process with the saved weights.
     _train, val_pairs = split_pairs(find_pairs(images, masks), 0.25, seed=0)
     cfg = TrainConfig(**{**state["config"], "resume": str(out / "last.pt"), "out": str(out)})
-    trainer = Trainer.from_config(cfg, log=lambda _: None)
+    trainer = Trainer(plan_run(cfg, log=lambda _: None))
     assert [p.name for p in trainer.run.val_pairs] == [p.name for p in val_pairs]
     val_loss, metrics = trainer.validate()
     ddp_row = state["history"][-1]
@@ -107,9 +107,11 @@ def test_both_ranks_end_with_identical_weights(two_rank_run):
 
 def test_without_torchrun_nothing_is_distributed(binary_data, tmp_path):
     images, masks = binary_data
-    trainer = Trainer.from_config(
-        TrainConfig(images=str(images), masks=str(masks), out=str(tmp_path / "run"), base_channels=4, depth=2),
-        log=lambda _: None,
+    trainer = Trainer(
+        plan_run(
+            TrainConfig(images=str(images), masks=str(masks), out=str(tmp_path / "run"), base_channels=4, depth=2),
+            log=lambda _: None,
+        )
     )
     assert not trainer.dist.enabled and trainer.opt.sampler is None and not dist.is_initialized()
 
@@ -143,9 +145,9 @@ def test_two_nodes_train_one_run(tmp_path, capsys):
     script.write_text(
         "import os, sys, torch\n"
         "from unetkit.cli import build_parser, config_and_given_options\n"
-        "import unetkit.train.loop as loop\n"
+        "from unetkit.train import Trainer, plan_run\n"
         "cfg, given = config_and_given_options(build_parser().parse_args(sys.argv[2:]))\n"
-        "trainer = loop.Trainer.from_config(cfg, resume_overrides=given)\n"
+        "trainer = Trainer(plan_run(cfg, resume_overrides=given))\n"
         "trainer.fit()\n"
         "node = os.environ['GROUP_RANK']\n"  # torchrun's node rank
         "torch.save(trainer.built.model.module.state_dict(), os.path.join(sys.argv[1], f'node{node}.pt'))\n"

@@ -14,7 +14,7 @@ from unetkit.data.fingerprint import ClassGeometry, DataFingerprint
 from unetkit.data.mask_values import MaskValues
 from unetkit.data.objects import INSTANCE_VALUES
 from unetkit.data.transforms import AugmentConfig, random_patch_grid
-from unetkit.train import TrainConfig, Trainer, load_checkpoint, resolve_amp, train
+from unetkit.train import TrainConfig, Trainer, load_checkpoint, plan_run, resolve_amp, train
 from unetkit.train.recipes import apply_recipe, class_weights, data_orientation, data_scale, largest_object
 from unetkit.train.schedulers import SCHEDULERS, Schedule
 
@@ -200,7 +200,7 @@ def test_optimizers_and_losses_all_run(binary_data, tmp_path):
             class_weights=[1.0, 2.0],
             lr=1e-3,
         )
-        trainer = Trainer.from_config(cfg, pairs[:6], pairs[6:], log=lambda _: None)
+        trainer = Trainer(plan_run(cfg, pairs[:6], pairs[6:], log=lambda _: None))
         result = trainer.fit()
         assert torch.isfinite(torch.tensor(result.history[0].train_loss))
 
@@ -464,7 +464,7 @@ def test_training_picks_its_memory_layout_from_a_forward_and_backward_probe(bina
     monkeypatch.setattr(setup_module, "channels_last_is_faster", probe)
     images, masks = binary_data
     cfg = tiny_config(images, masks, tmp_path / "run", epochs=1, channels_last="auto")
-    trainer = Trainer.from_config(cfg, log=lambda _: None)
+    trainer = Trainer(plan_run(cfg, log=lambda _: None))
     assert calls == [{"channels": 16, "size": 32, "backward": True}]  # base 8 -> at least 16; the patch size
     assert torch.is_grad_enabled()
     expected = torch.channels_last if trainer.built.channels_last else torch.contiguous_format
@@ -473,9 +473,9 @@ def test_training_picks_its_memory_layout_from_a_forward_and_backward_probe(bina
 
 def test_zoom_sets_the_augmentation_range_and_is_checked(binary_data, tmp_path):
     images, masks = binary_data
-    default = Trainer.from_config(tiny_config(images, masks, tmp_path / "a"), log=lambda _: None)
+    default = Trainer(plan_run(tiny_config(images, masks, tmp_path / "a"), log=lambda _: None))
     assert default.train_set.augment.scale_range == (0.8, 1.25)  # as before --zoom existed
-    wide = Trainer.from_config(tiny_config(images, masks, tmp_path / "b", zoom=2.0), log=lambda _: None)
+    wide = Trainer(plan_run(tiny_config(images, masks, tmp_path / "b", zoom=2.0), log=lambda _: None))
     assert wide.train_set.augment.scale_range == (0.5, 2.0)
     from unetkit.errors import UnetkitError
 

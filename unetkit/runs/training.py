@@ -7,6 +7,7 @@ from collections.abc import Callable, Collection, Sequence
 from unetkit.data import Pair
 from unetkit.models.spec import ObjectRule
 from unetkit.report import write_report
+from unetkit.runs.from_model import settle_from_start
 from unetkit.runs.object_rule import choose_object_rule
 from unetkit.runtime.options import check_argument
 from unetkit.train import RunResult, TrainConfig, Trainer
@@ -42,7 +43,10 @@ def after_training(trainer: Trainer) -> None:
     best = trainer.out / "best.pt"
     if not (trainer.dist.is_main and trainer.run.val_pairs and best.is_file()):  # (a resume may not write one)
         return
-    start = (trainer.run.init_state or {}).get("object_rule")  # an --init-from model's own rule
-    choose_object_rule(best, trainer.run.val_pairs, trainer.log, ObjectRule.from_state(start) if start else None)
+    rule = (trainer.run.init_state or {}).get("object_rule")  # an --init-from model's own rule
+    start_rule = ObjectRule.from_state(rule) if rule else None
+    if trainer.start_state is not None:  # a run from a model that scored its start
+        settle_from_start(best, trainer.start_state, start_rule, trainer.run.val_pairs, trainer.log)
+    choose_object_rule(best, trainer.run.val_pairs, trainer.log, start_rule)
     if trainer.cfg.report:
         write_report(trainer.out, log=trainer.log, pairs=trainer.run.val_pairs, source="the run's validation images")

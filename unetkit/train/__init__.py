@@ -3,6 +3,7 @@ from unetkit.runtime.amp import AmpPolicy, cpu_has_native_bf16, resolve_amp
 from unetkit.train.config import TrainConfig
 from unetkit.train.loop import RunResult, Trainer
 from unetkit.train.run_claim import train
+from unetkit.train.run_plan import plan_run
 from unetkit.train.schedulers import SCHEDULERS, Schedule
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "cpu_has_native_bf16",
     "load_checkpoint",
     "model_from_checkpoint",
+    "plan_run",
     "resolve_amp",
     "save_checkpoint",
     "train",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from pathlib import Path
 from types import FrameType, TracebackType
 
 
@@ -48,3 +49,13 @@ class InterruptFlag:
     def check(self) -> None:
         if self.requested:
             raise KeyboardInterrupt
+
+
+def interrupted_message(last: Path, saved_epoch: int) -> str:
+    """What a stopped run says: which epoch `last` (last.pt) holds, and how to go on."""
+    if not saved_epoch:
+        return "stopped before the first epoch finished, no checkpoint was saved; start the run again"
+    return (
+        f"{last} holds epoch {saved_epoch} (the epoch in progress is lost); "
+        f"continue with: unetkit train --resume {last}"
+    )

@@ -25,6 +25,7 @@ from unetkit.train.config import PATH_OPTIONS, TrainConfig, absolute_paths
 from unetkit.train.config_file import write_config_toml
 from unetkit.train.loop import EpochCallback, RunResult, Trainer
 from unetkit.train.run_folder import MARKER, RUN_FILES, carry_best, check_run_folder, mark_run_folder
+from unetkit.train.run_plan import plan_run
 
 
 @contextmanager
@@ -35,8 +36,9 @@ def claimed_run(
     log: Callable[[str], None] = print,
     resume_overrides: Collection[str] | None = None,
 ) -> Iterator[Trainer]:
-    """Plan and build the run (Trainer.from_config), then hold its folder while the caller trains."""
-    trainer = Trainer.from_config(cfg, train_pairs, val_pairs, log, resume_overrides)
+    """Plan the run (run_plan.plan_run, which says the arguments) and build its Trainer, then hold
+    its folder while the caller trains."""
+    trainer = Trainer(plan_run(cfg, train_pairs, val_pairs, log, resume_overrides))
     with claimed_run_folder(trainer):
         yield trainer
     # Not in a `finally`: after an error the other ranks may never reach close()'s barrier;

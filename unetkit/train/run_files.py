@@ -1,14 +1,25 @@
-"""The run folder's human-readable files: metrics.csv and curves.png (config.json is written with
-unetkit.runtime.atomic.write_json)."""
+"""The run folder's human-readable files: metrics.csv, curves.png and (--tensorboard) TensorBoard's
+log, written after each epoch by `EpochFiles` (config.json and config.toml: run_claim.py)."""
 
 from __future__ import annotations
 
 import csv
+import math
+import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unetkit.runtime.atomic import atomic_write
+
+if TYPE_CHECKING:
+    from unetkit.train.run_plan import RunPlan
+    from unetkit.train.setup import ModelSetup
+    from unetkit.train.tensorboard import TensorBoardLog
+
+# Drawing curves.png takes ~0.5-1 s (matplotlib), 5-10% of a demo epoch: redrawn at most every
+# CURVES_SECONDS while training, and always after the last epoch.
+CURVES_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -30,6 +41,28 @@ class EpochRow:
 
 
 COLUMNS = tuple(field.name for field in fields(EpochRow))
+
+
+def run_summary(run: RunPlan, built: ModelSetup, start_epoch: int) -> list[str]:
+    """The log's first lines of a run: the model, the data, the precision, where it resumes."""
+    params = sum(p.numel() for p in built.model.parameters())
+    kind = "binary, sigmoid" if bool(run.cfg.binary) else "softmax"
+    lines = [
+        f"model {run.cfg.model} ({params / 1e6:.2f}M parameters) on {run.dist.device}; {len(run.train_pairs)} "
+        f"training / {len(run.val_pairs)} validation images; classes {run.data.mask_values.values} ({kind})",
+        f"AMP: {built.amp.reason}; channels_last: {'on' if built.channels_last else 'off'}",
+    ]
+    return lines + ([f"resuming {run.cfg.resume} at epoch {start_epoch}"] if start_epoch > 1 else [])
+
+
+def epoch_line(row: EpochRow, label: str, budget: str, best: bool) -> str:
+    """The log's line of an epoch (`budget`: the time used of --time, or empty)."""
+    return (
+        f"epoch {label:>3}  train loss {row.train_loss:.4f}  val loss {row.val_loss:.4f}  "
+        f"val Dice {row.val_dice:.4f}  val IoU {row.val_iou:.4f}  lr {row.lr:.2e}  {row.seconds:.1f}s"
+        + budget
+        + ("  *best" if best else "")
+    )
 
 
 def write_metrics_csv(path: Path, history: list[EpochRow]) -> None:
@@ -79,3 +112,43 @@ def plot_curves(path: Path, history: list[EpochRow]) -> None:
         atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=90))
     finally:
         plt.close(figure)
+
+
+class EpochFiles:
+    """What the epochs leave in the run folder besides their checkpoints: metrics.csv after every
+    epoch, curves.png now and then and at the end, and TensorBoard's log under --tensorboard.
+    A context (TensorBoard's writer is closed on leaving); `enabled` False (ranks but the main one
+    under torchrun) writes nothing."""
+
+    def __init__(self, out: Path, enabled: bool, tensorboard: bool, mask_values: list[int]) -> None:
+        self.out, self.enabled = out, enabled
+        self.tensorboard: TensorBoardLog | None = None
+        if enabled and tensorboard:
+            from unetkit.train.tensorboard import TensorBoardLog  # tensorboard is an optional extra
+
+            self.tensorboard = TensorBoardLog(out / "tensorboard", mask_values)
+        self.drawn_at, self.drawn_epochs = -math.inf, 0  # when curves.png was last drawn, and how many epochs
+
+    def __enter__(self) -> EpochFiles:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+    def epoch(self, history: list[EpochRow]) -> None:
+        """After each epoch: metrics.csv, and curves.png if it is CURVES_SECONDS old."""
+        if not self.enabled:
+            return
+        write_metrics_csv(self.out / "metrics.csv", history)
+        if time.perf_counter() - self.drawn_at >= CURVES_SECONDS:
+            self.draw(history)
+
+    def finish(self, history: list[EpochRow]) -> None:
+        """After the last epoch: curves.png with every epoch."""
+        if self.enabled and len(history) != self.drawn_epochs:
+            self.draw(history)
+
+    def draw(self, history: list[EpochRow]) -> None:
+        plot_curves(self.out / "curves.png", history)
+        self.drawn_at, self.drawn_epochs = time.perf_counter(), len(history)

@@ -12,6 +12,7 @@ from unetkit.errors import UnetkitError
 from unetkit.train.budget import TimeBudget
 from unetkit.train.config import TrainConfig
 from unetkit.train.distributed import Distributed
+from unetkit.train.run_files import EpochRow
 
 
 class StopRules:
@@ -46,3 +47,12 @@ class StopRules:
             done = f" and the {cfg.min_epochs} minimum epochs are done" if cfg.min_epochs else ""
             return f"stopping: another epoch would pass the {cfg.time:g}-second budget{done}"
         return None
+
+    def finished(self, epoch: int, history: list[EpochRow], epochs_since_best: int, budget: TimeBudget) -> str | None:
+        """Why a run resumed after `epoch` has nothing left to train (its epochs done, or the same
+        stop rule holds), or None."""
+        if self.cfg.epochs is not None and epoch >= self.cfg.epochs:
+            return f"its {self.cfg.epochs} epochs are done"
+        seconds = history[-1].seconds if history else 0.0
+        # the checkpoint's numbers, the same on every rank (the budget has not started)
+        return self.reason_to_stop(epoch, epochs_since_best, budget, seconds, agree=False)

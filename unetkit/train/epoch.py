@@ -1,0 +1,84 @@
+"""One epoch of each kind, as the paper's loop reads: the training steps over the loader (forward
+under autocast, loss, backward through the scaler, clip, step, average, schedule), and a
+validation pass that scores every validation image whole. The Trainer (loop.py) calls them with
+the pieces setup.py built."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from unetkit.models.heads import predicted_classes
+from unetkit.scoring.metrics import SegmentationMetrics
+from unetkit.train.config import TrainConfig
+from unetkit.train.distributed import Distributed, unwrap
+from unetkit.train.interrupt import InterruptFlag
+from unetkit.train.setup import ModelSetup, Optimisation
+
+
+def training_pass(
+    cfg: TrainConfig, built: ModelSetup, opt: Optimisation, dist: Distributed, interrupt: InterruptFlag, label: str
+) -> float:
+    """The mean training loss of one pass over the loader (`label`: the progress bar's)."""
+    built.model.train()
+    total_loss, batches = torch.zeros((), device=dist.device), 0
+    bar = tqdm(total=len(opt.loader.dataset), desc=f"epoch {label}", unit="img", leave=False, dynamic_ncols=True,
+               disable=not (cfg.progress and dist.is_main))  # fmt: skip
+    for images, masks, *pixel_weights in opt.loader:  # border weights when the run uses them
+        images = images.to(dist.device, non_blocking=True, memory_format=built.memory_format)
+        masks = masks.to(dist.device, non_blocking=True)
+        weights = pixel_weights[0].to(dist.device, non_blocking=True) if pixel_weights else None
+        with built.amp.autocast(dist.device):
+            logits = built.model(images)
+        loss = opt.criterion(logits, masks, weights)
+        opt.optimizer.zero_grad(set_to_none=True)
+        opt.scaler.scale(loss).backward()
+        if cfg.grad_clip:
+            opt.scaler.unscale_(opt.optimizer)
+            nn.utils.clip_grad_norm_(built.model.parameters(), cfg.grad_clip)
+        opt.scaler.step(opt.optimizer)
+        opt.scaler.update()
+        if opt.average is not None:
+            opt.average.update(unwrap(built.model))
+        opt.schedule.step_batch()
+        total_loss += loss.detach()
+        batches += 1
+        interrupt.check()
+        bar.update(images.shape[0])
+        if bar.n == images.shape[0] or batches % 5 == 0:  # .item() syncs: not every step
+            bar.set_postfix(loss=f"{float(total_loss) / batches:.4f}")
+    bar.close()
+    return float(total_loss) / max(1, batches)
+
+
+@torch.no_grad()
+def validation_pass(
+    model: nn.Module,
+    val_set: Sequence,
+    built: ModelSetup,
+    opt: Optimisation,
+    dist: Distributed,
+    metrics: SegmentationMetrics,
+    interrupt: InterruptFlag,
+) -> tuple[float, SegmentationMetrics]:
+    """The mean loss and the scores (into `metrics`, empty) of `model` on the validation images,
+    each whole; under torchrun each rank its share, then every rank gets the whole set's."""
+    model.eval()
+    dist.sync_buffers(model)
+    total_loss = 0.0
+    for index in dist.shard(len(val_set)):
+        image, mask = val_set[index]
+        image = image[None].to(dist.device, memory_format=built.memory_format)
+        mask = mask[None].to(dist.device)
+        with built.amp.autocast(dist.device):
+            logits = model(image)
+        total_loss += float(opt.criterion(logits, mask))
+        metrics.update(predicted_classes(logits), mask)
+        interrupt.check()
+    if dist.enabled:
+        dist.all_reduce_sum(metrics.matrix)
+        total_loss = float(dist.all_reduce_sum(torch.tensor(total_loss, dtype=torch.float64)))
+    return total_loss / max(1, len(val_set)), metrics
