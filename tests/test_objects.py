@@ -18,7 +18,7 @@ from synthetic import run_cli
 from unetkit.data import Pair
 from unetkit.data.fingerprint import PairScan, looks_like_instances
 from unetkit.data.objects import instance_classes, mask_objects, true_objects
-from unetkit.inference.instances import ObjectRule, object_table, split_objects
+from unetkit.inference.objects import ObjectRule, object_table, split_objects
 from unetkit.models.checkpoint import load_checkpoint
 from unetkit.scoring.objects import mean_scores, object_scores
 
@@ -348,7 +348,7 @@ def test_runs_from_before_instance_target_resume_as_they_trained(boundary, insta
     from dataclasses import asdict
 
     from unetkit.train.config import TrainConfig
-    from unetkit.train.options import resolve
+    from unetkit.train.option_layers import resolve
 
     saved = asdict(TrainConfig(images="i", masks="m", instance_masks=instances))
     del saved["instance_target"]

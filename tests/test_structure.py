@@ -115,3 +115,19 @@ def test_a_new_field_is_a_new_checked_option():
     assert parser.parse_args(["--border-width", "5"]).border_width == 5
     assert parser.parse_args([]).border_width is None  # not typed: the dataclass's default applies
     assert "(default 3)" in parser.format_help()
+
+
+def test_the_refusal_batteries_live_by_room_and_hold_at_least_240_cases():
+    """Issue 34: each case beside the tests of the room whose refusal it checks, one shared harness
+    (tests/refusals.py); issue 33: at least 240 cases over them."""
+    import importlib.util
+
+    tests = Path(__file__).parent
+    assert not list(tests.glob("test_bad_input*.py"))
+    total = 0
+    for path in sorted(tests.glob("*/test_*_refusals.py")):
+        spec = importlib.util.spec_from_file_location(f"count_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        total += len(module.CASES)
+    assert total >= 240, total

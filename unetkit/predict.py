@@ -19,14 +19,14 @@ from unetkit.data.tiff_axes import AxisChoice, TiffAxes, stack_layout
 from unetkit.errors import UnetkitError
 from unetkit.inference import Predictor, overlay, save_png
 from unetkit.inference.batched import predict_images
-from unetkit.inference.instances import object_table, save_labels, save_table
-from unetkit.inference.manifest import JOURNAL, MANIFEST, Manifest
 from unetkit.inference.object_files import write_object_files
+from unetkit.inference.objects import object_table, save_labels, save_table
 from unetkit.inference.outputs import PredictOutputs, save_probabilities
 from unetkit.inference.slide.large_tiff import out_of_core, predict_large_tiff
 from unetkit.inference.stacks import StackPrediction, predict_large_stack
 from unetkit.runtime.atomic import is_temporary_of, remove_stale_temporaries
 from unetkit.runtime.folder_lock import PREDICT_LOCK_NAME, RunLock
+from unetkit.runtime.ownership import JOURNAL, MANIFEST, Manifest
 
 # Every name predict may write for an image <stem> (planned_outputs says which a run writes).
 OUTPUT_SUFFIXES = PredictOutputs.every_suffix()

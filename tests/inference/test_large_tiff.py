@@ -15,7 +15,7 @@ import unetkit.inference.slide.band_objects as band_objects
 import unetkit.inference.slide.large_tiff as large_tiff
 from unetkit.data.preprocess import Preprocess
 from unetkit.inference import InferenceOptions, Predictor
-from unetkit.inference.instances import ObjectRule, object_table, split_objects
+from unetkit.inference.objects import ObjectRule, object_table, split_objects
 from unetkit.inference.slide.row_resample import RowResampler
 from unetkit.models.checkpoint import load_checkpoint
 from unetkit.scoring.objects import object_scores

@@ -11,8 +11,8 @@ import roifile
 from skimage.draw import disk, polygon2mask
 
 from unetkit.inference import object_files
-from unetkit.inference.instances import object_table, save_labels, save_table
 from unetkit.inference.object_files import write_object_files
+from unetkit.inference.objects import object_table, save_labels, save_table
 
 
 def drawn(ring, shape) -> np.ndarray:

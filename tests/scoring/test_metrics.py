@@ -1,7 +1,11 @@
+import json
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from sklearn.metrics import f1_score, jaccard_score
+from synthetic import run_cli
 
 from unetkit.data import IGNORE_ID
 from unetkit.scoring.metrics import SegmentationMetrics, confusion_matrix, dice_from_confusion, iou_from_confusion
@@ -60,3 +64,21 @@ def test_report_names_each_class_by_its_mask_value():
     assert list(record) == ["mean_dice", "mean_iou", "mean_is", "pixel_accuracy", "num_images", "confusion_matrix",
                             "per_class", "per_image"]  # fmt: skip
     assert record["per_class"][1] == {"class_id": 1, "mask_value": 255, "dice": 1.0, "iou": 1.0, "pixels": 1}
+
+
+def test_evaluate_json_is_strict_json_with_null_for_an_image_without_objects(tmp_path, rgb_run, capsys):
+    _root, images, masks, checkpoint = rgb_run
+    empty = tmp_path / "masks"
+    empty.mkdir()
+    for mask in masks.iterdir():
+        Image.fromarray(np.zeros_like(np.asarray(Image.open(mask)))).save(empty / mask.name)
+    report = tmp_path / "eval.json"
+    args = ["evaluate", "--checkpoint", checkpoint, "--images", images, "--masks", empty, "--json", report]
+    code, _text, err = run_cli(capsys, *args, "--no-progress")
+    assert code == 0, err
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} in {report}")
+
+    parsed = json.loads(report.read_text(), parse_constant=refuse)
+    assert None in [row.get("dice") for row in parsed["per_class"]] or "null" in report.read_text()

@@ -1,7 +1,7 @@
 """Command-line options made from dataclass fields (unetkit/runtime/options.py), so that a field of
 TrainConfig or InferenceOptions is an option of `unetkit train` or of predict/evaluate with no
 line here. Every generated option defaults to None: then "given on the command line" can be told
-from "left at the dataclass's default", which a resumed run needs (unetkit/train/options.py).
+from "left at the dataclass's default", which a resumed run needs (unetkit/train/option_layers.py).
 
 Why not jsonargparse or tyro, which turn dataclasses into a CLI and config files too: unetkit
 needs None for "not typed" (resume), flags such as --no-augment and --multiclass, and one-line

@@ -11,10 +11,10 @@ from unetkit.cli.arguments import typed_as
 from unetkit.errors import UnetkitError
 from unetkit.runtime.atomic import remove_stale_temporaries
 from unetkit.runtime.options import show
-from unetkit.runtime.provenance import written_by_unetkit
+from unetkit.runtime.ownership import written_by_unetkit
 from unetkit.train.config import TrainConfig
 from unetkit.train.config_file import read_config_file
-from unetkit.train.options import user_options
+from unetkit.train.option_layers import user_options
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -24,7 +24,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def config_and_given_options(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, str]]:
     """The config, and the options set on the command line or in the --config file (unetkit/train/
-    options.py: layers 1-3), each with how it was given (`--depth 3`, `run.toml: depth = 3`): on
+    option_layers.py: layers 1-3), each with how it was given (`--depth 3`, `run.toml: depth = 3`): on
     --resume these replace the checkpoint's own, or are refused in those words."""
     config_file = getattr(args, "config", None)
     file, keys = read_config_file(config_file) if config_file else (None, {})
@@ -96,7 +96,7 @@ def cmd_models(args: argparse.Namespace) -> None:
 def output_file(option: str, path: str | None, suffix: str) -> None:
     """An output file option must name a file of its kind: `--json masks/img01.png` or
     `--onnx best.pt` would replace the user's data with a report or a model; and an existing file
-    of that name is replaced only if unetkit wrote it (its content says so: runtime/provenance.py).
+    of that name is replaced only if unetkit wrote it (its content says so: runtime/ownership.py).
     The temporaries a killed export of this very name left beside it are removed."""
     if path is None:
         return

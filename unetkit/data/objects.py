@@ -3,7 +3,7 @@ class 0; an instance mask (each object its own id, 0 background: DSB2018 and cel
 --instance-masks) names them itself and trains as background / object, or background / object /
 boundary ("boundary": each object's edge pixels, so that touching objects' interiors never touch).
 Used by the border weight map (weight_map.py), the object scores of evaluate, and the cutting of
-predicted objects (inference/instances.py), so all three agree on what an object is."""
+predicted objects (inference/objects.py), so all three agree on what an object is."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import torch
 
 from unetkit.errors import UnetkitError
 from unetkit.models.blocks import pad_to_multiple
-from unetkit.runtime.provenance import METADATA_KEY
+from unetkit.runtime.ownership import METADATA_KEY
 
 
 class OnnxModel:

@@ -22,7 +22,7 @@ from unetkit.data.io import PixelRule, pixel_maximum
 from unetkit.data.limits import check_declared_pixels
 from unetkit.data.tiff_axes import AXIS_NEED, CHANNEL_AXIS_HELP, PLANE_AXIS_HELP, AxisChoice, axis_letter
 from unetkit.errors import UnetkitError
-from unetkit.inference.instances import ObjectRule, split_objects
+from unetkit.inference.objects import ObjectRule, split_objects
 from unetkit.inference.tiling import Forward, predict_tiled, with_tta
 from unetkit.models.blocks import fuse_conv_bn
 from unetkit.models.checkpoint import load_checkpoint, model_from_checkpoint
@@ -81,7 +81,7 @@ class InferenceOptions:
     channel_axis: str | None = option(None, CHANNEL_AXIS_HELP, valid=axis_letter, need=AXIS_NEED, parse=str.upper)
     plane_axis: str | None = option(None, PLANE_AXIS_HELP, valid=axis_letter, need=AXIS_NEED, parse=str.upper)
     # Objects (predict --instances, evaluate's object scores); unset: the rule training chose on
-    # its validation images, kept in the checkpoint (inference/instances.py).
+    # its validation images, kept in the checkpoint (inference/objects.py).
     seed_threshold: float | None = option(
         None, "objects: cores are pixels above this probability (default: the checkpoint's)", group="objects",
         valid=lambda v: number(v) and 0 < v < 1, need="a probability between 0 and 1, e.g. 0.9",

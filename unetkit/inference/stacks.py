@@ -20,7 +20,7 @@ import torch
 import zarr
 
 from unetkit.data.tiff_axes import TiffAxes
-from unetkit.inference.instances import label_dtype, object_table, table_rows
+from unetkit.inference.objects import label_dtype, object_table, table_rows
 from unetkit.inference.outputs import PredictOutputs, output_name, overlay
 from unetkit.inference.slide.band_outputs import OUTPUT_TILE, names_ome_axes, output_tiles, write_tiled_tiff
 from unetkit.inference.slide.large_tiff import predict_large_tiff

@@ -129,3 +129,8 @@ def export_safetensors(checkpoint_path: str | Path, out_path: str | Path) -> Pat
     """Write the weights and prediction settings of a checkpoint to a .safetensors file
     (unetkit/models/safetensors_file.py), checked on the way like any checkpoint that is loaded."""
     return save_safetensors(load_checkpoint(checkpoint_path), out_path)
+
+
+def cpu_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A model's state on the CPU, as a checkpoint holds it."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

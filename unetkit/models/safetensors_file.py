@@ -24,7 +24,7 @@ from typing import Any
 from unetkit.errors import UnetkitError
 from unetkit.models.spec import ModelSpec, trained_orientation
 from unetkit.runtime.atomic import atomic_write
-from unetkit.runtime.provenance import METADATA_KEY
+from unetkit.runtime.ownership import METADATA_KEY
 
 WEIGHTS_FORMAT = "unetkit-weights-v1"
 MAX_HEADER_BYTES = 100 * 2**20  # the safetensors library's own limit on the JSON header

@@ -85,7 +85,7 @@ class ModelSpec:
 
     def _check_instances(self, source: str | Path) -> None:
         """A model of instance masks has the classes of its mode (data/objects.py) as ids 0, 1 (2, 3),
-        whatever the masks held: objects are cut from class 1 (inference/instances.py)."""
+        whatever the masks held: objects are cut from class 1 (inference/objects.py)."""
         instances, values = self.mask_values.instances, self.mask_values.values
         if instances is None:
             return
@@ -151,7 +151,7 @@ def trained_orientation(state: dict[str, Any]) -> str | None:
 
 @dataclass(frozen=True)
 class ObjectRule:
-    """How objects are cut from class probabilities (unetkit/inference/instances.py)."""
+    """How objects are cut from class probabilities (unetkit/inference/objects.py)."""
 
     # The defaults: the best of the end-of-training grid on the demo's validation slices 22-24
     # (adapted Rand error 0.045; seed 0.9 gave 0.17, 0.98 split cells into thousands of cores).

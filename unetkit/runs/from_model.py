@@ -20,7 +20,7 @@ import torch
 
 from unetkit.data import Pair
 from unetkit.inference import InferenceOptions, Predictor
-from unetkit.inference.instances import ObjectRule
+from unetkit.inference.objects import ObjectRule
 from unetkit.models.checkpoint import load_checkpoint, save_checkpoint
 from unetkit.runs.object_rule import score_rules, start_tie, validation_probabilities
 

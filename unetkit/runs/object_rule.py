@@ -1,4 +1,4 @@
-"""The object rule (inference/instances.py) chosen on the run's own validation images at the end
+"""The object rule (inference/objects.py) chosen on the run's own validation images at the end
 of training, and kept in best.pt, so `predict --instances` cuts objects the way that scored best
 on images the model never trained on, and never on the images it is scored on.
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from unetkit.data import Pair
 from unetkit.inference import InferenceOptions, Predictor
-from unetkit.inference.instances import ObjectRule
+from unetkit.inference.objects import ObjectRule
 from unetkit.models.checkpoint import load_checkpoint, save_checkpoint
 from unetkit.scoring.objects import mean_scores, object_scores
 

@@ -1,6 +1,6 @@
 """Every training option in one dataclass. Each field carries its help, choices and check
 (unetkit/runtime/options.py), so the command line, the config files and `validate()` all come from
-here: a new option is one field. `config.json` in the run folder is this, resolved (options.py
+here: a new option is one field. `config.json` in the run folder is this, resolved (option_layers.py
 says in which order the values are chosen; None means unset)."""
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from unetkit.data.objects import DEFAULT_INSTANCE_TARGET, INSTANCE_CLASS_NAMES
 from unetkit.data.preprocess import IMAGE_PERCENTILES
 from unetkit.errors import UnetkitError
 from unetkit.train.config import TrainConfig
-from unetkit.train.options import fill_unset
+from unetkit.train.option_layers import fill_unset
 from unetkit.train.recipes import apply_recipe, default_workers
 from unetkit.train.split import Log
 

@@ -141,3 +141,14 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def quiet(_message: Any) -> None:
     """The log function of ranks other than 0: one copy of each line is enough."""
+
+
+def rng_state() -> dict[str, Any]:
+    """The random generators' state (CPU, and every CUDA device), as a checkpoint keeps it."""
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -28,7 +28,7 @@ from unetkit.models import model_class
 from unetkit.models.checkpoint import check_state, load_checkpoint
 from unetkit.models.spec import ModelSpec
 from unetkit.train.config import TrainConfig
-from unetkit.train.options import fill_unset
+from unetkit.train.option_layers import fill_unset
 from unetkit.zoo import model_file
 
 

@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from unetkit.data.pairing import file_names
-from unetkit.models.checkpoint import save_checkpoint
+from unetkit.models.checkpoint import cpu_weights, save_checkpoint
 from unetkit.scoring.metrics import SegmentationMetrics
 from unetkit.train.budget import TimeBudget
-from unetkit.train.distributed import unwrap
+from unetkit.train.distributed import restore_rng, rng_state, unwrap
 from unetkit.train.epoch import training_pass, validation_pass
 from unetkit.train.interrupt import InterruptFlag, interrupted_message
 from unetkit.train.run_files import EpochFiles, EpochRow, epoch_line, run_summary
@@ -55,7 +55,7 @@ class Trainer:
             self.log(line)
         # The LR schedule of a --time run reads the clock from its first step on.
         self.budget = TimeBudget(run.cfg.time, run.cfg.min_epochs, run.cfg.epochs)
-        self.opt = build_optimisation(run.cfg, self.built, self.train_set, run.dist, self.budget.progress)
+        self.opt = build_optimisation(run.cfg, self.built, self.train_set, run.dist, self.budget)
         self.stop_rules = StopRules(run.cfg, run.dist, run.out)
         self.start_epoch, self.history, self.best_dice, self.epochs_since_best = 1, [], -math.inf, 0
         if run.resume_state is not None:
@@ -181,45 +181,28 @@ class Trainer:
 
     # --- checkpoints ---
     def _state(self, epoch: int) -> dict[str, Any]:
-        # Under --ema also the optimizer's own weights and the average's age, to resume both.
-        average = self.opt.average
-        raw = {"training_model": weights(unwrap(self.built.model)), "ema_updates": average.updates} if average else {}
         return {
             **self.spec.to_state(),
-            "model": weights(self.evaluated_model()),
-            **raw,
+            "model": cpu_weights(self.evaluated_model()),
+            **self.opt.state_dict(unwrap(self.built.model)),
             "sampled_classes": self.run.data.sampled_classes,
             "split": {"train": file_names(self.run.train_pairs), "val": file_names(self.run.val_pairs)},
-            "optimizer": self.opt.optimizer.state_dict(),
-            "scheduler": self.opt.schedule.state_dict(),
-            "scaler": self.opt.scaler.state_dict(),
             "epoch": epoch,
             "best_dice": self.best_dice,
             "epochs_since_best": self.epochs_since_best,
             "elapsed_seconds": self.budget.elapsed(),
             "history": [asdict(row) for row in self.history],
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
+            "rng": rng_state(),
             "config": self.cfg.to_dict(),
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
-        unwrap(self.built.model).load_state_dict(state.get("training_model", state["model"]))
-        if self.opt.average is not None:
-            self.opt.average.restore(state["model"], state.get("ema_updates", 0))
-        self.opt.optimizer.load_state_dict(state["optimizer"])
-        self.opt.schedule.load_state_dict(state["scheduler"])
-        self.opt.scaler.load_state_dict(state["scaler"])
+        self.opt.load_state_dict(state, unwrap(self.built.model))
         self.start_epoch = state["epoch"] + 1
-        self.best_dice = state["best_dice"]
-        self.epochs_since_best = state["epochs_since_best"]
+        self.best_dice, self.epochs_since_best = state["best_dice"], state["epochs_since_best"]
         self.budget.before = state.get("elapsed_seconds", 0.0)
         self.history = [EpochRow.from_dict(row) for row in state["history"]]
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        restore_rng(state["rng"])
 
     def _save_epoch(self, epoch: int, improved: bool) -> None:
         state = self._state(epoch)
@@ -228,8 +211,3 @@ class Trainer:
         if improved:
             save_checkpoint(self.out / "best.pt", state)
         save_checkpoint(self.out / "last.pt", state)
-
-
-def weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A model's state on the CPU, as a checkpoint holds it."""
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -70,7 +70,7 @@ import torch
 from unetkit.data.fingerprint import DataFingerprint
 from unetkit.data.mask_values import MaskValues
 from unetkit.train.config import RECIPES, TrainConfig
-from unetkit.train.options import fill_unset
+from unetkit.train.option_layers import fill_unset
 
 __all__ = ["RECIPES", "apply_recipe"]
 SHORT_RUN_SECONDS = 15 * 60  # elastic deformation pays off only in longer runs
@@ -234,7 +234,7 @@ def recipe_choices(cfg: TrainConfig, data: DataFingerprint, device: torch.device
 
 
 def apply_recipe(cfg: TrainConfig, data: DataFingerprint, device: torch.device) -> tuple[TrainConfig, str]:
-    """A copy of `cfg` with every unset (None) option taken from the recipe (options.py's last
+    """A copy of `cfg` with every unset (None) option taken from the recipe (option_layers.py's last
     layer); and a one-line summary of what was chosen."""
     choices = recipe_choices(cfg, data, device)
     name = choices.pop("recipe")

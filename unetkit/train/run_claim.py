@@ -21,10 +21,11 @@ from unetkit.errors import UnetkitError
 from unetkit.runtime.atomic import ensure_folder, remove_stale_temporaries, write_json
 from unetkit.runtime.folder_lock import RunLock
 from unetkit.runtime.hardware import cpu_description
+from unetkit.runtime.ownership import MARKER, RUN_FILES, mark_run_folder
 from unetkit.train.config import PATH_OPTIONS, TrainConfig, absolute_paths
 from unetkit.train.config_file import write_config_toml
 from unetkit.train.loop import EpochCallback, RunResult, Trainer
-from unetkit.train.run_folder import MARKER, RUN_FILES, carry_best, check_run_folder, mark_run_folder
+from unetkit.train.run_folder import carry_best, check_run_folder
 from unetkit.train.run_plan import plan_run
 
 

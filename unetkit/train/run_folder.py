@@ -3,25 +3,22 @@
 A training writes config.json, metrics.csv, checkpoints and more into `--out`, and cleans up the
 temporaries a killed run left there. Both would destroy a user's files of those names (a folder
 with their own `config.json` and `.notes.tmp`), so a run writes only into a folder that is new,
-empty, or marked as a run folder by MARKER, which unetkit writes before anything else; in a
-marked folder only the names a run writes, and their temporaries, are unetkit's. Everything else
-is the user's, and its presence stops the run with one line.
+empty, or marked as a run folder by MARKER, which unetkit writes before anything else; which
+names in it are unetkit's is the ownership rule's (runtime/ownership.py). Everything else is the
+user's, and its presence stops the run with one line.
 """
 
 from __future__ import annotations
 
 import shutil
-import time
 from datetime import datetime
 from pathlib import Path
 
 from unetkit.errors import UnetkitError
-from unetkit.runtime.atomic import atomic_write, is_temporary_of, write_json
-from unetkit.runtime.folder_lock import LOCK_NAME, is_lock_temporary
+from unetkit.runtime.atomic import atomic_write
+from unetkit.runtime.ownership import MARKER, foreign_files
 from unetkit.train.config import TrainConfig
 
-MARKER = ".unetkit-run.json"
-# Every name a run (train, then the demo's held-out step) writes in its folder.
 RUN_FILES = (
     "best.pt",
     "last.pt",
@@ -102,27 +99,6 @@ def refuse_finished_run(out: Path, resume: str | None) -> None:
     )
 
 
-def foreign_files(out: Path) -> list[str]:
-    """Names in `out` that are not unetkit's: all but the run lock in an unmarked folder; in a
-    marked one, all but the names a run writes and their temporaries."""
-    if not out.is_dir():
-        return []
-    marked = (out / MARKER).is_file()
-    return sorted(entry.name for entry in out.iterdir() if not _ours(entry, marked))
-
-
-def _ours(entry: Path, marked: bool) -> bool:
-    if entry.name == LOCK_NAME or is_lock_temporary(entry.name):
-        return True  # a killed run's lock is taken over as before (runtime/folder_lock.py)
-    if is_temporary_of(entry.name, (MARKER,)):
-        return True  # a run killed while marking the folder: only unetkit writes that name
-    if not marked:
-        return False
-    if entry.is_dir():
-        return entry.name in RUN_FOLDERS
-    return entry.name in (MARKER, *RUN_FILES) or is_temporary_of(entry.name, (MARKER, *RUN_FILES))
-
-
 def carry_best(out: Path, resume: str | None) -> None:
     """A run resumed into a new folder takes its best.pt along: the folder then holds the run's
     best checkpoint (which the next epochs may or may not beat), as a run folder always does."""
@@ -131,9 +107,3 @@ def carry_best(out: Path, resume: str | None) -> None:
     best = Path(resume).parent / "best.pt"
     if best.is_file():
         atomic_write(out / "best.pt", lambda temporary: shutil.copyfile(best, temporary), durable=True)
-
-
-def mark_run_folder(out: Path) -> None:
-    """Write MARKER (under the run lock, before any other file of the run)."""
-    if not (out / MARKER).is_file():
-        write_json(out / MARKER, {"written_by": "unetkit train", "created": time.strftime("%Y-%m-%dT%H:%M:%S")})

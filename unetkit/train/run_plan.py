@@ -1,5 +1,5 @@
 """The plan of one run, made before anything is built (nnU-Net plans, then trains): the options
-resolved (defaults < file < command line < checkpoint < recipe, options.py), the data plan from
+resolved (defaults < file < command line < checkpoint < recipe, option_layers.py), the data plan from
 the training set's fingerprint, the run folder, the split, and the states it starts from (a
 resumed last.pt, an --init-from model). The Trainer (loop.py) is built from it."""
 
@@ -18,7 +18,7 @@ from unetkit.train.config import TrainConfig
 from unetkit.train.data_plan import DataPlan, plan
 from unetkit.train.distributed import Distributed, quiet, setup_distributed
 from unetkit.train.init_from import architecture_from, load_init_state
-from unetkit.train.options import resolve
+from unetkit.train.option_layers import resolve
 from unetkit.train.run_folder import prepare_run_folder
 from unetkit.train.split import training_pairs
 

@@ -8,7 +8,7 @@ Each takes the resolved options and returns what the Trainer (loop.py) holds."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,10 +21,12 @@ from unetkit.data.dataset import pad_collate
 from unetkit.data.transforms import STRONG_PHOTOMETRIC
 from unetkit.errors import UnetkitError
 from unetkit.models import model_class
+from unetkit.models.checkpoint import cpu_weights
 from unetkit.models.spec import ModelSpec
 from unetkit.runtime.amp import AmpPolicy, resolve_amp
 from unetkit.runtime.hardware import channels_last_is_faster
 from unetkit.train.averaging import WeightAverage
+from unetkit.train.budget import TimeBudget
 from unetkit.train.config import OPTIMIZERS, TrainConfig
 from unetkit.train.data_plan import DataPlan
 from unetkit.train.distributed import Distributed, unwrap
@@ -141,16 +143,33 @@ class Optimisation:
     scaler: torch.amp.GradScaler
     average: WeightAverage | None  # --ema: the weights validated, saved and predicted with
 
+    def state_dict(self, model: nn.Module) -> dict[str, Any]:
+        """What a checkpoint keeps to resume the optimisation; under --ema also the optimizer's own
+        weights (`model`'s: the checkpoint's "model" is the average) and the average's age."""
+        raw = {"training_model": cpu_weights(model), "ema_updates": self.average.updates} if self.average else {}
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.schedule.state_dict(),
+                "scaler": self.scaler.state_dict(), **raw}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
+        """Resume from a checkpoint's `state`: `model`'s weights (the optimizer's own), the average,
+        the optimizer, the schedule and the scaler."""
+        model.load_state_dict(state.get("training_model", state["model"]))
+        if self.average is not None:
+            self.average.restore(state["model"], state.get("ema_updates", 0))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+
 
 def build_optimisation(
     cfg: TrainConfig,
     setup: ModelSetup,
     train_set: SegmentationDataset,
     dist: Distributed,
-    time_progress: Callable[[int, int], float],
+    budget: TimeBudget,
 ) -> Optimisation:
     """Loss, optimizer, loader, LR schedule (over the epochs, or over --time through
-    `time_progress(step, steps_per_epoch)`), the fp16 gradient scaler and the weights' average."""
+    the `budget`: its progress), the fp16 gradient scaler and the weights' average."""
     criterion = SegmentationLoss(cfg.loss, cfg.class_weights).to(dist.device)
     optimizer = build_optimizer(cfg, setup.model.parameters())
     sampler = dist.sampler(train_set, cfg.seed)
@@ -174,7 +193,7 @@ def build_optimisation(
         cfg.warmup_epochs,
         cfg.step_size,
         cfg.gamma,
-        time_progress=(lambda step: time_progress(step, len(loader))) if cfg.time else None,
+        time_progress=(lambda step: budget.progress(step, len(loader))) if budget.limit else None,
     )
     scaler = torch.amp.GradScaler(dist.device.type, enabled=setup.amp.use_scaler)
     average = WeightAverage(unwrap(setup.model), cfg.ema) if cfg.ema else None

@@ -45,7 +45,7 @@ class StopRules:
         over_budget = budget.would_pass(epoch, epoch_seconds)
         if self.dist.any_rank(over_budget) if agree else over_budget:
             done = f" and the {cfg.min_epochs} minimum epochs are done" if cfg.min_epochs else ""
-            return f"stopping: another epoch would pass the {cfg.time:g}-second budget{done}"
+            return f"stopping: another epoch would pass the {budget.limit:g}-second budget{done}"
         return None
 
     def finished(self, epoch: int, history: list[EpochRow], epochs_since_best: int, budget: TimeBudget) -> str | None:

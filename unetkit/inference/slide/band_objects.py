@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from unetkit.inference.instances import object_table, save_table
+from unetkit.inference.objects import object_table, save_table
 from unetkit.inference.slide.band_outputs import RowStore
 
 OBJECT_BLOCK = 1024  # a block's side; it sees (1024 + 2 x 256)^2: every pixel is cut ~2.25 times
