@@ -131,3 +131,40 @@ def test_the_refusal_batteries_live_by_room_and_hold_at_least_240_cases():
         spec.loader.exec_module(module)
         total += len(module.CASES)
     assert total >= 240, total
+
+
+def test_the_readmes_table_names_every_module():
+    """Issue 34: "where the ideas live" names every module of the package (a row's later files
+    may be bare names in the folder of the first)."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("## Where the ideas live") :]
+    table = table[: table.index("\n## ", 5)]
+    named = set()
+    for row in (line for line in table.splitlines() if line.startswith("| ")):
+        folder = None
+        for name in (part.strip() for cell in re.findall(r"`([^`]+)`", row.split("|")[-2]) for part in cell.split(",")):
+            if name.startswith("unetkit/"):
+                folder, _ = name.rsplit("/", 1)
+                named.add(name)
+            elif folder and name.endswith(".py"):
+                named.add(f"{folder}/{name}")
+    modules = {str(p.relative_to(root)) for p in (root / "unetkit").rglob("*.py") if not p.name.startswith("__")}
+    assert not sorted(modules - named)
+
+
+def test_nothing_outside_the_plugin_imports_napari_or_qt():
+    from pathlib import Path
+
+    import unetkit
+
+    root = Path(unetkit.__file__).parent
+    gui = ("import napari", "from napari", "import qtpy", "from qtpy", "import PyQt5", "from PyQt5")
+    offenders = [
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        if path.relative_to(root).parts[0] != "napari" and any(line in path.read_text() for line in gui)
+    ]
+    assert not offenders

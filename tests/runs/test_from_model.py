@@ -58,7 +58,7 @@ def test_an_average_that_beats_the_start_by_more_than_the_noise_is_kept(nuclei, 
     lines: list[str] = []
     from_model.settle_from_start(best, start, None, pairs, lines.append)
     kept = load_checkpoint(best)
-    assert "is the average" in lines[-1] and kept["epoch"] == 5
+    assert "is the average of the fine-tuned weights" in lines[-1] and kept["epoch"] == 5
     expected = from_model.average(start["model"], tuned["model"], from_model.BLEND)
     assert all(kept["model"][k].equal(v) for k, v in expected.items())
 
@@ -69,3 +69,17 @@ def test_a_best_checkpoint_that_is_the_start_is_left_alone(nuclei):
     before = best.read_bytes()
     from_model.settle_from_start(best, start, None, pairs, print)
     assert best.read_bytes() == before
+
+
+def test_where_the_average_is_no_better_the_fine_tuned_weights_beating_the_start_are_kept(nuclei, monkeypatch):
+    """Images unlike any the model saw (dark nuclei on a bright ground): the average is neither
+    model, and only the fine-tuned weights beat the start."""
+    best, start, tuned, pairs = nuclei
+    real = from_model.object_score
+    scores = iter([0.0, 0.07, 0.60])  # the start's, the average's, the fine-tuned weights'
+    monkeypatch.setattr(from_model, "object_score", lambda s, r, v: (next(scores), real(s, r, v)[1]))
+    lines: list[str] = []
+    from_model.settle_from_start(best, start, None, pairs, lines.append)
+    kept = load_checkpoint(best)
+    assert lines[-1].endswith("is fine-tuned")
+    assert all(kept["model"][k].equal(v) for k, v in tuned["model"].items())

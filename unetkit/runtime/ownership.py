@@ -90,7 +90,6 @@ def _zip(path: Path) -> bool:
 
 MARKER = ".unetkit-run.json"
 # Every name a run (train, then the demo's held-out step) writes in its folder.
-# Every name a run (train, then the demo's held-out step) writes in its folder.
 RUN_FILES = (
     "best.pt",
     "last.pt",

@@ -19,19 +19,6 @@ from unetkit.runtime.atomic import atomic_write
 from unetkit.runtime.ownership import MARKER, foreign_files
 from unetkit.train.config import TrainConfig
 
-RUN_FILES = (
-    "best.pt",
-    "last.pt",
-    "config.json",
-    "config.toml",
-    "fingerprint.json",
-    "metrics.csv",
-    "curves.png",
-    "report.html",
-    "heldout.json",
-)
-RUN_FOLDERS = ("heldout", "tensorboard")
-
 
 def prepare_run_folder(cfg: TrainConfig) -> Path:
     """The run's folder (`--out`, or a new timestamped one), checked before anything is built."""

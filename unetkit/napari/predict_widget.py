@@ -1,0 +1,266 @@
+"""Plugins > unetkit > Predict: a model (a shipped one by name, or a checkpoint / safetensors file)
+on an Image layer, into a Labels layer (`<layer> objects`, one id per object, or `<layer> classes`)
+and, when asked, the class probabilities as an Image layer. The work is the Predictor's, the same
+as `unetkit predict` (logits, objects, threshold, TTA), run in napari's thread worker so the viewer
+stays responsive; a stack (z or t planes of a gray image) is predicted plane by plane, and Cancel
+stops after the plane under way. Bad input is one napari notification, never a traceback."""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from unetkit.errors import UnetkitError
+from unetkit.inference import InferenceOptions, Predictor
+from unetkit.zoo import zoo_models
+
+if TYPE_CHECKING:
+    import napari
+
+CHOOSE_FILE = "checkpoint or safetensors file..."
+PREDICT_WIDGETS: weakref.WeakSet[PredictWidget] = weakref.WeakSet()  # the open ones, for offer_model
+TRAINED: list[str] = []  # best.pt files trained in this session (the Train widget), newest first
+
+
+def offer_model(path: str) -> None:
+    """A model trained in this session joins every Predict widget's list (and those opened later)."""
+    TRAINED.insert(0, path)
+    for widget in open_widgets():
+        widget.model.insertItem(0, path)
+
+
+def open_widgets(viewer: napari.Viewer | None = None) -> list[PredictWidget]:
+    """The Predict widgets still open (of `viewer`, if given): a closed viewer's widget may keep its
+    Python object after Qt deleted the widget itself."""
+
+    def bare(proxy: Any) -> Any:  # napari hands plugins its viewer behind a proxy, one per widget
+        return getattr(proxy, "__wrapped__", proxy)
+
+    return [w for w in list(PREDICT_WIDGETS) if alive(w) and (viewer is None or bare(w.viewer) is bare(viewer))]
+
+
+def alive(widget: QWidget) -> bool:
+    try:
+        widget.objectName()  # raises once Qt has deleted the C++ object
+    except RuntimeError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """What one press of Predict asks for, read from the widget in the GUI thread."""
+
+    model: str  # a shipped model's name, or a checkpoint's path
+    image: np.ndarray
+    layer_name: str
+    rgb: bool
+    objects: bool
+    probabilities: bool
+    tta: bool
+    threshold: float
+
+
+@dataclass
+class PlaneResult:
+    labels: np.ndarray  # object ids, or class ids
+    probabilities: np.ndarray | None  # (K, H, W)
+
+
+def planes_of(image: np.ndarray, rgb: bool, in_channels: int) -> tuple[list[np.ndarray], bool]:
+    """The 2-D images to predict, and whether they are planes of a stack: an RGB layer or a gray
+    2-D image is one; a gray (Z, Y, X) layer is its planes for a 1-channel model. Anything else is
+    refused in one line (napari's layer shape and what the model takes)."""
+    if rgb or image.ndim == 2:
+        return [image], False
+    if image.ndim == 3 and in_channels == 1:
+        return list(image), True
+    raise UnetkitError(
+        f"the layer's data is {image.shape} and the model takes {in_channels} channel(s); give a 2-D image, an RGB "
+        "layer, or a gray stack (planes, y, x) for a one-channel model"
+    )
+
+
+def predict_planes(predictor: Predictor, request: PredictRequest):
+    """Generator for napari's thread worker: yields (planes done, planes in all) after each plane
+    (a point where Cancel stops it) and returns the PlaneResults."""
+    planes, _stack = planes_of(request.image, request.rgb, predictor.spec.in_channels)
+    results = []
+    for index, plane in enumerate(planes):
+        logits = predictor.logits(plane, f"{request.layer_name} plane {index}")
+        if request.objects:
+            labels, _classes, probabilities = predictor.objects(logits)
+        else:
+            labels = predictor.class_ids_from_logits(logits, predictor.options.threshold)
+            probabilities = predictor.probabilities(logits) if request.probabilities else None
+        results.append(PlaneResult(labels, probabilities if request.probabilities else None))
+        yield index + 1, len(planes)
+    return results
+
+
+class PredictWidget(QWidget):
+    """The Predict dock widget (napari passes the viewer)."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.predictors: dict[tuple, Predictor] = {}  # a model is loaded once per options
+        self.worker: Any = None
+        self.model = QComboBox()
+        self.model.addItems([*TRAINED, *zoo_models(), CHOOSE_FILE])
+        self.model.activated.connect(self._model_chosen)
+        self.layer = QComboBox()
+        self.objects = QCheckBox("objects (one id each)")
+        self.objects.setChecked(True)
+        self.probabilities = QCheckBox("probabilities as an image layer")
+        self.tta = QCheckBox("test-time augmentation (8 views)")
+        self.threshold = QDoubleSpinBox()
+        self.threshold.setRange(0.01, 0.99)
+        self.threshold.setSingleStep(0.05)
+        self.threshold.setValue(InferenceOptions().threshold)
+        self.predict_button, self.cancel_button = QPushButton("Predict"), QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.predict_button.clicked.connect(self.predict)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.progress = QProgressBar()
+        self.status = QLabel("")
+        self._lay_out()
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            event.connect(self._refresh_layers)
+        self._refresh_layers()
+        PREDICT_WIDGETS.add(self)
+
+    def _lay_out(self) -> None:
+        form = QFormLayout()
+        form.addRow("model", self.model)
+        form.addRow("image layer", self.layer)
+        form.addRow("threshold (binary models)", self.threshold)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.predict_button)
+        buttons.addWidget(self.cancel_button)
+        column = QVBoxLayout(self)
+        column.addLayout(form)
+        for box in (self.objects, self.probabilities, self.tta):
+            column.addWidget(box)
+        column.addLayout(buttons)
+        column.addWidget(self.progress)
+        column.addWidget(self.status)
+        column.addStretch()
+
+    def _refresh_layers(self, _event: object = None) -> None:
+        import napari.layers
+
+        if not alive(self):  # the layer list of a viewer closing after its widget went
+            return
+        chosen = self.layer.currentText()
+        self.layer.clear()
+        self.layer.addItems([layer.name for layer in self.viewer.layers if isinstance(layer, napari.layers.Image)])
+        if chosen:
+            self.layer.setCurrentText(chosen)
+
+    def _model_chosen(self, index: int) -> None:
+        if self.model.itemText(index) != CHOOSE_FILE:
+            return
+        path, _ = QFileDialog.getOpenFileName(self, "A trained model", "", "models (*.pt *.safetensors)")
+        if path:
+            self.model.insertItem(0, path)
+            self.model.setCurrentIndex(0)
+
+    def request(self) -> PredictRequest:
+        """The widget's choices, checked: one line for each thing missing."""
+        name = self.layer.currentText()
+        if not name or name not in self.viewer.layers:
+            raise UnetkitError("no image layer to predict: open an image (File > Open, or File > Open Sample)")
+        if self.model.currentText() == CHOOSE_FILE:
+            raise UnetkitError("choose a model: a shipped one by name, or a checkpoint or safetensors file")
+        layer = self.viewer.layers[name]
+        return PredictRequest(
+            self.model.currentText(), np.asarray(layer.data), name, bool(layer.rgb), self.objects.isChecked(),
+            self.probabilities.isChecked(), self.tta.isChecked(), round(self.threshold.value(), 4),
+        )  # fmt: skip
+
+    def predictor(self, request: PredictRequest) -> Predictor:
+        """The Predictor of the request's model and options, loaded once (in the worker thread)."""
+        key = (request.model, request.tta, request.threshold)
+        if key not in self.predictors:
+            options = InferenceOptions(tta=request.tta, threshold=request.threshold, progress=False)
+            if request.model in zoo_models() and not Path(request.model).exists():
+                self.predictors[key] = Predictor.from_pretrained(request.model, options=options)
+            else:
+                self.predictors[key] = Predictor(request.model, options=options)
+        return self.predictors[key]
+
+    def predict(self) -> None:
+        """Predict's button: start a worker, or say in one notification why not."""
+        try:
+            request = self.request()
+        except UnetkitError as err:
+            show_error(str(err))
+            return
+
+        @thread_worker(connect={"yielded": self._progressed, "returned": self._finished, "errored": self._failed})
+        def work():
+            return (yield from predict_planes(self.predictor(request), request))
+
+        self.request_running = request
+        self.predict_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress.setRange(0, 0)  # busy until the first plane is done
+        self.status.setText(f"predicting {request.layer_name}...")
+        self.worker = work()
+        self.worker.finished.connect(self._idle)
+
+    def cancel(self) -> None:
+        if self.worker is not None:
+            self.worker.quit()
+            self.status.setText("cancelled: stops after the plane under way")
+
+    def _progressed(self, done: tuple[int, int]) -> None:
+        self.progress.setRange(0, done[1])
+        self.progress.setValue(done[0])
+
+    def _finished(self, results: list[PlaneResult]) -> None:
+        request = self.request_running
+        labels = np.stack([r.labels for r in results]) if len(results) > 1 else results[0].labels
+        kind = "objects" if request.objects else "classes"
+        self.viewer.add_labels(
+            labels.astype(np.int32 if request.objects else np.uint8), name=f"{request.layer_name} {kind}"
+        )
+        if request.probabilities:
+            stacked = (
+                np.stack([r.probabilities for r in results], axis=1) if len(results) > 1 else results[0].probabilities
+            )
+            names = [f"{request.layer_name} probability {k}" for k in range(len(stacked))]  # of class id k
+            self.viewer.add_image(stacked, name=names, channel_axis=0, visible=False)
+        count = f"{int(labels.max())} objects" if request.objects else f"{len(np.unique(labels))} classes present"
+        self.status.setText(f"done: {count}")
+        show_info(f"unetkit: {request.layer_name}: {count}")
+
+    def _failed(self, error: Exception) -> None:
+        show_error(str(error) if isinstance(error, UnetkitError) else f"{type(error).__name__}: {error}")
+        self.status.setText("failed: see the notification")
+
+    def _idle(self) -> None:
+        self.predict_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.progress.setRange(0, 1)
+        self.worker = None
