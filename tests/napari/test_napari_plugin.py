@@ -157,8 +157,12 @@ def test_train_from_layers_stops_cleanly_and_the_run_resumes(make_napari_viewer,
     add_all(widget, 4)
     widget.budget.setValue(600)
     widget.out.setText(str(tmp_path / "run"))
+    ticks = []
+    timer = qtbot_timer(qtbot, ticks)  # the event loop keeps running while the worker trains
     widget.train_button.click()
     qtbot.waitUntil(lambda: len(widget.rows) >= 1 or widget.worker is None, timeout=120_000)
+    timer.stop()
+    assert len(ticks) >= 2
     assert widget.rows, widget.status.text()
     widget.stop_button.click()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
@@ -186,3 +190,47 @@ def test_correct_and_retrain_changes_the_models_output_on_the_corrected_images(m
                     timeout=int(os.environ.get("RETRAIN_TIMEOUT", "300000")))  # fmt: skip
     after = viewer.layers["dark 0 objects"].data
     assert predict.model.currentText() == widget.last_model.__str__() and not np.array_equal(before, after)
+
+
+def test_cancel_stops_a_stack_after_the_plane_under_way_and_adds_nothing(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.stack([nuclei(size=256, count=20, seed=s)[0][0] for s in range(30)]), name="long")
+    widget = predict_dock(viewer)
+    widget.model.setCurrentText("nuclei")
+    widget.predict_button.click()
+    qtbot.waitUntil(lambda: widget.progress.maximum() == 30, timeout=60_000)  # the first plane is done
+    widget.cancel_button.click()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    assert "cancelled" in widget.status.text() and widget.progress.value() < 30
+    assert "long objects" not in viewer.layers
+
+
+def test_a_run_folder_of_the_users_files_and_a_file_that_is_no_model_are_one_notification_each(
+    make_napari_viewer, qtbot, monkeypatch, tmp_path
+):
+    from unetkit.napari import train_widget
+
+    said = []
+    for module in (predict_widget, train_widget):
+        monkeypatch.setattr(module, "show_error", said.append)
+    viewer = make_napari_viewer()
+    inverted_nuclei(viewer, 2, tmp_path / "data")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    widget = train_dock(viewer, tmp_path)
+    add_all(widget, 2)
+    widget.out.setText(str(mine))
+    widget.train_button.click()
+    qtbot.waitUntil(lambda: widget.worker is None and bool(said), timeout=60_000)
+    assert "did not write" in said[-1] and (mine / "notes.txt").read_text() == "my notes"
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    fake = tmp_path / "model.pt"
+    fake.write_bytes(b"not a model")
+    predict = predict_dock(viewer)
+    predict.model.insertItem(0, str(fake))
+    predict.model.setCurrentIndex(0)
+    predict.layer.setCurrentText("dark 0")
+    predict.predict_button.click()
+    qtbot.waitUntil(lambda: predict.worker is None and len(said) == 2, timeout=60_000)
+    assert str(fake) in said[-1] and "\n" not in said[-1] and "dark 0 objects" not in viewer.layers

@@ -74,6 +74,8 @@ class TrainWidget(QWidget):
         self.out = QLineEdit()
         self.train_button, self.stop_button = QPushButton("Train"), QPushButton("Stop")
         self.retrain_button = QPushButton("Retrain and predict again")
+        self.report_button = QPushButton("Open the run's report")
+        self.report_button.setEnabled(False)
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.status = QLabel("")
@@ -101,6 +103,7 @@ class TrainWidget(QWidget):
         column.addLayout(form)
         column.addLayout(buttons)
         column.addWidget(self.retrain_button)
+        column.addWidget(self.report_button)
         column.addWidget(self.table)
         column.addWidget(self.status)
         self.stop_button.setEnabled(False)
@@ -110,6 +113,7 @@ class TrainWidget(QWidget):
         self.train_button.clicked.connect(lambda: self.train(predict_after=False))
         self.retrain_button.clicked.connect(lambda: self.train(predict_after=True))
         self.stop_button.clicked.connect(self.stop)
+        self.report_button.clicked.connect(self.open_report)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self._refresh_layers)
         self._refresh_layers()
@@ -215,6 +219,7 @@ class TrainWidget(QWidget):
 
     def _finished(self, best: Path) -> None:
         self.last_model = str(best)
+        self.report_button.setEnabled((best.parent / "report.html").is_file())
         offer_model(str(best))
         self.start.insertItem(1, str(best))
         ending = [line for line in self.log_lines if line.startswith("from the model:")]  # which weights it kept
@@ -223,6 +228,16 @@ class TrainWidget(QWidget):
         show_info(f"unetkit: trained {best}")
         if self.predict_after:
             self.predict_again(str(best))
+
+    def open_report(self) -> None:
+        """The last run's report.html in the web browser."""
+        import webbrowser
+
+        report = Path(self.last_model).parent / "report.html" if self.last_model else None
+        if report is None or not report.is_file():
+            show_error("no report yet: train a run with validation images first")
+            return
+        webbrowser.open(report.resolve().as_uri())
 
     def predict_again(self, model: str) -> None:
         """Retrain's last step: Predict the chosen image layer with the new model."""
