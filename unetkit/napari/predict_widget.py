@@ -217,7 +217,14 @@ class PredictWidget(QWidget):
             show_error(str(err))
             return
 
-        @thread_worker(connect={"yielded": self._progressed, "returned": self._finished, "errored": self._failed})
+        @thread_worker(
+            connect={
+                "yielded": self._progressed,
+                "returned": self._finished,
+                "errored": self._failed,
+                "finished": self._idle,
+            }
+        )
         def work():
             return (yield from predict_planes(self.predictor(request), request))
 
@@ -227,7 +234,6 @@ class PredictWidget(QWidget):
         self.progress.setRange(0, 0)  # busy until the first plane is done
         self.status.setText(f"predicting {request.layer_name}...")
         self.worker = work()
-        self.worker.finished.connect(self._idle)
 
     def cancel(self) -> None:
         if self.worker is not None:

@@ -161,7 +161,7 @@ class TrainWidget(QWidget):
         self.predict_after = predict_after
         self.started = time.perf_counter()
 
-        @thread_worker(connect={"returned": self._finished, "errored": self._failed})
+        @thread_worker(connect={"returned": self._finished, "errored": self._failed, "finished": self._idle})
         def work():
             return self.run(cfg)
 
@@ -170,7 +170,6 @@ class TrainWidget(QWidget):
         self.stop_button.setEnabled(True)
         self.status.setText(f"training into {cfg.out} ...")
         self.worker = work()
-        self.worker.finished.connect(self._idle)
 
     def config(self):
         from unetkit.train import TrainConfig
