@@ -86,14 +86,14 @@ class PlaneResult:
     probabilities: np.ndarray | None  # (K, H, W)
 
 
-def planes_of(image: np.ndarray, rgb: bool, in_channels: int) -> tuple[list[np.ndarray], bool]:
-    """The 2-D images to predict, and whether they are planes of a stack: an RGB layer or a gray
-    2-D image is one; a gray (Z, Y, X) layer is its planes for a 1-channel model. Anything else is
-    refused in one line (napari's layer shape and what the model takes)."""
+def planes_of(image: np.ndarray, rgb: bool, in_channels: int) -> list[np.ndarray]:
+    """The 2-D images to predict: an RGB layer or a gray 2-D image is one; a gray (Z, Y, X) layer
+    is its planes for a 1-channel model. Anything else is refused in one line (napari's layer
+    shape and what the model takes)."""
     if rgb or image.ndim == 2:
-        return [image], False
+        return [image]
     if image.ndim == 3 and in_channels == 1:
-        return list(image), True
+        return list(image)
     raise UnetkitError(
         f"the layer's data is {image.shape} and the model takes {in_channels} channel(s); give a 2-D image, an RGB "
         "layer, or a gray stack (planes, y, x) for a one-channel model"
@@ -103,7 +103,7 @@ def planes_of(image: np.ndarray, rgb: bool, in_channels: int) -> tuple[list[np.n
 def predict_planes(predictor: Predictor, request: PredictRequest):
     """Generator for napari's thread worker: yields (planes done, planes in all) after each plane
     (a point where Cancel stops it) and returns the PlaneResults."""
-    planes, _stack = planes_of(request.image, request.rgb, predictor.spec.in_channels)
+    planes = planes_of(request.image, request.rgb, predictor.spec.in_channels)
     results = []
     for index, plane in enumerate(planes):
         logits = predictor.logits(plane, f"{request.layer_name} plane {index}")
@@ -125,6 +125,7 @@ class PredictWidget(QWidget):
         self.viewer = napari_viewer
         self.predictors: dict[tuple, Predictor] = {}  # a model is loaded once per options
         self.worker: Any = None
+        self.request_running: PredictRequest | None = None  # what the worker under way was asked
         self.model = QComboBox()
         self.model.addItems([*TRAINED, *zoo_models(), CHOOSE_FILE])
         self.model.activated.connect(self._model_chosen)

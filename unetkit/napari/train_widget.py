@@ -58,6 +58,8 @@ class TrainWidget(QWidget):
         self.rows: list[EpochRow] = []  # appended by the training thread, shown by the timer
         self.stop_requested = threading.Event()
         self.last_model: str | None = None
+        self.predict_after = False  # Retrain: predict the chosen image again when the run ends
+        self.log_lines: list[str] = []  # the run's log, written by the training thread
         self.project = QLineEdit(str(Path.cwd() / "unetkit-training-set"))
         self.image_layer, self.labels_layer = QComboBox(), QComboBox()
         self.add_button = QPushButton("Add to training set")
@@ -159,7 +161,6 @@ class TrainWidget(QWidget):
         self.table.setRowCount(0)
         self.stop_requested.clear()
         self.predict_after = predict_after
-        self.started = time.perf_counter()
 
         @thread_worker(connect={"returned": self._finished, "errored": self._failed, "finished": self._idle})
         def work():
@@ -196,7 +197,7 @@ class TrainWidget(QWidget):
             if self.stop_requested.is_set():
                 raise StopRequested(cfg.out)
 
-        self.log_lines: list[str] = []
+        self.log_lines.clear()
         result = run_training(cfg, log=self.log_lines.append, on_epoch_end=on_epoch_end)
         return result.best_checkpoint
 

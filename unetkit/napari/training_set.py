@@ -2,12 +2,11 @@
 Train widget's "Add to training set" writes an Image layer and its corrected Labels layer into,
 and that training reads like any folder of pairs. A pair is named after the layer; a file there
 is replaced only when this folder's record says unetkit wrote it and its content is still what
-was written (runtime/ownership.py's rule, with this folder's own record), so a user's file of the
-same name is never touched: the pair gets another name instead."""
+was written (runtime/ownership.py's rule for a training set), so a user's file of the same name
+is never touched: the pair gets another name instead."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -15,19 +14,8 @@ import numpy as np
 import tifffile
 
 from unetkit.errors import UnetkitError
-from unetkit.runtime.atomic import atomic_write, write_json
-from unetkit.runtime.ownership import digest
-
-RECORD = ".unetkit-training-set.json"
-
-
-def written(project: Path) -> dict[str, str]:
-    """{relative path: sha256} of the files this folder's record says unetkit wrote."""
-    try:
-        data = json.loads((project / RECORD).read_text())
-        return {str(k): str(v) for k, v in data.get("files", {}).items()}
-    except (OSError, ValueError, AttributeError):
-        return {}
+from unetkit.runtime.atomic import atomic_write
+from unetkit.runtime.ownership import digest, record_files, recorded_files, replaceable
 
 
 def pair_name(project: Path, layer_name: str, record: dict[str, str]) -> str:
@@ -35,8 +23,7 @@ def pair_name(project: Path, layer_name: str, record: dict[str, str]) -> str:
     unetkit's own, unedited ones."""
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", layer_name).strip("._") or "image"
     for candidate in [stem, *(f"{stem}-{k}" for k in range(2, 1000))]:
-        paths = [f"images/{candidate}.tif", f"masks/{candidate}.tif"]
-        if all(not (project / p).exists() or record.get(p) == digest(project / p) for p in paths):
+        if all(replaceable(project, f"{kind}/{candidate}.tif", record) for kind in ("images", "masks")):
             return candidate
     raise UnetkitError(f"{project}: a thousand pairs named {stem}; choose another project folder")
 
@@ -51,12 +38,12 @@ def add_pair(project: Path, image: np.ndarray, labels: np.ndarray, layer_name: s
         )
     if not labels.any():
         raise UnetkitError(f"{layer_name}: the labels layer is empty; paint or correct some objects first")
-    record = written(project)
+    record = recorded_files(project)
     name = pair_name(project, layer_name, record)
     for folder, array in (("images", np.asarray(image)), ("masks", labels.astype(np.uint16))):
         path = project / folder / f"{name}.tif"
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda temporary, array=array: tifffile.imwrite(temporary, array))
         record[f"{folder}/{name}.tif"] = digest(path)
-    write_json(project / RECORD, {"written_by": "unetkit napari", "files": record})
+    record_files(project, record)
     return name

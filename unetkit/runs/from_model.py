@@ -25,6 +25,7 @@ from unetkit.data import Pair
 from unetkit.inference import InferenceOptions, Predictor
 from unetkit.inference.objects import ObjectRule
 from unetkit.models.checkpoint import load_checkpoint, save_checkpoint
+from unetkit.models.spec import ModelSpec
 from unetkit.runs.object_rule import score_rules, start_tie, validation_probabilities
 
 BLEND = 0.5  # the fine-tuned weights' share of the average
@@ -41,7 +42,7 @@ def settle_from_start(
     first of the average and the fine-tuned weights that beats `start` on the validation images'
     objects (each cut with the start's `rule`) by more than their noise, else `start` itself."""
     tuned = load_checkpoint(checkpoint)
-    instances = Predictor(start).mask_values.instances
+    instances = ModelSpec.from_state(start).mask_values.instances
     if tuned.get("epoch") == 0 or instances is None:
         return  # best.pt is the start already; a semantic model's score is Dice (the Trainer's start guard)
     rule = rule or ObjectRule.default(instances)

@@ -9,6 +9,8 @@ all here:
 - a predict folder: its manifest (`Manifest`) records each output's sha256 the moment it is
   written, and a file is predict's while it is listed and its content is what was recorded (a
   mask corrected by hand since is the user's);
+- a training set that napari's "Add to training set" fills: its record (TRAINING_SET_RECORD)
+  keeps each written file's sha256, and a file is unetkit's while its content is what was recorded;
 - one named output (`evaluate --json`, `report --out`, `export --onnx/--safetensors/--bioimageio`):
   its own content says who wrote it (`written_by_unetkit`): unetkit's JSON reports carry
   "written_by", its HTML a generator meta tag, its ONNX and safetensors files a "unetkit" metadata
@@ -251,3 +253,28 @@ def _hashes(value: object) -> list[str] | None:
     if isinstance(value, list):
         return [str(item) for item in value]
     return None
+
+
+# ---- a training-set folder (the napari plugin's pairs): a record of each written file's sha256 ----
+
+TRAINING_SET_RECORD = ".unetkit-training-set.json"
+
+
+def recorded_files(folder: Path) -> dict[str, str]:
+    """{path relative to `folder`: sha256} of the files its record says unetkit wrote."""
+    try:
+        data = json.loads((folder / TRAINING_SET_RECORD).read_text())
+        return {str(k): str(v) for k, v in data.get("files", {}).items()}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def replaceable(folder: Path, relative: str, recorded: dict[str, str]) -> bool:
+    """Whether unetkit may write `folder / relative`: nothing is there, or what is there is the
+    file it recorded writing, unedited."""
+    path = folder / relative
+    return not path.exists() or recorded.get(relative) == digest(path)
+
+
+def record_files(folder: Path, recorded: dict[str, str]) -> None:
+    write_json(folder / TRAINING_SET_RECORD, {"written_by": "unetkit napari", "files": recorded})
