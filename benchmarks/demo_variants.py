@@ -21,7 +21,7 @@ from unetkit.demo import DEMO_DATA, HELDOUT_SLICES, TRAIN_SLICES, VAL_SLICES, de
 from unetkit.evaluate import evaluate_pairs
 from unetkit.inference import InferenceOptions, Predictor
 from unetkit.runtime.hardware import cpu_description
-from unetkit.train import train
+from unetkit.train.run_claim import claimed_run
 
 RESULTS = Path(__file__).parent / "results" / "demo_variants.jsonl"
 
@@ -43,7 +43,9 @@ def main(argv: list[str]) -> dict:
     pairs = {int(p.name): p for p in find_pairs(DEMO_DATA / "images", DEMO_DATA / "masks")}
     cfg = dataclasses.replace(demo_config(out, progress=False, amp="off"), **options)
     started = time.perf_counter()
-    result = train(cfg, [pairs[i] for i in TRAIN_SLICES], [pairs[i] for i in VAL_SLICES], log=lambda _: None)
+    train_pairs, val_pairs = [pairs[i] for i in TRAIN_SLICES], [pairs[i] for i in VAL_SLICES]
+    with claimed_run(cfg, train_pairs, val_pairs, log=lambda _: None) as trainer:  # the epochs alone
+        result = trainer.fit()
     row = {
         "name": name,
         "options": options,

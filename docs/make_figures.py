@@ -222,7 +222,7 @@ def figure_dumbnet_vs_unet(out: Path, epochs: int = 10, minutes_each: float = 1.
     """Both models trained with the demo recipe, shortened; Dice on held-out slices 25-29."""
     from unetkit.evaluate import evaluate_pairs
     from unetkit.inference import Predictor
-    from unetkit.train import train
+    from unetkit.train.run_claim import claimed_run
 
     plt = _pyplot()
     by_slice = {int(p.name): p for p in find_pairs(DEMO_DATA / "images", DEMO_DATA / "masks")}
@@ -237,7 +237,8 @@ def figure_dumbnet_vs_unet(out: Path, epochs: int = 10, minutes_each: float = 1.
         if model == "dumbnet":
             cfg.base_channels = 32  # DumbNet's width
         started = time.perf_counter()
-        run = train(cfg, train_pairs, val_pairs, log=lambda _: None)
+        with claimed_run(cfg, train_pairs, val_pairs, log=lambda _: None) as trainer:  # the epochs alone
+            run = trainer.fit()
         predictor = Predictor(run.best_checkpoint)
         params = sum(p.numel() for p in predictor.model.parameters())
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from epochs_alone import train
 
 import unetkit.runtime.amp as amp_module
 from unetkit.data import find_pairs
@@ -14,7 +15,7 @@ from unetkit.data.fingerprint import ClassGeometry, DataFingerprint
 from unetkit.data.mask_values import MaskValues
 from unetkit.data.objects import INSTANCE_VALUES
 from unetkit.data.transforms import AugmentConfig, random_patch_grid
-from unetkit.train import TrainConfig, Trainer, load_checkpoint, plan_run, resolve_amp, train
+from unetkit.train import TrainConfig, Trainer, load_checkpoint, plan_run, resolve_amp
 from unetkit.train.recipes import apply_recipe, class_weights, data_orientation, data_scale, largest_object
 from unetkit.train.schedulers import SCHEDULERS, Schedule
 

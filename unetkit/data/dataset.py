@@ -10,12 +10,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from unetkit.data.fingerprint import parallel_map
 from unetkit.data.mask_values import IGNORE_ID, MaskValues
 from unetkit.data.pairing import Pair
 from unetkit.data.preprocess import Preprocess
 from unetkit.data.transforms import AugmentConfig, random_patch
 from unetkit.data.weight_map import border_weights
+from unetkit.runtime.threads import parallel_map
 
 
 def load_pair(

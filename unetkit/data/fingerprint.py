@@ -13,13 +13,11 @@ an evenly spaced sample of masks (GEOMETRY_SAMPLE): distance transforms cost ~10
 
 from __future__ import annotations
 
-import os
 import statistics
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -30,26 +28,13 @@ from unetkit.data.objects import INSTANCE_VALUES, instance_classes
 from unetkit.data.pairing import Pair
 from unetkit.data.preprocess import IMAGE_PERCENTILES, channel_percentiles
 from unetkit.errors import UnetkitError
+from unetkit.runtime.threads import parallel_map
 
 GEOMETRY_SAMPLE = 32  # masks whose class geometry is measured, evenly spaced over the set
 # An image's brightness range in a channel is measured between the bounds of the per-image
 # normalisation (data/preprocess.py's IMAGE_PERCENTILES), from about this many pixels.
 RANGE_SAMPLE = 65536
 FLAT = 1e-3  # a channel whose range is below this (of the type's full range) is blank: it tells nothing
-
-T = TypeVar("T")
-R = TypeVar("R")
-
-
-def parallel_map(function: Callable[[T], R], items: Sequence[T], workers: int | None = None) -> list[R]:
-    """`[function(item) for item in items]` in threads: Pillow, tifffile, numpy and torch release
-    the GIL while decoding and resizing, so this scales with the cores. The first exception (a
-    bad file's UnetkitError) is raised as it would be in the plain loop."""
-    workers = workers or min(8, os.cpu_count() or 1)
-    if workers <= 1 or len(items) <= 1:
-        return [function(item) for item in items]
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(function, items))
 
 
 @dataclass

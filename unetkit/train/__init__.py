@@ -2,7 +2,6 @@ from unetkit.models.checkpoint import load_checkpoint, model_from_checkpoint, sa
 from unetkit.runtime.amp import AmpPolicy, cpu_has_native_bf16, resolve_amp
 from unetkit.train.config import TrainConfig
 from unetkit.train.loop import RunResult, Trainer
-from unetkit.train.run_claim import train
 from unetkit.train.run_plan import plan_run
 from unetkit.train.schedulers import SCHEDULERS, Schedule
 
@@ -19,5 +18,4 @@ __all__ = [
     "plan_run",
     "resolve_amp",
     "save_checkpoint",
-    "train",
 ]

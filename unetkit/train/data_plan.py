@@ -56,7 +56,6 @@ def plan(
         started = time.perf_counter()
         data = fingerprint_pairs(train_pairs, cfg.ignore_value, cfg.mask_values, **instance_modes(cfg, init_state))
         instances = data.mask_values.instances
-        cfg, _ = fill_unset(cfg, {"instance_masks": instances is not None, "instance_target": instances})
         if data.instances_maybe:
             log(
                 f"note: the masks may be instance label images (each object its own id: values "
@@ -71,7 +70,7 @@ def plan(
                 "--no-instance-masks trains their values as classes"
             )
         say_many_classes(data, cfg, log)
-        cfg, summary = apply_recipe(cfg, data, device)
+        cfg, summary = apply_recipe(cfg, data, device)  # also instance_masks / instance_target, as read
         log(f"{summary} ({time.perf_counter() - started:.1f}s to read and measure the training set)")
         preprocess = preprocess_for(cfg, data, init_state)
         data_plan = DataPlan(data.mask_values, preprocess, data.rarer_classes(data.mask_values), data.to_dict())

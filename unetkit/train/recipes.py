@@ -227,6 +227,8 @@ def recipe_choices(cfg: TrainConfig, data: DataFingerprint, device: torch.device
     edges = data.mask_values.instances in ("boundary", "centres")
     choices["border_weight"] = BORDER_WEIGHT if data.mask_values.countable and not edges else 0.0
     choices["binary"] = data.mask_values.num_classes == 2  # one sigmoid logit for two classes
+    choices["instance_masks"] = data.mask_values.instances is not None  # as the fingerprint read the masks
+    choices["instance_target"] = data.mask_values.instances
     choices["workers"] = default_workers()
     if cfg.time is None:
         choices["epochs"] = 50  # a timed run without --epochs runs until its time is up
@@ -239,5 +241,6 @@ def apply_recipe(cfg: TrainConfig, data: DataFingerprint, device: torch.device) 
     choices = recipe_choices(cfg, data, device)
     name = choices.pop("recipe")
     resolved, chosen = fill_unset(dataclasses.replace(cfg, recipe=name), choices)
-    summary = ", ".join(f"{key}={value}" for key, value in chosen.items()) or "nothing (all options set)"
+    said = [f"{key}={value}" for key, value in chosen.items() if value is not None]
+    summary = ", ".join(said) or "nothing (all options set)"
     return resolved, f"recipe {name} for {data.describe()} on {device.type}: chose {summary}"

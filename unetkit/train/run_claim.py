@@ -24,7 +24,7 @@ from unetkit.runtime.hardware import cpu_description
 from unetkit.runtime.ownership import MARKER, RUN_FILES, mark_run_folder
 from unetkit.train.config import PATH_OPTIONS, TrainConfig, absolute_paths
 from unetkit.train.config_file import write_config_toml
-from unetkit.train.loop import EpochCallback, RunResult, Trainer
+from unetkit.train.loop import Trainer
 from unetkit.train.run_folder import carry_best, check_run_folder
 from unetkit.train.run_plan import plan_run
 
@@ -109,19 +109,3 @@ def write_run_config(trainer: Trainer) -> None:
     }
     write_json(out / "config.json", {**cfg.to_dict(), "resolved": resolved})
     write_config_toml(out / "config.toml", cfg)
-
-
-def train(
-    cfg: TrainConfig,
-    train_pairs: Sequence[Pair] | None = None,
-    val_pairs: Sequence[Pair] | None = None,
-    log: Callable[[str], None] = print,
-    on_epoch_end: EpochCallback | None = None,
-    resume_overrides: Collection[str] | None = None,
-) -> RunResult:
-    """The epochs alone, for tests and benchmarks of the loop: users train with
-    unetkit.runs.run_training, which also chooses the object rule and writes the report. On
-    resume, `resume_overrides` names the options to take from `cfg` rather than from the
-    checkpoint (default: those that differ from TrainConfig's defaults)."""
-    with claimed_run(cfg, train_pairs, val_pairs, log, resume_overrides) as trainer:
-        return trainer.fit(on_epoch_end)
