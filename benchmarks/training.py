@@ -53,7 +53,12 @@ class OneBatch:
 
     def __init__(self, batch: tuple[torch.Tensor, ...]) -> None:
         self.batch = batch  # images, masks and, with border weights, the pixel weights
-        self.dataset = range(batch[0].shape[0])  # train_one_epoch reads len(loader.dataset)
+        # what the training pass reads of a DataLoader to count its images
+        self.dataset = self.sampler = range(batch[0].shape[0])
+        self.batch_size, self.drop_last = batch[0].shape[0], False
+
+    def __len__(self) -> int:
+        return 1
 
     def __iter__(self):
         yield self.batch

@@ -8,10 +8,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from unetkit.data import Pair
 from unetkit.inference import Predictor
+from unetkit.runtime.progress import progress_to, tell
 from unetkit.scoring.metrics import EvaluationReport, SegmentationMetrics
 from unetkit.scoring.objects import mean_scores, object_scores
 
@@ -32,7 +32,8 @@ def evaluate_pairs(
     is called with each pair, its image, predicted class ids and object labels."""
     metrics = SegmentationMetrics(predictor.num_classes, predictor.binary)
     per_image_objects = []
-    for pair in tqdm(pairs, desc="evaluate", unit="img", disable=not progress, leave=False):
+    bar = progress_to(None, progress)
+    for done, pair in enumerate(pairs, 1):
         image, mask = pair.read()
         target = predictor.mask_values.encode(mask, pair.mask)
         logits = predictor.logits(image, pair.image)
@@ -47,6 +48,7 @@ def evaluate_pairs(
         metrics.per_image[-1].update(scores)
         if on_prediction is not None:
             on_prediction(pair, image, pred, labels)
+        tell(bar, done, len(pairs), "evaluate")
     report = metrics.report(predictor.mask_values.values)
     objects = mean_scores(per_image_objects)
     objects["pixel_error"] = 1 - report.pixel_accuracy

@@ -3,6 +3,7 @@ user's mask values), optionally probability maps and overlays."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -11,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from unetkit.data import IMAGE_EXTENSIONS, list_images
 from unetkit.data.io import ImageRef
@@ -27,6 +27,7 @@ from unetkit.inference.stacks import StackPrediction, predict_large_stack
 from unetkit.runtime.atomic import is_temporary_of, remove_stale_temporaries
 from unetkit.runtime.folder_lock import PREDICT_LOCK_NAME, RunLock
 from unetkit.runtime.ownership import JOURNAL, MANIFEST, Manifest
+from unetkit.runtime.progress import progress_to, tell
 
 # Every name predict may write for an image <stem> (planned_outputs says which a run writes).
 OUTPUT_SUFFIXES = PredictOutputs.every_suffix()
@@ -229,17 +230,17 @@ def write_outputs(
     written = {path: outputs.file(path.stem, "mask", "large") for path in [*large, *stacks]}
     written |= {path: outputs.file(path.stem, "mask") for path in files if path not in written}
     count = len(refs) + len(large)
-    bar = tqdm(total=count, desc="predict", unit="img", disable=not options.progress or count < 2, leave=False)
-    with recorded_outputs(out, planned), bar:
+    progress, done = progress_to(None, options.progress and count > 1), itertools.count(1)
+    with recorded_outputs(out, planned):
         for path in files:
             if path in large and path in stacks:
                 predict_large_stack(predictor, path, stacks[path], outputs)
-                bar.update()
+                tell(progress, next(done), count, "predict")
             elif path in large:
                 predict_large_tiff(predictor, path, written[path], outputs)
-                bar.update()
+                tell(progress, next(done), count, "predict")
         for _ in predict_images(predictor, refs, write, options.workers):
-            bar.update()
+            tell(progress, next(done), count, "predict")
         instance_model = predictor.mask_values.instances is not None
         for path in files if outputs.instances else []:
             labels, table = outputs.file(path.stem, "objects"), outputs.file(path.stem, "object_table")

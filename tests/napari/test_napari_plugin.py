@@ -37,7 +37,7 @@ def test_the_manifest_declares_the_widget_and_the_samples():
     from npe2 import PluginManifest
 
     manifest = PluginManifest.from_distribution("unetkit")
-    assert [w.display_name for w in manifest.contributions.widgets] == ["Predict", "Train"]
+    assert [w.display_name for w in manifest.contributions.widgets] == ["Predict", "Train", "Correct and retrain"]
     assert {s.key for s in manifest.contributions.sample_data} == {"em-slice", "nuclei"}
 
 
@@ -135,8 +135,13 @@ def inverted_nuclei(viewer, count: int, folder) -> None:
         viewer.add_labels(tifffile.imread(masks / f"{path.stem}.tif").astype(np.int32), name=f"dark {index} corrected")
 
 
-def train_dock(viewer, tmp_path):
+def train_dock(viewer):
     _dock, widget = viewer.window.add_plugin_dock_widget("unetkit", "Train")
+    return widget
+
+
+def correct_dock(viewer, tmp_path):
+    _dock, widget = viewer.window.add_plugin_dock_widget("unetkit", "Correct and retrain")
     widget.project.setText(str(tmp_path / "project"))
     return widget
 
@@ -148,18 +153,30 @@ def add_all(widget, count: int) -> None:
         widget.add_button.click()
 
 
-def test_train_from_layers_stops_cleanly_and_the_run_resumes(make_napari_viewer, qtbot, tmp_path, capsys):
-    from synthetic import run_cli
+def test_the_train_widget_pairs_each_labels_layer_with_the_image_it_annotates(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    inverted_nuclei(viewer, 2, tmp_path / "data")
+    viewer.add_labels(np.zeros((7, 7), np.int32), name="a stray sketch")  # no image of its size: no pair
+    widget = train_dock(viewer)
+    assert widget.chosen_pairs() == [("dark 0", "dark 0 corrected"), ("dark 1", "dark 1 corrected")]
+    widget.pairs.item(1).setCheckState(0)  # unchecked: left out, and stays so when layers change
+    viewer.add_image(np.zeros((5, 5), np.uint8), name="other")
+    assert widget.chosen_pairs() == [("dark 0", "dark 0 corrected")]
+
+
+def test_train_from_layers_stops_cleanly_and_resumes_in_the_widget(make_napari_viewer, qtbot, tmp_path):
+    from unetkit.train import load_checkpoint
 
     viewer = make_napari_viewer()
     inverted_nuclei(viewer, 4, tmp_path / "data")
-    widget = train_dock(viewer, tmp_path)
-    add_all(widget, 4)
+    widget = train_dock(viewer)  # the open layers are its default data: no project folder needed
     widget.budget.setValue(600)
     widget.out.setText(str(tmp_path / "run"))
     ticks = []
     timer = qtbot_timer(qtbot, ticks)  # the event loop keeps running while the worker trains
     widget.train_button.click()
+    qtbot.waitUntil(lambda: widget.passed[0] > 0 or widget.worker is None, timeout=120_000)
+    assert widget.passed[1] > 0 and widget.passed[2].startswith("epoch 1"), widget.passed  # the CLI bar's callback
     qtbot.waitUntil(lambda: len(widget.rows) >= 1 or widget.worker is None, timeout=120_000)
     timer.stop()
     assert len(ticks) >= 2
@@ -167,9 +184,15 @@ def test_train_from_layers_stops_cleanly_and_the_run_resumes(make_napari_viewer,
     widget.stop_button.click()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
     assert "stopped after epoch" in widget.status.text() and widget.table.rowCount() >= 1
-    last = tmp_path / "run" / "last.pt"
-    code, _out, err = run_cli(capsys, "train", "--resume", last, "--epochs", str(len(widget.rows) + 1), "--no-progress")
-    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "run-pairs" / "images").iterdir()) == [f"dark_{i}.tif" for i in range(4)]
+    stopped = load_checkpoint(tmp_path / "run" / "last.pt")["epoch"]
+    assert widget.resume_button.isEnabled()
+    widget.resume_button.click()  # on from last.pt, with the budget it had left
+    qtbot.waitUntil(lambda: len(widget.rows) >= 1 or widget.worker is None, timeout=120_000)
+    widget.stop_button.click()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    assert widget.rows and widget.rows[0].epoch == stopped + 1, (widget.status.text(), widget.rows)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] > stopped
 
 
 def test_correct_and_retrain_changes_the_models_output_on_the_corrected_images(make_napari_viewer, qtbot, tmp_path):
@@ -179,9 +202,9 @@ def test_correct_and_retrain_changes_the_models_output_on_the_corrected_images(m
     predict.model.setCurrentText("nuclei")
     press_predict(qtbot, predict, "dark 0")
     before = viewer.layers["dark 0 objects"].data.copy()
-    widget = train_dock(viewer, tmp_path)
+    widget = correct_dock(viewer, tmp_path)
     add_all(widget, 4)
-    widget.start.setCurrentText("nuclei")
+    widget.model.setCurrentText("nuclei")
     widget.budget.setValue(40)
     widget.image_layer.setCurrentText("dark 0")
     viewer.layers.remove("dark 0 objects")
@@ -189,7 +212,8 @@ def test_correct_and_retrain_changes_the_models_output_on_the_corrected_images(m
     qtbot.waitUntil(lambda: widget.worker is None and predict.worker is None and "dark 0 objects" in viewer.layers,
                     timeout=int(os.environ.get("RETRAIN_TIMEOUT", "300000")))  # fmt: skip
     after = viewer.layers["dark 0 objects"].data
-    assert predict.model.currentText() == widget.last_model.__str__() and not np.array_equal(before, after)
+    assert predict.model.currentText() == widget.last_model and not np.array_equal(before, after)
+    assert widget.model.currentText() == widget.last_model  # the next round fine-tunes the new model
 
 
 def test_cancel_stops_a_stack_after_the_plane_under_way_and_adds_nothing(make_napari_viewer, qtbot):
@@ -208,18 +232,17 @@ def test_cancel_stops_a_stack_after_the_plane_under_way_and_adds_nothing(make_na
 def test_a_run_folder_of_the_users_files_and_a_file_that_is_no_model_are_one_notification_each(
     make_napari_viewer, qtbot, monkeypatch, tmp_path
 ):
-    from unetkit.napari import train_widget
+    from unetkit.napari import run_panel, train_widget
 
     said = []
-    for module in (predict_widget, train_widget):
+    for module in (predict_widget, train_widget, run_panel):
         monkeypatch.setattr(module, "show_error", said.append)
     viewer = make_napari_viewer()
     inverted_nuclei(viewer, 2, tmp_path / "data")
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("my notes")
-    widget = train_dock(viewer, tmp_path)
-    add_all(widget, 2)
+    widget = train_dock(viewer)
     widget.out.setText(str(mine))
     widget.train_button.click()
     qtbot.waitUntil(lambda: widget.worker is None and bool(said), timeout=60_000)

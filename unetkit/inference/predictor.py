@@ -31,6 +31,7 @@ from unetkit.models.spec import ModelSpec, trained_orientation
 from unetkit.runtime.amp import AMP_MODES, resolve_amp
 from unetkit.runtime.hardware import channels_last_is_faster, fastest_call, resolve_device
 from unetkit.runtime.options import check_argument, check_fields, number, option, whole
+from unetkit.runtime.progress import Progress, progress_to
 
 TILING_MODES = ("auto", "on", "off")
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -120,6 +121,7 @@ class Predictor:
         device: str | None = None,
         amp: str | None = None,
         options: InferenceOptions | None = None,
+        on_progress: Progress | None = None,
     ) -> None:
         check_argument(source, (str, Path, dict), "Predictor(source)", "Predictor('runs/cells/best.pt')")
         check_argument(
@@ -128,6 +130,8 @@ class Predictor:
         check_argument(device, (str, type(None)), "Predictor(device=)", "device='cpu'")
         check_argument(amp, (str, type(None)), "Predictor(amp=)", "amp='off'")
         self.options = options or InferenceOptions()
+        # who hears the tiles of a tiled or out-of-core image: `on_progress` (napari's), else the bar
+        self.progress = progress_to(on_progress, self.options.progress, "tile")
         device, amp = device or self.options.device, amp or self.options.amp  # the arguments win
         name = "checkpoint" if isinstance(source, dict) else source  # in messages
         if isinstance(source, str | Path) and Path(source).suffix.lower() == ".onnx":
@@ -256,7 +260,7 @@ class Predictor:
         opts = self.options
         if self.tiled(x):
             logits = predict_tiled(
-                self.forward, x, self.num_outputs, opts.tile, opts.overlap, opts.batch_size, opts.progress
+                self.forward, x, self.num_outputs, opts.tile, opts.overlap, opts.batch_size, self.progress
             )[None]
         else:
             logits = self.forward(x[None])

@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 import torch
-from tqdm.auto import tqdm
+
+from unetkit.runtime.progress import Progress, tell
 
 Forward = Callable[[torch.Tensor], torch.Tensor]  # (N, C, h, w) -> (N, K, h, w) float32 logits
 Box = tuple[int, int, int, int]  # a tile: top, left, height, width
@@ -108,18 +109,18 @@ def predict_tiled(
     tile: int = 512,
     overlap: int = 64,
     batch_size: int = 4,
-    progress: bool = False,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
-    """(C, H, W) normalised image -> (num_outputs, H, W) blended logits."""
+    """(C, H, W) normalised image -> (num_outputs, H, W) blended logits; `progress` hears the tiles done."""
     if overlap >= tile:
         raise ValueError(f"overlap ({overlap}) must be smaller than the tile ({tile})")
     _, height, width = image.shape
     boxes = tile_boxes(height, width, tile, overlap)
     blended = Blend(num_outputs, width, boxes[0][2:], height)
-    with tqdm(total=len(boxes), desc="tiles", unit="tile", disable=not progress, leave=False) as bar:
-        for box, logits in forward_batches(forward, ((box, crop(image, box)) for box in boxes), batch_size):
-            blended.add(box, logits)
-            bar.update()
+    tiles = forward_batches(forward, ((box, crop(image, box)) for box in boxes), batch_size)
+    for done, (box, logits) in enumerate(tiles, 1):
+        blended.add(box, logits)
+        tell(progress, done, len(boxes), "tiles")
     return blended.take()
 
 

@@ -58,6 +58,15 @@ def open_widgets(viewer: napari.Viewer | None = None) -> list[PredictWidget]:
     return [w for w in list(PREDICT_WIDGETS) if alive(w) and (viewer is None or bare(w.viewer) is bare(viewer))]
 
 
+def fill_layer_choices(combo: QComboBox, viewer: napari.Viewer, kind: type) -> None:
+    """`combo` lists the viewer's layers of `kind`, keeping the one chosen while it is there."""
+    chosen = combo.currentText()
+    combo.clear()
+    combo.addItems([layer.name for layer in viewer.layers if isinstance(layer, kind)])
+    if chosen:
+        combo.setCurrentText(chosen)
+
+
 def alive(widget: QWidget) -> bool:
     try:
         widget.objectName()  # raises once Qt has deleted the C++ object
@@ -170,13 +179,8 @@ class PredictWidget(QWidget):
     def _refresh_layers(self, _event: object = None) -> None:
         import napari.layers
 
-        if not alive(self):  # the layer list of a viewer closing after its widget went
-            return
-        chosen = self.layer.currentText()
-        self.layer.clear()
-        self.layer.addItems([layer.name for layer in self.viewer.layers if isinstance(layer, napari.layers.Image)])
-        if chosen:
-            self.layer.setCurrentText(chosen)
+        if alive(self):  # not the layer list of a viewer closing after its widget went
+            fill_layer_choices(self.layer, self.viewer, napari.layers.Image)
 
     def _model_chosen(self, index: int) -> None:
         if self.model.itemText(index) != CHOOSE_FILE:

@@ -1,233 +1,194 @@
-"""Plugins > unetkit > Train: train a U-Net, or fine-tune a model on corrected labels, without a
-terminal. The run is the run layer's (`run_training`, as `unetkit train`): a folder of images and
-masks (or the project folder that "Add to training set" fills from an Image layer and its
-corrected Labels layer), a time budget, a model to start from (`--init-from`), a run folder.
-It runs in a background thread; each epoch's row reaches the table through the run's
-`on_epoch_end` callback; Stop ends after the epoch under way, leaving last.pt to resume from.
-When a run ends, its best.pt joins the Predict widget's models, and Retrain predicts the chosen
-image again with it: the correct-and-retrain loop."""
+"""Plugins > unetkit > Train: train a U-Net without a terminal, from the open layers (each Labels
+layer with the Image layer it annotates) or from folders of images and masks; a time budget, a
+model to start from (`--init-from`: a shipped model or a checkpoint), a run folder. Train, Stop
+(after the epoch under way) and Resume (the stopped run, where it stopped, with the budget it
+had left); each epoch is a row of the table, each pass the progress bar (run_panel.py). The run
+is the run layer's, as `unetkit train`; pairs from layers are written first, as files unetkit
+owns, into a folder beside the run (`<run>-pairs`), since a run and its report name its images.
+When a run ends its best.pt joins Predict's models and its report is a click away."""
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from napari.qt.threading import thread_worker
-from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QTimer
+import numpy as np
+from napari.utils.notifications import show_error
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFormLayout,
     QHBoxLayout,
-    QLabel,
     QLineEdit,
+    QListWidget,
+    QListWidgetItem,
     QPushButton,
     QSpinBox,
-    QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
-    QWidget,
 )
 
 from unetkit.errors import UnetkitError
-from unetkit.napari.predict_widget import alive, offer_model, open_widgets
+from unetkit.napari.predict_widget import alive
+from unetkit.napari.run_panel import RunPanel
 from unetkit.napari.training_set import add_pair
 from unetkit.zoo import zoo_models
 
 if TYPE_CHECKING:
     import napari
 
-    from unetkit.train.run_files import EpochRow
+    from unetkit.train import TrainConfig
 
 FROM_SCRATCH = "(from scratch)"
-COLUMNS = ("epoch", "train loss", "val Dice", "seconds", "time left")
+FROM_LAYERS, FROM_FOLDERS = "the open layers", "folders"
+PAIR_ARROW = "  <-  "  # a pair's row: "<image layer>  <-  <labels layer>"
 
 
-class StopRequested(Exception):
-    """Raised from the epoch callback when Stop was pressed: the run ends after that epoch."""
+def layer_pairs(viewer: napari.Viewer) -> list[tuple[str, str]]:
+    """(image layer, labels layer) for each Labels layer that annotates an Image layer of its
+    size: the image whose name begins the labels' name ("cells" for "cells objects"), else the
+    only image of that size."""
+    import napari.layers
+
+    images = [layer for layer in viewer.layers if isinstance(layer, napari.layers.Image)]
+    pairs = []
+    for labels in (layer for layer in viewer.layers if isinstance(layer, napari.layers.Labels)):
+        sized = [image for image in images if image_shape(image) == labels.data.shape]
+        named = [image for image in sized if labels.name.startswith(image.name)]
+        chosen = max(named, key=lambda image: len(image.name)) if named else sized[0] if len(sized) == 1 else None
+        if chosen is not None:
+            pairs.append((chosen.name, labels.name))
+    return pairs
 
 
-class TrainWidget(QWidget):
+def image_shape(layer: napari.layers.Image) -> tuple[int, ...]:
+    return tuple(layer.data.shape[:-1] if layer.rgb else layer.data.shape)
+
+
+class TrainWidget(RunPanel):
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        self.worker: Any = None
-        self.rows: list[EpochRow] = []  # appended by the training thread, shown by the timer
-        self.stop_requested = threading.Event()
-        self.last_model: str | None = None
-        self.predict_after = False  # Retrain: predict the chosen image again when the run ends
-        self.log_lines: list[str] = []  # the run's log, written by the training thread
-        self.project = QLineEdit(str(Path.cwd() / "unetkit-training-set"))
-        self.image_layer, self.labels_layer = QComboBox(), QComboBox()
-        self.add_button = QPushButton("Add to training set")
+        self.source = QComboBox()
+        self.source.addItems([FROM_LAYERS, FROM_FOLDERS])
+        self.pairs = QListWidget()
+        self.pairs.setMaximumHeight(120)
         self.images, self.masks = QLineEdit(), QLineEdit()
         self.objects = QCheckBox("the masks are objects, one id each (--instance-masks)")
         self.objects.setChecked(True)  # what Predict's objects and their corrections are
-        self.start = QComboBox()
-        self.start.addItems([FROM_SCRATCH, *zoo_models()])
-        self.start.setEditable(True)  # or a checkpoint's path
+        self.start_model = QComboBox()
+        self.start_model.addItems([FROM_SCRATCH, *zoo_models()])
+        self.start_model.setEditable(True)  # or a checkpoint's path
         self.budget = QSpinBox()
         self.budget.setRange(5, 24 * 3600)
         self.budget.setValue(60)
         self.budget.setSuffix(" s")
         self.out = QLineEdit()
-        self.train_button, self.stop_button = QPushButton("Train"), QPushButton("Stop")
-        self.retrain_button = QPushButton("Retrain and predict again")
+        self.out.setPlaceholderText("default: unetkit-runs/<time> in the working folder")
+        self.train_button, self.resume_button = QPushButton("Train"), QPushButton("Resume")
+        self.resume_button.setEnabled(False)
         self.report_button = QPushButton("Open the run's report")
         self.report_button.setEnabled(False)
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
         self._lay_out()
-        self._connect()
+        self.train_button.clicked.connect(self.train)
+        self.resume_button.clicked.connect(self.resume)
+        self.report_button.clicked.connect(self.open_report)
+        self.source.currentTextChanged.connect(self._show_source)
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            event.connect(self._refresh_pairs)
+        self._refresh_pairs()
+        self._show_source(self.source.currentText())
+
+    def busy_buttons(self) -> list[QPushButton]:
+        return [self.train_button, self.resume_button]
 
     def _lay_out(self) -> None:
         form = QFormLayout()
-        for label, field in (("project folder", self.project), ("image layer", self.image_layer),
-                             ("corrected labels", self.labels_layer)):  # fmt: skip
+        form.addRow("training data", self.source)
+        form.addRow("pairs (image <- labels)", self.pairs)
+        for label, field in (("images folder", self.images), ("masks folder", self.masks),
+                             ("start from", self.start_model), ("time budget", self.budget),
+                             ("run folder", self.out)):  # fmt: skip
             form.addRow(label, field)
-        form.addRow(self.add_button)
-        form.addRow(self.objects)
-        for label, field in (("images folder", self.images), ("masks folder", self.masks), ("start from", self.start),
-                             ("time budget", self.budget), ("run folder", self.out)):  # fmt: skip
-            form.addRow(label, field)
-        self.images.setPlaceholderText("default: the project's images/")
-        self.masks.setPlaceholderText("default: the project's masks/")
-        self.out.setPlaceholderText("default: the project's runs/<time>")
         buttons = QHBoxLayout()
-        for button in (self.train_button, self.stop_button):
+        for button in (self.train_button, self.stop_button, self.resume_button):
             buttons.addWidget(button)
         column = QVBoxLayout(self)
         column.addLayout(form)
+        column.addWidget(self.objects)
         column.addLayout(buttons)
-        column.addWidget(self.retrain_button)
-        column.addWidget(self.report_button)
-        column.addWidget(self.table)
-        column.addWidget(self.status)
-        self.stop_button.setEnabled(False)
+        for widget in (self.progress, self.report_button, self.table, self.status):
+            column.addWidget(widget)
 
-    def _connect(self) -> None:
-        self.add_button.clicked.connect(self.add_to_training_set)
-        self.train_button.clicked.connect(lambda: self.train(predict_after=False))
-        self.retrain_button.clicked.connect(lambda: self.train(predict_after=True))
-        self.stop_button.clicked.connect(self.stop)
-        self.report_button.clicked.connect(self.open_report)
-        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            event.connect(self._refresh_layers)
-        self._refresh_layers()
-        self.timer = QTimer(self)
-        self.timer.timeout.connect(self._show_rows)
-        self.timer.start(250)
+    def _show_source(self, source: str) -> None:
+        self.pairs.setEnabled(source == FROM_LAYERS)
+        for field in (self.images, self.masks):
+            field.setEnabled(source == FROM_FOLDERS)
 
-    def _refresh_layers(self, _event: object = None) -> None:
-        import napari.layers
-
+    def _refresh_pairs(self, _event: object = None) -> None:
         if not alive(self):  # the layer list of a viewer closing after its widget went
             return
-        for combo, kind in ((self.image_layer, napari.layers.Image), (self.labels_layer, napari.layers.Labels)):
-            chosen = combo.currentText()
-            combo.clear()
-            combo.addItems([layer.name for layer in self.viewer.layers if isinstance(layer, kind)])
-            if chosen:
-                combo.setCurrentText(chosen)
+        unchecked = {self.pairs.item(i).text() for i in range(self.pairs.count())
+                     if self.pairs.item(i).checkState() != Qt.Checked}  # fmt: skip
+        self.pairs.clear()
+        for image, labels in layer_pairs(self.viewer):
+            item = QListWidgetItem(f"{image}{PAIR_ARROW}{labels}")
+            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+            item.setCheckState(Qt.Unchecked if item.text() in unchecked else Qt.Checked)
+            self.pairs.addItem(item)
 
-    def add_to_training_set(self) -> None:
-        """Write the Image layer and its corrected Labels layer into the project folder."""
-        image, labels = self.image_layer.currentText(), self.labels_layer.currentText()
-        try:
-            if not image or not labels:
-                raise UnetkitError("choose an Image layer and the Labels layer that holds its corrected objects")
-            project = Path(self.project.text()).expanduser()
-            data = self.viewer.layers[image].data
-            name = add_pair(project, data, self.viewer.layers[labels].data, image)
-        except UnetkitError as err:
-            show_error(str(err))
-            return
-        show_info(f"unetkit: added {name} to {project}")
-        self.status.setText(f"training set: {len(list((project / 'images').glob('*.tif')))} image(s) in {project}")
+    def chosen_pairs(self) -> list[tuple[str, str]]:
+        rows = [self.pairs.item(i) for i in range(self.pairs.count())]
+        return [tuple(row.text().split(PAIR_ARROW)) for row in rows if row.checkState() == Qt.Checked]
 
-    def train(self, predict_after: bool) -> None:
-        """Train (and, for Retrain, predict the chosen image again with the new model)."""
-        try:
-            cfg = self.config()
-        except UnetkitError as err:
-            show_error(str(err))
-            return
-        self.rows.clear()
-        self.table.setRowCount(0)
-        self.stop_requested.clear()
-        self.predict_after = predict_after
-
-        @thread_worker(connect={"returned": self._finished, "errored": self._failed, "finished": self._idle})
-        def work():
-            return self.run(cfg)
-
-        self.train_button.setEnabled(False)
-        self.retrain_button.setEnabled(False)
-        self.stop_button.setEnabled(True)
-        self.status.setText(f"training into {cfg.out} ...")
-        self.worker = work()
-
-    def config(self):
+    def resume(self) -> None:
+        """Resume the last run from its last.pt: the epochs and the budget it had left."""
         from unetkit.train import TrainConfig
 
-        project = Path(self.project.text()).expanduser()
-        images = Path(self.images.text() or project / "images")
-        masks = Path(self.masks.text() or project / "masks")
-        for folder in (images, masks):
-            if not folder.is_dir():
-                raise UnetkitError(f"{folder}: no such folder; add corrected layers to the training set first")
-        out = self.out.text() or str(project / "runs" / time.strftime("%Y%m%d-%H%M%S"))
-        start = self.start.currentText().strip()
+        last = self.run_folder() / "last.pt" if self.stopped else None
+        if last is None or not last.is_file():
+            show_error("nothing to resume: train a run and stop it first")
+            return
+        self.start(TrainConfig(resume=str(last), progress=False))
+
+    def config(self) -> TrainConfig:
+        from unetkit.train import TrainConfig
+
+        out = Path(self.out.text() or Path.cwd() / "unetkit-runs" / time.strftime("%Y%m%d-%H%M%S")).expanduser()
+        if self.source.currentText() == FROM_LAYERS:
+            images, masks = self.write_pairs(out.with_name(f"{out.name}-pairs"))
+        else:
+            images, masks = Path(self.images.text()).expanduser(), Path(self.masks.text()).expanduser()
+            for folder, what in ((images, "images"), (masks, "masks")):
+                if not self.images.text() or not folder.is_dir():
+                    raise UnetkitError(f"{folder if folder.name else '(none)'}: no {what} folder; choose one")
+        start = self.start_model.currentText().strip()
         init_from = None if start in ("", FROM_SCRATCH) else start
         instances = True if self.objects.isChecked() else None  # None: as the masks and the start model say
-        return TrainConfig(images=str(images), masks=str(masks), out=out, time=float(self.budget.value()),
+        return TrainConfig(images=str(images), masks=str(masks), out=str(out), time=float(self.budget.value()),
                            init_from=init_from, instance_masks=instances, progress=False)  # fmt: skip
 
-    def run(self, cfg) -> Path:
-        """In the training thread: the run layer, as `unetkit train` runs it."""
-        from unetkit.runs import run_training
+    def write_pairs(self, folder: Path) -> tuple[Path, Path]:
+        """The checked layer pairs as files in `folder` (images/, masks/), named after the layers."""
+        chosen = self.chosen_pairs()
+        if not chosen:
+            raise UnetkitError(
+                "no pair of an Image layer and a Labels layer of its size is checked; add or paint a Labels layer "
+                "over the image (or train from folders)"
+            )
+        for image, labels in chosen:
+            add_pair(folder, np.asarray(self.viewer.layers[image].data), self.viewer.layers[labels].data, image)
+        return folder / "images", folder / "masks"
 
-        def on_epoch_end(row: EpochRow) -> None:
-            self.rows.append(row)
-            if self.stop_requested.is_set():
-                raise StopRequested(cfg.out)
-
-        self.log_lines.clear()
-        result = run_training(cfg, log=self.log_lines.append, on_epoch_end=on_epoch_end)
-        return result.best_checkpoint
-
-    def stop(self) -> None:
-        self.stop_requested.set()
-        self.status.setText("stopping after the epoch under way ...")
-
-    def _show_rows(self) -> None:
-        budget = float(self.budget.value())
-        while self.table.rowCount() < len(self.rows):
-            row = self.rows[self.table.rowCount()]
-            used = sum(r.seconds for r in self.rows[: self.table.rowCount() + 1])
-            values = (row.epoch, f"{row.train_loss:.4f}", f"{row.val_dice:.4f}", f"{row.seconds:.1f}",
-                      f"{max(0.0, budget - used):.0f} s")  # fmt: skip
-            index = self.table.rowCount()
-            self.table.insertRow(index)
-            for column, value in enumerate(values):
-                self.table.setItem(index, column, QTableWidgetItem(str(value)))
-
-    def _finished(self, best: Path) -> None:
-        self.last_model = str(best)
+    def trained(self, best: Path) -> None:
+        super().trained(best)
         self.report_button.setEnabled((best.parent / "report.html").is_file())
-        offer_model(str(best))
-        self.start.insertItem(1, str(best))
-        ending = [line for line in self.log_lines if line.startswith("from the model:")]  # which weights it kept
-        self.status.setText(f"done: {best} (now among Predict's models and the start models)" + "".join(
-            f"; {line}" for line in ending))  # fmt: skip
-        show_info(f"unetkit: trained {best}")
-        if self.predict_after:
-            self.predict_again(str(best))
+        self.start_model.insertItem(1, str(best))
+
+    def _idle(self) -> None:
+        super()._idle()
+        self.resume_button.setEnabled(self.stopped)
 
     def open_report(self) -> None:
         """The last run's report.html in the web browser."""
@@ -238,28 +199,3 @@ class TrainWidget(QWidget):
             show_error("no report yet: train a run with validation images first")
             return
         webbrowser.open(report.resolve().as_uri())
-
-    def predict_again(self, model: str) -> None:
-        """Retrain's last step: Predict the chosen image layer with the new model."""
-        widgets = open_widgets(self.viewer)
-        if not widgets:
-            show_info("unetkit: open Plugins > unetkit > Predict to predict with the new model")
-            return
-        widgets[0].model.setCurrentText(model)
-        widgets[0].layer.setCurrentText(self.image_layer.currentText())
-        widgets[0].predict()
-
-    def _failed(self, error: Exception) -> None:
-        if isinstance(error, StopRequested):
-            last = Path(str(error)) / "last.pt"
-            self.status.setText(f"stopped after epoch {len(self.rows)}; {last} resumes it (unetkit train --resume)")
-            return
-        show_error(str(error) if isinstance(error, UnetkitError) else f"{type(error).__name__}: {error}")
-        self.status.setText("failed: see the notification")
-
-    def _idle(self) -> None:
-        self._show_rows()  # the last epochs, before the timer's next look
-        self.train_button.setEnabled(True)
-        self.retrain_button.setEnabled(True)
-        self.stop_button.setEnabled(False)
-        self.worker = None

@@ -10,6 +10,7 @@ from unetkit.report import write_report
 from unetkit.runs.from_model import settle_from_start
 from unetkit.runs.object_rule import choose_object_rule
 from unetkit.runtime.options import check_argument
+from unetkit.runtime.progress import Progress
 from unetkit.train import RunResult, TrainConfig, Trainer
 from unetkit.train.loop import EpochCallback
 from unetkit.train.run_claim import claimed_run
@@ -22,9 +23,12 @@ def run_training(
     log: Callable[[str], None] = print,
     on_epoch_end: EpochCallback | None = None,
     resume_overrides: Collection[str] | None = None,
+    on_progress: Progress | None = None,
 ) -> RunResult:
     """Train as `cfg` says, then choose the object rule on the validation images and write the
-    report (unless cfg.report is off); returns where the checkpoints and logs are. On resume,
+    report (unless cfg.report is off); returns where the checkpoints and logs are. `on_epoch_end`
+    hears each epoch's row and `on_progress` each pass's images (done, total, what: the
+    terminal's bar by default, napari's in the plugin). On resume,
     `resume_overrides` names the options to take from `cfg` rather than from the checkpoint
     (default: those that differ from TrainConfig's defaults)."""
     check_argument(cfg, TrainConfig, "run_training(cfg)", "run_training(TrainConfig(images=..., masks=..., time=600))")
@@ -32,7 +36,7 @@ def run_training(
         check_argument(pairs, (list, tuple, type(None)), f"run_training({name}=)", "a list of unetkit.data.Pair")
     # plan -> Trainer(plan) -> fit -> the steps after training, in a run folder held throughout
     with claimed_run(cfg, train_pairs, val_pairs, log, resume_overrides) as trainer:
-        result = trainer.fit(on_epoch_end)
+        result = trainer.fit(on_epoch_end, on_progress)
         after_training(trainer)
     return result
 

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from unetkit.models.heads import predicted_classes
+from unetkit.runtime.progress import Progress, tell
 from unetkit.scoring.metrics import SegmentationMetrics
 from unetkit.train.config import TrainConfig
 from unetkit.train.distributed import Distributed, unwrap
@@ -20,13 +20,21 @@ from unetkit.train.setup import ModelSetup, Optimisation
 
 
 def training_pass(
-    cfg: TrainConfig, built: ModelSetup, opt: Optimisation, dist: Distributed, interrupt: InterruptFlag, label: str
+    cfg: TrainConfig,
+    built: ModelSetup,
+    opt: Optimisation,
+    dist: Distributed,
+    interrupt: InterruptFlag,
+    label: str,
+    progress: Progress | None = None,
 ) -> float:
-    """The mean training loss of one pass over the loader (`label`: the progress bar's)."""
+    """The mean training loss of one pass over the loader; `progress` hears the images done
+    (`label`: the epoch's, with the running loss)."""
     built.model.train()
-    total_loss, batches = torch.zeros((), device=dist.device), 0
-    bar = tqdm(total=len(opt.loader.dataset), desc=f"epoch {label}", unit="img", leave=False, dynamic_ncols=True,
-               disable=not (cfg.progress and dist.is_main))  # fmt: skip
+    total_loss, batches, done = torch.zeros((), device=dist.device), 0, 0
+    loader = opt.loader  # the images this rank sees in a pass: its sampler's, less a dropped last batch
+    total = len(loader) * loader.batch_size if loader.drop_last else len(loader.sampler)
+    what = f"epoch {label}"
     for images, masks, *pixel_weights in opt.loader:  # border weights when the run uses them
         images = images.to(dist.device, non_blocking=True, memory_format=built.memory_format)
         masks = masks.to(dist.device, non_blocking=True)
@@ -47,10 +55,10 @@ def training_pass(
         total_loss += loss.detach()
         batches += 1
         interrupt.check()
-        bar.update(images.shape[0])
-        if bar.n == images.shape[0] or batches % 5 == 0:  # .item() syncs: not every step
-            bar.set_postfix(loss=f"{float(total_loss) / batches:.4f}")
-    bar.close()
+        done += images.shape[0]
+        if progress is not None and (batches == 1 or batches % 5 == 0):  # .item() syncs: not every step
+            what = f"epoch {label} loss {float(total_loss) / batches:.4f}"
+        tell(progress, min(done, total), total, what)
     return float(total_loss) / max(1, batches)
 
 

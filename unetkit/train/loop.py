@@ -20,6 +20,7 @@ from torch import nn
 
 from unetkit.data.pairing import file_names
 from unetkit.models.checkpoint import cpu_weights, save_checkpoint
+from unetkit.runtime.progress import Progress, progress_to
 from unetkit.scoring.metrics import SegmentationMetrics
 from unetkit.train.budget import TimeBudget
 from unetkit.train.distributed import restore_rng, rng_state, unwrap
@@ -63,10 +64,14 @@ class Trainer:
         self.saved_epoch = self.start_epoch - 1  # the epoch last.pt holds; 0: none yet
         self.interrupt = InterruptFlag()
         self.start_state: dict[str, Any] | None = None  # a run from a model: the model as it started (epoch 0)
+        self.progress: Progress | None = None  # who hears each pass's images (fit's on_progress, or the bar)
 
     # --- the whole run ---
-    def fit(self, on_epoch_end: EpochCallback | None = None) -> RunResult:
-        """Run the epochs, in a run folder the caller holds (run_claim.claimed_run)."""
+    def fit(self, on_epoch_end: EpochCallback | None = None, on_progress: Progress | None = None) -> RunResult:
+        """Run the epochs, in a run folder the caller holds (run_claim.claimed_run). `on_epoch_end`
+        hears each epoch's row, `on_progress` each training pass's images (default: the terminal's
+        bar, unless --no-progress)."""
+        self.progress = progress_to(on_progress, self.cfg.progress) if self.dist.is_main else None
         for line in run_summary(self.run, self.built, self.start_epoch):
             self.log(line)
         files = EpochFiles(self.out, self.dist.is_main, self.cfg.tensorboard, self.run.data.mask_values.values)
@@ -163,7 +168,7 @@ class Trainer:
         if self.opt.sampler is not None:
             self.opt.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
         label = self.epoch_label(epoch)
-        return training_pass(self.cfg, self.built, self.opt, self.dist, self.interrupt, label)
+        return training_pass(self.cfg, self.built, self.opt, self.dist, self.interrupt, label, self.progress)
 
     def validate(self) -> tuple[float, SegmentationMetrics]:
         metrics = SegmentationMetrics(self.run.data.mask_values.num_classes, bool(self.cfg.binary))

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from unetkit.data.io import MAX_CHANNELS, PixelRule, pixel_maximum, tiff_marks_alpha, unreadable
 from unetkit.data.preprocess import PERCENTILE_PIXELS, match_channels, sample_step
@@ -33,6 +32,7 @@ from unetkit.inference.slide.band_outputs import RowStore, output_tiles, write_t
 from unetkit.inference.slide.row_resample import RowResampler
 from unetkit.inference.tiling import Blend, crop, forward_batches, tile_boxes, tile_starts
 from unetkit.models.heads import predicted_classes
+from unetkit.runtime.progress import tell
 
 LARGE_PIXELS = 64 * 2**20  # "auto" predicts TIFFs above this many pixels out of core (a 8192^2 image)
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -163,7 +163,7 @@ def band_image(pixels, top: int, bottom: int, rule: PixelRule, path: Path = Path
     return rule.apply(rows_of(pixels, top, bottom, path), path, first_row=top)
 
 
-def logit_bands(predictor, pixels, rule: PixelRule, path: Path, progress: bool) -> Iterator[torch.Tensor]:
+def logit_bands(predictor, pixels, rule: PixelRule, path: Path) -> Iterator[torch.Tensor]:
     """(K, h, W) blended logits of `pixels` (already at the model's scale), a band of final rows
     at a time, top to bottom; always in tiles (--tile, --overlap), run and blended by tiling.py's
     engine a tile row at a time (batches stay within a tile row, so sums may differ from in
@@ -178,16 +178,16 @@ def logit_bands(predictor, pixels, rule: PixelRule, path: Path, progress: bool) 
     tops = tile_starts(height, th, options.overlap)
     row = tile_boxes(th, width, options.tile, options.overlap)  # the tiles of one tile row, from its top
     blended = Blend(predictor.num_outputs, width, row[0][2:])
-    # Closed also when the generator is (the TIFF writer stops pulling after its last tile).
-    with tqdm(total=len(tops) * len(row), desc="tiles", unit="tile", disable=not progress, leave=False) as bar:
-        for index, top in enumerate(tops):
-            x = preprocess.band_tensor(band_image(pixels, top, top + th, rule, path), path, ranges)
-            pieces = (((top, left, h, w), crop(x, (0, left, h, w))) for _, left, h, w in row)
-            for box, logits in forward_batches(predictor.forward, pieces, options.batch_size):
-                blended.add(box, logits)
-                bar.update()
-            final = tops[index + 1] if index + 1 < len(tops) else height  # no later tile reaches above it
-            yield blended.take(final - blended.top)
+    done, total = 0, len(tops) * len(row)
+    for index, top in enumerate(tops):
+        x = preprocess.band_tensor(band_image(pixels, top, top + th, rule, path), path, ranges)
+        pieces = (((top, left, h, w), crop(x, (0, left, h, w))) for _, left, h, w in row)
+        for box, logits in forward_batches(predictor.forward, pieces, options.batch_size):
+            blended.add(box, logits)
+            done += 1
+            tell(predictor.progress, done, total, "tiles")
+        final = tops[index + 1] if index + 1 < len(tops) else height  # no later tile reaches above it
+        yield blended.take(final - blended.top)
 
 
 def image_percentiles(pixels, rule: PixelRule, path: Path, bounds: list[float], channels: int) -> np.ndarray:
@@ -229,7 +229,7 @@ def predict_large_tiff(
     BigTIFF, zlib), out of core, and beside it the outputs asked for (the probabilities, K
     planes; the objects, a label image and its table), named by output_name after `out`'s stem,
     all at the image's full size. Models at a scale read the matching pyramid level."""
-    threshold, progress = predictor.options.threshold, predictor.options.progress
+    threshold = predictor.options.threshold
     layout = tiff_layout(path, axes)
     height, width = layout.length("Y"), layout.length("X")
     level = level_to_read(predictor.preprocess, path, plane)
@@ -240,7 +240,7 @@ def predict_large_tiff(
         tempfile.TemporaryDirectory(dir=out.parent, prefix=".unetkit-") as folder,
     ):
         match_channels(band_image(pixels, 0, 1, rule, path), predictor.preprocess.in_channels, path)  # before writing
-        bands = logit_bands(predictor, pixels, rule, path, progress)
+        bands = logit_bands(predictor, pixels, rule, path)
         if pixels.shape[:2] != (height, width):
             bands = resized_bands(bands, pixels.shape[0], (height, width))
         store = RowStore(Path(folder), "probabilities", (predictor.num_outputs + predictor.binary, height, width),

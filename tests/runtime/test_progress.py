@@ -1,0 +1,43 @@
+"""runtime/progress.py: one callback for a long call's progress, heard by the terminal's bar and
+napari's; the training pass, tiled prediction and evaluation tell it as they go."""
+
+import torch
+
+from unetkit.inference.tiling import predict_tiled
+from unetkit.runs import run_training
+from unetkit.runtime.progress import TerminalBar, progress_to
+from unetkit.train import TrainConfig
+
+
+def test_the_terminal_bar_starts_a_new_bar_for_each_pass_and_closes_it_when_done():
+    bar = TerminalBar()
+    bar(2, 4, "epoch 1")
+    first = bar.bar
+    assert first.n == 2 and first.total == 4
+    bar(1, 4, "epoch 2")  # done went back: a new pass
+    assert bar.bar is not first and bar.bar.n == 1
+    bar(4, 4, "epoch 2")
+    assert bar.bar is None
+    assert progress_to(None, False) is None and isinstance(progress_to(None, True), TerminalBar)
+
+    def listener(*told):
+        pass
+
+    assert progress_to(listener, True) is listener  # a listener given wins over the bar
+
+
+def test_training_and_tiled_prediction_tell_the_callback(binary_data, tmp_path):
+    images, masks = binary_data
+    heard = []
+    cfg = TrainConfig(images=str(images), masks=str(masks), out=str(tmp_path / "run"), base_channels=8, depth=2,
+                      patch_size=32, patches_per_image=1, batch_size=4, epochs=2, amp="off", channels_last="off",
+                      val_fraction=0.25, report=False)  # fmt: skip
+    run_training(cfg, log=lambda _: None, on_progress=lambda *told: heard.append(told))
+    ends = [(done, total, what.split(" loss")[0]) for done, total, what in heard if done == total]
+    assert [what for *_, what in ends] == ["epoch 1/2", "epoch 2/2"] and ends[0][1] == ends[1][1] > 0
+    passes = [[done for done, _, what in heard if what.startswith(f"epoch {e}/2")] for e in (1, 2)]
+    assert all(counts == sorted(counts) for counts in passes)  # counts only go up within a pass
+    tiles = []
+    image = torch.zeros(1, 100, 100)
+    predict_tiled(lambda x: x[:, :1], image, 1, tile=64, overlap=16, progress=lambda *told: tiles.append(told))
+    assert tiles == [(done, 4, "tiles") for done in range(1, 5)]

@@ -1,0 +1,127 @@
+"""Plugins > unetkit > Correct and retrain: the human-in-the-loop. Predict an image (the Predict
+widget), fix its Labels layer with napari's own tools, **Add to training set** (the image and the
+corrected labels into a project folder, named after the layer, never over a file unetkit did not
+write: training_set.py), then **Retrain**: fine-tune the model (`--init-from`, as `unetkit train`
+does) on every pair collected so far for the budget given, and predict the image again with the
+new model. The next Retrain starts from that model, so each round builds on the last."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLineEdit, QPushButton, QSpinBox, QVBoxLayout
+
+from unetkit.errors import UnetkitError
+from unetkit.napari.predict_widget import alive, fill_layer_choices, open_widgets
+from unetkit.napari.run_panel import RunPanel
+from unetkit.napari.training_set import add_pair
+from unetkit.zoo import zoo_models
+
+if TYPE_CHECKING:
+    import napari
+
+    from unetkit.train import TrainConfig
+
+
+class CorrectWidget(RunPanel):
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.project = QLineEdit(str(Path.cwd() / "unetkit-training-set"))
+        self.image_layer, self.labels_layer = QComboBox(), QComboBox()
+        self.add_button = QPushButton("Add to training set")
+        self.model = QComboBox()
+        self.model.addItems(zoo_models())
+        self.model.setEditable(True)  # or a checkpoint's path; after each Retrain, the new model
+        self.model.setCurrentText("nuclei")  # the shipped model a correction most often starts from
+        self.objects = QCheckBox("the labels are objects, one id each")
+        self.objects.setChecked(True)  # what Predict's objects and their corrections are
+        self.budget = QSpinBox()
+        self.budget.setRange(5, 24 * 3600)
+        self.budget.setValue(60)
+        self.budget.setSuffix(" s")
+        self.retrain_button = QPushButton("Retrain and predict again")
+        self._lay_out()
+        self.add_button.clicked.connect(self.add_to_training_set)
+        self.retrain_button.clicked.connect(self.train)  # then trained() predicts again
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            event.connect(self._refresh_layers)
+        self._refresh_layers()
+
+    def busy_buttons(self) -> list[QPushButton]:
+        return [self.retrain_button]
+
+    def _lay_out(self) -> None:
+        form = QFormLayout()
+        for label, field in (("project folder", self.project), ("image layer", self.image_layer),
+                             ("corrected labels", self.labels_layer)):  # fmt: skip
+            form.addRow(label, field)
+        form.addRow(self.add_button)
+        form.addRow(self.objects)
+        form.addRow("model to fine-tune", self.model)
+        form.addRow("time budget", self.budget)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.retrain_button)
+        buttons.addWidget(self.stop_button)
+        column = QVBoxLayout(self)
+        column.addLayout(form)
+        column.addLayout(buttons)
+        for widget in (self.progress, self.table, self.status):
+            column.addWidget(widget)
+
+    def _refresh_layers(self, _event: object = None) -> None:
+        import napari.layers
+
+        if alive(self):  # not the layer list of a viewer closing after its widget went
+            fill_layer_choices(self.image_layer, self.viewer, napari.layers.Image)
+            fill_layer_choices(self.labels_layer, self.viewer, napari.layers.Labels)
+
+    def add_to_training_set(self) -> None:
+        """Write the Image layer and its corrected Labels layer into the project folder."""
+        image, labels = self.image_layer.currentText(), self.labels_layer.currentText()
+        try:
+            if not image or not labels:
+                raise UnetkitError("choose an Image layer and the Labels layer that holds its corrected objects")
+            project = Path(self.project.text()).expanduser()
+            data = np.asarray(self.viewer.layers[image].data)
+            name = add_pair(project, data, self.viewer.layers[labels].data, image)
+        except UnetkitError as err:
+            show_error(str(err))
+            return
+        show_info(f"unetkit: added {name} to {project}")
+        self.status.setText(f"training set: {len(list((project / 'images').glob('*.tif')))} image(s) in {project}")
+
+    def config(self) -> TrainConfig:
+        from unetkit.train import TrainConfig
+
+        project = Path(self.project.text()).expanduser()
+        images, masks = project / "images", project / "masks"
+        if not images.is_dir() or not masks.is_dir():
+            raise UnetkitError(f"{project}: no training set yet; correct a Labels layer and Add to training set first")
+        model = self.model.currentText().strip()
+        if not model:
+            raise UnetkitError("choose the model to fine-tune: a shipped one by name, or a checkpoint")
+        out = project / "runs" / time.strftime("%Y%m%d-%H%M%S")
+        instances = True if self.objects.isChecked() else None  # None: as the masks and the model say
+        return TrainConfig(images=str(images), masks=str(masks), out=str(out), time=float(self.budget.value()),
+                           init_from=model, instance_masks=instances, progress=False)  # fmt: skip
+
+    def trained(self, best: Path) -> None:
+        super().trained(best)
+        self.model.insertItem(0, str(best))  # the next round starts from this one
+        self.model.setCurrentIndex(0)
+        self.predict_again(str(best))
+
+    def predict_again(self, model: str) -> None:
+        """Retrain's last step: Predict the image layer with the new model."""
+        widgets = open_widgets(self.viewer)
+        if not widgets:
+            show_info("unetkit: open Plugins > unetkit > Predict to predict with the new model")
+            return
+        widgets[0].model.setCurrentText(model)
+        widgets[0].layer.setCurrentText(self.image_layer.currentText())
+        widgets[0].predict()
