@@ -249,6 +249,7 @@ def test_a_run_folder_of_the_users_files_and_a_file_that_is_no_model_are_one_not
     assert len(said) == 1 and "did not write" in said[0], said
     assert (mine / "notes.txt").read_text() == "my notes"
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    assert not (tmp_path / "mine-pairs").exists()  # refused before the layers' pairs were written
     fake = tmp_path / "model.pt"
     fake.write_bytes(b"not a model")
     predict = predict_dock(viewer)

@@ -157,6 +157,9 @@ class TrainWidget(RunPanel):
 
         out = Path(self.out.text() or Path.cwd() / "unetkit-runs" / time.strftime("%Y%m%d-%H%M%S")).expanduser()
         if self.source.currentText() == FROM_LAYERS:
+            from unetkit.train.run_folder import check_run_folder
+
+            check_run_folder(out, None)  # a folder the run would refuse gets no pairs beside it either
             images, masks = self.write_pairs(out.with_name(f"{out.name}-pairs"))
         else:
             images, masks = Path(self.images.text()).expanduser(), Path(self.masks.text()).expanduser()
