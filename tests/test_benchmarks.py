@@ -2,6 +2,9 @@
 
 import json
 
+import pytest
+import torch
+
 from benchmarks import run as bench
 from benchmarks.common import TINY, Settings, model_gflop
 
@@ -176,3 +179,32 @@ def test_scene_probes_score_iou_per_class_with_void_left_out(tmp_path):
     iou = scores(lambda name: guess[name], tmp_path)
     assert iou[0] == 1 / 3 and iou[1] == 2 / 4 and iou[2] == 1.0  # class 0: 1 hit of 3 pixels in either
     assert np.isnan(iou[3])  # absent from both: no score
+
+
+def test_peers_times_milesials_step_against_unetkits_on_one_batch(tmp_path, monkeypatch):
+    from benchmarks import peers
+
+    monkeypatch.setattr(peers, "RESULTS", tmp_path)
+    results = peers.main(["--size", "64", "--batch", "1", "--reps", "1"])
+    seconds = results["median_seconds"]
+    assert set(seconds["train"]) == {"unetkit", "milesial --amp"} and set(seconds["predict (batch 1)"]) == {
+        "unetkit",
+        "milesial",
+    }
+    assert all(value > 0 for table in seconds.values() for value in table.values())
+    assert len(list(tmp_path.glob("peers-*.json"))) == 1
+    model = peers.MilesialUNet(3, 2)  # its README's network: 31M parameters
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6) == 31
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 2, 64, 64)
+
+
+def test_the_profile_sorts_every_operator_into_a_kind(tmp_path, monkeypatch):
+    from benchmarks import profile_step
+
+    monkeypatch.setattr(profile_step, "RESULTS", tmp_path)
+    assert profile_step.kind_of("aten::mkldnn_convolution") == "convolution"
+    assert profile_step.kind_of("aten::cat") == "concatenation and copies"
+    results = profile_step.main(["--size", "64", "--batch", "2", "--repeats", "1", "--band", "128", "256"])
+    for table in (results["training_step"], results["slide_band"]):
+        assert sum(table.values()) == pytest.approx(1, abs=0.01) and table["convolution"] > 0.2
+    assert 0 < results["loading_share_of_step"] < 1
