@@ -12,6 +12,7 @@ from unetkit.cli.arguments import add_dataclass_arguments
 from unetkit.cli.commands import (
     cmd_check,
     cmd_demo,
+    cmd_encoders,
     cmd_evaluate,
     cmd_export,
     cmd_models,
@@ -181,6 +182,13 @@ COMMANDS: dict[str, tuple[str, str, Arguments, Callable]] = {
         "The ready-made models: what each segments, its held-out score, and its model card.",
         lambda p: None,
         cmd_models,
+    ),
+    "encoders": (
+        "list the timm backbones tested under the U-Net decoder (train --encoder NAME)",
+        "The encoders tested with train --encoder: parameters of the whole model (2 classes, RGB), the input "
+        "size multiple, and what their pretrained weights expect (mean, std). Needs the encoders extra.",
+        lambda p: None,
+        cmd_encoders,
     ),
     "demo": (
         "train and evaluate on the bundled ISBI 2012 EM membranes",

@@ -93,6 +93,19 @@ def cmd_models(args: argparse.Namespace) -> None:
         print(f"{model.name}: {model.summary} ({size:.1f} MB)\n  held out: {model.held_out}\n  card: {model.card}")
 
 
+def cmd_encoders(args: argparse.Namespace) -> None:
+    from unetkit.models import create_model
+    from unetkit.models.encoder_unet import ENCODERS, SIZE_MULTIPLE
+    from unetkit.train.encoder_weights import encoder_normalisation
+
+    for name in ENCODERS:
+        model = create_model("encoder-unet", in_channels=3, num_classes=2, encoder=name)
+        parameters = sum(p.numel() for p in model.parameters()) / 1e6
+        mean, std = encoder_normalisation(name, 3)
+        print(f"{name:<24} {parameters:5.1f}M parameters  sides: a multiple of {SIZE_MULTIPLE} (padded)  "
+              f"pretrained mean {[round(m, 3) for m in mean]} std {[round(s, 3) for s in std]}")  # fmt: skip
+
+
 def output_file(option: str, path: str | None, suffix: str) -> None:
     """An output file option must name a file of its kind: `--json masks/img01.png` or
     `--onnx best.pt` would replace the user's data with a report or a model; and an existing file

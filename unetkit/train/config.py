@@ -149,6 +149,14 @@ class TrainConfig:
     upsampling: str | None = option(
         None, f"decoder upsampling {BY_RECIPE}", group="model", choices=("transposed", "bilinear")
     )
+    encoder: str | None = option(
+        None, "a timm backbone under the U-Net decoder (e.g. resnet34; `unetkit encoders` lists them): the model "
+        "becomes encoder-unet", group="model",
+    )  # fmt: skip
+    encoder_weights: str = option(
+        "none", "the encoder's starting weights: imagenet (timm's download, asked for by this), a FILE (state dict "
+        "or safetensors of that encoder), or none", group="model",
+    )  # fmt: skip
     binary: bool | None = option(
         None, "use softmax over 2 classes instead of one sigmoid logit for two-value masks", group="model",
         flag=("--multiclass", False),
@@ -294,11 +302,12 @@ class TrainConfig:
                     f"TrainConfig {field.name}={value!r} is not {err}{_spelled(field.name, value)}"
                 ) from None
         check_fields(self)
+        _check_encoder_options(self)
         minimum = self.min_input_size()
         if self.patch_size and not (minimum <= self.patch_size <= 8192):
             raise UnetkitError(
                 f"--patch-size {self.patch_size} is invalid: it must be at least {minimum} pixels (at most 8192) "
-                f"for a {self.model} of --depth {self.depth}, or 'none'"
+                f"for a {self.model}{f' of --depth {self.depth}' if self.model == 'unet' else ''}, or 'none'"
             )
         if self.instance_masks and self.mask_values is not None:
             raise UnetkitError(
@@ -315,6 +324,21 @@ class TrainConfig:
             raise UnetkitError(
                 f"--min-epochs {show(self.min_epochs)} is invalid: it must be 1 or more epochs, and given with --time"
             )
+
+
+def _check_encoder_options(cfg: TrainConfig) -> None:
+    """--encoder makes the model encoder-unet (no other model takes one); its weights start a run,
+    so they do not mix with --init-from's model."""
+    if cfg.encoder and cfg.model == "unet":
+        cfg.model = "encoder-unet"
+    if cfg.encoder and cfg.model != "encoder-unet":
+        raise UnetkitError(f"--encoder {cfg.encoder} is for model encoder-unet, not a {cfg.model}")
+    if cfg.encoder_weights not in ("none", "") and cfg.model != "encoder-unet":
+        raise UnetkitError(f"--encoder-weights {cfg.encoder_weights} needs --encoder NAME (the backbone they are for)")
+    if cfg.encoder_weights not in ("none", "") and cfg.init_from:
+        raise UnetkitError(
+            "--encoder-weights and --init-from do not mix: the --init-from model brings its own encoder's weights"
+        )
 
 
 def option_value(name: str, value: Any, text: bool = False) -> Any:

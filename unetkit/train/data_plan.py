@@ -18,6 +18,7 @@ from unetkit.data.objects import DEFAULT_INSTANCE_TARGET, INSTANCE_CLASS_NAMES
 from unetkit.data.preprocess import IMAGE_PERCENTILES
 from unetkit.errors import UnetkitError
 from unetkit.train.config import TrainConfig
+from unetkit.train.encoder_weights import encoder_normalisation, pretrained
 from unetkit.train.option_layers import fill_unset
 from unetkit.train.recipes import apply_recipe, default_workers
 from unetkit.train.split import Log
@@ -81,7 +82,8 @@ def plan(
 def preprocess_for(cfg: TrainConfig, data: DataFingerprint, init_state: dict[str, Any] | None = None) -> Preprocess:
     """The set's mean and std; or, normalising each image by its percentiles, none (the images
     are in [0, 1] already, and the network's first BatchNorm standardises what it sees); or
-    (--normalize model) the --init-from model's own, at this run's scale."""
+    (--normalize model) the --init-from model's own, at this run's scale; a pretrained encoder
+    (--encoder-weights) the mean and std it was trained with, whatever --normalize says."""
     if cfg.normalize == "model" and init_state is not None:  # TrainConfig.check: --normalize model needs it
         kept = Preprocess(**init_state["preprocess"])
         if kept.in_channels != data.channels:
@@ -90,6 +92,9 @@ def preprocess_for(cfg: TrainConfig, data: DataFingerprint, init_state: dict[str
                 f"{data.channels}; use --normalize dataset or image"
             )
         return dataclasses.replace(kept, scale=cfg.scale)
+    if cfg.encoder and pretrained(cfg.encoder_weights):  # as the encoder was trained: timm's config
+        mean, std = encoder_normalisation(cfg.encoder, data.channels)
+        return Preprocess(data.channels, mean, std, cfg.scale)
     if cfg.normalize == "image":
         zeros, ones = [0.0] * data.channels, [1.0] * data.channels
         return Preprocess(data.channels, zeros, ones, cfg.scale, percentiles=list(IMAGE_PERCENTILES))

@@ -51,7 +51,7 @@ class Trainer:
         self.cfg, self.dist, self.out, self.log = run.cfg, run.dist, run.out, run.log
         self.train_set, self.val_set = build_datasets(run.cfg, run.data, run.train_pairs, run.val_pairs)
         self.spec = model_spec(run.cfg, run.data)
-        self.built = build_model(run.cfg, self.spec, run.dist, run.init_state)
+        self.built = build_model(run.cfg, self.spec, run.dist, run.init_state, run.resume_state is not None)
         for line in self.built.notes:
             self.log(line)
         # The LR schedule of a --time run reads the clock from its first step on.

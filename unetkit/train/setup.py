@@ -30,6 +30,7 @@ from unetkit.train.budget import TimeBudget
 from unetkit.train.config import OPTIMIZERS, TrainConfig
 from unetkit.train.data_plan import DataPlan
 from unetkit.train.distributed import Distributed, unwrap
+from unetkit.train.encoder_weights import load_encoder_weights, parameter_groups, pretrained
 from unetkit.train.init_from import start_from
 from unetkit.train.losses import SegmentationLoss
 from unetkit.train.schedulers import Schedule
@@ -97,13 +98,20 @@ class ModelSetup:
 
 
 def build_model(
-    cfg: TrainConfig, spec: ModelSpec, dist: Distributed, init_state: dict[str, Any] | None = None
+    cfg: TrainConfig,
+    spec: ModelSpec,
+    dist: Distributed,
+    init_state: dict[str, Any] | None = None,
+    resuming: bool = False,
 ) -> ModelSetup:
-    """The network with seeded initial weights (or those of --init-from's model), its AMP policy
-    and memory layout, the same on every rank."""
+    """The network with seeded initial weights (or those of --init-from's model, or its encoder's
+    --encoder-weights; a resumed run's come from its checkpoint), its AMP policy and memory
+    layout, the same on every rank."""
     torch.manual_seed(cfg.seed)  # the same initial weights for the same seed
     model = spec.build()
     notes = start_from(model, spec, init_state, cfg.init_from) if init_state is not None else []
+    if pretrained(cfg.encoder_weights) and not resuming:
+        notes.append(load_encoder_weights(model, cfg.encoder_weights))
     model = model.to(dist.device)
     amp = resolve_amp(cfg.amp, dist.device)
     chosen = dist.broadcast_object(amp.name)  # `auto` times a conv: ranks could disagree
@@ -171,7 +179,7 @@ def build_optimisation(
     """Loss, optimizer, loader, LR schedule (over the epochs, or over --time through
     the `budget`: its progress), the fp16 gradient scaler and the weights' average."""
     criterion = SegmentationLoss(cfg.loss, cfg.class_weights).to(dist.device)
-    optimizer = build_optimizer(cfg, setup.model.parameters())
+    optimizer = build_optimizer(cfg, parameter_groups(unwrap(setup.model), cfg.lr, cfg.encoder_weights))
     sampler = dist.sampler(train_set, cfg.seed)
     per_rank = len(sampler) if sampler is not None else len(train_set)
     loader = DataLoader(
