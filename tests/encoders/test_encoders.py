@@ -148,3 +148,11 @@ def test_unetkit_encoders_lists_every_tested_encoder_with_its_size(capsys):
     rows = out.strip().splitlines()
     assert [row.split()[0] for row in rows] == list(ENCODERS)
     assert all("M parameters" in row and "multiple of 32" in row for row in rows)
+
+
+def test_the_encoder_speed_benchmark_times_each_model(tmp_path, monkeypatch):
+    from benchmarks import encoders
+
+    monkeypatch.setattr(encoders, "RESULTS", tmp_path)
+    results = encoders.main(["--size", "64", "--batch", "1", "--reps", "1", "--only", ENCODER])
+    assert len(results["models"]) == 2 and all(row["train_images_per_s"] > 0 for row in results["models"].values())
