@@ -117,6 +117,16 @@ def test_train_predict_resume_export_and_a_fresh_offline_process(rgb_data, tmp_p
     assert code == 0, err
     code, out, err = run_cli(capsys, "export", "--checkpoint", run / "best.pt", "--onnx", tmp_path / "m.onnx")
     assert code == 0, err
+    code, out, err = run_cli(capsys, "evaluate", "--checkpoint", run / "best.pt", "--images", images, "--masks", masks)
+    assert code == 0 and "mean Dice" in out, err
+    import tifffile
+
+    big = tmp_path / "big.tif"  # a TIFF read out of core, band by band, with test-time augmentation
+    tifffile.imwrite(big, np.random.default_rng(0).integers(0, 255, (300, 260, 3), np.uint8), tile=(64, 64))
+    code, _out, err = run_cli(capsys, "predict", "--checkpoint", run / "best.pt", "--out", tmp_path / "big-out",
+                              "--out-of-core", "on", "--tta", "--tile", "128", "--overlap", "32", big)  # fmt: skip
+    assert code == 0, err
+    assert tifffile.imread(next((tmp_path / "big-out").glob("big*.tif"))).shape == (300, 260)
     # a fresh process with the hub switched off loads and predicts: nothing is fetched
     load = f"p = Predictor(r'{run / 'best.pt'}')"
     script = f"import numpy as np; from unetkit.inference import Predictor; {load}; "

@@ -65,7 +65,7 @@ class EncoderUNet(nn.Module):
         super().__init__()
         self.encoder_name = encoder
         self.encoder = create_encoder(encoder, in_channels)
-        self.size_multiple = SIZE_MULTIPLE
+        self.size_multiple = self.encoder.feature_info.reduction()[-1]  # 32 for every tested encoder
         channels = self.encoder.feature_info.channels()
         reductions = self.encoder.feature_info.reduction()
         # Each decoder step halves the reduction; the last steps (below the finest encoder map,
