@@ -7,6 +7,7 @@ written tile by tile), predicts it with `unetkit predict --out-of-core on` in a 
 (`--out-of-core off`) and counts the pixels where the two masks agree on that crop. With
 `--probabilities` and/or `--instances` both runs also write those, and the crop's probabilities
 (largest difference) and objects (adapted Rand error) are compared away from the crop's edges.
+The slide's time is also given as a share of its tiles' convolution ceiling (conv_ceiling.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from benchmarks.conv_ceiling import conv_ceiling
 from unetkit.data import read_image
 from unetkit.demo import DEMO_DATA
 from unetkit.inference.tiling import tile_starts
@@ -65,6 +67,11 @@ def main(argv: list[str] | None = None) -> dict:
         results["out_of_core"] = timed(args.checkpoint, work / "slide.tif", work / "big", "on", extra)
         tiles = len(tile_starts(args.side, 512, 64)) ** 2  # predict's default tiles: 512 px, 64 px overlap
         results["out_of_core"]["tiles_per_second"] = round(tiles / results["out_of_core"]["seconds"], 2)
+        # The model's own convolutions alone for these tiles, in this process after the child's run
+        # (never beside it: two cores); the slide's share of that ceiling, start-up included.
+        results["conv_ceiling"] = conv_ceiling(args.checkpoint, args.side)
+        share = results["conv_ceiling"]["ceiling_seconds"] / results["out_of_core"]["seconds"]
+        results["out_of_core"]["share_of_conv_ceiling"] = round(share, 3)
         print(json.dumps(results, indent=2), flush=True)
         # A crop on the tile grid (a multiple of the 448 px step), so its tiles are the slide's.
         top = (args.side - CROP) // 2 // 448 * 448

@@ -208,3 +208,22 @@ def test_the_profile_sorts_every_operator_into_a_kind(tmp_path, monkeypatch):
     for table in (results["training_step"], results["slide_band"]):
         assert sum(table.values()) == pytest.approx(1, abs=0.01) and table["convolution"] > 0.2
     assert 0 < results["loading_share_of_step"] < 1
+
+
+def test_the_convolution_ceiling_times_every_convolution_of_the_models_forward():
+    from pathlib import Path
+
+    from torch import nn
+
+    import unetkit
+    from benchmarks import conv_ceiling
+    from unetkit.inference import Predictor
+
+    checkpoint = str(Path(unetkit.__file__).parent / "zoo" / "em-membranes.safetensors")
+    results = conv_ceiling.conv_ceiling(checkpoint, side=600, tile=128, overlap=16, batch=2)
+    convolutions = sum(isinstance(m, nn.Conv2d) for m in Predictor(checkpoint).model.modules())
+    assert results["convolutions_per_forward"] == convolutions > 10
+    assert results["tiles"] == 36 and results["ceiling_seconds"] == pytest.approx(
+        results["seconds_per_batch_of_tiles"] * 18, abs=0.1
+    )
+    assert results["ceiling_mpx_per_second"] > 0

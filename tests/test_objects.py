@@ -13,11 +13,13 @@ import tifffile
 from PIL import Image
 from scipy import ndimage
 from skimage.measure import label
+from skimage.morphology import remove_small_holes, remove_small_objects
+from skimage.segmentation import watershed
 from synthetic import run_cli
 
 from unetkit.data import Pair
 from unetkit.data.fingerprint import PairScan, looks_like_instances
-from unetkit.data.objects import instance_classes, mask_objects, true_objects
+from unetkit.data.objects import instance_classes, mask_objects, relabel, true_objects
 from unetkit.inference.objects import ObjectRule, object_table, split_objects
 from unetkit.models.checkpoint import load_checkpoint
 from unetkit.scoring.objects import mean_scores, object_scores
@@ -111,6 +113,40 @@ def test_watershed_counts_touching_discs():
     assert abs(found - true_count) <= 0.05 * true_count
     assert set(classes[1:]) == {1}
     assert object_scores(truth, labels.astype(np.int64))["adapted_rand_error"] < 0.05
+
+
+def one_watershed(core: np.ndarray, region: np.ndarray, rule: ObjectRule) -> np.ndarray:
+    """The reference: one seeded watershed of the whole region (split_region before issue 36), and
+    each part of the region without a core as one object."""
+    region = remove_small_holes(region, max_size=rule.max_hole) if rule.max_hole else region
+    seeds = label(region & (core > rule.seed), connectivity=1)
+    parts = label(region, connectivity=1)
+    orphans = region & ~np.isin(parts, np.unique(parts[seeds > 0]))
+    seeds[orphans] = parts[orphans] + seeds.max()
+    objects = watershed(-core, seeds, mask=region)
+    objects = remove_small_objects(objects, max_size=rule.min_size - 1) if rule.min_size > 1 else objects
+    _, inverse = np.unique(objects, return_inverse=True)
+    return inverse.reshape(objects.shape)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_watershed_of_shared_parts_from_the_cores_edges_labels_as_one_watershed_of_the_whole(seed):
+    """Parts with one core, parts with none and parts of several cores, as blurred noise makes them."""
+    rng = np.random.default_rng(seed)
+    plane = ndimage.gaussian_filter(rng.random((300, 260)), 4 + seed)
+    plane = (plane - plane.min()) / (plane.max() - plane.min())
+    rule = ObjectRule(seed=0.75, flood=0.45 + 0.03 * seed, smooth=0.0, min_size=1 + 5 * (seed % 3),
+                      max_hole=10 * (seed % 2))  # fmt: skip
+    labels, _ = split_objects(np.stack([1 - plane, plane]), rule)
+    reference = one_watershed(plane, plane > rule.flood, rule)
+    assert labels.max() > 5 and np.array_equal(labels, reference)
+
+
+def test_relabel_keeps_the_order_of_ids_far_apart_or_close():
+    close = np.array([[0, 7, 7], [3, 0, 9]], np.uint32)
+    far = close.astype(np.int64) * 10**9
+    assert relabel(close).tolist() == relabel(far).tolist() == [[0, 2, 2], [1, 0, 3]]
+    assert relabel(np.array([[5, 6]])).tolist() == [[1, 2]]  # no background: ids from 1
 
 
 def test_object_table_matches_the_label_image():

@@ -64,8 +64,41 @@ def test_a_weights_file_is_exactly_what_the_encoder_starts_from(rgb_data, tmp_pa
     encoder = trainer.built.model.encoder.state_dict()
     assert all(torch.equal(encoder[key], state[key]) for key in encoder)
     assert trainer.run.data.preprocess.mean == pytest.approx([0.485, 0.456, 0.406])  # as ImageNet's encoders
-    groups = trainer.opt.optimizer.param_groups
-    assert [g["initial_lr"] for g in groups] == pytest.approx([trainer.cfg.lr * 0.1, trainer.cfg.lr])
+    groups = trainer.opt.optimizer.param_groups  # the recipe's lower rate for a pretrained encoder
+    assert trainer.cfg.encoder_lr == 0.1
+    assert [g["initial_lr"] for g in groups] == pytest.approx([trainer.cfg.lr, trainer.cfg.lr * 0.1])
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in trainer.built.model.encoder.parameters()}
+
+
+def test_the_encoder_lr_is_the_recipes_unless_given_and_zero_keeps_the_weights(rgb_data, tmp_path):
+    path, state = timm_weights(tmp_path)
+    scratch = Trainer(plan_run(config(rgb_data, tmp_path / "scratch"), log=lambda _: None))
+    assert scratch.cfg.encoder_lr == 1.0 and len(scratch.opt.optimizer.param_groups) == 1
+    cfg = config(rgb_data, tmp_path / "kept", encoder_weights=str(path), encoder_lr=0.0)
+    trainer = Trainer(plan_run(cfg, log=lambda _: None))
+    trainer.fit()
+    encoder = trainer.built.model.encoder.state_dict()
+    weights = [key for key in encoder if key.endswith("weight")]
+    assert all(torch.equal(encoder[key], state[key]) for key in weights)  # BatchNorm's statistics still move
+
+
+def test_an_encoder_unet_run_hands_its_encoder_to_the_next(rgb_data, tmp_path, capsys):
+    """--encoder-weights run/best.pt: the encoder a run trained (on other data) starts the next run."""
+    images, masks = rgb_data
+    first = tmp_path / "first"
+    code, _out, err = run_cli(capsys, "train", "--images", images, "--masks", masks, "--out", first,
+                              "--encoder", ENCODER, *TRAIN)  # fmt: skip
+    assert code == 0, err
+    trained = {k.removeprefix("encoder."): v for k, v in load_checkpoint(first / "best.pt")["model"].items()
+               if k.startswith("encoder.")}  # fmt: skip
+    gray = make_shapes(tmp_path / "gray", count=6, size=(64, 64))  # other data: one channel, the stem adapted
+    trainer = Trainer(plan_run(config(gray, tmp_path / "next", encoder_weights=str(first / "best.pt")), log=print))
+    encoder = trainer.built.model.encoder.state_dict()
+    assert all(torch.equal(encoder[key], trained[key]) for key in encoder if key != "conv1.weight")
+    torch.testing.assert_close(encoder["conv1.weight"], trained["conv1.weight"].sum(dim=1, keepdim=True))
+    assert trainer.cfg.encoder_lr == 0.1
+    timm_mean, _ = weights_module.encoder_normalisation(ENCODER, 1)  # the run's encoder saw standardised data
+    assert trainer.run.data.preprocess.mean != pytest.approx(timm_mean)
 
 
 def test_gray_images_adapt_the_first_convolution_as_timm_does(tmp_path):
@@ -102,13 +135,17 @@ def test_imagenet_offline_is_one_line_within_seconds_and_never_downloads(rgb_dat
 
 
 def test_train_predict_resume_export_and_a_fresh_offline_process(rgb_data, tmp_path, capsys):
+    """The issue's case: --encoder resnet34 --encoder-weights W.safetensors, through every command."""
     images, masks = rgb_data
-    path, _ = timm_weights(tmp_path, kind="safetensors")
+    path, state = timm_weights(tmp_path, name="resnet34", kind="safetensors")
     run = tmp_path / "run"
     code, _out, err = run_cli(capsys, "train", "--images", images, "--masks", masks, "--out", run, "--encoder",
-                              ENCODER, "--encoder-weights", path, *TRAIN)  # fmt: skip
+                              "resnet34", "--encoder-weights", path, "--encoder-lr", "0", *TRAIN)  # fmt: skip
     assert code == 0, err
-    assert load_checkpoint(run / "best.pt")["model_name"] == "encoder-unet"
+    saved = load_checkpoint(run / "best.pt")
+    assert saved["model_name"] == "encoder-unet"
+    trained_from = [key for key in state if key.endswith("conv1.weight")]  # kept by --encoder-lr 0: the file's own
+    assert trained_from and all(torch.equal(saved["model"][f"encoder.{key}"], state[key]) for key in trained_from)
     code, _out, err = run_cli(capsys, "train", "--resume", run / "last.pt", "--epochs", "2", "--no-progress")
     assert code == 0, err
     assert load_checkpoint(run / "last.pt")["epoch"] == 2

@@ -15,6 +15,7 @@ from unetkit.data.fingerprint import ClassGeometry, DataFingerprint
 from unetkit.data.mask_values import MaskValues
 from unetkit.data.objects import INSTANCE_VALUES
 from unetkit.data.transforms import AugmentConfig, random_patch_grid
+from unetkit.errors import UnetkitError
 from unetkit.train import TrainConfig, Trainer, load_checkpoint, plan_run, resolve_amp
 from unetkit.train.recipes import apply_recipe, class_weights, data_orientation, data_scale, largest_object
 from unetkit.train.schedulers import SCHEDULERS, Schedule
@@ -106,7 +107,6 @@ def test_finished_run_is_never_overwritten(binary_data, tmp_path):
     images, masks = binary_data
     train(tiny_config(images, masks, tmp_path / "run", epochs=1), log=lambda _: None)
     before = (tmp_path / "run" / "best.pt").read_bytes()
-    from unetkit.errors import UnetkitError
 
     with pytest.raises(UnetkitError, match="already holds a checkpoint"):
         train(tiny_config(images, masks, tmp_path / "run", epochs=1), log=lambda _: None)
@@ -116,7 +116,6 @@ def test_finished_run_is_never_overwritten(binary_data, tmp_path):
 def test_bad_data_fails_before_the_run_folder_is_made(binary_data, tmp_path):
     images, masks = binary_data
     (images / "img03.png").write_bytes(b"garbage")
-    from unetkit.errors import UnetkitError
 
     with pytest.raises(UnetkitError, match="img03.png"):
         train(tiny_config(images, masks, tmp_path / "run"), log=lambda _: None)
@@ -245,6 +244,22 @@ HC18 = fingerprint_of((540, 800), {0: (101.3, 800), 255: (58.1, 448)}, {0: 70, 2
 # camvid-dev's train split: (half width, extent) of each class but the rarest, as its fingerprint measures them
 CAMVID = {0: (18.5, 253), 1: (16.0, 228), 2: (1.0, 136), 3: (30.7, 480), 4: (7.0, 180), 5: (6.0, 122), 6: (2.1, 38),
           7: (4.0, 48), 8: (9.0, 116), 9: (2.0, 46)}  # fmt: skip
+
+
+def test_the_recipe_sets_a_pretrained_encoders_learning_rate_and_nothing_for_other_models(tmp_path):
+    """No timm needed: the recipe reads the options, the encoder is not built here."""
+    cpu = torch.device("cpu")
+    weights = tmp_path / "resnet18.pt"
+    assert apply_recipe(TrainConfig(), ISBI, cpu)[0].encoder_lr is None
+    assert apply_recipe(TrainConfig(encoder="resnet18"), ISBI, cpu)[0].encoder_lr == 1.0  # from scratch
+    pretrained, plan = apply_recipe(TrainConfig(encoder="resnet18", encoder_weights=str(weights)), ISBI, cpu)
+    assert pretrained.encoder_lr == 0.1 and "encoder_lr=0.1" in plan
+    mine = TrainConfig(encoder="resnet18", encoder_weights=str(weights), encoder_lr=0.5)
+    assert apply_recipe(mine, ISBI, cpu)[0].encoder_lr == 0.5
+    with pytest.raises(UnetkitError, match="--encoder-lr 0.1 needs --encoder NAME"):
+        TrainConfig(encoder_lr=0.1).validate()
+    with pytest.raises(UnetkitError, match="--encoder-lr"):
+        TrainConfig(encoder="resnet18", encoder_lr=2.0).validate()
 
 
 def test_recipes_fill_only_what_the_user_left_out():
@@ -396,8 +411,6 @@ def test_tensorboard_logs_scalars_per_class_and_images(binary_data, tmp_path):
 def test_tensorboard_missing_is_a_one_line_hint(binary_data, tmp_path, monkeypatch):
     import sys
 
-    from unetkit.errors import UnetkitError
-
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
     images, masks = binary_data
     with pytest.raises(UnetkitError, match=r"pip install unetkit\[tensorboard\]"):
@@ -478,7 +491,6 @@ def test_zoom_sets_the_augmentation_range_and_is_checked(binary_data, tmp_path):
     assert default.train_set.augment.scale_range == (0.8, 1.25)  # as before --zoom existed
     wide = Trainer(plan_run(tiny_config(images, masks, tmp_path / "b", zoom=2.0), log=lambda _: None))
     assert wide.train_set.augment.scale_range == (0.5, 2.0)
-    from unetkit.errors import UnetkitError
 
     with pytest.raises(UnetkitError, match="--zoom 0.5"):
         tiny_config(images, masks, tmp_path / "c", zoom=0.5).validate()

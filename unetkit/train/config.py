@@ -157,6 +157,11 @@ class TrainConfig:
         "none", "the encoder's starting weights: imagenet (timm's download, asked for by this), a FILE (state dict "
         "or safetensors of that encoder), or none", group="model",
     )  # fmt: skip
+    encoder_lr: float | None = option(
+        None, "the encoder's learning rate, as a fraction of --lr (the recipe's: 0.1 for pretrained weights, 1 from "
+        "scratch)", group="model",
+        valid=between(0, 1), need="a fraction from 0 (the encoder's weights kept) to 1, e.g. 0.1",
+    )  # fmt: skip
     binary: bool | None = option(
         None, "use softmax over 2 classes instead of one sigmoid logit for two-value masks", group="model",
         flag=("--multiclass", False),
@@ -335,6 +340,8 @@ def _check_encoder_options(cfg: TrainConfig) -> None:
         raise UnetkitError(f"--encoder {cfg.encoder} is for model encoder-unet, not a {cfg.model}")
     if cfg.encoder_weights not in ("none", "") and cfg.model != "encoder-unet":
         raise UnetkitError(f"--encoder-weights {cfg.encoder_weights} needs --encoder NAME (the backbone they are for)")
+    if cfg.encoder_lr is not None and cfg.model != "encoder-unet":
+        raise UnetkitError(f"--encoder-lr {show(cfg.encoder_lr)} needs --encoder NAME (the backbone it is for)")
     if cfg.encoder_weights not in ("none", "") and cfg.init_from:
         raise UnetkitError(
             "--encoder-weights and --init-from do not mix: the --init-from model brings its own encoder's weights"

@@ -18,9 +18,9 @@ from unetkit.data.objects import DEFAULT_INSTANCE_TARGET, INSTANCE_CLASS_NAMES
 from unetkit.data.preprocess import IMAGE_PERCENTILES
 from unetkit.errors import UnetkitError
 from unetkit.train.config import TrainConfig
-from unetkit.train.encoder_weights import encoder_normalisation, pretrained
+from unetkit.train.encoder_weights import encoder_normalisation, pretrained, run_encoder
 from unetkit.train.option_layers import fill_unset
-from unetkit.train.recipes import apply_recipe, default_workers
+from unetkit.train.recipes import apply_recipe, default_workers, encoder_lr
 from unetkit.train.split import Log
 
 
@@ -51,8 +51,9 @@ def plan(
             Preprocess(**resume_state["preprocess"]),
             list(resume_state.get("sampled_classes", [])),
         )
-        # Older checkpoints left these two unset in their config.
-        cfg, _ = fill_unset(cfg, {"binary": resume_state["binary"], "workers": default_workers()})
+        # Older checkpoints left these unset in their config.
+        unset = {"binary": resume_state["binary"], "workers": default_workers(), "encoder_lr": encoder_lr(cfg)}
+        cfg, _ = fill_unset(cfg, unset)
     else:
         started = time.perf_counter()
         data = fingerprint_pairs(train_pairs, cfg.ignore_value, cfg.mask_values, **instance_modes(cfg, init_state))
@@ -92,7 +93,7 @@ def preprocess_for(cfg: TrainConfig, data: DataFingerprint, init_state: dict[str
                 f"{data.channels}; use --normalize dataset or image"
             )
         return dataclasses.replace(kept, scale=cfg.scale)
-    if cfg.encoder and pretrained(cfg.encoder_weights):  # as the encoder was trained: timm's config
+    if cfg.encoder and pretrained(cfg.encoder_weights) and not run_encoder(cfg.encoder_weights):  # timm's config
         mean, std = encoder_normalisation(cfg.encoder, data.channels)
         return Preprocess(data.channels, mean, std, cfg.scale)
     if cfg.normalize == "image":

@@ -5,14 +5,17 @@
             user asked: nothing else in unetkit downloads); offline, one line within seconds
             naming the two other ways;
   FILE      a state dict (.pt/.pth, or the "model"/"state_dict" entry of a checkpoint) or a
-            safetensors file of that encoder, e.g. `timm.create_model(NAME).state_dict()`:
+            safetensors file of that encoder, e.g. `timm.create_model(NAME).state_dict()`, or an
+            encoder-unet run's checkpoint (best.pt), whose encoder it takes:
             checked key by key and shape by shape, a classifier's tensors ignored (a feature
             pyramid has none), a first convolution of another channel count adapted as timm does.
 
 Pretrained weights expect the input normalised as they were trained (timm's pretrained config:
 ImageNet's mean and std), so the run records that normalisation (data_plan.preprocess_for) and
-every later use (predict, export, out of core) applies it; and the encoder learns at a tenth of
-the decoder's rate, as fine-tuning a pretrained backbone usually does."""
+every later use (predict, export, out of core) applies it (an encoder from an unetkit run saw its
+data standardised, so the new data is standardised too: the recipe's normalisation); and the
+encoder learns at the fraction of the decoder's rate that --encoder-lr says (the recipe's:
+recipes.PRETRAINED_ENCODER_LR)."""
 
 from __future__ import annotations
 
@@ -27,7 +30,6 @@ from torch import nn
 from unetkit.errors import UnetkitError
 from unetkit.models.encoder_unet import import_timm
 
-ENCODER_LR_FACTOR = 0.1  # the pretrained encoder's learning rate, of the decoder's (--lr)
 HUB_WAIT_SECONDS = 3.0  # how long `imagenet` waits to reach the hub before saying it is offline
 
 
@@ -39,11 +41,13 @@ def pretrained(source: str | None) -> bool:
 def load_encoder_weights(model: nn.Module, source: str) -> str:
     """Load `source` (imagenet or a FILE) into `model.encoder`; the line the run's log shows."""
     encoder = model.encoder
+    wanted = encoder.state_dict()
     if source == "imagenet":
         state, origin = imagenet_state(model.encoder_name, first_conv_channels(encoder)), "timm's ImageNet weights"
     else:
         state, origin = file_state(Path(source).expanduser()), source
-    wanted = encoder.state_dict()
+        if not set(wanted) & set(state) and any(key.startswith(ENCODER_PREFIX) for key in state):
+            state, origin = encoder_part(state), f"the encoder of {origin}"
     missing = [key for key in wanted if key not in state]
     if missing:
         raise UnetkitError(
@@ -74,6 +78,24 @@ def load_encoder_weights(model: nn.Module, source: str) -> str:
     notes = f", {ignored} classifier tensor(s) ignored" if ignored > 0 else ""
     notes += f", first convolution adapted to {wanted[adapted[0]].shape[1]} channel(s)" if adapted else ""
     return f"encoder {model.encoder_name}: {len(wanted)} tensors from {origin}{notes}"
+
+
+ENCODER_PREFIX = "encoder."  # an encoder-unet model's encoder tensors (its checkpoint, its safetensors)
+
+
+def run_encoder(source: str | None) -> bool:
+    """Whether `source` is an encoder-unet run's weights (its checkpoint or safetensors), whose
+    encoder saw its data standardised (mean and std), not timm's normalisation."""
+    if not pretrained(source) or source == "imagenet":
+        return False
+    state = file_state(Path(str(source)).expanduser())
+    return any(key.startswith(ENCODER_PREFIX) for key in state)
+
+
+def encoder_part(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An encoder-unet model's encoder tensors, named as the encoder names them: a run of unetkit
+    hands its encoder, trained on other data, to the next run (its decoder and head are left)."""
+    return {key.removeprefix(ENCODER_PREFIX): value for key, value in state.items() if key.startswith(ENCODER_PREFIX)}
 
 
 def classifier_keys(name: str, channels: int) -> set[str]:
@@ -168,11 +190,12 @@ def encoder_normalisation(name: str, channels: int) -> tuple[list[float], list[f
     return [mean[i % len(mean)] for i in range(channels)], [std[i % len(std)] for i in range(channels)]
 
 
-def parameter_groups(model: nn.Module, lr: float, source: str | None) -> list[dict[str, Any]] | Any:
-    """The optimizer's parameters: a pretrained encoder at ENCODER_LR_FACTOR of --lr, the rest at --lr."""
+def parameter_groups(model: nn.Module, lr: float, encoder_lr: float | None) -> list[dict[str, Any]] | Any:
+    """The optimizer's parameters: the encoder's at `encoder_lr` of --lr (--encoder-lr), the rest at --lr
+    (the first group, whose rate the run's log and metrics.csv show)."""
     encoder = getattr(model, "encoder", None)
-    if encoder is None or not pretrained(source):
+    if encoder is None or encoder_lr is None or encoder_lr == 1.0:
         return model.parameters()
     inside = {id(p) for p in encoder.parameters()}
     rest = [p for p in model.parameters() if id(p) not in inside]
-    return [{"params": list(encoder.parameters()), "lr": lr * ENCODER_LR_FACTOR}, {"params": rest, "lr": lr}]
+    return [{"params": rest, "lr": lr}, {"params": list(encoder.parameters()), "lr": lr * encoder_lr}]

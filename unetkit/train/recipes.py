@@ -70,9 +70,15 @@ import torch
 from unetkit.data.fingerprint import DataFingerprint
 from unetkit.data.mask_values import MaskValues
 from unetkit.train.config import RECIPES, TrainConfig
+from unetkit.train.encoder_weights import pretrained
 from unetkit.train.option_layers import fill_unset
 
 __all__ = ["RECIPES", "apply_recipe"]
+# A pretrained encoder learns at a tenth of the decoder's rate (--encoder-lr), as fine-tuning an
+# ImageNet backbone usually does; not measurable here (no ImageNet weights offline). An hc18-dev
+# encoder on isbi2012 scored the same at 0, 0.1 and 1 (membrane Dice 0.802-0.814, one run each;
+# benchmarks/NOTES.md, issue 37).
+PRETRAINED_ENCODER_LR = 0.1
 SHORT_RUN_SECONDS = 15 * 60  # elastic deformation pays off only in longer runs
 PATCH_SIDE = 256
 # Where every object fits in half of it, patches are this small, and four times as many of them
@@ -202,6 +208,14 @@ def recipe_settings(name: str, data: DataFingerprint, device: torch.device, time
     return settings
 
 
+def encoder_lr(cfg: TrainConfig) -> float | None:
+    """The encoder's learning rate, a fraction of --lr: pretrained weights learn at PRETRAINED_ENCODER_LR,
+    a backbone from scratch at the decoder's rate; None for models without an encoder."""
+    if cfg.model != "encoder-unet" and not cfg.encoder:  # (--encoder makes the model encoder-unet on validation)
+        return None
+    return PRETRAINED_ENCODER_LR if pretrained(cfg.encoder_weights) else 1.0
+
+
 def default_workers() -> int:
     """Data-loading processes: none on small CPUs, where they take cores from the model's convolutions."""
     return 0 if torch.get_num_threads() <= 4 else 4
@@ -230,6 +244,7 @@ def recipe_choices(cfg: TrainConfig, data: DataFingerprint, device: torch.device
     choices["instance_masks"] = data.mask_values.instances is not None  # as the fingerprint read the masks
     choices["instance_target"] = data.mask_values.instances
     choices["workers"] = default_workers()
+    choices["encoder_lr"] = encoder_lr(cfg)
     if cfg.time is None:
         choices["epochs"] = 50  # a timed run without --epochs runs until its time is up
     return choices

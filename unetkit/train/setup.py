@@ -179,7 +179,7 @@ def build_optimisation(
     """Loss, optimizer, loader, LR schedule (over the epochs, or over --time through
     the `budget`: its progress), the fp16 gradient scaler and the weights' average."""
     criterion = SegmentationLoss(cfg.loss, cfg.class_weights).to(dist.device)
-    optimizer = build_optimizer(cfg, parameter_groups(unwrap(setup.model), cfg.lr, cfg.encoder_weights))
+    optimizer = build_optimizer(cfg, parameter_groups(unwrap(setup.model), cfg.lr, cfg.encoder_lr))
     sampler = dist.sampler(train_set, cfg.seed)
     per_rank = len(sampler) if sampler is not None else len(train_set)
     loader = DataLoader(

@@ -1,0 +1,88 @@
+"""The convolution ceiling of a model's tiled prediction: `python -m benchmarks.conv_ceiling
+--checkpoint runs/demo/best.pt [--side 20000]`.
+
+Runs one batch of predict's tiles (512 px, 64 px overlap, batches of 4: the defaults) through the
+checkpoint's model as the Predictor prepares it (BatchNorm folded, channels_last, bf16 where the
+CPU has it), records the input of every convolution, then times those convolutions alone, each on
+a ready input of that shape, layout and dtype: what the tiles of a side x side image would cost if
+nothing but the model's own convolutions ran. Mpx/s of that is the ceiling a slide's prediction is
+measured against (benchmarks/large_tiff.py). Prints the CPU."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import torch
+from torch import nn
+
+from unetkit.inference import Predictor
+from unetkit.inference.tiling import tile_starts
+from unetkit.runtime.hardware import cpu_description
+
+CONVOLUTIONS = (nn.Conv2d, nn.ConvTranspose2d)
+
+
+def recorded_convolutions(predictor: Predictor, x: torch.Tensor) -> list[tuple[nn.Module, torch.Tensor]]:
+    """Every convolution of one forward of `x`, with an input like the one it got."""
+    calls: list[tuple[nn.Module, torch.Tensor]] = []
+
+    def keep(module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
+        given = inputs[0]
+        layout = torch.channels_last if given.is_contiguous(memory_format=torch.channels_last) else None
+        ready = torch.randn(given.shape, dtype=given.dtype, device=given.device)
+        calls.append((module, ready.contiguous(memory_format=layout) if layout else ready))
+
+    hooks = [m.register_forward_hook(keep) for m in predictor.model.modules() if isinstance(m, CONVOLUTIONS)]
+    try:
+        predictor.forward(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return calls
+
+
+def batch_seconds(predictor: Predictor, calls: list[tuple[nn.Module, torch.Tensor]], repeats: int) -> float:
+    """The fastest of `repeats` runs of the recorded convolutions alone (after one untimed run)."""
+    best = math.inf
+    with torch.inference_mode(), predictor.amp.autocast(predictor.device):
+        for attempt in range(repeats + 1):
+            started = time.perf_counter()
+            for module, x in calls:
+                module(x)
+            if attempt:
+                best = min(best, time.perf_counter() - started)
+    return best
+
+
+def conv_ceiling(checkpoint: str, side: int, tile: int = 512, overlap: int = 64, batch: int = 4) -> dict:
+    """Seconds and Mpx/s of the convolutions alone for the tiles of a side x side image."""
+    predictor = Predictor(checkpoint)
+    x = torch.rand(batch, predictor.spec.in_channels, tile, tile)
+    calls = recorded_convolutions(predictor, x)
+    seconds = batch_seconds(predictor, calls, repeats=3)
+    tiles = len(tile_starts(side, tile, overlap)) ** 2
+    total = seconds * math.ceil(tiles / batch)
+    return {
+        "convolutions_per_forward": len(calls),
+        "seconds_per_batch_of_tiles": round(seconds, 4),
+        "tiles": tiles,
+        "ceiling_seconds": round(total, 1),
+        "ceiling_mpx_per_second": round(side * side / 1e6 / total, 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.conv_ceiling", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="e.g. runs/demo/best.pt")
+    parser.add_argument("--side", type=int, default=20000, help="the image's side in pixels (20000)")
+    args = parser.parse_args(argv)
+    results = {"cpu": cpu_description(), **conv_ceiling(args.checkpoint, args.side)}
+    print(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
