@@ -1,9 +1,13 @@
 """Keeps benchmarks/ from rotting: the whole run, every section, on a tiny U-Net at tiny sizes."""
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
+import tifffile
 import torch
+from PIL import Image
 
 from benchmarks import run as bench
 from benchmarks.common import TINY, Settings, model_gflop
@@ -227,3 +231,48 @@ def test_the_convolution_ceiling_times_every_convolution_of_the_models_forward()
         results["seconds_per_batch_of_tiles"] * 18, abs=0.1
     )
     assert results["ceiling_mpx_per_second"] > 0
+
+
+def nuclei_set(root: Path, count: int, side: int = 64) -> Path:
+    """`count` gray images of bright discs with instance masks (uint16 TIFF), and a split.json."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:side, :side]
+    for kind in ("images", "masks"):
+        (root / kind).mkdir(parents=True)
+    for index in range(count):
+        mask = np.zeros((side, side), np.uint16)
+        for number in range(1, 4):
+            y, x = rng.integers(8, side - 8, 2)
+            mask[((yy - y) ** 2 + (xx - x) ** 2 < 25) & (mask == 0)] = number
+        image = np.where(mask > 0, 200, 30) + rng.integers(0, 20, mask.shape)
+        Image.fromarray(image.astype(np.uint8)).save(root / "images" / f"n{index:03d}.png")
+        tifffile.imwrite(root / "masks" / f"n{index:03d}.tif", mask)
+    names = [f"n{index:03d}" for index in range(count)]
+    (root / "split.json").write_text(json.dumps({"train": names[4:], "val": names[:4]}))
+    return root
+
+
+def test_time_to_quality_trains_both_tools_to_a_budget_and_scores_them_alike(tmp_path, monkeypatch):
+    from benchmarks import time_to_quality
+
+    data = nuclei_set(tmp_path / "nuclei", 24)
+    results = time_to_quality.main(["--minutes", "0.03", "--data", str(data), "--json", str(tmp_path / "t.json")])
+    rows = {row["tool"]: row for row in results["rows"]}
+    assert set(rows) == {"unetkit", "milesial"} and json.loads((tmp_path / "t.json").read_text())["rows"]
+    for row in rows.values():
+        assert row["epochs"] >= 1 and 0 <= row["foreground_dice"] <= 1 and row["ap50"] is not None
+    assert rows["milesial"]["train_seconds"] < 10  # it stops at the budget, mid-epoch if need be
+    assert "| 0.03 | milesial |" in results["table"]
+
+
+def test_time_to_quality_scores_objects_as_stardist_and_pixels_as_pooled_dice(tmp_path):
+    from benchmarks.time_to_quality import scores
+
+    true = np.zeros((20, 20), np.uint16)
+    true[2:6, 2:6], true[10:14, 10:14] = 1, 2
+    tifffile.imwrite(tmp_path / "a.tif", true)
+    predicted = np.zeros_like(true, dtype=np.int64)
+    predicted[2:6, 2:6] = 7  # one nucleus found exactly, the other missed
+    result = scores([(tmp_path / "a.png", tmp_path / "a.tif")], [predicted])
+    assert result["foreground_dice"] == pytest.approx(2 * 16 / (32 + 16))
+    assert result["ap50"] == pytest.approx(1 / 2)  # TP / (TP + FP + FN) = 1 / (1 + 0 + 1)
