@@ -268,3 +268,24 @@ def test_backend_choices_that_cannot_hold_are_refused_or_fall_back(trained, tmp_
     assert Predictor(checkpoint, amp="off").backend == "torch"
     with pytest.raises(UnetkitError, match="differ from PyTorch's by 0.5"):
         Predictor(checkpoint, amp="off", options=InferenceOptions(backend="onnxruntime"))
+
+
+@pytest.mark.parametrize("amp", ["off", "auto"])
+def test_the_predictor_fuses_each_convolution_with_its_relu_and_keeps_the_logits(amp):
+    """On a CPU the Predictor runs blocks.ConvReLU where this build of torch has oneDNN's fused call;
+    its logits are those of the model with BatchNorm folded and nothing fused."""
+    from pathlib import Path
+
+    import unetkit
+    from unetkit.models.blocks import ConvReLU, fuse_conv_bn
+    from unetkit.models.checkpoint import load_checkpoint, model_from_checkpoint
+
+    checkpoint = Path(unetkit.__file__).parent / "zoo" / "em-membranes.safetensors"
+    predictor = Predictor(checkpoint, amp=amp, options=InferenceOptions(backend="torch"))
+    assert any(isinstance(module, ConvReLU) for module in predictor.model.modules())
+    plain = fuse_conv_bn(model_from_checkpoint(load_checkpoint(checkpoint)).eval())
+    x = torch.rand(2, 1, 96, 80)
+    with torch.inference_mode(), predictor.amp.autocast(predictor.device):
+        expected = plain(x.contiguous(memory_format=predictor.memory_format)).float()
+    tolerance = 1e-4 if predictor.amp.dtype is None else 2e-2 * float(expected.abs().max())
+    torch.testing.assert_close(predictor.forward(x), expected, rtol=tolerance, atol=tolerance)

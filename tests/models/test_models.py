@@ -140,6 +140,27 @@ def test_folding_batchnorm_into_convs_keeps_the_outputs(name):
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_convolution_and_relu_fused_keep_the_outputs(name, dtype):
+    """blocks.ConvReLU (oneDNN's convolution with a ReLU post-op) against the folded model it came from."""
+    import copy
+
+    from unetkit.models.blocks import ConvBNReLU, ConvReLU, fuse_conv_bn, fuse_conv_relu
+
+    model, _ = small(name)
+    folded = fuse_conv_bn(model.eval())
+    fused = fuse_conv_relu(copy.deepcopy(folded), dtype)
+    blocks = sum(isinstance(m, ConvBNReLU) for m in folded.modules())
+    assert sum(isinstance(m, ConvReLU) for m in fused.modules()) == blocks
+    assert not any(isinstance(m, ConvBNReLU) for m in fused.modules())
+    x = torch.randn(2, 3, 24, 28).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        ours, theirs = fused(x).float(), folded(x).float()
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2 * float(theirs.abs().max())
+    torch.testing.assert_close(ours, theirs, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_a_model_gives_back_the_options_it_was_built_from(name):
     """options() inverts arguments(): --init-from builds the network a checkpoint was trained as."""
     from types import SimpleNamespace
