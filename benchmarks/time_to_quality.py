@@ -12,8 +12,7 @@ On dsb2018-dev (train 160 / val 40 fluorescence-nuclei images, instance masks), 
   image, argmax), its objects the connected components of the mask (it has no object step).
 Both scored by the same code: foreground Dice pooled over val, and AP at IoU 0.5 and 0.5:0.9
 pooled as StarDist scores DSB2018 (unetkit.scoring.objects). Training time is wall clock on the
-CPU at hand (printed), start-up included; one run per cell. StarDist's own training is not here:
-it needs TensorFlow (see benchmarks/NOTES.md, issue 36)."""
+CPU at hand (printed), start-up included; one run per cell."""
 
 from __future__ import annotations
 
@@ -29,6 +28,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import tifffile
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -43,6 +43,7 @@ from unetkit.runtime.hardware import cpu_description
 from unetkit.scoring.objects import mean_scores, object_scores
 
 MILESIAL_SCALE = 0.5  # train.py's --scale default
+TOOLS = ("unetkit", "milesial", "stardist")
 
 
 def pairs(folders: tuple[Path, Path]) -> list[tuple[Path, Path]]:
@@ -73,6 +74,29 @@ def unetkit_run(train: tuple[Path, Path], val: list[tuple[Path, Path]], seconds:
     predicted = [predictor.objects(predictor.logits(read_image(image), image))[0] for image, _ in val]
     epochs = sum(1 for _ in (out / "metrics.csv").open()) - 1
     return {"train_seconds": round(trained, 1), "epochs": epochs, **scores(val, predicted)}
+
+
+def run_tool(
+    tool: str, python: str | None, folders: dict, val: list[tuple[Path, Path]], seconds: float, out: Path
+) -> dict:
+    """One cell of the table: `tool` trained for `seconds` and scored on `val`."""
+    if tool == "unetkit":
+        return unetkit_run(folders["train"], val, seconds, out)
+    if tool == "milesial":
+        return milesial_run(folders["train"], val, seconds)
+    return stardist_run(str(python), folders["train"], val, seconds, out)
+
+
+def stardist_run(
+    python: str, train: tuple[Path, Path], val: list[tuple[Path, Path]], seconds: float, out: Path
+) -> dict:
+    """StarDist's own training and prediction in its environment (stardist_peer.py), scored here."""
+    script = Path(__file__).with_name("stardist_peer.py")
+    command = [python, str(script), str(train[0]), str(train[1]), str(val[0][0].parent), str(out), f"{seconds:g}"]
+    done = subprocess.run(command, check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    said = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
+    predicted = [tifffile.imread(out / f"{image.stem}.tif") for image, _ in val]
+    return {**said, **scores(val, predicted)}
 
 
 def milesial_input(path: Path, scale: float, mask: bool = False) -> np.ndarray:
@@ -160,7 +184,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--minutes", type=float, nargs="+", default=[1, 3, 10, 30], help="budgets (1 3 10 30)")
     parser.add_argument("--data", type=Path, default=DATA / "dsb2018-dev", help="the data set's folder")
     parser.add_argument("--json", type=Path, help="results file (default benchmarks/results/time-to-quality-...)")
+    parser.add_argument("--tools", nargs="+", choices=TOOLS, default=["unetkit", "milesial"], help="(unetkit milesial)")
+    parser.add_argument("--stardist-python", help="a Python with tensorflow-cpu and stardist installed (for stardist)")
     args = parser.parse_args(argv)
+    tools = args.tools
+    if "stardist" in tools and not args.stardist_python:
+        parser.exit(
+            2,
+            "--tools stardist needs --stardist-python PATH: a Python where `pip install tensorflow-cpu stardist` ran\n",
+        )
     if not (args.data / "split.json").is_file():
         parser.exit(2, f"{args.data}: no split.json here; pass --data DIR (e.g. ../shared/data/dsb2018-dev)\n")
     print(f"CPU: {cpu_description()}", flush=True)
@@ -169,12 +201,10 @@ def main(argv: list[str] | None = None) -> dict:
         folders = split_folders(args.data, Path(tmp))
         val = pairs(folders["val"])
         for minutes in args.minutes:
-            for tool in ("unetkit", "milesial"):
-                seconds = minutes * 60
-                if tool == "unetkit":
-                    row = unetkit_run(folders["train"], val, seconds, Path(tmp) / f"run-{minutes:g}")
-                else:
-                    row = milesial_run(folders["train"], val, seconds)
+            for tool in args.tools:
+                row = run_tool(
+                    tool, args.stardist_python, folders, val, minutes * 60, Path(tmp) / f"{minutes:g}-{tool}"
+                )
                 rows.append({"tool": tool, "minutes": minutes, **row})
                 print(json.dumps(rows[-1]), flush=True)
     table = format_table(rows)

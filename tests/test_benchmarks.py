@@ -276,3 +276,12 @@ def test_time_to_quality_scores_objects_as_stardist_and_pixels_as_pooled_dice(tm
     result = scores([(tmp_path / "a.png", tmp_path / "a.tif")], [predicted])
     assert result["foreground_dice"] == pytest.approx(2 * 16 / (32 + 16))
     assert result["ap50"] == pytest.approx(1 / 2)  # TP / (TP + FP + FN) = 1 / (1 + 0 + 1)
+
+
+def test_time_to_quality_asks_for_stardists_own_python_in_one_line(tmp_path, capsys):
+    from benchmarks import time_to_quality
+
+    data = nuclei_set(tmp_path / "nuclei", 6)
+    with pytest.raises(SystemExit) as stop:
+        time_to_quality.main(["--tools", "stardist", "--data", str(data)])
+    assert stop.value.code == 2 and "--stardist-python PATH" in capsys.readouterr().err
