@@ -238,7 +238,7 @@ class Predictor:
         self._forward, self.backend = onnx_model, "onnxruntime"
 
     def _fuse_conv_relu(self, state: dict[str, Any]) -> None:
-        """On a CPU with PyTorch, each convolution and its ReLU as one oneDNN call (ConvReLU: 1.38x
+        """On a CPU with PyTorch, each convolution and its ReLU as one oneDNN call (ConvReLU: 1.36x
         the tiles per second on an AMX CPU), kept only where it runs and gives the model's own
         logits on a probe input; elsewhere the model stays as it is."""
         # (A timm encoder's model has no ConvBNReLU blocks: nothing to fuse.)

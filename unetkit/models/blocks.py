@@ -107,7 +107,7 @@ class ConvReLU(nn.Module):
     """A folded ConvBNReLU as one oneDNN call on a CPU: the convolution with its ReLU as a post-op,
     so the ReLU does not read and write every activation map again (inference only). ReLU alone
     took 23% of a slide's time on an AMX CPU, as long as a pass over memory; fused, the recipe
-    U-Net's 4 x 512^2 tiles ran in 0.172 s instead of 0.238, the logits bit-identical in bf16
+    U-Net's 4 x 512^2 tiles ran in 0.167 s instead of 0.228, the logits bit-identical in bf16
     (benchmarks/NOTES.md, issue 36). `conv` stays: it is the plain convolution (conv_ceiling)."""
 
     def __init__(self, conv: nn.Conv2d, dtype: torch.dtype) -> None:

@@ -46,7 +46,7 @@ def load_encoder_weights(model: nn.Module, source: str) -> str:
         state, origin = imagenet_state(model.encoder_name, first_conv_channels(encoder)), "timm's ImageNet weights"
     else:
         state, origin = file_state(Path(source).expanduser()), source
-        if not set(wanted) & set(state) and any(key.startswith(ENCODER_PREFIX) for key in state):
+        if not set(wanted) & set(state) and holds_an_encoder_unet(state):
             state, origin = encoder_part(state), f"the encoder of {origin}"
     missing = [key for key in wanted if key not in state]
     if missing:
@@ -88,7 +88,11 @@ def run_encoder(source: str | None) -> bool:
     encoder saw its data standardised (mean and std), not timm's normalisation."""
     if not pretrained(source) or source == "imagenet":
         return False
-    state = file_state(Path(str(source)).expanduser())
+    return holds_an_encoder_unet(file_state(Path(str(source)).expanduser()))
+
+
+def holds_an_encoder_unet(state: dict[str, torch.Tensor]) -> bool:
+    """Whether a weights file is a whole encoder-unet model's (its encoder's tensors under ENCODER_PREFIX)."""
     return any(key.startswith(ENCODER_PREFIX) for key in state)
 
 
