@@ -20,10 +20,10 @@ from torch import nn
 
 from unetkit.inference import Predictor
 from unetkit.inference.tiling import tile_starts
-from unetkit.models.blocks import ConvReLU
+from unetkit.models.blocks import ConvReLU, SplitConvReLU
 from unetkit.runtime.hardware import cpu_description
 
-CONVOLUTIONS = (nn.Conv2d, nn.ConvTranspose2d, ConvReLU)  # a ConvReLU never calls its .conv
+CONVOLUTIONS = (nn.Conv2d, nn.ConvTranspose2d, ConvReLU, SplitConvReLU)  # the fused ones never call their .conv
 
 
 def recorded_convolutions(predictor: Predictor, x: torch.Tensor) -> list[tuple[nn.Module, torch.Tensor]]:
@@ -31,10 +31,10 @@ def recorded_convolutions(predictor: Predictor, x: torch.Tensor) -> list[tuple[n
     calls: list[tuple[nn.Module, torch.Tensor]] = []
 
     def keep(module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
-        given = inputs[0]
+        given = inputs[0] if len(inputs) == 1 else torch.cat(inputs, dim=1)  # SplitConvReLU: (skip, up)
         layout = torch.channels_last if given.is_contiguous(memory_format=torch.channels_last) else None
         ready = torch.randn(given.shape, dtype=given.dtype, device=given.device)
-        # A fused convolution and ReLU (ConvReLU) counts as its convolution alone.
+        # A fused convolution and ReLU (ConvReLU, SplitConvReLU) counts as its convolution alone.
         calls.append((getattr(module, "conv", module), ready.contiguous(memory_format=layout) if layout else ready))
 
     hooks = [m.register_forward_hook(keep) for m in predictor.model.modules() if isinstance(m, CONVOLUTIONS)]

@@ -142,22 +142,61 @@ def test_folding_batchnorm_into_convs_keeps_the_outputs(name):
 @pytest.mark.parametrize("name", sorted(MODELS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_convolution_and_relu_fused_keep_the_outputs(name, dtype):
-    """blocks.ConvReLU (oneDNN's convolution with a ReLU post-op) against the folded model it came from."""
+    """blocks.fused_for_cpu against the folded model it came from: ConvReLU (oneDNN's convolution
+    with a ReLU post-op), SplitConvReLU for the first of each Up block (no concatenation) and
+    MaxPool2x2 (no indices)."""
     import copy
 
-    from unetkit.models.blocks import ConvBNReLU, ConvReLU, fuse_conv_bn, fuse_conv_relu
+    from unetkit.models import blocks
 
     model, _ = small(name)
-    folded = fuse_conv_bn(model.eval())
-    fused = fuse_conv_relu(copy.deepcopy(folded), dtype)
-    blocks = sum(isinstance(m, ConvBNReLU) for m in folded.modules())
-    assert sum(isinstance(m, ConvReLU) for m in fused.modules()) == blocks
-    assert not any(isinstance(m, ConvBNReLU) for m in fused.modules())
+    folded = blocks.fuse_conv_bn(model.eval())
+    fused = blocks.fused_for_cpu(copy.deepcopy(folded), dtype)
+
+    def count(module: torch.nn.Module, kind: type) -> int:
+        return sum(isinstance(m, kind) for m in module.modules())
+
+    ups = count(folded, blocks.Up)
+    assert count(fused, blocks.SplitConvReLU) == ups
+    assert count(fused, blocks.ConvReLU) == count(folded, blocks.ConvBNReLU) - ups
+    assert count(fused, blocks.MaxPool2x2) == count(folded, blocks.Down)
+    assert count(fused, blocks.ConvBNReLU) == 0
     x = torch.randn(2, 3, 24, 28).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
         ours, theirs = fused(x).float(), folded(x).float()
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2 * float(theirs.abs().max())
     torch.testing.assert_close(ours, theirs, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_the_max_pool_without_indices_gives_the_max_pool(dtype, layout):
+    """blocks.MaxPool2x2 takes the same maxima as nn.MaxPool2d(2), odd sizes and NaN included."""
+    from unetkit.models.blocks import MaxPool2x2
+
+    x = torch.randn(3, 5, 17, 22).to(dtype).contiguous(memory_format=layout)
+    x[0, 1, 4, 6] = float("nan")
+    torch.testing.assert_close(MaxPool2x2()(x), torch.nn.MaxPool2d(2)(x), rtol=0, atol=0, equal_nan=True)
+
+
+def test_the_split_convolution_reads_a_transposed_upsampling_and_an_odd_size_like_the_concatenation():
+    """SplitConvReLU's two weight slices follow the concatenation's order (skip first) whatever
+    the Up block's upsampling and width, and on a size the pooling does not divide."""
+    import copy
+
+    from unetkit.models.blocks import SplitConvReLU, fuse_conv_bn, fused_for_cpu
+
+    model = UNet(in_channels=2, num_classes=3, base_channels=6, depth=3, upsampling="transposed").eval()
+    for block in model.modules():  # BatchNorm statistics that are not the identity
+        if isinstance(block, torch.nn.BatchNorm2d):
+            block.running_mean.uniform_(-0.5, 0.5)
+            block.running_var.uniform_(0.5, 2.0)
+    folded = fuse_conv_bn(model).to(memory_format=torch.channels_last)
+    fused = fused_for_cpu(copy.deepcopy(folded), torch.float32)
+    assert sum(isinstance(m, SplitConvReLU) for m in fused.modules()) == 3
+    x = torch.randn(1, 2, 37, 45).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x), folded(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

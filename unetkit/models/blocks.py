@@ -52,7 +52,7 @@ class Up(nn.Module):
 
     def __init__(self, in_channels: int, skip_channels: int, out_channels: int, upsampling: Upsampling) -> None:
         super().__init__()
-        self.upsampling = upsampling
+        self.upsampling, self.skip_channels = upsampling, skip_channels
         if upsampling == "transposed":
             self.up: nn.Module = nn.ConvTranspose2d(in_channels, in_channels // 2, 2, stride=2)
             self.conv = DoubleConv(in_channels // 2 + skip_channels, out_channels)
@@ -67,6 +67,8 @@ class Up(nn.Module):
         x = self.up(x)
         if x.shape[-2:] != skip.shape[-2:]:  # only when the caller did not pad to a multiple of 2**depth
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        if isinstance(self.conv[0], SplitConvReLU):  # inference: the concatenation is never written
+            return self.conv[1](self.conv[0](skip, x))
         return self.conv(torch.cat([skip, x], dim=1))
 
 
@@ -117,16 +119,72 @@ class ConvReLU(nn.Module):
         self.bias = None if conv.bias is None else conv.bias.detach().to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.conv
-        return torch.ops.mkldnn._convolution_pointwise(
-            x.to(self.weight.dtype), self.weight, self.bias, c.padding, c.stride, c.dilation, c.groups, "relu", [], ""
+        return fused_convolution(x, self.weight, self.bias, self.conv, "relu")
+
+
+class SplitConvReLU(nn.Module):
+    """The first folded ConvBNReLU of an Up block, reading the skip connection and the upsampled
+    map as two inputs (inference only): a convolution over the concatenation is the sum of one
+    over each part with its slice of the weights, so oneDNN convolves the skip, then the
+    upsampled map with that sum and the ReLU as post-ops, and the concatenation is never written
+    (the decoder's `cat` was 12% of a slide band on an AMX CPU; benchmarks/NOTES.md, issue 36).
+    The sum rounds once more in bf16, so the logits differ in the last bits."""
+
+    def __init__(self, conv: nn.Conv2d, skip_channels: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.conv = conv
+        weight = conv.weight.detach().to(dtype)
+        layout = torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) else None
+        self.skip_weight, self.up_weight = (
+            part.contiguous(memory_format=layout) if layout else part.contiguous()
+            for part in weight.split([skip_channels, weight.shape[1] - skip_channels], dim=1)
         )
+        self.bias = None if conv.bias is None else conv.bias.detach().to(dtype)
+
+    def forward(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        partial = fused_convolution(skip, self.skip_weight, None, self.conv, "none")
+        return fused_convolution(up, self.up_weight, self.bias, self.conv, "relu", add=partial)
 
 
-def fuse_conv_relu(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """Each ConvBNReLU whose BatchNorm is folded (fuse_conv_bn) as a ConvReLU computing in `dtype`,
-    in place; for a CPU model whose layout and device are final. The caller checks that it runs
-    and agrees (Predictor): the fused call is oneDNN's, as PyTorch's compiler uses it."""
+def fused_convolution(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    conv: nn.Conv2d,
+    unary: str,
+    add: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """oneDNN's convolution of `x` with `conv`'s geometry, `weight` and `bias`, then `add` summed in
+    and the `unary` post-op (relu or none), all in one call: the call PyTorch's compiler emits."""
+    x = x.to(weight.dtype)
+    geometry = (conv.padding, conv.stride, conv.dilation, conv.groups)
+    if add is None:
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry, unary, [], "")
+    return torch.ops.mkldnn._convolution_pointwise.binary(x, add, weight, bias, *geometry, "add", 1.0, unary, [], "")
+
+
+class MaxPool2x2(nn.Module):
+    """nn.MaxPool2d(2) as the maximum of rows then of columns (inference only): the same values,
+    without the int64 index of each maximum that PyTorch's CPU max-pool writes even when no
+    gradient needs it: 9.3 -> 3.8 ms of the 4 pools of 4 x 512^2 bf16 tiles on an AMX CPU, 5% of
+    a tile (benchmarks/NOTES.md, issue 36)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]  # an odd last row or column is dropped, as there
+        rows = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
+        return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+
+
+def fused_for_cpu(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """`model` with BatchNorm folded (fuse_conv_bn) rebuilt in place for a CPU, computing in `dtype`:
+    each ConvBNReLU as a ConvReLU, the first of each Up block as a SplitConvReLU, each Down's
+    max-pool as MaxPool2x2; for a model whose layout and device are final. The caller checks that
+    it runs and agrees (Predictor): the fused calls are oneDNN's, as PyTorch's compiler uses them."""
+    for block in model.modules():
+        if isinstance(block, Up) and folded(block.conv[0]):
+            block.conv[0] = SplitConvReLU(block.conv[0][0], block.skip_channels, dtype)
+        if isinstance(block, Down) and isinstance(block[0], nn.MaxPool2d) and block[0].kernel_size in (2, (2, 2)):
+            block[0] = MaxPool2x2()
     for parent in model.modules():
         for name, child in parent.named_children():
             if folded(child):

@@ -16,8 +16,9 @@ def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits, dim=1)
 
 
-def predicted_classes(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """(N, K, H, W) logits -> (N, H, W) class ids; a binary model's one logit is thresholded."""
+def predicted_classes(logits: torch.Tensor, threshold: float = 0.5, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """(N, K, H, W) logits -> (N, H, W) class ids as `dtype`; a binary model's one logit is
+    thresholded (straight to `dtype`: a slide band's ids as uint8 are 1/8 of int64's memory)."""
     if logits.shape[1] == 1:
-        return (torch.sigmoid(logits[:, 0].float()) > threshold).long()
-    return logits.argmax(dim=1)
+        return (torch.sigmoid(logits[:, 0].float()) > threshold).to(dtype)
+    return logits.argmax(dim=1).to(dtype)

@@ -23,6 +23,7 @@ from unetkit.errors import UnetkitError
 from unetkit.models import model_class
 from unetkit.models.checkpoint import cpu_weights
 from unetkit.models.spec import ModelSpec
+from unetkit.runtime.allocator import keep_freed_memory
 from unetkit.runtime.amp import AmpPolicy, resolve_amp
 from unetkit.runtime.hardware import channels_last_is_faster
 from unetkit.train.averaging import WeightAverage
@@ -113,6 +114,8 @@ def build_model(
     if pretrained(cfg.encoder_weights) and not resuming:
         notes.append(load_encoder_weights(model, cfg.encoder_weights))
     model = model.to(dist.device)
+    if dist.device.type == "cpu":
+        keep_freed_memory()  # activation maps and gradients from the heap (runtime/allocator.py)
     amp = resolve_amp(cfg.amp, dist.device)
     chosen = dist.broadcast_object(amp.name)  # `auto` times a conv: ranks could disagree
     if chosen != amp.name:

@@ -37,6 +37,9 @@ from unetkit.runtime.progress import tell
 LARGE_PIXELS = 64 * 2**20  # "auto" predicts TIFFs above this many pixels out of core (a 8192^2 image)
 TIFF_SUFFIXES = (".tif", ".tiff")
 MAX_CHUNK_ROWS = 4096  # taller strips are read through a memory map (uncompressed) or refused
+# A band's pixels become the model's input this many columns at a time, so its float32 copies
+# (4 bytes a channel a pixel, 123 MiB for a 512 x 20,000 RGB band) are never whole in memory.
+BAND_COLUMNS = 2048
 
 
 def out_of_core(path: Path, mode: str, axes: AxisChoice = FILE_AXES) -> bool:
@@ -163,6 +166,17 @@ def band_image(pixels, top: int, bottom: int, rule: PixelRule, path: Path = Path
     return rule.apply(rows_of(pixels, top, bottom, path), path, first_row=top)
 
 
+def band_input(preprocess, pixels, top: int, bottom: int, rule: PixelRule, path: Path, ranges) -> torch.Tensor:
+    """The model's normalised (C, h, W) input for rows [top, bottom): the rows are read (decoded)
+    once, and converted BAND_COLUMNS at a time by the same rule and preprocessing as band_image."""
+    raw = rows_of(pixels, top, bottom, path)
+    x = torch.empty(preprocess.in_channels, bottom - top, raw.shape[1])
+    for left in range(0, raw.shape[1], BAND_COLUMNS):
+        piece = rule.apply(raw[:, left : left + BAND_COLUMNS], path, first_row=top)
+        x[:, :, left : left + piece.shape[1]] = preprocess.band_tensor(piece, path, ranges)
+    return x
+
+
 def logit_bands(predictor, pixels, rule: PixelRule, path: Path) -> Iterator[torch.Tensor]:
     """(K, h, W) blended logits of `pixels` (already at the model's scale), a band of final rows
     at a time, top to bottom; always in tiles (--tile, --overlap), run and blended by tiling.py's
@@ -180,7 +194,7 @@ def logit_bands(predictor, pixels, rule: PixelRule, path: Path) -> Iterator[torc
     blended = Blend(predictor.num_outputs, width, row[0][2:])
     done, total = 0, len(tops) * len(row)
     for index, top in enumerate(tops):
-        x = preprocess.band_tensor(band_image(pixels, top, top + th, rule, path), path, ranges)
+        x = band_input(preprocess, pixels, top, top + th, rule, path, ranges)
         pieces = (((top, left, h, w), crop(x, (0, left, h, w))) for _, left, h, w in row)
         for box, logits in forward_batches(predictor.forward, pieces, options.batch_size):
             blended.add(box, logits)
@@ -255,7 +269,7 @@ def predict_large_tiff(
                     store.add(chances)
                 if objects:
                     objects.add(chances)
-                class_ids = predicted_classes(logits[None], threshold)[0].numpy().astype(np.uint8)
+                class_ids = predicted_classes(logits[None], threshold, torch.uint8)[0].numpy()
                 yield predictor.mask_values.decode(class_ids)
 
         try:
