@@ -246,7 +246,7 @@ class Predictor:
         without its concatenation, the max-pools without indices (blocks.fused_for_cpu: 1.36x,
         then 1.1x, the tiles per second on an AMX CPU), kept only where it runs and gives the
         model's own logits on a probe input; elsewhere the model stays as it is."""
-        # (A timm encoder's own layers stay as they are: only unetkit's blocks are rebuilt.)
+        # (A timm encoder's model has no ConvBNReLU blocks: nothing to fuse.)
         if self.backend != "torch" or self.device.type != "cpu" or not any(map(folded, self.model.modules())):
             return
         fused = fused_for_cpu(copy.deepcopy(self.model), self.amp.dtype or torch.float32)
