@@ -207,7 +207,6 @@ class Predictor:
         than PyTorch fp32 (benchmarks/NOTES.md), while with bf16 PyTorch was faster still. So it
         exports (about a second), times one 256x256 forward each way (PyTorch's with the blocks
         fused for the CPU: 0.023 against ONNX Runtime's 0.019 s on an AVX-512 CPU) and keeps the faster."""
-        self.backend = "torch"
         wanted = self.options.backend
         if wanted == "torch":
             return
