@@ -9,7 +9,7 @@ from synthetic import TINY_TRAIN, make_shapes
 
 from unetkit.cli import main
 from unetkit.inference import InferenceOptions, Predictor, predict_tiled, with_tta
-from unetkit.inference.tiling import gaussian_window, tile_boxes
+from unetkit.inference.tiling import Blend, gaussian_window, tile_boxes, tile_starts
 from unetkit.models import UNet
 
 
@@ -41,6 +41,31 @@ def test_tiled_prediction_matches_whole_image(size):
     difference = (torch.softmax(tiled, 0) - torch.softmax(whole, 0)).abs().max()
     assert difference < 0.05
     assert (tiled.argmax(0) == whole.argmax(0)).float().mean() >= 0.999
+
+
+@pytest.mark.parametrize(("tile", "overlap"), [(64, 16), (64, 40), (64, 0)])
+def test_blended_bands_taken_row_by_row_equal_the_whole_image_and_reuse_their_memory(tile, overlap):
+    """Out of core a Blend holds a band and gives rows as soon as no later tile reaches them; the
+    rows it keeps move up in place, so later bands reuse the first band's memory."""
+    height, width = 300, 170
+    boxes = tile_boxes(height, width, tile, overlap)
+    torch.manual_seed(0)
+    logits = {box: torch.randn(2, tile, tile) for box in boxes}
+    whole = Blend(2, width, (tile, tile), height)
+    for box in boxes:
+        whole.add(box, logits[box])
+    expected = whole.take()
+    band, pieces, buffers = Blend(2, width, (tile, tile)), [], set()
+    tops = tile_starts(height, tile, overlap)
+    for index, top in enumerate(tops):
+        for box in (b for b in boxes if b[0] == top):
+            band.add(box, logits[box])
+        final = tops[index + 1] if index + 1 < len(tops) else height
+        pieces.append(band.take(final - band.top))
+        buffers.add(band.logits.data_ptr() if band.rows else None)
+    assert torch.equal(torch.cat(pieces, 1), expected)
+    assert len(buffers - {None}) == 1  # one buffer for every band that holds rows
+    assert band.rows == 0 and band.logits.numel() == 0  # all taken: the memory goes
 
 
 def test_tiles_cover_every_pixel_and_stay_inside():

@@ -59,26 +59,46 @@ class Blend:
         self.logits = torch.zeros(num_outputs, height, width)
         self.weights = torch.zeros(height, width)
         self.top = 0  # the image row of the first row held
+        self.rows = height  # rows held; the buffers may be taller (kept from band to band)
 
     def add(self, box: Box, logits: torch.Tensor) -> None:
         """Add one tile's (K, h, w) logits at `box` (top, left, h, w in image rows and columns)."""
         top, left = box[0] - self.top, box[1]
         height, width = self.window.shape
-        grow = top + height - self.weights.shape[0]
-        if grow > 0:
+        self._hold(top + height)
+        self.logits[:, top : top + height, left : left + width] += logits * self.window
+        self.weights[top : top + height, left : left + width] += self.window
+
+    def _hold(self, rows: int) -> None:
+        grow = rows - self.weights.shape[0]
+        if grow > 0:  # only while the first tile rows arrive: later bands reuse the same buffers
             self.logits = torch.cat(
                 [self.logits, self.logits.new_zeros(self.logits.shape[0], grow, self.logits.shape[2])], 1
             )
             self.weights = torch.cat([self.weights, self.weights.new_zeros(grow, self.weights.shape[1])])
-        self.logits[:, top : top + height, left : left + width] += logits * self.window
-        self.weights[top : top + height, left : left + width] += self.window
+        self.rows = max(self.rows, rows)
 
     def take(self, rows: int | None = None) -> torch.Tensor:
         """The first `rows` rows held (default: all) as blended (K, rows, W) logits; they are dropped."""
-        rows = self.weights.shape[0] if rows is None else rows
+        rows = self.rows if rows is None else rows
         blended = self.logits[:, :rows] / self.weights[:rows]
-        self.logits, self.weights, self.top = self.logits[:, rows:], self.weights[rows:], self.top + rows
+        rest = self.rows - rows
+        if rest:
+            self._move_up(rows, rest)
+        else:  # nothing left (a whole image, the last band): the buffers go, and their memory
+            self.logits = self.logits.new_zeros(self.logits.shape[0], 0, self.logits.shape[2])
+            self.weights = self.weights.new_zeros(0, self.weights.shape[1])
+        self.rows, self.top = rest, self.top + rows
         return blended
+
+    def _move_up(self, rows: int, rest: int) -> None:
+        """Rows [rows, rows + rest) become rows [0, rest), in place, and the rows below are zeroed.
+        In place because a new band per tile row, 20,000 px wide, left glibc's heap fragmented:
+        1,067 MiB peak for a 20,000^2 slide (benchmarks/NOTES.md, issue 36)."""
+        for held in (self.logits[:, : self.rows], self.weights[: self.rows]):
+            kept = held[..., rows : rows + rest, :]
+            held[..., :rest, :] = kept.clone() if rest > rows else kept  # overlapping rows: copied first
+            held[..., rest:, :] = 0
 
 
 def crop(image: torch.Tensor, box: Box) -> torch.Tensor:
