@@ -126,8 +126,9 @@ class SplitConvReLU(nn.Module):
     """The first folded ConvBNReLU of an Up block, reading the skip connection and the upsampled
     map as two inputs (inference only): a convolution over the concatenation is the sum of one
     over each part with its slice of the weights, so oneDNN convolves the skip, then the
-    upsampled map with that sum and the ReLU as post-ops, and the concatenation is never written
-    (the decoder's `cat` was 12% of a slide band on an AMX CPU; benchmarks/NOTES.md, issue 36).
+    upsampled map with the sum (in place, into the skip's result) and the ReLU as post-ops, and
+    the concatenation is never written (the decoder's `cat` was 12% of a slide band on an AMX
+    CPU; benchmarks/NOTES.md, issue 36).
     The sum rounds once more in bf16, so the logits differ in the last bits."""
 
     def __init__(self, conv: nn.Conv2d, skip_channels: int, dtype: torch.dtype) -> None:
