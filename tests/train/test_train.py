@@ -494,26 +494,3 @@ def test_zoom_sets_the_augmentation_range_and_is_checked(binary_data, tmp_path):
 
     with pytest.raises(UnetkitError, match="--zoom 0.5"):
         tiny_config(images, masks, tmp_path / "c", zoom=0.5).validate()
-
-
-def test_adamw_runs_fused_on_a_cpu_and_a_resumed_state_keeps_this_machines_kernel():
-    """One fused AdamW kernel on a CPU (setup.build_optimizer); a state saved with another choice
-    (an older unetkit, another device) loads into this machine's choice (Optimisation.load)."""
-    from types import SimpleNamespace
-
-    from unetkit.train.setup import Optimisation, build_optimizer
-
-    cfg = TrainConfig(lr=1e-3)
-    model = torch.nn.Conv2d(2, 3, 3)
-    optimizer = build_optimizer(cfg, model.parameters(), torch.device("cpu"))
-    assert optimizer.param_groups[0]["fused"] is True
-    model(torch.randn(1, 2, 8, 8)).sum().backward()
-    optimizer.step()
-    saved = optimizer.state_dict()
-    saved["param_groups"][0]["fused"] = None
-    ignored = SimpleNamespace(load_state_dict=lambda _: None)
-    optimisation = Optimisation(None, optimizer, None, None, ignored, ignored, None)
-    state = {"model": model.state_dict(), "optimizer": saved, "scheduler": {}, "scaler": {}}
-    optimisation.load_state_dict(state, model)
-    assert optimizer.param_groups[0]["fused"] is True and optimizer.state_dict()["state"][0]["step"] == 1
-    assert build_optimizer(cfg, model.parameters(), torch.device("meta")).param_groups[0]["fused"] is None

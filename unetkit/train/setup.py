@@ -134,13 +134,9 @@ def build_model(
 
 
 # --- optimisation ---
-def build_optimizer(cfg: TrainConfig, params: Any, device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(cfg: TrainConfig, params: Any) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
-        # One fused kernel for all the weights instead of a loop of elementwise ops per tensor: a
-        # paper U-Net step 0.686 -> 0.635 s, the fast recipe's 0.176 -> 0.173 s on an AMX CPU
-        # (benchmarks/NOTES.md, issue 36). PyTorch fuses AdamW on CPUs and CUDA GPUs.
-        fused = True if device.type in ("cpu", "cuda") else None
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":  # the U-Net paper: SGD with momentum 0.99
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "rmsprop":  # milesial/Pytorch-UNet's choice
@@ -171,10 +167,7 @@ class Optimisation:
         model.load_state_dict(state.get("training_model", state["model"]))
         if self.average is not None:
             self.average.restore(state["model"], state.get("ema_updates", 0))
-        kernels = [{k: group.get(k) for k in ("fused", "foreach")} for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
-        for group, kernel in zip(self.optimizer.param_groups, kernels, strict=True):
-            group.update(kernel)  # this machine's kernels, not those of the one that saved the state
         self.schedule.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
 
@@ -189,7 +182,7 @@ def build_optimisation(
     """Loss, optimizer, loader, LR schedule (over the epochs, or over --time through
     the `budget`: its progress), the fp16 gradient scaler and the weights' average."""
     criterion = SegmentationLoss(cfg.loss, cfg.class_weights).to(dist.device)
-    optimizer = build_optimizer(cfg, parameter_groups(unwrap(setup.model), cfg.lr, cfg.encoder_lr), dist.device)
+    optimizer = build_optimizer(cfg, parameter_groups(unwrap(setup.model), cfg.lr, cfg.encoder_lr))
     sampler = dist.sampler(train_set, cfg.seed)
     per_rank = len(sampler) if sampler is not None else len(train_set)
     loader = DataLoader(
