@@ -199,6 +199,30 @@ def test_the_split_convolution_reads_a_transposed_upsampling_and_an_odd_size_lik
         torch.testing.assert_close(fused(x), folded(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_split_convolution_sums_in_place_into_the_skips_map_with_the_same_values(dtype):
+    """The second half of SplitConvReLU writes over the first half's output (oneDNN's in-place
+    binary post-op): the same values as the out-of-place sum, and no new activation map."""
+    from unetkit.models.blocks import fused_convolution
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(10, 4, 3, padding=1)
+    skip, up = (torch.randn(2, 5, 19, 23, dtype=dtype).contiguous(memory_format=torch.channels_last) for _ in "ab")
+    weights = [w.to(dtype).contiguous(memory_format=torch.channels_last) for w in conv.weight.detach().split(5, 1)]
+    bias = conv.bias.detach().to(dtype)
+    with torch.inference_mode():
+        partial = fused_convolution(skip, weights[0], None, conv, "none")
+        geometry = (conv.padding, conv.stride, conv.dilation, conv.groups)
+        expected = torch.ops.mkldnn._convolution_pointwise.binary(
+            up, partial, weights[1], bias, *geometry, "add", 1.0, "relu", [], ""
+        )
+        summed = fused_convolution(up, weights[1], bias, conv, "relu", into=partial)
+    assert summed.data_ptr() == partial.data_ptr()
+    torch.testing.assert_close(summed, expected, rtol=0, atol=0)
+    reference = torch.relu(conv.to(dtype)(torch.cat([skip, up], 1)).float())
+    torch.testing.assert_close(summed.float(), reference, rtol=0.05, atol=0.05 if dtype == torch.bfloat16 else 1e-5)
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_a_model_gives_back_the_options_it_was_built_from(name):
     """options() inverts arguments(): --init-from builds the network a checkpoint was trained as."""
