@@ -139,9 +139,10 @@ def run_timed(command: list[str], log_path: Path, marker: str) -> dict:
 
 
 def run_dataset(
-    name: str, seconds: float, data_root: Path, out_root: Path, extra: list[str], subset: int | None = None
+    name: str, seconds: float | None, data_root: Path, out_root: Path, extra: list[str], subset: int | None = None
 ) -> dict:
-    """Train on the set's training split (or the first `subset` of it, by name) and evaluate."""
+    """Train on the set's training split (or the first `subset` of it, by name) for `seconds`
+    (None: the epochs `extra` names) and evaluate."""
     eval_split, facts = DATASETS[name]
     out = out_root / name
     unetkit = [sys.executable, "-m", "unetkit.cli"]
@@ -149,7 +150,8 @@ def run_dataset(
         folders = split_folders(data_root / DERIVED.get(name, name), Path(tmp), derived=name in DERIVED)
         train_images, train_masks = folders["train"] if subset is None else first_pairs(folders["train"], subset)
         command = [*unetkit, "train", "--images", str(train_images), "--masks", str(train_masks)]
-        command += ["--out", str(out), "--time", f"{seconds:g}", "--no-progress", *facts, *extra]
+        budget = ["--time", f"{seconds:g}"] if seconds is not None else []
+        command += ["--out", str(out), *budget, "--no-progress", *facts, *extra]
         print(f"{name}: {' '.join(command[2:])}", flush=True)
         train = run_timed(command, out_root / f"{name}-train.log", "AMP:")
         if train["exit_code"] != 0:
@@ -222,6 +224,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", type=Path, default=Path("runs") / "accuracy", help="run folders and logs")
     parser.add_argument("--json", type=Path, help="results file (default benchmarks/results/accuracy-...)")
     parser.add_argument(
+        "--epochs", type=int, help="experiments only: this many epochs instead of --time, so two versions of a "
+        "change in numerics train as long as each other whatever their speed",
+    )  # fmt: skip
+    parser.add_argument(
         "--train-options", default="", help="experiments only, not the table: more train options, e.g. '--scale 0.25'"
     )
     args = parser.parse_args(argv)
@@ -232,12 +238,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out_root = args.out / stamp
     out_root.mkdir(parents=True)
-    print(f"CPU: {cpu_description()}; training budget {args.time:g} s per data set", flush=True)
-    extra = args.train_options.split()
-    rows = [run_dataset(name, args.time, args.data, out_root, extra) for name in names]
+    budget = f"{args.epochs} epochs" if args.epochs else f"{args.time:g} s"
+    print(f"CPU: {cpu_description()}; training budget {budget} per data set", flush=True)
+    extra = args.train_options.split() + (["--epochs", str(args.epochs)] if args.epochs else [])
+    seconds = None if args.epochs else args.time
+    rows = [run_dataset(name, seconds, args.data, out_root, extra) for name in names]
     table = format_table(rows)
     print(table)
-    results = {"cpu": cpu_description(), "time_budget_s": args.time, "train_options": extra, "when": stamp}
+    results = {"cpu": cpu_description(), "time_budget_s": seconds, "train_options": extra, "when": stamp}
     results.update(rows=rows, table=table)
     path = args.json or RESULTS / f"accuracy-{datetime.now():%Y-%m-%d-%H%M}-{cpu_slug()}.json"
     save_results(path, results)

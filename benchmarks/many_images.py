@@ -32,6 +32,7 @@ from benchmarks.common import cpu_slug, save_results
 from unetkit.data import read_image
 from unetkit.demo import DEMO_DATA
 from unetkit.inference import InferenceOptions
+from unetkit.inference.predictor import DEFAULT_BATCH_SIZE
 from unetkit.runtime.amp import resolve_amp
 from unetkit.runtime.hardware import cpu_description
 
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     engine = ["--backend", args.backend, "--amp", amp]
     print(f"CPU: {cpu_description()}", flush=True)
     results: dict = {"cpu": cpu_description(), "count": args.count, "side": SIDE, "engine": engine}
-    results["batch_size"] = InferenceOptions().batch_size
+    results["batch_size"] = DEFAULT_BATCH_SIZE
     with tempfile.TemporaryDirectory(prefix="unetkit-many-") as folder:
         work = Path(folder)
         started = time.perf_counter()

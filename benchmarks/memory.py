@@ -62,7 +62,7 @@ def run_job(job: dict) -> dict:
             "backend": predictor.backend,
             "output_shape": list(logits.shape),
             "overlap": overlap,
-            "tile_batch": options.batch_size,
+            "tile_batch": predictor.batch_size,
         }
     raise ValueError(f"unknown job {job['job']!r}")
 

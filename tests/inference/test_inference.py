@@ -256,10 +256,15 @@ def test_checkpoint_runs_on_onnxruntime_when_asked_or_when_it_is_faster(trained,
     # auto times both and keeps the faster, but only where PyTorch would run fp32 on the CPU.
     speeds = iter([2.0, 1.0])  # PyTorch is timed first
     monkeypatch.setattr(predictor_module, "fastest_call", lambda call, repeats: next(speeds))
-    assert Predictor(checkpoint, amp="off").backend == "onnxruntime"
+    timed = Predictor(checkpoint, amp="off")
+    assert timed.backend == "torch"  # timed at the first forward in memory, not before
+    timed.logits(image)
+    assert timed.backend == "onnxruntime"
     speeds = iter([1.0, 2.0])
-    assert Predictor(checkpoint, amp="off").backend == "torch"
-    assert Predictor(checkpoint, amp="bf16").backend == "torch"  # no timing needed: bf16 stays on PyTorch
+    timed = Predictor(checkpoint, amp="off")
+    timed.choose_backend_now()
+    assert timed.backend == "torch"
+    Predictor(checkpoint, amp="bf16").choose_backend_now()  # no timing needed: bf16 stays on PyTorch
 
 
 def test_auto_backend_stays_on_pytorch_when_the_export_fails(trained, monkeypatch):
@@ -270,7 +275,9 @@ def test_auto_backend_stays_on_pytorch_when_the_export_fails(trained, monkeypatc
 
     monkeypatch.setattr(export_module, "export_onnx", broken_export)
     _root, _images, _masks, checkpoint = trained
-    assert Predictor(checkpoint, amp="off").backend == "torch"
+    fallback = Predictor(checkpoint, amp="off")
+    fallback.choose_backend_now()  # the export is tried here, and its failure keeps PyTorch
+    assert fallback.backend == "torch"
     with pytest.raises(RuntimeError, match="exporter bug"):
         Predictor(checkpoint, amp="off", options=InferenceOptions(backend="onnxruntime"))
 
@@ -290,7 +297,9 @@ def test_backend_choices_that_cannot_hold_are_refused_or_fall_back(trained, tmp_
         return 0.5
 
     monkeypatch.setattr(export_module, "export_onnx", drifting_export)
-    assert Predictor(checkpoint, amp="off").backend == "torch"
+    fallback = Predictor(checkpoint, amp="off")
+    fallback.choose_backend_now()  # the export is tried here, and its failure keeps PyTorch
+    assert fallback.backend == "torch"
     with pytest.raises(UnetkitError, match="differ from PyTorch's by 0.5"):
         Predictor(checkpoint, amp="off", options=InferenceOptions(backend="onnxruntime"))
 

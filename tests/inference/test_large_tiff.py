@@ -220,3 +220,49 @@ def test_a_scaled_model_reads_the_matching_pyramid_level(rgb_run, tmp_path, caps
     assert (big == small).mean() >= 0.999
     code, _, err = run_cli(capsys, *args, tmp_path / "flat.tif", "--out", tmp_path / "no", "--out-of-core", "on")
     assert code == 2 and "pyramid level of 200 x 150 pixels" in err and err.count("\n") == 1
+
+
+def test_out_of_core_batches_fit_the_memory_and_run_on_pytorch_where_auto_timed_onnx(rgb_run, monkeypatch):
+    """Out of core the tiles per batch keep a batch's full-size activation map within 32 MiB
+    (the shipped 16-channel model: 4 tiles of 512^2 in bf16, 2 in fp32), --batch-size wins, and
+    ONNX Runtime, whose arena keeps its largest batch, runs a slide only when asked for."""
+    import unetkit.inference.predictor as predictor_module
+
+    zoo = "unetkit/zoo/em-membranes.safetensors"  # base_channels 16
+    torch_only = InferenceOptions(backend="torch")
+    assert Predictor(zoo, amp="bf16", options=torch_only).slide_forward()[1] == 4
+    assert Predictor(zoo, amp="off", options=torch_only).slide_forward()[1] == 2
+    assert Predictor(zoo, amp="off", options=InferenceOptions(backend="torch", tile=1024)).slide_forward()[1] == 1
+    assert Predictor(zoo, amp="off", options=InferenceOptions(backend="torch", batch_size=3)).slide_forward()[1] == 3
+    assert Predictor(zoo, amp="off", options=torch_only).batch_size == 4  # in memory: the default 4
+
+    _, _, _, checkpoint = rgb_run
+    speeds = iter([2.0, 1.0])  # PyTorch is timed first; ONNX Runtime wins the timing
+    monkeypatch.setattr(predictor_module, "fastest_call", lambda call, repeats: next(speeds))
+    timed = Predictor(checkpoint, amp="off", options=InferenceOptions(tta=True))
+    timed.choose_backend_now()
+    assert timed.backend == "onnxruntime"
+    x = torch.rand(2, 3, 64, 64)
+    forward, _ = timed.slide_forward()
+    on_torch = Predictor(checkpoint, amp="off", options=InferenceOptions(backend="torch", tta=True))
+    torch.testing.assert_close(forward(x), on_torch.forward(x))  # PyTorch's model, with the views
+    asked = Predictor(checkpoint, amp="off", options=InferenceOptions(backend="onnxruntime"))
+    assert asked.slide_forward()[0] is asked._forward  # asked for: ONNX Runtime runs the slide too
+
+
+def test_a_run_of_slides_alone_never_exports_to_onnx_runtime(rgb_run, tmp_path, capsys, monkeypatch):
+    """--backend auto times ONNX Runtime only where an image is predicted in memory: its export
+    would stay in a slide's peak memory (170 MiB at 20,000^2) while PyTorch runs the slide."""
+    import unetkit.inference.export.onnx as export_module
+
+    _, _, _, checkpoint = rgb_run
+    exports = []
+    monkeypatch.setattr(export_module, "export_onnx", lambda *args: exports.append(args) or 1.0)
+    slide(tmp_path / "slide.tif", 200, 240)
+    args = ("predict", "--checkpoint", checkpoint, tmp_path / "slide.tif", "--amp", "off", *TILES[:6])
+    code, out, err = run_cli(capsys, *args, "--out", tmp_path / "big", "--out-of-core", "on")
+    assert code == 0, err
+    assert exports == [] and "running on PyTorch, cpu, fp32" in out
+    code, out, err = run_cli(capsys, *args, "--out", tmp_path / "small", "--out-of-core", "off")
+    assert code == 0, err
+    assert len(exports) == 1 and "running on PyTorch, cpu, fp32" in out  # tried; a drifting export is not used

@@ -91,7 +91,7 @@ def test_batched_prediction_writes_what_one_at_a_time_writes(predictor, folder, 
     assert written == [tmp_path / "batched" / f"img{i:03d}.png" for i in range(COUNT)]
     assert_same_outputs(tmp_path / "sequential", tmp_path / "batched")
     # The model ran full batches: whole images of one size together, tiles of several images together.
-    assert max(len(batch) for batch in batches) == predictor.options.batch_size
+    assert max(len(batch) for batch in batches) == predictor.batch_size
     pieces = sum(len(batch) for batch in batches)
     tiled = sum(1 for i in range(COUNT) if SHAPES[i % len(SHAPES)] == (64, 80))
     assert pieces == COUNT - tiled + len(tile_boxes(64, 80, 32, 8)) * tiled

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from unetkit.cli.arguments import typed_as
 from unetkit.errors import UnetkitError
@@ -57,7 +59,10 @@ def inference_options(args: argparse.Namespace):
     return InferenceOptions(**{name: value for name, value in given.items() if value is not None})
 
 
-def predictor_from_args(args: argparse.Namespace):
+def predictor_from_args(args: argparse.Namespace, in_memory: Callable[[Any], bool] = lambda options: True):
+    """The Predictor the options ask for, and a line saying what runs it. `in_memory(options)`:
+    whether any image is predicted in memory, where --backend auto may time ONNX Runtime first
+    (out of core PyTorch runs: Predictor.slide_forward)."""
     from unetkit.inference import Predictor
 
     options = inference_options(args)
@@ -65,6 +70,8 @@ def predictor_from_args(args: argparse.Namespace):
     if options.backend == "onnxruntime" and options.amp in ("bf16", "fp16"):
         raise UnetkitError(f"--backend onnxruntime runs in fp32; drop --amp {options.amp} or use --backend torch")
     predictor = Predictor(source, options=options)
+    if in_memory(predictor.options):
+        predictor.choose_backend_now()
     if predictor.backend == "onnxruntime":
         how = "as asked" if args.onnx or options.backend == "onnxruntime" else "timed faster than PyTorch fp32 here"
         print(f"running on ONNX Runtime ({how})")
@@ -152,10 +159,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from unetkit.data.tiff_axes import AxisChoice, refuse_unused_axes
     from unetkit.inference.outputs import PredictOutputs
+    from unetkit.inference.slide.large_tiff import out_of_core
     from unetkit.predict import collect_inputs, predict_files
 
-    predictor = predictor_from_args(args)  # a bad checkpoint is named first
-    refuse_unused_axes(AxisChoice(args.channel_axis, args.plane_axis), collect_inputs(args.inputs))
+    def in_memory(options) -> bool:
+        inputs = collect_inputs(args.inputs)
+        refuse_unused_axes(AxisChoice(args.channel_axis, args.plane_axis), inputs)
+        return not all(out_of_core(path, options.out_of_core, options.axes) for path in inputs)
+
+    predictor = predictor_from_args(args, in_memory)  # a bad checkpoint is named first
     files = tuple(name for name, asked in (("geojson", args.geojson), ("imagej", args.imagej_rois)) if asked)
     outputs = PredictOutputs(
         Path(args.out), args.overlay, args.probabilities, args.instances or bool(files), files, args.overwrite

@@ -83,7 +83,7 @@ class Batches:
     """Pieces waiting for the model, by input shape; a shape's batch runs once it is full."""
 
     def __init__(self, predictor: Predictor) -> None:
-        self.forward, self.size = predictor.forward, predictor.options.batch_size
+        self.forward, self.size = predictor.forward, predictor.batch_size
         self.waiting: dict[tuple[int, ...], list[tuple[Job, Box]]] = {}  # oldest shape first
         self.left: dict[Job, int] = {}  # images with pieces still waiting -> how many
 

@@ -39,6 +39,11 @@ TILING_MODES = ("auto", "on", "off")
 BACKENDS = ("auto", "torch", "onnxruntime")
 MAX_ONNX_LOGIT_DIFFERENCE = 1e-3  # exports measured here differ by ~3e-8
 AUTO_TILING_PIXELS = 1024 * 1024  # above this many pixels (at the model's scale) "auto" tiles
+DEFAULT_BATCH_SIZE = 4  # a batch of 4 cost ~20% less per image than batches of one (inference/batched.py)
+# Out of core, a batch's full-resolution activation map at most this large: 4 x 512^2 tiles of 16
+# channels in bf16. A slide's peak memory follows the batch (20,000^2, fp32: 1,164 MiB at 4 tiles,
+# 948 at 2; benchmarks/NOTES.md), its speed hardly (168.5 against 174.3 s).
+SLIDE_MAP_BYTES = 32 * 2**20
 
 
 @dataclass
@@ -55,9 +60,11 @@ class InferenceOptions:
         512, "tile size in pixels, at the model's scale", valid=whole(16, 65536), need="16 pixels or more"
     )
     overlap: int = option(64, "overlap between tiles in pixels; blended with a Gaussian window")
-    batch_size: int = option(
-        4, "tiles, or images of one size, per forward pass", valid=whole(1, 4096), need="at least 1 (at most 4096)"
-    )
+    batch_size: int | None = option(
+        None, f"tiles, or images of one size, per forward pass (default {DEFAULT_BATCH_SIZE}; out of core, as many "
+        "tiles as keep a batch's full-size activation map within 32 MiB: 4 in bf16 and 2 in fp32 for a "
+        "16-channel model)", valid=whole(1, 4096), need="at least 1 (at most 4096)",
+    )  # fmt: skip
     # 2: one thread can decode while another writes, the model in the main thread (inference/batched.py).
     workers: int = option(
         2, "predict: threads that decode images and write outputs while the model runs, images batched; "
@@ -145,6 +152,7 @@ class Predictor:
                 )
             onnx_model = OnnxModel(source)
             state, self._forward, self.backend = onnx_model.metadata, onnx_model, "onnxruntime"
+            self.model, self.amp, self._untimed = None, None, None  # no PyTorch model here
         else:
             state = source if isinstance(source, dict) else load_checkpoint(source)
             self.device = resolve_device(device)
@@ -157,9 +165,9 @@ class Predictor:
             )
             # BN folded into the convs: +7% (paper U-Net) to +13% (fast recipe) images/s, bf16 CPU.
             self.model = fuse_conv_bn(self.model).to(self.device, memory_format=self.memory_format)
-            self._forward, self.backend = self._torch_forward, "torch"
+            self._forward, self.backend, self._untimed = self._torch_forward, "torch", None
             self._fuse_for_cpu(state)  # first, so ONNX Runtime is timed against the fused model
-            self._choose_backend(state)
+            self._choose_backend(state, source)
         # Checked here too, not only when a file is loaded: an .onnx export's metadata and a dict
         # given in Python pass the same check as a .pt or .safetensors file.
         self.spec = ModelSpec.from_state(state, name)
@@ -199,46 +207,57 @@ class Predictor:
     def num_classes(self) -> int:
         return self.mask_values.num_classes
 
-    def _choose_backend(self, state: dict[str, Any]) -> None:
-        """Run a checkpoint's model with PyTorch, or export it to ONNX Runtime when that is faster.
-
-        `auto` considers ONNX Runtime only on a CPU without bf16 autocast (fp32), with
-        onnxruntime installed: there its blocked-layout kernels ran the U-Nets 1.2-1.5x faster
-        than PyTorch fp32 (benchmarks/NOTES.md), while with bf16 PyTorch was faster still. So it
-        exports (about a second), times one 256x256 forward each way (PyTorch's with the blocks
-        fused for the CPU: 0.023 against ONNX Runtime's 0.019 s on an AVX-512 CPU) and keeps the faster."""
+    def _choose_backend(self, state: dict[str, Any], source: str | Path | dict[str, Any]) -> None:
+        """Run a checkpoint's model with PyTorch, or export it to ONNX Runtime: at once where
+        --backend onnxruntime asks for it; with `auto` perhaps, later (choose_backend_now)."""
         wanted = self.options.backend
         if wanted == "torch":
             return
         if wanted == "auto":
             fp32_cpu = self.device.type == "cpu" and self.amp.dtype is None
-            if not fp32_cpu or importlib.util.find_spec("onnxruntime") is None:
-                return
-        elif self.device.type != "cpu":
+            if fp32_cpu and importlib.util.find_spec("onnxruntime") is not None:
+                self._untimed = source  # timed at the first forward in memory; a file is read again then
+            return
+        if self.device.type != "cpu":
             raise UnetkitError("--backend onnxruntime runs on the CPU; use --device cpu")
+        self._forward, self.backend = self._exported(state), "onnxruntime"
+
+    def choose_backend_now(self) -> None:
+        """--backend auto's choice, made once, before the first forward in memory: on a CPU
+        without bf16 autocast (fp32), with onnxruntime installed, export (about a second), time one
+        256x256 forward each way (PyTorch's with the blocks fused for the CPU: 0.023 against ONNX
+        Runtime's 0.019 s on an AVX-512 CPU; its blocked-layout kernels ran the U-Nets 1.2-1.5x
+        faster than PyTorch fp32, benchmarks/NOTES.md) and keep the faster. Not made for slides
+        (slide_forward), so a run of slides alone never loads ONNX Runtime: its export left 170 MiB
+        more in a 20,000^2 slide's peak (1,097 against 924 MiB, fp32)."""
+        source, self._untimed = self._untimed, None
+        if source is None:
+            return
+        state = source if isinstance(source, dict) else load_checkpoint(source)
+        try:
+            onnx_model = self._exported(state)
+        except Exception:  # only a speed-up was at stake: PyTorch runs the model as well
+            return
+        x = torch.randn(1, ModelSpec.from_state(state).in_channels, 256, 256)
+        # PyTorch first: ONNX Runtime's threads keep spinning for a while after a run.
+        torch_time = fastest_call(partial(self._torch_forward, x), 2)
+        if torch_time > fastest_call(partial(onnx_model, x), 2):
+            self._forward, self.backend = onnx_model, "onnxruntime"
+
+    def _exported(self, state: dict[str, Any]) -> Forward:
+        """The checkpoint's model on ONNX Runtime, exported on the fly and checked against PyTorch."""
         from unetkit.inference.export.onnx import export_onnx
         from unetkit.inference.onnx_runtime import OnnxModel
 
-        try:
-            with tempfile.TemporaryDirectory(prefix="unetkit-onnx-") as folder:
-                path = Path(folder) / "model.onnx"
-                difference = export_onnx(state, path)
-                onnx_model = OnnxModel(path)  # the session holds the graph; the file can go
-            if difference > MAX_ONNX_LOGIT_DIFFERENCE:
-                raise UnetkitError(
-                    f"the ONNX export's logits differ from PyTorch's by {difference:.2g}; use --backend torch"
-                )
-        except Exception:
-            if wanted == "auto":  # only a speed-up was at stake: PyTorch runs the model as well
-                return
-            raise
-        if wanted == "auto":
-            x = torch.randn(1, ModelSpec.from_state(state).in_channels, 256, 256)
-            # PyTorch first: ONNX Runtime's threads keep spinning for a while after a run.
-            torch_time = fastest_call(partial(self._torch_forward, x), 2)
-            if torch_time <= fastest_call(partial(onnx_model, x), 2):
-                return
-        self._forward, self.backend = onnx_model, "onnxruntime"
+        with tempfile.TemporaryDirectory(prefix="unetkit-onnx-") as folder:
+            path = Path(folder) / "model.onnx"
+            difference = export_onnx(state, path)
+            onnx_model = OnnxModel(path)  # the session holds the graph; the file can go
+        if difference > MAX_ONNX_LOGIT_DIFFERENCE:
+            raise UnetkitError(
+                f"the ONNX export's logits differ from PyTorch's by {difference:.2g}; use --backend torch"
+            )
+        return onnx_model
 
     def _fuse_for_cpu(self, state: dict[str, Any]) -> None:
         """On a CPU with PyTorch, each convolution and its ReLU as one oneDNN call, the decoder's
@@ -266,7 +285,32 @@ class Predictor:
     @property
     def forward(self) -> Forward:
         """(N, C, h, w) model inputs -> (N, K, h, w) float32 logits, averaged over views with --tta."""
+        self.choose_backend_now()
         return with_tta(self._forward, self.upright) if self.options.tta else self._forward
+
+    @property
+    def batch_size(self) -> int:
+        """Tiles, or images of one size, per forward pass in memory: --batch-size, else 4."""
+        return self.options.batch_size or DEFAULT_BATCH_SIZE
+
+    def slide_forward(self) -> tuple[Forward, int]:
+        """(forward, tiles per batch) out of core, where a slide's peak memory is the bar. ONNX
+        Runtime runs a slide only where asked for (or given an .onnx model): its arena keeps its
+        largest batch's maps, and a 20,000^2 slide (fp32) peaked at 1,162 MiB at 2 tiles a batch
+        (939 at 1 tile, 205 s) against PyTorch's 924-948 MiB in 134-174 s (benchmarks/NOTES.md).
+        The tiles per batch: --batch-size, else as many as keep the full-size activation map
+        within SLIDE_MAP_BYTES."""
+        onnx_asked = self.model is None or self.options.backend == "onnxruntime"  # or an .onnx model given
+        forward = self._forward if onnx_asked else self._torch_forward
+        if self.options.tta:
+            forward = with_tta(forward, self.upright)
+        if self.options.batch_size:
+            return forward, self.options.batch_size
+        # Models without base_channels (a timm encoder's U-Net) are taken as 64 wide, as their stems are.
+        width = self.spec.args.get("base_channels", 64)
+        element = 4 if onnx_asked or self.amp.dtype is None else 2  # fp32 maps, else bf16/fp16
+        tile = self.options.tile
+        return forward, max(1, min(DEFAULT_BATCH_SIZE, SLIDE_MAP_BYTES // (width * tile * tile * element)))
 
     def tiled(self, x: torch.Tensor) -> bool:
         """Whether the (C, h, w) model input `x` runs as overlapping tiles (--tiling)."""
@@ -284,7 +328,7 @@ class Predictor:
         opts = self.options
         if self.tiled(x):
             logits = predict_tiled(
-                self.forward, x, self.num_outputs, opts.tile, opts.overlap, opts.batch_size, self.progress
+                self.forward, x, self.num_outputs, opts.tile, opts.overlap, self.batch_size, self.progress
             )[None]
         else:
             logits = self.forward(x[None])

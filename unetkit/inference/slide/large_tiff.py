@@ -192,11 +192,12 @@ def logit_bands(predictor, pixels, rule: PixelRule, path: Path) -> Iterator[torc
     tops = tile_starts(height, th, options.overlap)
     row = tile_boxes(th, width, options.tile, options.overlap)  # the tiles of one tile row, from its top
     blended = Blend(predictor.num_outputs, width, row[0][2:])
+    forward, batch_size = predictor.slide_forward()
     done, total = 0, len(tops) * len(row)
     for index, top in enumerate(tops):
         x = band_input(preprocess, pixels, top, top + th, rule, path, ranges)
         pieces = (((top, left, h, w), crop(x, (0, left, h, w))) for _, left, h, w in row)
-        for box, logits in forward_batches(predictor.forward, pieces, options.batch_size):
+        for box, logits in forward_batches(forward, pieces, batch_size):
             blended.add(box, logits)
             done += 1
             tell(predictor.progress, done, total, "tiles")
