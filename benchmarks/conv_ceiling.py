@@ -16,11 +16,12 @@ import math
 import time
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from unetkit.inference import Predictor
 from unetkit.inference.tiling import tile_starts
-from unetkit.models.blocks import ConvReLU, SplitConvReLU
+from unetkit.models.blocks import ConvReLU, SplitConvReLU, UpsampleSplitConvReLU
 from unetkit.runtime.hardware import cpu_description
 
 CONVOLUTIONS = (nn.Conv2d, nn.ConvTranspose2d, ConvReLU, SplitConvReLU)  # the fused ones never call their .conv
@@ -31,6 +32,8 @@ def recorded_convolutions(predictor: Predictor, x: torch.Tensor) -> list[tuple[n
     calls: list[tuple[nn.Module, torch.Tensor]] = []
 
     def keep(module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
+        if isinstance(module, UpsampleSplitConvReLU):  # (skip, coarse map): the model's convolution reads it upsampled
+            inputs = (inputs[0], F.interpolate(inputs[1], size=inputs[0].shape[-2:], mode="bilinear"))
         given = inputs[0] if len(inputs) == 1 else torch.cat(inputs, dim=1)  # SplitConvReLU: (skip, up)
         layout = torch.channels_last if given.is_contiguous(memory_format=torch.channels_last) else None
         ready = torch.randn(given.shape, dtype=given.dtype, device=given.device)

@@ -257,3 +257,55 @@ def test_every_model_exports_to_onnx_safetensors_and_bioimageio(name, tmp_path):
     weights = load_checkpoint(save_safetensors(state, tmp_path / "m.safetensors"))["model"]
     assert all(torch.equal(weights[key], value) for key, value in state["model"].items())
     assert export_bioimageio(state, tmp_path / "m.zip").stat().st_size > 0
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("size", [(2, 2), (3, 5), (16, 12), (1, 6)])
+def test_the_upsampling_folded_into_the_convolution_gives_the_convolution_of_the_upsampled_map(layout, size):
+    """UpsampleSplitConvReLU: one transposed convolution of the coarse map with the composed kernel,
+    its outermost ring corrected, equals the 3x3 convolution of the 2x bilinear upsampling (fp32,
+    to rounding), edges and corners included; a map of one row or column takes the plain path."""
+    import torch.nn.functional as F
+
+    from unetkit.models import blocks
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(11, 5, 3, padding=1)
+    block = blocks.UpsampleSplitConvReLU(conv, 4, torch.float32)
+    skip = torch.randn(2, 4, 2 * size[0], 2 * size[1]).contiguous(memory_format=layout)
+    x = torch.randn(2, 7, *size).contiguous(memory_format=layout)
+    corrections = []
+    ring_correction = blocks.ring_correction
+    with pytest.MonkeyPatch.context() as patch, torch.inference_mode():
+        patch.setattr(blocks, "ring_correction", lambda *args: corrections.append(1) or ring_correction(*args))
+        ours = block(skip, x)
+        up = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        theirs = F.relu(conv(torch.cat([skip, up], dim=1)))
+    assert len(corrections) == (min(size) >= 2)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_bilinear_unet_fused_for_the_cpu_folds_its_upsampling_and_keeps_its_logits(dtype):
+    """Every Up block of a bilinear U-Net gets UpsampleSplitConvReLU, a transposed one the plain
+    SplitConvReLU; the logits stay those of the folded model on a size the pooling divides and on
+    one it does not."""
+    import copy
+
+    from unetkit.models import blocks
+
+    torch.manual_seed(0)
+    model = UNet(in_channels=2, num_classes=3, base_channels=6, depth=3, upsampling="bilinear").eval()
+    for block in model.modules():  # BatchNorm statistics that are not the identity
+        if isinstance(block, torch.nn.BatchNorm2d):
+            block.running_mean.uniform_(-0.5, 0.5)
+            block.running_var.uniform_(0.5, 2.0)
+    folded = blocks.fuse_conv_bn(model).to(memory_format=torch.channels_last)
+    fused = blocks.fused_for_cpu(copy.deepcopy(folded), dtype)
+    assert sum(isinstance(m, blocks.UpsampleSplitConvReLU) for m in fused.modules()) == 3
+    for size in [(64, 48), (37, 45)]:
+        x = torch.randn(2, 2, *size).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            ours, theirs = fused(x).float(), folded(x).float()
+        tolerance = 1e-5 if dtype == torch.float32 else 2e-2 * float(theirs.abs().max())
+        torch.testing.assert_close(ours, theirs, rtol=tolerance, atol=tolerance)
