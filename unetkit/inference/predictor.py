@@ -28,6 +28,7 @@ from unetkit.inference.tiling import Forward, predict_tiled, with_tta
 from unetkit.models.blocks import folded, fuse_conv_bn, fused_for_cpu
 from unetkit.models.checkpoint import load_checkpoint, model_from_checkpoint
 from unetkit.models.heads import class_probabilities, predicted_classes
+from unetkit.models.registry import model_class
 from unetkit.models.spec import ModelSpec, trained_orientation
 from unetkit.runtime.allocator import keep_freed_memory
 from unetkit.runtime.amp import AMP_MODES, resolve_amp
@@ -306,8 +307,7 @@ class Predictor:
             forward = with_tta(forward, self.upright)
         if self.options.batch_size:
             return forward, self.options.batch_size
-        # Models without base_channels (a timm encoder's U-Net) are taken as 64 wide, as their stems are.
-        width = self.spec.args.get("base_channels", 64)
+        width = model_class(self.spec.name).probe_channels(self.spec.args)  # its first level's, as it says
         element = 4 if onnx_asked or self.amp.dtype is None else 2  # fp32 maps, else bf16/fp16
         tile = self.options.tile
         return forward, max(1, min(DEFAULT_BATCH_SIZE, SLIDE_MAP_BYTES // (width * tile * tile * element)))
