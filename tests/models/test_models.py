@@ -309,3 +309,25 @@ def test_a_bilinear_unet_fused_for_the_cpu_folds_its_upsampling_and_keeps_its_lo
             ours, theirs = fused(x).float(), folded(x).float()
         tolerance = 1e-5 if dtype == torch.float32 else 2e-2 * float(theirs.abs().max())
         torch.testing.assert_close(ours, theirs, rtol=tolerance, atol=tolerance)
+
+
+def test_the_folded_upsampling_takes_the_up_blocks_own_path_where_the_sizes_do_not_double():
+    """An Up block called on sizes that are not 2x (a caller that did not pad to a multiple):
+    the fused block upsamples 2x and then resizes to the skip's size, as Up itself does."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from unetkit.models import blocks
+
+    torch.manual_seed(0)
+    up = blocks.Up(7, 4, 5, "bilinear").eval()
+    folded = blocks.fuse_conv_bn(up)
+    fused = blocks.fused_for_cpu(copy.deepcopy(folded), torch.float32)
+    assert isinstance(fused.conv[0], blocks.UpsampleSplitConvReLU)
+    x, skip = torch.randn(2, 7, 4, 5), torch.randn(2, 4, 9, 11)
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x, skip), folded(x, skip), rtol=1e-5, atol=1e-5)
+        doubled = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        plain = folded.conv(torch.cat([skip, F.interpolate(doubled, size=(9, 11), mode="bilinear")], 1))
+        torch.testing.assert_close(fused(x, skip), plain, rtol=1e-5, atol=1e-5)

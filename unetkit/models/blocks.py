@@ -66,12 +66,24 @@ class Up(nn.Module):
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         if isinstance(self.conv[0], UpsampleSplitConvReLU):  # inference: the upsampling is in the convolution
             return self.conv[1](self.conv[0](skip, x))
-        x = self.up(x)
-        if x.shape[-2:] != skip.shape[-2:]:  # only when the caller did not pad to a multiple of 2**depth
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        x = to_size_of(self.up(x), skip)
         if isinstance(self.conv[0], SplitConvReLU):  # inference: the concatenation is never written
             return self.conv[1](self.conv[0](skip, x))
         return self.conv(torch.cat([skip, x], dim=1))
+
+
+def to_size_of(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """The upsampled `x` resized (bilinear) to `skip`'s size: only when the caller did not pad
+    to a multiple of 2**depth."""
+    if x.shape[-2:] == skip.shape[-2:]:
+        return x
+    return F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def laid_out_like(tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`tensor` contiguous in `like`'s memory format (channels_last or the default)."""
+    layout = torch.channels_last if like.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    return tensor.contiguous(memory_format=layout)
 
 
 class OutConv(nn.Conv2d):
@@ -137,10 +149,8 @@ class SplitConvReLU(nn.Module):
         super().__init__()
         self.conv = conv
         weight = conv.weight.detach().to(dtype)
-        layout = torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) else None
         self.skip_weight, self.up_weight = (
-            part.contiguous(memory_format=layout) if layout else part.contiguous()
-            for part in weight.split([skip_channels, weight.shape[1] - skip_channels], dim=1)
+            laid_out_like(part, weight) for part in weight.split([skip_channels, weight.shape[1] - skip_channels], 1)
         )
         self.bias = None if conv.bias is None else conv.bias.detach().to(dtype)
 
@@ -170,14 +180,13 @@ class UpsampleSplitConvReLU(SplitConvReLU):
         for dy in range(3):
             for dx in range(3):
                 composed[:, :, 2 - dy : 6 - dy, 2 - dx : 6 - dx] += up[:, :, dy, dx, None, None] * spread
-        layout = torch.channels_last if self.up_weight.is_contiguous(memory_format=torch.channels_last) else None
-        composed = composed.transpose(0, 1).to(dtype)  # a transposed convolution's (in, out, kh, kw)
-        self.composed = composed.contiguous(memory_format=layout) if layout else composed.contiguous()
+        # a transposed convolution's (in, out, kh, kw)
+        self.composed = laid_out_like(composed.transpose(0, 1).to(dtype), self.up_weight)
 
     def forward(self, skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        if skip.shape[-2:] != (2 * x.shape[-2], 2 * x.shape[-1]) or min(x.shape[-2:]) < 2:
-            up = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            return super().forward(skip, up)
+        if skip.shape[-2:] != (2 * x.shape[-2], 2 * x.shape[-1]) or min(x.shape[-2:]) < 2:  # as Up does it
+            up = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+            return super().forward(skip, to_size_of(up, skip))
         # In the weights' dtype, outside autocast: it would run the padding in fp32 (2.2 -> 27 ms, 4 x 256^2 x 32).
         with torch.autocast(x.device.type, enabled=False):
             x = x.to(self.composed.dtype)
