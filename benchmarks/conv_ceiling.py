@@ -1,7 +1,8 @@
 """The convolution ceiling of a model's tiled prediction: `python -m benchmarks.conv_ceiling
 --checkpoint runs/demo/best.pt [--side 20000]`.
 
-Runs one batch of predict's tiles (512 px, 64 px overlap, batches of 4: the defaults) through the
+Runs one batch of predict's tiles out of core (Predictor.slide_plan: the tile and batch predict takes
+there, e.g. one 768 px tile for a 16-channel model in bf16; 64 px overlap) through the
 checkpoint's model as the Predictor prepares it (BatchNorm folded, ReLU fused, channels_last, bf16
 where the CPU has it), records the input of every convolution, then times those convolutions alone, each on
 a ready input of that shape, layout and dtype: what the tiles of a side x side image would cost if
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unetkit.inference import Predictor
+from unetkit.inference import InferenceOptions, Predictor
 from unetkit.inference.tiling import tile_starts
 from unetkit.models.blocks import ConvReLU, SplitConvReLU, UpsampleSplitConvReLU
 from unetkit.runtime.hardware import cpu_description
@@ -62,15 +63,19 @@ def batch_seconds(predictor: Predictor, calls: list[tuple[nn.Module, torch.Tenso
     return best
 
 
-def conv_ceiling(checkpoint: str, side: int, tile: int = 512, overlap: int = 64, batch: int = 4) -> dict:
-    """Seconds and Mpx/s of the convolutions alone for the tiles of a side x side image."""
-    predictor = Predictor(checkpoint)
+def conv_ceiling(checkpoint: str, side: int, tile: int | None = None) -> dict:
+    """Seconds and Mpx/s of the convolutions alone for the tiles of a side x side image, in the
+    tiles and batches predict takes out of core (Predictor.slide_plan; `tile`: its --tile)."""
+    predictor = Predictor(checkpoint, options=InferenceOptions(tile=tile))
+    _, tile, batch = predictor.slide_plan()
     x = torch.rand(batch, predictor.spec.in_channels, tile, tile)
     calls = recorded_convolutions(predictor, x)
     seconds = batch_seconds(predictor, calls, repeats=10)  # the fastest of 10: 3 varied by 1.4x
-    tiles = len(tile_starts(side, tile, overlap)) ** 2
+    tiles = len(tile_starts(side, tile, predictor.options.overlap)) ** 2
     total = seconds * math.ceil(tiles / batch)
     return {
+        "tile": tile,
+        "tiles_per_batch": batch,
         "convolutions_per_forward": len(calls),
         "seconds_per_batch_of_tiles": round(seconds, 4),
         "tiles": tiles,
@@ -83,8 +88,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.conv_ceiling", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="e.g. runs/demo/best.pt")
     parser.add_argument("--side", type=int, default=20000, help="the image's side in pixels (20000)")
+    parser.add_argument("--tile", type=int, help="predict's --tile (default: predict's own out of core)")
     args = parser.parse_args(argv)
-    results = {"cpu": cpu_description(), **conv_ceiling(args.checkpoint, args.side)}
+    results = {"cpu": cpu_description(), **conv_ceiling(args.checkpoint, args.side, args.tile)}
     print(json.dumps(results, indent=2))
     return results
 

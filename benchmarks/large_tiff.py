@@ -3,8 +3,9 @@
 
 Writes an RGB tiled TIFF of side x side pixels (a mosaic of the bundled ISBI slices, uncompressed,
 written tile by tile), predicts it with `unetkit predict --out-of-core on` in a child process
-(peak RSS from wait4, seconds, tiles/s), then predicts a 4096 x 4096 crop of it in memory
-(`--out-of-core off`) and counts the pixels where the two masks agree on that crop. With
+(peak RSS from wait4, seconds, tiles/s), then predicts a crop of it (4096 px or just above, on the
+slide's tile grid) in memory (`--out-of-core off`) and counts the pixels where the two masks agree
+on that crop. With
 `--probabilities` and/or `--instances` both runs also write those, and the crop's probabilities
 (largest difference) and objects (adapted Rand error) are compared away from the crop's edges.
 The slide's time is also given as a share of its tiles' convolution ceiling (conv_ceiling.py).
@@ -27,10 +28,9 @@ import tifffile
 from benchmarks.conv_ceiling import conv_ceiling
 from unetkit.data import read_image
 from unetkit.demo import DEMO_DATA
-from unetkit.inference.tiling import tile_starts
 from unetkit.runtime.hardware import cpu_description
 
-CROP = 4096
+CROP = 4096  # at least; rounded up to end on the slide's tile grid (crop_side)
 
 
 def write_mosaic(path: Path, side: int, tile: int = 512) -> None:
@@ -53,11 +53,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--probabilities", action="store_true", help="also write and compare the probabilities")
     parser.add_argument("--instances", action="store_true", help="also write and compare the objects")
+    parser.add_argument("--tile", type=int, help="predict's --tile for both runs (default: predict's own)")
     args = parser.parse_args(argv)
     print(f"CPU: {cpu_description()}", flush=True)
     # A whole-slide image is over the default pixel limit (data/limits.py): raised as a user would.
     os.environ.setdefault("UNETKIT_MAX_PIXELS", str(max(2**28, args.side * args.side)))
     extra = ["--probabilities"] * args.probabilities + ["--instances"] * args.instances
+    extra += ["--tile", str(args.tile)] if args.tile else []
     results: dict = {"cpu": cpu_description(), "side": args.side, "outputs": ["mask", *extra]}
     with tempfile.TemporaryDirectory(prefix="unetkit-large-") as folder:
         work = Path(folder)
@@ -65,24 +67,26 @@ def main(argv: list[str] | None = None) -> dict:
         write_mosaic(work / "slide.tif", args.side)
         results["write_seconds"] = round(time.perf_counter() - started, 1)
         results["out_of_core"] = timed(args.checkpoint, work / "slide.tif", work / "big", "on", extra)
-        tiles = len(tile_starts(args.side, 512, 64)) ** 2  # predict's default tiles: 512 px, 64 px overlap
-        results["out_of_core"]["tiles_per_second"] = round(tiles / results["out_of_core"]["seconds"], 2)
-        # The model's own convolutions alone for these tiles, in this process after the child's run
-        # (never beside it: two cores); the slide's share of that ceiling, start-up included.
-        results["conv_ceiling"] = conv_ceiling(args.checkpoint, args.side)
+        # The model's own convolutions alone for the slide's tiles, in this process after the
+        # child's run (never beside it: two cores); the slide's share of that ceiling, start-up included.
+        results["conv_ceiling"] = ceiling = conv_ceiling(args.checkpoint, args.side, args.tile)
+        results["out_of_core"]["tiles_per_second"] = round(ceiling["tiles"] / results["out_of_core"]["seconds"], 2)
         share = results["conv_ceiling"]["ceiling_seconds"] / results["out_of_core"]["seconds"]
         results["out_of_core"]["share_of_conv_ceiling"] = round(share, 3)
         print(json.dumps(results, indent=2), flush=True)
-        # A crop on the tile grid (a multiple of the 448 px step), so its tiles are the slide's.
-        top = (args.side - CROP) // 2 // 448 * 448
+        # A crop on the slide's tile grid (a multiple of its step) whose last tile ends at its
+        # edge (crop_side), in the slide's tile size: the crop's tiles are the slide's.
+        step, crop = ceiling["tile"] - 64, crop_side(ceiling["tile"], 64)
+        top = (args.side - crop) // 2 // step * step
+        extra += [] if args.tile else ["--tile", str(ceiling["tile"])]
         with tifffile.TiffFile(work / "slide.tif") as tiff:
             import zarr
 
             pixels = zarr.open(tiff.aszarr(), mode="r")
-            tifffile.imwrite(work / "crop.tif", np.asarray(pixels[top : top + CROP, top : top + CROP]))
+            tifffile.imwrite(work / "crop.tif", np.asarray(pixels[top : top + crop, top : top + crop]))
         results["in_memory_crop"] = timed(args.checkpoint, work / "crop.tif", work / "small", "off", extra)
         with tifffile.TiffFile(work / "big" / "slide.tif") as tiff:
-            big = zarr.open(tiff.aszarr(), mode="r")[top : top + CROP, top : top + CROP]
+            big = zarr.open(tiff.aszarr(), mode="r")[top : top + crop, top : top + crop]
         from PIL import Image
 
         small = np.asarray(Image.open(work / "small" / "crop.png"))
@@ -90,21 +94,28 @@ def main(argv: list[str] | None = None) -> dict:
         results["crop_agreement"] = round(float(same.mean()), 5)
         # The crop alone has no context beyond its edges: compare also away from them.
         results["crop_agreement_256px_in"] = round(float(same[256:-256, 256:-256].mean()), 5)
-        results.update(compare_extras(work, top, args.probabilities, args.instances))
+        results.update(compare_extras(work, top, crop, args.probabilities, args.instances))
     print(json.dumps(results, indent=2))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 
-def compare_extras(work: Path, top: int, probabilities: bool, instances: bool) -> dict:
+def crop_side(tile: int, overlap: int) -> int:
+    """The side, CROP or just above, whose tiles end flush with it: tile + a whole number of steps
+    (4096 for 512 px tiles; 4288 for 768, where 4096's last tile would start off the slide's grid)."""
+    step = tile - overlap
+    return tile + -(-(CROP - tile) // step) * step
+
+
+def compare_extras(work: Path, top: int, crop: int, probabilities: bool, instances: bool) -> dict:
     """Probabilities (max difference) and objects (adapted Rand error, object count) of the
     slide against the in-memory crop's, at least 256 px in from the crop's edges."""
     import zarr
 
     from unetkit.scoring.objects import object_scores
 
-    inner = (slice(top + 256, top + CROP - 256),) * 2
+    inner = (slice(top + 256, top + crop - 256),) * 2
     results = {}
     if probabilities:
         with tifffile.TiffFile(work / "big" / "slide_probs.tif") as tiff:

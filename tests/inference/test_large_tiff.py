@@ -2,6 +2,7 @@
 in-memory tiled path's, and it never holds the image whole."""
 
 import csv
+import dataclasses
 
 import numpy as np
 import pytest
@@ -222,19 +223,26 @@ def test_a_scaled_model_reads_the_matching_pyramid_level(rgb_run, tmp_path, caps
     assert code == 2 and "pyramid level of 200 x 150 pixels" in err and err.count("\n") == 1
 
 
-def test_out_of_core_batches_fit_the_memory_and_run_on_pytorch_where_auto_timed_onnx(rgb_run, monkeypatch):
-    """Out of core the tiles per batch keep a batch's full-size activation map within 32 MiB
-    (the shipped 16-channel model: 4 tiles of 512^2 in bf16, 2 in fp32), --batch-size wins, and
+def test_out_of_core_tiles_and_batches_fit_the_memory_and_run_on_pytorch_where_auto_timed_onnx(rgb_run, monkeypatch):
+    """Out of core the tile is the largest of 768 and 512 px whose full-size activation map fits
+    32 MiB, and the tiles per batch keep a batch's map within it (the shipped 16-channel model: one
+    768^2 tile in bf16, 2 of 512^2 in fp32); --tile and --batch-size win; in memory 512 and 4 stay.
     ONNX Runtime, whose arena keeps its largest batch, runs a slide only when asked for."""
     import unetkit.inference.predictor as predictor_module
 
     zoo = "unetkit/zoo/em-membranes.safetensors"  # base_channels 16
     torch_only = InferenceOptions(backend="torch")
-    assert Predictor(zoo, amp="bf16", options=torch_only).slide_forward()[1] == 4
-    assert Predictor(zoo, amp="off", options=torch_only).slide_forward()[1] == 2
-    assert Predictor(zoo, amp="off", options=InferenceOptions(backend="torch", tile=1024)).slide_forward()[1] == 1
-    assert Predictor(zoo, amp="off", options=InferenceOptions(backend="torch", batch_size=3)).slide_forward()[1] == 3
-    assert Predictor(zoo, amp="off", options=torch_only).batch_size == 4  # in memory: the default 4
+    assert Predictor(zoo, amp="bf16", options=torch_only).slide_plan()[1:] == (768, 1)
+    assert Predictor(zoo, amp="off", options=torch_only).slide_plan()[1:] == (512, 2)
+    assert Predictor(zoo, amp="bf16", options=InferenceOptions(backend="torch", tile=256)).slide_plan()[1:] == (256, 4)
+    assert Predictor(zoo, amp="off", options=InferenceOptions(backend="torch", tile=1024)).slide_plan()[1:] == (1024, 1)
+    three = InferenceOptions(backend="torch", batch_size=3)
+    assert Predictor(zoo, amp="off", options=three).slide_plan()[1:] == (512, 3)
+    in_memory = Predictor(zoo, amp="bf16", options=torch_only)
+    assert (in_memory.tile, in_memory.batch_size) == (512, 4)  # in memory: the defaults
+    paper = Predictor(zoo, amp="bf16", options=torch_only)
+    paper.spec = dataclasses.replace(paper.spec, args={**paper.spec.args, "base_channels": 64})
+    assert paper.slide_plan()[1:] == (512, 1)  # the paper's 64 channels: 512^2 alone fills 32 MiB
 
     _, _, _, checkpoint = rgb_run
     speeds = iter([2.0, 1.0])  # PyTorch is timed first; ONNX Runtime wins the timing
@@ -243,11 +251,11 @@ def test_out_of_core_batches_fit_the_memory_and_run_on_pytorch_where_auto_timed_
     timed.choose_backend_now()
     assert timed.backend == "onnxruntime"
     x = torch.rand(2, 3, 64, 64)
-    forward, _ = timed.slide_forward()
+    forward = timed.slide_plan().forward
     on_torch = Predictor(checkpoint, amp="off", options=InferenceOptions(backend="torch", tta=True))
     torch.testing.assert_close(forward(x), on_torch.forward(x))  # PyTorch's model, with the views
     asked = Predictor(checkpoint, amp="off", options=InferenceOptions(backend="onnxruntime"))
-    assert asked.slide_forward()[0] is asked._forward  # asked for: ONNX Runtime runs the slide too
+    assert asked.slide_plan().forward is asked._forward  # asked for: ONNX Runtime runs the slide too
 
 
 def test_a_run_of_slides_alone_never_exports_to_onnx_runtime(rgb_run, tmp_path, capsys, monkeypatch):

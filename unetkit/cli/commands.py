@@ -62,7 +62,7 @@ def inference_options(args: argparse.Namespace):
 def predictor_from_args(args: argparse.Namespace, in_memory: Callable[[Any], bool] = lambda options: True):
     """The Predictor the options ask for, and a line saying what runs it. `in_memory(options)`:
     whether any image is predicted in memory, where --backend auto may time ONNX Runtime first
-    (out of core PyTorch runs: Predictor.slide_forward)."""
+    (out of core PyTorch runs: Predictor.slide_plan)."""
     from unetkit.inference import Predictor
 
     options = inference_options(args)

@@ -75,7 +75,7 @@ def decode(predictor: Predictor, ref: ImageRef) -> Job:
     if not predictor.tiled(x):
         return Job(ref, image, x, [None])
     _, height, width = x.shape
-    boxes = tile_boxes(height, width, predictor.options.tile, predictor.options.overlap)
+    boxes = tile_boxes(height, width, predictor.tile, predictor.options.overlap)
     return Job(ref, image, x, boxes, Blend(predictor.num_outputs, width, boxes[0][2:], height))
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -45,6 +45,20 @@ DEFAULT_BATCH_SIZE = 4  # a batch of 4 cost ~20% less per image than batches of 
 # channels in bf16. A slide's peak memory follows the batch (20,000^2, fp32: 1,164 MiB at 4 tiles,
 # 948 at 2; benchmarks/NOTES.md), its speed hardly (168.5 against 174.3 s).
 SLIDE_MAP_BYTES = 32 * 2**20
+DEFAULT_TILE = 512
+# Out of core, the largest of these whose one tile's map fits SLIDE_MAP_BYTES: an 8192^2 slide of a
+# 16-channel model in bf16 took 9.0-9.4 s at 4 x 512^2 tiles a batch (730-762 MiB), 7.6-8.2 s at
+# one 768^2 tile (646-663 MiB) and 7.7-8.2 s at one 1024^2 (808-842 MiB): fewer tiles, less overlap
+# computed twice and fewer tile edges (benchmarks/NOTES.md). In fp32 (a map of 38 MiB) it stays 512.
+SLIDE_TILES = (768, DEFAULT_TILE)
+
+
+class SlidePlan(NamedTuple):
+    """How a slide runs out of core: the forward, the tile side and the tiles per batch."""
+
+    forward: Forward
+    tile: int
+    batch_size: int
 
 
 @dataclass
@@ -57,9 +71,11 @@ class InferenceOptions:
         need="a probability between 0 and 1, e.g. 0.5",
     )  # fmt: skip
     tiling: str = option("auto", "overlapping tiles: auto tiles images above 1024x1024 pixels", choices=TILING_MODES)
-    tile: int = option(
-        512, "tile size in pixels, at the model's scale", valid=whole(16, 65536), need="16 pixels or more"
-    )
+    tile: int | None = option(
+        None, f"tile size in pixels, at the model's scale (default {DEFAULT_TILE}; out of core, {SLIDE_TILES[0]} "
+        "where one tile's full-size activation map fits 32 MiB: a 16-channel model in bf16)",
+        valid=whole(16, 65536), need="16 pixels or more",
+    )  # fmt: skip
     overlap: int = option(64, "overlap between tiles in pixels; blended with a Gaussian window")
     batch_size: int | None = option(
         None, f"tiles, or images of one size, per forward pass (default {DEFAULT_BATCH_SIZE}; out of core, as many "
@@ -117,8 +133,9 @@ class InferenceOptions:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        if not (number(self.overlap) and 0 <= self.overlap < self.tile):
-            raise UnetkitError(f"--overlap {self.overlap} must be at least 0 and smaller than --tile {self.tile}")
+        tile = self.tile or DEFAULT_TILE
+        if not (number(self.overlap) and 0 <= self.overlap < tile):
+            raise UnetkitError(f"--overlap {self.overlap} must be at least 0 and smaller than --tile {tile}")
 
 
 class Predictor:
@@ -229,7 +246,7 @@ class Predictor:
         256x256 forward each way (PyTorch's with the blocks fused for the CPU: 0.023 against ONNX
         Runtime's 0.019 s on an AVX-512 CPU; its blocked-layout kernels ran the U-Nets 1.2-1.5x
         faster than PyTorch fp32, benchmarks/NOTES.md) and keep the faster. Not made for slides
-        (slide_forward), so a run of slides alone never loads ONNX Runtime: its export left 170 MiB
+        (slide_plan), so a run of slides alone never loads ONNX Runtime: its export left 170 MiB
         more in a 20,000^2 slide's peak (1,097 against 924 MiB, fp32)."""
         source, self._untimed = self._untimed, None
         if source is None:
@@ -294,23 +311,29 @@ class Predictor:
         """Tiles, or images of one size, per forward pass in memory: --batch-size, else 4."""
         return self.options.batch_size or DEFAULT_BATCH_SIZE
 
-    def slide_forward(self) -> tuple[Forward, int]:
-        """(forward, tiles per batch) out of core, where a slide's peak memory is the bar. ONNX
+    @property
+    def tile(self) -> int:
+        """The tile side in memory: --tile, else 512."""
+        return self.options.tile or DEFAULT_TILE
+
+    def slide_plan(self) -> SlidePlan:
+        """(forward, tile, tiles per batch) out of core, where a slide's peak memory is the bar. ONNX
         Runtime runs a slide only where asked for (or given an .onnx model): its arena keeps its
         largest batch's maps, and a 20,000^2 slide (fp32) peaked at 1,162 MiB at 2 tiles a batch
         (939 at 1 tile, 205 s) against PyTorch's 924-948 MiB in 134-174 s (benchmarks/NOTES.md).
-        The tiles per batch: --batch-size, else as many as keep the full-size activation map
-        within SLIDE_MAP_BYTES."""
+        The tile: --tile, else the largest of SLIDE_TILES whose full-size activation map fits
+        SLIDE_MAP_BYTES; the tiles per batch: --batch-size, else as many as keep that map within it."""
         onnx_asked = self.model is None or self.options.backend == "onnxruntime"  # or an .onnx model given
         forward = self._forward if onnx_asked else self._torch_forward
         if self.options.tta:
             forward = with_tta(forward, self.upright)
-        if self.options.batch_size:
-            return forward, self.options.batch_size
         width = model_class(self.spec.name).probe_channels(self.spec.args)  # its first level's, as it says
         element = 4 if onnx_asked or self.amp.dtype is None else 2  # fp32 maps, else bf16/fp16
-        tile = self.options.tile
-        return forward, max(1, min(DEFAULT_BATCH_SIZE, SLIDE_MAP_BYTES // (width * tile * tile * element)))
+        for tile in (self.options.tile,) if self.options.tile else SLIDE_TILES:
+            fits = SLIDE_MAP_BYTES // (width * tile * tile * element)
+            if fits:
+                break
+        return SlidePlan(forward, tile, self.options.batch_size or max(1, min(DEFAULT_BATCH_SIZE, fits)))
 
     def tiled(self, x: torch.Tensor) -> bool:
         """Whether the (C, h, w) model input `x` runs as overlapping tiles (--tiling)."""
@@ -328,7 +351,7 @@ class Predictor:
         opts = self.options
         if self.tiled(x):
             logits = predict_tiled(
-                self.forward, x, self.num_outputs, opts.tile, opts.overlap, self.batch_size, self.progress
+                self.forward, x, self.num_outputs, self.tile, opts.overlap, self.batch_size, self.progress
             )[None]
         else:
             logits = self.forward(x[None])

@@ -11,7 +11,7 @@ A registered model is an nn.Module class with three class methods:
       the smallest image side it trains on.
   probe_channels(args) -> int
       the width of its first level, which the channels_last speed probe times and by which
-      out-of-core prediction sizes its tile batches (Predictor.slide_forward).
+      out-of-core prediction sizes its tile batches (Predictor.slide_plan).
   options(args) -> dict
       the training options that give these arguments (arguments' inverse), so that a run
       started from a trained model (--init-from) builds the same network.

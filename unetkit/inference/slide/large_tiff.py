@@ -188,11 +188,11 @@ def logit_bands(predictor, pixels, rule: PixelRule, path: Path) -> Iterator[torc
     bounds = preprocess.percentiles
     ranges = image_percentiles(pixels, rule, path, bounds, preprocess.in_channels) if bounds else None
     height, width = pixels.shape[:2]
-    th = min(options.tile, height)
+    forward, tile, batch_size = predictor.slide_plan()
+    th = min(tile, height)
     tops = tile_starts(height, th, options.overlap)
-    row = tile_boxes(th, width, options.tile, options.overlap)  # the tiles of one tile row, from its top
+    row = tile_boxes(th, width, tile, options.overlap)  # the tiles of one tile row, from its top
     blended = Blend(predictor.num_outputs, width, row[0][2:])
-    forward, batch_size = predictor.slide_forward()
     done, total = 0, len(tops) * len(row)
     for index, top in enumerate(tops):
         x = band_input(preprocess, pixels, top, top + th, rule, path, ranges)
