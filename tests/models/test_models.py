@@ -331,3 +331,33 @@ def test_the_folded_upsampling_takes_the_up_blocks_own_path_where_the_sizes_do_n
         doubled = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
         plain = folded.conv(torch.cat([skip, F.interpolate(doubled, size=(9, 11), mode="bilinear")], 1))
         torch.testing.assert_close(fused(x, skip), plain, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("amp", [False, True])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_the_transposed_upsampling_gives_the_transposed_convolutions_output_and_gradients(amp, layout):
+    """TransposedUp's backward (two GEMMs) against nn.ConvTranspose2d's own, with the same weights:
+    an odd size, a gradient that is a channel slice (as the concatenation's backward hands it on),
+    fp32 and bf16 autocast (the gradients of fp32 weights come back fp32)."""
+    from unetkit.models.transposed import TransposedUp, TransposedUpFunction
+
+    torch.manual_seed(0)
+    reference = torch.nn.ConvTranspose2d(24, 12, 2, stride=2)
+    ours = TransposedUp(24, 12)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(3, 24, 9, 7).contiguous(memory_format=layout)
+    grad = torch.randn(3, 20, 18, 14).contiguous(memory_format=layout)[:, 4:16]
+    results = []
+    for module in (reference, ours):
+        leaf = x.clone().requires_grad_()
+        with torch.autocast("cpu", torch.bfloat16, enabled=amp):
+            y = module(leaf)
+        y.backward(grad)
+        results.append([y.float(), leaf.grad, module.weight.grad, module.bias.grad])
+    assert type(ours(x.requires_grad_()).grad_fn).__name__ == f"{TransposedUpFunction.__name__}Backward"
+    tolerance = {"atol": 0.05, "rtol": 0.02} if amp else {"atol": 1e-5, "rtol": 1e-5}
+    for expected, got in zip(*results, strict=True):
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        torch.testing.assert_close(got, expected, **tolerance)
+    with torch.no_grad():  # inference is PyTorch's own layer
+        assert ours(x).grad_fn is None and torch.equal(ours(x), reference(x))

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unetkit.models.transposed import TransposedUp
+
 Upsampling = Literal["transposed", "bilinear"]
 
 
@@ -54,7 +56,7 @@ class Up(nn.Module):
         super().__init__()
         self.upsampling, self.skip_channels = upsampling, skip_channels
         if upsampling == "transposed":
-            self.up: nn.Module = nn.ConvTranspose2d(in_channels, in_channels // 2, 2, stride=2)
+            self.up: nn.Module = TransposedUp(in_channels, in_channels // 2)  # its backward as GEMMs
             self.conv = DoubleConv(in_channels // 2 + skip_channels, out_channels)
         elif upsampling == "bilinear":
             self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)

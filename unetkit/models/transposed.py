@@ -1,0 +1,63 @@
+"""The learned upsampling of a transposed U-Net's Up: a 2x2 transposed convolution of stride 2,
+whose backward runs as two matrix products.
+
+Each input pixel writes its own 2x2 block of the output and no two blocks overlap, so the layer is
+one product of the pixels (rows of Cin) with the weights (Cin x 4 Cout), and so are its gradients:
+the input's is the output gradient's rows times the weights, the weights' is the pixels times
+those rows. oneDNN's own backward of this layer ran 3-6x slower than the two products on an AMX
+CPU in bf16 and 2.6-3.7x slower in fp32 on AVX2 (the paper's U-Net: 84 -> 34 ms a training step
+for its four Ups in bf16; benchmarks/NOTES.md). The forward stays PyTorch's: as fast as the product.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class TransposedUp(nn.ConvTranspose2d):
+    """ConvTranspose2d(k=2, s=2), the same parameters and outputs; on a CPU with gradients on, its
+    backward is TransposedUpFunction's."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, kernel_size=2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if not (torch.is_grad_enabled() and x.device.type == "cpu"):
+            return super().forward(x)
+        # As autocast would cast for a convolution: the custom function sees one dtype throughout,
+        # and the casts' own backward hands fp32 gradients to fp32 weights.
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        bias = None if self.bias is None else self.bias.to(dtype)
+        return TransposedUpFunction.apply(x.to(dtype), self.weight.to(dtype), bias)
+
+
+class TransposedUpFunction(torch.autograd.Function):
+    """F.conv_transpose2d(x, weight, bias, stride=2) for a 2x2 kernel, backward as two GEMMs."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.with_bias = bias is not None
+        return F.conv_transpose2d(x, weight, bias, stride=2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        n, cin, h, w = x.shape
+        cout = weight.shape[1]
+        # The output gradient as rows (n, i, j) of its 2x2 blocks, (dy, dx, cout) a row: one copy,
+        # whose contiguous runs in a channels_last gradient are whole (dx, cout) pairs.
+        blocks = grad.permute(0, 2, 3, 1).unflatten(1, (h, 2)).unflatten(3, (w, 2)).permute(0, 1, 3, 2, 4, 5)
+        rows = blocks.reshape(n * h * w, 4 * cout)
+        weights = weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout)  # (cin, (dy, dx, cout))
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (rows @ weights.t()).view(n, h, w, cin).permute(0, 3, 1, 2)  # channels_last
+        if ctx.needs_input_grad[1]:
+            pixels = x.permute(0, 2, 3, 1).reshape(n * h * w, cin)
+            grad_weight = (pixels.t() @ rows).view(cin, 2, 2, cout).permute(0, 3, 1, 2)
+        if ctx.with_bias and ctx.needs_input_grad[2]:
+            grad_bias = rows.sum(0, dtype=torch.float32).view(4, cout).sum(0).to(grad.dtype)
+        return grad_x, grad_weight, grad_bias
