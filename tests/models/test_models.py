@@ -361,3 +361,33 @@ def test_the_transposed_upsampling_gives_the_transposed_convolutions_output_and_
         torch.testing.assert_close(got, expected, **tolerance)
     with torch.no_grad():  # inference is PyTorch's own layer
         assert ours(x).grad_fn is None and torch.equal(ours(x), reference(x))
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_the_up_blocks_concatenation_gives_cats_gradients_bit_for_bit_and_dense(amp, monkeypatch):
+    """ChannelConcat's backward hands each input a dense channels_last gradient (cat's hands on
+    strided channel slices, a slow path for the next backward) with the same values: a U-Net's
+    weight gradients equal those through torch.cat bit for bit, in fp32 and bf16 autocast."""
+    import unetkit.models.blocks as blocks
+
+    torch.manual_seed(0)
+    model = UNet(1, 2, base_channels=4, depth=3, upsampling="bilinear").to(memory_format=torch.channels_last)
+    x = torch.randn(3, 1, 40, 48).contiguous(memory_format=torch.channels_last)
+    gradients = []
+    for concatenate in (blocks.concatenate_channels, lambda skip, up: torch.cat([skip, up], dim=1)):
+        monkeypatch.setattr(blocks, "concatenate_channels", concatenate)
+        model.zero_grad()
+        with torch.autocast("cpu", torch.bfloat16, enabled=amp):
+            model(x).float().square().mean().backward()
+        gradients.append([p.grad.clone() for p in model.parameters()])
+    assert all(torch.equal(ours, cats) for ours, cats in zip(*gradients, strict=True))
+
+    skip = torch.randn(2, 6, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_()
+    up = torch.randn(2, 5, 8, 8, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last).requires_grad_()
+    with torch.autocast("cpu", torch.bfloat16):
+        joined = blocks.ChannelConcat.apply(skip, up)  # autocast promotes: bf16 and fp32 -> fp32
+    joined.backward(torch.randn(joined.shape).contiguous(memory_format=torch.channels_last))
+    for leaf in (skip, up):
+        assert leaf.grad.dtype == leaf.dtype and leaf.grad.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert blocks.concatenate_channels(skip, up).grad_fn is None
