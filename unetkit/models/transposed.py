@@ -4,9 +4,10 @@ whose backward runs as two matrix products.
 Each input pixel writes its own 2x2 block of the output and no two blocks overlap, so the layer is
 one product of the pixels (rows of Cin) with the weights (Cin x 4 Cout), and so are its gradients:
 the input's is the output gradient's rows times the weights, the weights' is the pixels times
-those rows. oneDNN's own backward of this layer ran 3-6x slower than the two products on an AMX
-CPU in bf16 and 2.6-3.7x slower in fp32 on AVX2 (the paper's U-Net: 84 -> 34 ms a training step
-for its four Ups in bf16; benchmarks/NOTES.md). The forward stays PyTorch's: as fast as the product.
+those rows. With oneDNN's own backward the layer's forward and backward took 1.5-3.7x as long as
+with the two products: the paper's U-Net's four Ups, batch 2 at 256 px, 84 -> 34 ms a step in bf16
+on an AMX CPU, 422 -> 153 ms in fp32 on AVX2 (benchmarks/NOTES.md). The forward stays PyTorch's:
+the product and the copy into 2x2 blocks were no faster.
 """
 
 from __future__ import annotations
