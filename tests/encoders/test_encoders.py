@@ -203,3 +203,22 @@ def test_the_encoder_speed_benchmark_times_each_model(tmp_path, monkeypatch):
     monkeypatch.setattr(encoders, "RESULTS", tmp_path)
     results = encoders.main(["--size", "64", "--batch", "1", "--reps", "1", "--only", ENCODER])
     assert len(results["models"]) == 2 and all(row["train_images_per_s"] > 0 for row in results["models"].values())
+
+
+def test_the_decoders_concatenation_gives_cats_gradients_bit_for_bit(monkeypatch):
+    """The encoder U-Net's decoder joins its maps with blocks.concatenate_channels (dense gradients
+    back, channels_last): every weight gradient equals the one through torch.cat exactly."""
+    import unetkit.models.encoder_unet as encoder_unet
+    from unetkit.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("encoder-unet", in_channels=3, num_classes=2, encoder=ENCODER)
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 64, 96).contiguous(memory_format=torch.channels_last)
+    gradients = []
+    for join in (encoder_unet.concatenate_channels, lambda first, second: torch.cat([first, second], dim=1)):
+        monkeypatch.setattr(encoder_unet, "concatenate_channels", join)
+        model.zero_grad()
+        model(x).square().mean().backward()
+        gradients.append([p.grad.clone() for p in model.parameters()])
+    assert all(torch.equal(ours, cats) for ours, cats in zip(*gradients, strict=True))

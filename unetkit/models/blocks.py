@@ -74,9 +74,9 @@ class Up(nn.Module):
         return self.conv(concatenate_channels(skip, x))
 
 
-def concatenate_channels(skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """torch.cat([skip, x], dim=1), whose backward hands each input a dense gradient."""
-    return ChannelConcat.apply(skip, x) if torch.is_grad_enabled() else torch.cat([skip, x], dim=1)
+def concatenate_channels(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """torch.cat([first, second], dim=1), whose backward hands each input a dense gradient."""
+    return ChannelConcat.apply(first, second) if torch.is_grad_enabled() else torch.cat([first, second], dim=1)
 
 
 class ChannelConcat(torch.autograd.Function):
@@ -87,9 +87,9 @@ class ChannelConcat(torch.autograd.Function):
     (benchmarks/NOTES.md). In the default layout a channel slice is dense already: no copy."""
 
     @staticmethod
-    def forward(ctx, skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        ctx.split, ctx.dtypes = skip.shape[1], (skip.dtype, x.dtype)  # autocast may promote one of them
-        return torch.cat([skip, x], dim=1)
+    def forward(ctx, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        ctx.split, ctx.dtypes = first.shape[1], (first.dtype, second.dtype)  # autocast may promote one
+        return torch.cat([first, second], dim=1)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

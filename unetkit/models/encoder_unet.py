@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unetkit.errors import UnetkitError
-from unetkit.models.blocks import DoubleConv, OutConv, pad_to_multiple
+from unetkit.models.blocks import DoubleConv, OutConv, concatenate_channels, pad_to_multiple
 from unetkit.models.registry import register_model
 
 # The encoders known to give a feature pyramid that reduces by 32 (`unetkit encoders` lists them
@@ -106,5 +106,5 @@ class EncoderUNet(nn.Module):
         y = features[-1]
         for block, skip in zip(self.decoder, skips, strict=True):
             y = F.interpolate(y, scale_factor=2.0, mode="nearest")
-            y = block(y if skip is None else torch.cat([y, skip], dim=1))
+            y = block(y if skip is None else concatenate_channels(y, skip))  # dense gradients back
         return self.head(y)[..., :height, :width]
