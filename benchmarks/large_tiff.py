@@ -28,6 +28,7 @@ import tifffile
 from benchmarks.conv_ceiling import conv_ceiling
 from unetkit.data import read_image
 from unetkit.demo import DEMO_DATA
+from unetkit.inference import InferenceOptions
 from unetkit.runtime.hardware import cpu_description
 
 CROP = 4096  # at least; rounded up to end on the slide's tile grid (crop_side)
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(results, indent=2), flush=True)
         # A crop on the slide's tile grid (a multiple of its step) whose last tile ends at its
         # edge (crop_side), in the slide's tile size: the crop's tiles are the slide's.
-        step, crop = ceiling["tile"] - 64, crop_side(ceiling["tile"], 64)
+        overlap = InferenceOptions().overlap  # predict's, as both runs use it
+        step, crop = ceiling["tile"] - overlap, crop_side(ceiling["tile"], overlap)
         top = (args.side - crop) // 2 // step * step
         extra += [] if args.tile else ["--tile", str(ceiling["tile"])]
         with tifffile.TiffFile(work / "slide.tif") as tiff:

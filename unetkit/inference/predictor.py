@@ -133,9 +133,15 @@ class InferenceOptions:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        tile = self.tile or DEFAULT_TILE
-        if not (number(self.overlap) and 0 <= self.overlap < tile):
-            raise UnetkitError(f"--overlap {self.overlap} must be at least 0 and smaller than --tile {tile}")
+        if not (number(self.overlap) and 0 <= self.overlap < self.memory_tile):
+            raise UnetkitError(
+                f"--overlap {self.overlap} must be at least 0 and smaller than --tile {self.memory_tile}"
+            )
+
+    @property
+    def memory_tile(self) -> int:
+        """The tile side in memory: --tile, else 512 (out of core: Predictor.slide_plan)."""
+        return self.tile or DEFAULT_TILE
 
 
 class Predictor:
@@ -314,7 +320,7 @@ class Predictor:
     @property
     def tile(self) -> int:
         """The tile side in memory: --tile, else 512."""
-        return self.options.tile or DEFAULT_TILE
+        return self.options.memory_tile
 
     def slide_plan(self) -> SlidePlan:
         """(forward, tile, tiles per batch) out of core, where a slide's peak memory is the bar. ONNX
