@@ -14,6 +14,7 @@ from synthetic import TINY_TRAIN, run_cli
 
 from unetkit.data import find_pairs
 from unetkit.data.fingerprint import DataFingerprint, fingerprint_pairs
+from unetkit.data.io import to_unit_float
 from unetkit.data.preprocess import percentile_scaled
 from unetkit.models.checkpoint import load_checkpoint
 from unetkit.train import TrainConfig
@@ -43,6 +44,19 @@ def fingerprint_of_gains(root, gains: list[list[float]]) -> DataFingerprint:
         tifffile.imwrite(root / f"i{index:03d}.tif", pixels, imagej=True, metadata={"axes": "CYX"})
         Image.fromarray(disc.astype(np.uint8) * 255).save(root / f"i{index:03d}_mask.png")
     return fingerprint_pairs(find_pairs(root, root, mask_suffix="_mask"))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float64, np.bool_])
+def test_unit_float_pixels_equal_a_cast_then_a_division(dtype, tmp_path):
+    """to_unit_float's one-pass division gives the float32 values of the two-pass reference."""
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 4096, (64, 48, 3)) if dtype != np.float64 else rng.normal(0, 1e3, (64, 48, 3))
+    array = (raw > 2000 if dtype == np.bool_ else raw).astype(dtype)
+    maximum = {np.uint8: 255.0, np.uint16: 4095.0, np.int32: 4095.0, np.float64: 1.0, np.bool_: 1.0}[dtype]
+    reference = array.astype(np.float32)
+    reference /= maximum
+    got = to_unit_float(array, maximum, tmp_path / "image.tif")
+    assert got.dtype == np.float32 and np.array_equal(got, reference)
 
 
 def test_the_recipe_normalises_each_image_where_a_channel_spreads_threefold(tmp_path):

@@ -11,10 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+import torch
 
 from unetkit.runtime.atomic import atomic_write
 
 OUTPUT_TILE = 256  # the written TIFFs' tiles, and the zarr chunks
+# Tiles are compressed by torch's threads, idle meanwhile (tifffile takes one on a 2-core CPU),
+# 128 tiles at a time (8 MiB): an 8192^2 mask wrote in 0.35 -> 0.22 s on 2 cores.
+COMPRESS_BUFFER = 128 * OUTPUT_TILE**2
 
 
 def output_tiles(rows: Iterator[np.ndarray], width: int, dtype: np.dtype) -> Iterator[np.ndarray]:
@@ -53,7 +57,7 @@ def write_tiled_tiff(
         with tifffile.TiffWriter(temporary, bigtiff=True, ome=ome) as writer:
             writer.write(
                 tiles, shape=shape, dtype=dtype, tile=(OUTPUT_TILE, OUTPUT_TILE), compression="zlib",
-                photometric="minisblack", **layout,
+                photometric="minisblack", maxworkers=torch.get_num_threads(), buffersize=COMPRESS_BUFFER, **layout,
             )  # fmt: skip
 
     atomic_write(path, write)
