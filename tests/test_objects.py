@@ -13,6 +13,7 @@ import tifffile
 from PIL import Image
 from scipy import ndimage
 from skimage.measure import label
+from skimage.metrics import adapted_rand_error, contingency_table, variation_of_information
 from skimage.morphology import remove_small_holes, remove_small_objects
 from skimage.segmentation import watershed
 from synthetic import run_cli
@@ -22,7 +23,7 @@ from unetkit.data.fingerprint import PairScan, looks_like_instances
 from unetkit.data.objects import instance_classes, mask_objects, relabel, true_objects
 from unetkit.inference.objects import ObjectRule, object_table, split_objects
 from unetkit.models.checkpoint import load_checkpoint
-from unetkit.scoring.objects import mean_scores, object_scores
+from unetkit.scoring.objects import contingency, mean_scores, object_scores
 
 
 def two_squares() -> np.ndarray:
@@ -69,6 +70,22 @@ def test_perfect_and_empty_answers():
     assert nothing["ap"] == 1.0 and math.isnan(nothing["adapted_rand_error"])
     means = mean_scores([perfect, nothing])
     assert means["adapted_rand_error"] == pytest.approx(0) and means["true_objects"] == 2
+
+
+@pytest.mark.parametrize("density", [0.6, 0.995])  # thousands of labels (np.unique's path), a few (bincount's)
+def test_one_contingency_table_gives_scikit_images_scores(density):
+    """The table counted once, and every score from it, against scikit-image computing each score
+    from its own table: with predicted objects on the true background, ids skipped, and none."""
+    rng = np.random.default_rng(1)
+    true = label(rng.random((120, 90)) > density)
+    for pred in (label(rng.random((120, 90)) > density) * 3, np.zeros_like(true)):
+        reference = contingency_table(true, pred, ignore_labels=(0,)).toarray()
+        assert np.array_equal(contingency(true, pred).toarray(), reference)
+        scores = object_scores(true, pred)
+        assert scores["adapted_rand_error"] == adapted_rand_error(true, pred, ignore_labels=(0,))[0]
+        split, merge = variation_of_information(true, pred, ignore_labels=(0,))
+        assert scores["vi_split"] == pytest.approx(split, abs=1e-12)
+        assert scores["vi_merge"] == pytest.approx(merge, abs=1e-12)
 
 
 def test_pooled_ap_sums_objects_over_images_before_dividing():

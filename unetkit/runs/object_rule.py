@@ -22,6 +22,7 @@ from unetkit.data import Pair
 from unetkit.inference import InferenceOptions, Predictor
 from unetkit.inference.objects import ObjectRule
 from unetkit.models.checkpoint import load_checkpoint, save_checkpoint
+from unetkit.runtime.threads import parallel_map
 from unetkit.scoring.objects import mean_scores, object_scores
 
 MAX_IMAGES = 24
@@ -78,7 +79,12 @@ def score_rules(predictor: Predictor, images: list, rules: list[ObjectRule]) -> 
     instances = predictor.mask_values.instances is not None
     scored = []
     for rule in rules:
-        rows = [object_scores(truth, predictor.objects_from_probabilities(p, rule)[0]) for p, truth in images]
+
+        def score(image: tuple[np.ndarray, np.ndarray], rule: ObjectRule = rule) -> dict:
+            probabilities, truth = image
+            return object_scores(truth, predictor.objects_from_probabilities(probabilities, rule)[0])
+
+        rows = parallel_map(score, images)
         scored.append((1 - mean_scores(rows)["ap50_90"] if instances else mean_error(rows), rule))
     return scored
 
