@@ -13,7 +13,7 @@ from PIL import Image
 from synthetic import TINY_TRAIN, run_cli
 
 from unetkit.data import find_pairs
-from unetkit.data.fingerprint import DataFingerprint, fingerprint_pairs
+from unetkit.data.fingerprint import DataFingerprint, fingerprint_pairs, value_counts
 from unetkit.data.io import to_unit_float
 from unetkit.data.preprocess import percentile_scaled
 from unetkit.models.checkpoint import load_checkpoint
@@ -44,6 +44,27 @@ def fingerprint_of_gains(root, gains: list[list[float]]) -> DataFingerprint:
         tifffile.imwrite(root / f"i{index:03d}.tif", pixels, imagej=True, metadata={"axes": "CYX"})
         Image.fromarray(disc.astype(np.uint8) * 255).save(root / f"i{index:03d}_mask.png")
     return fingerprint_pairs(find_pairs(root, root, mask_suffix="_mask"))
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [
+        np.array([[0, 255, 255], [7, 0, 255]], np.uint8),
+        np.random.default_rng(0).integers(0, 70_000, (40, 50)).astype(np.uint16),  # every id an instance's
+        np.array([[0, 5_000_000], [9, 9]], np.int32),  # ids far apart: np.unique's path
+        np.array([[-1, 0], [2, 2]], np.int16),
+        np.array([[True, False], [True, True]]),
+        np.array([[0.5, 0.0], [0.5, 1.0]]),
+    ],
+)
+def test_value_counts_equal_numpys_unique(mask):
+    weights = np.random.default_rng(1).random(mask.shape)
+    values, counts, sums = value_counts(mask, weights)
+    expected, inverse, expected_counts = np.unique(mask, return_inverse=True, return_counts=True)
+    assert values.dtype == mask.dtype and np.array_equal(values, expected)
+    assert np.array_equal(counts, expected_counts)
+    np.testing.assert_allclose(sums, np.bincount(inverse.ravel(), weights=weights.ravel()), rtol=1e-12)
+    assert len(value_counts(mask)) == 2
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float64, np.bool_])

@@ -55,9 +55,27 @@ class MaskFacts:
     regions: int  # 4-connected regions of one value above 0 (an instance mask: one per id)
 
 
+def value_counts(array: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """np.unique(array, return_counts=True) (the values in the array's dtype), and with `weights`
+    the sum of each value's weights: by one bincount where the values are small non-negative
+    integers, as masks' are, instead of sorting every pixel (an hc18-dev mask: 10 -> 1 ms)."""
+    flat = array.reshape(-1)
+    small = flat.size and (flat.dtype == np.bool_ or np.issubdtype(flat.dtype, np.integer))
+    small = small and int(flat.min()) >= 0 and int(flat.max()) <= 4 * flat.size + 65536
+    if not small:
+        values, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+        summed = () if weights is None else (np.bincount(inverse.reshape(-1), weights=weights.reshape(-1)),)
+        return values, counts, *summed
+    codes = flat.astype(np.intp, copy=False)
+    counts = np.bincount(codes)
+    values = np.flatnonzero(counts)
+    summed = () if weights is None else (np.bincount(codes, weights=weights.reshape(-1))[values],)
+    return values.astype(array.dtype), counts[values], *summed
+
+
 def mask_facts(mask: np.ndarray, ignore_value: int | None = None) -> MaskFacts:
     stored = mask if ignore_value is None else np.where(mask == ignore_value, 0, mask)
-    values, counts = np.unique(stored, return_counts=True)
+    values, counts = value_counts(stored)
     return MaskFacts(values, counts, len(values) - bool(values[0] == 0), int(label(stored, connectivity=1).max()))
 
 
@@ -88,9 +106,8 @@ def scan_pair(
     if instances:  # instance label images are measured as the classes they train as
         mask = instance_classes(mask, instances, ignore_value)
     channel_sum, channel_sumsq = channel_moments(image)
-    values, inverse, counts = np.unique(mask, return_inverse=True, return_counts=True)
     heights = np.broadcast_to(np.linspace(0, 1, mask.shape[0])[:, None], mask.shape)
-    row_sums = np.bincount(inverse.reshape(-1), weights=heights.reshape(-1), minlength=len(values))
+    values, counts, row_sums = value_counts(mask, heights)
     scan = PairScan(
         pair,
         image.shape[0],

@@ -99,8 +99,9 @@ def split_region(core: np.ndarray, extent: np.ndarray, region: np.ndarray, rule:
     if shared.any():
         where = shared[parts]
         objects[where] = flood(seeds, extent, where)[where]
-    if rule.min_size > 1:  # scikit-image's remove_small_objects on labels, which warns of a lone object:
-        objects[(np.bincount(objects.ravel()) < rule.min_size)[objects]] = 0  # silencing it is not thread-safe
+    if rule.min_size > 1:  # what scikit-image's remove_small_objects does to labels, without its warning
+        # of a lone label: silencing that is not thread-safe, and object_rule.py scores rules in threads
+        objects[(np.bincount(objects.ravel()) < rule.min_size)[objects]] = 0
     return relabel(objects)
 
 

@@ -14,6 +14,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -77,14 +78,15 @@ def score_rules(predictor: Predictor, images: list, rules: list[ObjectRule]) -> 
     """(error, rule) for each rule on the validation (probabilities, true objects): 1 - pooled AP
     over IoU 0.5:0.9 for instance masks, else the mean adapted Rand error."""
     instances = predictor.mask_values.instances is not None
+
+    def score(rule: ObjectRule, image: tuple[np.ndarray, np.ndarray]) -> dict:
+        probabilities, truth = image
+        return object_scores(truth, predictor.objects_from_probabilities(probabilities, rule)[0])
+
     scored = []
     for rule in rules:
-
-        def score(image: tuple[np.ndarray, np.ndarray], rule: ObjectRule = rule) -> dict:
-            probabilities, truth = image
-            return object_scores(truth, predictor.objects_from_probabilities(probabilities, rule)[0])
-
-        rows = parallel_map(score, images)
+        # In threads: the watershed, labelling and filters release the GIL (hc18-dev's grid on 2 cores: 6.9 -> 3.8 s).
+        rows = parallel_map(partial(score, rule), images)
         scored.append((1 - mean_scores(rows)["ap50_90"] if instances else mean_error(rows), rule))
     return scored
 
