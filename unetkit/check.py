@@ -8,9 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from unetkit.data.fingerprint import MaskFacts, looks_like_instances, mask_facts
+from unetkit.data.fingerprint import MaskFacts, looks_like_instances, mask_facts, value_counts
 from unetkit.data.io import read_image, read_mask
 from unetkit.data.mask_values import (
     MAX_DISCOVERED_VALUES,
@@ -166,9 +164,9 @@ def scan_pairs(
         scan.names.append(pair.label)
         scan.facts.append(mask_facts(mask))
         if instance_masks:
-            scan.objects[pair.label] = len(np.unique(mask[mask > 0]))
+            scan.objects[pair.label] = scan.facts[-1].ids  # the distinct ids above 0
             mask = instance_classes(mask, "objects")
-        values, counts = np.unique(mask, return_counts=True)
+        values, counts = value_counts(mask)
         scan.value_counts.update(dict(zip(values.tolist(), counts.tolist(), strict=True)))
         if pair.mask.suffix.lower() in LOSSY_EXTENSIONS:
             warnings.append(
