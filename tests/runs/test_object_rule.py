@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-import numpy as np
+import shutil
+from types import SimpleNamespace
 
+import numpy as np
+import pytest
+from PIL import Image
+
+from unetkit.data import Pair, find_pairs
+from unetkit.models.checkpoint import load_checkpoint
 from unetkit.models.spec import ObjectRule
-from unetkit.runs.object_rule import TIE, safest, start_tie
+from unetkit.runs.object_rule import TIE, choose_object_rule, safest, score_rules, start_tie
 
 
 def test_the_tie_of_a_run_from_a_model_is_the_sampling_error_of_its_objects():
@@ -19,3 +26,40 @@ def test_ties_go_to_the_anchor_and_a_clear_win_does_not():
     anchor, other = ObjectRule(seed=0.5, flood=0.7, smooth=1.0), ObjectRule(seed=0.9, flood=0.3, smooth=2.0)
     assert safest([(0.30, other), (0.33, anchor)], anchor, tie=0.05)[1] == anchor  # within the tie
     assert safest([(0.30, other), (0.33, anchor)], anchor, tie=TIE)[1] == other  # past it
+
+
+def test_objects_predicted_on_an_image_without_true_ones_count_against_a_rule():
+    """Pooled AP over the validation images: a false object on an empty image lowers it (before
+    issue 36's seventh slice such images were left out of the choice)."""
+    predictor = SimpleNamespace(
+        mask_values=SimpleNamespace(instances="objects"),
+        objects_from_probabilities=lambda labels, rule: (labels, None),  # the "probabilities" are the objects
+    )
+    truth = np.zeros((20, 20), np.int64)
+    truth[2:8, 2:8], truth[10:16, 10:16] = 1, 2
+    empty, blob = np.zeros_like(truth), np.zeros_like(truth)
+    blob[4:9, 4:9] = 1
+    rule = ObjectRule()
+    alone = score_rules(predictor, [(truth, truth)], [rule])[0][0]
+    with_empty = score_rules(predictor, [(truth, truth), (blob, empty)], [rule])[0][0]
+    assert alone == 0.0 and with_empty == pytest.approx(1 - 2 / 3)  # 2 matches of 2 true + 1 false
+
+
+def test_a_run_whose_validation_masks_hold_no_objects_says_no_rule_was_chosen(rgb_run, tmp_path):
+    _, images, masks, checkpoint = rgb_run
+    best = tmp_path / "best.pt"
+    shutil.copy(checkpoint, best)
+    pairs = find_pairs(images, masks)
+    empty = []
+    for pair in pairs[:2]:  # the same images, their masks all background
+        shape = np.asarray(Image.open(pair.mask)).shape[:2]
+        Image.fromarray(np.zeros(shape, np.uint8)).save(tmp_path / pair.mask.name)
+        empty.append(Pair(pair.image, tmp_path / pair.mask.name))
+    said: list[str] = []
+    choose_object_rule(best, empty, said.append)
+    assert said == ["objects: no rule chosen, the validation masks hold no objects; predict --instances cuts by "
+                    "the default rule"]  # fmt: skip
+    assert load_checkpoint(best).get("object_rule") == load_checkpoint(checkpoint).get("object_rule")  # untouched
+    said.clear()
+    choose_object_rule(best, [empty[0], *pairs[1:]], said.append)
+    assert len(said) == 1 and "on 5 validation image(s) (1 without objects)" in said[0], said

@@ -16,6 +16,7 @@ from unetkit.data.mask_values import MaskValues
 from unetkit.data.objects import INSTANCE_VALUES
 from unetkit.data.transforms import AugmentConfig, random_patch_grid
 from unetkit.errors import UnetkitError
+from unetkit.runs.object_rule import choose_object_rule
 from unetkit.train import TrainConfig, Trainer, load_checkpoint, plan_run, resolve_amp
 from unetkit.train.recipes import apply_recipe, class_weights, data_orientation, data_scale, largest_object
 from unetkit.train.schedulers import SCHEDULERS, Schedule
@@ -71,6 +72,9 @@ def test_multiclass_training_learns(multiclass_data, tmp_path):
     state = load_checkpoint(result.best_checkpoint)
     assert state["model_args"]["num_classes"] == 5 and state["binary"] is False
     assert result.best_dice > 0.8
+    said: list[str] = []  # objects of 5 classes (street scenes') are not counted: said, not silent
+    choose_object_rule(result.best_checkpoint, find_pairs(images, masks)[:2], said.append)
+    assert said == ["objects: no rule chosen for 5 classes (at most 4); predict --instances cuts by the default rule"]
 
 
 @pytest.mark.parametrize("ema", [0.0, 0.9])

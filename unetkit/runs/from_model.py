@@ -77,7 +77,9 @@ def average(start: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], shar
 
 def object_score(state: dict[str, Any], rule: ObjectRule, val_pairs: Sequence[Pair]) -> tuple[float, list]:
     """Pooled AP@0.5:0.9 of `state`'s objects (cut with `rule`) on the validation images, and
-    those images' (probabilities, true objects) (none: NaN)."""
+    those images' (probabilities, true objects) (no true object in any: NaN, and no images)."""
     predictor = Predictor(state, options=InferenceOptions(backend="torch"))
     images = validation_probabilities(predictor, val_pairs)
-    return (1 - score_rules(predictor, images, [rule])[0][0] if images else float("nan")), images
+    if not any(truth.any() for _, truth in images):
+        return float("nan"), []
+    return 1 - score_rules(predictor, images, [rule])[0][0], images

@@ -48,10 +48,16 @@ def choose_object_rule(
     set: a candidate, and the one ties go to, as a few corrected images cannot outvote it."""
     state = load_checkpoint(checkpoint)
     predictor = Predictor(state, options=InferenceOptions(backend="torch"))
-    if not val_pairs or predictor.num_classes > MAX_CLASSES:
+    default = "predict --instances cuts by the default rule"
+    if not val_pairs:  # no validation at all: the run said so when it started
+        return
+    if predictor.num_classes > MAX_CLASSES:
+        log(f"objects: no rule chosen for {predictor.num_classes} classes (at most {MAX_CLASSES}); {default}")
         return
     images = validation_probabilities(predictor, val_pairs)
-    if not images:
+    empty = sum(not truth.any() for _, truth in images)
+    if empty == len(images):
+        log(f"objects: no rule chosen, the validation masks hold no objects; {default}")
         return
     instances = predictor.mask_values.instances is not None
     grid = INSTANCE_GRID if instances else GRID
@@ -62,15 +68,16 @@ def choose_object_rule(
     error, best = safest(score_rules(predictor, images, candidates), anchor, tie)
     # Then the smallest object kept, in proportion to the validation images' objects (ties keep the
     # grid's 16 px): on dsb2018-dev val, 0 / 8 / 16 / 32 px gave AP@0.5 0.806 / 0.817 / 0.824 / 0.827.
-    median = float(np.median(np.concatenate([np.bincount(truth.ravel())[1:] for _, truth in images])))
+    median = float(np.median(np.concatenate([np.bincount(truth.ravel())[1:] for _, truth in images if truth.any()])))
     sizes = sorted({best.min_size, *(max(1, round(f * median)) for f in SIZE_FRACTIONS)})
     error, best = safest(score_rules(predictor, images, [replace(best, min_size=s) for s in sizes]), best, tie)
     state["object_rule"] = best.to_dict()
     save_checkpoint(checkpoint, state)
     score = f"pooled AP@0.5:0.9 {1 - error:.4f}" if instances else f"adapted Rand error {error:.4f}"
+    counted = f"{len(images)} validation image(s)" + (f" ({empty} without objects)" if empty else "")
     log(
         f"objects: seed {best.seed}, flood {best.flood}, smooth {best.smooth}, min size {best.min_size} px chosen "
-        f"on {len(images)} validation image(s), {score}; kept in {checkpoint.name}"
+        f"on {counted}, {score}; kept in {checkpoint.name}"
     )
 
 
@@ -87,21 +94,21 @@ def score_rules(predictor: Predictor, images: list, rules: list[ObjectRule]) -> 
     for rule in rules:
         # In threads: the watershed, labelling and filters release the GIL (hc18-dev's grid on 2 cores: 6.9 -> 3.8 s).
         rows = parallel_map(partial(score, rule), images)
-        scored.append((1 - mean_scores(rows)["ap50_90"] if instances else mean_error(rows), rule))
+        means = mean_scores(rows)  # an image without true objects: its false ones count in AP, Rand is undefined
+        scored.append((1 - means["ap50_90"] if instances else means["adapted_rand_error"], rule))
     return scored
 
 
 def validation_probabilities(predictor: Predictor, val_pairs: Sequence[Pair]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(class probabilities, true objects) of up to MAX_IMAGES validation images, evenly spread,
-    leaving out those without an object."""
+    """(class probabilities, true objects) of up to MAX_IMAGES validation images, evenly spread;
+    those without an object too, since the objects predicted on them are false ones."""
     step = max(1, math.ceil(len(val_pairs) / MAX_IMAGES))
     images = []
     for pair in list(val_pairs)[::step]:
         image, mask = pair.read()
         target = predictor.mask_values.encode(mask, pair.mask)
         truth = predictor.mask_values.true_objects(mask, target)
-        if truth.any():
-            images.append((predictor.probabilities(predictor.logits(image, pair.image)), truth))
+        images.append((predictor.probabilities(predictor.logits(image, pair.image)), truth))
     return images
 
 
@@ -127,7 +134,3 @@ def distance(rule: ObjectRule, other: ObjectRule) -> float:
     smallest object kept relative to the other's (so a tie on sizes keeps `other`'s, as for the rest)."""
     sizes = abs(rule.min_size - other.min_size) / max(other.min_size, 1)
     return abs(rule.seed - other.seed) + abs(rule.flood - other.flood) + abs(rule.smooth - other.smooth) / 4 + sizes
-
-
-def mean_error(rows: list[dict]) -> float:
-    return float(np.mean([row["adapted_rand_error"] for row in rows]))
