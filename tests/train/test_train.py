@@ -157,6 +157,16 @@ def test_amp_auto_is_fp32_when_onednn_is_held_to_avx2():
     assert result.stdout.strip() == "off"
 
 
+def test_the_bf16_probe_times_on_one_thread_and_gives_torch_its_threads_back():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert isinstance(amp_module.cpu_bf16_conv_is_faster.__wrapped__(), bool)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_amp_explicit_modes():
     cpu = torch.device("cpu")
     assert resolve_amp("off", cpu).dtype is None

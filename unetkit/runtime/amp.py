@@ -14,13 +14,12 @@ faster at them, keep the weights and the loss in float32.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from functools import cache, partial
+from functools import cache
 
 import torch
 import torch.nn.functional as F
-
-from unetkit.runtime.hardware import fastest_call
 
 AMP_MODES = ("auto", "off", "fp16", "bf16")
 
@@ -59,18 +58,28 @@ def cpu_has_native_bf16() -> bool:
 
 @cache
 def cpu_bf16_conv_is_faster() -> bool:
-    """Time one small 3x3 conv in fp32 and under bf16 autocast and say whether bf16 won (about
-    20 ms where bf16 is native). Cached: the answer does not change within a process."""
+    """Time one small 3x3 conv in fp32 and under bf16 autocast, alternately, on one thread, and say
+    whether bf16 won (about 11 ms where bf16 is native). One thread, because on two a busy machine
+    made every call wait for a descheduled thread (25-37 ms instead of 0.2-0.3) and fp32 won 4 probes
+    in 5 on an AMX CPU where bf16 is the faster; alone, bf16 won 6 in 6 under the same load, by
+    0.31 against 0.55 ms (benchmarks/NOTES.md). Cached: the answer does not change within a process."""
     x = torch.randn(2, 32, 48, 48)
     weight = torch.randn(32, 32, 3, 3)
 
-    def conv_time(dtype: torch.dtype, give_up_after: float) -> float:
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is torch.bfloat16):
-            return fastest_call(partial(F.conv2d, x, weight, padding=1), 3, give_up_after)
+    def seconds(bf16: bool) -> float:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            start = time.perf_counter()
+            F.conv2d(x, weight, padding=1)
+            return time.perf_counter() - start
 
-    fp32 = conv_time(torch.float32, give_up_after=float("inf"))
-    # Emulated bf16 is ~10x slower: its first call already shows it, no need to time it again.
-    return conv_time(torch.bfloat16, give_up_after=max(0.05, 20 * fp32)) < fp32
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seconds(False), seconds(True)  # the first calls pick (and compile) the kernels
+        fp32, bf16 = zip(*((seconds(False), seconds(True)) for _ in range(5)), strict=True)
+    finally:
+        torch.set_num_threads(threads)
+    return min(bf16) < min(fp32)
 
 
 def resolve_amp(mode: str, device: torch.device) -> AmpPolicy:
