@@ -54,8 +54,8 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     for path in files:
         if path.stem in seen:
             raise UnetkitError(
-                f"{path}: same name as {seen[path.stem]}, and both would write {path.stem}.png; "
-                "predict them into different --out folders"
+                f"{path}: same name as {seen[path.stem]}, and both would write outputs named {path.stem} (the mask, "
+                f"{path.stem}_probs, ...); predict them into different --out folders"
             )
         seen[path.stem] = path
     return files

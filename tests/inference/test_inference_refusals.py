@@ -77,6 +77,18 @@ def case_a_large_tiff_whose_header_lies_out_of_core(tmp_path, rgb_run, **_):
     )
 
 
+def case_two_images_of_one_name(tmp_path, rgb_run, **_):
+    """a.png and a.tif in one folder: their masks (a.png, or a.tif out of core) and _probs collide."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(folder / "a.png")
+    tifffile.imwrite(folder / "a.tif", pixels)
+    out = tmp_path / "pred"
+    said = ("a.", "same name as", "outputs named a (the mask, a_probs", "different --out folders")
+    return Case(predict_args(rgb_run[3], folder, out), said, nothing_in(out))
+
+
 def case_a_tiled_tiff_cut_short_out_of_core(tmp_path, rgb_run, **_):
     """An interrupted download: a tiled, compressed TIFF cut to half its size (the codec's error)."""
     whole = tmp_path / "whole.tif"
