@@ -67,6 +67,8 @@ def check_dataset(
         )
     _summarise_shapes(report, sizes, channels, warnings)
     _summarise_values(report, value_counts, problems, warnings)
+    if not instance_masks:
+        warnings += values_of_one_mask(scan)
     if instance_masks:
         counts = sorted(scan.objects.values())
         report["objects"] = {"total": sum(counts), "per_mask_median": counts[len(counts) // 2] if counts else 0}
@@ -75,6 +77,28 @@ def check_dataset(
     report["mask_suffix"] = matching.suffix
     report["ok"] = not problems
     return report
+
+
+def values_of_one_mask(scan: FolderScan) -> list[dict]:
+    """A warning for mask values found in one mask of several: train takes its classes from the
+    training masks, so where its validation split takes that mask the value is refused there."""
+    holders: dict[int, list[str]] = {}
+    for name, facts in zip(scan.names, scan.facts, strict=True):
+        for value in facts.mask_values.tolist():
+            holders.setdefault(value, []).append(name)
+    single = sorted((value, names[0]) for value, names in holders.items() if len(names) == 1)
+    if len(scan.names) < 2 or not single:
+        return []
+    shown = ", ".join(f"{value} (only in {name}'s mask)" for value, name in single[:3]) + (" ..." * (len(single) > 3))
+    return [
+        {
+            "file": "masks",
+            "problem": f"mask value(s) {shown}: train takes its classes from the training masks, so a value in one "
+            "mask is refused if the validation split takes that mask",
+            "fix": "add masks that hold it, list the classes with --mask-values, or train with --instance-masks if "
+            "each value is one object",
+        }
+    ]
 
 
 def unpaired(matching: Matching, images_dir: Path, masks_dir: Path) -> list[dict]:

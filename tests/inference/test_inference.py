@@ -197,6 +197,18 @@ def test_check_reports_a_clean_data_set(tmp_path, capsys):
     assert "pairs: 4" in out and "mask values (2)" in out and "ok: training would work" in out
 
 
+def test_check_warns_of_a_mask_value_only_one_mask_holds(tmp_path, capsys):
+    """train takes its classes from its training masks: a value in one mask of several is refused
+    where the validation split takes that mask, so check says so (and training can still work)."""
+    images, masks = make_shapes(tmp_path, count=4)
+    mask = np.asarray(Image.open(masks / "img01.png")).copy()
+    mask[:3, :3] = 7
+    Image.fromarray(mask).save(masks / "img01.png")
+    assert main(["check", "--images", str(images), "--masks", str(masks)]) == 0
+    out = capsys.readouterr().out
+    assert "mask value(s) 7 (only in img01.png's mask)" in out and "--mask-values" in out and "ok: training would" in out
+
+
 @pytest.mark.parametrize(
     "breakage, needle",
     [
