@@ -206,7 +206,9 @@ def test_check_warns_of_a_mask_value_only_one_mask_holds(tmp_path, capsys):
     Image.fromarray(mask).save(masks / "img01.png")
     assert main(["check", "--images", str(images), "--masks", str(masks)]) == 0
     out = capsys.readouterr().out
-    assert "mask value(s) 7 (only in img01.png's mask)" in out and "--mask-values" in out and "ok: training would" in out
+    assert (
+        "mask value(s) 7 (only in img01.png's mask)" in out and "--mask-values" in out and "ok: training would" in out
+    )
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,9 @@ from synthetic import run_cli
 
 import unetkit.inference.slide.band_objects as band_objects
 import unetkit.inference.slide.large_tiff as large_tiff
+from unetkit.data import read_image
 from unetkit.data.preprocess import Preprocess
+from unetkit.data.tiff_axes import tiff_layout
 from unetkit.inference import InferenceOptions, Predictor
 from unetkit.inference.objects import ObjectRule, object_table, split_objects
 from unetkit.inference.slide.row_resample import RowResampler
@@ -274,3 +276,23 @@ def test_a_run_of_slides_alone_never_exports_to_onnx_runtime(rgb_run, tmp_path, 
     code, out, err = run_cli(capsys, *args, "--out", tmp_path / "small", "--out-of-core", "off")
     assert code == 0, err
     assert len(exports) == 1 and "running on PyTorch, cpu, fp32" in out  # tried; a drifting export is not used
+
+
+@pytest.mark.parametrize("layout", ["planar RGB", "ImageJ CYX"])
+def test_an_image_with_its_channels_first_is_read_band_by_band_as_in_memory(tmp_path, layout):
+    """Out of core as in memory: a planar-configured RGB TIFF (SYX) and an ImageJ CYX one give the
+    same (h, W, C) rows (before, both were refused: "save it channels last")."""
+    rgb = slide(tmp_path / "contig.tif", 300, 200)
+    path = tmp_path / "first.tif"
+    if layout == "planar RGB":
+        tifffile.imwrite(path, np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate", tile=(64, 64))
+    else:
+        tifffile.imwrite(path, np.moveaxis(rgb[..., :2], -1, 0), imagej=True, metadata={"axes": "CYX"})
+    expected = rgb if layout == "planar RGB" else rgb[..., :2]
+    assert large_tiff.channels_first(tiff_layout(path)) and not large_tiff.channels_first(
+        tiff_layout(tmp_path / "contig.tif")
+    )
+    with large_tiff.opened_pixels(path) as (pixels, _):
+        assert pixels.shape == expected.shape
+        assert np.array_equal(large_tiff.rows_of(pixels, 37, 130, path), expected[37:130])
+    assert np.array_equal(read_image(path), read_image(tmp_path / "contig.tif")[..., : expected.shape[2]])

@@ -107,6 +107,8 @@ def opened_pixels(
     store = tifffile.imread(path, aszarr=True, level=level)
     try:
         pixels = zarr.open(store, mode="r")
+        if plane is None and channels_first(tiff_layout(path, axes)):
+            plane = 0  # one image whose channels come before its rows (CYX, planar RGB): read as a stack's plane
         if plane is not None:
             layout = tiff_layout(path, axes)
             rows = pixels.chunks[layout.axes.index("Y")]
@@ -124,6 +126,13 @@ def opened_pixels(
         yield pixels, rule
     finally:
         store.close()
+
+
+def channels_first(layout: TiffAxes) -> bool:
+    """Whether a TIFF of one image (no plane axes) stores its channels before its rows, as
+    ImageJ's CYX and planar-configured RGB (SYX) do, where zarr's array is not (H, W[, C])."""
+    stored = "".join(a for a, n in zip(layout.axes, layout.shape, strict=True) if n > 1 or a in "YX")
+    return layout.planes == 1 and bool(layout.channel_axes) and not stored.startswith("YX")
 
 
 def memory_mapped(path: Path, level: int, rows: int):
