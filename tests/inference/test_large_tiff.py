@@ -195,6 +195,9 @@ def test_probabilities_and_objects_out_of_core(rgb_run, tmp_path, capsys, monkey
     small = tifffile.imread(tmp_path / "off" / "slide_probs.tif")
     assert big.shape == small.shape == (2, 300, 400)
     assert np.abs(big - small).max() < 1e-4
+    for mode in ("on", "off"):  # the same file layout either way: a page per class (not one page of 2 samples)
+        with tifffile.TiffFile(tmp_path / mode / "slide_probs.tif") as tif:
+            assert (len(tif.pages), tif.series[0].axes) == (2, "QYX"), mode
     labels = [tifffile.imread(tmp_path / mode / "slide_objects.tif") for mode in ("on", "off")]
     assert labels[1].max() >= 5  # objects to compare
     assert object_scores(labels[1], labels[0])["adapted_rand_error"] < 0.01

@@ -46,12 +46,10 @@ def write_tiled_tiff(
     path: Path, tiles: Iterator[np.ndarray], shape: tuple[int, ...], dtype: np.dtype, axes: str | None = None
 ) -> None:
     """A tiled, zlib-compressed BigTIFF from tiles in TIFF order, written atomically; (K, H, W)
-    shapes are K planes; with `axes` (a stack's, e.g. ZCYX), an OME-TIFF of a page per plane."""
+    shapes are K pages, as save_probabilities writes them in memory; with `axes` (a stack's, e.g.
+    ZCYX), an OME-TIFF of a page per plane."""
     ome = bool(axes) and names_ome_axes(axes)
-    if axes:
-        layout: dict = {"metadata": {"axes": axes}}
-    else:
-        layout = {"planarconfig": "separate"} if len(shape) == 3 else {}
+    layout = {"metadata": {"axes": axes}} if axes else {}
 
     def write(temporary: Path) -> None:
         with tifffile.TiffWriter(temporary, bigtiff=True, ome=ome) as writer:
