@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 from synthetic import assert_one_line_error, run_cli
 
-from unetkit.zoo import zoo_models
+from unetkit.models.checkpoint import load_checkpoint, save_checkpoint
+from unetkit.zoo import zoo_model, zoo_models
 
 SHIPPED = ("nuclei", "em-membranes")
 DEMO = Path(__file__).resolve().parents[1] / "unetkit" / "demo_data" / "isbi2012"
@@ -129,3 +130,12 @@ def test_a_ready_made_model_predicts_from_python_by_name(tmp_path):
     objects = [predictor.objects(predictor.logits(image))[0].max() for image in images]
     assert objects == expected[:2]
     assert np.array_equal(predictor.predict_file(sorted((tmp_path / "images").iterdir())[0]), masks[0])
+
+
+def test_a_zoo_models_state_saved_as_a_checkpoint_loads_again(tmp_path):
+    """A state read from a .safetensors export carries that format's marker; a checkpoint saved from
+    it carries the checkpoint's (before, load_checkpoint refused it as "not a unetkit checkpoint")."""
+    state = load_checkpoint(zoo_model("nuclei").weights)
+    save_checkpoint(tmp_path / "best.pt", {**state, "epoch": 0})
+    again = load_checkpoint(tmp_path / "best.pt")
+    assert again["format"] == "unetkit-checkpoint-v1" and again["mask_values"] == state["mask_values"]

@@ -8,11 +8,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from PIL import Image
+from synthetic import nuclei_with_ids
 
 from unetkit.data import Pair, find_pairs
-from unetkit.models.checkpoint import load_checkpoint
+from unetkit.models.checkpoint import load_checkpoint, save_checkpoint
 from unetkit.models.spec import ObjectRule
-from unetkit.runs.object_rule import TIE, choose_object_rule, safest, score_rules, start_tie
+from unetkit.runs.object_rule import INSTANCE_GRID, TIE, choose_object_rule, safest, score_rules, start_tie
+from unetkit.zoo import zoo_model
 
 
 def test_the_tie_of_a_run_from_a_model_is_the_sampling_error_of_its_objects():
@@ -63,3 +65,14 @@ def test_a_run_whose_validation_masks_hold_no_objects_says_no_rule_was_chosen(rg
     said.clear()
     choose_object_rule(best, [empty[0], *pairs[1:]], said.append)
     assert len(said) == 1 and "on 5 validation image(s) (1 without objects)" in said[0], said
+
+
+def test_an_instance_models_rule_says_which_plane_each_threshold_reads(tmp_path):
+    """Its seed (a probability of the cores' class) may sit below its flood (one of the foreground)."""
+    images, masks = nuclei_with_ids(tmp_path / "data", count=2)
+    best = tmp_path / "best.pt"
+    save_checkpoint(best, load_checkpoint(zoo_model("nuclei").weights))
+    said: list[str] = []
+    choose_object_rule(best, find_pairs(images, masks), said.append)
+    assert len(said) == 1 and "(seed: of the cores' class, flood: of the foreground)" in said[0], said
+    assert load_checkpoint(best)["object_rule"]["seed"] in INSTANCE_GRID["seed"]

@@ -22,7 +22,9 @@ FORMAT = "unetkit-checkpoint-v1"
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda temporary: torch.save({"format": FORMAT, **state}, temporary), durable=True)
+    # The marker last: a state read from a .safetensors export carries that format's own, which would
+    # otherwise be saved into a checkpoint that load_checkpoint then refuses.
+    atomic_write(path, lambda temporary: torch.save({**state, "format": FORMAT}, temporary), durable=True)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

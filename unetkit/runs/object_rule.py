@@ -75,9 +75,12 @@ def choose_object_rule(
     save_checkpoint(checkpoint, state)
     score = f"pooled AP@0.5:0.9 {1 - error:.4f}" if instances else f"adapted Rand error {error:.4f}"
     counted = f"{len(images)} validation image(s)" + (f" ({empty} without objects)" if empty else "")
+    # An instance model's seed is a probability of its cores' class and its flood one of the foreground,
+    # so a seed below the flood is no mistake there (inference/objects.py, instance_landscape).
+    planes = " (seed: of the cores' class, flood: of the foreground)" if instances else ""
     log(
-        f"objects: seed {best.seed}, flood {best.flood}, smooth {best.smooth}, min size {best.min_size} px chosen "
-        f"on {counted}, {score}; kept in {checkpoint.name}"
+        f"objects: seed {best.seed}, flood {best.flood}{planes}, smooth {best.smooth}, min size {best.min_size} px "
+        f"chosen on {counted}, {score}; kept in {checkpoint.name}"
     )
 
 
