@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from unetkit.data.fingerprint import MaskFacts, looks_like_instances, mask_facts, value_counts
+from unetkit.data.fingerprint import MaskFacts, looks_like_instances, mask_facts
 from unetkit.data.io import read_image, read_mask
 from unetkit.data.mask_values import (
     MAX_DISCOVERED_VALUES,
@@ -18,7 +18,7 @@ from unetkit.data.mask_values import (
     values_outside,
     zero_dominates,
 )
-from unetkit.data.objects import instance_classes
+from unetkit.data.objects import instance_classes, value_counts
 from unetkit.data.pairing import Matching, Pair, expand_planes, match_folders
 from unetkit.data.tiff_axes import FILE_AXES, AxisChoice, describe_axes, refuse_unused_axes
 from unetkit.errors import UnetkitError

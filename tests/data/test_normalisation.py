@@ -13,8 +13,9 @@ from PIL import Image
 from synthetic import TINY_TRAIN, run_cli
 
 from unetkit.data import find_pairs
-from unetkit.data.fingerprint import DataFingerprint, fingerprint_pairs, value_counts
+from unetkit.data.fingerprint import DataFingerprint, fingerprint_pairs
 from unetkit.data.io import to_unit_float
+from unetkit.data.objects import value_counts
 from unetkit.data.preprocess import percentile_scaled
 from unetkit.models.checkpoint import load_checkpoint
 from unetkit.train import TrainConfig

@@ -24,7 +24,7 @@ from scipy import ndimage
 from skimage.measure import label
 
 from unetkit.data.mask_values import MAX_DISCOVERED_VALUES, MaskValues, discover_mask_values, zero_dominates
-from unetkit.data.objects import INSTANCE_VALUES, instance_classes
+from unetkit.data.objects import INSTANCE_VALUES, instance_classes, value_counts
 from unetkit.data.pairing import Pair
 from unetkit.data.preprocess import IMAGE_PERCENTILES, channel_percentiles
 from unetkit.errors import UnetkitError
@@ -53,24 +53,6 @@ class MaskFacts:
     mask_counts: np.ndarray  # their pixel counts
     ids: int  # distinct values above 0
     regions: int  # 4-connected regions of one value above 0 (an instance mask: one per id)
-
-
-def value_counts(array: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
-    """np.unique(array, return_counts=True) (the values in the array's dtype), and with `weights`
-    the sum of each value's weights: by one bincount where the values are small non-negative
-    integers, as masks' are, instead of sorting every pixel (an hc18-dev mask: 10 -> 1 ms)."""
-    flat = array.reshape(-1)
-    small = flat.size and (flat.dtype == np.bool_ or np.issubdtype(flat.dtype, np.integer))
-    small = small and int(flat.min()) >= 0 and int(flat.max()) <= 4 * flat.size + 65536
-    if not small:
-        values, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
-        summed = () if weights is None else (np.bincount(inverse.reshape(-1), weights=weights.reshape(-1)),)
-        return values, counts, *summed
-    codes = flat.astype(np.intp, copy=False)
-    counts = np.bincount(codes)
-    values = np.flatnonzero(counts)
-    summed = () if weights is None else (np.bincount(codes, weights=weights.reshape(-1))[values],)
-    return values.astype(array.dtype), counts[values], *summed
 
 
 def mask_facts(mask: np.ndarray, ignore_value: int | None = None) -> MaskFacts:

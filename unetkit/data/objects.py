@@ -52,18 +52,40 @@ def mask_objects(mask: np.ndarray, class_ids: np.ndarray, instances: str | None,
     return relabel(np.where(class_ids == ignore_id, 0, mask) if ignore_id is not None else mask)
 
 
+def few_ids(array: np.ndarray) -> bool:
+    """Whether an array's values are non-negative integers no larger than a few times its size (or
+    uint16's range), so a bincount of them costs no more than the array: counted, not sorted."""
+    integers = array.dtype == np.bool_ or np.issubdtype(array.dtype, np.integer)
+    return bool(array.size and integers and int(array.min()) >= 0 and int(array.max()) <= 4 * array.size + 65536)
+
+
+def value_counts(array: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """np.unique(array, return_counts=True) (the values in the array's dtype), and with `weights`
+    the sum of each value's weights: by one bincount where the ids are few (few_ids), as masks' are,
+    instead of sorting every pixel (an hc18-dev mask: 10 -> 1 ms)."""
+    flat = array.reshape(-1)
+    if not few_ids(flat):
+        values, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+        summed = () if weights is None else (np.bincount(inverse.reshape(-1), weights=weights.reshape(-1)),)
+        return values, counts, *summed
+    codes = flat.astype(np.intp, copy=False)
+    counts = np.bincount(codes)
+    values = np.flatnonzero(counts)
+    summed = () if weights is None else (np.bincount(codes, weights=weights.reshape(-1))[values],)
+    return values.astype(array.dtype), counts[values], *summed
+
+
 def relabel(objects: np.ndarray) -> np.ndarray:
     """Ids 1..n (0 stays 0), none skipped, in the order of the original ids."""
-    low, high = (int(objects.min()), int(objects.max())) if objects.size else (0, 0)
-    if low < 0 or high > 4 * objects.size:  # ids far apart (a user's mask): sort them
+    if objects.size and not few_ids(objects):  # ids far apart (a user's mask): sort them
         ids, inverse = np.unique(objects, return_inverse=True)
         return (inverse.reshape(objects.shape) + (0 if ids[0] == 0 else 1)).astype(np.int64)
     # A lookup table of the ids present: linear in the pixels. On a 4096^2 image of 3,120 objects
     # it took 0.14-0.27 s where sorting the pixels (np.unique) took 3.9-4.3 s (issue 36).
     ids = objects.astype(np.intp, copy=False)
-    present = np.bincount(ids.ravel(), minlength=high + 1) > 0
+    present = np.bincount(ids.ravel(), minlength=1) > 0
     present[0] = False
-    table = np.zeros(high + 1, dtype=np.int64)
+    table = np.zeros(len(present), dtype=np.int64)
     table[present] = np.arange(1, int(present.sum()) + 1)
     return table[ids]
 

@@ -30,6 +30,8 @@ import numpy as np
 from scipy import sparse
 from skimage.metrics import adapted_rand_error, variation_of_information
 
+from unetkit.data.objects import value_counts
+
 IOU_THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)
 MAJORITY = 0.5  # an object "lies in" another when at least this share of its pixels do
 SCORES = ("adapted_rand_error", "vi_split", "vi_merge", "precision", "recall", "f1", "matched_iou", "ap")
@@ -38,20 +40,14 @@ SCORES = ("adapted_rand_error", "vi_split", "vi_merge", "precision", "recall", "
 def contingency(true: np.ndarray, pred: np.ndarray) -> sparse.csr_array:
     """The pixels of each (true, predicted) id pair, true 0 left out: scikit-image's
     `contingency_table(true, pred, ignore_labels=(0,))` less its explicit zeros. Counted from one
-    code per pixel (bincount; np.unique where the ids are many) instead of a sparse matrix built
+    code per pixel (data.objects.value_counts) instead of a sparse matrix built
     from every pixel: 9-14 -> 1-6 ms a 540 x 800 image. object_scores builds it once for all its
     scores, where scikit-image's each built their own: a run's object rule chosen on 16 hc18-dev
     images in 10 s instead of 21 (benchmarks/NOTES.md; tests/test_objects.py checks it against
     scikit-image)."""
     shape = (int(true.max(initial=0)) + 1, int(pred.max(initial=0)) + 1)
     kept = true.ravel() > 0
-    pairs = true.ravel()[kept] * shape[1] + pred.ravel()[kept]
-    if shape[0] * shape[1] <= 4 * true.size:  # a count per code is no larger than the image: bincount
-        counts = np.bincount(pairs, minlength=shape[0] * shape[1])
-        codes = np.flatnonzero(counts)
-        counts = counts[codes]
-    else:
-        codes, counts = np.unique(pairs, return_counts=True)
+    codes, counts = value_counts(true.ravel()[kept] * shape[1] + pred.ravel()[kept])
     return sparse.csr_array((counts.astype(np.float64), np.divmod(codes, shape[1])), shape=shape)
 
 

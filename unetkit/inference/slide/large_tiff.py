@@ -107,10 +107,10 @@ def opened_pixels(
     store = tifffile.imread(path, aszarr=True, level=level)
     try:
         pixels = zarr.open(store, mode="r")
-        if plane is None and channels_first(tiff_layout(path, axes)):
+        layout = tiff_layout(path, axes)
+        if plane is None and channels_first(layout):
             plane = 0  # one image whose channels come before its rows (CYX, planar RGB): read as a stack's plane
         if plane is not None:
-            layout = tiff_layout(path, axes)
             rows = pixels.chunks[layout.axes.index("Y")]
             pixels = PlaneRows(memory_mapped(path, level, rows) if rows > MAX_CHUNK_ROWS else pixels, layout, plane)
         elif pixels.ndim == 3 and pixels.shape[2] > MAX_CHANNELS + 1 or pixels.ndim not in (2, 3):
