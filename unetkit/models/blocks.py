@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unetkit.models.conv3x3 import Conv3x3
 from unetkit.models.transposed import TransposedUp
 
 Upsampling = Literal["transposed", "bilinear"]
@@ -22,8 +23,13 @@ class ConvBNReLU(nn.Sequential):
     """3x3 convolution, batch norm, ReLU. The bias is dropped because BatchNorm adds its own."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        conv = (
+            Conv3x3(in_channels, out_channels)  # its weight gradient as the CPU computes it fastest
+            if stride == 1
+            else nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        )
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+            conv,
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )

@@ -1,0 +1,123 @@
+"""The 3x3 convolution of every U-Net level, whose weight gradient a probe may hand to one GEMM.
+
+The weight gradient of a 3x3 convolution is one matrix product: the output gradient's pixels (rows
+of Cout) against the input's 3x3 neighbourhoods (rows of 9 Cin, "im2col"). oneDNN computes it
+in a loop of its own, which on a CPU is fast where the pixels are many and the weights few, and
+slow the other way round: the paper's U-Net's bottleneck (1024 -> 1024 at 16^2, batch 2, bf16 on
+an AMX CPU) took 39.6 ms for the weight gradient against 6.9 as one GEMM, and every layer of that
+network took 1.3-2.9x longer than the GEMM in fp32 on AVX2, while the shallow layers in bf16 on
+AMX are 3-12x faster in oneDNN (benchmarks/NOTES.md, issue 36). Which way wins is the CPU's and
+the shape's, so the first backward of each shape times both and the process keeps the faster.
+The forward and the input gradient stay oneDNN's; the parameters, checkpoints and outputs are an
+nn.Conv2d's, the weight gradient equal to its rounding (fp32 to 1e-5, bf16 to its last bits).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# The im2col matrix is written whole, so a shape is only tried where it stays this small: the
+# layers where the GEMM wins are the deep ones, whose matrices are a few MiB to 75 MiB (fp32).
+MAX_IM2COL_BYTES = 96 * 2**20
+
+_gemm_is_faster: dict[tuple, bool] = {}  # the probe's answer for each shape, for the process
+
+
+class Conv3x3(nn.Conv2d):
+    """nn.Conv2d(k=3, padding=1), the same parameters and outputs; with gradients on a CPU, its
+    backward is Conv3x3Function's."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = False) -> None:
+        super().__init__(in_channels, out_channels, 3, padding=1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if not (torch.is_grad_enabled() and x.device.type == "cpu" and self.weight.requires_grad):
+            return super().forward(x)
+        # As autocast would cast for a convolution: the function sees one dtype throughout, and
+        # the casts' own backward hands fp32 gradients to fp32 weights (as in TransposedUp).
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        bias = None if self.bias is None else self.bias.to(dtype)
+        return Conv3x3Function.apply(x.to(dtype), self.weight.to(dtype), bias)
+
+
+class Conv3x3Function(torch.autograd.Function):
+    """F.conv2d(x, weight, bias, padding=1), its weight gradient by oneDNN or one GEMM, as the
+    probe found faster for the shape."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.with_bias = bias is not None
+        with torch.autocast("cpu", enabled=False):
+            return F.conv2d(x, weight, bias, padding=1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        wants_x, wants_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_bias = grad.sum((0, 2, 3), dtype=torch.float32).to(grad.dtype) if ctx.with_bias else None
+        if wants_weight and gemm_is_faster(x, weight, grad, wants_x):
+            grad_x = onednn_backward(x, weight, grad, True, False)[0] if wants_x else None
+            return grad_x, weight_gradient_gemm(x, grad), grad_bias
+        grad_x, grad_weight = onednn_backward(x, weight, grad, wants_x, wants_weight)
+        return grad_x, grad_weight, grad_bias
+
+
+def onednn_backward(
+    x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, wants_x: bool, wants_weight: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """PyTorch's own backward of the 3x3 convolution (oneDNN on a CPU), the gradients asked for."""
+    grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
+        grad, x, weight, None, (1, 1), (1, 1), (1, 1), False, (0, 0), 1, (wants_x, wants_weight, False)
+    )
+    return grad_x, grad_weight
+
+
+def weight_gradient_gemm(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """The 3x3 convolution's weight gradient as one GEMM: the output gradient's pixels (n, i, j)
+    as rows of Cout, against the zero-padded input's 3x3 neighbourhood of each pixel as rows of
+    (ky, kx, Cin); laid out (Cout, ky, kx, Cin), which is the channels_last layout of the
+    (Cout, Cin, 3, 3) weights."""
+    n, cin, height, width = x.shape
+    grad = grad.contiguous(memory_format=torch.channels_last)  # its pixels as rows
+    padded = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1)  # (n, h + 2, w + 2, cin)
+    windows = [padded[:, ky : ky + height, kx : kx + width] for ky in range(3) for kx in range(3)]
+    columns = torch.stack(windows, dim=3).view(n * height * width, 9 * cin)
+    rows = grad.permute(0, 2, 3, 1).reshape(n * height * width, grad.shape[1])
+    return (rows.t() @ columns).view(-1, 3, 3, cin).permute(0, 3, 1, 2)
+
+
+def channels_last(x: torch.Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def gemm_is_faster(x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, wants_x: bool) -> bool:
+    """Whether one GEMM gives this shape's weight gradient sooner than oneDNN, with the input
+    gradient beside it as the backward needs it: timed at the shape's first backward (the
+    faster of two tries each), then kept for the process."""
+    key = (tuple(x.shape), tuple(weight.shape), x.dtype, channels_last(x), wants_x, torch.get_num_threads())
+    if key not in _gemm_is_faster:
+        n, cin, height, width = x.shape
+        if n * height * width * 9 * cin * x.element_size() > MAX_IM2COL_BYTES:
+            _gemm_is_faster[key] = False
+        else:
+            onednn = lambda: onednn_backward(x, weight, grad, wants_x, True)  # noqa: E731
+            gemm = lambda: (onednn_backward(x, weight, grad, True, False) if wants_x else None,  # noqa: E731
+                            weight_gradient_gemm(x, grad))  # fmt: skip
+            _gemm_is_faster[key] = fastest_seconds(gemm) < fastest_seconds(onednn)
+    return _gemm_is_faster[key]
+
+
+def fastest_seconds(run, tries: int = 2) -> float:
+    """The fastest of `tries` timed calls of `run`, after one untimed call (which picks kernels)."""
+    run()
+    best = float("inf")
+    for _ in range(tries):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
