@@ -55,3 +55,32 @@ def test_adamw_is_the_fused_kernel_on_a_cpu_and_resumes_a_loop_adamws_state(tmp_
     model(torch.ones(1, 1, 16, 16)).square().mean().backward()
     resumed.step()
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_the_fused_adamw_hands_channels_last_weights_densely_with_the_same_arithmetic():
+    """FusedAdamW gives torch's fused AdamW's weights and moments bit for bit, on channels_last
+    weights (seen as the dense blocks they are in memory), default-layout ones and a gradient in
+    the other layout than its weight; its state keeps each weight's layout."""
+    from unetkit.train.fused_adamw import FusedAdamW
+
+    torch.manual_seed(0)
+    shapes = [(6, 5, 3, 3), (4, 3, 2, 2), (7,), (3, 3)]
+    weights = [torch.randn(s).contiguous(memory_format=torch.channels_last) if len(s) == 4 else torch.randn(s)
+               for s in shapes]  # fmt: skip
+    weights.append(torch.randn(5, 4, 3, 3))  # a default-layout 4-d weight
+    ours = [nn.Parameter(w.clone()) for w in weights]
+    theirs = [nn.Parameter(w.clone()) for w in weights]
+    a = FusedAdamW(ours, lr=1e-2, weight_decay=0.1)
+    b = torch.optim.AdamW(theirs, lr=1e-2, weight_decay=0.1, fused=True)
+    for step in range(3):
+        for p, q in zip(ours, theirs, strict=True):
+            grad = torch.randn(p.shape)
+            if step == 1 and p.dim() == 4:  # a gradient laid out unlike its weight
+                grad = grad.contiguous(memory_format=torch.contiguous_format)
+            p.grad, q.grad = grad.clone(), grad.clone()
+        a.step()
+        b.step()
+    for p, q in zip(ours, theirs, strict=True):
+        assert torch.equal(p, q) and p.stride() == q.stride()
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(a.state[p][key], b.state[q][key]) and a.state[p][key].stride() == p.stride()

@@ -32,6 +32,7 @@ from unetkit.train.config import OPTIMIZERS, TrainConfig
 from unetkit.train.data_plan import DataPlan
 from unetkit.train.distributed import Distributed, unwrap
 from unetkit.train.encoder_weights import load_encoder_weights, parameter_groups, pretrained
+from unetkit.train.fused_adamw import FusedAdamW
 from unetkit.train.init_from import start_from
 from unetkit.train.losses import SegmentationLoss
 from unetkit.train.schedulers import Schedule
@@ -138,10 +139,12 @@ def build_optimizer(cfg: TrainConfig, params: Any) -> torch.optim.Optimizer:
     params = list(params)  # weights, or groups of them; a generator would be used up by a look
     if cfg.optimizer == "adamw":
         # One fused kernel over all the weights where PyTorch has it (CPU, CUDA), instead of a
-        # loop of elementwise ops per tensor: the paper's U-Net's step 50 ms (8%) sooner on an AMX
-        # CPU. Its rounding differs in the last bits; at equal epochs (isbi2012, 3 seeds) no score
-        # moved beyond the seed's spread (benchmarks/NOTES.md, issue 36).
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused_kernel_exists(params))
+        # loop of elementwise ops per tensor: the paper's U-Net's step ~70 ms (11%) sooner on an
+        # AMX CPU. Its rounding differs in the last bits; at equal epochs (isbi2012, 3 seeds) no
+        # score moved beyond the seed's spread (benchmarks/NOTES.md, issue 36).
+        if fused_kernel_exists(params):
+            return FusedAdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":  # the U-Net paper: SGD with momentum 0.99
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "rmsprop":  # milesial/Pytorch-UNet's choice
