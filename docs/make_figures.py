@@ -191,6 +191,42 @@ def figure_amp(out: Path, size: int = 128) -> Path:
     return _save(figure, out / "amp.png")
 
 
+# --- The 3x3 convolution's weight gradient (unetkit/models/conv3x3.py) ---
+def figure_weight_gradient(out: Path, size: int = 128) -> Path:
+    """oneDNN's weight gradient against one im2col GEMM for the second 3x3 convolution of each
+    level of the paper's U-Net (64 ... 1024 channels), batch 2 at `size` px, channels_last, in bf16
+    where the CPU has it natively, else fp32: which way wins depends on the level and the CPU."""
+    from unetkit.models.conv3x3 import onednn_backward, weight_gradient_gemm
+
+    plt = _pyplot()
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    rows = []
+    for level, channels in enumerate([64, 128, 256, 512, 1024]):
+        side = max(2, size >> level)
+        x, grad = (torch.randn(2, channels, side, side, dtype=dtype).contiguous(memory_format=torch.channels_last)
+                   for _ in range(2))  # fmt: skip
+        weight = torch.randn(channels, channels, 3, 3, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        onednn = _time(lambda x=x, weight=weight, grad=grad: onednn_backward(x, weight, grad, False, True))
+        gemm = _time(lambda x=x, grad=grad: weight_gradient_gemm(x, grad))
+        rows.append({"channels": channels, "side": side, "onednn_s": onednn, "gemm_s": gemm})
+    figure, axis = plt.subplots(figsize=(6.4, 3.4))
+    positions = np.arange(len(rows))
+    for offset, key, label in ((-0.2, "onednn_s", "oneDNN (PyTorch's)"), (0.2, "gemm_s", "one GEMM (im2col)")):
+        axis.bar(positions + offset, [1000 * r[key] for r in rows], width=0.4, label=label)
+    axis.set_xticks(positions, [f"{r['channels']}ch\n{r['side']}px" for r in rows])
+    axis.set_ylabel(f"weight gradient, batch 2, {str(dtype).replace('torch.', '')} (ms)")
+    axis.set_yscale("log")
+    for axis_ticks in (axis.yaxis.set_major_formatter, axis.yaxis.set_minor_formatter):
+        axis_ticks(lambda value, _position: f"{value:g}")
+    axis.legend(fontsize=8)
+    axis.set_title(f"{cpu_description()[:70]}\nthe 3x3 convolution's weight gradient, two ways", fontsize=8)
+    (out / "weight_gradient.json").write_text(
+        json.dumps({"cpu": cpu_description(), "dtype": str(dtype), "layers": rows}, indent=2) + "\n"
+    )
+    return _save(figure, out / "weight_gradient.png")
+
+
 # --- LR schedulers (unetkit/train/schedulers.py) ---
 def figure_schedulers(out: Path, epochs: int = 30, steps_per_epoch: int = 10) -> Path:
     plt = _pyplot()
@@ -304,6 +340,7 @@ CHEAP_FIGURES = {
     "dice_iou": figure_dice_iou,
     "upsampling": figure_upsampling,
     "amp": figure_amp,
+    "weight_gradient": figure_weight_gradient,
     "schedulers": figure_schedulers,
 }
 

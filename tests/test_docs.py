@@ -4,9 +4,10 @@ import make_figures as docs
 import pytest
 
 
-@pytest.mark.parametrize("name", ["dice_iou", "upsampling", "amp", "schedulers", "weight_map"])
+@pytest.mark.parametrize("name", ["dice_iou", "upsampling", "amp", "schedulers", "weight_map", "weight_gradient"])
 def test_cheap_figures_render(tmp_path, name):
-    path = docs.figure_amp(tmp_path, size=32) if name == "amp" else docs.CHEAP_FIGURES[name](tmp_path)
+    small = {"amp": 32, "weight_gradient": 16}  # timings: their figures' sizes take seconds
+    path = docs.CHEAP_FIGURES[name](tmp_path, size=small[name]) if name in small else docs.CHEAP_FIGURES[name](tmp_path)
     assert path.suffix == ".png" and 0 < path.stat().st_size < 200_000
 
 
@@ -27,6 +28,7 @@ def test_every_page_names_its_module_and_has_its_figure():
         "schedulers.md": ("unetkit/train/schedulers.py", "schedulers.png"),
         "dumbnet_vs_unet.md": ("unetkit/models/dumbnet.py", "dumbnet_vs_unet.png"),
         "objects.md": ("unetkit/data/weight_map.py", "weight_map.png"),
+        "training_step.md": ("unetkit/models/conv3x3.py", "weight_gradient.png"),
     }
     for page, (module, figure) in pages.items():
         text = (root / "docs" / page).read_text()

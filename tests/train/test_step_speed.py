@@ -51,6 +51,7 @@ def test_adamw_is_the_fused_kernel_on_a_cpu_and_resumes_a_loop_adamws_state(tmp_
         torch.testing.assert_close(a, b, rtol=1e-4, atol=3e-4)  # 3 steps of lr 1e-3: within a tenth of one
     resumed = build_optimizer(cfg, model.parameters())
     resumed.load_state_dict(loop.state_dict())  # the older checkpoint's optimizer
+    assert resumed.param_groups[0]["fused"]  # resumed on the fused kernel, not the saved loop
     model.load_state_dict(older.state_dict())
     model(torch.ones(1, 1, 16, 16)).square().mean().backward()
     resumed.step()

@@ -14,11 +14,11 @@ nn.Conv2d's, the weight gradient equal to its rounding (fp32 to 1e-5, bf16 to it
 
 from __future__ import annotations
 
-import time
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from unetkit.runtime.hardware import fastest_call
 
 # The im2col matrix is written whole, so a shape is only tried where it stays this small: the
 # layers where the GEMM wins are the deep ones, whose matrices are a few MiB to 75 MiB (fp32).
@@ -98,26 +98,21 @@ def channels_last(x: torch.Tensor) -> bool:
 def gemm_is_faster(x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, wants_x: bool) -> bool:
     """Whether one GEMM gives this shape's weight gradient sooner than oneDNN, with the input
     gradient beside it as the backward needs it: timed at the shape's first backward (the
-    faster of two tries each), then kept for the process."""
+    fastest of two tries each, after one that picks the kernels), then kept for the process."""
     key = (tuple(x.shape), tuple(weight.shape), x.dtype, channels_last(x), wants_x, torch.get_num_threads())
     if key not in _gemm_is_faster:
         n, cin, height, width = x.shape
         if n * height * width * 9 * cin * x.element_size() > MAX_IM2COL_BYTES:
             _gemm_is_faster[key] = False
         else:
-            onednn = lambda: onednn_backward(x, weight, grad, wants_x, True)  # noqa: E731
-            gemm = lambda: (onednn_backward(x, weight, grad, True, False) if wants_x else None,  # noqa: E731
-                            weight_gradient_gemm(x, grad))  # fmt: skip
-            _gemm_is_faster[key] = fastest_seconds(gemm) < fastest_seconds(onednn)
+            onednn = fastest_call(lambda: onednn_backward(x, weight, grad, wants_x, True), repeats=2)
+            gemm = fastest_call(  # a GEMM already 3x slower at its first call is not timed further
+                lambda: (
+                    onednn_backward(x, weight, grad, True, False) if wants_x else None,
+                    weight_gradient_gemm(x, grad),
+                ),
+                repeats=2,
+                give_up_after=3 * onednn,
+            )
+            _gemm_is_faster[key] = gemm < onednn
     return _gemm_is_faster[key]
-
-
-def fastest_seconds(run, tries: int = 2) -> float:
-    """The fastest of `tries` timed calls of `run`, after one untimed call (which picks kernels)."""
-    run()
-    best = float("inf")
-    for _ in range(tries):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best

@@ -65,7 +65,7 @@ def training_pass(
 def clip_gradients(parameters: list[nn.Parameter], max_norm: float) -> None:
     """nn.utils.clip_grad_norm_, without its multiply by 1.0 where the norm is within `max_norm`
     (on a CPU, where asking costs no wait for a device): a pass over every gradient saved in the
-    steps that need no clipping, 88-98% of them in isbi2012 runs (benchmarks/NOTES.md). The same
+    steps that need no clipping, 87-98% of them in isbi2012 runs (benchmarks/NOTES.md). The same
     gradients, bit for bit: clip_grad_norm_ scales by max_norm / (norm + 1e-6), clamped to 1."""
     grads = [p.grad for p in parameters if p.grad is not None]
     norm = nn.utils.get_total_norm(grads)

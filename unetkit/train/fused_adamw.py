@@ -20,6 +20,13 @@ class FusedAdamW(torch.optim.AdamW):
     def __init__(self, params, **options) -> None:  # noqa: ANN001 (as torch.optim.AdamW takes them)
         super().__init__(params, fused=True, **options)
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """A checkpoint's optimizer, its moments and steps; fused whatever the checkpoint's groups
+        say (a run saved by the per-tensor AdamW of earlier versions resumes on the fused kernel)."""
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            group["fused"], group["foreach"] = True, None
+
     def _init_group(self, group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps):  # noqa: ANN001, ANN202
         has_complex = super()._init_group(group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)
         for index, weight in enumerate(params):

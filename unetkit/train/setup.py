@@ -139,7 +139,7 @@ def build_optimizer(cfg: TrainConfig, params: Any) -> torch.optim.Optimizer:
     params = list(params)  # weights, or groups of them; a generator would be used up by a look
     if cfg.optimizer == "adamw":
         # One fused kernel over all the weights where PyTorch has it (CPU, CUDA), instead of a
-        # loop of elementwise ops per tensor: the paper's U-Net's step ~70 ms (11%) sooner on an
+        # loop of elementwise ops per tensor: the paper's U-Net's step ~8% sooner on an
         # AMX CPU. Its rounding differs in the last bits; at equal epochs (isbi2012, 3 seeds) no
         # score moved beyond the seed's spread (benchmarks/NOTES.md, issue 36).
         if fused_kernel_exists(params):
