@@ -107,6 +107,18 @@ def test_resume_matches_an_uninterrupted_run(binary_data, tmp_path, ema):
         assert any(not torch.equal(full_state["model"][n], full_state["training_model"][n]) for n in a)
 
 
+def test_a_run_resumed_with_more_epochs_starts_at_its_new_plans_rate(binary_data, tmp_path):
+    """A finished 2-epoch cosine run resumed with --epochs 4 re-plans its schedule over 4 epochs:
+    epoch 3 starts at the rate halfway down that cosine, not at the old plan's end (0)."""
+    images, masks = binary_data
+    first = train(tiny_config(images, masks, tmp_path / "run", epochs=2, warmup_epochs=0.0), log=lambda _: None)
+    assert first.history[-1].lr < first.history[0].lr
+    resumed = train(TrainConfig(resume=str(tmp_path / "run" / "last.pt"), epochs=4, progress=False), log=lambda _: None)
+    base = load_checkpoint(first.last_checkpoint)["config"]["lr"]
+    assert [row.epoch for row in resumed.history] == [1, 2, 3, 4]
+    assert resumed.history[2].lr == pytest.approx(base * 0.5, rel=1e-6)  # cosine at progress 0.5
+
+
 def test_finished_run_is_never_overwritten(binary_data, tmp_path):
     images, masks = binary_data
     train(tiny_config(images, masks, tmp_path / "run", epochs=1), log=lambda _: None)

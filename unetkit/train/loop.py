@@ -92,6 +92,8 @@ class Trainer:
     def _epoch_loop(self, files: EpochFiles, on_epoch_end: EpochCallback | None) -> None:
         cfg = self.cfg
         self.budget.start()
+        if self.run.resume_state is not None:
+            self.opt.schedule.resume()  # the rate this run's plan gives where it resumes
         self._validate_start()
         epochs = itertools.count(self.start_epoch) if cfg.epochs is None else range(self.start_epoch, cfg.epochs + 1)
         for epoch in epochs:

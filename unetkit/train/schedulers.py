@@ -97,3 +97,15 @@ class Schedule:
 
     def load_state_dict(self, state: dict) -> None:
         self.scheduler.load_state_dict(state)
+
+    def resume(self) -> None:
+        """Set the optimizer's rate to this run's plan at the step resumed from, once the budget's
+        clock runs. The checkpoint's optimizer holds the rate of the run that saved it, which a
+        resumed run given more epochs or time has re-planned: a 2-epoch cosine run resumed with
+        --epochs 4 ran its first batch at 0, the saved end of the old plan, and logged lr 0."""
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):
+            scheduler, step = self.scheduler, self.scheduler.last_epoch
+            rates = [base * rule(step) for base, rule in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)]
+            for group, rate in zip(self.scheduler.optimizer.param_groups, rates, strict=True):
+                group["lr"] = rate
+            self.scheduler._last_lr = rates  # what get_last_lr() reads
