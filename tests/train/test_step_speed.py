@@ -14,16 +14,20 @@ from unetkit.train.epoch import clip_gradients
 from unetkit.train.setup import build_optimizer, fused_kernel_exists
 
 
-@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])  # within the limit, about it, far over it
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3, float("nan")])  # within the limit, about it, far over it, NaN
 def test_clipping_gives_clip_grad_norms_gradients_bit_for_bit(scale):
     torch.manual_seed(0)
     model, x = UNet(1, 2, base_channels=4, depth=2), torch.randn(2, 1, 16, 16)
     theirs = copy.deepcopy(model)
     for net in (model, theirs):
-        net(x).square().mean().mul(scale).backward()
+        net(x).square().mean().mul(scale if scale == scale else 1.0).backward()
+        if scale != scale:  # one NaN gradient element: clip_grad_norm_ turns every gradient to NaN
+            next(net.parameters()).grad.view(-1)[0] = float("nan")
     clip_gradients(list(model.parameters()), 1.0)
     nn.utils.clip_grad_norm_(theirs.parameters(), 1.0)
-    assert all(torch.equal(a.grad, b.grad) for a, b in zip(model.parameters(), theirs.parameters(), strict=True))
+    pairs = zip(model.parameters(), theirs.parameters(), strict=True)
+    assert all(torch.equal(a.grad, b.grad) or (a.grad.isnan().all() and b.grad.isnan().all()) for a, b in pairs)
+    assert scale == scale or all(p.grad.isnan().all() for p in model.parameters())
 
 
 def test_adamw_is_the_fused_kernel_on_a_cpu_and_resumes_a_loop_adamws_state(tmp_path):
@@ -60,8 +64,8 @@ def test_adamw_is_the_fused_kernel_on_a_cpu_and_resumes_a_loop_adamws_state(tmp_
 
 def test_the_fused_adamw_hands_channels_last_weights_densely_with_the_same_arithmetic():
     """FusedAdamW gives torch's fused AdamW's weights and moments bit for bit, on channels_last
-    weights (seen as the dense blocks they are in memory), default-layout ones and a gradient in
-    the other layout than its weight; its state keeps each weight's layout."""
+    weights (seen as the dense blocks they are in memory) and default-layout ones; its state
+    keeps each weight's layout."""
     from unetkit.train.fused_adamw import FusedAdamW
 
     torch.manual_seed(0)
@@ -73,15 +77,44 @@ def test_the_fused_adamw_hands_channels_last_weights_densely_with_the_same_arith
     theirs = [nn.Parameter(w.clone()) for w in weights]
     a = FusedAdamW(ours, lr=1e-2, weight_decay=0.1)
     b = torch.optim.AdamW(theirs, lr=1e-2, weight_decay=0.1, fused=True)
-    for step in range(3):
+    for _ in range(3):
         for p, q in zip(ours, theirs, strict=True):
-            grad = torch.randn(p.shape)
-            if step == 1 and p.dim() == 4:  # a gradient laid out unlike its weight
-                grad = grad.contiguous(memory_format=torch.contiguous_format)
-            p.grad, q.grad = grad.clone(), grad.clone()
+            grad = torch.randn(p.shape).contiguous(memory_format=torch.preserve_format)
+            p.grad, q.grad = torch.empty_like(p).copy_(grad), torch.empty_like(q).copy_(grad)
         a.step()
         b.step()
     for p, q in zip(ours, theirs, strict=True):
         assert torch.equal(p, q) and p.stride() == q.stride()
         for key in ("exp_avg", "exp_avg_sq"):
             assert torch.equal(a.state[p][key], b.state[q][key]) and a.state[p][key].stride() == p.stride()
+
+
+@pytest.mark.parametrize("weight_layout", [torch.contiguous_format, torch.channels_last])
+def test_the_fused_adamw_pairs_each_weight_with_its_own_moments_whatever_their_layouts(weight_layout):
+    """A run resumed in the other layout (`--channels-last auto` may time the other way) loads
+    moments laid out unlike its weights, and a gradient may come laid out unlike its weight: the
+    step still equals the per-tensor AdamW's, element by element (PyTorch's fused kernel pairs them
+    by place in memory: 0.15 off in one step), and the moments are kept in the weight's layout."""
+    from unetkit.train.fused_adamw import FusedAdamW
+
+    torch.manual_seed(0)
+    other = torch.contiguous_format if weight_layout == torch.channels_last else torch.channels_last
+    start, first, second = torch.randn(8, 5, 3, 3), torch.randn(8, 5, 3, 3), torch.randn(8, 5, 3, 3)
+    saved = torch.optim.AdamW([nn.Parameter(start.clone())], lr=0.1)
+    saved.param_groups[0]["params"][0].grad = first
+    saved.step()
+    state = saved.state_dict()
+    for key in ("exp_avg", "exp_avg_sq"):
+        state["state"][0][key] = state["state"][0][key].contiguous(memory_format=other)
+    ours = nn.Parameter(start.clone().contiguous(memory_format=weight_layout))
+    reference = nn.Parameter(start.clone())
+    fused, loop = FusedAdamW([ours], lr=0.1), torch.optim.AdamW([reference], lr=0.1)
+    fused.load_state_dict(copy.deepcopy(state))
+    loop.load_state_dict(copy.deepcopy(state))
+    ours.grad, reference.grad = second.clone().contiguous(memory_format=other), second.clone()
+    fused.step()
+    loop.step()
+    torch.testing.assert_close(ours.detach(), reference.detach(), rtol=1e-6, atol=1e-6)
+    for key in ("exp_avg", "exp_avg_sq"):
+        torch.testing.assert_close(fused.state[ours][key], loop.state[reference][key], rtol=1e-6, atol=1e-7)
+        assert fused.state[ours][key].stride() == ours.stride()

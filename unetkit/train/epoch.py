@@ -69,7 +69,7 @@ def clip_gradients(parameters: list[nn.Parameter], max_norm: float) -> None:
     gradients, bit for bit: clip_grad_norm_ scales by max_norm / (norm + 1e-6), clamped to 1."""
     grads = [p.grad for p in parameters if p.grad is not None]
     norm = nn.utils.get_total_norm(grads)
-    if norm.device.type != "cpu" or float(norm) + 1e-6 > max_norm:
+    if norm.device.type != "cpu" or not float(norm) + 1e-6 <= max_norm:  # a NaN norm scales too, as there
         nn.utils.clip_grads_with_norm_(parameters, max_norm, norm)
 
 

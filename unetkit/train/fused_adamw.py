@@ -30,11 +30,26 @@ class FusedAdamW(torch.optim.AdamW):
     def _init_group(self, group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps):  # noqa: ANN001, ANN202
         has_complex = super()._init_group(group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)
         for index, weight in enumerate(params):
+            self._lay_out_like(weight, index, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs)
             if dense_in_channels_last(weight):
                 for tensors in (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs):
                     if index < len(tensors):  # the maxima only under amsgrad
                         tensors[index] = tensors[index].permute(0, 2, 3, 1)
         return has_complex
+
+    def _lay_out_like(self, weight: torch.Tensor, index: int, grads: list, *moments: list) -> None:
+        """The gradient and the moments of `weight` (the `index`-th of the lists) laid out as the
+        weight is. PyTorch's fused CPU kernel pairs elements by their place in memory, not by their
+        index, so a weight whose layout differs from its moments' took another element's moments,
+        silently: a channels_last run resumed in the default layout (`--channels-last auto` timing
+        the other way) drifted from the per-tensor AdamW's result by 0.15 in one step. The moments
+        are laid out anew in the optimizer's state, which the kernel updates in place."""
+        if grads[index].stride() != weight.stride():
+            grads[index] = torch.empty_like(weight).copy_(grads[index])
+        state = self.state[weight]
+        for key, tensors in zip(("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), moments, strict=True):
+            if index < len(tensors) and tensors[index].stride() != weight.stride():
+                state[key] = tensors[index] = torch.empty_like(weight).copy_(tensors[index])
 
 
 def dense_in_channels_last(tensor: torch.Tensor) -> bool:
