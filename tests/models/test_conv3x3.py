@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from layer_gradients import output_and_gradients
 
 from unetkit.models import conv3x3
 from unetkit.models.conv3x3 import Conv3x3, Conv3x3Function, gemm_is_faster, weight_gradient_gemm
@@ -37,13 +38,7 @@ def test_conv3x3_gives_the_convolutions_output_and_gradients(gemm, amp, layout, 
         ours.load_state_dict(reference.state_dict())
         x = torch.randn(2, 4, 11, 8).contiguous(memory_format=layout)
         grad = torch.randn(2, 6, 11, 8).contiguous(memory_format=layout)
-        results = []
-        for module in (reference, ours):
-            leaf = x.clone().requires_grad_()
-            with torch.autocast("cpu", torch.bfloat16, enabled=amp):
-                y = module(leaf)
-            y.backward(grad)
-            results.append([y.float(), leaf.grad, module.weight.grad] + ([module.bias.grad] if bias else []))
+        results = [output_and_gradients(module, x, grad, amp) for module in (reference, ours)]
         tolerance = {"atol": 0.06, "rtol": 0.02} if amp else {"atol": 1e-5, "rtol": 1e-5}
         for expected, got in zip(*results, strict=True):
             assert got.dtype == expected.dtype and got.shape == expected.shape

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from layer_gradients import output_and_gradients
 
 from unetkit.models import MODELS, DumbNet, UNet, create_model, model_class
 
@@ -347,13 +348,7 @@ def test_the_transposed_upsampling_gives_the_transposed_convolutions_output_and_
     ours.load_state_dict(reference.state_dict())
     x = torch.randn(3, 24, 9, 7).contiguous(memory_format=layout)
     grad = torch.randn(3, 20, 18, 14).contiguous(memory_format=layout)[:, 4:16]
-    results = []
-    for module in (reference, ours):
-        leaf = x.clone().requires_grad_()
-        with torch.autocast("cpu", torch.bfloat16, enabled=amp):
-            y = module(leaf)
-        y.backward(grad)
-        results.append([y.float(), leaf.grad, module.weight.grad, module.bias.grad])
+    results = [output_and_gradients(module, x, grad, amp) for module in (reference, ours)]
     assert type(ours(x.requires_grad_()).grad_fn).__name__ == f"{TransposedUpFunction.__name__}Backward"
     tolerance = {"atol": 0.05, "rtol": 0.02} if amp else {"atol": 1e-5, "rtol": 1e-5}
     for expected, got in zip(*results, strict=True):
