@@ -69,3 +69,19 @@ def test_the_probe_times_each_shape_once_and_skips_large_ones(monkeypatch):
     assert first is True  # oneDNN (timed first here, 1.0 s) lost to the GEMM (0.0 s)
     monkeypatch.setattr(conv3x3, "MAX_IM2COL_BYTES", 2 * 5 * 5 * 9 * 8 * 4 - 1)
     assert gemm_is_faster(x, weight, grad, False) is False and len(timed) == 2  # over the cap: not tried
+    monkeypatch.setattr(conv3x3, "MAX_IM2COL_BYTES", 2**30)
+    monkeypatch.setattr(conv3x3, "MAX_PROBED_SHAPES", len(conv3x3._gemm_is_faster))
+    x = torch.randn(2, 8, 6, 6)  # a new shape once as many as the cap have been timed: oneDNN, untimed
+    assert gemm_is_faster(x, weight, torch.randn(2, 4, 6, 6), True) is False and len(timed) == 2
+
+
+def test_outside_autocast_the_dtypes_are_the_callers_as_in_nn_conv2d():
+    """No cast outside autocast: a float64 weight with a float32 input is refused in training as
+    nn.Conv2d refuses it (and as the no-gradient path does), not computed in float32."""
+    ours = Conv3x3(2, 3).double()
+    x = torch.randn(1, 2, 5, 5, requires_grad=True)
+    for grad_enabled in (True, False):
+        with torch.set_grad_enabled(grad_enabled), pytest.raises(RuntimeError):
+            ours(x)
+    y = Conv3x3(2, 3).double()(x.double())  # matching dtypes: float64 throughout
+    assert y.dtype == torch.float64

@@ -54,20 +54,33 @@ def test_adamw_is_the_fused_kernel_on_a_cpu_and_resumes_a_loop_adamws_state(tmp_
     for a, b in zip(model.parameters(), older.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=3e-4)  # 3 steps of lr 1e-3: within a tenth of one
     resumed = build_optimizer(cfg, model.parameters())
-    resumed.load_state_dict(loop.state_dict())  # the older checkpoint's optimizer
+    resumed.load_state_dict(copy.deepcopy(loop.state_dict()))  # the older checkpoint's optimizer (its own tensors)
     assert resumed.param_groups[0]["fused"]  # resumed on the fused kernel, not the saved loop
     model.load_state_dict(older.state_dict())
-    model(torch.ones(1, 1, 16, 16)).square().mean().backward()
-    resumed.step()
-    assert all(torch.isfinite(p).all() for p in model.parameters())
+    for net, opt in ((model, resumed), (older, loop)):  # the next step, from the same point, agrees
+        opt.zero_grad()
+        net(torch.ones(1, 1, 16, 16)).square().mean().backward()
+        opt.step()
+    for a, b in zip(model.parameters(), older.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_the_fused_adamw_hands_channels_last_weights_densely_with_the_same_arithmetic():
-    """FusedAdamW gives torch's fused AdamW's weights and moments bit for bit, on channels_last
-    weights (seen as the dense blocks they are in memory) and default-layout ones; its state
-    keeps each weight's layout."""
+def test_the_fused_adamw_hands_channels_last_weights_densely_with_the_same_arithmetic(monkeypatch):
+    """FusedAdamW hands the kernel every weight, gradient and moment dense (torch's copies a
+    channels_last one to a dense one and back), and gives torch's fused AdamW's weights and
+    moments bit for bit, on channels_last and default-layout weights; its state keeps each
+    weight's layout."""
     from unetkit.train.fused_adamw import FusedAdamW
 
+    kernel, handed = torch._fused_adamw_, []
+
+    def watched(params, grads, exp_avgs, exp_avg_sqs, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if any(p.dim() == 4 and not p.is_contiguous() for p in params):  # torch's own AdamW's call
+            return kernel(params, grads, exp_avgs, exp_avg_sqs, *args, **kwargs)
+        handed.extend(t.is_contiguous() for t in (*params, *grads, *exp_avgs, *exp_avg_sqs))
+        return kernel(params, grads, exp_avgs, exp_avg_sqs, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "_fused_adamw_", watched)
     torch.manual_seed(0)
     shapes = [(6, 5, 3, 3), (4, 3, 2, 2), (7,), (3, 3)]
     weights = [torch.randn(s).contiguous(memory_format=torch.channels_last) if len(s) == 4 else torch.randn(s)
@@ -79,10 +92,11 @@ def test_the_fused_adamw_hands_channels_last_weights_densely_with_the_same_arith
     b = torch.optim.AdamW(theirs, lr=1e-2, weight_decay=0.1, fused=True)
     for _ in range(3):
         for p, q in zip(ours, theirs, strict=True):
-            grad = torch.randn(p.shape).contiguous(memory_format=torch.preserve_format)
+            grad = torch.randn(p.shape)
             p.grad, q.grad = torch.empty_like(p).copy_(grad), torch.empty_like(q).copy_(grad)
         a.step()
         b.step()
+    assert handed and all(handed)  # every tensor reached the kernel dense: nothing for it to copy
     for p, q in zip(ours, theirs, strict=True):
         assert torch.equal(p, q) and p.stride() == q.stride()
         for key in ("exp_avg", "exp_avg_sq"):

@@ -4,10 +4,12 @@ The weight gradient of a 3x3 convolution is one matrix product: the output gradi
 of Cout) against the input's 3x3 neighbourhoods (rows of 9 Cin, "im2col"). oneDNN computes it
 in a loop of its own, which on a CPU is fast where the pixels are many and the weights few, and
 slow the other way round: the paper's U-Net's bottleneck (1024 -> 1024 at 16^2, batch 2, bf16 on
-an AMX CPU) took 39.6 ms for the weight gradient against 6.9 as one GEMM, and every layer of that
-network took 1.3-2.9x longer than the GEMM in fp32 on AVX2, while the shallow layers in bf16 on
-AMX are 3-12x faster in oneDNN (benchmarks/NOTES.md, issue 36). Which way wins is the CPU's and
-the shape's, so the first backward of each shape times both and the process keeps the faster.
+an AMX CPU) took 39.6 ms for the weight gradient against 6.9 as one GEMM, and in fp32 on AVX2 the
+GEMM was 1.4-2.1x faster on most levels of that network when timed alone, while the shallow
+layers in bf16 on AMX are 3-12x faster in oneDNN (benchmarks/NOTES.md, issue 36). Which way wins
+is the CPU's and the shape's, so the first backward of each shape times both and the process
+keeps the faster (for at most MAX_PROBED_SHAPES shapes: whole-image training meets a new shape
+with every batch).
 The forward and the input gradient stay oneDNN's; the parameters, checkpoints and outputs are an
 nn.Conv2d's, the weight gradient equal to its rounding (fp32 to 1e-5, bf16 to its last bits).
 """
@@ -23,6 +25,9 @@ from unetkit.runtime.hardware import fastest_call
 # The im2col matrix is written whole, so a shape is only tried where it stays this small: the
 # layers where the GEMM wins are the deep ones, whose matrices are a few MiB to 75 MiB (fp32).
 MAX_IM2COL_BYTES = 96 * 2**20
+# A patch-trained U-Net meets ~15 shapes (one a layer, and a smaller last batch); whole images in
+# batches padded to their own size meet new ones all run long, which then keep oneDNN untimed.
+MAX_PROBED_SHAPES = 64
 
 _gemm_is_faster: dict[tuple, bool] = {}  # the probe's answer for each shape, for the process
 
@@ -37,11 +42,13 @@ class Conv3x3(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         if not (torch.is_grad_enabled() and x.device.type == "cpu" and self.weight.requires_grad):
             return super().forward(x)
-        # As autocast would cast for a convolution: the function sees one dtype throughout, and
-        # the casts' own backward hands fp32 gradients to fp32 weights (as in TransposedUp).
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-        bias = None if self.bias is None else self.bias.to(dtype)
-        return Conv3x3Function.apply(x.to(dtype), self.weight.to(dtype), bias)
+        weight, bias = self.weight, self.bias
+        if torch.is_autocast_enabled("cpu"):
+            # As autocast would cast for a convolution: the function sees one dtype throughout,
+            # and the casts' own backward hands fp32 gradients to fp32 weights (as in TransposedUp).
+            dtype = torch.get_autocast_dtype("cpu")
+            x, weight, bias = x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+        return Conv3x3Function.apply(x, weight, bias)
 
 
 class Conv3x3Function(torch.autograd.Function):
@@ -59,7 +66,8 @@ class Conv3x3Function(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         wants_x, wants_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_bias = grad.sum((0, 2, 3), dtype=torch.float32).to(grad.dtype) if ctx.with_bias else None
+        wants_bias = ctx.with_bias and ctx.needs_input_grad[2]
+        grad_bias = grad.sum((0, 2, 3), dtype=torch.float32).to(grad.dtype) if wants_bias else None
         if wants_weight and gemm_is_faster(x, weight, grad, wants_x):
             grad_x = onednn_backward(x, weight, grad, True, False)[0] if wants_x else None
             return grad_x, weight_gradient_gemm(x, grad), grad_bias
@@ -91,18 +99,21 @@ def weight_gradient_gemm(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     return (rows.t() @ columns).view(-1, 3, 3, cin).permute(0, 3, 1, 2)
 
 
-def channels_last(x: torch.Tensor) -> bool:
-    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+def dense_in_channels_last(tensor: torch.Tensor) -> bool:
+    """Whether `tensor` is 4-d and dense in channels_last but not in the default layout."""
+    return tensor.dim() == 4 and not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last)
 
 
 def gemm_is_faster(x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, wants_x: bool) -> bool:
     """Whether one GEMM gives this shape's weight gradient sooner than oneDNN, with the input
     gradient beside it as the backward needs it: timed at the shape's first backward (the
     fastest of two tries each, after one that picks the kernels), then kept for the process."""
-    key = (tuple(x.shape), tuple(weight.shape), x.dtype, channels_last(x), wants_x, torch.get_num_threads())
+    layouts = tuple(dense_in_channels_last(t) for t in (x, weight, grad))  # oneDNN's choice and the copies
+    key = (tuple(x.shape), tuple(weight.shape), x.dtype, layouts, wants_x, torch.get_num_threads())
     if key not in _gemm_is_faster:
         n, cin, height, width = x.shape
-        if n * height * width * 9 * cin * x.element_size() > MAX_IM2COL_BYTES:
+        too_large = n * height * width * 9 * cin * x.element_size() > MAX_IM2COL_BYTES
+        if too_large or len(_gemm_is_faster) >= MAX_PROBED_SHAPES:
             _gemm_is_faster[key] = False
         else:
             onednn = fastest_call(lambda: onednn_backward(x, weight, grad, wants_x, True), repeats=2)

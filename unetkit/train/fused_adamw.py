@@ -11,21 +11,27 @@ order: the same arithmetic, the same state dict (benchmarks/NOTES.md, issue 36).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from torch.optim.optimizer import ParamsT
+
+from unetkit.models.conv3x3 import dense_in_channels_last
 
 
 class FusedAdamW(torch.optim.AdamW):
     """torch.optim.AdamW(fused=True), each channels_last weight handed to the kernel densely."""
 
-    def __init__(self, params, **options) -> None:  # noqa: ANN001 (as torch.optim.AdamW takes them)
+    def __init__(self, params: ParamsT, **options: Any) -> None:
         super().__init__(params, fused=True, **options)
 
-    def load_state_dict(self, state_dict: dict) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """A checkpoint's optimizer, its moments and steps; fused whatever the checkpoint's groups
-        say (a run saved by the per-tensor AdamW of earlier versions resumes on the fused kernel)."""
-        super().load_state_dict(state_dict)
-        for group in self.param_groups:
-            group["fused"], group["foreach"] = True, None
+        say (a run saved by the per-tensor AdamW of earlier versions resumes on the fused kernel).
+        The groups say so before loading: PyTorch places each step count by them (on the weight's
+        device for the fused kernel, on the CPU for the loop)."""
+        groups = [{**group, "fused": True, "foreach": None} for group in state_dict["param_groups"]]
+        super().load_state_dict({**state_dict, "param_groups": groups})
 
     def _init_group(self, group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps):  # noqa: ANN001, ANN202
         has_complex = super()._init_group(group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)
@@ -50,8 +56,3 @@ class FusedAdamW(torch.optim.AdamW):
         for key, tensors in zip(("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), moments, strict=True):
             if index < len(tensors) and tensors[index].stride() != weight.stride():
                 state[key] = tensors[index] = torch.empty_like(weight).copy_(tensors[index])
-
-
-def dense_in_channels_last(tensor: torch.Tensor) -> bool:
-    """Whether `tensor` is 4-d and dense in channels_last but not in the default layout."""
-    return tensor.dim() == 4 and not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last)

@@ -104,8 +104,5 @@ class Schedule:
         resumed run given more epochs or time has re-planned: a 2-epoch cosine run resumed with
         --epochs 4 ran its first batch at 0, the saved end of the old plan, and logged lr 0."""
         if isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):
-            scheduler, step = self.scheduler, self.scheduler.last_epoch
-            rates = [base * rule(step) for base, rule in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)]
-            for group, rate in zip(self.scheduler.optimizer.param_groups, rates, strict=True):
-                group["lr"] = rate
-            self.scheduler._last_lr = rates  # what get_last_lr() reads
+            self.scheduler.last_epoch -= 1  # the same step again: its rate by this run's plan
+            self.scheduler.step()
