@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unetkit.models.transposed import cast_as_autocast_would
 from unetkit.runtime.hardware import fastest_call
 
 # The im2col matrix is written whole, so a shape is only tried where it stays this small: the
@@ -42,13 +43,7 @@ class Conv3x3(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         if not (torch.is_grad_enabled() and x.device.type == "cpu" and self.weight.requires_grad):
             return super().forward(x)
-        weight, bias = self.weight, self.bias
-        if torch.is_autocast_enabled("cpu"):
-            # As autocast would cast for a convolution: the function sees one dtype throughout,
-            # and the casts' own backward hands fp32 gradients to fp32 weights (as in TransposedUp).
-            dtype = torch.get_autocast_dtype("cpu")
-            x, weight, bias = x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
-        return Conv3x3Function.apply(x, weight, bias)
+        return Conv3x3Function.apply(*cast_as_autocast_would(x, self.weight, self.bias))
 
 
 class Conv3x3Function(torch.autograd.Function):

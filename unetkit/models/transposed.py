@@ -27,11 +27,19 @@ class TransposedUp(nn.ConvTranspose2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         if not (torch.is_grad_enabled() and x.device.type == "cpu"):
             return super().forward(x)
-        # As autocast would cast for a convolution: the custom function sees one dtype throughout,
-        # and the casts' own backward hands fp32 gradients to fp32 weights.
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-        bias = None if self.bias is None else self.bias.to(dtype)
-        return TransposedUpFunction.apply(x.to(dtype), self.weight.to(dtype), bias)
+        return TransposedUpFunction.apply(*cast_as_autocast_would(x, self.weight, self.bias))
+
+
+def cast_as_autocast_would(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A convolution's inputs cast as CPU autocast would cast them, for a custom autograd function
+    (autocast does not look inside one): one dtype throughout, and the casts' own backward hands
+    fp32 gradients to fp32 weights. Outside autocast they stay as given, as nn.Conv2d takes them."""
+    if not torch.is_autocast_enabled("cpu"):
+        return x, weight, bias
+    dtype = torch.get_autocast_dtype("cpu")
+    return x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
 
 
 class TransposedUpFunction(torch.autograd.Function):
