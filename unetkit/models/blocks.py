@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unetkit.models.conv3x3 import Conv3x3
+from unetkit.models.relu import ReLU
 from unetkit.models.transposed import TransposedUp
 
 Upsampling = Literal["transposed", "bilinear"]
@@ -31,7 +32,7 @@ class ConvBNReLU(nn.Sequential):
         super().__init__(
             conv,
             nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
+            ReLU(),  # in place, and on a CPU's 16-bit maps an integer threshold (models/relu.py)
         )
 
 
