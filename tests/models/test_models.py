@@ -180,6 +180,45 @@ def test_the_max_pool_without_indices_gives_the_max_pool(dtype, layout):
     torch.testing.assert_close(MaxPool2x2()(x), torch.nn.MaxPool2d(2)(x), rtol=0, atol=0, equal_nan=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_the_max_pool_of_relu_maps_on_the_bits_gives_the_max_pool(dtype, layout):
+    """MaxPool2x2(of_relu_maps=True) takes its maxima on the int16 bits: the same as nn.MaxPool2d's
+    on what a ReLU writes (zeros, ties among them, positive numbers, +inf), odd sizes included."""
+    from unetkit.models.blocks import MaxPool2x2
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 17, 22).mul(1e4 if dtype == torch.float16 else 1e30).relu().to(dtype)
+    x[0, 1, 4, 6], x[1, 0, :2, :2] = float("inf"), 0.0  # an overflow, and a window of ties at zero
+    x = x.contiguous(memory_format=layout)
+    assert x.isinf().any() and (x == 0).float().mean() > 0.4
+    ours = MaxPool2x2(of_relu_maps=True)(x)
+    assert ours.dtype == dtype and torch.equal(ours, torch.nn.MaxPool2d(2)(x))
+
+
+def test_the_fused_relu_writes_no_negative_sign_and_no_nan_so_pools_may_read_bits():
+    """The ground MaxPool2x2(of_relu_maps=True) stands on: oneDNN's ReLU post-op (ConvReLU) writes
+    +0 for negative numbers and for NaN, so no number it writes has its sign bit set; and
+    fused_for_cpu reads bits only where every ConvBNReLU became such a ConvReLU."""
+    import copy
+
+    from unetkit.models import blocks
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 8, 3, padding=1)
+    x = torch.randn(2, 4, 16, 16).contiguous(memory_format=torch.channels_last).to(torch.bfloat16)
+    x[0, 0, 3, 3], x[1, 2, 8, 8] = float("nan"), -float("nan")
+    out = blocks.ConvReLU(conv, torch.bfloat16)(x)
+    bits = out.view(torch.int16)
+    assert not out.isnan().any() and bool((bits >= 0).all()) and (out > 0).any() and (out == 0).any()
+
+    model = UNet(3, 2, base_channels=8, depth=3).eval()
+    every = blocks.fused_for_cpu(blocks.fuse_conv_bn(copy.deepcopy(model)), torch.bfloat16)
+    assert [m.of_relu_maps for m in every.modules() if isinstance(m, blocks.MaxPool2x2)] == [True] * 3
+    unfolded = blocks.fused_for_cpu(copy.deepcopy(model), torch.bfloat16)  # no BatchNorm folded: no ConvReLU
+    assert [m.of_relu_maps for m in unfolded.modules() if isinstance(m, blocks.MaxPool2x2)] == [False] * 3
+
+
 def test_the_split_convolution_reads_a_transposed_upsampling_and_an_odd_size_like_the_concatenation():
     """SplitConvReLU's two weight slices follow the concatenation's order (skip first) whatever
     the Up block's upsampling and width, and on a size the pooling does not divide."""

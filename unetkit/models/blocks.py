@@ -268,12 +268,24 @@ class MaxPool2x2(nn.Module):
     """nn.MaxPool2d(2) as the maximum of rows then of columns (inference only): the same values,
     without the int64 index of each maximum that PyTorch's CPU max-pool writes even when no
     gradient needs it: 9.3 -> 3.8 ms of the 4 pools of 4 x 512^2 bf16 tiles on an AMX CPU, 5% of
-    a tile (benchmarks/NOTES.md, issue 36)."""
+    a tile (benchmarks/NOTES.md, issue 36).
+
+    of_relu_maps: the input is a ConvReLU's output, whose ReLU (oneDNN's post-op) writes +0 for
+    negative numbers and NaN alike; a 16-bit float's bits read as an int16 are then ordered as its
+    value, and the maximum is taken on them without converting each number to float32 and back:
+    10.5 -> 4.8 ms for 4 x 16 x 768^2 bf16 (benchmarks/NOTES.md, issue 36, ninth slice)."""
+
+    def __init__(self, of_relu_maps: bool = False) -> None:
+        super().__init__()
+        self.of_relu_maps = of_relu_maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]  # an odd last row or column is dropped, as there
-        rows = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
-        return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+        on_bits = self.of_relu_maps and x.dtype in (torch.bfloat16, torch.float16)
+        values = x.view(torch.int16) if on_bits else x
+        rows = torch.maximum(values[..., 0::2, :], values[..., 1::2, :])
+        pooled = torch.maximum(rows[..., 0::2], rows[..., 1::2])
+        return pooled.view(x.dtype) if on_bits else pooled
 
 
 def fused_for_cpu(model: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -281,12 +293,13 @@ def fused_for_cpu(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     each ConvBNReLU as a ConvReLU, the first of each Up block as a SplitConvReLU, each Down's
     max-pool as MaxPool2x2; for a model whose layout and device are final. The caller checks that
     it runs and agrees (Predictor): the fused calls are oneDNN's, as PyTorch's compiler uses them."""
+    every_relu_fused = all(folded(m) for m in model.modules() if isinstance(m, ConvBNReLU))  # so Downs read ConvReLUs
     for block in model.modules():
         if isinstance(block, Up) and folded(block.conv[0]):
             split = UpsampleSplitConvReLU if block.upsampling == "bilinear" else SplitConvReLU
             block.conv[0] = split(block.conv[0][0], block.skip_channels, dtype)
         if isinstance(block, Down) and isinstance(block[0], nn.MaxPool2d) and block[0].kernel_size in (2, (2, 2)):
-            block[0] = MaxPool2x2()
+            block[0] = MaxPool2x2(of_relu_maps=every_relu_fused)  # a Down reads a DoubleConv's last ReLU
     for parent in model.modules():
         for name, child in parent.named_children():
             if folded(child):
