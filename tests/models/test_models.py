@@ -194,12 +194,16 @@ def test_the_max_pool_of_relu_maps_on_the_bits_gives_the_max_pool(dtype, layout)
     assert x.isinf().any() and (x == 0).float().mean() > 0.4
     ours = MaxPool2x2(of_relu_maps=True)(x)
     assert ours.dtype == dtype and torch.equal(ours, torch.nn.MaxPool2d(2)(x))
+    negatives = -torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=dtype).view(1, 1, 2, 2)  # no ReLU writes these
+    assert MaxPool2x2(of_relu_maps=True)(negatives).item() == -4.0  # the bits' order was read: -4's is the largest
+    assert MaxPool2x2()(negatives).item() == -1.0
 
 
-def test_the_fused_relu_writes_no_negative_sign_and_no_nan_so_pools_may_read_bits():
+def test_pools_read_bits_only_where_the_fused_relu_writes_no_sign_bit():
     """The ground MaxPool2x2(of_relu_maps=True) stands on: oneDNN's ReLU post-op (ConvReLU) writes
-    +0 for negative numbers and for NaN, so no number it writes has its sign bit set; and
-    fused_for_cpu reads bits only where every ConvBNReLU became such a ConvReLU."""
+    +0 for negative numbers and NaN, so no number it writes has its sign bit set (asked once by
+    relu_post_op_clears_signs, here checked on a larger convolution too); and fused_for_cpu reads
+    bits only in bf16, where the answer is yes and every ConvBNReLU became such a ConvReLU."""
     import copy
 
     from unetkit.models import blocks
@@ -209,14 +213,17 @@ def test_the_fused_relu_writes_no_negative_sign_and_no_nan_so_pools_may_read_bit
     x = torch.randn(2, 4, 16, 16).contiguous(memory_format=torch.channels_last).to(torch.bfloat16)
     x[0, 0, 3, 3], x[1, 2, 8, 8] = float("nan"), -float("nan")
     out = blocks.ConvReLU(conv, torch.bfloat16)(x)
-    bits = out.view(torch.int16)
-    assert not out.isnan().any() and bool((bits >= 0).all()) and (out > 0).any() and (out == 0).any()
+    clears = bool((out.view(torch.int16) >= 0).all()) and not out.isnan().any()
+    assert (out > 0).any() and (out == 0).any() and clears == blocks.relu_post_op_clears_signs(torch.bfloat16)
+
+    def pools_on_bits(model: torch.nn.Module) -> list[bool]:
+        return [m.of_relu_maps for m in model.modules() if isinstance(m, blocks.MaxPool2x2)]
 
     model = UNet(3, 2, base_channels=8, depth=3).eval()
-    every = blocks.fused_for_cpu(blocks.fuse_conv_bn(copy.deepcopy(model)), torch.bfloat16)
-    assert [m.of_relu_maps for m in every.modules() if isinstance(m, blocks.MaxPool2x2)] == [True] * 3
+    for dtype, expected in ((torch.bfloat16, clears), (torch.float32, False)):
+        assert pools_on_bits(blocks.fused_for_cpu(blocks.fuse_conv_bn(copy.deepcopy(model)), dtype)) == [expected] * 3
     unfolded = blocks.fused_for_cpu(copy.deepcopy(model), torch.bfloat16)  # no BatchNorm folded: no ConvReLU
-    assert [m.of_relu_maps for m in unfolded.modules() if isinstance(m, blocks.MaxPool2x2)] == [False] * 3
+    assert pools_on_bits(unfolded) == [False] * 3
 
 
 def test_the_split_convolution_reads_a_transposed_upsampling_and_an_odd_size_like_the_concatenation():

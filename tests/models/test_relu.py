@@ -28,6 +28,8 @@ def test_every_bit_pattern_gives_torch_relus_value(dtype, with_grad):
     out = ReLU()(x * 1 if with_grad else x)  # in place needs a non-leaf when it records the graph
     assert out.dtype == dtype and same_numbers(out.detach(), torch.relu(values))
     assert with_grad == (out.grad_fn is not None and "SignBitReLU" in type(out.grad_fn).__name__)
+    negative_zero = EVERY_PATTERN == -(2**15)  # -0.0: torch.relu keeps its sign, the bits' threshold writes +0
+    assert torch.relu(values)[negative_zero].signbit().all() and not out[negative_zero].signbit().any()
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -65,6 +67,10 @@ def test_a_unets_bf16_training_gradients_equal_nn_relus_bit_for_bit(layout):
     assert sum(isinstance(m, ReLU) for m in ours.modules()) == 2 * 2 * 3 + 2  # two a level, the bottom too
     x = torch.randn(4, 1, 48, 48).to(memory_format=layout)
     target = torch.randint(0, 3, (4, 48, 48))
+    on_bits = []
+    for module in ours.modules():
+        if isinstance(module, ReLU):
+            module.register_forward_hook(lambda _m, _i, out: on_bits.append(type(out.grad_fn).__name__))
     for net in (ours, theirs):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logits = net(x)
@@ -72,3 +78,30 @@ def test_a_unets_bf16_training_gradients_equal_nn_relus_bit_for_bit(layout):
     pairs = list(zip(ours.parameters(), theirs.parameters(), strict=True))
     assert all(torch.equal(a.grad, b.grad) for a, b in pairs) and any(a.grad.count_nonzero() for a, _ in pairs)
     assert all(torch.equal(a, b) for a, b in zip(ours.buffers(), theirs.buffers(), strict=True))
+    assert on_bits == ["SignBitReLUFunctionBackward"] * 14  # every ReLU of ours ran on the bits
+
+
+def test_a_second_derivative_and_forward_mode_take_torchs_relu():
+    """The bits carry no graph and no tangent: create_graph differentiates torch's own
+    threshold_backward, and a forward-mode tangent sends the call to torch's ReLU, so both give
+    nn.ReLU's numbers (a gradient penalty, torch.func.jvp)."""
+    import torch.autograd.forward_ad as forward_ad
+
+    torch.manual_seed(0)
+    start = [torch.randn(64).to(torch.bfloat16) for _ in range(3)]
+
+    def second_derivatives(relu: nn.Module) -> tuple[torch.Tensor, ...]:
+        x, w1, w2 = (t.clone().requires_grad_() for t in start)
+        (gx,) = torch.autograd.grad(relu(w2 * relu(w1 * x)).sum(), x, create_graph=True)
+        return torch.autograd.grad(gx.float().square().sum(), [w1, w2])
+
+    ours, theirs = second_derivatives(ReLU()), second_derivatives(nn.ReLU(inplace=True))
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True)) and ours[1].count_nonzero() > 0
+
+    values = torch.tensor([-1.0, 2.0, -3.0, 4.0], dtype=torch.bfloat16)
+    with forward_ad.dual_level():
+        for grad_mode in (torch.enable_grad, torch.no_grad):
+            with grad_mode():
+                dual = forward_ad.make_dual(values.clone(), torch.ones(4, dtype=torch.bfloat16))
+                tangent = forward_ad.unpack_dual(ReLU()(dual * 1)).tangent
+            assert tangent.tolist() == [0.0, 1.0, 0.0, 1.0]

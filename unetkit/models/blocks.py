@@ -7,6 +7,7 @@ followed by a conv; that choice is the one place the two upsampling styles diffe
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import torch
@@ -270,10 +271,11 @@ class MaxPool2x2(nn.Module):
     gradient needs it: 9.3 -> 3.8 ms of the 4 pools of 4 x 512^2 bf16 tiles on an AMX CPU, 5% of
     a tile (benchmarks/NOTES.md, issue 36).
 
-    of_relu_maps: the input is a ConvReLU's output, whose ReLU (oneDNN's post-op) writes +0 for
-    negative numbers and NaN alike; a 16-bit float's bits read as an int16 are then ordered as its
-    value, and the maximum is taken on them without converting each number to float32 and back:
-    10.5 -> 4.8 ms for 4 x 16 x 768^2 bf16 (benchmarks/NOTES.md, issue 36, ninth slice)."""
+    of_relu_maps: the input is a ConvReLU's output, whose ReLU (oneDNN's post-op) writes no number
+    with its sign bit set (relu_post_op_clears_signs); a 16-bit float's bits read as an int16 are
+    then ordered as its value, and the maximum is taken on them without converting each number
+    to float32 and back: 3.8 -> 2.4 ms of the pools of a 768 px bf16 tile of em-membranes (AMX;
+    benchmarks/NOTES.md, "Issue 36, ninth slice")."""
 
     def __init__(self, of_relu_maps: bool = False) -> None:
         super().__init__()
@@ -288,18 +290,33 @@ class MaxPool2x2(nn.Module):
         return pooled.view(x.dtype) if on_bits else pooled
 
 
+@functools.cache
+def relu_post_op_clears_signs(dtype: torch.dtype) -> bool:
+    """Whether oneDNN's ReLU post-op, in `dtype`, writes +0 for negative numbers, -0.0 and NaN of
+    either sign (it does in PyTorch 2.13's oneDNN on AVX2 and AMX CPUs): asked once a process of a
+    convolution whose outputs are all of these."""
+    conv = nn.Conv2d(1, 4, 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([-1.0, 1.0, -1.0, -1.0]).view(4, 1, 1, 1))
+        conv.bias.zero_()
+    x = torch.tensor([1.0, float("nan"), -float("nan"), -0.0]).view(1, 1, 2, 2).to(dtype)
+    out = ConvReLU(conv, dtype)(x.contiguous(memory_format=torch.channels_last))
+    return bool((out.view(torch.int16) >= 0).all()) and not bool(out.isnan().any())
+
+
 def fused_for_cpu(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """`model` with BatchNorm folded (fuse_conv_bn) rebuilt in place for a CPU, computing in `dtype`:
     each ConvBNReLU as a ConvReLU, the first of each Up block as a SplitConvReLU, each Down's
     max-pool as MaxPool2x2; for a model whose layout and device are final. The caller checks that
     it runs and agrees (Predictor): the fused calls are oneDNN's, as PyTorch's compiler uses them."""
     every_relu_fused = all(folded(m) for m in model.modules() if isinstance(m, ConvBNReLU))  # so Downs read ConvReLUs
+    pools_on_bits = every_relu_fused and dtype == torch.bfloat16 and relu_post_op_clears_signs(dtype)
     for block in model.modules():
         if isinstance(block, Up) and folded(block.conv[0]):
             split = UpsampleSplitConvReLU if block.upsampling == "bilinear" else SplitConvReLU
             block.conv[0] = split(block.conv[0][0], block.skip_channels, dtype)
         if isinstance(block, Down) and isinstance(block[0], nn.MaxPool2d) and block[0].kernel_size in (2, (2, 2)):
-            block[0] = MaxPool2x2(of_relu_maps=every_relu_fused)  # a Down reads a DoubleConv's last ReLU
+            block[0] = MaxPool2x2(of_relu_maps=pools_on_bits)  # a Down reads a DoubleConv's last ReLU
     for parent in model.modules():
         for name, child in parent.named_children():
             if folded(child):
