@@ -226,6 +226,27 @@ def test_pools_read_bits_only_where_the_fused_relu_writes_no_sign_bit():
     assert pools_on_bits(unfolded) == [False] * 3
 
 
+def test_a_cpu_without_the_fused_bf16_call_keeps_pools_on_values(monkeypatch):
+    """bf16 on an AVX2-only CPU: oneDNN has no fused bf16 convolution ("needs avx512bw ..."), so
+    the probe answers no instead of failing, fused_for_cpu completes, and the Predictor's own
+    check then keeps the model unfused."""
+    import copy
+
+    from unetkit.models import blocks
+
+    def no_bf16_path(*args, **kwargs):
+        raise RuntimeError("mkldnn_convolution: bf16 path needs the cpu support avx_ne_convert or avx512bw")
+
+    blocks.relu_post_op_clears_signs.cache_clear()
+    monkeypatch.setattr(blocks, "fused_convolution", no_bf16_path)
+    try:
+        model = blocks.fuse_conv_bn(UNet(1, 2, base_channels=8, depth=2).eval())
+        fused = blocks.fused_for_cpu(copy.deepcopy(model), torch.bfloat16)
+        assert [m.of_relu_maps for m in fused.modules() if isinstance(m, blocks.MaxPool2x2)] == [False] * 2
+    finally:
+        blocks.relu_post_op_clears_signs.cache_clear()  # the real answer for the tests after this one
+
+
 def test_the_split_convolution_reads_a_transposed_upsampling_and_an_odd_size_like_the_concatenation():
     """SplitConvReLU's two weight slices follow the concatenation's order (skip first) whatever
     the Up block's upsampling and width, and on a size the pooling does not divide."""
