@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unetkit.models.conv3x3 import Conv3x3
-from unetkit.models.relu import ReLU
+from unetkit.models.relu import KEEPS_ABOVE, ReLU
 from unetkit.models.transposed import TransposedUp
 
 Upsampling = Literal["transposed", "bilinear"]
@@ -283,7 +283,7 @@ class MaxPool2x2(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]  # an odd last row or column is dropped, as there
-        on_bits = self.of_relu_maps and x.dtype in (torch.bfloat16, torch.float16)
+        on_bits = self.of_relu_maps and x.dtype in KEEPS_ABOVE  # the 16-bit floats, as the ReLU's
         values = x.view(torch.int16) if on_bits else x
         rows = torch.maximum(values[..., 0::2, :], values[..., 1::2, :])
         pooled = torch.maximum(rows[..., 0::2], rows[..., 1::2])
