@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unetkit.models.transposed import cast_as_autocast_would
+from unetkit.models.transposed import cast_as_autocast_would, tracing
+from unetkit.models.winograd import WinogradConv3x3Function, winograd_fits
 from unetkit.runtime.hardware import fastest_call
 
 # The im2col matrix is written whole, so a shape is only tried where it stays this small: the
@@ -30,7 +31,16 @@ MAX_IM2COL_BYTES = 96 * 2**20
 # batches padded to their own size meet new ones all run long, which then keep oneDNN untimed.
 MAX_PROBED_SHAPES = 64
 
+# Winograd's tiles are 4x its input: a shape whose tiles would pass this is not tried (the levels
+# where it wins are deep ones, a few MiB).
+MAX_WINOGRAD_TILE_BYTES = 256 * 2**20
+
+# Winograd rounds more than a direct convolution (models/winograd.py), so it is taken only where it
+# is clearly faster: by more than the probe's spread between runs, 2-5% on a busy 2-core machine.
+WINOGRAD_MARGIN = 0.95
+
 _gemm_is_faster: dict[tuple, bool] = {}  # the probe's answer for each shape, for the process
+_winograd_is_faster: dict[tuple, bool] = {}
 
 
 class Conv3x3(nn.Conv2d):
@@ -43,7 +53,10 @@ class Conv3x3(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         if not (torch.is_grad_enabled() and x.device.type == "cpu" and self.weight.requires_grad):
             return super().forward(x)
-        return Conv3x3Function.apply(*cast_as_autocast_would(x, self.weight, self.bias))
+        x, weight, bias = cast_as_autocast_would(x, self.weight, self.bias)
+        if winograd_fits(x) and not tracing() and winograd_is_faster(x, weight):
+            return WinogradConv3x3Function.apply(x, weight, bias)
+        return Conv3x3Function.apply(x, weight, bias)
 
 
 class Conv3x3Function(torch.autograd.Function):
@@ -122,3 +135,36 @@ def gemm_is_faster(x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, wa
             )
             _gemm_is_faster[key] = gemm < onednn
     return _gemm_is_faster[key]
+
+
+def winograd_is_faster(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether Winograd's F(2x2, 3x3) (models/winograd.py) runs this shape's forward and backward
+    sooner than Conv3x3Function: timed at the shape's first training forward (the fastest of two
+    tries each, after one that picks the kernels), then kept for the process."""
+    wants_x = x.requires_grad
+    key = (tuple(x.shape), tuple(weight.shape), x.dtype, dense_in_channels_last(x), wants_x, torch.get_num_threads())
+    if key not in _winograd_is_faster:
+        if 4 * x.numel() * x.element_size() > MAX_WINOGRAD_TILE_BYTES or len(_winograd_is_faster) >= MAX_PROBED_SHAPES:
+            _winograd_is_faster[key] = False
+        else:
+            direct = fastest_call(forward_backward(Conv3x3Function, x, weight, wants_x), repeats=2)
+            winograd = fastest_call(
+                forward_backward(WinogradConv3x3Function, x, weight, wants_x), repeats=2, give_up_after=3 * direct
+            )
+            _winograd_is_faster[key] = winograd < WINOGRAD_MARGIN * direct
+    return _winograd_is_faster[key]
+
+
+def forward_backward(function: type[torch.autograd.Function], x: torch.Tensor, weight: torch.Tensor, wants_x: bool):
+    """A call that runs `function`'s forward and backward on copies of x and weight, as training would."""
+    x, weight = x.detach().requires_grad_(wants_x), weight.detach().requires_grad_()
+    noise = torch.Generator().manual_seed(0)  # not the global generator: a probe must not change a seeded run
+    grad = torch.randn(x.shape[0], weight.shape[0], *x.shape[2:], dtype=x.dtype, generator=noise)
+    grad = grad.contiguous(memory_format=torch.channels_last) if dense_in_channels_last(x) else grad
+    inputs = (x, weight) if wants_x else (weight,)
+
+    def call() -> None:
+        with torch.enable_grad(), torch.autocast("cpu", enabled=False):
+            torch.autograd.grad(function.apply(x, weight, None), inputs, grad)
+
+    return call

@@ -23,6 +23,8 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 from torch import nn
 
+from unetkit.models.transposed import tracing
+
 # An int16 above this is a number ReLU keeps: zero or positive, or a NaN with its sign bit set.
 KEEPS_ABOVE = {torch.bfloat16: -128, torch.float16: -1024}
 
@@ -43,7 +45,7 @@ class ReLU(nn.ReLU):
 
 def on_bits(x: torch.Tensor) -> bool:
     """Whether ReLU may run on `x`'s bits: a CPU 16-bit float map, no tracer, no forward-mode tangent."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.fx._symbolic_trace.is_fx_symbolic_tracing():
+    if tracing():
         return False  # first: a tracer's proxy has no dtype to ask
     return x.device.type == "cpu" and x.dtype in KEEPS_ABOVE and forward_ad.unpack_dual(x).tangent is None
 

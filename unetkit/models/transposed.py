@@ -30,6 +30,12 @@ class TransposedUp(nn.ConvTranspose2d):
         return TransposedUpFunction.apply(*cast_as_autocast_would(x, self.weight, self.bias))
 
 
+def tracing() -> bool:
+    """Whether a tracer (jit.trace, FX, torch.compile) records this call: its proxies carry no
+    values, so the custom functions and the probes that time them stand aside."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+
+
 def cast_as_autocast_would(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
