@@ -4,9 +4,9 @@ import make_figures as docs
 import pytest
 
 
-@pytest.mark.parametrize("name", ["dice_iou", "upsampling", "amp", "schedulers", "weight_map", "weight_gradient"])
+@pytest.mark.parametrize("name", sorted(docs.CHEAP_FIGURES))
 def test_cheap_figures_render(tmp_path, name):
-    small = {"amp": 32, "weight_gradient": 16}  # timings: their figures' sizes take seconds
+    small = {"amp": 32, "weight_gradient": 16, "winograd": 16}  # timings: their figures' sizes take seconds
     path = docs.CHEAP_FIGURES[name](tmp_path, size=small[name]) if name in small else docs.CHEAP_FIGURES[name](tmp_path)
     assert path.suffix == ".png" and 0 < path.stat().st_size < 200_000
 
@@ -29,6 +29,7 @@ def test_every_page_names_its_module_and_has_its_figure():
         "dumbnet_vs_unet.md": ("unetkit/models/dumbnet.py", "dumbnet_vs_unet.png"),
         "objects.md": ("unetkit/data/weight_map.py", "weight_map.png"),
         "training_step.md": ("unetkit/models/conv3x3.py", "weight_gradient.png"),
+        "winograd.md": ("unetkit/models/winograd.py", "winograd.png"),
     }
     for page, (module, figure) in pages.items():
         text = (root / "docs" / page).read_text()

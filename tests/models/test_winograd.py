@@ -60,9 +60,9 @@ def test_winograd_without_the_input_gradient_and_with_a_second_derivative():
     assert torch.autograd.gradgradcheck(lambda a, b: WinogradConv3x3Function.apply(a, b, None), (xs, ws))
 
 
-def test_winograd_in_bf16_is_within_twice_a_direct_convolutions_rounding():
-    """bf16 tiles round where a direct convolution accumulates in fp32: measured 0.0076-0.0083 of
-    the largest output against 0.0032-0.0036 for oneDNN's bf16 convolution (AMD EPYC)."""
+def test_winograd_in_bf16_is_within_a_few_times_a_direct_convolutions_rounding():
+    """bf16 tiles round where a direct convolution accumulates in fp32: measured 0.0067 against
+    0.0017 in norm for oneDNN's bf16 convolution (AMD EPYC); the bound is 1% or 3x direct's."""
     torch.manual_seed(0)
     x = torch.randn(2, 64, 16, 16).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     w = (torch.randn(64, 64, 3, 3) / 24).to(torch.bfloat16)
@@ -98,7 +98,9 @@ def test_the_probe_times_each_shape_once_and_skips_tiles_too_large(monkeypatch):
     timed: list[int] = []
     real = conv3x3.forward_backward
     monkeypatch.setattr(conv3x3, "forward_backward", lambda *args: timed.append(1) or real(*args))
+    monkeypatch.setattr(conv3x3, "MIN_WINOGRAD_CHANNELS", 8)
     x, w = torch.randn(2, 8, 8, 8), torch.randn(8, 8, 3, 3)
+    assert winograd_is_faster(torch.randn(2, 4, 8, 8), torch.randn(8, 4, 3, 3)) is False and not timed  # too narrow
     answer = winograd_is_faster(x, w)
     assert isinstance(answer, bool) and len(timed) == 2
     assert winograd_is_faster(x, w) is answer and len(timed) == 2  # kept for the process
@@ -125,9 +127,18 @@ def test_a_unets_gradients_through_winograd_agree_with_the_direct_convolutions(m
 def test_the_probe_leaves_the_global_random_stream_alone(monkeypatch):
     """A run seeded twice gives the same numbers whether or not a probe ran in between."""
     monkeypatch.setattr(conv3x3, "_winograd_is_faster", {})
+    monkeypatch.setattr(conv3x3, "MIN_WINOGRAD_CHANNELS", 8)
     torch.manual_seed(0)
     winograd_is_faster(torch.randn(2, 8, 8, 8), torch.randn(8, 8, 3, 3))
     after_probe = torch.rand(3)
     torch.manual_seed(0)
     torch.randn(2, 8, 8, 8), torch.randn(8, 8, 3, 3)
     torch.testing.assert_close(after_probe, torch.rand(3), rtol=0, atol=0)
+
+
+def test_the_run_log_names_the_layers_that_run_as_winograd(monkeypatch):
+    monkeypatch.setattr(conv3x3, "_winograd_is_faster", {})
+    assert conv3x3.winograd_line() is None
+    conv3x3._winograd_is_faster[((2, 256, 64, 64), (256, 256, 3, 3), torch.bfloat16, True, True, 2)] = True
+    conv3x3._winograd_is_faster[((2, 64, 256, 256), (64, 64, 3, 3), torch.bfloat16, True, True, 2)] = False
+    assert conv3x3.winograd_line().endswith("(docs/winograd.md): 256->256 at 64 px")

@@ -20,6 +20,7 @@ from torch import nn
 
 from unetkit.data.pairing import file_names
 from unetkit.models.checkpoint import cpu_weights, save_checkpoint
+from unetkit.models.conv3x3 import winograd_line
 from unetkit.runtime.progress import Progress, progress_to
 from unetkit.scoring.metrics import SegmentationMetrics
 from unetkit.train.budget import TimeBudget
@@ -111,6 +112,8 @@ class Trainer:
             self.saved_epoch = epoch
             best = improved and bool(self.run.val_pairs)
             self.log(epoch_line(row, self.epoch_label(epoch), self.budget.shown(), best))
+            if epoch == self.start_epoch and (line := winograd_line()):  # the first steps timed each shape
+                self.log(line)
             if on_epoch_end is not None:
                 on_epoch_end(row)
             epoch_seconds = time.perf_counter() - epoch_start  # training, validation and saving
