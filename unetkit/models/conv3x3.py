@@ -12,9 +12,14 @@ keeps the faster (for at most MAX_PROBED_SHAPES shapes: whole-image training mee
 with every batch).
 The forward and the input gradient stay oneDNN's; the parameters, checkpoints and outputs are an
 nn.Conv2d's, the weight gradient equal to its rounding (fp32 to 1e-5, bf16 to its last bits).
+A second probe, at each shape's first training forward, may hand the whole layer, forward and
+backward, to Winograd's F(2x2, 3x3) instead (models/winograd.py): fewer multiplications, more
+rounding, taken only where it is clearly faster.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -161,7 +166,9 @@ def winograd_is_faster(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return _winograd_is_faster[key]
 
 
-def forward_backward(function: type[torch.autograd.Function], x: torch.Tensor, weight: torch.Tensor, wants_x: bool):
+def forward_backward(
+    function: type[torch.autograd.Function], x: torch.Tensor, weight: torch.Tensor, wants_x: bool
+) -> Callable[[], None]:
     """A call that runs `function`'s forward and backward on copies of x and weight, as training would."""
     x, weight = x.detach().requires_grad_(wants_x), weight.detach().requires_grad_()
     noise = torch.Generator().manual_seed(0)  # not the global generator: a probe must not change a seeded run
