@@ -1,6 +1,6 @@
 """Winograd's F(2x2, 3x3) against PyTorch's convolution: exact in fp64 (the transforms are exact
-there), within twice a direct convolution's rounding in bf16, and chosen only where it fits and
-the probe found it faster."""
+there), within a few times a direct convolution's rounding in bf16, and chosen only where it fits
+and the probe found it faster."""
 
 from __future__ import annotations
 
@@ -141,4 +141,26 @@ def test_the_run_log_names_the_layers_that_run_as_winograd(monkeypatch):
     assert conv3x3.winograd_line() is None
     conv3x3._winograd_is_faster[((2, 256, 64, 64), (256, 256, 3, 3), torch.bfloat16, True, True, 2)] = True
     conv3x3._winograd_is_faster[((2, 64, 256, 256), (64, 64, 3, 3), torch.bfloat16, True, True, 2)] = False
-    assert conv3x3.winograd_line().endswith("(docs/winograd.md): 256->256 at 64 px")
+    assert conv3x3.winograd_line().endswith("(docs/winograd.md): 256->256 at 64x64 px")
+
+
+def test_the_output_takes_in_place_ops_and_the_probe_passes_activation_checkpointing(monkeypatch):
+    """The output is no view (a custom function's view refuses `+=`), and the probe's own saved
+    tensors stay out of torch.utils.checkpoint's count (a mismatch failed its first step)."""
+    from torch.utils.checkpoint import checkpoint
+
+    monkeypatch.setattr(conv3x3, "_winograd_is_faster", {})
+    monkeypatch.setattr(conv3x3, "MIN_WINOGRAD_CHANNELS", 4)
+    torch.manual_seed(0)
+    conv = Conv3x3(4, 5)
+    x = torch.randn(2, 4, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_()
+    monkeypatch.setattr(conv3x3, "winograd_is_faster", lambda x, w: True)
+    out = conv(x)
+    out += 1  # in place on the Winograd output
+    out.sum().backward()
+    monkeypatch.undo()
+    monkeypatch.setattr(conv3x3, "_winograd_is_faster", {})
+    monkeypatch.setattr(conv3x3, "MIN_WINOGRAD_CHANNELS", 4)
+    y = torch.randn(2, 4, 8, 8, requires_grad=True)
+    checkpoint(conv, y, use_reentrant=False).sum().backward()  # the first step probes inside it
+    assert y.grad is not None and len(conv3x3._winograd_is_faster) == 1

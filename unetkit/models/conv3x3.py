@@ -177,16 +177,23 @@ def forward_backward(
     inputs = (x, weight) if wants_x else (weight,)
 
     def call() -> None:
-        with torch.enable_grad(), torch.autocast("cpu", enabled=False):
+        # The probe runs inside the model's forward: hooks on saved tensors (non-reentrant
+        # activation checkpointing counts them) must not see its tensors, only the layer's own.
+        with torch.enable_grad(), torch.autocast("cpu", enabled=False), saved_as_they_are():
             torch.autograd.grad(function.apply(x, weight, None), inputs, grad)
 
     return call
 
 
+def saved_as_they_are() -> torch.autograd.graph.saved_tensors_hooks:
+    """Saved-tensor hooks that keep each tensor as it is, over any a caller has set."""
+    return torch.autograd.graph.saved_tensors_hooks(lambda tensor: tensor, lambda tensor: tensor)
+
+
 def winograd_line() -> str | None:
     """The run log's line naming the convolutions this process runs as Winograd, or None."""
-    chosen = sorted({(key[0][1], key[1][0], key[0][2]) for key, faster in _winograd_is_faster.items() if faster})
+    chosen = sorted({(key[0][1], key[1][0], *key[0][2:]) for key, faster in _winograd_is_faster.items() if faster})
     if not chosen:
         return None
-    layers = ", ".join(f"{cin}->{cout} at {side} px" for cin, cout, side in chosen)
+    layers = ", ".join(f"{cin}->{cout} at {h}x{w} px" for cin, cout, h, w in chosen)
     return f"3x3 convolutions as Winograd F(2x2, 3x3), timed faster on this CPU (docs/winograd.md): {layers}"
