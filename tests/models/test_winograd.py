@@ -106,6 +106,10 @@ def test_the_probe_times_each_shape_once_and_skips_tiles_too_large(monkeypatch):
     assert winograd_is_faster(x, w) is answer and len(timed) == 2  # kept for the process
     monkeypatch.setattr(conv3x3, "MAX_WINOGRAD_TILE_BYTES", 4 * x.numel() * 4 - 1)
     assert winograd_is_faster(torch.randn(2, 8, 8, 10), w) is False and len(timed) == 2
+    narrow_in = torch.randn(2, 4, 6, 8)  # its tiles fit; its 8-channel products would not
+    monkeypatch.setattr(conv3x3, "MIN_WINOGRAD_CHANNELS", 4)
+    monkeypatch.setattr(conv3x3, "MAX_WINOGRAD_TILE_BYTES", 4 * narrow_in.numel() * 4)
+    assert winograd_is_faster(narrow_in, torch.randn(8, 4, 3, 3)) is False and len(timed) == 2
 
 
 def test_a_unets_gradients_through_winograd_agree_with_the_direct_convolutions(monkeypatch):

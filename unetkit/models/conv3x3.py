@@ -36,8 +36,8 @@ MAX_IM2COL_BYTES = 96 * 2**20
 # batches padded to their own size meet new ones all run long, which then keep oneDNN untimed.
 MAX_PROBED_SHAPES = 64
 
-# Winograd's tiles are 4x its input: a shape whose tiles would pass this is not tried (the levels
-# where it wins are deep ones, a few MiB).
+# Winograd's tiles are 4x its input and its products 4x its output: a shape whose larger would pass
+# this is not tried (the levels where it wins are deep ones, a few MiB).
 MAX_WINOGRAD_TILE_BYTES = 256 * 2**20
 
 # Below 128 channels in or out Winograd lost at every level measured, 1.4-3x (64 channels at 256^2:
@@ -154,7 +154,8 @@ def winograd_is_faster(x: torch.Tensor, weight: torch.Tensor) -> bool:
     key = (tuple(x.shape), tuple(weight.shape), x.dtype, dense_in_channels_last(x), wants_x, torch.get_num_threads())
     if key not in _winograd_is_faster:
         too_narrow = min(x.shape[1], weight.shape[0]) < MIN_WINOGRAD_CHANNELS
-        too_large = 4 * x.numel() * x.element_size() > MAX_WINOGRAD_TILE_BYTES
+        widest = max(x.shape[1], weight.shape[0])  # the input's tiles, or the output's products
+        too_large = 4 * x.numel() // x.shape[1] * widest * x.element_size() > MAX_WINOGRAD_TILE_BYTES
         if too_narrow or too_large or len(_winograd_is_faster) >= MAX_PROBED_SHAPES:
             _winograd_is_faster[key] = False
         else:
