@@ -16,7 +16,7 @@ from torch import nn
 
 from unetkit.models.conv3x3 import Conv3x3
 from unetkit.models.relu import KEEPS_ABOVE, ReLU
-from unetkit.models.transposed import TransposedUp
+from unetkit.models.transposed import TransposedUp, laid_out_like
 
 Upsampling = Literal["transposed", "bilinear"]
 
@@ -111,12 +111,6 @@ def to_size_of(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
     if x.shape[-2:] == skip.shape[-2:]:
         return x
     return F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-
-
-def laid_out_like(tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """`tensor` contiguous in `like`'s memory format (channels_last or the default)."""
-    layout = torch.channels_last if like.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    return tensor.contiguous(memory_format=layout)
 
 
 class OutConv(nn.Conv2d):

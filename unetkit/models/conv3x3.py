@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unetkit.models.transposed import cast_as_autocast_would, tracing
+from unetkit.models.transposed import cast_as_autocast_would, onednn_backward, tracing
 from unetkit.models.winograd import WinogradConv3x3Function, winograd_fits
 from unetkit.runtime.hardware import fastest_call
 
@@ -90,16 +90,6 @@ class Conv3x3Function(torch.autograd.Function):
             return grad_x, weight_gradient_gemm(x, grad), grad_bias
         grad_x, grad_weight = onednn_backward(x, weight, grad, wants_x, wants_weight)
         return grad_x, grad_weight, grad_bias
-
-
-def onednn_backward(
-    x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, wants_x: bool, wants_weight: bool
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """PyTorch's own backward of the 3x3 convolution (oneDNN on a CPU), the gradients asked for."""
-    grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
-        grad, x, weight, None, (1, 1), (1, 1), (1, 1), False, (0, 0), 1, (wants_x, wants_weight, False)
-    )
-    return grad_x, grad_weight
 
 
 def weight_gradient_gemm(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:

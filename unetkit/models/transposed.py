@@ -8,6 +8,10 @@ those rows. With oneDNN's own backward the layer's forward and backward took 1.5
 with the two products: the paper's U-Net's four Ups, batch 2 at 256 px, 84 -> 34 ms a step in bf16
 on an AMX CPU, 422 -> 153 ms in fp32 on AVX2 (benchmarks/NOTES.md). The forward stays PyTorch's:
 the product and the copy into 2x2 blocks were no faster.
+
+It also holds what the models' custom autograd functions share (Conv3x3's, Winograd's, the
+concatenation's): the tracer check, the autocast casts, the layout match, the direct convolution's
+backward.
 """
 
 from __future__ import annotations
@@ -34,6 +38,22 @@ def tracing() -> bool:
     """Whether a tracer (jit.trace, FX, torch.compile) records this call: its proxies carry no
     values, so the custom functions and the probes that time them stand aside."""
     return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+
+
+def laid_out_like(tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`tensor` contiguous in `like`'s memory format (channels_last or the default)."""
+    layout = torch.channels_last if like.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    return tensor.contiguous(memory_format=layout)
+
+
+def onednn_backward(
+    x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, wants_x: bool, wants_weight: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """PyTorch's own backward of the 3x3 convolution (oneDNN on a CPU), the gradients asked for."""
+    grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
+        grad, x, weight, None, (1, 1), (1, 1), (1, 1), False, (0, 0), 1, (wants_x, wants_weight, False)
+    )
+    return grad_x, grad_weight
 
 
 def cast_as_autocast_would(

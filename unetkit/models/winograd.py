@@ -32,6 +32,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from unetkit.models.transposed import laid_out_like, onednn_backward
+
 
 def rows_of_b(d0: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor, d3: torch.Tensor, outs: list) -> None:
     """B^T d along one axis of a 4-tap tile: (d0 - d2, d1 + d2, d2 - d1, d1 - d3), into `outs`."""
@@ -125,11 +127,6 @@ def at_least_fp32(t: torch.Tensor) -> torch.dtype:
     return torch.promote_types(t.dtype, torch.float32)
 
 
-def like_x(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A channels_last `t` in the default layout where `x` is in it."""
-    return t if x.is_contiguous(memory_format=torch.channels_last) or not x.is_contiguous() else t.contiguous()
-
-
 def weight_tiles(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """G w G^T of every (Cout, Cin) pair's 3x3 kernel, computed in fp32: (16, Cout, Cin) in `dtype`."""
     cout, cin = weight.shape[:2]
@@ -174,7 +171,7 @@ class WinogradConv3x3Function(torch.autograd.Function):
         n, _, height, width = x.shape
         with torch.autocast("cpu", enabled=False):
             tiles, kernels = input_tiles(x), weight_tiles(weight, x.dtype)
-            out = like_x(output_from_tiles(torch.bmm(tiles, kernels.transpose(1, 2)), n, height, width), x)
+            out = laid_out_like(output_from_tiles(torch.bmm(tiles, kernels.transpose(1, 2)), n, height, width), x)
         ctx.save_for_backward(x, weight, tiles, kernels)
         ctx.with_bias = bias is not None
         return out if bias is None else out.add_(bias.view(1, -1, 1, 1))
@@ -185,14 +182,12 @@ class WinogradConv3x3Function(torch.autograd.Function):
         wants_x, wants_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_bias = grad.sum((0, 2, 3)) if ctx.with_bias and ctx.needs_input_grad[2] else None
         if torch.is_grad_enabled():  # create_graph: torch's own backward, which has a derivative
-            grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
-                grad, x, weight, None, (1, 1), (1, 1), (1, 1), False, (0, 0), 1, (wants_x, wants_weight, False)
-            )
-            return grad_x, grad_weight, grad_bias
+            return (*onednn_backward(x, weight, grad, wants_x, wants_weight), grad_bias)
         n, cin, height, width = x.shape
         products = output_gradient_tiles(grad)
-        grad_x = like_x(input_gradient(torch.bmm(products, kernels), n, cin, height, width), x) if wants_x else None
-        grad_weight = None
+        grad_x = grad_weight = None
+        if wants_x:
+            grad_x = laid_out_like(input_gradient(torch.bmm(products, kernels), n, cin, height, width), x)
         if wants_weight:
             grad_weight = weight_gradient(torch.bmm(products.transpose(1, 2), tiles), weight.dtype)
         return grad_x, grad_weight, grad_bias
