@@ -105,6 +105,41 @@ def test_both_ranks_end_with_identical_weights(two_rank_run):
         assert torch.equal(saved[name], rank0[name]), name
 
 
+# A rank as `unetkit train` ends one: a gloo group DDP has held, closed, then cli.main's exit path.
+LEAVING_RANK = """\
+import atexit, os, sys, torch, torch.distributed as dist
+from unetkit.train.distributed import Distributed, leave_after_closed_group
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))
+atexit.register(lambda: open(sys.argv[2], "w").close())
+Distributed(rank=0, world_size=2, owns_group=True).close()  # world_size 2: close() as a real rank runs it
+print("the run's last line, unflushed in a pipe")
+leave_after_closed_group(3)
+print("not reached")
+"""
+
+
+def test_a_rank_that_closed_its_group_leaves_with_its_code_and_its_output(tmp_path):
+    """Such a rank skips the interpreter's teardown (where gloo's threads raced it at exit), but
+    still runs the exit handlers, flushes what it printed, and exits with the command's code."""
+    script = tmp_path / "rank.py"
+    script.write_text(LEAVING_RANK)
+    handled = tmp_path / "atexit-ran"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(script), str(tmp_path / "store"), str(handled)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "the run's last line" in result.stdout and "not reached" not in result.stdout
+    assert handled.is_file()
+
+
+def test_leaving_is_a_no_op_where_no_group_was_closed():
+    from unetkit.train.distributed import CLOSED_GROUPS, leave_after_closed_group
+
+    assert CLOSED_GROUPS == []
+    leave_after_closed_group(0)  # returns: pytest is still here
+
+
 def test_without_torchrun_nothing_is_distributed(binary_data, tmp_path):
     images, masks = binary_data
     trainer = Trainer(

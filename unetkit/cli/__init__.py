@@ -215,6 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    code = run_command(args)
+    # A torchrun rank that trained leaves here (train/distributed.py says why); the module is only
+    # loaded when this process trained, so other commands do not pay for importing it.
+    distributed = sys.modules.get("unetkit.train.distributed")
+    if distributed is not None:
+        distributed.leave_after_closed_group(code)
+    return code
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """The command's exit code, with its errors said in one line."""
     try:
         code = args.func(args)
     except BrokenPipeError:  # output piped into `head` and the like: not an error of ours

@@ -17,7 +17,9 @@ stay identical. Everything here is a no-op when those variables are absent (a pl
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -117,6 +119,28 @@ class Distributed:
             dist.barrier()
             if self.owns_group:
                 dist.destroy_process_group()
+                CLOSED_GROUPS.append(self.rank)
+
+
+# The ranks whose process group this process set up and closed (leave_after_closed_group).
+CLOSED_GROUPS: list[int] = []
+
+
+def leave_after_closed_group(code: int) -> None:
+    """End a torchrun rank whose run closed its process group: run the exit handlers, flush, and
+    leave without the interpreter's teardown. Once DDP has held a gloo group, destroy_process_group
+    leaves gloo's three threads running (PyTorch 2.13; without DDP it stops them), and the
+    interpreter's teardown raced them: about 1 finished run in 15-60 under load had a rank abort at
+    exit ("terminate called without an active exception", exit code -6), so torchrun called a run
+    that had written all its files a failure (benchmarks/NOTES.md, eleventh slice). A no-op in any
+    other process."""
+    if not CLOSED_GROUPS:
+        return
+    atexit._run_exitfuncs()  # what a normal exit runs first: temporary folders, log handlers, worker processes
+    for stream in (sys.stdout, sys.stderr):
+        if not stream.closed:  # a broken pipe closes stderr (cli.run_command)
+            stream.flush()
+    os._exit(code)
 
 
 def setup_distributed(device: torch.device) -> Distributed:
