@@ -10,8 +10,11 @@ up, pad, concatenate), `model.to(channels_last)`, RMSprop (lr 1e-5, weight decay
 (bf16 on a CPU), its GradScaler (CUDA's: disabled on a CPU), clipping at 1.0, and `loss.item()`
 every step; predict.py: fp32, no autocast, softmax argmax, one image at a time.
 
-Both sides see the same ready batch (no data loading: the step itself); the repetitions alternate
-between the tools, so a busy machine slows both alike. Prints the CPU and the ratios."""
+Both sides see the same ready batch (no data loading: the step itself) on the same device
+(`--device`: the CPU, or a CUDA GPU where milesial's `--amp` is fp16 autocast with its GradScaler
+enabled, and each timed call ends with a synchronize); the repetitions alternate between the tools,
+so a busy machine slows both alike. `--amp` is unetkit's (auto: bf16 where the device has it).
+Prints the CPU, the GPU if any, and the ratios."""
 
 from __future__ import annotations
 
@@ -28,8 +31,10 @@ from torch import nn
 
 from benchmarks.common import PAPER, cpu_info, cpu_slug, save_results, write_synthetic_pngs
 from benchmarks.training import OneBatch, epoch_runner, make_trainer
+from unetkit.runtime.hardware import resolve_device
 
 RESULTS = Path(__file__).parent / "results"
+CPU = torch.device("cpu")
 
 
 # --- milesial/Pytorch-UNet, as its unet_parts.py, unet_model.py, train.py and predict.py do it ---
@@ -85,18 +90,20 @@ def milesial_dice_loss(probs: torch.Tensor, target: torch.Tensor, eps: float = 1
 class MilesialStep:
     """train.py's inner loop for one batch, with `--amp`."""
 
-    def __init__(self, images: torch.Tensor, masks: torch.Tensor, n_classes: int = 2) -> None:
+    def __init__(self, images: torch.Tensor, masks: torch.Tensor, n_classes: int = 2, device: torch.device = CPU):
         torch.manual_seed(0)
-        self.model = MilesialUNet(images.shape[1], n_classes).to(memory_format=torch.channels_last)
+        self.model = MilesialUNet(images.shape[1], n_classes).to(device=device, memory_format=torch.channels_last)
         self.model.train()
         self.optimizer = torch.optim.RMSprop(self.model.parameters(), lr=1e-5, weight_decay=1e-8, momentum=0.999,
                                              foreach=True)  # fmt: skip
-        self.scaler = torch.amp.GradScaler("cuda", enabled=False)  # torch.cuda.amp.GradScaler: off on a CPU
-        self.images = images.to(dtype=torch.float32, memory_format=torch.channels_last)
-        self.masks, self.n_classes, self.loss_sum = masks.long(), n_classes, 0.0
+        # torch.cuda.amp.GradScaler(enabled=amp): on with --amp on a GPU, off on a CPU
+        self.scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+        self.images = images.to(device=device, dtype=torch.float32, memory_format=torch.channels_last)
+        self.masks, self.n_classes, self.loss_sum = masks.to(device).long(), n_classes, 0.0
+        self.device = device
 
     def __call__(self) -> None:
-        with torch.autocast("cpu", enabled=True):  # --amp: bf16 on a CPU
+        with torch.autocast(self.device.type, enabled=True):  # --amp: bf16 on a CPU, fp16 on a GPU
             pred = self.model(self.images)
             loss = F.cross_entropy(pred, self.masks)
             one_hot = F.one_hot(self.masks, self.n_classes).permute(0, 3, 1, 2).float()
@@ -122,24 +129,30 @@ def milesial_predict(model: nn.Module, image: torch.Tensor) -> Callable[[], None
     return run
 
 
-def alternate(cases: dict[str, Callable[[], None]], warmup: int, reps: int) -> dict[str, float]:
-    """Median seconds of each case, the repetitions taken in turn (a, b, a, b, ...)."""
+def alternate(
+    cases: dict[str, Callable[[], None]], warmup: int, reps: int, device: torch.device = CPU
+) -> dict[str, float]:
+    """Median seconds of each case, the repetitions taken in turn (a, b, a, b, ...); on a GPU each
+    ends when the GPU has finished (a step that never reads its loss returns before that)."""
+    finish = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     for fn in cases.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(reps):
         for name, fn in cases.items():
+            finish()
             start = time.perf_counter()
             fn()
+            finish()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def unetkit_predict(checkpoint: Path, image: torch.Tensor) -> Callable[[], None]:
+def unetkit_predict(checkpoint: Path, image: torch.Tensor, device: torch.device) -> Callable[[], None]:
     from unetkit.inference import InferenceOptions, Predictor
 
-    predictor = Predictor(checkpoint, options=InferenceOptions(progress=False, tiling="off"))
+    predictor = Predictor(checkpoint, options=InferenceOptions(progress=False, tiling="off", device=str(device)))
     array = image[0].permute(1, 2, 0).numpy()
     return lambda: predictor.class_ids(array)
 
@@ -149,30 +162,38 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--reps", type=int, default=8)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto: both tools run there (cpu)")
+    parser.add_argument("--amp", default="auto", help="unetkit's --amp: auto, bf16, fp16 or off (auto)")
     args = parser.parse_args(argv)
-    machine = cpu_info()
-    print(f"CPU: {machine['cpu']}; torch {machine['torch']}; unetkit AMP: {machine['amp_auto']}")
+    device, machine = resolve_device(args.device), cpu_info()
+    machine["gpu"] = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    print(f"CPU: {machine['cpu']}; GPU: {machine['gpu']}; torch {machine['torch']}")
     with tempfile.TemporaryDirectory(prefix="unetkit-peers-") as tmp:
         data = write_synthetic_pngs(Path(tmp) / "data", count=args.batch, side=args.size * 3 // 2)
-        trainer = make_trainer(PAPER, data, args.size, args.batch, Path(tmp) / "run")
+        trainer = make_trainer(PAPER, data, args.size, args.batch, Path(tmp) / "run", str(device), args.amp)
+        print(f"unetkit AMP: {trainer.built.amp.name}; milesial --amp: autocast on {device.type}")
         batch = tuple(next(iter(trainer.opt.loader)))
         trainer.opt.loader = OneBatch(batch)
         images, masks = batch[0].float().contiguous(), batch[1]
-        milesial = MilesialStep(images, masks.clamp(0, 1))
-        train = alternate({"unetkit": epoch_runner(trainer), "milesial --amp": milesial}, 2, args.reps)
+        milesial = MilesialStep(images, masks.clamp(0, 1), device=device)
+        steps = {"unetkit": epoch_runner(trainer), "milesial --amp": milesial}
+        train = alternate(steps, 2, args.reps, device)
         trainer.train_one_epoch(1)
         trainer._save_epoch(1, improved=True)
         image = images[:1]
-        infer = alternate({"unetkit": unetkit_predict(Path(tmp) / "run" / "best.pt", image),
-                           "milesial": milesial_predict(milesial.model, image)}, 2, args.reps)  # fmt: skip
+        predicts = {"unetkit": unetkit_predict(Path(tmp) / "run" / "best.pt", image, device),
+                    "milesial": milesial_predict(milesial.model, image.to(device))}  # fmt: skip
+        infer = alternate(predicts, 2, args.reps, device)
     rows = {"train": train, "predict (batch 1)": infer}
     for what, seconds in rows.items():
         (ours, theirs) = seconds.values()
         per = args.batch if what == "train" else 1
         print(f"{what}: unetkit {per / ours:.2f} img/s, milesial {per / theirs:.2f} img/s: x{theirs / ours:.2f}")
-    results = {"machine": machine, "size": args.size, "batch": args.batch, "median_seconds": rows,
-               "unetkit_amp": trainer.built.amp.name, "unetkit_channels_last": trainer.built.channels_last}  # fmt: skip
-    name = f"peers-{time.strftime('%Y-%m-%d-%H%M')}-{cpu_slug()}.json"
+    results = {"machine": machine, "device": str(device), "size": args.size, "batch": args.batch,
+               "median_seconds": rows, "unetkit_amp": trainer.built.amp.name,
+               "unetkit_channels_last": trainer.built.channels_last}  # fmt: skip
+    gpu = "" if device.type == "cpu" else f"-{device.type}"
+    name = f"peers-{time.strftime('%Y-%m-%d-%H%M')}-{cpu_slug()}{gpu}.json"
     print(f"wrote {save_results(RESULTS / name, results)}")
     return results
 

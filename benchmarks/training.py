@@ -27,11 +27,15 @@ from unetkit.demo import demo_config
 from unetkit.train import Trainer, plan_run
 
 
-def make_trainer(spec: ModelSpec, data: tuple[Path, Path], size: int, batch: int, out: Path) -> Trainer:
-    """A Trainer with the demo recipe's settings, at this model shape, patch size and batch; the
-    data set holds `batch` images, so one epoch is exactly one training step."""
+def make_trainer(
+    spec: ModelSpec, data: tuple[Path, Path], size: int, batch: int, out: Path, device: str = "auto", amp: str = "auto"
+) -> Trainer:
+    """A Trainer with the demo recipe's settings, at this model shape, patch size and batch, on
+    `device` with `amp` (unetkit train's --device and --amp); the data set holds `batch` images, so
+    one epoch is exactly one training step."""
     cfg = dataclasses.replace(
-        demo_config(out, progress=False),
+        demo_config(out, progress=False, amp=amp),
+        device=device,
         base_channels=spec.base_channels,
         depth=spec.depth,
         upsampling=spec.upsampling,

@@ -197,6 +197,7 @@ def test_peers_times_milesials_step_against_unetkits_on_one_batch(tmp_path, monk
     }
     assert all(value > 0 for table in seconds.values() for value in table.values())
     assert len(list(tmp_path.glob("peers-*.json"))) == 1
+    assert results["device"] == "cpu" and results["machine"]["gpu"] is None  # both tools on the one device
     model = peers.MilesialUNet(3, 2)  # its README's network: 31M parameters
     assert round(sum(p.numel() for p in model.parameters()) / 1e6) == 31
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 2, 64, 64)
