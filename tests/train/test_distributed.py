@@ -105,39 +105,43 @@ def test_both_ranks_end_with_identical_weights(two_rank_run):
         assert torch.equal(saved[name], rank0[name]), name
 
 
-# A rank as `unetkit train` ends one: a gloo group DDP has held, closed, then cli.main's exit path.
+# A rank as `unetkit train` ends one: a gloo group that DDP has held, closed after a finished run
+# or left open by an error, then cli.main's exit path.
 LEAVING_RANK = """\
 import atexit, os, sys, torch, torch.distributed as dist
-from unetkit.train.distributed import Distributed, leave_after_closed_group
+from unetkit.train import distributed
 dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+distributed.GROUPS_SET_UP.append(0)  # as setup_distributed records it
 model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))
 atexit.register(lambda: open(sys.argv[2], "w").close())
-Distributed(rank=0, world_size=2, owns_group=True).close()  # world_size 2: close() as a real rank runs it
+if sys.argv[3] == "finished":
+    distributed.Distributed(rank=0, world_size=2, owns_group=True).close()  # world_size 2: as a real rank runs it
 print("the run's last line, unflushed in a pipe")
-leave_after_closed_group(3)
+distributed.leave_without_teardown(3)
 print("not reached")
 """
 
 
-def test_a_rank_that_closed_its_group_leaves_with_its_code_and_its_output(tmp_path):
+@pytest.mark.parametrize("ending", ["finished", "error"])
+def test_a_rank_that_set_up_a_group_leaves_with_its_code_and_its_output(tmp_path, ending):
     """Such a rank skips the interpreter's teardown (where gloo's threads raced it at exit), but
     still runs the exit handlers, flushes what it printed, and exits with the command's code."""
     script = tmp_path / "rank.py"
     script.write_text(LEAVING_RANK)
     handled = tmp_path / "atexit-ran"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(script), str(tmp_path / "store"), str(handled)]
+    command = [sys.executable, str(script), str(tmp_path / "store"), str(handled), ending]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 3, result.stderr[-2000:]
     assert "the run's last line" in result.stdout and "not reached" not in result.stdout
     assert handled.is_file()
 
 
-def test_leaving_is_a_no_op_where_no_group_was_closed():
-    from unetkit.train.distributed import CLOSED_GROUPS, leave_after_closed_group
+def test_leaving_is_a_no_op_where_no_group_was_set_up():
+    from unetkit.train.distributed import GROUPS_SET_UP, leave_without_teardown
 
-    assert CLOSED_GROUPS == []
-    leave_after_closed_group(0)  # returns: pytest is still here
+    assert GROUPS_SET_UP == []
+    leave_without_teardown(0)  # returns: pytest is still here
 
 
 def test_without_torchrun_nothing_is_distributed(binary_data, tmp_path):

@@ -220,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # loaded when this process trained, so other commands do not pay for importing it.
     distributed = sys.modules.get("unetkit.train.distributed")
     if distributed is not None:
-        distributed.leave_after_closed_group(code)
+        distributed.leave_without_teardown(code)
     return code
 
 

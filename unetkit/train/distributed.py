@@ -119,22 +119,22 @@ class Distributed:
             dist.barrier()
             if self.owns_group:
                 dist.destroy_process_group()
-                CLOSED_GROUPS.append(self.rank)
 
 
-# The ranks whose process group this process set up and closed (leave_after_closed_group).
-CLOSED_GROUPS: list[int] = []
+# The ranks whose process group this process set up (leave_without_teardown).
+GROUPS_SET_UP: list[int] = []
 
 
-def leave_after_closed_group(code: int) -> None:
-    """End a torchrun rank whose run closed its process group: run the exit handlers, flush, and
-    leave without the interpreter's teardown. Once DDP has held a gloo group, destroy_process_group
-    leaves gloo's three threads running (PyTorch 2.13; without DDP it stops them), and the
-    interpreter's teardown raced them: about 1 finished run in 15-60 under load had a rank abort at
-    exit ("terminate called without an active exception", exit code -6), so torchrun called a run
-    that had written all its files a failure (benchmarks/NOTES.md, eleventh slice). A no-op in any
-    other process."""
-    if not CLOSED_GROUPS:
+def leave_without_teardown(code: int) -> None:
+    """End a torchrun rank that set up a process group, whether its run closed the group or
+    stopped on an error: run the exit handlers, flush, and leave without the interpreter's
+    teardown. Once DDP has held a gloo group, destroy_process_group leaves gloo's three threads
+    running (PyTorch 2.13; without DDP it stops them), and the teardown raced them. About 1 finished
+    run in 15-100 under load had a rank abort at exit ("terminate called without an active
+    exception", exit code -6), so torchrun called a run that had written all its files a failure.
+    3 of 14 runs refused for a missing mask did the same, where the group is never closed
+    (benchmarks/NOTES.md, eleventh slice). A no-op in any other process."""
+    if not GROUPS_SET_UP:
         return
     atexit._run_exitfuncs()  # what a normal exit runs first: temporary folders, log handlers, worker processes
     for stream in (sys.stdout, sys.stderr):
@@ -155,6 +155,7 @@ def setup_distributed(device: torch.device) -> Distributed:
     owns_group = not dist.is_initialized()
     if owns_group:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        GROUPS_SET_UP.append(rank)
     return Distributed(rank, world_size, device, owns_group)
 
 
