@@ -62,6 +62,21 @@ def test_ctrl_c_exits_cleanly_and_says_how_to_resume(tmp_path):
     assert epoch >= 1 and f"holds epoch {epoch}" in err
 
 
+def test_a_run_whose_output_reader_goes_away_stops_and_says_how_to_resume(tmp_path):
+    """`unetkit train ... | head`: the run stops at its next line, as after Ctrl-C, with exit code 141
+    (a shell's for a broken pipe) and one line on stderr, not a silent success with epochs missing."""
+    images, masks = make_shapes(tmp_path / "data", count=6)
+    run = tmp_path / "run"
+    process = start_training("--images", images, "--masks", masks, "--out", run, "--epochs", "50", *SLOW_EPOCHS)
+    wait_for_epoch(process, 1)
+    process.stdout.close()  # the reader quits, as `head` does
+    err = process.stderr.read()
+    assert process.wait(timeout=60) == 141
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "its output was closed" in err and f"--resume {run / 'last.pt'}" in err
+    assert load_checkpoint(run / "last.pt")["epoch"] < 50
+
+
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_finishes_the_run(tmp_path):
     images, masks = make_shapes(tmp_path / "data", count=6)

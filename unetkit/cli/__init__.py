@@ -5,6 +5,7 @@ commands' work is in commands.py."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -23,7 +24,7 @@ from unetkit.cli.commands import (
     config_from_args,
 )
 from unetkit.data.tiff_axes import CHANNEL_AXIS_HELP, PLANE_AXIS_HELP
-from unetkit.errors import UnetkitError
+from unetkit.errors import OutputClosed, UnetkitError
 from unetkit.inference import InferenceOptions
 from unetkit.runtime.amp import AMP_MODES
 from unetkit.runtime.options import duration as parse_duration
@@ -228,9 +229,13 @@ def run_command(args: argparse.Namespace) -> int:
     """The command's exit code, with its errors said in one line."""
     try:
         code = args.func(args)
-    except BrokenPipeError:  # output piped into `head` and the like: not an error of ours
-        sys.stderr.close()
-        return 0
+    except (BrokenPipeError, OutputClosed) as err:  # output piped into `head`, a pager that quit
+        # Nothing more reaches stdout (Python's exit would fail flushing it); stderr says why the
+        # command stopped, and the code is a shell's for a broken pipe (128 + SIGPIPE), not success.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        detail = f": {err}" if isinstance(err, OutputClosed) else ""
+        say_if_possible(f"unetkit {args.command}: stopped, its output was closed{detail}")
+        return 141
     except UnetkitError as err:
         print(_printable(f"unetkit {args.command}: error: {err}"), file=sys.stderr)
         return 2
@@ -240,6 +245,14 @@ def run_command(args: argparse.Namespace) -> int:
         print(_printable(f"unetkit {args.command}: interrupted{detail}"), file=sys.stderr)
         return 130
     return code or 0
+
+
+def say_if_possible(line: str) -> None:
+    """Print to stderr, unless it too has gone (`2>&1 | head`)."""
+    try:
+        print(_printable(line), file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 def _printable(text: str) -> str:

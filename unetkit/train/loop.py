@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from unetkit.data.pairing import file_names
+from unetkit.errors import OutputClosed
 from unetkit.models.checkpoint import cpu_weights, save_checkpoint
 from unetkit.models.conv3x3 import winograd_line
 from unetkit.runtime.progress import Progress, progress_to
@@ -82,6 +83,8 @@ class Trainer:
             files.finish(self.history)
         except KeyboardInterrupt:
             raise KeyboardInterrupt(interrupted_message(self.out / "last.pt", self.saved_epoch)) from None
+        except BrokenPipeError:  # the log's reader went away: stop as Ctrl-C does, and say so
+            raise OutputClosed(interrupted_message(self.out / "last.pt", self.saved_epoch)) from None
         return RunResult(self.out, self.out / "best.pt", self.out / "last.pt", self.history, self.best_dice)
 
     def finished_reason(self) -> str | None:
