@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from synthetic import make_shapes, run_cli
+from synthetic import assert_one_line_error, make_shapes, run_cli
 
 from unetkit.data import find_pairs
 from unetkit.train import TrainConfig, Trainer, load_checkpoint, model_from_checkpoint, plan_run
@@ -135,6 +135,23 @@ def test_a_rank_that_set_up_a_group_leaves_with_its_code_and_its_output(tmp_path
     assert result.returncode == 3, result.stderr[-2000:]
     assert "the run's last line" in result.stdout and "not reached" not in result.stdout
     assert handled.is_file()
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate", "demo"])
+def test_commands_other_than_train_refuse_to_run_as_torchrun_ranks(command, capsys, monkeypatch, tmp_path):
+    """Each rank ran a whole predict, and the second was refused the first's output folder, so the
+    job failed after writing the masks once (red-team finding): now one line says what to do."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    checkpoint = ["--checkpoint", tmp_path / "x.pt"]
+    args = {
+        "predict": [*checkpoint, tmp_path, "--out", tmp_path / "masks"],
+        "evaluate": [*checkpoint, "--images", tmp_path, "--masks", tmp_path],
+        "demo": ["--out", tmp_path / "demo"],
+    }[command]
+    code, _out, err = run_cli(capsys, command, *args)
+    assert_one_line_error(code, err, f"{command} runs in one process", "without torchrun")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_leaving_is_a_no_op_where_no_group_was_set_up():

@@ -29,6 +29,7 @@ from unetkit.inference import InferenceOptions
 from unetkit.runtime.amp import AMP_MODES
 from unetkit.runtime.options import duration as parse_duration
 from unetkit.train.config import TrainConfig
+from unetkit.train.distributed import leave_without_teardown, one_of_several_ranks
 
 __all__ = ["add_train_arguments", "build_parser", "config_and_given_options", "config_from_args", "main"]
 __all__ += ["parse_duration"]
@@ -217,17 +218,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     code = run_command(args)
-    # A torchrun rank that trained leaves here (train/distributed.py says why); the module is only
-    # loaded when this process trained, so other commands do not pay for importing it.
-    distributed = sys.modules.get("unetkit.train.distributed")
-    if distributed is not None:
-        distributed.leave_without_teardown(code)
+    leave_without_teardown(code)  # a torchrun rank that set up a process group leaves here (it says why)
     return code
 
 
 def run_command(args: argparse.Namespace) -> int:
     """The command's exit code, with its errors said in one line."""
     try:
+        if one_of_several_ranks() and args.command != "train":
+            raise UnetkitError(f"{args.command} runs in one process: run it without torchrun, which only train uses")
         code = args.func(args)
     except (BrokenPipeError, OutputClosed) as err:  # output piped into `head`, a pager that quit
         # Nothing more reaches stdout (Python's exit would fail flushing it); stderr says why the

@@ -37,6 +37,11 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def one_of_several_ranks() -> bool:
+    """Whether torchrun started this process as one of two or more."""
+    return launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1
+
+
 def is_main_process() -> bool:
     """Rank 0, or not distributed at all; usable before and after the process group exists."""
     return int(os.environ.get("RANK", "0")) == 0
@@ -146,7 +151,7 @@ def leave_without_teardown(code: int) -> None:
 def setup_distributed(device: torch.device) -> Distributed:
     """Join the torchrun job if there is one. `device` is the resolved --device; under torchrun a
     CUDA device becomes cuda:LOCAL_RANK, one GPU per process."""
-    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) <= 1:
+    if not one_of_several_ranks():
         return Distributed(device=device)
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if device.type == "cuda":
