@@ -107,6 +107,37 @@ def test_resume_matches_an_uninterrupted_run(binary_data, tmp_path, ema):
         assert any(not torch.equal(full_state["model"][n], full_state["training_model"][n]) for n in a)
 
 
+def test_a_resumed_run_keeps_the_speed_choices_its_checkpoint_timed(binary_data, tmp_path, monkeypatch):
+    """AMP, layout and each 3x3 shape's kernels, timed afresh, went either way between processes, so
+    a resume computed unlike the run it continued (a red-team round): the checkpoint keeps them."""
+    from unetkit.models import conv3x3
+    from unetkit.models.checkpoint import save_checkpoint
+
+    images, masks = binary_data
+    for cache in conv3x3.PROBES.values():
+        monkeypatch.setattr(conv3x3, cache, {})
+    first = train(tiny_config(images, masks, tmp_path / "run", epochs=1), log=lambda _: None)
+    state = load_checkpoint(first.last_checkpoint)
+    kept = state["speed_choices"]
+    assert kept["device"] == "cpu" and kept["amp"] in ("off", "bf16") and kept["conv3x3"]["winograd"]
+    # As another process would have timed it: the other layout, and one shape Winograd's.
+    kept["channels_last"] = not kept["channels_last"]
+    row = kept["conv3x3"]["winograd"][0]
+    kept["conv3x3"]["winograd"][0] = [*row[:-1], True]
+    save_checkpoint(first.last_checkpoint, state)
+    for cache in conv3x3.PROBES.values():
+        monkeypatch.setattr(conv3x3, cache, {})  # a new process
+    resume = TrainConfig(resume=str(first.last_checkpoint), epochs=2, progress=False)
+    trainer = Trainer(plan_run(resume, log=lambda _: None))
+    assert trainer.built.channels_last is kept["channels_last"]
+    assert trainer.built.amp.name == kept["amp"] and trainer.built.amp.reason.endswith("(kept from the resumed run)")
+    assert conv3x3.probe_choices()["winograd"][0] == kept["conv3x3"]["winograd"][0]
+    kept["device"] = "cuda"  # another kind of device: timed again there
+    save_checkpoint(first.last_checkpoint, state)
+    trainer = Trainer(plan_run(resume, log=lambda _: None))
+    assert "kept" not in trainer.built.amp.reason
+
+
 def test_a_run_resumed_with_more_epochs_starts_at_its_new_plans_rate(binary_data, tmp_path):
     """A finished 2-epoch cosine run resumed with --epochs 4 re-plans its schedule over 4 epochs:
     epoch 3 starts at the rate halfway down that cosine, not at the old plan's end (0)."""

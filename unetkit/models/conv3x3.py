@@ -50,6 +50,7 @@ WINOGRAD_MARGIN = 0.95
 
 _gemm_is_faster: dict[tuple, bool] = {}  # the probe's answer for each shape, for the process
 _winograd_is_faster: dict[tuple, bool] = {}
+PROBES = {"gemm_weight_gradient": "_gemm_is_faster", "winograd": "_winograd_is_faster"}  # by name: tests swap them
 
 
 class Conv3x3(nn.Conv2d):
@@ -179,6 +180,33 @@ def forward_backward(
 def saved_as_they_are() -> torch.autograd.graph.saved_tensors_hooks:
     """Saved-tensor hooks that keep each tensor as it is, over any a caller has set."""
     return torch.autograd.graph.saved_tensors_hooks(lambda tensor: tensor, lambda tensor: tensor)
+
+
+def probe_choices() -> dict[str, list]:
+    """Both probes' answers so far, as a checkpoint keeps them (lists of plain values: a shape's
+    key with its dtype by name, then the answer)."""
+
+    def plain(key: tuple) -> list:
+        return [str(part) if isinstance(part, torch.dtype) else part for part in key]
+
+    return {name: [[*plain(key), faster] for key, faster in globals()[cache].items()] for name, cache in PROBES.items()}
+
+
+def restore_probe_choices(saved: dict[str, list]) -> None:
+    """Take a checkpoint's answers (probe_choices) as this process's, so a resumed run computes
+    each shape it met as the run it continues did; a shape met first after it is timed as usual.
+    Timed afresh, marginal layers went either way between processes (benchmarks/NOTES.md)."""
+
+    def key(plain: list) -> tuple:
+        return tuple(
+            getattr(torch, part.removeprefix("torch.")) if isinstance(part, str) else tuple(part)
+            if isinstance(part, list) else part
+            for part in plain
+        )  # fmt: skip
+
+    for name, rows in saved.items():
+        if name in PROBES:  # a probe this version no longer has is left out
+            globals()[PROBES[name]].update((key(row[:-1]), bool(row[-1])) for row in rows)
 
 
 def winograd_line() -> str | None:

@@ -9,7 +9,7 @@ Each takes the resolved options and returns what the Trainer (loop.py) holds."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -22,6 +22,7 @@ from unetkit.data.transforms import STRONG_PHOTOMETRIC
 from unetkit.errors import UnetkitError
 from unetkit.models import model_class
 from unetkit.models.checkpoint import cpu_weights
+from unetkit.models.conv3x3 import probe_choices, restore_probe_choices
 from unetkit.models.spec import ModelSpec
 from unetkit.runtime.allocator import keep_freed_memory
 from unetkit.runtime.amp import AmpPolicy, resolve_amp
@@ -104,19 +105,34 @@ def build_model(
     spec: ModelSpec,
     dist: Distributed,
     init_state: dict[str, Any] | None = None,
-    resuming: bool = False,
+    resume_state: dict[str, Any] | None = None,
 ) -> ModelSetup:
     """The network with seeded initial weights (or those of --init-from's model, or its encoder's
     --encoder-weights; a resumed run's come from its checkpoint), its AMP policy and memory
-    layout, the same on every rank."""
+    layout, the same on every rank; a resumed run on the same kind of device keeps its timed
+    choices (speed_choices)."""
     torch.manual_seed(cfg.seed)  # the same initial weights for the same seed
     model = spec.build()
     notes = start_from(model, spec, init_state, cfg.init_from) if init_state is not None else []
-    if pretrained(cfg.encoder_weights) and not resuming:
+    if pretrained(cfg.encoder_weights) and resume_state is None:
         notes.append(load_encoder_weights(model, cfg.encoder_weights))
     model = model.to(dist.device)
     if dist.device.type == "cpu":
         keep_freed_memory()  # activation maps and gradients from the heap (runtime/allocator.py)
+    kept = (resume_state or {}).get("speed_choices")
+    if kept is not None and kept["device"] == dist.device.type:
+        restore_probe_choices(kept["conv3x3"])
+        amp = replace(resolve_amp(kept["amp"], dist.device), reason=f"{kept['amp_reason']} (kept from the resumed run)")
+        channels_last = kept["channels_last"]
+    else:
+        amp, channels_last = timed_choices(cfg, spec, dist)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = dist.wrap(model.to(memory_format=memory_format), cfg.sync_bn)  # DDP under torchrun
+    return ModelSetup(model, amp, channels_last, memory_format, notes)
+
+
+def timed_choices(cfg: TrainConfig, spec: ModelSpec, dist: Distributed) -> tuple[AmpPolicy, bool]:
+    """--amp and --channels-last as given, or where `auto` as timed on this device: rank 0's."""
     amp = resolve_amp(cfg.amp, dist.device)
     chosen = dist.broadcast_object(amp.name)  # `auto` times a conv: ranks could disagree
     if chosen != amp.name:
@@ -128,10 +144,16 @@ def build_model(
         channels_last = channels_last_is_faster(dist.device, amp.dtype, channels=channels, size=size, backward=True)
     else:
         channels_last = cfg.channels_last == "on"
-    channels_last = dist.broadcast_object(channels_last)  # DDP needs one layout
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = dist.wrap(model.to(memory_format=memory_format), cfg.sync_bn)  # DDP under torchrun
-    return ModelSetup(model, amp, channels_last, memory_format, notes)
+    return amp, dist.broadcast_object(channels_last)  # DDP needs one layout
+
+
+def speed_choices(setup: ModelSetup, device: torch.device) -> dict[str, Any]:
+    """What this run timed and chose for speed, as its checkpoint keeps it for a resume: the AMP
+    dtype, the layout and the 3x3 convolutions' kernels (models/conv3x3.py). Each rounds
+    differently, and timed afresh the marginal ones went either way between processes, so a resumed
+    run that timed again computed unlike the run it continued (a red-team round, benchmarks/NOTES.md)."""
+    return {"device": device.type, "amp": setup.amp.name, "amp_reason": setup.amp.reason,
+            "channels_last": setup.channels_last, "conv3x3": probe_choices()}  # fmt: skip
 
 
 # --- optimisation ---
