@@ -412,6 +412,12 @@ def case_resume_from_an_onnx_export(tmp_path, rgb_run, capsys, **_):
     return Case(["train", "--resume", model, "--no-progress"], ("m.onnx", "ONNX export", "last.pt"))
 
 
+def case_patch_under_the_minimum_of_the_default_depth(tmp_path, **_):
+    images, masks = data(tmp_path)  # no --depth: the message names the depth the limit comes from
+    args = ["train", "--images", images, "--masks", masks, "--out", tmp_path / "run", "--patch-size", "7"]
+    return Case(args, ("--patch-size 7", "at least 32", "default depth 4"), nothing_in(tmp_path / "run"))
+
+
 CASES = cases_of(
     globals(),
     {

@@ -294,6 +294,14 @@ class TrainConfig:
         model = model_class(self.model)
         return model.min_input_size(model.arguments(self, in_channels=1, num_classes=2))
 
+    def _depth_words(self) -> str:
+        """The depth a size limit comes from, as a message names it: given, or the model's default."""
+        if self.model != "unet":
+            return ""
+        if self.depth is not None:
+            return f" of --depth {self.depth}"
+        return f" of its default depth {model_class(self.model).options({})['depth']}"
+
     def validate(self) -> None:
         """Check every option's type and value; the first bad one is a one-line UnetkitError naming
         it. Unset options (None) pass; the resolved config is checked again. Numbers of other types
@@ -312,7 +320,7 @@ class TrainConfig:
         if self.patch_size and not (minimum <= self.patch_size <= 8192):
             raise UnetkitError(
                 f"--patch-size {self.patch_size} is invalid: it must be at least {minimum} pixels (at most 8192) "
-                f"for a {self.model}{f' of --depth {self.depth}' if self.model == 'unet' else ''}, or 'none'"
+                f"for a {self.model}{self._depth_words()}, or 'none'"
             )
         if self.instance_masks and self.mask_values is not None:
             raise UnetkitError(
