@@ -418,6 +418,18 @@ def case_patch_under_the_minimum_of_the_default_depth(tmp_path, **_):
     return Case(args, ("--patch-size 7", "at least 32", "default depth 4"), nothing_in(tmp_path / "run"))
 
 
+def case_a_network_whose_training_state_passes_the_memory(tmp_path, monkeypatch, **_):
+    """Refused before any weight exists (--depth 9 --base-channels 32 was killed for memory in
+    silence): the parameters are counted on the meta device, here against a 0.5 GiB machine."""
+    import unetkit.train.setup
+
+    monkeypatch.setattr(unetkit.train.setup, "memory_bytes", lambda: 2.0**29)
+    images, masks = data(tmp_path)
+    args = train_args(images, masks, tmp_path / "run", "--depth", "4", "--base-channels", "128")
+    needles = ("69M parameters", "1.0 GiB", "has 0.5 GiB", "smaller --depth or --base-channels")
+    return Case(args, needles, nothing_in(tmp_path / "run"))
+
+
 CASES = cases_of(
     globals(),
     {

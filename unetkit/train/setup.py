@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from unetkit.data import AugmentConfig, Pair, SegmentationDataset
-from unetkit.data.dataset import pad_collate
+from unetkit.data.dataset import memory_bytes, pad_collate
 from unetkit.data.transforms import STRONG_PHOTOMETRIC
 from unetkit.errors import UnetkitError
 from unetkit.models import model_class
@@ -111,6 +111,7 @@ def build_model(
     --encoder-weights; a resumed run's come from its checkpoint), its AMP policy and memory
     layout, the same on every rank; a resumed run on the same kind of device keeps its timed
     choices (speed_choices)."""
+    check_model_fits(spec, dist.device)
     torch.manual_seed(cfg.seed)  # the same initial weights for the same seed
     model = spec.build()
     notes = start_from(model, spec, init_state, cfg.init_from) if init_state is not None else []
@@ -129,6 +130,31 @@ def build_model(
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = dist.wrap(model.to(memory_format=memory_format), cfg.sync_bn)  # DDP under torchrun
     return ModelSetup(model, amp, channels_last, memory_format, notes)
+
+
+# A parameter's training state: its fp32 weight, gradient and AdamW's two moments.
+BYTES_PER_TRAINED_PARAMETER = 16
+
+
+def check_model_fits(spec: ModelSpec, device: torch.device) -> None:
+    """Refuse in one line, before any weight is allocated, a network whose weights, gradients and
+    optimizer state alone pass the device's memory: `--depth 9 --base-channels 32` (8.6e9
+    parameters) was killed for memory with no message (a red-team round). The network is built
+    on the meta device, which holds no numbers, to count them."""
+    try:
+        with torch.device("meta"):
+            parameters = sum(p.numel() for p in spec.build().parameters())
+    except Exception:  # a model that cannot be built there (an encoder's own code) is not checked
+        return
+    have = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else memory_bytes()
+    need = BYTES_PER_TRAINED_PARAMETER * parameters
+    if need > have:
+        shape = ", ".join(f"{key} {value}" for key, value in spec.args.items() if key in ("depth", "base_channels"))
+        raise UnetkitError(
+            f"a {spec.name} ({shape}) has {parameters / 1e6:,.0f}M parameters: training needs "
+            f"{need / 2**30:,.1f} GiB for its weights, gradients and optimizer state alone, and this "
+            f"{device.type.upper()} has {have / 2**30:,.1f} GiB; use a smaller --depth or --base-channels"
+        )
 
 
 def timed_choices(cfg: TrainConfig, spec: ModelSpec, dist: Distributed) -> tuple[AmpPolicy, bool]:
