@@ -138,6 +138,21 @@ def test_a_resumed_run_keeps_the_speed_choices_its_checkpoint_timed(binary_data,
     assert "kept" not in trainer.built.amp.reason
 
 
+def test_a_resume_with_another_number_of_processes_says_its_batches_differ(binary_data, tmp_path):
+    from unetkit.models.checkpoint import save_checkpoint
+
+    images, masks = binary_data
+    first = train(tiny_config(images, masks, tmp_path / "run", epochs=1), log=lambda _: None)
+    state = load_checkpoint(first.last_checkpoint)
+    assert state["world_size"] == 1
+    state["world_size"] = 2  # as a 2-process torchrun run would have saved it
+    save_checkpoint(first.last_checkpoint, state)
+    said: list[str] = []
+    train(TrainConfig(resume=str(first.last_checkpoint), epochs=2, progress=False), log=said.append)
+    line = next(line for line in said if line.startswith("resuming"))
+    assert line.endswith("trained in 2 process(es) and goes on in 1, so its batches differ from an uninterrupted run's")
+
+
 def test_a_run_resumed_with_more_epochs_starts_at_its_new_plans_rate(binary_data, tmp_path):
     """A finished 2-epoch cosine run resumed with --epochs 4 re-plans its schedule over 4 epochs:
     epoch 3 starts at the rate halfway down that cosine, not at the old plan's end (0)."""

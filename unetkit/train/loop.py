@@ -207,6 +207,7 @@ class Trainer:
             "history": [asdict(row) for row in self.history],
             "rng": rng_state(),
             "speed_choices": speed_choices(self.built, self.dist.device),
+            "world_size": self.dist.world_size,
             "config": self.cfg.to_dict(),
         }
 

@@ -52,7 +52,20 @@ def run_summary(run: RunPlan, built: ModelSetup, start_epoch: int) -> list[str]:
         f"training / {len(run.val_pairs)} validation images; classes {run.data.mask_values.values} ({kind})",
         f"AMP: {built.amp.reason}; channels_last: {'on' if built.channels_last else 'off'}",
     ]
-    return lines + ([f"resuming {run.cfg.resume} at epoch {start_epoch}"] if start_epoch > 1 else [])
+    return lines + ([resuming_line(run, start_epoch)] if start_epoch > 1 else [])
+
+
+def resuming_line(run: RunPlan, start_epoch: int) -> str:
+    """Where a run resumes, and whether its batches can be an uninterrupted run's: torchrun's
+    processes share each epoch's batches out, so another number of them draws others."""
+    line = f"resuming {run.cfg.resume} at epoch {start_epoch}"
+    before = (run.resume_state or {}).get("world_size")  # missing in older checkpoints: not said
+    if before is not None and before != run.dist.world_size:
+        line += (
+            f"; it trained in {before} process(es) and goes on in {run.dist.world_size}, so its batches "
+            "differ from an uninterrupted run's"
+        )
+    return line
 
 
 def epoch_line(row: EpochRow, label: str, budget: str, best: bool) -> str:
