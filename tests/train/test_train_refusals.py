@@ -515,11 +515,13 @@ def test_temporary_files_of_a_killed_run_are_removed_on_resume(tmp_path, capsys)
     assert not leftover.exists() and "removed 1 temporary file" in text
 
 
-def test_a_run_resumed_into_a_new_folder_takes_its_best_checkpoint(tmp_path, capsys):
+def test_a_run_resumed_into_a_new_folder_takes_its_best_checkpoint_and_fingerprint(tmp_path, capsys):
     first = finished_run(tmp_path, "first")
     code, _, err = run_cli(capsys, "train", "--resume", first / "last.pt", "--out", tmp_path / "more", "--epochs", "2")
     assert code == 0, err
     assert (tmp_path / "more" / "best.pt").is_file() and (first / "best.pt").is_file()
+    fingerprint = (first / "fingerprint.json").read_text()  # what the recipe read: not read again on resume
+    assert (tmp_path / "more" / "fingerprint.json").read_text() == fingerprint
 
 
 def test_carvana_gif_masks_train(tmp_path, capsys):

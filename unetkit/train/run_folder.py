@@ -87,10 +87,12 @@ def refuse_finished_run(out: Path, resume: str | None) -> None:
 
 
 def carry_best(out: Path, resume: str | None) -> None:
-    """A run resumed into a new folder takes its best.pt along: the folder then holds the run's
-    best checkpoint (which the next epochs may or may not beat), as a run folder always does."""
-    if resume is None or resuming_in_place(out, resume) or (out / "best.pt").exists():
+    """A run resumed into a new folder takes its best.pt along, and fingerprint.json (what the
+    recipe read, which a resume does not read again): the folder then holds the run's best
+    checkpoint (which the next epochs may or may not beat) and its record, as a run folder always does."""
+    if resume is None or resuming_in_place(out, resume):
         return
-    best = Path(resume).parent / "best.pt"
-    if best.is_file():
-        atomic_write(out / "best.pt", lambda temporary: shutil.copyfile(best, temporary), durable=True)
+    for name in ("best.pt", "fingerprint.json"):
+        source = Path(resume).parent / name
+        if source.is_file() and not (out / name).exists():
+            atomic_write(out / name, lambda temporary, source=source: shutil.copyfile(source, temporary), durable=True)
