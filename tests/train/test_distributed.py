@@ -154,6 +154,31 @@ def test_commands_other_than_train_refuse_to_run_as_torchrun_ranks(command, caps
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_rank_whose_peer_left_says_so_in_one_line(capsys, monkeypatch):
+    """Rank 0 stopped (its output closed, say) and said why; rank 1's collective then failed with
+    70 lines of gloo traceback. Now one line, and any other error still raises."""
+    import argparse
+
+    from unetkit.cli import run_command
+
+    def failing(message: str):
+        def command(_args):
+            raise RuntimeError(message)
+
+        return argparse.Namespace(command="train", func=command)
+
+    gloo = "[../gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:9955. This is typically..."
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert run_command(failing(gloo)) == 1
+    assert capsys.readouterr().err == "unetkit train: rank 1 stopped: another process of this torchrun job left it\n"
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_command(failing("a bug"))
+    monkeypatch.delenv("RANK")
+    with pytest.raises(RuntimeError, match="closed by peer"):  # not a torchrun rank: not ours to explain
+        run_command(failing(gloo))
+
+
 def test_leaving_is_a_no_op_where_no_group_was_set_up():
     from unetkit.train.distributed import GROUPS_SET_UP, leave_without_teardown
 

@@ -29,7 +29,7 @@ from unetkit.inference import InferenceOptions
 from unetkit.runtime.amp import AMP_MODES
 from unetkit.runtime.options import duration as parse_duration
 from unetkit.train.config import TrainConfig
-from unetkit.train.distributed import leave_without_teardown, one_of_several_ranks
+from unetkit.train.distributed import another_rank_left, leave_without_teardown, one_of_several_ranks
 
 __all__ = ["add_train_arguments", "build_parser", "config_and_given_options", "config_from_args", "main"]
 __all__ += ["parse_duration"]
@@ -243,6 +243,12 @@ def run_command(args: argparse.Namespace) -> int:
         detail = f": {err}" if str(err) else ""
         print(_printable(f"unetkit {args.command}: interrupted{detail}"), file=sys.stderr)
         return 130
+    except RuntimeError as err:
+        if not (one_of_several_ranks() and another_rank_left(err)):
+            raise
+        rank = os.environ["RANK"]
+        say_if_possible(f"unetkit {args.command}: rank {rank} stopped: another process of this torchrun job left it")
+        return 1
     return code or 0
 
 

@@ -126,6 +126,14 @@ class Distributed:
                 dist.destroy_process_group()
 
 
+def another_rank_left(error: BaseException) -> bool:
+    """Whether a collective failed because another process of the job went away (gloo's words for
+    it): that process says why, so this one need not print 70 lines of its own traceback."""
+    return isinstance(error, RuntimeError) and any(
+        words in str(error) for words in ("Connection closed by peer", "Connection reset by peer")
+    )
+
+
 # The ranks whose process group this process set up (leave_without_teardown).
 GROUPS_SET_UP: list[int] = []
 

@@ -123,7 +123,7 @@ def build_model(
     kept = (resume_state or {}).get("speed_choices")
     if kept is not None and kept["device"] == dist.device.type:
         restore_probe_choices(kept["conv3x3"])
-        amp = replace(resolve_amp(kept["amp"], dist.device), reason=f"{kept['amp_reason']} (kept from the resumed run)")
+        amp = replace(resolve_amp(kept["amp"], dist.device), reason=kept["amp_reason"] + KEPT)
         channels_last = kept["channels_last"]
     else:
         amp, channels_last = timed_choices(cfg, spec, dist)
@@ -131,6 +131,8 @@ def build_model(
     model = dist.wrap(model.to(memory_format=memory_format), cfg.sync_bn)  # DDP under torchrun
     return ModelSetup(model, amp, channels_last, memory_format, notes)
 
+
+KEPT = " (kept from the resumed run)"  # said once however often a run was resumed
 
 # A parameter's training state: its fp32 weight, gradient and AdamW's two moments.
 BYTES_PER_TRAINED_PARAMETER = 16
@@ -178,7 +180,7 @@ def speed_choices(setup: ModelSetup, device: torch.device) -> dict[str, Any]:
     dtype, the layout and the 3x3 convolutions' kernels (models/conv3x3.py). Each rounds
     differently, and timed afresh the marginal ones went either way between processes, so a resumed
     run that timed again computed unlike the run it continued (a red-team round, benchmarks/NOTES.md)."""
-    return {"device": device.type, "amp": setup.amp.name, "amp_reason": setup.amp.reason,
+    return {"device": device.type, "amp": setup.amp.name, "amp_reason": setup.amp.reason.removesuffix(KEPT),
             "channels_last": setup.channels_last, "conv3x3": probe_choices()}  # fmt: skip
 
 
