@@ -26,7 +26,7 @@ from unetkit.models.conv3x3 import probe_choices, restore_probe_choices
 from unetkit.models.spec import ModelSpec
 from unetkit.runtime.allocator import keep_freed_memory
 from unetkit.runtime.amp import AmpPolicy, resolve_amp
-from unetkit.runtime.hardware import channels_last_is_faster
+from unetkit.runtime.hardware import channels_last_is_faster, cpu_description
 from unetkit.train.averaging import WeightAverage
 from unetkit.train.budget import TimeBudget
 from unetkit.train.config import OPTIMIZERS, TrainConfig
@@ -109,8 +109,8 @@ def build_model(
 ) -> ModelSetup:
     """The network with seeded initial weights (or those of --init-from's model, or its encoder's
     --encoder-weights; a resumed run's come from its checkpoint), its AMP policy and memory
-    layout, the same on every rank; a resumed run on the same kind of device keeps its timed
-    choices (speed_choices)."""
+    layout, the same on every rank; a resumed run on the same CPU or GPU keeps its timed choices
+    (speed_choices)."""
     check_model_fits(spec, dist.device)
     torch.manual_seed(cfg.seed)  # the same initial weights for the same seed
     model = spec.build()
@@ -121,7 +121,7 @@ def build_model(
     if dist.device.type == "cpu":
         keep_freed_memory()  # activation maps and gradients from the heap (runtime/allocator.py)
     kept = (resume_state or {}).get("speed_choices")
-    if kept is not None and kept["device"] == dist.device.type:
+    if kept is not None and kept.get("machine") == machine_of(dist.device):
         restore_probe_choices(kept["conv3x3"])
         amp = replace(resolve_amp(kept["amp"], dist.device), reason=kept["amp_reason"] + KEPT)
         channels_last = kept["channels_last"]
@@ -130,6 +130,13 @@ def build_model(
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = dist.wrap(model.to(memory_format=memory_format), cfg.sync_bn)  # DDP under torchrun
     return ModelSetup(model, amp, channels_last, memory_format, notes)
+
+
+def machine_of(device: torch.device) -> str:
+    """What the speed choices were timed on: the CPU (its model, flags and threads) or the GPU. On
+    another, a resume times them again: bf16 kept from an AMX CPU runs ~10x slower than fp32 on
+    one with AVX2 alone."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_description()
 
 
 KEPT = " (kept from the resumed run)"  # said once however often a run was resumed
@@ -180,7 +187,8 @@ def speed_choices(setup: ModelSetup, device: torch.device) -> dict[str, Any]:
     dtype, the layout and the 3x3 convolutions' kernels (models/conv3x3.py). Each rounds
     differently, and timed afresh the marginal ones went either way between processes, so a resumed
     run that timed again computed unlike the run it continued (a red-team round, benchmarks/NOTES.md)."""
-    return {"device": device.type, "amp": setup.amp.name, "amp_reason": setup.amp.reason.removesuffix(KEPT),
+    return {"device": device.type, "machine": machine_of(device), "amp": setup.amp.name,
+            "amp_reason": setup.amp.reason.removesuffix(KEPT),
             "channels_last": setup.channels_last, "conv3x3": probe_choices()}  # fmt: skip
 
 
