@@ -178,6 +178,13 @@ def test_a_rank_whose_peer_left_says_so_in_one_line(capsys, monkeypatch):
     with pytest.raises(RuntimeError, match="closed by peer"):  # not a torchrun rank: not ours to explain
         run_command(failing(gloo))
 
+    def broken_pipe(_args):
+        raise BrokenPipeError
+
+    # In a process whose stdout has no file behind it (captured here), a broken pipe still says one line.
+    assert run_command(argparse.Namespace(command="predict", func=broken_pipe)) == 141
+    assert capsys.readouterr().err == "unetkit predict: stopped, its output was closed\n"
+
 
 def test_leaving_is_a_no_op_where_no_group_was_set_up():
     from unetkit.train.distributed import GROUPS_SET_UP, leave_without_teardown

@@ -231,7 +231,10 @@ def run_command(args: argparse.Namespace) -> int:
     except (BrokenPipeError, OutputClosed) as err:  # output piped into `head`, a pager that quit
         # Nothing more reaches stdout (Python's exit would fail flushing it); stderr says why the
         # command stopped, and the code is a shell's for a broken pipe (128 + SIGPIPE), not success.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # a stdout with no file behind it (captured, replaced): nothing to flush
+            pass
         detail = f": {err}" if isinstance(err, OutputClosed) else ""
         say_if_possible(f"unetkit {args.command}: stopped, its output was closed{detail}")
         return 141
