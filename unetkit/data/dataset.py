@@ -3,7 +3,6 @@ Preprocess, is data/preprocess.py: prediction reads it without this module)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,6 +14,7 @@ from unetkit.data.pairing import Pair
 from unetkit.data.preprocess import Preprocess
 from unetkit.data.transforms import AugmentConfig, random_patch
 from unetkit.data.weight_map import border_weights
+from unetkit.runtime.hardware import memory_bytes
 from unetkit.runtime.threads import parallel_map
 
 
@@ -45,13 +45,6 @@ def decoded_bytes(pairs: Sequence[Pair], preprocess: Preprocess) -> float:
             width = height = 2048
         need += width * height * preprocess.scale**2 * (4 * preprocess.in_channels + 1)
     return need
-
-
-def memory_bytes() -> float:
-    try:
-        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return 4 * 2.0**30
 
 
 def class_locations(class_ids: torch.Tensor, classes: Sequence[int], seed: int, per_class: int = 256) -> dict:

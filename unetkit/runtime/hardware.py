@@ -15,6 +15,14 @@ import torch.nn.functional as F
 from unetkit.errors import UnetkitError
 
 
+def memory_bytes() -> float:
+    """This machine's memory (4 GiB where the system does not say)."""
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 4 * 2.0**30
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from unetkit.data import AugmentConfig, Pair, SegmentationDataset
-from unetkit.data.dataset import memory_bytes, pad_collate
+from unetkit.data.dataset import pad_collate
 from unetkit.data.transforms import STRONG_PHOTOMETRIC
 from unetkit.errors import UnetkitError
 from unetkit.models import model_class
@@ -26,7 +26,7 @@ from unetkit.models.conv3x3 import probe_choices, restore_probe_choices
 from unetkit.models.spec import ModelSpec
 from unetkit.runtime.allocator import keep_freed_memory
 from unetkit.runtime.amp import AmpPolicy, resolve_amp
-from unetkit.runtime.hardware import channels_last_is_faster, cpu_description
+from unetkit.runtime.hardware import channels_last_is_faster, cpu_description, memory_bytes
 from unetkit.train.averaging import WeightAverage
 from unetkit.train.budget import TimeBudget
 from unetkit.train.config import OPTIMIZERS, TrainConfig
