@@ -6,7 +6,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import torch
@@ -93,11 +93,21 @@ def channels_last_is_faster(
     the oneDNN kernels for that CPU, so we measure instead of guessing. Training needs its own
     measurement at the real size: with AVX2 kernels (no AVX-512), fp32, the NHWC conv forward
     was as fast as NCHW but its backward took twice as long on 64 x 256 x 256 activations, and the
-    paper U-Net trained 1.4x slower in NHWC, while on small inputs NHWC still won."""
+    paper U-Net trained 1.4x slower in NHWC, while on small inputs NHWC still won.
+
+    Timed once per question (and thread count) in a process, then kept: a layout decides how a
+    bf16 convolution rounds, and two predicts of one image in one process (the band engine's check
+    against memory, napari's repeated runs) gave probabilities 0.002 apart, and a mask a pixel
+    apart, when a busy machine made the probe answer differently the second time."""
     if device.type == "cuda":
         return dtype is not None
     if device.type != "cpu":
         return False
+    return _cpu_channels_last_is_faster(dtype, channels, size, backward, torch.get_num_threads())
+
+
+@cache
+def _cpu_channels_last_is_faster(dtype: torch.dtype | None, channels: int, size: int, backward: bool, _: int) -> bool:
     timings = []
     for layout in (torch.contiguous_format, torch.channels_last):
         x = torch.randn(1 if backward else 2, channels, size, size).to(memory_format=layout)
