@@ -209,6 +209,8 @@ class UpsampleSplitConvReLU(SplitConvReLU):
                 composed[:, :, 2 - dy : 6 - dy, 2 - dx : 6 - dx] += up[:, :, dy, dx, None, None] * spread
         # a transposed convolution's (in, out, kh, kw)
         self.composed = laid_out_like(composed.transpose(0, 1).to(dtype), self.up_weight)
+        self.edges = composed_edges(up).to(dtype)
+        self.corners = up[..., ::2, ::2].to(dtype)  # the kernel's corner taps, (out, in, 2, 2)
 
     def forward(self, skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if skip.shape[-2:] != (2 * x.shape[-2], 2 * x.shape[-1]) or min(x.shape[-2:]) < 2:  # as Up does it
@@ -216,28 +218,49 @@ class UpsampleSplitConvReLU(SplitConvReLU):
             return super().forward(skip, to_size_of(up, skip))
         # In the weights' dtype, outside autocast: it would run the padding in fp32 (2.2 -> 27 ms, 4 x 256^2 x 32).
         with torch.autocast(x.device.type, enabled=False):
-            x = x.to(self.composed.dtype)
-            out = F.conv_transpose2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), self.composed, stride=2, padding=4)
-            ring_correction(out, x, self.up_weight)
+            padded = F.pad(x.to(self.composed.dtype), (1, 1, 1, 1), mode="replicate")
+            out = F.conv_transpose2d(padded, self.composed, stride=2, padding=4)
+            ring_correction(out, padded, self.edges, self.corners)
         return fused_convolution(skip, self.skip_weight, self.bias, self.conv, "relu", into=out)
 
 
-def ring_correction(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> None:
-    """Take out of `out` (the composed convolution of the 2x upsampled `x`) what it read beyond
-    the upsampled map's edges, where the 3x3 convolution (`weight`) reads zeros and the
-    composition the edge rows and columns replicated: on each side, the kernel's outer row (or
-    column) over the upsampled edge row (or column). The corners' terms come with the top and
-    bottom rows; only the outermost ring of `out` changes."""
+def composed_edges(weight: torch.Tensor) -> torch.Tensor:
+    """(2, 2, 3 * in, 2 * out): for the rows (top, bottom) and the columns (left, right) of a 3x3
+    kernel (out, in, 3, 3), its outer row or column composed with 2x linear upsampling: a coarse
+    edge line's 3-pixel windows (in, taps) times it give the outer row's terms at the even and
+    the odd positions of the upsampled line (align_corners=False: U[2i] = x[i-1] / 4 + 3 x[i] / 4,
+    U[2i+1] = 3 x[i] / 4 + x[i+1] / 4)."""
+    sides = []
+    for lines in ((weight[:, :, 0], weight[:, :, 2]), (weight[..., 0], weight[..., 2])):
+        matrices = []
+        for w0, w1, w2 in (line.unbind(-1) for line in lines):  # (out, in) each
+            even = torch.stack([0.75 * w0 + 0.25 * w1, 0.25 * w0 + 0.75 * (w1 + w2), 0.25 * w2], -1)
+            odd = torch.stack([0.25 * w0, 0.75 * (w0 + w1) + 0.25 * w2, 0.25 * w1 + 0.75 * w2], -1)
+            taps = torch.stack([even, odd])  # (2, out, in, 3) -> rows (in, tap), columns (phase, out)
+            matrices.append(taps.permute(2, 3, 0, 1).reshape(3 * w0.shape[1], 2 * w0.shape[0]))
+        sides.append(torch.stack(matrices))
+    return torch.stack(sides)
 
-    def edge(line: torch.Tensor, mode: str) -> torch.Tensor:
-        """An edge row or column of `x` (N, C, L), upsampled as bilinear does it, padded by one."""
-        up = F.interpolate(line, scale_factor=2, mode="linear", align_corners=False)
-        return F.pad(up, (1, 1), mode=mode)
 
-    out[..., 0, :] -= F.conv1d(edge(x[..., 0, :], "replicate"), weight[..., 0, :])
-    out[..., -1, :] -= F.conv1d(edge(x[..., -1, :], "replicate"), weight[..., 2, :])
-    out[..., :, 0] -= F.conv1d(edge(x[..., :, 0], "constant"), weight[..., :, 0])
-    out[..., :, -1] -= F.conv1d(edge(x[..., :, -1], "constant"), weight[..., :, 2])
+def ring_correction(out: torch.Tensor, padded: torch.Tensor, edges: torch.Tensor, corners: torch.Tensor) -> None:
+    """Take out of `out` (the composed convolution of the 2x upsampled map x, `padded` by one
+    replicated pixel) what it read beyond the upsampled map's edges, where the 3x3 convolution
+    reads zeros and the composition the edge rows and columns replicated: on each side, the
+    kernel's outer row (or column) over the upsampled edge line, as one product per pair of sides
+    (`edges`, composed_edges) on x's edge lines' windows. The columns' lines replicate their end
+    pixels too, where the convolution reads a corner the rows already took: `corners` gives those
+    terms back. Only the outermost ring of `out` changes. Four small oneDNN 1-D convolutions and
+    upsamplings a side took 0.65 ms a call, ~40% more than this (benchmarks/NOTES.md, issue 36)."""
+    n, c, h, w = padded.shape[0], padded.shape[1], padded.shape[2] - 2, padded.shape[3] - 2
+    o = edges.shape[-1] // 2
+    rows = padded[..., 1 : h + 1 : h - 1, :].unfold(-1, 3, 1)  # (n, c, 2 sides, w, 3 taps)
+    terms = torch.bmm(rows.permute(2, 0, 3, 1, 4).reshape(2, n * w, 3 * c), edges[0])  # (2 sides, n * w, 2 * o)
+    out[..., :: 2 * h - 1, :].unflatten(-1, (w, 2)).sub_(terms.view(2, n, w, 2, o).permute(1, 4, 0, 2, 3))
+    columns = padded[..., :, 1 : w + 1 : w - 1].unfold(-2, 3, 1)  # (n, c, h, 2 sides, 3 taps)
+    terms = torch.bmm(columns.permute(3, 0, 2, 1, 4).reshape(2, n * h, 3 * c), edges[1])
+    out[..., :, :: 2 * w - 1].unflatten(-2, (h, 2)).sub_(terms.view(2, n, h, 2, o).permute(1, 4, 2, 3, 0))
+    corner_pixels = padded[..., 1 : h + 1 : h - 1, 1 : w + 1 : w - 1]  # (n, c, 2, 2)
+    out[..., :: 2 * h - 1, :: 2 * w - 1].add_((corners.unsqueeze(0) * corner_pixels.unsqueeze(1)).sum(2))
 
 
 def fused_convolution(
