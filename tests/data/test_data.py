@@ -84,6 +84,20 @@ def test_mask_values_round_trip_and_unknown_values_name_the_file():
         values.encode(np.array([[7]]), "b.png")
 
 
+@pytest.mark.parametrize(
+    "values", [[0, 255], [0, 1], [1, 2, 3, 4], [0, 5, 10], [0, 1000, 2000], [0, 300], [0, 1, 3], [0, 100, 255]]
+)
+def test_mask_values_decode_evenly_spaced_values_by_arithmetic_as_a_lookup_would(values):
+    """Evenly spaced values (most masks) decode as ids * step + first, the rest by a lookup: the
+    same pixels and type either way, and the ids are left as they were."""
+    ids = np.random.default_rng(0).integers(0, len(values), (40, 50)).astype(np.uint8)
+    before = ids.copy()
+    decoded = MaskValues(values).decode(ids)
+    np.testing.assert_array_equal(decoded, np.asarray(values)[ids])
+    assert decoded.dtype == (np.uint8 if max(values) <= 255 else np.uint16)
+    np.testing.assert_array_equal(ids, before)
+
+
 def scanned(name: str, mask) -> tuple[Path, np.ndarray, np.ndarray]:
     """A mask as the fingerprint scans it: its path, distinct values and their pixel counts."""
     return (Path(name), *np.unique(np.asarray(mask), return_counts=True))
