@@ -85,11 +85,14 @@ def test_mask_values_round_trip_and_unknown_values_name_the_file():
 
 
 @pytest.mark.parametrize(
-    "values", [[0, 255], [0, 1], [1, 2, 3, 4], [0, 5, 10], [0, 1000, 2000], [0, 300], [0, 1, 3], [0, 100, 255]]
+    "values",
+    [[0, 255], [0, 1], [1, 2, 3, 4], [0, 5, 10], [0, 1000, 2000], [0, 300], [0, 1, 3], [0, 100, 255]]
+    + [[255, 0], [2, 1, 0]],  # as an older run may have stored them
 )
 def test_mask_values_decode_evenly_spaced_values_by_arithmetic_as_a_lookup_would(values):
     """Evenly spaced values (most masks) decode as ids * step + first, the rest by a lookup: the
-    same pixels and type either way, and the ids are left as they were."""
+    same pixels and type either way, and the ids are left as they were. An older run's values
+    may be stored in any order (red-team finding: [255, 0] overflowed the step)."""
     ids = np.random.default_rng(0).integers(0, len(values), (40, 50)).astype(np.uint8)
     before = ids.copy()
     decoded = MaskValues(values).decode(ids)
