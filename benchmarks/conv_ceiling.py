@@ -63,10 +63,11 @@ def batch_seconds(predictor: Predictor, calls: list[tuple[nn.Module, torch.Tenso
     return best
 
 
-def conv_ceiling(checkpoint: str, side: int, tile: int | None = None) -> dict:
+def conv_ceiling(checkpoint: str, side: int, tile: int | None = None, batch_size: int | None = None) -> dict:
     """Seconds and Mpx/s of the convolutions alone for the tiles of a side x side image, in the
-    tiles and batches predict takes out of core (Predictor.slide_plan; `tile`: its --tile)."""
-    predictor = Predictor(checkpoint, options=InferenceOptions(tile=tile))
+    tiles and batches predict takes out of core (Predictor.slide_plan; `tile`, `batch_size`: its
+    --tile and --batch-size)."""
+    predictor = Predictor(checkpoint, options=InferenceOptions(tile=tile, batch_size=batch_size))
     _, tile, batch = predictor.slide_plan()
     x = torch.rand(batch, predictor.spec.in_channels, tile, tile)
     calls = recorded_convolutions(predictor, x)

@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--probabilities", action="store_true", help="also write and compare the probabilities")
     parser.add_argument("--instances", action="store_true", help="also write and compare the objects")
     parser.add_argument("--tile", type=int, help="predict's --tile for both runs (default: predict's own)")
+    parser.add_argument("--batch-size", type=int, help="predict's --batch-size out of core (default: predict's own)")
     args = parser.parse_args(argv)
     print(f"CPU: {cpu_description()}", flush=True)
     # A whole-slide image is over the default pixel limit (data/limits.py): raised as a user would.
@@ -72,9 +73,10 @@ def main(argv: list[str] | None = None) -> dict:
         # the child's run (never beside it: two cores); the slide's share of the faster of the two,
         # start-up included. One ceiling alone read 2.7x its usual time on a shared EPYC once
         # (0.2995 against 0.108-0.112 s a tile minutes later: benchmarks/NOTES.md, eleventh slice).
-        before = conv_ceiling(args.checkpoint, args.side, args.tile)
-        results["out_of_core"] = timed(args.checkpoint, work / "slide.tif", work / "big", "on", extra)
-        after = conv_ceiling(args.checkpoint, args.side, args.tile)
+        batch = ["--batch-size", str(args.batch_size)] if args.batch_size else []
+        before = conv_ceiling(args.checkpoint, args.side, args.tile, args.batch_size)
+        results["out_of_core"] = timed(args.checkpoint, work / "slide.tif", work / "big", "on", extra + batch)
+        after = conv_ceiling(args.checkpoint, args.side, args.tile, args.batch_size)
         ceiling = min(before, after, key=lambda c: c["ceiling_seconds"])
         both = [c["ceiling_seconds"] for c in (before, after)]
         results["conv_ceiling"] = {**ceiling, "ceiling_seconds_before_and_after": both}

@@ -231,6 +231,9 @@ def test_the_convolution_ceiling_times_every_convolution_of_the_models_forward()
     assert (results["tile"], results["tiles_per_batch"], results["tiles"]) == (128, 4, 81)  # 9 x 9 tiles
     assert results["ceiling_seconds"] == pytest.approx(results["seconds_per_batch_of_tiles"] * 21, abs=0.1)
     assert results["ceiling_mpx_per_second"] > 0
+    paired = conv_ceiling.conv_ceiling(checkpoint, side=600, tile=128, batch_size=2)  # predict's --batch-size
+    assert (paired["tiles_per_batch"], paired["tiles"]) == (2, 81)
+    assert paired["ceiling_seconds"] == pytest.approx(paired["seconds_per_batch_of_tiles"] * 41, abs=0.1)
 
 
 def nuclei_set(root: Path, count: int, side: int = 64) -> Path:
