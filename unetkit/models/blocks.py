@@ -249,8 +249,9 @@ def ring_correction(out: torch.Tensor, padded: torch.Tensor, edges: torch.Tensor
     kernel's outer row (or column) over the upsampled edge line, as one product per pair of sides
     (`edges`, composed_edges) on x's edge lines' windows. The columns' lines replicate their end
     pixels too, where the convolution reads a corner the rows already took: `corners` gives those
-    terms back. Only the outermost ring of `out` changes. Four small oneDNN 1-D convolutions and
-    upsamplings a side took 0.65 ms a call, ~40% more than this (benchmarks/NOTES.md, issue 36)."""
+    terms back. Only the outermost ring of `out` changes. A 1-D upsampling, padding, oneDNN
+    convolution and subtraction for each side, 16 small calls, took 0.65-0.8 ms a call on an AMX
+    CPU, and this 0.4-0.5 ms (benchmarks/NOTES.md, issue 36, twelfth slice)."""
     n, c, h, w = padded.shape[0], padded.shape[1], padded.shape[2] - 2, padded.shape[3] - 2
     o = edges.shape[-1] // 2
     rows = padded[..., 1 : h + 1 : h - 1, :].unfold(-1, 3, 1)  # (n, c, 2 sides, w, 3 taps)
