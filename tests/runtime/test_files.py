@@ -57,3 +57,19 @@ def test_a_second_predict_lock_names_the_first_and_a_dead_one_is_taken_over(tmp_
     with RunLock(tmp_path, notes.append, name=PREDICT_LOCK_NAME, holder="unetkit predict"):
         assert lock.read_text().strip() == str(os.getpid())
     assert not lock.exists() and "stale lock of a unetkit predict" in notes[0]
+
+
+def test_a_lock_on_a_read_only_file_system_is_one_line(tmp_path, monkeypatch):
+    """There a lock's temporary file cannot be written, and unlinking it, though it was never
+    made, fails with EROFS too: the user still gets the one line, not that second error's traceback
+    (red-team finding, a read-only mount)."""
+    import errno
+    from pathlib import Path
+
+    def read_only(*_args, **_kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(Path, "write_text", read_only)
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.raises(UnetkitError, match=r"cannot create the run lock \(Read-only file system\)"):
+        RunLock(tmp_path, name=PREDICT_LOCK_NAME, holder="unetkit predict").acquire()

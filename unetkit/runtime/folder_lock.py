@@ -10,6 +10,7 @@ over, with a note.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -81,7 +82,10 @@ class RunLock:
         except OSError as err:
             raise UnetkitError(f"{self.path}: cannot create the run lock ({err.strerror or err})") from None
         finally:
-            temporary.unlink(missing_ok=True)
+            # On a read-only file system unlinking even a file that was never written fails (EROFS,
+            # not ENOENT), and that error would replace the one line above with a traceback.
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
         raise UnetkitError(f"{self.path}: the lock keeps reappearing; is another {self.holder} starting here?")
 
     def _refuse_or_clear(self) -> None:
