@@ -189,6 +189,20 @@ def test_onnx_with_damaged_metadata_is_one_line(tmp_path, capsys, rgb_run, damag
     assert not (tmp_path / "pred").exists()
 
 
+@pytest.mark.parametrize("name", ["notes.txt", "best.pt"])
+def test_onnx_given_a_file_that_is_no_onnx_model_names_the_option_to_use(tmp_path, capsys, rgb_run, name):
+    """--onnx notes.txt was read as a PyTorch checkpoint and said so, with a KeyError in brackets
+    (red-team finding): the option takes an exported .onnx, and a run's checkpoint has its own."""
+    path = tmp_path / name
+    path.write_bytes(b"not a model" if name.endswith(".txt") else rgb_run[3].read_bytes())
+    for command in ("predict", "evaluate"):
+        where = [rgb_run[1], "--out", tmp_path / "pred"] if command == "predict" else ["--images", rgb_run[1],
+                 "--masks", rgb_run[2]]  # fmt: skip
+        code, _, err = run_cli(capsys, command, "--onnx", path, *where)
+        assert_one_line_error(code, err, name, "--onnx takes a model.onnx", "use --checkpoint")
+    assert not (tmp_path / "pred").exists()
+
+
 def test_predictor_class_ids_take_an_8_bit_array_as_read_image_does(rgb_run):
     import numpy as np
     from PIL import Image

@@ -66,6 +66,9 @@ def predictor_from_args(args: argparse.Namespace, in_memory: Callable[[Any], boo
     from unetkit.inference import Predictor
 
     options = inference_options(args)
+    if args.onnx and Path(args.onnx).suffix.lower() != ".onnx":  # the Predictor tells the formats apart by name
+        raise UnetkitError(f"{args.onnx}: --onnx takes a model.onnx from 'unetkit export --onnx'; for a run's "
+                           "best.pt or last.pt use --checkpoint")  # fmt: skip
     source = args.onnx or checkpoint_of(args)
     if options.backend == "onnxruntime" and options.amp in ("bf16", "fp16"):
         raise UnetkitError(f"--backend onnxruntime runs in fp32; drop --amp {options.amp} or use --backend torch")
