@@ -91,7 +91,7 @@ def test_a_scale_the_packages_resize_cannot_hold_is_refused_in_one_line():
     from unetkit.errors import UnetkitError
     from unetkit.inference.export.bioimageio import AntialiasedDownscale
 
-    with pytest.raises(UnetkitError, match=r"--scale 0.8 .* 1/2, 1/4 or 1/8"):
+    with pytest.raises(UnetkitError, match=r"--scale 0.8 .* 0.5, 0.25 or 0.125"):
         AntialiasedDownscale(0.8, 1)
 
 

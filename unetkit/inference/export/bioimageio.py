@@ -80,7 +80,7 @@ class AntialiasedDownscale(nn.Module):
         if abs(1 / scale - factor) > 1e-6:
             raise UnetkitError(
                 f"a model trained at --scale {scale:g} resizes by a fraction bioimage.io's formats cannot hold "
-                "exactly; train with --scale 1, 1/2, 1/4 or 1/8 (the recipes' choices) or export --onnx instead"
+                "exactly; train with --scale 1, 0.5, 0.25 or 0.125 (the recipes' choices) or export --onnx instead"
             )
         length = 8 * factor  # long enough that its middle output is away from both borders
         impulses = torch.eye(length).view(1, length, 1, length)  # channel i: a 1 at pixel i of a row
