@@ -420,3 +420,21 @@ def test_the_rule_choice_breaks_ties_towards_the_default():
     assert ObjectRule.default("centres").seed < ObjectRule.default().seed  # instance seeds are their own class
     sizes = [(0.100, ObjectRule(min_size=6)), (0.105, default), (0.107, ObjectRule(min_size=32))]
     assert safest(sizes, default)[1] == default  # a tie on the smallest object kept keeps the default's 16 px
+
+
+def test_an_object_in_another_classs_hole_keeps_its_id_and_pixels():
+    """Red-team finding (CamVid): a class's small holes were filled over another class's object
+    inside them, which lost every pixel while its id stayed counted, so the ids had a gap. Holes
+    are now filled over pixels no object class won."""
+    winner = np.zeros((20, 20), np.int64)
+    winner[5:15, 5:15] = 2  # a ring of class 2 ...
+    winner[8:12, 8:12] = 1  # ... around a 16-pixel object of class 1, which comes first
+    probabilities = np.stack([np.where(winner == k, 0.98, 0.01) for k in range(3)]).astype(np.float32)
+    labels, classes = split_objects(probabilities, ObjectRule(smooth=0))
+    assert sorted(np.unique(labels).tolist()) == [0, 1, 2] and classes.tolist() == [0, 1, 2]
+    assert (labels[8:12, 8:12] == 1).all() and (labels[winner == 2] == 2).all()
+    ring = np.zeros((20, 20), np.int64)  # a hole over background is still filled
+    ring[5:15, 5:15], ring[8:12, 8:12] = 2, 0
+    probabilities = np.stack([np.where(ring == k, 0.98, 0.01) for k in range(3)]).astype(np.float32)
+    labels, _ = split_objects(probabilities, ObjectRule(smooth=0))
+    assert (labels[5:15, 5:15] == 1).all()

@@ -49,11 +49,15 @@ def split_objects(
         return objects.astype(np.uint32), np.array([0] + [1] * int(objects.max()), dtype=np.int64)
     labels = np.zeros(probabilities.shape[1:], dtype=np.uint32)
     classes = [0]
+    object_classes = list(object_classes or range(1, len(probabilities)))
     winner = probabilities.argmax(axis=0) if len(probabilities) > 2 else None
-    for class_id in object_classes or range(1, len(probabilities)):
+    # A class's holes are filled over pixels no object class won: filled over another class's
+    # object, they took it, and its id was left with no pixels (red-team finding on CamVid).
+    fillable = None if winner is None else ~np.isin(winner, object_classes)
+    for class_id in object_classes:
         core = smoothed(probabilities[class_id], rule)
         region = core > rule.flood if winner is None else winner == class_id
-        objects = split_region(core, core, region, rule)
+        objects = split_region(core, core, region, rule, fillable)
         count = int(objects.max())
         labels[objects > 0] = objects[objects > 0] + len(classes) - 1
         classes += [class_id] * count
@@ -80,12 +84,15 @@ def smoothed(plane: np.ndarray, rule: ObjectRule) -> np.ndarray:
     return ndimage.gaussian_filter(plane, rule.smooth) if rule.smooth else plane
 
 
-def split_region(core: np.ndarray, extent: np.ndarray, region: np.ndarray, rule: ObjectRule) -> np.ndarray:
+def split_region(
+    core: np.ndarray, extent: np.ndarray, region: np.ndarray, rule: ObjectRule, fillable: np.ndarray | None = None
+) -> np.ndarray:
     """Seeded watershed of one class's region: cores where `core` is above the seed threshold,
     flooding down `extent`; consecutive ids from 1. A connected part of the region without a core
-    is one object."""
+    is one object. Holes are filled where `fillable` (default: anywhere)."""
     if rule.max_hole > 0:
-        region = remove_small_holes(region, max_size=rule.max_hole)
+        filled = remove_small_holes(region, max_size=rule.max_hole)
+        region = filled if fillable is None else region | (filled & fillable)
     seeds = label(region & (core > rule.seed), connectivity=1)
     parts, count = label(region, connectivity=1, return_num=True)
     objects = whole_parts(seeds, parts, count)
