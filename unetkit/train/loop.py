@@ -87,8 +87,9 @@ class Trainer:
             raise OutputClosed(interrupted_message(self.out / "last.pt", self.saved_epoch)) from None
         return RunResult(self.out, self.out / "best.pt", self.out / "last.pt", self.history, self.best_dice)
 
-    def finished_reason(self) -> str | None:
-        """Why a resumed run has nothing left to train, or None; a fresh run has all of it left."""
+    def finished_reason(self) -> tuple[str, str] | None:
+        """Why a resumed run has nothing left to train and the option that gives it more, or None;
+        a fresh run has all of it left."""
         if self.run.resume_state is None:
             return None
         return self.stop_rules.finished(self.start_epoch - 1, self.history, self.epochs_since_best, self.budget)

@@ -53,9 +53,10 @@ def claimed_run_folder(trainer: Trainer) -> Iterator[None]:
     already finished is refused before anything is written (it rewrote best.pt and config.json)."""
     finished = trainer.finished_reason()
     if finished:
+        reason, option = finished
         raise UnetkitError(
-            f"{trainer.cfg.resume}: this run already finished at epoch {trainer.start_epoch - 1} ({finished}), so "
-            "there is nothing to resume; train longer with a larger --epochs or --time, or start a new run from it "
+            f"{trainer.cfg.resume}: this run already finished at epoch {trainer.start_epoch - 1} ({reason}), so "
+            f"there is nothing to resume; train longer with a larger {option}, or start a new run from it "
             "with --init-from"
         )
     out, lock, refused = trainer.out, RunLock(trainer.out, trainer.log) if trainer.dist.is_main else None, None

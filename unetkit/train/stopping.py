@@ -48,11 +48,17 @@ class StopRules:
             return f"stopping: another epoch would pass the {budget.limit:g}-second budget{done}"
         return None
 
-    def finished(self, epoch: int, history: list[EpochRow], epochs_since_best: int, budget: TimeBudget) -> str | None:
+    def finished(
+        self, epoch: int, history: list[EpochRow], epochs_since_best: int, budget: TimeBudget
+    ) -> tuple[str, str] | None:
         """Why a run resumed after `epoch` has nothing left to train (its epochs done, or the same
-        stop rule holds), or None."""
+        stop rule holds), and the option that would give it more; or None. (A run of --time alone
+        was told "a larger --epochs or --time", and --epochs was refused again: red-team finding.)"""
         if self.cfg.epochs is not None and epoch >= self.cfg.epochs:
-            return f"its {self.cfg.epochs} epochs are done"
+            return f"its {self.cfg.epochs} epochs are done", "--epochs"
         seconds = history[-1].seconds if history else 0.0
         # the checkpoint's numbers, the same on every rank (the budget has not started)
-        return self.reason_to_stop(epoch, epochs_since_best, budget, seconds, agree=False)
+        reason = self.reason_to_stop(epoch, epochs_since_best, budget, seconds, agree=False)
+        if reason is None:
+            return None
+        return reason, "--patience" if reason.startswith("early stop") else "--time"
