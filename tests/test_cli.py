@@ -188,3 +188,21 @@ def test_predict_says_which_engine_runs_and_refuses_bf16_on_onnxruntime(rgb_run,
     assert code == 0 and "running on ONNX Runtime (as asked)" in out
     code, _, err = run_cli(capsys, *args, "--backend", "onnxruntime", "--amp", "bf16")
     assert code == 2 and "--backend onnxruntime runs in fp32" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--time", "0"], "argument --time: the time budget must be positive"),
+        (["--time", "abc"], "expected a duration like 90s"),
+        (["--time", "-5m"], "write --time=VALUE"),
+        (["--epochs", "x"], "argument --epochs: invalid int value"),
+    ],
+)
+def test_an_option_argparse_refuses_is_one_line_without_the_usage(args, said, capsys):
+    """`--time 0` printed the whole usage, 35 lines, before its error (red-team finding)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--images", "x", "--masks", "y", *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "usage" not in err
+    assert err.startswith("unetkit train: error: ") and said in err and "unetkit train --help" in err

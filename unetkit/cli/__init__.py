@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from unetkit.cli.arguments import add_dataclass_arguments
 from unetkit.cli.commands import (
@@ -201,10 +203,21 @@ COMMANDS: dict[str, tuple[str, str, Arguments, Callable]] = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors in one line, as unetkit's own are: `--time 0` printed the 35-line
+    usage first (red-team finding); the usage stays where it is asked for, with --help."""
+
+    def error(self, message: str) -> NoReturn:
+        option = re.match(r"argument (--[\w-]+): expected one argument$", message)
+        if option:  # `--time -5m`: argparse takes a value that starts with '-' for an option
+            message += f" (a value that starts with '-' is read as an option: write {option[1]}=VALUE)"
+        self.exit(2, _printable(f"{self.prog}: error: {message}; {self.prog} --help lists the options") + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from unetkit import __version__
 
-    parser = argparse.ArgumentParser(prog="unetkit", description="U-Net segmentation: train, evaluate, predict.")
+    parser = OneLineParser(prog="unetkit", description="U-Net segmentation: train, evaluate, predict.")
     parser.add_argument("--version", action="version", version=f"unetkit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (summary, description, add_arguments, run) in COMMANDS.items():
