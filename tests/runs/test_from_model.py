@@ -39,9 +39,10 @@ def test_the_average_is_half_of_each_tensor_and_counters_are_the_tuned_models():
 def test_an_average_that_does_not_beat_the_start_gives_way_to_it(nuclei):
     best, start, _tuned, pairs = nuclei
     lines: list[str] = []
-    from_model.settle_from_start(best, start, ObjectRule.from_state(start["object_rule"]), pairs, lines.append)
+    held = from_model.settle_from_start(best, start, ObjectRule.from_state(start["object_rule"]), pairs, lines.append)
     restored = load_checkpoint(best)
     assert "is the --init-from model as it started" in lines[-1]
+    assert held.startswith("the --init-from model as it started")  # the summary's line, not the tuned Dice
     assert all(restored["model"][k].equal(v) for k, v in start["model"].items())
     assert ObjectRule.from_state(restored["object_rule"]) == ObjectRule.from_state(start["object_rule"])
 
@@ -56,9 +57,10 @@ def test_an_average_that_beats_the_start_by_more_than_the_noise_is_kept(nuclei, 
 
     monkeypatch.setattr(from_model, "object_score", scored)
     lines: list[str] = []
-    from_model.settle_from_start(best, start, None, pairs, lines.append)
+    held = from_model.settle_from_start(best, start, None, pairs, lines.append)
     kept = load_checkpoint(best)
     assert "is the average of the fine-tuned weights" in lines[-1] and kept["epoch"] == 5
+    assert held == "the average of the fine-tuned weights and the start's, pooled AP@0.5:0.9 0.8000"
     expected = from_model.average(start["model"], tuned["model"], from_model.BLEND)
     assert all(kept["model"][k].equal(v) for k, v in expected.items())
 
@@ -67,7 +69,7 @@ def test_a_best_checkpoint_that_is_the_start_is_left_alone(nuclei):
     best, start, _tuned, pairs = nuclei
     save_checkpoint(best, {**start, "epoch": 0})
     before = best.read_bytes()
-    from_model.settle_from_start(best, start, None, pairs, print)
+    assert from_model.settle_from_start(best, start, None, pairs, print) is None
     assert best.read_bytes() == before
 
 
@@ -79,7 +81,7 @@ def test_where_the_average_is_no_better_the_fine_tuned_weights_beating_the_start
     scores = iter([0.0, 0.07, 0.60])  # the start's, the average's, the fine-tuned weights'
     monkeypatch.setattr(from_model, "object_score", lambda s, r, v: (next(scores), real(s, r, v)[1]))
     lines: list[str] = []
-    from_model.settle_from_start(best, start, None, pairs, lines.append)
+    held = from_model.settle_from_start(best, start, None, pairs, lines.append)
     kept = load_checkpoint(best)
-    assert lines[-1].endswith("is fine-tuned")
+    assert lines[-1].endswith("is fine-tuned") and held is None  # best.pt is the run's best epoch
     assert all(kept["model"][k].equal(v) for k, v in tuned["model"].items())

@@ -676,6 +676,14 @@ def test_a_run_from_the_nuclei_model_keeps_its_instances_on_a_few_images(tmp_pat
 
     model_target = load_checkpoint(zoo_model("nuclei").weights)["mask_values"]["instances"]
     assert config["instance_masks"] is True and config["instance_target"] == model_target
+    # The summary says what best.pt holds: it said the tuned epoch's Dice where best.pt was the start (red-team)
+    best, line = (
+        load_checkpoint(tmp_path / "from" / "best.pt"),
+        next(line for line in text.splitlines() if line.startswith("checkpoints: ")),
+    )
+    assert ("the --init-from model as it started" in line) == (best["epoch"] == 0)
+    if best["epoch"] and "average" not in line:
+        assert f"best val Dice {best['best_dice']:.4f}" in line
     code, text, err = run_cli(capsys, "train", "--images", images, "--masks", masks, "--out", tmp_path / "scratch",
                               *TINY_TRAIN, "--val-fraction", "0")  # fmt: skip
     assert code == 0, err

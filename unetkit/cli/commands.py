@@ -46,6 +46,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if not is_main_process():  # under torchrun, one summary is enough
         return
     best = f"best val Dice {result.best_dice:.4f}" if result.best_dice > -1 else "no validation: best = last"
+    best = result.best_is or best  # an --init-from run's best.pt may be the start, or an average
     print(f"checkpoints: {result.best_checkpoint} ({best}), {result.last_checkpoint}")
     print(f"logs: {result.out / 'metrics.csv'}, {result.out / 'curves.png'}")
 

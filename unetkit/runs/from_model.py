@@ -37,18 +37,20 @@ def settle_from_start(
     rule: ObjectRule | None,
     val_pairs: Sequence[Pair],
     log: Callable[[str], None],
-) -> None:
+) -> str | None:
     """Write into `checkpoint` (a run's best.pt, fine-tuned from `start`, a model of instances) the
     first of the average and the fine-tuned weights that beats `start` on the validation images'
-    objects (each cut with the start's `rule`) by more than their noise, else `start` itself."""
+    objects (each cut with the start's `rule`) by more than their noise, else `start` itself.
+    Returns what best.pt now holds where that is no longer the run's best epoch (the summary's
+    line said that epoch's val Dice for the start: red-team finding), else None."""
     tuned = load_checkpoint(checkpoint)
     instances = ModelSpec.from_state(start).mask_values.instances
     if tuned.get("epoch") == 0 or instances is None:
-        return  # best.pt is the start already; a semantic model's score is Dice (the Trainer's start guard)
+        return None  # best.pt is the start already; a semantic model's score is Dice (the Trainer's start guard)
     rule = rule or ObjectRule.default(instances)
     start_score, objects = object_score(start, rule, val_pairs)
     if not objects:
-        return
+        return None
     noise = start_tie(objects)
     averaged = {**tuned, "model": average(start["model"], tuned["model"], BLEND)}
     said = [f"the start {start_score:.4f}"]
@@ -58,10 +60,12 @@ def settle_from_start(
         if score > start_score + noise:
             save_checkpoint(checkpoint, state)
             log(f"from the model: pooled AP@0.5:0.9 {', '.join(said)} (noise {noise:.3f}): {checkpoint.name} is {name}")
-            return
+            return None if state is tuned else f"{name}, pooled AP@0.5:0.9 {score:.4f}"
     save_checkpoint(checkpoint, {**start, "object_rule": rule.to_dict()})
     log(f"from the model: pooled AP@0.5:0.9 {', '.join(said)}, within their noise ({noise:.3f}): {checkpoint.name} is "
         "the --init-from model as it started (train on more corrected images to move it)")  # fmt: skip
+    dice = start.get("best_dice")
+    return "the --init-from model as it started" + (f", val Dice {dice:.4f}" if isinstance(dice, float) else "")
 
 
 def average(start: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], share: float) -> dict[str, torch.Tensor]:

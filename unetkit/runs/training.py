@@ -37,20 +37,23 @@ def run_training(
     # plan -> Trainer(plan) -> fit -> the steps after training, in a run folder held throughout
     with claimed_run(cfg, train_pairs, val_pairs, log, resume_overrides) as trainer:
         result = trainer.fit(on_epoch_end, on_progress)
-        after_training(trainer)
+        result.best_is = after_training(trainer) or ""
     return result
 
 
-def after_training(trainer: Trainer) -> None:
+def after_training(trainer: Trainer) -> str | None:
     """The steps after the epochs, on the main process while the run folder is still locked: the
-    object rule into best.pt, then report.html from the run's validation images."""
+    object rule into best.pt, then report.html from the run's validation images. Returns what
+    best.pt holds where it is no longer the run's best epoch (settle_from_start), else None."""
     best = trainer.out / "best.pt"
     if not (trainer.dist.is_main and trainer.run.val_pairs and best.is_file()):  # (a resume may not write one)
-        return
+        return None
     rule = (trainer.run.init_state or {}).get("object_rule")  # an --init-from model's own rule
     start_rule = ObjectRule.from_state(rule) if rule else None
+    settled = None
     if trainer.start_state is not None:  # a run from a model that scored its start
-        settle_from_start(best, trainer.start_state, start_rule, trainer.run.val_pairs, trainer.log)
+        settled = settle_from_start(best, trainer.start_state, start_rule, trainer.run.val_pairs, trainer.log)
     choose_object_rule(best, trainer.run.val_pairs, trainer.log, start_rule)
     if trainer.cfg.report:
         write_report(trainer.out, log=trainer.log, pairs=trainer.run.val_pairs, source="the run's validation images")
+    return settled

@@ -43,6 +43,7 @@ class RunResult:
     last_checkpoint: Path
     history: list[EpochRow]
     best_dice: float
+    best_is: str = ""  # what best.pt holds where the steps after training replaced its best epoch
 
 
 class Trainer:
