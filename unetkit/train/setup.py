@@ -98,6 +98,7 @@ class ModelSetup:
     channels_last: bool
     memory_format: torch.memory_format
     notes: list[str]  # what --init-from adapted, for the log
+    machine: str  # what the speed choices were timed on (machine_of), read once
 
 
 def build_model(
@@ -120,8 +121,8 @@ def build_model(
     model = model.to(dist.device)
     if dist.device.type == "cpu":
         keep_freed_memory()  # activation maps and gradients from the heap (runtime/allocator.py)
-    kept = (resume_state or {}).get("speed_choices")
-    if kept is not None and kept.get("machine") == machine_of(dist.device):
+    kept, machine = (resume_state or {}).get("speed_choices"), machine_of(dist.device)
+    if kept is not None and kept.get("machine") == machine:
         restore_probe_choices(kept["conv3x3"])
         amp = replace(resolve_amp(kept["amp"], dist.device), reason=kept["amp_reason"] + KEPT)
         channels_last = kept["channels_last"]
@@ -129,7 +130,7 @@ def build_model(
         amp, channels_last = timed_choices(cfg, spec, dist)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = dist.wrap(model.to(memory_format=memory_format), cfg.sync_bn)  # DDP under torchrun
-    return ModelSetup(model, amp, channels_last, memory_format, notes)
+    return ModelSetup(model, amp, channels_last, memory_format, notes, machine)
 
 
 def machine_of(device: torch.device) -> str:
@@ -187,7 +188,7 @@ def speed_choices(setup: ModelSetup, device: torch.device) -> dict[str, Any]:
     dtype, the layout and the 3x3 convolutions' kernels (models/conv3x3.py). Each rounds
     differently, and timed afresh the marginal ones went either way between processes, so a resumed
     run that timed again computed unlike the run it continued (a red-team round, benchmarks/NOTES.md)."""
-    return {"device": device.type, "machine": machine_of(device), "amp": setup.amp.name,
+    return {"device": device.type, "machine": setup.machine, "amp": setup.amp.name,
             "amp_reason": setup.amp.reason.removesuffix(KEPT),
             "channels_last": setup.channels_last, "conv3x3": probe_choices()}  # fmt: skip
 

@@ -91,14 +91,14 @@ class AntialiasedDownscale(nn.Module):
         self.factor, self.before = factor, -start
         self.after = start + len(taps) - factor  # the last output's taps past the input's end
         kernel = middle[taps[0] : taps[-1] + 1] / middle.sum()
-        kernel = torch.outer(kernel, kernel)[None, None]
-        self.register_buffer("kernel", kernel, persistent=False)  # the pixels' share that is not padding
-        self.register_buffer("weights", kernel.expand(channels, 1, -1, -1).clone(), persistent=False)
+        weights = torch.outer(kernel, kernel).expand(channels, 1, -1, -1).clone()  # one per channel (depthwise)
+        self.register_buffer("weights", weights, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pad = (self.before, self.after, self.before, self.after)
         summed = F.conv2d(F.pad(x, pad), self.weights, stride=self.factor, groups=self.weights.shape[0])
-        kept = F.conv2d(F.pad(torch.ones_like(x[:, :1]), pad), self.kernel, stride=self.factor)
+        # the taps' share that fell on pixels, not on the padding
+        kept = F.conv2d(F.pad(torch.ones_like(x[:, :1]), pad), self.weights[:1], stride=self.factor)
         return summed / kept
 
 
