@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from unetkit.data.fingerprint import MaskFacts, looks_like_instances, mask_facts
-from unetkit.data.io import read_image, read_mask
+from unetkit.data.io import check_pair_shapes, mixed_scales, read_image_scaled, read_mask
 from unetkit.data.mask_values import (
     MAX_DISCOVERED_VALUES,
     MAX_VALUE,
@@ -66,6 +66,9 @@ def check_dataset(
             }
         )
     _summarise_shapes(report, sizes, channels, warnings)
+    mixed = mixed_scales({top: (len(names), names[0]) for top, names in scan.scales.items()})
+    if mixed:
+        warnings.append({"file": str(images_dir), "problem": mixed[0], "fix": mixed[1]})
     _summarise_values(report, value_counts, problems, warnings)
     if not instance_masks:
         warnings += values_of_one_mask(scan)
@@ -132,6 +135,7 @@ class FolderScan:
     value_counts: Counter[int] = field(default_factory=Counter)
     depths: dict[str, Path] = field(default_factory=dict)
     objects: dict[str, int] = field(default_factory=dict)  # instance masks: objects per mask
+    scales: dict[float, list[str]] = field(default_factory=dict)  # the images' raw value of 1.0: their names
     names: list[str] = field(default_factory=list)  # the masks read, in order
     stacks: dict[str, dict] = field(default_factory=dict)  # TIFF images: how their axes were read, planes
     facts: list[MaskFacts] = field(default_factory=list)  # what tells instance masks from class masks, per mask
@@ -169,21 +173,18 @@ def scan_pairs(
     scan = FolderScan()
     for pair in planes_of(pairs, scan, problems, axes):
         try:
-            image = read_image(pair.image, pair.plane, axes)
+            image, maximum = read_image_scaled(pair.image, pair.plane, axes)
             mask = read_mask(pair.mask, pair.plane, axes)
         except UnetkitError as err:
             problems.append({"file": str(err).split(": ", 1)[0], "problem": str(err)})
             continue
         scan.sizes[pair.label] = image.shape[:2]
         scan.channels[pair.label] = image.shape[2]
-        if image.shape[:2] != mask.shape:
-            problems.append(
-                {
-                    "file": str(pair.mask),
-                    "problem": f"mask is {mask.shape[1]}x{mask.shape[0]}, image {image.shape[1]}x{image.shape[0]}",
-                    "fix": "masks must be the same size as their images",
-                }
-            )
+        scan.scales.setdefault(maximum, []).append(pair.label)
+        try:
+            check_pair_shapes(pair.image, pair.mask, image.shape[:2], mask.shape)
+        except UnetkitError as err:  # the size is still summarised, and the values counted
+            problems.append({"file": str(err).split(": ", 1)[0], "problem": str(err).split(": ", 1)[1]})
         scan.depths.setdefault(bit_depth(mask.dtype), pair.mask)
         scan.names.append(pair.label)
         scan.facts.append(mask_facts(mask))

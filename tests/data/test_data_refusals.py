@@ -78,6 +78,15 @@ def case_size_mismatch(tmp_path, **_):
     return Case(train_args(images, masks, tmp_path / "run"), ("img01.png", "same size"))
 
 
+def case_tiny_image(tmp_path, **_):
+    """An image a 3x3 convolution sees no shape in (1x1 images "trained" to val Dice 1.0, then the
+    object rule failed with a traceback)."""
+    images, masks = data(tmp_path)
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(images / "img01.png")
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(masks / "img01.png")
+    return Case(train_args(images, masks, tmp_path / "run"), ("img01.png", "1x1 pixels", "too small", "remove it"))
+
+
 def case_mask_with_three_channels(tmp_path, **_):
     images, masks = data(tmp_path)
     noisy = np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8)

@@ -211,6 +211,17 @@ def test_check_warns_of_a_mask_value_only_one_mask_holds(tmp_path, capsys):
     )
 
 
+def test_check_warns_of_images_of_several_bit_depths_as_train_notes_them(tmp_path, capsys):
+    """Each file is scaled by its own type's maximum: a 16-bit file of 12-bit data reads 16x darker
+    than the 8-bit images, so a mixed set is said (and training can still work)."""
+    images, masks = make_shapes(tmp_path, count=4)
+    dim = np.asarray(Image.open(images / "img01.png")).astype(np.uint16) * 16  # 12-bit data in 16 bits
+    Image.fromarray(dim).save(images / "img01.png")
+    assert main(["check", "--images", str(images), "--masks", str(masks)]) == 0
+    out = capsys.readouterr().out
+    assert "mix bit depths: 3 8-bit (e.g. img00.png), 1 16-bit (e.g. img01.png)" in out and "--normalize image" in out
+
+
 @pytest.mark.parametrize(
     "breakage, needle",
     [
@@ -221,6 +232,7 @@ def test_check_warns_of_a_mask_value_only_one_mask_holds(tmp_path, capsys):
         ("corrupt", "cannot read"),
         ("jpeg_noise", "distinct values"),
         ("one_value", "only the value"),
+        ("tiny", "02.png: the image is 3x2 pixels, too small to segment"),
     ],
 )
 def test_check_names_each_problem(tmp_path, capsys, breakage, needle):
@@ -240,6 +252,9 @@ def test_check_names_each_problem(tmp_path, capsys, breakage, needle):
     elif breakage == "jpeg_noise":
         for mask in masks.iterdir():
             Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48), dtype=np.uint8)).save(mask)
+    elif breakage == "tiny":
+        Image.fromarray(np.zeros((2, 3), np.uint8)).save(images / "img02.png")
+        Image.fromarray(np.zeros((2, 3), np.uint8)).save(masks / "img02.png")
     elif breakage == "one_value":
         for mask in masks.iterdir():
             Image.fromarray(np.zeros((48, 48), np.uint8)).save(mask)

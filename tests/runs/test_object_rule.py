@@ -67,6 +67,33 @@ def test_a_run_whose_validation_masks_hold_no_objects_says_no_rule_was_chosen(rg
     assert len(said) == 1 and "on 5 validation image(s) (1 without objects)" in said[0], said
 
 
+def test_a_rule_whose_score_is_undefined_everywhere_is_left_out_and_none_chosen(rgb_run, tmp_path, monkeypatch):
+    """The adapted Rand error of a lone one-pixel object is 0/0 (scikit-image's NaN): on such images
+    alone a rule cannot be judged. When no rule can, the run says so instead of failing at its
+    end (1x1 images did: a red-team finding)."""
+    import unetkit.runs.object_rule as object_rule
+
+    predictor = SimpleNamespace(
+        mask_values=SimpleNamespace(instances=None),
+        objects_from_probabilities=lambda labels, rule: (labels, None),
+    )
+    dot, nothing = np.zeros((8, 8), np.int64), np.zeros((8, 8), np.int64)
+    dot[3, 3] = 1
+    assert score_rules(predictor, [(nothing, dot)], [ObjectRule()]) == []
+    blob = np.zeros((8, 8), np.int64)
+    blob[2:5, 2:5], blob[6:, 6:] = 1, 2
+    assert score_rules(predictor, [(blob, blob), (nothing, dot)], [ObjectRule()]) == [(0.0, ObjectRule())]
+    _, images, masks, checkpoint = rgb_run
+    best = tmp_path / "best.pt"
+    shutil.copy(checkpoint, best)
+    monkeypatch.setattr(object_rule, "score_rules", lambda *_: [])
+    said: list[str] = []
+    choose_object_rule(best, find_pairs(images, masks), said.append)
+    assert said == ["objects: no rule chosen, the object score is undefined on these validation images; "
+                    "predict --instances cuts by the default rule"]  # fmt: skip
+    assert load_checkpoint(best).get("object_rule") == load_checkpoint(checkpoint).get("object_rule")  # untouched
+
+
 def test_an_instance_models_rule_says_which_plane_each_threshold_reads(tmp_path):
     """Its seed (a probability of the cores' class) may sit below its flood (one of the foreground)."""
     images, masks = nuclei_with_ids(tmp_path / "data", count=2)

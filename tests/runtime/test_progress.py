@@ -18,7 +18,7 @@ def test_the_terminal_bar_starts_a_new_bar_for_each_pass_and_closes_it_when_done
     assert bar.bar is not first and bar.bar.n == 1
     bar(4, 4, "epoch 2")
     assert bar.bar is None
-    assert progress_to(None, False) is None and isinstance(progress_to(None, True), TerminalBar)
+    assert progress_to(None, False) is None
 
     def listener(*told):
         pass
@@ -41,3 +41,31 @@ def test_training_and_tiled_prediction_tell_the_callback(binary_data, tmp_path):
     image = torch.zeros(1, 100, 100)
     predict_tiled(lambda x: x[:, :1], image, 1, tile=64, overlap=16, progress=lambda *told: tiles.append(told))
     assert tiles == [(done, 4, "tiles") for done in range(1, 5)]
+
+
+def test_a_log_file_gets_plain_lines_of_a_long_pass_and_a_terminal_a_bar(monkeypatch):
+    """A redrawn bar writes carriage returns into a redirected log (a red-team finding): where
+    standard error is not a terminal, a line every LOG_INTERVAL_SECONDS, none at the pass's end."""
+    import io
+    import sys
+
+    import unetkit.runtime.progress as progress
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert isinstance(progress_to(None, True), progress.LogLines)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert isinstance(progress_to(None, True), TerminalBar)
+    clock = iter([0.0, 5.0, 21.0, 30.0, 45.0, 100.0, 101.0, 130.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    log = io.StringIO()
+    lines = progress.LogLines("img", stream=log)
+    for done in (10, 20, 40, 60, 80, 100):  # one pass: 0 s to 100 s
+        lines(done, 100, "epoch 1/2")
+    lines(5, 100, "epoch 2/2")  # a new pass at 101 s
+    lines(50, 100, "epoch 2/2")  # 29 s into it: past the interval
+    assert log.getvalue().splitlines() == [
+        "epoch 1/2: 40/100 img (1.9 img/s)",
+        "epoch 1/2: 80/100 img (1.8 img/s)",
+        "epoch 2/2: 50/100 img (1.7 img/s)",
+    ]
+    assert "\r" not in log.getvalue()

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from epochs_alone import train
@@ -571,3 +572,33 @@ def test_zoom_sets_the_augmentation_range_and_is_checked(binary_data, tmp_path):
 
     with pytest.raises(UnetkitError, match="--zoom 0.5"):
         tiny_config(images, masks, tmp_path / "c", zoom=0.5).validate()
+
+
+def test_what_the_resolved_options_do_to_the_set_is_said_not_changed(tmp_path):
+    """A patch larger than every image (all padding: ~14x slower, a red-team finding), an
+    --ignore-value no mask holds, and images of several bit depths each get a note; a set and
+    options that fit get none."""
+    from synthetic import make_shapes
+
+    from unetkit.data.fingerprint import fingerprint_pairs
+    from unetkit.train.data_plan import data_notes
+
+    images, masks = make_shapes(tmp_path / "data", count=6)
+    data = fingerprint_pairs(find_pairs(images, masks), ignore_value=7)
+    assert data.largest_side == 48 and data.ignored_pixels == 0 and data.image_scales == {255.0: (6, "img00.png")}
+    cfg = TrainConfig(images=str(images), masks=str(masks), scale=1.0, patch_size=256, ignore_value=7, depth=4)
+    patch, ignore = data_notes(cfg, data)
+    assert "--patch-size 256 is larger than every training image at scale 1 (the largest side is 48 px)" in patch
+    assert "~28x a median image's pixels" in patch and "--patch-size 0" in patch
+    assert ignore.startswith("--ignore-value 7 is in no training mask") and "[0, 255]" in ignore
+    assert data_notes(dataclasses.replace(cfg, patch_size=48, ignore_value=None), data) == []
+    mixed = dataclasses.replace(data, image_scales={255.0: (5, "a.png"), 65535.0: (1, "b.tif")})
+    (note,) = data_notes(dataclasses.replace(cfg, patch_size=0, ignore_value=None), mixed)
+    assert "mix bit depths: 5 8-bit (e.g. a.png), 1 16-bit (e.g. b.tif)" in note and "--normalize image" in note
+    assert data_notes(dataclasses.replace(cfg, patch_size=0, ignore_value=None, normalize="image"), mixed) == []
+    from PIL import Image
+
+    mask = np.asarray(Image.open(masks / "img00.png")).copy()
+    mask[:2, :2] = 7
+    Image.fromarray(mask).save(masks / "img00.png")
+    assert fingerprint_pairs(find_pairs(images, masks), ignore_value=7).ignored_pixels == 4

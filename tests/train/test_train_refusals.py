@@ -50,10 +50,10 @@ def case_single_image(tmp_path, **_):
 
 def case_image_smaller_than_the_network_minimum(tmp_path, **_):
     images, masks = data(tmp_path)
-    Image.fromarray(np.zeros((5, 6), np.uint8)).save(images / "img00.png")
-    Image.fromarray(np.zeros((5, 6), np.uint8)).save(masks / "img00.png")
-    args = train_args(images, masks, tmp_path / "run", "--patch-size", "none", "--val-fraction", "0")
-    return Case(args, ("img00.png", "6x5", "8x8 minimum", "--depth"))
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(images / "img00.png")  # above data/io.MIN_IMAGE_SIDE
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(masks / "img00.png")
+    args = train_args(images, masks, tmp_path / "run", "--patch-size", "none", "--val-fraction", "0", "--depth", "4")
+    return Case(args, ("img00.png", "12x10", "32x32 minimum", "--depth"))
 
 
 def case_nan_loss(tmp_path, monkeypatch, **_):

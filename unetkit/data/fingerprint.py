@@ -78,13 +78,16 @@ class PairScan:
     geometry: dict[int, tuple[float, float]] = field(default_factory=dict)  # value -> (half width, extent)
     ids: int = 0  # distinct values above 0 in the mask as stored (before instance masks become classes)
     regions: int = 0  # 4-connected regions of one value above 0 (an instance mask: one per id)
+    scale: float = 255.0  # the image's raw value of 1.0 (data/io.read_image_scaled): its bit depth's maximum
+    ignored: int = 0  # pixels of the mask that hold the ignore value, as stored
 
 
 def scan_pair(
     pair: Pair, with_geometry: bool = False, instances: str | None = None, ignore_value: int | None = None
 ) -> PairScan:
-    image, mask = pair.read()
+    image, mask, scale = pair.read_scaled()
     facts = mask_facts(mask, ignore_value)
+    ignored = 0 if ignore_value is None else int(np.count_nonzero(mask == ignore_value))
     if instances:  # instance label images are measured as the classes they train as
         mask = instance_classes(mask, instances, ignore_value)
     channel_sum, channel_sumsq = channel_moments(image)
@@ -103,6 +106,8 @@ def scan_pair(
         row_sums,
         ids=facts.ids,
         regions=facts.regions,
+        scale=scale,
+        ignored=ignored,
     )
     if with_geometry and len(values) > 1:
         scan.geometry = {int(v): region_geometry(mask == v) for v in values}
@@ -159,6 +164,10 @@ class DataFingerprint:
     # Per channel: how many times brighter (in range) the 95th-percentile image is than the 5th
     # (brightness_spread); 1.0 where every image is alike.
     brightness_spread: list[float] = field(default_factory=list)
+    largest_side: int = 0  # the longest side of any image
+    # The images' raw values of 1.0 (255: 8-bit, 65535: 16-bit), each with its count and first image's name.
+    image_scales: dict[float, tuple[int, str]] = field(default_factory=dict)
+    ignored_pixels: int = 0  # mask pixels holding the ignore value (--ignore-value), over the set
 
     def class_fractions(self, mask_values: MaskValues) -> list[float]:
         """Each class's share of the labelled (not ignored) pixels, in class-id order."""
@@ -250,7 +259,17 @@ def fingerprint_pairs(
         instances_detected=detected,
         instances_maybe=maybe,
         brightness_spread=brightness_spread(scans, channels),
+        largest_side=max(max(s.height, s.width) for s in scans),
+        image_scales=image_scales(scans),
+        ignored_pixels=sum(s.ignored for s in scans),
     )
+
+
+def image_scales(scans: Sequence[PairScan]) -> dict[float, tuple[int, str]]:
+    """{raw value of 1.0: (images, the first one's file name)} over the set (data/io.mixed_scales)."""
+    counts = Counter(scan.scale for scan in scans)
+    first = {scan.scale: scan.pair.label for scan in reversed(scans)}
+    return {scale: (count, first[scale]) for scale, count in counts.items()}
 
 
 def _scan_pairs(

@@ -233,6 +233,24 @@ def integer_range(dtype: np.dtype, largest: Callable[[], int | None]) -> float:
     return 65535.0 if biggest is not None and biggest <= 65535 else float(np.iinfo(dtype).max)
 
 
+def mixed_scales(scales: dict[float, tuple[int, str]]) -> tuple[str, str] | None:
+    """(problem, fix) for a set whose images map different raw values to 1.0 (read_image_scaled: 8-bit
+    and 16-bit files mixed), given {raw value of 1.0: (images, the first one's name)}; None where
+    all agree. Each file is scaled by its own type, so one scene saved at both depths reads alike,
+    but a 16-bit file of 12-bit camera data reads 16x darker than the same data saved as 8-bit."""
+    if len(scales) < 2:
+        return None
+    kinds = {255.0: "8-bit", 65535.0: "16-bit", 1.0: "float"}
+    shown = ", ".join(
+        f"{count} {kinds.get(top, f'scaled by {top:g}')} (e.g. {name})" for top, (count, name) in sorted(scales.items())
+    )
+    return (
+        f"the images mix bit depths: {shown}; each is scaled by its own type's maximum, so 12-bit data in a "
+        "16-bit file reads 16x darker than an 8-bit image of it",
+        "save them at one depth, or pass --normalize image to scale each image by its own brightness",
+    )
+
+
 def read_mask(path: str | Path, plane: int | None = None, axes: AxisChoice = FILE_AXES) -> np.ndarray:
     """Read a mask as a 2-D integer array of the values stored in the file.
 
@@ -272,20 +290,44 @@ def _colour_mask_message(path: Path, array: np.ndarray) -> str:
     )
 
 
+# An image must be at least this many pixels on each side to be learnt from or scored: a 3x3
+# convolution sees no shape in a 1x1 or 3x3 "image" (an icon, a placeholder, a misread plane), and
+# 1x1 images "trained" to val Dice 1.0, then failed in the object rule's score (a red-team finding).
+MIN_IMAGE_SIDE = 8
+
+
 def read_pair(
     image_path: str | Path, mask_path: str | Path, plane: int | None = None, axes: AxisChoice = FILE_AXES
 ) -> tuple[np.ndarray, np.ndarray]:
-    """An image and its mask (plane `plane` of both, for stacks), read and checked to be the same size."""
-    image, mask = read_image(image_path, plane, axes), read_mask(mask_path, plane, axes)
-    if image.shape[:2] != mask.shape:
-        turned = image.shape[:2] == mask.shape[::-1]
+    """An image and its mask (plane `plane` of both, for stacks), read and checked (check_pair_shapes)."""
+    return read_pair_scaled(image_path, mask_path, plane, axes)[:2]
+
+
+def read_pair_scaled(
+    image_path: str | Path, mask_path: str | Path, plane: int | None = None, axes: AxisChoice = FILE_AXES
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """read_pair's image and mask, and the image's raw value of 1.0 (read_image_scaled)."""
+    image, maximum = read_image_scaled(image_path, plane, axes)
+    mask = read_mask(mask_path, plane, axes)
+    check_pair_shapes(Path(image_path), Path(mask_path), image.shape[:2], mask.shape)
+    return image, mask, maximum
+
+
+def check_pair_shapes(image_path: Path, mask_path: Path, image_shape: tuple, mask_shape: tuple) -> None:
+    """Refuse a mask of another size than its image, and an image below MIN_IMAGE_SIDE."""
+    if image_shape != mask_shape:
+        turned = image_shape == mask_shape[::-1]
         hint = (
             " (the image is turned by its EXIF orientation, applied as viewers do: turn the mask the same way)"
             if turned
             else ""
         )
         raise UnetkitError(
-            f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {Path(image_path).name} "
-            f"is {image.shape[1]}x{image.shape[0]}{hint}; masks must be the same size as their images"
+            f"{mask_path}: mask is {mask_shape[1]}x{mask_shape[0]} but its image {image_path.name} "
+            f"is {image_shape[1]}x{image_shape[0]}{hint}; masks must be the same size as their images"
         )
-    return image, mask
+    if min(image_shape) < MIN_IMAGE_SIDE:
+        raise UnetkitError(
+            f"{image_path}: the image is {image_shape[1]}x{image_shape[0]} pixels, too small to segment (at least "
+            f"{MIN_IMAGE_SIDE} on each side); remove it and its mask, or check that the folder holds the images"
+        )

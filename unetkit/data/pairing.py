@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unetkit.data.io import IMAGE_EXTENSIONS, read_pair
+from unetkit.data.io import IMAGE_EXTENSIONS, read_pair, read_pair_scaled
 from unetkit.data.tiff_axes import FILE_AXES, AxisChoice, count_planes
 from unetkit.errors import UnetkitError
 
@@ -27,6 +27,10 @@ class Pair:
     def read(self) -> tuple[np.ndarray, np.ndarray]:
         """(image, mask), read and checked (read_pair)."""
         return read_pair(self.image, self.mask, self.plane, self.axes)
+
+    def read_scaled(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """(image, mask, the image's raw value of 1.0: 255 for 8-bit), read and checked (read_pair_scaled)."""
+        return read_pair_scaled(self.image, self.mask, self.plane, self.axes)
 
     @property
     def name(self) -> str:

@@ -65,7 +65,11 @@ def choose_object_rule(
     anchor = start or ObjectRule.default(predictor.mask_values.instances)
     tie = TIE if start is None else start_tie(images)
     candidates = rules if start is None or start in rules else [*rules, start]
-    error, best = safest(score_rules(predictor, images, candidates), anchor, tie)
+    scored = score_rules(predictor, images, candidates)
+    if not scored:  # e.g. every true object a pixel or two, where the Rand error has no pairs to count
+        log(f"objects: no rule chosen, the object score is undefined on these validation images; {default}")
+        return
+    error, best = safest(scored, anchor, tie)
     # Then the smallest object kept, in proportion to the validation images' objects (ties keep the
     # grid's 16 px): on dsb2018-dev val, 0 / 8 / 16 / 32 px gave AP@0.5 0.806 / 0.817 / 0.824 / 0.827.
     median = float(np.median(np.concatenate([np.bincount(truth.ravel())[1:] for _, truth in images if truth.any()])))
@@ -86,7 +90,8 @@ def choose_object_rule(
 
 def score_rules(predictor: Predictor, images: list, rules: list[ObjectRule]) -> list[tuple[float, ObjectRule]]:
     """(error, rule) for each rule on the validation (probabilities, true objects): 1 - pooled AP
-    over IoU 0.5:0.9 for instance masks, else the mean adapted Rand error."""
+    over IoU 0.5:0.9 for instance masks, else the mean adapted Rand error; a rule whose error is
+    undefined on every image is left out."""
     instances = predictor.mask_values.instances is not None
 
     def score(rule: ObjectRule, image: tuple[np.ndarray, np.ndarray]) -> dict:
@@ -98,7 +103,9 @@ def score_rules(predictor: Predictor, images: list, rules: list[ObjectRule]) -> 
         # In threads: the watershed, labelling and filters release the GIL (hc18-dev's grid on 2 cores: 6.9 -> 3.8 s).
         rows = parallel_map(partial(score, rule), images)
         means = mean_scores(rows)  # an image without true objects: its false ones count in AP, Rand is undefined
-        scored.append((1 - means["ap50_90"] if instances else means["adapted_rand_error"], rule))
+        value = means["ap50_90"] if instances else means["adapted_rand_error"]
+        if value is not None:  # undefined on every image: the rule cannot be judged
+            scored.append((1 - value if instances else value, rule))
     return scored
 
 

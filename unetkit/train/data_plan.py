@@ -14,6 +14,7 @@ import torch
 
 from unetkit.data import MaskValues, Pair, Preprocess
 from unetkit.data.fingerprint import DataFingerprint, fingerprint_pairs
+from unetkit.data.io import mixed_scales
 from unetkit.data.objects import DEFAULT_INSTANCE_TARGET, INSTANCE_CLASS_NAMES
 from unetkit.data.preprocess import IMAGE_PERCENTILES
 from unetkit.errors import UnetkitError
@@ -74,6 +75,8 @@ def plan(
         say_many_classes(data, cfg, log)
         cfg, summary = apply_recipe(cfg, data, device)  # also instance_masks / instance_target, as read
         log(f"{summary} ({time.perf_counter() - started:.1f}s to read and measure the training set)")
+        for note in data_notes(cfg, data):
+            log(f"note: {note}")
         preprocess = preprocess_for(cfg, data, init_state)
         data_plan = DataPlan(data.mask_values, preprocess, data.rarer_classes(data.mask_values), data.to_dict())
     check_plan(cfg, data_plan.mask_values)
@@ -136,6 +139,28 @@ def say_many_classes(data: DataFingerprint, cfg: TrainConfig, log: Log) -> None:
         f"note: the masks hold {classes} values, so this trains {classes} classes from {data.num_images} images; "
         "if each value is one object (instance masks), pass --instance-masks"
     )
+
+
+def data_notes(cfg: TrainConfig, data: DataFingerprint) -> list[str]:
+    """What the options, as resolved, do to this set that the user may not expect: said, not changed."""
+    notes = []
+    largest = max(data.largest_side * cfg.scale, cfg.min_input_size())
+    if cfg.patch_size and cfg.patch_size > largest:
+        padding = cfg.patch_size**2 / (data.median_height * data.median_width * cfg.scale**2)
+        notes.append(
+            f"--patch-size {cfg.patch_size} is larger than every training image at scale {cfg.scale:g} (the largest "
+            f"side is {round(data.largest_side * cfg.scale)} px): each patch is mostly padding, ~{padding:.0f}x a "
+            "median image's pixels to compute; --patch-size 0 trains on whole images"
+        )
+    mixed = mixed_scales(data.image_scales)
+    if mixed and cfg.normalize != "image":
+        notes.append(f"{mixed[0]}: {mixed[1]}")
+    if cfg.ignore_value is not None and not data.ignored_pixels:
+        notes.append(
+            f"--ignore-value {cfg.ignore_value} is in no training mask, so no pixel is ignored (the masks hold "
+            f"{sorted(data.value_pixels)[:8]}); check the value"
+        )
+    return notes
 
 
 def check_plan(cfg: TrainConfig, mask_values: MaskValues) -> None:
