@@ -260,3 +260,72 @@ def test_a_run_folder_of_the_users_files_and_a_file_that_is_no_model_are_one_not
     qtbot.waitUntil(lambda: predict.worker is None and len(said) >= 2, timeout=60_000)
     assert len(said) == 2 and str(fake) in said[1] and "\n" not in said[1], said
     assert "dark 0 objects" not in viewer.layers
+
+
+def test_a_scaled_pyramid_is_predicted_at_full_size_into_its_mask_values_where_it_sits(make_napari_viewer, qtbot):
+    """Three red-team findings: a multiscale layer was predicted at its smallest level, the layers
+    added sat at the origin of a scaled and shifted image, and the classes were class indices
+    (0/1) where `unetkit predict` writes the model's mask values (0/255)."""
+    from unetkit.napari.samples import em_slice
+
+    viewer = make_napari_viewer()
+    image = np.asarray(em_slice()[0][0])[:96, :128]
+    viewer.add_image([image, image[::2, ::2]], name="em", multiscale=True, scale=(2, 2), translate=(10, 5))
+    widget = predict_dock(viewer)
+    widget.model.setCurrentText("em-membranes")
+    widget.objects.setChecked(False)
+    widget.probabilities.setChecked(True)
+    press_predict(qtbot, widget, "em")
+    classes = viewer.layers["em classes"]
+    assert classes.data.shape == image.shape and set(np.unique(classes.data)) == {0, 255}
+    assert classes.selected_label == 255  # a brush paints the membranes' value
+    for layer in (classes, viewer.layers["em probability 1"]):
+        assert list(layer.scale) == [2, 2] and list(layer.translate) == [10, 5], layer.name
+
+
+def test_the_train_widget_says_what_the_labels_train_as(make_napari_viewer, tmp_path, monkeypatch):
+    """Objects where each id is one region on a background, classes otherwise (two classes painted
+    over the whole image trained as four instance classes when objects were the default), or as
+    chosen; an empty masks field is named as such, not as the working folder."""
+    from PIL import Image
+
+    from unetkit.napari import train_widget
+
+    said = []
+    monkeypatch.setattr(train_widget, "show_info", said.append)
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir(), masks.mkdir()
+    blobs = np.zeros((32, 32), np.uint8)
+    blobs[2:8, 2:8], blobs[12:20, 12:20], blobs[24:30, 3:9] = 1, 2, 3
+    for name in ("a", "b"):
+        Image.fromarray(blobs).save(images / f"{name}.png")
+        Image.fromarray(blobs).save(masks / f"{name}.png")
+    assert train_widget.labels_are_objects(train_widget.LABELS_RECOGNISED, images, masks)
+    assert "train as objects" in said[-1]
+    assert not train_widget.labels_are_objects(train_widget.LABELS_CLASSES, images, masks)
+    for name in ("a", "b"):  # membrane 1 and cell 2 over the whole image
+        Image.fromarray(np.where(blobs > 0, 1, 2).astype(np.uint8)).save(masks / f"{name}.png")
+    assert not train_widget.labels_are_objects(train_widget.LABELS_RECOGNISED, images, masks)
+    assert "train as classes" in said[-1]
+    assert train_widget.labels_are_objects(train_widget.LABELS_OBJECTS, images, masks)
+    widget = train_dock(make_napari_viewer())
+    widget.source.setCurrentText(train_widget.FROM_FOLDERS)
+    widget.images.setText(str(images))
+    with pytest.raises(train_widget.UnetkitError, match=r"^\(none\): no masks folder"):
+        widget.config()
+
+
+def test_a_first_round_of_one_corrected_image_trains_without_validation(make_napari_viewer, tmp_path, monkeypatch):
+    """One corrected image is the first round of the loop; it left nothing to validate on and the
+    run failed with advice (--val-fraction 0) the widget cannot take."""
+    from unetkit.napari import correct_widget
+
+    said = []
+    monkeypatch.setattr(correct_widget, "show_info", said.append)
+    viewer = make_napari_viewer()
+    inverted_nuclei(viewer, 2, tmp_path / "data")
+    widget = correct_dock(viewer, tmp_path)
+    add_all(widget, 1)
+    assert widget.config().val_fraction == 0.0 and "without validation" in said[-1]
+    add_all(widget, 2)
+    assert widget.config().val_fraction != 0.0

@@ -32,6 +32,7 @@ def test_training_writes_a_self_contained_report(reported_run):
     assert html.count("data:image/png;base64,") == 6  # curves, confusion, and the 4 examples
     assert not re.search(r"""(src|href)=["']https?:""", html)  # nothing fetched from a network
     assert "the run&#39;s validation images" in html  # autoescaped by the template engine
+    assert "<li>mask value 2:" in html  # a class named by the value its masks hold
 
 
 def test_report_command_on_other_images(reported_run, tmp_path, capsys):

@@ -89,3 +89,5 @@ def test_report_of_an_instance_mask_run_shows_objects(tmp_path):
     assert html.count("data:image/png;base64,") == 2 + shown  # curves, confusion and the examples
     assert len(re.findall(r"d\d\.png: \d+ merges?, \d+ splits?, \d+ missed, \d+ false</figcaption>", html)) == shown
     assert "image, truth, prediction, errors" not in html
+    # Its classes are what the object ids train as, not values of the masks, which hold ids.
+    assert "<li>centre (trained from the object ids):" in html and "mask value 3" not in html

@@ -11,12 +11,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLineEdit, QPushButton, QSpinBox, QVBoxLayout
 
 from unetkit.errors import UnetkitError
-from unetkit.napari.predict_widget import alive, fill_layer_choices, open_widgets
+from unetkit.napari.predict_widget import alive, fill_layer_choices, layer_pixels, open_widgets
 from unetkit.napari.run_panel import RunPanel
 from unetkit.napari.training_set import add_pair
 from unetkit.zoo import zoo_models
@@ -87,8 +86,8 @@ class CorrectWidget(RunPanel):
             if not image or not labels:
                 raise UnetkitError("choose an Image layer and the Labels layer that holds its corrected objects")
             project = Path(self.project.text()).expanduser()
-            data = np.asarray(self.viewer.layers[image].data)
-            name = add_pair(project, data, self.viewer.layers[labels].data, image)
+            data = layer_pixels(self.viewer.layers[image])
+            name = add_pair(project, data, layer_pixels(self.viewer.layers[labels]), image)
         except UnetkitError as err:
             show_error(str(err))
             return
@@ -107,8 +106,14 @@ class CorrectWidget(RunPanel):
             raise UnetkitError("choose the model to fine-tune: a shipped one by name, or a checkpoint")
         out = project / "runs" / time.strftime("%Y%m%d-%H%M%S")
         instances = True if self.objects.isChecked() else None  # None: as the masks and the model say
+        # One corrected image leaves none to validate on, and a first round is one image: it trains on
+        # it without validation (the last epoch's weights), said; from two images on, one validates.
+        alone = len(list(images.iterdir())) < 2
+        if alone:
+            show_info("unetkit: one corrected image trains without validation; add a second to validate the model")
         return TrainConfig(images=str(images), masks=str(masks), out=str(out), time=float(self.budget.value()),
-                           init_from=model, instance_masks=instances, progress=False)  # fmt: skip
+                           init_from=model, instance_masks=instances, progress=False,
+                           **({"val_fraction": 0.0} if alone else {}))  # fmt: skip
 
     def trained(self, best: Path) -> None:
         super().trained(best)

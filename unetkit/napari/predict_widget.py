@@ -67,6 +67,13 @@ def fill_layer_choices(combo: QComboBox, viewer: napari.Viewer, kind: type) -> N
         combo.setCurrentText(chosen)
 
 
+def layer_pixels(layer: napari.layers.Layer) -> np.ndarray:
+    """A layer's data as one array; a multiscale (pyramid) layer's at full resolution, level 0:
+    napari lists its levels, and the whole list read as one array was its smallest (a red-team
+    finding: a 512 px image predicted at 256 px, unsaid)."""
+    return np.asarray(layer.data[0] if layer.multiscale else layer.data)
+
+
 def alive(widget: QWidget) -> bool:
     try:
         widget.objectName()  # raises once Qt has deleted the C++ object
@@ -87,6 +94,9 @@ class PredictRequest:
     probabilities: bool
     tta: bool
     threshold: float
+    # Where the layer sits in the world (napari's scale, translate, rotate, shear and affine): the
+    # layers added from it sit there too, or they covered the wrong part of a scaled image.
+    placement: dict[str, Any]
 
 
 @dataclass
@@ -198,9 +208,10 @@ class PredictWidget(QWidget):
         if self.model.currentText() == CHOOSE_FILE:
             raise UnetkitError("choose a model: a shipped one by name, or a checkpoint or safetensors file")
         layer = self.viewer.layers[name]
+        placement = {key: getattr(layer, key) for key in ("scale", "translate", "rotate", "shear", "affine")}
         return PredictRequest(
-            self.model.currentText(), np.asarray(layer.data), name, bool(layer.rgb), self.objects.isChecked(),
-            self.probabilities.isChecked(), self.tta.isChecked(), round(self.threshold.value(), 4),
+            self.model.currentText(), layer_pixels(layer), name, bool(layer.rgb), self.objects.isChecked(),
+            self.probabilities.isChecked(), self.tta.isChecked(), round(self.threshold.value(), 4), placement,
         )  # fmt: skip
 
     def predictor(self, request: PredictRequest) -> Predictor:
@@ -252,19 +263,30 @@ class PredictWidget(QWidget):
     def _finished(self, results: list[PlaneResult]) -> None:
         request = self.request_running
         labels = np.stack([r.labels for r in results]) if len(results) > 1 else results[0].labels
-        kind = "objects" if request.objects else "classes"
-        self.viewer.add_labels(
-            labels.astype(np.int32 if request.objects else np.uint8), name=f"{request.layer_name} {kind}"
-        )
+        layers = [self._add_labels(labels, request)]
         if request.probabilities:
             stacked = (
                 np.stack([r.probabilities for r in results], axis=1) if len(results) > 1 else results[0].probabilities
             )
             names = [f"{request.layer_name} probability {k}" for k in range(len(stacked))]  # of class id k
-            self.viewer.add_image(stacked, name=names, channel_axis=0, visible=False)
+            layers += self.viewer.add_image(stacked, name=names, channel_axis=0, visible=False)
+        for layer in layers:
+            for key, value in request.placement.items():
+                setattr(layer, key, value)
         count = f"{int(labels.max())} objects" if request.objects else f"{len(np.unique(labels))} classes present"
         self.status.setText(f"done: {count}")
         show_info(f"unetkit: {request.layer_name}: {count}")
+
+    def _add_labels(self, labels: np.ndarray, request: PredictRequest) -> napari.layers.Labels:
+        """The objects, or the classes as the mask values `unetkit predict` writes (0/255, CamVid's
+        ids), not class indices: a correction trains as the model's own masks, and a brush paints
+        the first foreground class's value."""
+        if request.objects:
+            return self.viewer.add_labels(labels.astype(np.int32), name=f"{request.layer_name} objects")
+        mask_values = self.predictor(request).mask_values
+        layer = self.viewer.add_labels(mask_values.decode(labels), name=f"{request.layer_name} classes")
+        layer.selected_label = mask_values.values[min(1, len(mask_values.values) - 1)]
+        return layer
 
     def _failed(self, error: Exception) -> None:
         show_error(str(error) if isinstance(error, UnetkitError) else f"{type(error).__name__}: {error}")

@@ -13,11 +13,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QCheckBox,
     QComboBox,
     QFormLayout,
     QHBoxLayout,
@@ -30,7 +28,7 @@ from qtpy.QtWidgets import (
 )
 
 from unetkit.errors import UnetkitError
-from unetkit.napari.predict_widget import alive
+from unetkit.napari.predict_widget import alive, layer_pixels
 from unetkit.napari.run_panel import RunPanel
 from unetkit.napari.training_set import add_pair
 from unetkit.zoo import zoo_models
@@ -54,7 +52,7 @@ def layer_pairs(viewer: napari.Viewer) -> list[tuple[str, str]]:
     images = [layer for layer in viewer.layers if isinstance(layer, napari.layers.Image)]
     pairs = []
     for labels in (layer for layer in viewer.layers if isinstance(layer, napari.layers.Labels)):
-        sized = [image for image in images if image_shape(image) == labels.data.shape]
+        sized = [image for image in images if image_shape(image) == image_shape(labels)]
         named = [image for image in sized if labels.name.startswith(image.name)]
         chosen = max(named, key=lambda image: len(image.name)) if named else sized[0] if len(sized) == 1 else None
         if chosen is not None:
@@ -62,8 +60,37 @@ def layer_pairs(viewer: napari.Viewer) -> list[tuple[str, str]]:
     return pairs
 
 
-def image_shape(layer: napari.layers.Image) -> tuple[int, ...]:
-    return tuple(layer.data.shape[:-1] if layer.rgb else layer.data.shape)
+def image_shape(layer: napari.layers.Image | napari.layers.Labels) -> tuple[int, ...]:
+    """The layer's pixel shape, colour left out; a pyramid's at full resolution (layer_pixels)."""
+    shape = (layer.data[0] if layer.multiscale else layer.data).shape
+    return tuple(shape[:-1] if getattr(layer, "rgb", False) else shape)
+
+
+# What the labels are: recognised by the widget (`unetkit train` needs hundreds of ids to be sure
+# they are objects, which a few painted images lack: 4 nuclei images trained as 29 classes), or said.
+LABELS_RECOGNISED = "recognised from the labels"
+LABELS_OBJECTS = "objects, one id each (--instance-masks)"
+LABELS_CLASSES = "classes, one value each (--no-instance-masks)"
+
+
+def labels_are_objects(choice: str, images: Path, masks: Path) -> bool:
+    """Whether the run trains the masks as objects: as chosen, or where recognised, when every id
+    is one region on a background that dominates (data.fingerprint.looks_like_instances's facts that
+    hold for any number of objects); said in a notification either way. A forced choice of objects
+    trained two painted classes, 1 and 2 over the whole image, as four instance classes, unsaid
+    (a red-team finding)."""
+    if choice != LABELS_RECOGNISED:
+        return choice == LABELS_OBJECTS
+    from unetkit.data import find_pairs
+    from unetkit.data.fingerprint import looks_like_instances, mask_facts
+    from unetkit.data.io import read_mask
+    from unetkit.data.pairing import expand_planes
+
+    pairs = expand_planes(find_pairs(images, masks))
+    objects = looks_like_instances([mask_facts(read_mask(p.mask, p.plane, p.axes)) for p in pairs], fits=True)
+    kind = "objects (each id one region on a background)" if objects else "classes (one value each)"
+    show_info(f"unetkit: the labels train as {kind}; 'the labels are' says otherwise")
+    return objects
 
 
 class TrainWidget(RunPanel):
@@ -75,8 +102,8 @@ class TrainWidget(RunPanel):
         self.pairs = QListWidget()
         self.pairs.setMaximumHeight(120)
         self.images, self.masks = QLineEdit(), QLineEdit()
-        self.objects = QCheckBox("the masks are objects, one id each (--instance-masks)")
-        self.objects.setChecked(True)  # what Predict's objects and their corrections are
+        self.labels_are = QComboBox()
+        self.labels_are.addItems([LABELS_RECOGNISED, LABELS_OBJECTS, LABELS_CLASSES])
         self.start_model = QComboBox()
         self.start_model.addItems([FROM_SCRATCH, *zoo_models()])
         self.start_model.setEditable(True)  # or a checkpoint's path
@@ -108,7 +135,8 @@ class TrainWidget(RunPanel):
         form.addRow("training data", self.source)
         form.addRow("pairs (image <- labels)", self.pairs)
         for label, field in (("images folder", self.images), ("masks folder", self.masks),
-                             ("start from", self.start_model), ("time budget", self.budget),
+                             ("the labels are", self.labels_are), ("start from", self.start_model),
+                             ("time budget", self.budget),
                              ("run folder", self.out)):  # fmt: skip
             form.addRow(label, field)
         buttons = QHBoxLayout()
@@ -116,7 +144,6 @@ class TrainWidget(RunPanel):
             buttons.addWidget(button)
         column = QVBoxLayout(self)
         column.addLayout(form)
-        column.addWidget(self.objects)
         column.addLayout(buttons)
         for widget in (self.progress, self.report_button, self.table, self.status):
             column.addWidget(widget)
@@ -163,12 +190,12 @@ class TrainWidget(RunPanel):
             images, masks = self.write_pairs(out.with_name(f"{out.name}-pairs"))
         else:
             images, masks = Path(self.images.text()).expanduser(), Path(self.masks.text()).expanduser()
-            for folder, what in ((images, "images"), (masks, "masks")):
-                if not self.images.text() or not folder.is_dir():
-                    raise UnetkitError(f"{folder if folder.name else '(none)'}: no {what} folder; choose one")
+            for field, folder, what in ((self.images, images, "images"), (self.masks, masks, "masks")):
+                if not field.text().strip() or not folder.is_dir():
+                    raise UnetkitError(f"{field.text().strip() or '(none)'}: no {what} folder; choose one")
         start = self.start_model.currentText().strip()
         init_from = None if start in ("", FROM_SCRATCH) else start
-        instances = True if self.objects.isChecked() else None  # None: as the masks and the start model say
+        instances = labels_are_objects(self.labels_are.currentText(), images, masks)
         return TrainConfig(images=str(images), masks=str(masks), out=str(out), time=float(self.budget.value()),
                            init_from=init_from, instance_masks=instances, progress=False)  # fmt: skip
 
@@ -181,7 +208,7 @@ class TrainWidget(RunPanel):
                 "over the image (or train from folders)"
             )
         for image, labels in chosen:
-            add_pair(folder, np.asarray(self.viewer.layers[image].data), self.viewer.layers[labels].data, image)
+            add_pair(folder, layer_pixels(self.viewer.layers[image]), layer_pixels(self.viewer.layers[labels]), image)
         return folder / "images", folder / "masks"
 
     def trained(self, best: Path) -> None:

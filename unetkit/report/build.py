@@ -17,6 +17,7 @@ from pathlib import Path
 import unetkit.report.figures as figures
 from unetkit.data import Pair, find_pairs
 from unetkit.data.mask_values import MaskValues
+from unetkit.data.objects import INSTANCE_CLASS_NAMES
 from unetkit.data.pairing import expand_planes
 from unetkit.data.tiff_axes import AxisChoice
 from unetkit.errors import UnetkitError
@@ -218,12 +219,23 @@ def scored(predictor: Predictor, pairs: Sequence[Pair]) -> dict:
     object_examples = shows_objects(predictor.mask_values, objects)
     return {
         "report": report,
-        "classes": [dict(asdict(row), verdict=verdict(row.dice)) for row in report.per_class],
+        "classes": [
+            dict(asdict(row), verdict=verdict(row.dice), label=class_label(predictor.mask_values, row.class_id))
+            for row in report.per_class
+        ],
         "objects": objects,
         "object_examples": object_examples,
         "confusion": figures.confusion(report.confusion_matrix, predictor.mask_values.values),
         "examples": examples(predictor, pairs, report.per_image, object_examples),
     }
+
+
+def class_label(mask_values: MaskValues, class_id: int) -> str:
+    """How the report names a class: by its mask value; an instance model's by the class its masks
+    train as (object, boundary, centre), since the masks hold object ids, not those values."""
+    if mask_values.instances:
+        return f"{INSTANCE_CLASS_NAMES[mask_values.instances][class_id]} (trained from the object ids)"
+    return f"mask value {mask_values.values[class_id]}"
 
 
 def render(context: dict) -> str:
