@@ -5,6 +5,7 @@ against the connected components of the true mask, by the scores of scoring/obje
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,6 +20,22 @@ OBJECTS_ABOUT = (
     "objects of every class but class 0: true = 4-connected components of the mask, predicted = seeded "
     "watershed of the probabilities (rule); scores are means over images, counts are sums"
 )
+
+
+def training_images_among(predictor: Predictor, pairs: Sequence[Pair]) -> str | None:
+    """What to say when some of `pairs` are the model's own training images (its run's folder and
+    names, as its checkpoint keeps them), whose scores flatter it; else None."""
+    folder, names = predictor.trained_on
+    if not folder or not names or not Path(folder).is_dir():
+        return None
+    trained = [p.image.name for p in pairs if p.image.name in names and p.image.parent.samefile(folder)]
+    if not trained:
+        return None
+    unique = list(dict.fromkeys(trained))  # a stack's planes are one image
+    return (
+        f"{len(unique)} of these images are the model's own training images (e.g. {unique[0]}), and its "
+        "scores on them flatter it; score held-out images to judge it"
+    )
 
 
 def evaluate_pairs(

@@ -41,6 +41,13 @@ def test_report_command_on_other_images(reported_run, tmp_path, capsys):
     code, stdout, _ = run_cli(capsys, "report", out, "--images", images, "--masks", masks, "--out", target)
     assert code == 0 and str(target) in stdout
     assert "12 image(s)" in target.read_text()
+    # The run's own folder: 8 of its 12 images trained it (a red-team finding: said nowhere).
+    said = "8 of these images are the model's own training images"
+    assert f"note: {said}" in stdout and said.replace("'", "&#39;") in target.read_text()
+    code, stdout, _ = run_cli(capsys, "evaluate", "--checkpoint", out / "best.pt", "--images", images, "--masks", masks)
+    assert code == 0 and f"note: {said}" in stdout
+    code, stdout, _ = run_cli(capsys, "report", out, "--out", tmp_path / "val.html")  # its validation images
+    assert code == 0 and "training images" not in stdout + (tmp_path / "val.html").read_text()
     code, _, err = run_cli(capsys, "report", tmp_path)
     assert code == 2 and "config.json: not found" in err
 

@@ -182,6 +182,11 @@ def case_config_given_the_runs_config_json(tmp_path, rgb_run, **_):
     return Case(["train", "--config", config, "--out", tmp_path / "again"], ("config.json", "config.toml"))
 
 
+def case_config_given_a_folder(tmp_path, rgb_run, **_):
+    folder = rgb_run[3].parent  # a run folder: its config.toml is the file meant
+    return Case(["train", "--config", folder, "--out", tmp_path / "again"], ("is a folder", "config.toml"))
+
+
 def case_resume_with_other_images_and_masks(tmp_path, rgb_run, **_):
     from synthetic import make_shapes
 

@@ -143,7 +143,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from unetkit.data import find_pairs
     from unetkit.data.pairing import expand_planes
     from unetkit.data.tiff_axes import AxisChoice, refuse_unused_axes
-    from unetkit.evaluate import evaluate_pairs, format_report
+    from unetkit.evaluate import evaluate_pairs, format_report, training_images_among
 
     output_file("--json", args.json, ".json")
     predictor = predictor_from_args(args)
@@ -151,6 +151,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     pairs = find_pairs(args.images, args.masks, args.mask_suffix)
     refuse_unused_axes(AxisChoice(args.channel_axis, args.plane_axis), [pair.image for pair in pairs])  # typed ones
     pairs = expand_planes(pairs, options.axes)
+    trained = training_images_among(predictor, pairs)
+    if trained:
+        print(f"note: {trained}")
     report = evaluate_pairs(predictor, pairs, progress=options.progress)
     print(format_report(report))
     if args.json:

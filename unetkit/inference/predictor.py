@@ -201,6 +201,9 @@ class Predictor:
             chosen = {"channel_axis": trained.get("channel_axis"), "plane_axis": trained.get("plane_axis")}
             self.options = dataclasses.replace(self.options, **chosen)
         self.upright = trained_orientation(state) == "upright"  # --tta shows it only the views it trained on
+        # The run's training images (its folder, their names): scores on them flatter the model.
+        split = state.get("split") if isinstance(state.get("split"), dict) else {}
+        self.trained_on = (trained.get("images"), frozenset(split.get("train") or ()))
         self.mask_values = self.spec.mask_values
         self.preprocess = self.spec.preprocess
         self.binary = self.spec.binary

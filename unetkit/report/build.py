@@ -21,7 +21,7 @@ from unetkit.data.objects import INSTANCE_CLASS_NAMES
 from unetkit.data.pairing import expand_planes
 from unetkit.data.tiff_axes import AxisChoice
 from unetkit.errors import UnetkitError
-from unetkit.evaluate import evaluate_pairs
+from unetkit.evaluate import evaluate_pairs, training_images_among
 from unetkit.inference import InferenceOptions, Predictor
 from unetkit.runtime.atomic import atomic_write
 from unetkit.scoring.objects import object_errors
@@ -195,7 +195,10 @@ def write_report(
     if not pairs:
         raise UnetkitError(f"{source}: no image/mask pairs to report on")
     predictor = Predictor(run / "best.pt", options=InferenceOptions(backend="torch"))
-    context = {"run": run.resolve().name, "source": source, **scored(predictor, pairs)}
+    trained = training_images_among(predictor, pairs)
+    if trained:
+        log(f"note: {trained}")
+    context = {"run": run.resolve().name, "source": source, "trained": trained, **scored(predictor, pairs)}
     context.update(
         config={k: v for k, v in config.items() if k != "resolved" and v not in (None, "", False)},
         resolved=config.get("resolved", {}),

@@ -33,6 +33,8 @@ NOT_IN_SAVED_CONFIG = ("out", "resume")
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise UnetkitError(f"{path}: is a folder; --config takes a TOML or YAML file (a run folder's config.toml)")
     if not path.is_file():
         raise UnetkitError(f"{path}: config file not found")
     if path.suffix.lower() == ".json":  # a run's config.json records the resolved run; config.toml reruns it
