@@ -299,3 +299,38 @@ def test_an_image_with_its_channels_first_is_read_band_by_band_as_in_memory(tmp_
         assert pixels.shape == expected.shape
         assert np.array_equal(large_tiff.rows_of(pixels, 37, 130, path), expected[37:130])
     assert np.array_equal(read_image(path), read_image(tmp_path / "contig.tif")[..., : expected.shape[2]])
+
+
+def test_a_full_disk_under_the_temporary_store_is_one_line_once_zarrs_writes_have_ended(tmp_path, monkeypatch):
+    """zarr gathers a write's chunks and does not cancel the rest when one fails: they went on
+    writing into the temporary folder while it was removed, and were reported at exit as pending
+    tasks (a red-team finding on a full disk). The write now waits for them, then says one line."""
+    import asyncio
+    import errno
+    import shutil
+
+    import zarr.storage
+    from zarr.core.sync import sync
+
+    from unetkit.errors import UnetkitError
+    from unetkit.inference.slide.band_outputs import RowStore
+
+    store = RowStore(tmp_path / "tmp", "probabilities", (2, 512, 512), np.float32)
+    real_set, calls = zarr.storage.LocalStore.set, []
+
+    async def full_disk_on_the_third(self, key, value):
+        calls.append(key)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        await asyncio.sleep(0.05)  # the others still under way when the third fails
+        return await real_set(self, key, value)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", full_disk_on_the_third)
+    with pytest.raises(UnetkitError, match=r"cannot write the temporary 2-plane store .*No space left"):
+        store.add(np.ones((2, 256, 512), np.float32))  # zeros are the fill value: not written
+
+    async def others() -> int:
+        return len([task for task in asyncio.all_tasks() if task is not asyncio.current_task()])
+
+    assert sync(others()) == 0  # nothing left writing
+    shutil.rmtree(tmp_path / "tmp")  # and the folder goes whole

@@ -329,3 +329,19 @@ def test_a_first_round_of_one_corrected_image_trains_without_validation(make_nap
     assert widget.config().val_fraction == 0.0 and "without validation" in said[-1]
     add_all(widget, 2)
     assert widget.config().val_fraction != 0.0
+
+
+def test_a_colour_layer_read_as_luminance_by_a_gray_model_is_a_notification(make_napari_viewer, qtbot, monkeypatch):
+    """The note went to a terminal a napari user never sees (a red-team finding)."""
+    import unetkit.data.preprocess
+
+    said = []
+    monkeypatch.setattr(predict_widget, "show_info", said.append)
+    monkeypatch.setattr(unetkit.data.preprocess, "_LUMINANCE_SAID", [])
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8), name="photo", rgb=True)
+    widget = predict_dock(viewer)
+    widget.model.setCurrentText("em-membranes")
+    widget.objects.setChecked(False)
+    press_predict(qtbot, widget, "photo")
+    assert any("read as their luminance" in note for note in said), said

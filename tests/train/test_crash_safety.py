@@ -48,12 +48,13 @@ def epochs_in_metrics(run: Path) -> list[int]:
         return [int(row["epoch"]) for row in csv.DictReader(handle)]
 
 
-def test_ctrl_c_exits_cleanly_and_says_how_to_resume(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C; timeout, Slurm, docker stop
+def test_ctrl_c_exits_cleanly_and_says_how_to_resume(tmp_path, stop):
     images, masks = make_shapes(tmp_path / "data", count=6)
     run = tmp_path / "run"
     process = start_training("--images", images, "--masks", masks, "--out", run, "--epochs", "50", *SLOW_EPOCHS)
     wait_for_epoch(process, 1)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
@@ -135,3 +136,37 @@ def test_interrupt_flag_leaves_an_ignored_sigint_ignored():
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_a_run_stopped_after_its_last_epoch_does_the_steps_after_it_on_resume(tmp_path, monkeypatch, capsys):
+    """Killed or Ctrl-C'd after its last epoch but before the object rule and the report, a run
+    counted as finished: no rule in best.pt, no report.html, and --resume refused (a red-team
+    finding). The run folder's marker says the steps are pending; --resume does them alone."""
+    import json
+
+    from synthetic import TINY_TRAIN, run_cli
+
+    import unetkit.runs.training as training
+    from unetkit.runtime.ownership import MARKER
+
+    images, masks = make_shapes(tmp_path / "data", count=8)
+    out = tmp_path / "run"
+    tiny = [option for option in TINY_TRAIN if option != "--no-report"]
+
+    def stopped(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:  # Ctrl-C in the object rule's step
+        patched.setattr(training, "choose_object_rule", stopped)
+        code, _, err = run_cli(capsys, "train", "--images", images, "--masks", masks, "--out", out, *tiny)
+    assert code == 130 and "holds all 1 epochs, not yet the steps after them" in err and "--resume" in err
+    assert json.loads((out / MARKER).read_text())["last_steps"] == "pending"
+    assert "object_rule" not in load_checkpoint(out / "best.pt") and not (out / "report.html").exists()
+    trained = (out / "last.pt").read_bytes()
+    code, stdout, _ = run_cli(capsys, "train", "--resume", out / "last.pt", "--no-progress")
+    assert code == 0 and "the steps after them (object rule, report) were not; doing them now" in stdout
+    assert "object_rule" in load_checkpoint(out / "best.pt") and (out / "report.html").is_file()
+    assert (out / "last.pt").read_bytes() == trained  # no epoch trained
+    assert json.loads((out / MARKER).read_text())["last_steps"] == "done"
+    code, _, err = run_cli(capsys, "train", "--resume", out / "last.pt")
+    assert code == 2 and "already finished" in err

@@ -263,6 +263,28 @@ def test_every_scheduler_steps_and_round_trips(name):
     clone.load_state_dict(schedule.state_dict())
 
 
+def test_a_schedule_resumed_with_other_batches_an_epoch_goes_on_at_its_own_plans_step():
+    """A 2-process run (13 steps an epoch) resumed in one process (25): the step is the epochs done
+    in this run's batches, so the cosine goes on where an uninterrupted 25-step run would be, where
+    the saved 13 steps warmed it up again and left it unfinished (a red-team finding)."""
+    params = [torch.nn.Parameter(torch.zeros(1))]
+
+    def schedule_after(steps_per_epoch: int, steps: int) -> tuple[Schedule, torch.optim.Optimizer]:
+        optimizer = torch.optim.AdamW(params, lr=1e-2)
+        schedule = Schedule("cosine", optimizer, steps_per_epoch=steps_per_epoch, epochs=4, warmup_epochs=1)
+        for _ in range(steps):
+            schedule.step_batch()
+        return schedule, optimizer
+
+    saved, _ = schedule_after(13, 13)  # one epoch in two processes
+    uninterrupted, expected = schedule_after(25, 25)
+    resumed, optimizer = schedule_after(25, 0)
+    resumed.load_state_dict(saved.state_dict())
+    resumed.resume(epochs_done=1)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(expected.param_groups[0]["lr"])
+    assert resumed.state_dict()["last_epoch"] == uninterrupted.state_dict()["last_epoch"] == 25
+
+
 def test_optimizers_and_losses_all_run(binary_data, tmp_path):
     images, masks = binary_data
     pairs = find_pairs(images, masks)
@@ -589,7 +611,7 @@ def test_what_the_resolved_options_do_to_the_set_is_said_not_changed(tmp_path):
     cfg = TrainConfig(images=str(images), masks=str(masks), scale=1.0, patch_size=256, ignore_value=7, depth=4)
     patch, ignore = data_notes(cfg, data)
     assert "--patch-size 256 is larger than every training image at scale 1 (the largest side is 48 px)" in patch
-    assert "~28x a median image's pixels" in patch and "--patch-size 0" in patch
+    assert "~28x a median image's pixels" in patch and "--patch-size none" in patch
     assert ignore.startswith("--ignore-value 7 is in no training mask") and "[0, 255]" in ignore
     assert data_notes(dataclasses.replace(cfg, patch_size=48, ignore_value=None), data) == []
     mixed = dataclasses.replace(data, image_scales={255.0: (5, "a.png"), 65535.0: (1, "b.tif")})

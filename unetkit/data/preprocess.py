@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from unetkit.data.io import is_photometric_rgb
 from unetkit.errors import UnetkitError
+from unetkit.runtime.notes import say
 
 # An image's low and high percentiles per channel become 0 and 1 (clipped), as stardist and
 # cellpose normalise fluorescence; the high end below 100 so a few hot pixels do not set the range.
@@ -62,7 +63,7 @@ _LUMINANCE_SAID: list[Path] = []  # once a process: a folder of photographs woul
 def _say_luminance(path: Path) -> None:
     if not _LUMINANCE_SAID:
         _LUMINANCE_SAID.append(path)
-        print(f"note: colour (RGB) images are read as their luminance for this 1-channel model (first: {path})")
+        say(f"colour (RGB) images are read as their luminance for this 1-channel model (first: {path})")
 
 
 # Pixels the percentiles are estimated from: a 4096^2 image's exact percentiles cost ~1 s a channel,

@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
 
 from unetkit.errors import UnetkitError
 from unetkit.inference import InferenceOptions, Predictor
+from unetkit.runtime.notes import notes_to
 from unetkit.zoo import zoo_models
 
 if TYPE_CHECKING:
@@ -242,7 +243,8 @@ class PredictWidget(QWidget):
             }
         )
         def work():
-            return (yield from predict_planes(self.predictor(request), request))
+            with notes_to(lambda note: show_info(f"unetkit: {note}")):  # napari's user sees no terminal
+                return (yield from predict_planes(self.predictor(request), request))
 
         self.request_running = request
         self.predict_button.setEnabled(False)

@@ -10,6 +10,7 @@ from unetkit.report import write_report
 from unetkit.runs.from_model import settle_from_start
 from unetkit.runs.object_rule import choose_object_rule
 from unetkit.runtime.options import check_argument
+from unetkit.runtime.ownership import mark_last_steps
 from unetkit.runtime.progress import Progress
 from unetkit.train import RunResult, TrainConfig, Trainer
 from unetkit.train.loop import EpochCallback
@@ -36,8 +37,16 @@ def run_training(
         check_argument(pairs, (list, tuple, type(None)), f"run_training({name}=)", "a list of unetkit.data.Pair")
     # plan -> Trainer(plan) -> fit -> the steps after training, in a run folder held throughout
     with claimed_run(cfg, train_pairs, val_pairs, log, resume_overrides) as trainer:
-        result = trainer.fit(on_epoch_end, on_progress)
-        result.best_is = after_training(trainer) or ""
+        result = trainer.finish_epochs_done() if trainer.only_last_steps else trainer.fit(on_epoch_end, on_progress)
+        try:
+            result.best_is = after_training(trainer) or ""
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(
+                f"{trainer.out / 'last.pt'} holds all {trainer.saved_epoch} epochs, not yet the steps after them "
+                f"(object rule, report); do them with: unetkit train --resume {trainer.out / 'last.pt'}"
+            ) from None
+        if trainer.dist.is_main:
+            mark_last_steps(trainer.out, "done")  # a --resume of it is now refused: nothing is left
     return result
 
 

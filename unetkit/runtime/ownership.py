@@ -133,6 +133,24 @@ def mark_run_folder(out: Path) -> None:
         write_json(out / MARKER, {"written_by": "unetkit train", "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
+def mark_last_steps(out: Path, state: str) -> None:
+    """Record in MARKER whether the steps after the epochs (curves, object rule, report) are
+    "pending" (from the first epoch on) or "done": a run killed after its last epoch but before
+    them counted as finished, kept no object rule nor report, and refused --resume (a red-team
+    finding); resumed, it now does those steps alone."""
+    marker = out / MARKER
+    data = json.loads(marker.read_text()) if marker.is_file() else {"written_by": "unetkit train"}
+    write_json(marker, {**data, "last_steps": state})
+
+
+def last_steps(out: Path) -> str | None:
+    """MARKER's "last_steps" ("pending", "done"), or None (no marker, or a run of an older version)."""
+    try:
+        return json.loads((out / MARKER).read_text()).get("last_steps")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 # ---- a predict folder: the manifest of what predict wrote, with hashes ----
 
 MANIFEST = ".unetkit-predict.json"

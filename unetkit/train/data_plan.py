@@ -150,7 +150,7 @@ def data_notes(cfg: TrainConfig, data: DataFingerprint) -> list[str]:
         notes.append(
             f"--patch-size {cfg.patch_size} is larger than every training image at scale {cfg.scale:g} (the largest "
             f"side is {round(data.largest_side * cfg.scale)} px): each patch is mostly padding, ~{padding:.0f}x a "
-            "median image's pixels to compute; --patch-size 0 trains on whole images"
+            "median image's pixels to compute; --patch-size none trains on whole images"
         )
     mixed = mixed_scales(data.image_scales)
     if mixed and cfg.normalize != "image":

@@ -68,6 +68,8 @@ class Trainer:
         self.interrupt = InterruptFlag()
         self.start_state: dict[str, Any] | None = None  # a run from a model: the model as it started (epoch 0)
         self.progress: Progress | None = None  # who hears each pass's images (fit's on_progress, or the bar)
+        # A resumed run whose epochs were all done but not the steps after them (run_claim sets it).
+        self.only_last_steps = False
 
     # --- the whole run ---
     def fit(self, on_epoch_end: EpochCallback | None = None, on_progress: Progress | None = None) -> RunResult:
@@ -86,7 +88,21 @@ class Trainer:
             raise KeyboardInterrupt(interrupted_message(self.out / "last.pt", self.saved_epoch)) from None
         except BrokenPipeError:  # the log's reader went away: stop as Ctrl-C does, and say so
             raise OutputClosed(interrupted_message(self.out / "last.pt", self.saved_epoch)) from None
+        return self.result()
+
+    def result(self) -> RunResult:
         return RunResult(self.out, self.out / "best.pt", self.out / "last.pt", self.history, self.best_dice)
+
+    def finish_epochs_done(self) -> RunResult:
+        """A resumed run killed after its last epoch, before the steps after it: no epoch to train,
+        the curves drawn again (their file may be a killed write's), the caller doing the rest."""
+        reason, _option = self.finished_reason() or ("its epochs are done", "")
+        self.log(
+            f"resuming {self.cfg.resume}: {reason}, but the steps after them (object "
+            "rule, report) were not; doing them now"
+        )
+        EpochFiles(self.out, self.dist.is_main, False, self.run.data.mask_values.values).finish(self.history)
+        return self.result()
 
     def finished_reason(self) -> tuple[str, str] | None:
         """Why a resumed run has nothing left to train and the option that gives it more, or None;
@@ -99,7 +115,7 @@ class Trainer:
         cfg = self.cfg
         self.budget.start()
         if self.run.resume_state is not None:
-            self.opt.schedule.resume()  # the rate this run's plan gives where it resumes
+            self.opt.schedule.resume(self.start_epoch - 1)  # the rate this run's plan gives where it resumes
         self._validate_start()
         epochs = itertools.count(self.start_epoch) if cfg.epochs is None else range(self.start_epoch, cfg.epochs + 1)
         for epoch in epochs:

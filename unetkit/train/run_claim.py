@@ -21,7 +21,7 @@ from unetkit.errors import UnetkitError
 from unetkit.runtime.atomic import ensure_folder, remove_stale_temporaries, write_json
 from unetkit.runtime.folder_lock import RunLock
 from unetkit.runtime.hardware import cpu_description
-from unetkit.runtime.ownership import MARKER, RUN_FILES, mark_run_folder
+from unetkit.runtime.ownership import MARKER, RUN_FILES, last_steps, mark_last_steps, mark_run_folder
 from unetkit.train.config import PATH_OPTIONS, TrainConfig, absolute_paths
 from unetkit.train.config_file import write_config_toml
 from unetkit.train.loop import Trainer
@@ -52,7 +52,8 @@ def claimed_run_folder(trainer: Trainer) -> Iterator[None]:
     """Hold the trainer's run folder (rank 0 writes files, so only it locks); a resumed run that
     already finished is refused before anything is written (it rewrote best.pt and config.json)."""
     finished = trainer.finished_reason()
-    if finished:
+    trainer.only_last_steps = bool(finished) and last_steps(Path(str(trainer.cfg.resume)).parent) == "pending"
+    if finished and not trainer.only_last_steps:
         reason, option = finished
         raise UnetkitError(
             f"{trainer.cfg.resume}: this run already finished at epoch {trainer.start_epoch - 1} ({reason}), so "
@@ -79,6 +80,7 @@ def claimed_run_folder(trainer: Trainer) -> Iterator[None]:
             if stale:
                 trainer.log(f"note: removed {len(stale)} temporary file(s) that a killed run left in {out}")
             write_run_config(trainer)
+            mark_last_steps(out, "pending")  # until run_training's steps after the epochs are done
         yield
     finally:
         if lock is not None:

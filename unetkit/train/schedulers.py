@@ -65,6 +65,7 @@ class Schedule:
         if name not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, not {name!r}")
         self.name = name
+        self.steps_per_epoch = steps_per_epoch
         self.per_batch = name != "plateau"
         total = max(1, steps_per_epoch * epochs)
         warmup = 0 if name in ("onecycle", "none") else int(warmup_epochs * steps_per_epoch)
@@ -98,11 +99,14 @@ class Schedule:
     def load_state_dict(self, state: dict) -> None:
         self.scheduler.load_state_dict(state)
 
-    def resume(self) -> None:
-        """Set the optimizer's rate to this run's plan at the step resumed from, once the budget's
+    def resume(self, epochs_done: int) -> None:
+        """Set the optimizer's rate to this run's plan after `epochs_done` epochs, once the budget's
         clock runs. The checkpoint's optimizer holds the rate of the run that saved it, which a
         resumed run given more epochs or time has re-planned: a 2-epoch cosine run resumed with
-        --epochs 4 ran its first batch at 0, the saved end of the old plan, and logged lr 0."""
+        --epochs 4 ran its first batch at 0, the saved end of the old plan, and logged lr 0. The
+        step is counted in this run's batches an epoch, not the saved run's: torchrun's processes
+        share an epoch's batches, and a 2-process run resumed in one read its 13 steps an epoch
+        as 25s, warmed up again and never finished its cosine (a red-team finding)."""
         if isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):
-            self.scheduler.last_epoch -= 1  # the same step again: its rate by this run's plan
-            self.scheduler.step()
+            self.scheduler.last_epoch = epochs_done * self.steps_per_epoch - 1
+            self.scheduler.step()  # to the step after those epochs: its rate by this run's plan

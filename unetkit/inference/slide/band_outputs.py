@@ -13,6 +13,7 @@ import numpy as np
 import tifffile
 import torch
 
+from unetkit.errors import UnetkitError
 from unetkit.runtime.atomic import atomic_write
 
 OUTPUT_TILE = 256  # the written TIFFs' tiles, and the zarr chunks
@@ -67,6 +68,25 @@ def names_ome_axes(axes: str) -> bool:
     return all(axis in "TCZYXS" for axis in axes) and len(set(axes)) == len(axes)
 
 
+def settle_zarr_writes() -> None:
+    """Wait for the chunk writes zarr still runs after one of them failed: zarr gathers a write's
+    chunks in its own event loop and does not cancel the others, which then wrote into the
+    temporary folder while it was removed ("Directory not empty") and were reported at exit as 25
+    "Task was destroyed but it is pending!" (a red-team finding, on a full disk)."""
+    import asyncio
+
+    try:
+        from zarr.core.sync import sync
+    except ImportError:  # another zarr: nothing known to wait for
+        return
+
+    async def the_others() -> None:
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        await asyncio.gather(*others, return_exceptions=True)
+
+    sync(the_others())
+
+
 class RowStore:
     """A temporary (planes, H, W) zarr array on disk, filled a band of rows at a time, and
     written in whole chunk rows (a partly written chunk would be read back and rewritten)."""
@@ -75,6 +95,7 @@ class RowStore:
         import zarr
 
         chunks = (1, OUTPUT_TILE, OUTPUT_TILE)
+        self.folder = folder
         self.array = zarr.create_array(store=str(folder / name), shape=shape, chunks=chunks, dtype=dtype)
         self.pending = np.zeros((shape[0], 0, shape[2]), dtype=dtype)
         self.done = 0
@@ -85,7 +106,14 @@ class RowStore:
             self._write(OUTPUT_TILE)
 
     def _write(self, count: int) -> None:
-        self.array[:, self.done : self.done + count] = self.pending[:, :count]
+        try:
+            self.array[:, self.done : self.done + count] = self.pending[:, :count]
+        except OSError as err:  # a full disk: one line, once zarr's other writes of these rows have ended
+            settle_zarr_writes()
+            raise UnetkitError(
+                f"{self.folder.parent}: cannot write the temporary {self.array.shape[0]}-plane store of the outputs "
+                f"({err.strerror or err}); free disk space there or choose another output folder"
+            ) from None
         self.pending, self.done = self.pending[:, count:], self.done + count
 
     def save_tiff(self, path: Path, dtype: np.dtype | None = None) -> None:
