@@ -138,6 +138,27 @@ def test_interrupt_flag_leaves_an_ignored_sigint_ignored():
         signal.signal(signal.SIGINT, before)
 
 
+def test_interrupt_flag_takes_sigterm_but_leaves_it_to_torchruns_agent_and_to_a_programs_own_handler():
+    from unetkit.train.interrupt import InterruptFlag
+
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    with InterruptFlag() as flag:
+        assert signal.getsignal(signal.SIGTERM) == flag._on_sigint
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back
+    with InterruptFlag(take_sigterm=False):  # a rank of a torchrun job
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+    def own(*_):
+        pass
+
+    before = signal.signal(signal.SIGTERM, own)
+    try:
+        with InterruptFlag():
+            assert signal.getsignal(signal.SIGTERM) is own
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def test_a_run_stopped_after_its_last_epoch_does_the_steps_after_it_on_resume(tmp_path, monkeypatch, capsys):
     """Killed or Ctrl-C'd after its last epoch but before the object rule and the report, a run
     counted as finished: no rule in best.pt, no report.html, and --resume refused (a red-team

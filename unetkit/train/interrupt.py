@@ -20,8 +20,11 @@ from types import FrameType, TracebackType
 class InterruptFlag:
     """Context manager: while inside, SIGINT and SIGTERM set `requested` and `check()` raises for it."""
 
-    def __init__(self) -> None:
+    def __init__(self, take_sigterm: bool = True) -> None:
         self.requested = False
+        # Not under torchrun: its agent ends the other ranks with SIGTERM when one fails, and a rank
+        # waiting in a collective would reach no batch's check before the agent's SIGKILL, 30 s on.
+        self.take_sigterm = take_sigterm
         self._previous: dict[signal.Signals, object] = {}  # the handlers replaced, to put back
 
     def __enter__(self) -> InterruptFlag:
@@ -32,7 +35,7 @@ class InterruptFlag:
         # a SIGTERM handler set by the program that runs the training stays its own.
         if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
             self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_sigint)
-        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        if self.take_sigterm and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_sigint)
         return self
 

@@ -65,7 +65,7 @@ class Trainer:
         if run.resume_state is not None:
             self._restore(run.resume_state)
         self.saved_epoch = self.start_epoch - 1  # the epoch last.pt holds; 0: none yet
-        self.interrupt = InterruptFlag()
+        self.interrupt = InterruptFlag(take_sigterm=run.dist.world_size == 1)
         self.start_state: dict[str, Any] | None = None  # a run from a model: the model as it started (epoch 0)
         self.progress: Progress | None = None  # who hears each pass's images (fit's on_progress, or the bar)
         # A resumed run whose epochs were all done but not the steps after them (run_claim sets it).
