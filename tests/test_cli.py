@@ -206,3 +206,24 @@ def test_an_option_argparse_refuses_is_one_line_without_the_usage(args, said, ca
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and "usage" not in err
     assert err.startswith("unetkit train: error: ") and said in err and "unetkit train --help" in err
+
+
+def test_a_demo_run_folder_resumes_and_reports_as_any_run(tmp_path, capsys, monkeypatch):
+    """The demo's config named no data folder, so `--resume` (the command its Ctrl-C prints) and
+    `report` asked for --images (a red-team finding); it names the bundled folders now."""
+    import unetkit.demo as demo
+    from unetkit.train import TrainConfig
+
+    def tiny(out, progress=True, amp="auto"):
+        return TrainConfig(epochs=1, base_channels=4, depth=2, patch_size=32, patches_per_image=1, amp="off",
+                           out=str(out), progress=False, seed=0, val_fraction=0.1)  # fmt: skip
+
+    monkeypatch.setattr(demo, "demo_config", tiny)
+    out = tmp_path / "demo"
+    demo.run_demo(out, progress=False, amp="off")
+    config = json.loads((out / "config.json").read_text())
+    assert config["images"] == str(demo.DEMO_DATA / "images") and config["masks"] == str(demo.DEMO_DATA / "masks")
+    code, stdout, err = run_cli(capsys, "report", out, "--out", tmp_path / "again.html")  # its validation slices
+    assert code == 0 and "3 image(s)" in (tmp_path / "again.html").read_text(), err
+    code, stdout, err = run_cli(capsys, "train", "--resume", out / "last.pt", "--epochs", "2", "--no-progress")
+    assert code == 0 and "5 image(s) beside the run's are not in its split" in stdout, err  # 25-29 stay out

@@ -210,6 +210,7 @@ def test_evaluate_reports_objects_and_training_chose_the_rule(rgb_run, tmp_path,
     assert all("adapted_rand_error" in row for row in report["per_image"])
     rule = load_checkpoint(checkpoint)["object_rule"]  # chosen on the run's validation image
     assert objects["rule"] == rule and set(rule) == set(ObjectRule().to_dict())
+    assert "true = 4-connected components of the mask" in objects["about"]
 
 
 def test_instance_masks_become_classes_and_keep_their_objects():
@@ -289,6 +290,7 @@ def test_training_on_instance_masks_with_a_boundary_target_and_border_weights(tm
     assert code == 0
     report = json.loads(report_path.read_text())
     assert report["objects"]["true_objects"] == total  # touching instances count one by one
+    assert report["objects"]["about"].startswith("objects of an instance model: true = the mask's own ids")
     code, _, err = run_cli(
         capsys, "train", "--images", images, "--masks", masks, "--out", tmp_path / "r2", "--instance-target", "centres"
     )

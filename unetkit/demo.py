@@ -61,8 +61,13 @@ def run_demo(out: str | Path = "runs/demo", progress: bool = True, amp: str = "a
     print(f"unetkit demo: ISBI 2012 EM membranes ({DEMO_DATA / 'SOURCE.md'})")
     print(f"CPU: {cpu_description()}")
     started = time.perf_counter()
-    # The report comes at the end, from the held-out slices rather than the validation ones.
-    result = run_training(dataclasses.replace(demo_config(out, progress, amp), report=False), train_pairs, val_pairs)
+    # The report comes at the end, from the held-out slices rather than the validation ones. The
+    # run's config names the bundled folders, so its folder resumes and reports as any run's does
+    # (with no folder, `--resume` and `report` asked for --images: a red-team finding).
+    cfg = dataclasses.replace(
+        demo_config(out, progress, amp), report=False, images=str(DEMO_DATA / "images"), masks=str(DEMO_DATA / "masks")
+    )
+    result = run_training(cfg, train_pairs, val_pairs)
     trained = time.perf_counter() - started
 
     predictor = Predictor(result.best_checkpoint, amp=amp)

@@ -20,6 +20,14 @@ OBJECTS_ABOUT = (
     "objects of every class but class 0: true = 4-connected components of the mask, predicted = seeded "
     "watershed of the probabilities (rule); scores are means over images, counts are sums"
 )
+INSTANCE_OBJECTS_ABOUT = (  # an instance model's truth is the masks' own ids (a red-team finding: said otherwise)
+    "objects of an instance model: true = the mask's own ids (one object each), predicted = seeded watershed of "
+    "the probabilities (rule); scores are means over images, counts are sums"
+)
+
+
+def objects_about(predictor: Predictor) -> str:
+    return INSTANCE_OBJECTS_ABOUT if predictor.mask_values.instances else OBJECTS_ABOUT
 
 
 def training_images_among(predictor: Predictor, pairs: Sequence[Pair]) -> str | None:
@@ -69,7 +77,7 @@ def evaluate_pairs(
     report = metrics.report(predictor.mask_values.values)
     objects = mean_scores(per_image_objects)
     objects["pixel_error"] = 1 - report.pixel_accuracy
-    report.objects = {**objects, "rule": predictor.object_rule.to_dict(), "about": OBJECTS_ABOUT}
+    report.objects = {**objects, "rule": predictor.object_rule.to_dict(), "about": objects_about(predictor)}
     return report
 
 

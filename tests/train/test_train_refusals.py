@@ -495,7 +495,9 @@ def test_resume_keeps_the_split_when_images_come_and_go(tmp_path, capsys):
     (masks / kept).unlink()
     code, out_text, err = run_cli(capsys, "train", "--resume", out / "last.pt", "--epochs", "2")
     assert code == 0, err
-    assert "1 image(s) of this run are gone" in out_text and "3 image(s) added" in out_text
+    assert (
+        "1 image(s) of this run are gone" in out_text and "3 image(s) beside the run's are not in its split" in out_text
+    )
     resumed = load_checkpoint(out / "last.pt")["split"]
     assert resumed["val"] == split["val"] and resumed["train"] == split["train"][1:]
 

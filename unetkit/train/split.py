@@ -116,7 +116,8 @@ def keep_split(
         log(f"note: {len(removed)} image(s) of this run are gone and are left out: {describe_names(removed)}")
     if added:
         log(
-            f"note: {len(added)} image(s) added since the run started are not used, so the validation split "
-            f"stays as it was: {describe_names(added)}; start a new run to train on them"
+            f"note: {len(added)} image(s) beside the run's are not in its split (added since it started, or held "
+            f"out, as the demo's slices 25-29 are) and are not used, so the validation split stays as it was: "
+            f"{describe_names(added)}; start a new run to train on them"
         )
     return kept["train"], kept["val"]
