@@ -15,6 +15,13 @@ from refusals import (
     refused,
 )
 
+
+def _options(**kwargs):
+    from unetkit.inference import InferenceOptions
+
+    return InferenceOptions(**kwargs)
+
+
 CASES = cases_of(
     globals(),
     {
@@ -32,6 +39,10 @@ CASES = cases_of(
             lambda t, r: _run_training(_config(t, base_channels="16", epochs=1)),
             "base_channels='16'",
             "base_channels=16",
+        ),
+        "api_misspelled_option": api(lambda t, r: _config(t, epoch=3), "TrainConfig(epoch=...)", "epochs="),
+        "api_misspelled_inference_option": api(
+            lambda t, r: _predictor(r[3], options=_options(tiles=256)), "InferenceOptions(tiles=...)", "tile="
         ),
         "api_string_epochs": api(lambda t, r: _run_training(_config(t, epochs="3")), "epochs='3'", "whole number"),
         "api_negative_time": api(lambda t, r: _run_training(_config(t, time=-5.0)), "time"),

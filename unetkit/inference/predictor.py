@@ -33,7 +33,7 @@ from unetkit.models.spec import ModelSpec, trained_orientation
 from unetkit.runtime.allocator import keep_freed_memory
 from unetkit.runtime.amp import AMP_MODES, resolve_amp
 from unetkit.runtime.hardware import channels_last_is_faster, fastest_call, resolve_device
-from unetkit.runtime.options import check_argument, check_fields, number, option, whole
+from unetkit.runtime.options import check_argument, check_fields, known_fields_only, number, option, whole
 from unetkit.runtime.progress import Progress, progress_to
 
 TILING_MODES = ("auto", "on", "off")
@@ -61,6 +61,7 @@ class SlidePlan(NamedTuple):
     batch_size: int
 
 
+@known_fields_only
 @dataclass
 class InferenceOptions:
     """How predict and evaluate run a model; each field is one option of both commands

@@ -28,6 +28,7 @@ from unetkit.runtime.options import (
     each,
     float_list,
     int_list,
+    known_fields_only,
     option,
     patch_size,
     show,
@@ -43,6 +44,7 @@ OPTIMIZERS = ("adamw", "sgd", "rmsprop")
 BY_RECIPE = "(default: chosen by --recipe)"
 
 
+@known_fields_only
 @dataclass
 class TrainConfig:
     # data

@@ -15,7 +15,6 @@ written before `grad_clip = 0` meant off said `grad_clip = "none"`; that still r
 from __future__ import annotations
 
 import codecs
-import difflib
 import json
 import math
 import os
@@ -26,7 +25,7 @@ from typing import Any
 
 from unetkit.errors import UnetkitError
 from unetkit.runtime.atomic import atomic_write
-from unetkit.runtime.options import check_fields
+from unetkit.runtime.options import check_fields, closest
 from unetkit.train.config import PATH_OPTIONS, TrainConfig, absolute_paths, option_value
 
 NOT_IN_SAVED_CONFIG = ("out", "resume")
@@ -173,10 +172,10 @@ def _load(path: Path) -> tuple[TrainConfig, dict[str, str]]:
 
 def _closest(key: str, names: list[str]) -> str:
     """The option a typo most likely meant, spelled as the key was (dashes or underscores)."""
-    close = difflib.get_close_matches(key.replace("-", "_"), names, n=1)
-    if not close:
+    near = closest(key, names)
+    if near is None:
         return ""
-    return f" (did you mean {close[0].replace('_', '-') if '-' in key else close[0]}?)"
+    return f" (did you mean {near.replace('_', '-') if '-' in key else near}?)"
 
 
 def _shown(value: Any) -> str:
