@@ -255,6 +255,7 @@ def nuclei_set(root: Path, count: int, side: int = 64) -> Path:
     return root
 
 
+@pytest.mark.slow  # 9 s of two tools' training: the default suite keeps to ~3 minutes (`pytest -m slow` runs it)
 def test_time_to_quality_trains_both_tools_to_a_budget_and_scores_them_alike(tmp_path, monkeypatch):
     from benchmarks import time_to_quality
 

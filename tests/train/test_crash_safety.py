@@ -48,7 +48,8 @@ def epochs_in_metrics(run: Path) -> list[int]:
         return [int(row["epoch"]) for row in csv.DictReader(handle)]
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C; timeout, Slurm, docker stop
+# Ctrl-C; and SIGTERM (timeout, Slurm, docker stop), whose handler the InterruptFlag test checks in the default suite
+@pytest.mark.parametrize("stop", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_ctrl_c_exits_cleanly_and_says_how_to_resume(tmp_path, stop):
     images, masks = make_shapes(tmp_path / "data", count=6)
     run = tmp_path / "run"
