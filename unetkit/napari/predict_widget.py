@@ -68,11 +68,16 @@ def fill_layer_choices(combo: QComboBox, viewer: napari.Viewer, kind: type) -> N
         combo.setCurrentText(chosen)
 
 
+def full_resolution(layer: napari.layers.Layer) -> Any:
+    """A layer's data, a multiscale (pyramid) layer's level 0: napari lists its levels, and the
+    whole list read as one array was its smallest (a red-team finding: a 512 px image predicted at
+    256 px, unsaid)."""
+    return layer.data[0] if layer.multiscale else layer.data
+
+
 def layer_pixels(layer: napari.layers.Layer) -> np.ndarray:
-    """A layer's data as one array; a multiscale (pyramid) layer's at full resolution, level 0:
-    napari lists its levels, and the whole list read as one array was its smallest (a red-team
-    finding: a 512 px image predicted at 256 px, unsaid)."""
-    return np.asarray(layer.data[0] if layer.multiscale else layer.data)
+    """A layer's data at full resolution, as one array."""
+    return np.asarray(full_resolution(layer))
 
 
 def alive(widget: QWidget) -> bool:

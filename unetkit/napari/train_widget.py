@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
 )
 
 from unetkit.errors import UnetkitError
-from unetkit.napari.predict_widget import alive, layer_pixels
+from unetkit.napari.predict_widget import alive, full_resolution, layer_pixels
 from unetkit.napari.run_panel import RunPanel
 from unetkit.napari.training_set import add_pair
 from unetkit.zoo import zoo_models
@@ -61,8 +61,8 @@ def layer_pairs(viewer: napari.Viewer) -> list[tuple[str, str]]:
 
 
 def image_shape(layer: napari.layers.Image | napari.layers.Labels) -> tuple[int, ...]:
-    """The layer's pixel shape, colour left out; a pyramid's at full resolution (layer_pixels)."""
-    shape = (layer.data[0] if layer.multiscale else layer.data).shape
+    """The layer's pixel shape, colour left out; a pyramid's at full resolution."""
+    shape = full_resolution(layer).shape
     return tuple(shape[:-1] if getattr(layer, "rgb", False) else shape)
 
 
@@ -71,6 +71,7 @@ def image_shape(layer: napari.layers.Image | napari.layers.Labels) -> tuple[int,
 LABELS_RECOGNISED = "recognised from the labels"
 LABELS_OBJECTS = "objects, one id each (--instance-masks)"
 LABELS_CLASSES = "classes, one value each (--no-instance-masks)"
+RECOGNITION_SAMPLE = 32  # masks read to recognise objects (the fingerprint's GEOMETRY_SAMPLE)
 
 
 def labels_are_objects(choice: str, images: Path, masks: Path) -> bool:
@@ -86,8 +87,11 @@ def labels_are_objects(choice: str, images: Path, masks: Path) -> bool:
     from unetkit.data.io import read_mask
     from unetkit.data.pairing import expand_planes
 
+    # Read in the GUI thread before the run starts: an evenly spaced sample of the masks, as the
+    # fingerprint samples what it measures, so a folder of hundreds does not freeze the viewer.
     pairs = expand_planes(find_pairs(images, masks))
-    objects = looks_like_instances([mask_facts(read_mask(p.mask, p.plane, p.axes)) for p in pairs], fits=True)
+    sample = pairs[:: max(1, len(pairs) // RECOGNITION_SAMPLE)][:RECOGNITION_SAMPLE]
+    objects = looks_like_instances([mask_facts(read_mask(p.mask, p.plane, p.axes)) for p in sample], fits=True)
     kind = "objects (each id one region on a background)" if objects else "classes (one value each)"
     show_info(f"unetkit: the labels train as {kind}; 'the labels are' says otherwise")
     return objects
