@@ -195,6 +195,26 @@ def test_train_from_layers_stops_cleanly_and_resumes_in_the_widget(make_napari_v
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] > stopped
 
 
+def test_closing_the_viewer_ends_its_training_run_at_the_next_batch(make_napari_viewer, qtbot, tmp_path):
+    import threading
+
+    viewer = make_napari_viewer()
+    inverted_nuclei(viewer, 4, tmp_path / "data")
+    widget = train_dock(viewer)
+    widget.budget.setValue(600)
+    widget.out.setText(str(tmp_path / "run"))
+    widget.train_button.click()
+    qtbot.waitUntil(lambda: widget.passed[0] > 0 or widget.worker is None, timeout=120_000)
+    worker, ended = widget.worker, threading.Event()
+    assert worker is not None, widget.status.text()
+    worker.finished.connect(ended.set)
+    viewer.close()  # a 600 s run: it must not train on in a thread nobody sees
+    qtbot.waitUntil(ended.is_set, timeout=30_000)
+    from unetkit.runtime.folder_lock import LOCK_NAME
+
+    assert not (tmp_path / "run" / LOCK_NAME).exists()  # the run folder is free again
+
+
 def test_correct_and_retrain_changes_the_models_output_on_the_corrected_images(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()
     inverted_nuclei(viewer, 4, tmp_path / "data")

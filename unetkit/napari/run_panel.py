@@ -2,8 +2,9 @@
 (`run_training`, as `unetkit train`) in napari's background worker, told about through the same
 two callbacks the command line uses: `on_progress` (each pass's images: the bar the terminal
 draws with tqdm, drawn here as a QProgressBar) and `on_epoch_end` (each epoch's row, here a table
-row). Stop ends after the epoch under way, leaving last.pt to resume from. The training thread
-only appends to plain lists; a QTimer in the GUI thread shows them."""
+row). Stop ends after the epoch under way, leaving last.pt to resume from; closing the viewer
+ends the run at its next batch, as Ctrl-C does, so no training thread outlives its window. The
+training thread only appends to plain lists; a QTimer in the GUI thread shows them."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QTableWidget, QTableWidgetItem, QWidget
 
 from unetkit.errors import UnetkitError
-from unetkit.napari.predict_widget import offer_model
+from unetkit.napari.predict_widget import alive, offer_model
 
 if TYPE_CHECKING:
     from unetkit.train import TrainConfig
@@ -27,7 +28,8 @@ COLUMNS = ("epoch", "train loss", "val Dice", "seconds", "time left")
 
 
 class StopRequested(Exception):
-    """Raised from the epoch callback when Stop was pressed: the run ends after that epoch."""
+    """Raised from the epoch callback when Stop was pressed: the run ends after that epoch; and
+    for a run stopped at a batch because its widget was closed (the message: what last.pt holds)."""
 
 
 class RunPanel(QWidget):
@@ -42,6 +44,10 @@ class RunPanel(QWidget):
         self.passed: tuple[int, int, str] = (0, 1, "")  # the training pass's (done, total, what), likewise
         self.log_lines: list[str] = []  # the run's log, written by the training thread
         self.stop_requested = threading.Event()
+        # Set when Qt deletes the widget (its viewer closed): napari's close asks a worker to quit,
+        # which a function worker never reads, so the training thread would run on unseen.
+        self.closed = threading.Event()
+        self.destroyed.connect(self.closed.set)
         self.last_model: str | None = None
         self.stopped = False  # the last run ended at Stop: it resumes
         self.stop_button = QPushButton("Stop")
@@ -111,9 +117,14 @@ class RunPanel(QWidget):
 
         def on_progress(done: int, total: int, what: str) -> None:
             self.passed = (done, total, what)
+            if self.closed.is_set():
+                raise KeyboardInterrupt  # the trainer's Ctrl-C path: last.pt kept, the folder released
 
         self.log_lines.clear()
-        result = run_training(cfg, log=self.log_lines.append, on_epoch_end=on_epoch_end, on_progress=on_progress)
+        try:
+            result = run_training(cfg, log=self.log_lines.append, on_epoch_end=on_epoch_end, on_progress=on_progress)
+        except KeyboardInterrupt as stopped:  # not a BaseException out of Qt's thread pool: that aborts
+            raise StopRequested(str(stopped)) from None
         return result.best_checkpoint
 
     def stop(self) -> None:
@@ -145,9 +156,14 @@ class RunPanel(QWidget):
         show_info(f"unetkit: trained {best}")
 
     def _finished(self, best: Path) -> None:
-        self.trained(best)
+        if alive(self):
+            self.trained(best)
+        else:  # its viewer closed as the run ended: the model still joins other viewers' Predict
+            offer_model(str(best))
 
     def _failed(self, error: Exception) -> None:
+        if not alive(self):  # closed with its viewer: nobody to tell
+            return
         if isinstance(error, StopRequested):
             self.stopped = True
             last = self.run_folder() / "last.pt"
@@ -158,6 +174,8 @@ class RunPanel(QWidget):
         self.status.setText("failed: see the notification")
 
     def _idle(self) -> None:
+        if not alive(self):
+            return
         self._show_progress()  # the last epochs, before the timer's next look
         for button in self.busy_buttons():
             button.setEnabled(True)
