@@ -112,7 +112,7 @@ def test_twelve_classes_from_ids_0_to_11(tmp_path, capsys):
         tmp_path / "e.json",
         "--no-progress",
     )
-    assert code == 0 and "mean over all 12 classes, background included" in out
+    assert code == 0 and "mean over all 12 classes, class 0 included" in out
     report = json.loads((tmp_path / "e.json").read_text())
     assert [c["mask_value"] for c in report["per_class"]] == list(range(12))
     code, _, _ = run_cli(capsys, "predict", "--checkpoint", checkpoint, images, "--out", tmp_path / "p")

@@ -94,16 +94,17 @@ def format_report(report: EvaluationReport) -> str:
         f"images {report.num_images}"
     )
     objects = report.objects
-    if objects and objects["adapted_rand_error"] is not None:
+    if objects:  # also with no true object: a model that invents 29 of them must say so here
         lines.append(
-            f"objects: adapted Rand error {objects['adapted_rand_error']:.4f}  VI split {objects['vi_split']:.3f} "
-            f"merge {objects['vi_merge']:.3f}  pixel error {objects['pixel_error']:.4f}  "
-            f"F1@0.5 {objects['f1']:.3f}  AP {objects['ap']:.3f}  pooled AP@0.5 {_show(objects.get('ap50'))} "
+            f"objects: adapted Rand error {_show(objects['adapted_rand_error'], 4)}  "
+            f"VI split {_show(objects['vi_split'])} merge {_show(objects['vi_merge'])}  "
+            f"pixel error {objects['pixel_error']:.4f}  F1@0.5 {_show(objects['f1'])}  "
+            f"AP@0.5:0.95 (image mean) {_show(objects['ap'])}  pooled AP@0.5 {_show(objects.get('ap50'))} "
             f"AP@0.5:0.9 {_show(objects.get('ap50_90'))}  "
             f"{objects['predicted_objects']} predicted / {objects['true_objects']} true"
         )
     return "\n".join(lines)
 
 
-def _show(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+def _show(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"

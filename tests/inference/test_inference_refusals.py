@@ -44,9 +44,11 @@ def case_tile_smaller_than_overlap(tmp_path, rgb_run, **_):
 
 
 def case_bioimageio_name_with_letters_beyond_ascii(tmp_path, rgb_run, **_):
-    package = tmp_path / "model.zip"
-    args = ["export", "--checkpoint", rgb_run[3], "--bioimageio", package, "--name", "Zellkerne Größe"]
-    return Case(args, ("--name 'Zellkerne Größe'", "ASCII letters", "e.g. --name 'Zellkerne Gro-e'"), absent(package))
+    """Refused before any of the export's files is written (the ONNX file was, before the package's check)."""
+    out = tmp_path / "export"
+    args = ["export", "--checkpoint", rgb_run[3], "--bioimageio", out / "model.zip", "--name", "Zellkerne Größe"]
+    args += ["--onnx", out / "model.onnx", "--safetensors", out / "model.safetensors"]
+    return Case(args, ("--name 'Zellkerne Größe'", "ASCII letters", "e.g. --name 'Zellkerne Gro-e'"), nothing_in(out))
 
 
 def case_bioimageio_author_with_a_slash(tmp_path, rgb_run, **_):

@@ -35,7 +35,7 @@ def test_dice_is_f1_and_iou_is_jaccard(num_classes):
     else:  # multi-class headline = macro mean, background included
         assert metrics.mean_dice == pytest.approx(f1_score(truth, pred, average="macro"))
         assert metrics.mean_iou == pytest.approx(jaccard_score(truth, pred, average="macro"))
-        assert "background included" in metrics.describe_mean()
+        assert "class 0 included" in metrics.describe_mean()
 
 
 def test_dataset_score_is_not_the_average_of_per_image_scores():
@@ -82,3 +82,22 @@ def test_evaluate_json_is_strict_json_with_null_for_an_image_without_objects(tmp
 
     parsed = json.loads(report.read_text(), parse_constant=refuse)
     assert None in [row.get("dice") for row in parsed["per_class"]] or "null" in report.read_text()
+
+
+def test_a_headline_of_a_foreground_in_neither_truth_nor_prediction_says_it_counts_as_one():
+    """The table shows the class's Dice as n/a (0/0); the headline's 1.0 must say why."""
+    from unetkit.evaluate import format_report
+
+    metrics = SegmentationMetrics(2, binary=True)
+    empty = torch.zeros(8, 8, dtype=torch.long)
+    metrics.update(empty, empty, "blank")
+    report = metrics.report([0, 255])
+    assert report.mean_dice == 1.0 and report.per_class[1].dice is None
+    assert "in neither truth nor prediction, which counts as 1" in report.mean_is
+    metrics.update(empty + 1, empty + 1, "full")  # now present: the plain description
+    assert metrics.describe_mean() == "foreground class (class 1) only"
+    # No true object, 29 invented: the console still has the objects line, with n/a where undefined.
+    report.objects = {"adapted_rand_error": None, "vi_split": None, "vi_merge": None, "pixel_error": 0.2, "f1": 0.0,
+                      "ap": 0.0, "ap50": 0.0, "ap50_90": 0.0, "predicted_objects": 29, "true_objects": 0}  # fmt: skip
+    line = format_report(report).splitlines()[-1]
+    assert line.startswith("objects: adapted Rand error n/a") and "29 predicted / 0 true" in line

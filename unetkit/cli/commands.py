@@ -192,9 +192,16 @@ def cmd_export(args: argparse.Namespace) -> None:
     output_file("--onnx", args.onnx, ".onnx")
     output_file("--safetensors", args.safetensors, ".safetensors")
     checkpoint = checkpoint_of(args)
+    # Every refusal before any file is written: a bad --name must not leave the ONNX file behind.
     if args.onnx:
-        from unetkit.inference.export.onnx import export_onnx
+        from unetkit.inference.export.onnx import export_onnx, require_onnx
 
+        require_onnx()
+    if args.bioimageio:
+        from unetkit.inference.export.bioimageio import export_bioimageio, prepare_package
+
+        package = prepare_package(checkpoint, args.sample, args.name, args.author)
+    if args.onnx:
         difference = export_onnx(checkpoint, args.onnx)
         print(f"wrote {args.onnx}; ONNX Runtime vs PyTorch max abs logit difference {difference:.2e}")
     if args.safetensors:
@@ -202,9 +209,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
         print(f"wrote {export_safetensors(checkpoint, args.safetensors)} (weights and metadata only, no pickle)")
     if args.bioimageio:
-        from unetkit.inference.export.bioimageio import export_bioimageio
-
-        export_bioimageio(checkpoint, args.bioimageio, args.sample, args.name, args.author)
+        export_bioimageio(package, args.bioimageio)
         print(f"wrote {args.bioimageio} (bioimage.io model package: TorchScript and ONNX weights, test tensors)")
 
 

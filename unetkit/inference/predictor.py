@@ -69,7 +69,7 @@ class InferenceOptions:
 
     threshold: float = option(
         0.5, "foreground probability cut-off for binary models", valid=lambda v: number(v) and 0 < v < 1,
-        need="a probability between 0 and 1, e.g. 0.5",
+        need="a probability strictly between 0 and 1, e.g. 0.5",
     )  # fmt: skip
     tiling: str = option("auto", "overlapping tiles: auto tiles images above 1024x1024 pixels", choices=TILING_MODES)
     tile: int | None = option(
@@ -112,11 +112,12 @@ class InferenceOptions:
     # its validation images, kept in the checkpoint (inference/objects.py).
     seed_threshold: float | None = option(
         None, "objects: cores are pixels above this probability (default: the checkpoint's)", group="objects",
-        valid=lambda v: number(v) and 0 < v < 1, need="a probability between 0 and 1, e.g. 0.9",
+        valid=lambda v: number(v) and 0 < v < 1, need="a probability strictly between 0 and 1, e.g. 0.9",
     )  # fmt: skip
     flood_threshold: float | None = option(
         None, "objects: cores grow over pixels above this probability (default: the checkpoint's)",
-        group="objects", valid=lambda v: number(v) and 0 < v < 1, need="a probability between 0 and 1, e.g. 0.5",
+        group="objects", valid=lambda v: number(v) and 0 < v < 1,
+        need="a probability strictly between 0 and 1, e.g. 0.5",
     )  # fmt: skip
     min_size: int | None = option(
         None, "objects: drop objects smaller than this many pixels (default: the checkpoint's)", group="objects",

@@ -86,8 +86,11 @@ class SegmentationMetrics:
 
     def describe_mean(self) -> str:
         if self.binary:
+            if not (self.matrix[1].sum() or self.matrix[:, 1].sum()):  # the table shows its Dice as n/a
+                return "foreground class (class 1) only; in neither truth nor prediction, which counts as 1"
             return "foreground class (class 1) only"
-        return f"mean over all {self.num_classes} classes, background included"
+        skipped = "classes in neither truth nor prediction skipped"
+        return f"mean over all {self.num_classes} classes, class 0 included; {skipped}"
 
     def report(self, mask_values: list[int] | None = None) -> EvaluationReport:
         """The evaluation record: headline means, pixel accuracy, per class and per image."""

@@ -21,6 +21,7 @@ import string
 import tempfile
 import unicodedata
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -176,14 +177,27 @@ def write_weights(net: nn.Module, example: torch.Tensor, folder: Path) -> tuple[
     return torchscript, onnx_file
 
 
-def export_bioimageio(
+@dataclass
+class PackageInputs:
+    """What a package is made of, every part that can be refused already checked (prepare_package)."""
+
+    net: nn.Module
+    spec: ModelSpec
+    step: int
+    raw: np.ndarray
+    maximum: float
+    name: str
+    authors: list[str] | None
+
+
+def prepare_package(
     checkpoint: str | Path | dict[str, Any],
-    out: str | Path,
     sample: str | Path | None = None,
     name: str | None = None,
     authors: list[str] | None = None,
-) -> Path:
-    """Write the bioimage.io package `out` (.zip) and return its path; see the module docstring."""
+) -> PackageInputs:
+    """The package's network, sample and names, or the one line that refuses them: called before
+    `unetkit export` writes any of its files, so a refused --name leaves no ONNX file behind."""
     check_names(name, authors)
     try:
         from bioimageio.spec import save_bioimageio_package  # noqa: F401
@@ -197,14 +211,28 @@ def export_bioimageio(
     step = size_step(model.size_multiple, spec.preprocess.scale)
     net = ProbabilityNet(model, spec.preprocess.scale, spec.binary, spec.in_channels).eval()
     raw, maximum = sample_image(sample, spec.in_channels, step)
+    return PackageInputs(net, spec, step, raw, maximum, name, authors)
+
+
+def export_bioimageio(
+    checkpoint: str | Path | dict[str, Any] | PackageInputs,
+    out: str | Path,
+    sample: str | Path | None = None,
+    name: str | None = None,
+    authors: list[str] | None = None,
+) -> Path:
+    """Write the bioimage.io package `out` (.zip) and return its path; see the module docstring.
+    `checkpoint` may be prepare_package's inputs, already checked."""
+    inputs = checkpoint if isinstance(checkpoint, PackageInputs) else prepare_package(checkpoint, sample, name, authors)
+    spec = inputs.spec
     with torch.no_grad():
-        expected = net(normalised(raw, maximum, spec)).numpy()
+        expected = inputs.net(normalised(inputs.raw, inputs.maximum, spec)).numpy()
     out = Path(out)
     ensure_folder(out.parent)  # a folder that cannot be made is said before any work
     try:
         with tempfile.TemporaryDirectory(prefix="unetkit-bioimageio-") as folder:
-            files = package_files(Path(folder), net, raw, maximum, expected, spec)
-            description = describe(files, spec, step, maximum, name, authors)
+            files = package_files(Path(folder), inputs.net, inputs.raw, inputs.maximum, expected, spec)
+            description = describe(files, spec, inputs.step, inputs.maximum, inputs.name, inputs.authors)
             from bioimageio.spec import save_bioimageio_package
 
             # The zip is written whole under a temporary name and renamed into place: a full disk

@@ -18,13 +18,21 @@ from unetkit.models.spec import ModelSpec, trained_orientation
 from unetkit.runtime.atomic import atomic_write
 
 
+def require_onnx() -> None:
+    """ONNX export's packages, or the line that says how to install them."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise UnetkitError("ONNX export needs onnx and onnxruntime: pip install 'unetkit[onnx]'") from None
+
+
 def export_onnx(checkpoint: str | Path | dict[str, Any], out: str | Path, opset: int = 17) -> float:
     """Write `out` (.onnx) and return the largest |ONNX - PyTorch| logit difference measured on
     random inputs of two sizes. `checkpoint` is a checkpoint file or its already loaded dict."""
-    try:
-        import onnx
-    except ImportError:
-        raise UnetkitError("ONNX export needs onnx and onnxruntime: pip install 'unetkit[onnx]'") from None
+    require_onnx()
+    import onnx
+
     state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     model = model_from_checkpoint(state, "checkpoint" if isinstance(checkpoint, dict) else checkpoint)
     multiple = model.size_multiple
