@@ -17,9 +17,21 @@ if not os.environ.get("DISPLAY"):  # pytest-xvfb found no Xvfb: napari's OpenGL 
         raise RuntimeError(reason)
     pytest.skip(reason, allow_module_level=True)
 
+from unetkit.errors import UnetkitError  # noqa: E402
 from unetkit.inference import InferenceOptions, Predictor  # noqa: E402
 from unetkit.napari import predict_widget  # noqa: E402
 from unetkit.napari.samples import nuclei  # noqa: E402
+
+
+def test_a_layer_is_predicted_as_its_planes_or_refused_in_words():
+    rgb_stack = np.zeros((4, 16, 16, 3), np.uint8)
+    assert [p.shape for p in predict_widget.planes_of(rgb_stack, True, 1)] == [(16, 16, 3)] * 4
+    assert len(predict_widget.planes_of(rgb_stack[0], True, 3)) == 1
+    assert len(predict_widget.planes_of(np.zeros((5, 16, 16)), False, 1)) == 5
+    with pytest.raises(UnetkitError, match=r"an RGB layer of 4 axes \(2 x 4 x 16 x 16\) and the model takes 1-channel"):
+        predict_widget.planes_of(np.zeros((2, 4, 16, 16, 3)), True, 1)
+    with pytest.raises(UnetkitError, match=r"a gray layer of 3 axes \(5 x 16 x 16\).*RGB image or stack, e.g."):
+        predict_widget.planes_of(np.zeros((5, 16, 16)), False, 3)
 
 
 def predict_dock(viewer):
@@ -81,11 +93,14 @@ def test_a_stack_is_predicted_plane_by_plane_into_classes_and_probabilities(make
     probabilities = viewer.layers["movie probability 1"].data
     assert classes.shape == stack.shape and probabilities.shape == stack.shape
     assert set(np.unique(classes)) <= {0, 1, 2, 3} and classes.max() > 0
+    viewer.add_image(np.repeat(stack[..., None], 3, axis=3), name="colour movie", rgb=True)  # an RGB stack
+    press_predict(qtbot, widget, "colour movie")
+    np.testing.assert_array_equal(viewer.layers["colour movie classes"].data, classes)  # its luminance: the same
 
 
 @pytest.mark.parametrize(
     ("data", "needle"),
-    [(np.zeros((2, 3, 32, 32), np.uint8), "channel(s)"), (None, "no image layer")],
+    [(np.zeros((2, 3, 32, 32), np.uint8), "a gray layer of 4 axes"), (None, "no image layer")],
 )
 def test_bad_input_is_one_notification_and_no_layer(make_napari_viewer, qtbot, monkeypatch, data, needle):
     said = []

@@ -112,16 +112,19 @@ class PlaneResult:
 
 
 def planes_of(image: np.ndarray, rgb: bool, in_channels: int) -> list[np.ndarray]:
-    """The 2-D images to predict: an RGB layer or a gray 2-D image is one; a gray (Z, Y, X) layer
-    is its planes for a 1-channel model. Anything else is refused in one line (napari's layer
-    shape and what the model takes)."""
-    if rgb or image.ndim == 2:
+    """The 2-D images to predict: an RGB layer or a gray 2-D image is one; an RGB stack
+    (planes, y, x, RGB) and, for a 1-channel model, a gray (planes, y, x) layer are their planes.
+    Anything else is refused in one line that says what the layer holds and what the model takes."""
+    if image.ndim == 2 or rgb and image.ndim == 3:
         return [image]
-    if image.ndim == 3 and in_channels == 1:
+    if rgb and image.ndim == 4 or image.ndim == 3 and in_channels == 1:
         return list(image)
+    held = f"an RGB layer of {image.ndim - 1} axes" if rgb else f"a gray layer of {image.ndim} axes"
+    sizes = " x ".join(str(n) for n in image.shape[: image.ndim - rgb])
     raise UnetkitError(
-        f"the layer's data is {image.shape} and the model takes {in_channels} channel(s); give a 2-D image, an RGB "
-        "layer, or a gray stack (planes, y, x) for a one-channel model"
+        f"the layer is {held} ({sizes}) and the model takes {in_channels}-channel 2-D images; give it a 2-D image, "
+        f"an RGB image or stack{', or a gray stack (planes, y, x)' if in_channels == 1 else ''}, e.g. one time "
+        "point or channel of the layer as its own layer"
     )
 
 
