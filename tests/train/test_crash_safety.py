@@ -192,3 +192,30 @@ def test_a_run_stopped_after_its_last_epoch_does_the_steps_after_it_on_resume(tm
     assert json.loads((out / MARKER).read_text())["last_steps"] == "done"
     code, _, err = run_cli(capsys, "train", "--resume", out / "last.pt")
     assert code == 2 and "already finished" in err
+
+
+def test_a_run_from_a_model_resumed_for_its_last_steps_still_weighs_the_model_it_started_from(
+    tmp_path, monkeypatch, capsys
+):
+    """The --init-from model is not read again on resume: the comparison with it (WiSE-FT, the start)
+    was skipped on a resume for the steps after the epochs. The start is kept as start.pt."""
+    from synthetic import nuclei_with_ids, run_cli
+
+    import unetkit.runs.training as training
+
+    images, masks = nuclei_with_ids(tmp_path / "data", count=4)
+    out = tmp_path / "run"
+    args = ["--epochs", "1", "--no-progress", "--no-report", "--amp", "off", "--val-fraction", "0.25"]
+
+    def stopped(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:  # Ctrl-C in the comparison with the start
+        patched.setattr(training, "settle_from_start", stopped)
+        code, _, err = run_cli(capsys, "train", "--images", images, "--masks", masks, "--out", out,
+                               "--init-from", "nuclei", *args)  # fmt: skip
+    assert code == 130 and "not yet the steps after them" in err
+    assert "object_rule" in load_checkpoint(out / "start.pt")  # the start, with the rule it is judged by
+    code, stdout, err = run_cli(capsys, "train", "--resume", out / "last.pt", "--no-progress")
+    assert code == 0, err
+    assert "from the model: pooled AP@0.5:0.9 the start" in stdout

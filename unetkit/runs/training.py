@@ -57,7 +57,8 @@ def after_training(trainer: Trainer) -> str | None:
     best = trainer.out / "best.pt"
     if not (trainer.dist.is_main and trainer.run.val_pairs and best.is_file()):  # (a resume may not write one)
         return None
-    rule = (trainer.run.init_state or {}).get("object_rule")  # an --init-from model's own rule
+    # An --init-from model's own rule (on resume, from start.pt: its --init-from is not read again).
+    rule = (trainer.run.init_state or trainer.start_state or {}).get("object_rule")
     start_rule = ObjectRule.from_state(rule) if rule else None
     settled = None
     if trainer.start_state is not None:  # a run from a model that scored its start

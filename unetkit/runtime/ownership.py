@@ -95,6 +95,7 @@ MARKER = ".unetkit-run.json"
 RUN_FILES = (
     "best.pt",
     "last.pt",
+    "start.pt",
     "config.json",
     "config.toml",
     "fingerprint.json",

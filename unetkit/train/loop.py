@@ -20,7 +20,7 @@ from torch import nn
 
 from unetkit.data.pairing import file_names
 from unetkit.errors import OutputClosed
-from unetkit.models.checkpoint import cpu_weights, save_checkpoint
+from unetkit.models.checkpoint import cpu_weights, load_checkpoint, save_checkpoint
 from unetkit.models.conv3x3 import winograd_line
 from unetkit.runtime.progress import Progress, progress_to
 from unetkit.scoring.metrics import SegmentationMetrics
@@ -34,6 +34,9 @@ from unetkit.train.setup import build_datasets, build_model, build_optimisation,
 from unetkit.train.stopping import StopRules
 
 EpochCallback = Callable[[EpochRow], None]
+
+
+START_FILE = "start.pt"  # a run from a model: that model as it started (_validate_start)
 
 
 @dataclass
@@ -66,7 +69,11 @@ class Trainer:
             self._restore(run.resume_state)
         self.saved_epoch = self.start_epoch - 1  # the epoch last.pt holds; 0: none yet
         self.interrupt = InterruptFlag(take_sigterm=run.dist.world_size == 1)
-        self.start_state: dict[str, Any] | None = None  # a run from a model: the model as it started (epoch 0)
+        # A run from a model: the model as it started (epoch 0), scored against at the end; kept as
+        # start.pt, so a resumed run (whose --init-from is not read again) still compares with it.
+        self.start_state: dict[str, Any] | None = None
+        if run.resume_state is not None and self.dist.is_main and (self.out / START_FILE).is_file():
+            self.start_state = load_checkpoint(self.out / START_FILE)
         self.progress: Progress | None = None  # who hears each pass's images (fit's on_progress, or the bar)
         # A resumed run whose epochs were all done but not the steps after them (run_claim sets it).
         self.only_last_steps = False
@@ -159,6 +166,8 @@ class Trainer:
             # a copy (on the CPU the state shares the live weights): the run layer holds best.pt against it
             self.start_state = copy.deepcopy(self._state(0))
             save_checkpoint(self.out / "best.pt", self.start_state)
+            rule = self.run.init_state.get("object_rule")  # the start's own, which it is judged by
+            save_checkpoint(self.out / START_FILE, {**self.start_state, **({"object_rule": rule} if rule else {})})
 
     def _train_and_validate(self, epoch: int) -> tuple[EpochRow, SegmentationMetrics | None]:
         """One epoch of training and one validation pass: the epoch's row of metrics.csv."""
