@@ -226,3 +226,18 @@ def test_a_demo_run_folder_resumes_and_reports_as_any_run(tmp_path, capsys, monk
     assert config["images"] == str(demo.DEMO_DATA / "images") and config["masks"] == str(demo.DEMO_DATA / "masks")
     code, stdout, err = run_cli(capsys, "train", "--resume", out / "last.pt", "--no-progress")
     assert code == 2 and "already finished" in err  # not "train needs --images DIR and --masks DIR"
+
+
+def test_an_allocation_that_fails_is_one_line_with_the_commands_fix(capsys):
+    """What the memory check's floor lets through ended in the CPU allocator's traceback."""
+    import argparse
+
+    from unetkit.cli import run_command
+
+    def fails(_args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 335544320 bytes. Error code 12 (Cannot allocate memory)")  # fmt: skip
+
+    assert run_command(argparse.Namespace(command="train", func=fails)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "out of memory (could not allocate 320 MiB more)" in err and "--batch-size" in err

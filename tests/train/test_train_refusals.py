@@ -436,6 +436,18 @@ def case_a_network_whose_training_state_passes_the_memory(tmp_path, monkeypatch,
     return Case(args, needles, nothing_in(tmp_path / "run"))
 
 
+def case_a_batch_whose_activation_maps_pass_the_memory(tmp_path, monkeypatch, **_):
+    """`--patch-size 512 --batch-size 512` was taken, then ended in the CPU allocator's traceback or
+    the kernel's OOM kill (a red-team round): the maps one sample keeps are counted on the meta device."""
+    import unetkit.train.setup
+
+    monkeypatch.setattr(unetkit.train.setup, "memory_bytes", lambda: 2.0**31)
+    images, masks = data(tmp_path)
+    args = train_args(images, masks, tmp_path / "run", "--patch-size", "512", "--batch-size", "64")
+    needles = ("--batch-size 64 of 512x512 patches", "GiB of activation maps", "2.0 GiB", "use --batch-size 7 or less")
+    return Case(args, needles, nothing_in(tmp_path / "run"))
+
+
 CASES = cases_of(
     globals(),
     {

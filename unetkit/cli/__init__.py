@@ -259,13 +259,37 @@ def run_command(args: argparse.Namespace) -> int:
         detail = f": {err}" if str(err) else ""
         print(_printable(f"unetkit {args.command}: interrupted{detail}"), file=sys.stderr)
         return 130
-    except RuntimeError as err:
+    except (RuntimeError, MemoryError) as err:
+        if out_of_memory(err):  # what the budget's floor let through (setup.check_training_fits)
+            fix = MEMORY_FIX.get(args.command, "close other programs, or run it on a machine with more memory")
+            print(_printable(f"unetkit {args.command}: error: out of memory{wanted(err)}; {fix}"), file=sys.stderr)
+            return 2
         if not (one_of_several_ranks() and another_rank_left(err)):
             raise
         rank = os.environ["RANK"]
         say_if_possible(f"unetkit {args.command}: rank {rank} stopped: another process of this torchrun job left it")
         return 1
     return code or 0
+
+
+MEMORY_FIX = {
+    "train": "use a smaller --batch-size, --patch-size or --scale (a last.pt already written stays whole)",
+    "predict": "use a smaller --tile or --batch-size, or --out-of-core on for a large TIFF",
+    "evaluate": "use a smaller --tile or --batch-size",
+}
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """An allocation that failed: Python's MemoryError, torch's OutOfMemoryError (CUDA), or the CPU
+    allocator's RuntimeError ("DefaultCPUAllocator: can't allocate memory")."""
+    text = str(err)
+    return isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or "can't allocate memory" in text
+
+
+def wanted(err: BaseException) -> str:
+    """' (could not allocate 320 MiB more)', where the allocator said how much."""
+    asked = re.search(r"allocate (\d+) bytes", str(err))
+    return f" (could not allocate {int(asked[1]) / 2**20:,.0f} MiB more)" if asked else ""
 
 
 def say_if_possible(line: str) -> None:

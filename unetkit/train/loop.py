@@ -30,7 +30,14 @@ from unetkit.train.epoch import training_pass, validation_pass
 from unetkit.train.interrupt import InterruptFlag, interrupted_message
 from unetkit.train.run_files import EpochFiles, EpochRow, epoch_line, run_summary
 from unetkit.train.run_plan import RunPlan
-from unetkit.train.setup import build_datasets, build_model, build_optimisation, model_spec, speed_choices
+from unetkit.train.setup import (
+    build_datasets,
+    build_model,
+    build_optimisation,
+    check_training_fits,
+    model_spec,
+    speed_choices,
+)
 from unetkit.train.stopping import StopRules
 
 EpochCallback = Callable[[EpochRow], None]
@@ -57,6 +64,7 @@ class Trainer:
         self.cfg, self.dist, self.out, self.log = run.cfg, run.dist, run.out, run.log
         self.train_set, self.val_set = build_datasets(run.cfg, run.data, run.train_pairs, run.val_pairs)
         self.spec = model_spec(run.cfg, run.data)
+        check_training_fits(run.cfg, self.spec, run.dist.device, (run.data.fingerprint or {}).get("largest_side", 0))
         self.built = build_model(run.cfg, self.spec, run.dist, run.init_state, run.resume_state)
         for line in self.built.notes:
             self.log(line)

@@ -112,7 +112,6 @@ def build_model(
     --encoder-weights; a resumed run's come from its checkpoint), its AMP policy and memory
     layout, the same on every rank; a resumed run on the same CPU or GPU keeps its timed choices
     (speed_choices)."""
-    check_model_fits(spec, dist.device)
     torch.manual_seed(cfg.seed)  # the same initial weights for the same seed
     model = spec.build()
     notes = start_from(model, spec, init_state, cfg.init_from) if init_state is not None else []
@@ -144,27 +143,65 @@ KEPT = " (kept from the resumed run)"  # said once however often a run was resum
 
 # A parameter's training state: its fp32 weight, gradient and AdamW's two moments.
 BYTES_PER_TRAINED_PARAMETER = 16
+MAPS_MEASURED_AT = 128  # the side the kept activation maps are counted at (they grow with the pixels)
 
 
-def check_model_fits(spec: ModelSpec, device: torch.device) -> None:
-    """Refuse in one line, before any weight is allocated, a network whose weights, gradients and
-    optimizer state alone pass the device's memory: `--depth 9 --base-channels 32` (8.6e9
-    parameters) was killed for memory with no message (a red-team round). The network is built
-    on the meta device, which holds no numbers, to count them."""
+def check_training_fits(cfg: TrainConfig, spec: ModelSpec, device: torch.device, largest_side: int = 0) -> None:
+    """Refuse in one line, before any weight is allocated, a run whose training state passes the
+    device's memory: the weights, gradients and optimizer state (`--depth 9 --base-channels 32`,
+    8.6e9 parameters, was killed for memory with no message), then those plus the activation maps
+    a batch keeps for its backward pass (`--patch-size 512 --batch-size 512` asked for ~80 GiB and
+    ended in an allocator's traceback: red-team rounds). Both are counted on the meta device, which
+    holds no numbers; the maps at bf16's 2 bytes unless --amp off, so only a run that cannot fit in
+    any precision is refused. `largest_side`: the training images' (whole-image training)."""
     try:
-        with torch.device("meta"):
-            parameters = sum(p.numel() for p in spec.build().parameters())
-    except Exception:  # a model that cannot be built there (an encoder's own code) is not checked
+        parameters, maps = counted_on_meta(spec)
+    except Exception:  # a model that cannot be built or run there (an encoder's own code) is not checked
         return
     have = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else memory_bytes()
-    need = BYTES_PER_TRAINED_PARAMETER * parameters
-    if need > have:
+    weights = BYTES_PER_TRAINED_PARAMETER * parameters
+    where = f"this {device.type.upper()} has {have / 2**30:,.1f} GiB"
+    if weights > have:
         shape = ", ".join(f"{key} {value}" for key, value in spec.args.items() if key in ("depth", "base_channels"))
         raise UnetkitError(
-            f"a {spec.name} ({shape}) has {parameters / 1e6:,.0f}M parameters: training needs "
-            f"{need / 2**30:,.1f} GiB for its weights, gradients and optimizer state alone, and this "
-            f"{device.type.upper()} has {have / 2**30:,.1f} GiB; use a smaller --depth or --base-channels"
+            f"a {spec.name} ({shape}) has {parameters / 1e6:,.0f}M parameters: training needs {weights / 2**30:,.1f} "
+            f"GiB for its weights, gradients and optimizer state alone, and {where}; use a smaller --depth or "
+            "--base-channels"
         )
+    side = cfg.patch_size or round(largest_side * cfg.scale)
+    batch = cfg.batch_size or 1
+    per_sample = maps * (side / MAPS_MEASURED_AT) ** 2 * (1.0 if cfg.amp == "off" else 0.5)
+    if not side or weights + batch * per_sample <= have:
+        return
+    what = f"{side}x{side} patches" if cfg.patch_size else f"whole images (up to {side} px a side)"
+    # The counted maps are a floor: HC18 at 512 px, batch 16, counted 2.5 / 5.0 GiB (bf16 / fp32)
+    # and peaked at 6.2 / 8.4 GiB of RSS. The batch offered has fp32's count in half the memory.
+    fits = int((have - weights) // (4 * maps * (side / MAPS_MEASURED_AT) ** 2))
+    fix = f"--batch-size {fits} or less" if fits else "a smaller --patch-size or --scale"
+    besides = f", besides {weights / 2**30:,.1f} GiB of weights and optimizer state" if weights > 2**26 else ""
+    raise UnetkitError(
+        f"--batch-size {batch} of {what} keeps at least {batch * per_sample / 2**30:,.1f} GiB of activation maps for "
+        f"the backward pass{besides}, and {where}; use {fix}"
+    )
+
+
+def counted_on_meta(spec: ModelSpec) -> tuple[int, float]:
+    """The network's parameters and the bytes of activation maps (fp32) one training forward of one
+    MAPS_MEASURED_AT-sided sample keeps for its backward pass (the weights it keeps left out)."""
+    with torch.device("meta"):
+        model = spec.build().train()
+    weights = {id(p) for p in model.parameters()}
+    kept: dict[int, int] = {}
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        if id(tensor) not in weights:
+            kept[id(tensor)] = tensor.numel() * tensor.element_size()
+        return tensor
+
+    x = torch.empty(1, spec.in_channels, MAPS_MEASURED_AT, MAPS_MEASURED_AT, device="meta")
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        model(x)
+    return sum(p.numel() for p in model.parameters()), float(sum(kept.values()))
 
 
 def timed_choices(cfg: TrainConfig, spec: ModelSpec, dist: Distributed) -> tuple[AmpPolicy, bool]:
