@@ -297,6 +297,7 @@ def test_optimizers_and_losses_all_run(binary_data, tmp_path):
             optimizer=optimizer,
             loss=loss,
             model="dumbnet",
+            depth=None,  # one level: a depth is refused, not ignored
             class_weights=[1.0, 2.0],
             lr=1e-3,
         )

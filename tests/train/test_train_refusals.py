@@ -732,3 +732,13 @@ def test_the_same_train_command_after_a_kill_at_each_first_write(tmp_path, capsy
     code, _text, err = run_cli(capsys, *train_args(images, masks, out))
     assert code == 0, err
     assert (out / "best.pt").is_file() and not [p.name for p in out.iterdir() if ".tmp" in p.name]
+
+
+def test_an_architecture_option_the_model_does_not_read_is_refused(tmp_path, capsys):
+    """`--encoder resnet18 --depth 7` trained the encoder's own depth, and config.json said 7."""
+    from synthetic import assert_one_line_error, run_cli
+
+    images, masks = data(tmp_path)
+    code, _, err = run_cli(capsys, *train_args(images, masks, tmp_path / "run", "--model", "dumbnet"))
+    assert_one_line_error(code, err, "--depth: not read by a dumbnet", "--base-channels", "drop --depth")
+    assert not (tmp_path / "run").exists()

@@ -358,6 +358,24 @@ def _check_encoder_options(cfg: TrainConfig) -> None:
         )
 
 
+ARCHITECTURE_OPTIONS = ("base_channels", "depth", "upsampling")  # read by some models, not all
+
+
+def check_model_options(cfg: TrainConfig) -> None:
+    """A new run's architecture option that its model does not read is refused, not recorded and
+    ignored: `--encoder resnet18 --depth 7` trained the encoder's own depth and config.json said 7
+    (a red-team round). The recipe fills only the options the model reads (recipes.apply_recipe)."""
+    read = model_class(cfg.model).options({})
+    unread = [name for name in ARCHITECTURE_OPTIONS if getattr(cfg, name) is not None and name not in read]
+    if unread:
+        flags = ", ".join(f"--{name.replace('_', '-')}" for name in unread)
+        takes = ", ".join(f"--{name.replace('_', '-')}" for name in read) or "none"
+        raise UnetkitError(
+            f"{flags}: not read by a {cfg.model} (its architecture options: {takes}; an encoder-unet's depth and "
+            f"widths are its encoder's); drop {flags}"
+        )
+
+
 def option_value(name: str, value: Any, text: bool = False) -> Any:
     """`value` as TrainConfig option `name`'s type, or ValueError saying what the option takes.
     An int is a float too, a bool never a number. `text`: the value comes from a config file, so a

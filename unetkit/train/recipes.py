@@ -69,7 +69,8 @@ import torch
 
 from unetkit.data.fingerprint import DataFingerprint
 from unetkit.data.mask_values import MaskValues
-from unetkit.train.config import RECIPES, TrainConfig
+from unetkit.models.registry import model_class
+from unetkit.train.config import ARCHITECTURE_OPTIONS, RECIPES, TrainConfig
 from unetkit.train.encoder_weights import pretrained
 from unetkit.train.option_layers import fill_unset
 
@@ -255,6 +256,8 @@ def apply_recipe(cfg: TrainConfig, data: DataFingerprint, device: torch.device) 
     layer); and a one-line summary of what was chosen."""
     choices = recipe_choices(cfg, data, device)
     name = choices.pop("recipe")
+    read = model_class(cfg.model).options({})
+    choices = {key: value for key, value in choices.items() if key not in ARCHITECTURE_OPTIONS or key in read}
     resolved, chosen = fill_unset(dataclasses.replace(cfg, recipe=name), choices)
     said = [f"{key}={value}" for key, value in chosen.items() if value is not None]
     summary = ", ".join(said) or "nothing (all options set)"

@@ -14,7 +14,7 @@ from unetkit.data import Pair
 from unetkit.errors import UnetkitError
 from unetkit.models.checkpoint import load_checkpoint
 from unetkit.runtime.hardware import resolve_device
-from unetkit.train.config import TrainConfig
+from unetkit.train.config import TrainConfig, check_model_options
 from unetkit.train.data_plan import DataPlan, plan
 from unetkit.train.distributed import Distributed, quiet, setup_distributed
 from unetkit.train.init_from import architecture_from, load_init_state
@@ -60,6 +60,8 @@ def plan_run(
     differ from TrainConfig's defaults)."""
     resume_state = load_resume_state(cfg.resume)
     cfg = resolve(cfg, resume_overrides, resume_state["config"] if resume_state else None)
+    if resume_state is None:
+        check_model_options(cfg)
     init_state = load_init_state(cfg.init_from) if resume_state is None else None
     dist = setup_distributed(resolve_device(cfg.device))
     log = log if dist.is_main else quiet
