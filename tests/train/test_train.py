@@ -613,7 +613,9 @@ def test_what_the_resolved_options_do_to_the_set_is_said_not_changed(tmp_path):
     patch, ignore = data_notes(cfg, data)
     assert "--patch-size 256 is larger than every training image at scale 1 (the largest side is 48 px)" in patch
     assert "~28x a median image's pixels" in patch and "--patch-size none" in patch
-    assert ignore.startswith("--ignore-value 7 is in no training mask") and "[0, 255]" in ignore
+    assert ignore.startswith("--ignore-value 7 is in no training mask") and "hold 0, 255)" in ignore
+    twelve = dataclasses.replace(data, value_pixels=dict.fromkeys(range(12), 1))  # CamVid's ids, 11 its void
+    assert "hold 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)" in data_notes(cfg, twelve)[1]
     assert data_notes(dataclasses.replace(cfg, patch_size=48, ignore_value=None), data) == []
     mixed = dataclasses.replace(data, image_scales={255.0: (5, "a.png"), 65535.0: (1, "b.tif")})
     (note,) = data_notes(dataclasses.replace(cfg, patch_size=0, ignore_value=None), mixed)

@@ -195,6 +195,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     # Every refusal before any file is written: a bad --name must not leave the ONNX file behind.
     if args.onnx:
         from unetkit.inference.export.onnx import export_onnx, require_onnx
+        from unetkit.inference.onnx_runtime import OnnxModel
 
         require_onnx()
     if args.bioimageio:
@@ -203,7 +204,9 @@ def cmd_export(args: argparse.Namespace) -> None:
         package = prepare_package(checkpoint, args.sample, args.name, args.author)
     if args.onnx:
         difference = export_onnx(checkpoint, args.onnx)
-        print(f"wrote {args.onnx}; ONNX Runtime vs PyTorch max abs logit difference {difference:.2e}")
+        multiple = OnnxModel(args.onnx).multiple
+        print(f"wrote {args.onnx}; ONNX Runtime vs PyTorch max abs logit difference {difference:.2e}; its inputs' "
+              f"height and width are multiples of {multiple} (pad, then crop the logits: predict --onnx does)")  # fmt: skip
     if args.safetensors:
         from unetkit.models.checkpoint import export_safetensors
 

@@ -156,9 +156,11 @@ def data_notes(cfg: TrainConfig, data: DataFingerprint) -> list[str]:
     if mixed and cfg.normalize != "image":
         notes.append(f"{mixed[0]}: {mixed[1]}")
     if cfg.ignore_value is not None and not data.ignored_pixels:
+        held = sorted(data.value_pixels)  # all of them (the first 8 left out CamVid's void, 11: a red-team round)
+        shown = ", ".join(map(str, held[:32])) + (f", ... ({len(held)} values)" if len(held) > 32 else "")
         notes.append(
             f"--ignore-value {cfg.ignore_value} is in no training mask, so no pixel is ignored (the masks hold "
-            f"{sorted(data.value_pixels)[:8]}); check the value"
+            f"{shown}); check the value"
         )
     return notes
 

@@ -1,5 +1,6 @@
-"""Exporting a trained model for deployment: ONNX with dynamic batch, height and width, checked
-against PyTorch with ONNX Runtime before the file is kept."""
+"""Exporting a trained model for deployment: ONNX with dynamic batch, height and width (each a
+multiple of the network's size multiple, kept in the metadata as `pad_multiple`: the trace fixes
+the model's own padding), checked against PyTorch with ONNX Runtime before the file is kept."""
 
 from __future__ import annotations
 
