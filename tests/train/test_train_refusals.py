@@ -742,3 +742,15 @@ def test_an_architecture_option_the_model_does_not_read_is_refused(tmp_path, cap
     code, _, err = run_cli(capsys, *train_args(images, masks, tmp_path / "run", "--model", "dumbnet"))
     assert_one_line_error(code, err, "--depth: not read by a dumbnet", "--base-channels", "drop --depth")
     assert not (tmp_path / "run").exists()
+
+
+def test_what_the_encoder_arguments_alone_decide_is_refused_before_the_data_is_read(tmp_path, capsys):
+    """A missing --encoder-weights file (or a missing timm, an unknown encoder) was said only after
+    the training set's fingerprint: a large folder's minutes for an answer the arguments hold."""
+    from synthetic import assert_one_line_error, run_cli
+
+    images, masks = data(tmp_path)
+    args = ["train", "--images", images, "--masks", masks, "--out", tmp_path / "run", "--epochs", "1"]
+    code, out, err = run_cli(capsys, *args, "--encoder", "resnet18", "--encoder-weights", tmp_path / "r18.pth")
+    assert_one_line_error(code, err, "r18.pth: no such file", "--encoder-weights takes imagenet")
+    assert "recipe" not in out and not (tmp_path / "run").exists()

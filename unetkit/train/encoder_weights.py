@@ -28,9 +28,22 @@ import torch
 from torch import nn
 
 from unetkit.errors import UnetkitError
-from unetkit.models.encoder_unet import import_timm
+from unetkit.models.encoder_unet import DEFAULT_ENCODER, import_timm
 
 HUB_WAIT_SECONDS = 3.0  # how long `imagenet` waits to reach the hub before saying it is offline
+
+
+def check_encoder_early(model: str, encoder: str | None, weights: str | None) -> None:
+    """What the arguments alone decide, refused before the training set is read (a large folder
+    took its fingerprint's time first: a red-team round): a missing --encoder-weights FILE, a
+    missing timm, an encoder timm does not know. ImageNet's download is tried where it is needed."""
+    if model != "encoder-unet":
+        return
+    if pretrained(weights) and weights != "imagenet":
+        existing(Path(str(weights)).expanduser())
+    timm, name = import_timm(), encoder or DEFAULT_ENCODER
+    if not timm.is_model(name):
+        raise UnetkitError(f"--encoder {name}: timm has no such model; `unetkit encoders` lists the ones tested")
 
 
 def pretrained(source: str | None) -> bool:
@@ -123,9 +136,14 @@ def adapt_input_conv(channels: int, weight: torch.Tensor) -> torch.Tensor:
     return import_timm().models.adapt_input_conv(channels, weight.float())
 
 
-def file_state(path: Path) -> dict[str, torch.Tensor]:
+def existing(path: Path) -> Path:
     if not path.is_file():
         raise UnetkitError(f"{path}: no such file; --encoder-weights takes imagenet, a weights file, or none")
+    return path
+
+
+def file_state(path: Path) -> dict[str, torch.Tensor]:
+    existing(path)
     try:
         if path.suffix.lower() == ".safetensors":
             from safetensors.torch import load_file

@@ -17,6 +17,7 @@ from unetkit.runtime.hardware import resolve_device
 from unetkit.train.config import TrainConfig, check_model_options
 from unetkit.train.data_plan import DataPlan, plan
 from unetkit.train.distributed import Distributed, quiet, setup_distributed
+from unetkit.train.encoder_weights import check_encoder_early
 from unetkit.train.init_from import architecture_from, load_init_state
 from unetkit.train.option_layers import resolve
 from unetkit.train.run_folder import prepare_run_folder
@@ -62,6 +63,7 @@ def plan_run(
     cfg = resolve(cfg, resume_overrides, resume_state["config"] if resume_state else None)
     if resume_state is None:
         check_model_options(cfg)
+        check_encoder_early(cfg.model, cfg.encoder, cfg.encoder_weights)
     init_state = load_init_state(cfg.init_from) if resume_state is None else None
     dist = setup_distributed(resolve_device(cfg.device))
     log = log if dist.is_main else quiet
