@@ -175,7 +175,8 @@ def check_training_fits(cfg: TrainConfig, spec: ModelSpec, device: torch.device,
         return
     what = f"{side}x{side} patches" if cfg.patch_size else f"whole images (up to {side} px a side)"
     # The counted maps are a floor: HC18 at 512 px, batch 16, counted 2.5 / 5.0 GiB (bf16 / fp32)
-    # and peaked at 6.2 / 8.4 GiB of RSS. The batch offered has fp32's count in half the memory.
+    # and peaked at 6.2 / 8.4 GiB of RSS (~1.7x fp32's count). The batch offered keeps fp32's count
+    # within a quarter of the memory, so its peak leaves room for the data and other programs.
     fits = int((have - weights) // (4 * maps * (side / MAPS_MEASURED_AT) ** 2))
     fix = f"--batch-size {fits} or less" if fits else "a smaller --patch-size or --scale"
     besides = f", besides {weights / 2**30:,.1f} GiB of weights and optimizer state" if weights > 2**26 else ""
