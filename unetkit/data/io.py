@@ -146,14 +146,19 @@ def to_unit_float(array: np.ndarray, maximum: float, path: Path, first_row: int 
     refused with the row (`first_row`: where this band starts in the image)."""
     image = np.divide(array, np.float32(maximum), dtype=np.float32)
     if not np.issubdtype(array.dtype, np.integer) and array.dtype != np.bool_:
-        bad = ~np.isfinite(image)
-        if bad.any():
-            raise UnetkitError(
-                f"{path}: {int(bad.sum())} pixel(s) are NaN or infinite (e.g. at row "
-                f"{first_row + int(np.argwhere(bad)[0][0])}); fill them (e.g. with 0 or the image's mean) or remove "
-                "the image"
-            )
+        refuse_non_finite(image, path, first_row)
     return image
+
+
+def refuse_non_finite(image: np.ndarray, path: Path | str, first_row: int = 0) -> None:
+    """NaN or infinite pixels refused in one line, with the first one's row."""
+    bad = ~np.isfinite(image)
+    if bad.any():
+        raise UnetkitError(
+            f"{path}: {int(bad.sum())} pixel(s) are NaN or infinite (e.g. at row "
+            f"{first_row + int(np.argwhere(bad)[0][0])}); fill them (e.g. with 0 or the image's mean) or remove "
+            "the image"
+        )
 
 
 def pixel_maximum(dtype: np.dtype, largest: Callable[[], int | None]) -> float:

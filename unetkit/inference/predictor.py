@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from unetkit.data import read_image
-from unetkit.data.io import PixelRule, pixel_maximum
+from unetkit.data.io import MAX_CHANNELS, PixelRule, pixel_maximum, refuse_non_finite
 from unetkit.data.limits import check_declared_pixels
 from unetkit.data.tiff_axes import AXIS_NEED, CHANNEL_AXIS_HELP, PLANE_AXIS_HELP, AxisChoice, axis_letter
 from unetkit.errors import UnetkitError
@@ -33,6 +33,7 @@ from unetkit.models.spec import ModelSpec, trained_orientation
 from unetkit.runtime.allocator import keep_freed_memory
 from unetkit.runtime.amp import AMP_MODES, resolve_amp
 from unetkit.runtime.hardware import channels_last_is_faster, fastest_call, resolve_device
+from unetkit.runtime.notes import say
 from unetkit.runtime.options import check_argument, check_fields, known_fields_only, number, option, whole
 from unetkit.runtime.progress import Progress, progress_to
 
@@ -391,6 +392,9 @@ class Predictor:
         """Masks, in the original mask values, for images already in memory (numpy arrays as
         read_image returns them, or any array its pixel rule reads: uint8, uint16, 2-D)."""
         check_argument(images, (list, tuple), "Predictor.predict_images(images)", "[image_a, image_b]")
+        for index, image in enumerate(images):
+            if isinstance(image, np.ndarray) and image.size:
+                note_array_range(image, f"image {index}")
         return [self.mask_values.decode(self.class_ids(image, f"image {index}")) for index, image in enumerate(images)]
 
     @classmethod
@@ -410,7 +414,13 @@ def model_image(image: np.ndarray, path: str | Path = "image") -> np.ndarray:
     image = np.asarray(image)
     if image.ndim >= 2:  # the pixel limit of every file reader holds for arrays too (data/limits.py)
         check_declared_pixels(Path(path), image.shape[0], image.shape[1])
+    if image.ndim == 3 and image.shape[2] > MAX_CHANNELS >= image.shape[0]:
+        raise UnetkitError(
+            f"{path}: an array of shape {image.shape} looks like (C, H, W); images are (H, W, C): pass "
+            "image.transpose(1, 2, 0)"
+        )
     if image.dtype == np.float32 and image.ndim == 3:
+        refuse_non_finite(image, path)  # as read_image does for files
         return image
     if image.dtype.kind not in "biuf" or image.ndim not in (2, 3) or not image.size:
         raise UnetkitError(
@@ -418,6 +428,29 @@ def model_image(image: np.ndarray, path: str | Path = "image") -> np.ndarray:
         )
     maximum = pixel_maximum(image.dtype, lambda: int(image.max()))
     return PixelRule(maximum, alpha=False).apply(image, Path(path))
+
+
+def note_array_range(image: np.ndarray, path: str | Path) -> None:
+    """Say, once a process, where an array's values suggest another scale than the one read_image's
+    rule gives its type (a red-team round: `np.asarray(img, float)` of 8-bit data, values 0-255 read
+    as if 1.0 were white, agreed with the uint8 prediction on 22% of the pixels; `.astype(int)` of
+    it read as 16-bit data, all background)."""
+    if _ARRAY_RANGE_SAID:
+        return
+    largest = float(image.max()) if image.size else 0.0
+    if image.dtype.kind == "f" and largest > 1.5:
+        kind = f"a float array reaching {largest:g} is read as is, where 1.0 is white"
+        fix = "divide it by its type's maximum (e.g. image / 255) or pass the integer array"
+    elif image.dtype.kind in "iu" and image.dtype.itemsize > 2 and 1 < largest <= 255:  # integer_range: 65535
+        kind = f"a {image.dtype} array whose values reach {largest:g} is read as 16-bit data (1.0 at 65535)"
+        fix = "pass image.astype(np.uint8) if it is 8-bit data"
+    else:
+        return
+    _ARRAY_RANGE_SAID.append(str(path))
+    say(f"{path}: {kind}; {fix} (said once)")
+
+
+_ARRAY_RANGE_SAID: list[str] = []
 
 
 def at_image_size(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
