@@ -106,6 +106,28 @@ def test_the_recipe_normalises_each_image_where_a_channel_spreads_threefold(tmp_
     assert blank.brightness_spread[0] < 2
 
 
+def test_the_recipe_normalises_each_image_where_the_images_do_not_fill_their_unit_range(tmp_path):
+    """16-bit data spanning 100-140 (a brightness shift of 0.1 was ~770 of its standard deviations)
+    and float counts of 0-4000 (the gamma's clamp to [0, 1] left two values) train badly on the
+    augmentation's [0, 1] unless each image is scaled by its percentiles first (a red-team round)."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "dim").mkdir()
+    dim = fingerprint_of_gains(tmp_path / "dim", [[g] for g in rng.uniform(0.0007, 0.0009, 8)])
+    assert dim.brightness_range[0] < 0.05 and dim.brightness_spread[0] < 1.5
+    assert data_normalisation(dim) == "image"
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    disc = np.zeros((40, 40), bool)
+    disc[10:30, 10:30] = True
+    for index in range(8):
+        tifffile.imwrite(counts / f"c{index}.tif", (rng.random((40, 40)) * 800 + disc * 3200).astype(np.float32))
+        Image.fromarray(disc.astype(np.uint8) * 255).save(counts / f"c{index}_mask.png")
+    floats = fingerprint_pairs(find_pairs(counts, counts, mask_suffix="_mask"))
+    assert floats.brightness_range[0] > 1000 and data_normalisation(floats) == "image"
+    (tmp_path / "usual").mkdir()  # images that fill their range, alike: one mean and std, as before
+    assert data_normalisation(fingerprint_of_gains(tmp_path / "usual", [[1.0]] * 8)) == "dataset"
+
+
 def dark_nuclei(root, count: int = 40, size: int = 32):
     """Dark images whose brightness varies tenfold and more (gains 0.02 to 0.29), bright discs on
     them, 0/255 masks."""

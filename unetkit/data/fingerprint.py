@@ -168,6 +168,9 @@ class DataFingerprint:
     # The images' raw values of 1.0 (255: 8-bit, 65535: 16-bit), each with its count and first image's name.
     image_scales: dict[float, tuple[int, str]] = field(default_factory=dict)
     ignored_pixels: int = 0  # mask pixels holding the ignore value (--ignore-value), over the set
+    # Per channel: the median image's brightness range (IMAGE_PERCENTILES) in read_image's units
+    # (1.0 = the type's maximum; a float image's own values): typical_range.
+    brightness_range: list[float] = field(default_factory=list)
 
     def class_fractions(self, mask_values: MaskValues) -> list[float]:
         """Each class's share of the labelled (not ignored) pixels, in class-id order."""
@@ -259,6 +262,7 @@ def fingerprint_pairs(
         instances_detected=detected,
         instances_maybe=maybe,
         brightness_spread=brightness_spread(scans, channels),
+        brightness_range=typical_range(scans, channels),
         largest_side=max(max(s.height, s.width) for s in scans),
         image_scales=image_scales(scans),
         ignored_pixels=sum(s.ignored for s in scans),
@@ -347,6 +351,20 @@ def brightness_spread(scans: Sequence[PairScan], channels: int) -> list[float]:
         low, high = np.percentile(lit, [5, 95]) if len(lit) else (1.0, 1.0)
         spread.append(round(float(high / low), 2))
     return spread
+
+
+def typical_range(scans: Sequence[PairScan], channels: int) -> list[float]:
+    """Per channel, the median of the images' brightness ranges, blank images left out (1.0 where
+    all are blank): 12-bit data in 16-bit files spans under 0.0625, a float TIFF of counts 0-4000
+    over 1000 (recipes.data_normalisation)."""
+    ranges = np.array(
+        [s.channel_range if s.channels == channels else np.full(channels, s.channel_range.mean()) for s in scans]
+    )
+    medians = []
+    for column in ranges.T:
+        lit = column[column > 0]  # not FLAT: 16-bit data spanning 100-140 is all under it, and dim, not blank
+        medians.append(round(float(np.median(lit)), 6) if len(lit) else 1.0)
+    return medians
 
 
 def _class_geometry(per_mask: Iterable[dict[int, tuple[float, float]]]) -> dict[int, ClassGeometry]:

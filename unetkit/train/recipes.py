@@ -45,6 +45,8 @@ CamVid 1.24) and keep the mean and std (per-image percentiles not measured there
 spreads 7.3, and with 128 px patches per-image percentiles scored AP@0.5 0.856 against 0.835 in
 10 minutes (with the older 256 px recipe they had lost, -0.011); dsb2018-dev-spread, the same
 images dimmed 1 to 100-fold: 0.845 against 0.668 in 5 minutes (benchmarks/NOTES.md, issue 22).
+Images that do not fill the range they are read in (UNIT_RANGE: 12-bit data in 16-bit files, float
+counts in the thousands) are scaled by their own percentiles too, as the augmentation assumes.
 
 Border weights (both recipes): the U-Net paper's weight map (w0 = 10, data/weight_map.py) for data
 sets whose objects a person would count: two classes (cells and membranes, nuclei and
@@ -95,6 +97,13 @@ UPRIGHT_SHIFT = 0.15  # a class's mean height this far from the middle marks an 
 # Images this many times brighter than others: each is normalised on its own. Between the sets that
 # keep the mean and std (1.2-1.4) and dsb2018-dev (7.3), where per-image percentiles won.
 BRIGHTNESS_SPREAD = 3.0
+# The light photometric augmentation (data/transforms.py) works in read_image's units, where 1.0 is
+# the type's maximum: a shift of 0.1 and a gamma on [0, 1]. Images whose median brightness range
+# (DataFingerprint.brightness_range) lies outside these bounds are scaled by their own percentiles
+# first (a red-team round on HC18 images, 20 s runs, train loss against the 8-bit images' 0.15:
+# 16-bit data spanning 100-140, 0.63-0.70; a float TIFF of 0-4000, whose gamma clamps it to two
+# values, 0.61; each 0.06-0.08 without augmentation). The benchmark sets span 0.5-1.0.
+UNIT_RANGE = (0.05, 1.5)
 # A run started from a trained model (--init-from) steps more gently: 8 dsb2018-dev images, 1 minute,
 # from the nuclei model: AP@0.5 0.845 at the fast recipe's 4e-3, 0.860 at 1e-3 (benchmarks/NOTES.md).
 FINE_TUNE_LR = 1e-3
@@ -127,9 +136,12 @@ def largest_object(data: DataFingerprint) -> float:
 
 def data_normalisation(data: DataFingerprint) -> str:
     """ "image" (each image's channels by their own percentiles) where some channel's brightness
-    spreads BRIGHTNESS_SPREAD-fold or more over the set (DataFingerprint.brightness_spread), else
-    "dataset" (one mean and std a channel), as the module docstring measures."""
-    return "image" if max(data.brightness_spread, default=1.0) >= BRIGHTNESS_SPREAD else "dataset"
+    spreads BRIGHTNESS_SPREAD-fold or more over the set (DataFingerprint.brightness_spread), or
+    where the images do not fill the unit range they are read in (UNIT_RANGE), else "dataset" (one
+    mean and std a channel), as the module docstring measures."""
+    spread = max(data.brightness_spread, default=1.0) >= BRIGHTNESS_SPREAD
+    low, high = UNIT_RANGE
+    return "image" if spread or any(not low <= r <= high for r in data.brightness_range) else "dataset"
 
 
 def data_orientation(data: DataFingerprint) -> str:
