@@ -11,10 +11,13 @@ from pathlib import Path
 from unetkit.data.fingerprint import MaskFacts, looks_like_instances, mask_facts
 from unetkit.data.io import check_pair_shapes, mixed_scales, read_image_scaled, read_mask
 from unetkit.data.mask_values import (
+    MANY_IDS,
     MAX_DISCOVERED_VALUES,
     MAX_VALUE,
     bit_depth,
     depths_disagree,
+    edge_values,
+    mixed_binary,
     values_outside,
     zero_dominates,
 )
@@ -24,7 +27,6 @@ from unetkit.data.tiff_axes import FILE_AXES, AxisChoice, describe_axes, refuse_
 from unetkit.errors import UnetkitError
 
 LOSSY_EXTENSIONS = (".jpg", ".jpeg")
-RARE_VALUE_FRACTION = 0.001  # values this rare beside a few dominant ones look like compression noise
 
 
 def check_dataset(
@@ -69,7 +71,7 @@ def check_dataset(
     mixed = mixed_scales({top: (len(names), names[0]) for top, names in scan.scales.items()})
     if mixed:
         warnings.append({"file": str(images_dir), "problem": mixed[0], "fix": mixed[1]})
-    _summarise_values(report, value_counts, problems, warnings)
+    _summarise_values(report, value_counts, problems, bool(instance_masks), scan.lossy)
     if not instance_masks:
         warnings += values_of_one_mask(scan)
     if instance_masks:
@@ -139,6 +141,8 @@ class FolderScan:
     names: list[str] = field(default_factory=list)  # the masks read, in order
     stacks: dict[str, dict] = field(default_factory=dict)  # TIFF images: how their axes were read, planes
     facts: list[MaskFacts] = field(default_factory=list)  # what tells instance masks from class masks, per mask
+    binary: dict[int, Path] = field(default_factory=dict)  # the first 0/1 and 0/255 mask (mask_values.mixed_binary)
+    lossy: bool = False  # some mask is a JPEG
 
 
 def recognise_instances(scan: FolderScan, warnings: list[dict]) -> bool:
@@ -193,6 +197,11 @@ def scan_pairs(
             mask = instance_classes(mask, "objects")
         values, counts = value_counts(mask)
         scan.value_counts.update(dict(zip(values.tolist(), counts.tolist(), strict=True)))
+        said = instance_masks or len(scan.binary) > 1  # instance ids are no classes; the problem said once
+        mixed = None if said else mixed_binary(scan.binary, values.tolist(), pair.mask)
+        if mixed:
+            problems.append({"file": str(mixed[0]), "problem": mixed[1], "fix": mixed[2]})
+        scan.lossy = scan.lossy or pair.mask.suffix.lower() in LOSSY_EXTENSIONS
         if pair.mask.suffix.lower() in LOSSY_EXTENSIONS:
             warnings.append(
                 {
@@ -252,38 +261,24 @@ def _summarise_shapes(report: dict, sizes: dict, channels: dict, warnings: list[
                 )
 
 
-def _summarise_values(report: dict, value_counts: Counter, problems: list[dict], warnings: list[dict]) -> None:
+def _summarise_values(
+    report: dict, value_counts: Counter, problems: list[dict], instances: bool = False, lossy: bool = False
+) -> None:
     total = sum(value_counts.values())
     report["mask_values"] = [
         {"value": int(v), "pixels": int(n), "fraction": n / total if total else 0.0}
         for v, n in sorted(value_counts.items())
     ]
-    dominant = [v for v, n in value_counts.items() if n >= RARE_VALUE_FRACTION * total]
-    rare = [v for v, n in value_counts.items() if n < RARE_VALUE_FRACTION * total]
     if len(value_counts) > MAX_DISCOVERED_VALUES:
-        instances = zero_dominates(dict(value_counts))
-        problems.append(
-            {
-                "file": report["masks"],
-                "problem": f"masks hold {len(value_counts)} distinct values"
-                + (
-                    ", with 0 the most common: they look like instance masks (each object its own id)"
-                    if instances
-                    else ""
-                ),
-                "fix": "if they are instance masks, check and train with --instance-masks; else save masks as PNG "
-                "with one value per class, or pass --mask-values",
-            }
-        )
-    elif len(rare) > 2 and len(rare) > len(dominant):
-        warnings.append(
-            {
-                "file": report["masks"],
-                "problem": f"{len(rare)} rare values beside {len(dominant)} main ones "
-                f"{sorted(dominant)}: looks like lossy compression or anti-aliased edges",
-                "fix": "re-save masks losslessly with exactly one value per class",
-            }
-        )
+        many = f"masks hold {len(value_counts)} distinct values"
+        if zero_dominates(dict(value_counts)) and not lossy:
+            problem, fix = f"{many}, with 0 the most common: {MANY_IDS[0]}", MANY_IDS[1]
+        else:
+            problem, fix = f"{many}: a photo, or JPEG compression's", "save masks as PNG with one value per class"
+        problems.append({"file": report["masks"], "problem": problem, "fix": fix})
+    elif not instances and edge_values(value_counts):
+        problem, fix = edge_values(value_counts)
+        problems.append({"file": report["masks"], "problem": problem, "fix": fix})
     outside = values_outside(value_counts)
     if outside:
         problems.append(

@@ -166,3 +166,41 @@ def test_dataset_caches_decoded_pairs(tmp_path: Path, monkeypatch):
     monkeypatch.setattr("unetkit.data.pairing.read_pair", lambda *p: calls.append(p))
     image, mask = dataset[4]
     assert image.shape == (1, 32, 32) and mask.shape == (32, 32) and not calls
+
+
+def _masks_of(folder, masks):
+    """A gray image beside each mask (PNG), as a user's folder."""
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    for index, mask in enumerate(masks):
+        Image.fromarray(np.full(mask.shape, 100, np.uint8)).save(folder / "images" / f"m{index}.png")
+        Image.fromarray(mask).save(folder / "masks" / f"m{index}.png")
+    return folder / "images", folder / "masks"
+
+
+def test_masks_smoothed_by_a_resize_and_mixed_binary_conventions_are_refused_by_train_and_check(tmp_path):
+    """Anti-aliased 0/128/255 masks trained as 15 classes and 0/1 beside 0/255 masks as three, each
+    unsaid, and `check` said ok (a red-team round); class ids 0..K-1 with rare classes pass."""
+    from unetkit.check import check_dataset
+    from unetkit.data.fingerprint import fingerprint_pairs
+
+    yy, xx = np.mgrid[:64, :64]
+    classes = np.where(xx < 24, 0, np.where(yy < 32, 128, 255)).astype(np.uint8)
+    smoothed = np.asarray(Image.fromarray(classes[::3, ::3]).resize((64, 64), Image.BILINEAR))
+    binary = (xx > 20).astype(np.uint8)
+    cases = {
+        "smoothed": ([smoothed] * 4, "edges smoothed by resizing"),
+        "mixed": ([binary, binary * 255, binary, binary * 255], "mask values are 0/255 but m0.png's are 0/1"),
+    }
+    for name, (masks, needle) in cases.items():
+        images, folder = _masks_of(tmp_path / name, masks)
+        with pytest.raises(UnetkitError, match=needle):
+            fingerprint_pairs(find_pairs(images, folder))
+        report = check_dataset(images, folder)
+        assert not report["ok"] and any(needle in p["problem"] for p in report["problems"]), report["problems"]
+    ids = (xx // 10).astype(np.uint8)  # ids 0..6, and 7..11 rare (CamVid's signs and poles): classes, not edges
+    for rare in range(7, 12):
+        ids[rare * 4 : rare * 4 + 2, :2] = rare
+    images, folder = _masks_of(tmp_path / "ids", [ids] * 3)
+    assert fingerprint_pairs(find_pairs(images, folder)).mask_values.num_classes == 12
+    assert check_dataset(images, folder)["ok"]

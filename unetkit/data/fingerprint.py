@@ -243,7 +243,8 @@ def fingerprint_pairs(
     if mask_values:
         found = MaskValues.from_user(mask_values, ignore_value)
     else:
-        found = discover_mask_values(((s.pair.mask, s.mask_values, s.mask_counts) for s in scans), ignore_value)
+        masks = ((s.pair.mask, s.mask_values, s.mask_counts) for s in scans)
+        found = discover_mask_values(masks, ignore_value, edges=not instances)
     if instances:  # the classes an instance mask trains as, even those the masks lack (data/objects.py)
         found = MaskValues(INSTANCE_VALUES[instances], found.ignore_value, instances)
     return DataFingerprint(

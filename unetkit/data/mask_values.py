@@ -7,6 +7,7 @@ in the checkpoint so predicted masks are written back in the user's own values.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -134,16 +135,23 @@ class MaskValues:
 
 
 def discover_mask_values(
-    masks: Iterable[tuple[Path, np.ndarray, np.ndarray]], ignore_value: int | None = None
+    masks: Iterable[tuple[Path, np.ndarray, np.ndarray]], ignore_value: int | None = None, edges: bool = True
 ) -> MaskValues:
     """Collect the sorted distinct values of the training masks (ignore value left out), from each
-    mask's path, distinct values (in the mask's dtype) and their pixel counts."""
+    mask's path, distinct values (in the mask's dtype) and their pixel counts; `edges`: refuse
+    values that look like a resize's or a codec's (refuse_edge_values), not for instance masks."""
     seen: set[int] = set()
     by_depth: dict[str, Path] = {}  # bit depth -> the first mask of that depth
+    binary: dict[int, Path] = {}  # a two-value mask's foreground (0/1 or 0/255) -> the first such mask
+    totals: Counter[int] = Counter()
     for path, values, counts in masks:
         by_depth.setdefault(bit_depth(values.dtype), path)
         found = [int(v) for v in values]
         seen.update(found)
+        totals.update(dict(zip(found, counts.tolist(), strict=True)))
+        mixed = mixed_binary(binary, found, path)
+        if mixed:
+            raise UnetkitError(f"{mixed[0]}: {mixed[1]}; {mixed[2]}")
         # One 16-bit mask among 8-bit ones would silently add classes (0/255 plus 0/65535), and so
         # would a 1-bit mask (0/1) among 8-bit 0/255 ones; 1-bit beside 8-bit 0/1 masks is fine.
         if depths_disagree(set(by_depth), seen):
@@ -159,11 +167,10 @@ def discover_mask_values(
                 "relabel the masks with values in that range (e.g. a -1 'unlabelled' as 255 with --ignore-value 255)"
             )
         if len(seen - {ignore_value}) > MAX_DISCOVERED_VALUES:
-            if zero_dominates(dict(zip(found, counts.tolist(), strict=True))):
+            if zero_dominates(dict(zip(found, counts.tolist(), strict=True))) and not is_jpeg(path):
                 raise UnetkitError(
                     f"{path}: masks hold more than {MAX_DISCOVERED_VALUES} distinct values with 0 the most common: "
-                    "they look like instance masks (each object its own id); train with --instance-masks, "
-                    "or list the classes with --mask-values"
+                    f"{MANY_IDS[0]}; {MANY_IDS[1]}"
                 )
             raise UnetkitError(
                 f"{path}: masks hold more than {MAX_DISCOVERED_VALUES} distinct values, which looks "
@@ -172,7 +179,71 @@ def discover_mask_values(
             )
     if ignore_value is not None:
         seen.discard(ignore_value)
+        totals.pop(ignore_value, None)
+    if edges and totals:
+        refuse_edge_values(totals, by_depth)
     return MaskValues(sorted(seen), ignore_value)
+
+
+# Many values, 0 the most common: what they may be, and the fixes (train and check say the same).
+MANY_IDS = (
+    "instance masks (each object its own id), or masks whose edges were smoothed by resizing",
+    "train with --instance-masks if each value is one object; else resize masks with nearest-neighbour and save "
+    "them as PNG, or list the classes with --mask-values",
+)
+
+
+def mixed_binary(binary: dict[int, Path], found: list[int], path: Path) -> tuple[Path, str, str] | None:
+    """(file, problem, fix) once two-value masks paint their foreground 1 in some and 255 in others
+    (`found`: one mask's sorted values; `binary` collects the first mask of each): one class, not
+    three classes 0, 1 and 255 (a red-team round)."""
+    if found in ([0, 1], [0, 255]):
+        binary.setdefault(found[1], path)
+    if len(binary) < 2:
+        return None
+    return (
+        binary[255],
+        f"mask values are 0/255 but {Path(binary[1]).name}'s are 0/1",
+        "save all masks with the same value per class (e.g. 0/255), or pass --mask-values 0,1,255 if they are "
+        "three classes",
+    )
+
+
+def is_jpeg(path: Path | str) -> bool:
+    return Path(path).suffix.lower() in (".jpg", ".jpeg")
+
+
+def refuse_edge_values(totals: Counter[int], by_depth: dict[str, Path]) -> None:
+    """Training's side of edge_values: refused in one line naming the first mask."""
+    problem = edge_values(totals)
+    if problem:
+        raise UnetkitError(f"{next(iter(by_depth.values()))}: {problem[0]}; {problem[1]}")
+
+
+def edge_values(totals: Counter[int] | dict[int, int]) -> tuple[str, str] | None:
+    """(problem, fix) where masks hold, besides their classes, the values a resize's interpolation
+    (anti-aliased edges) or a lossy codec leaves between them: 0/128/255 resized bilinearly held
+    15 values, 12 of them under 0.5% of the pixels each, and trained as 15 classes at val Dice
+    0.13 (a red-team round). Class ids are usually 0..K-1 or a few spaced values: it takes at
+    least EDGE_VALUES rare values (under RARE_SHARE each) that are not one run of whole numbers.
+    `unetkit check` and training share this one rule."""
+    pixels = sum(totals.values())
+    rare = sorted(v for v, n in totals.items() if n < RARE_SHARE * pixels)
+    values = sorted(totals)
+    if len(rare) < EDGE_VALUES or values == list(range(values[0], values[-1] + 1)):
+        return None
+    common = ", ".join(str(v) for v in values if v not in rare)
+    examples = ", ".join(map(str, rare[:5]))
+    return (
+        f"the masks hold {len(values)} values, {len(rare)} of them rare (e.g. {examples}: under {RARE_SHARE:.1%} of "
+        f"the pixels each) beside {common}: edges smoothed by resizing, or lossy (JPEG) saving",
+        "resize masks with nearest-neighbour and save them as PNG; or pass --instance-masks if each value is one "
+        "object, or --mask-values listing every class if those values are classes",
+    )
+
+
+RARE_SHARE = 0.005  # a value under this share of the masks' pixels is rare
+EDGE_VALUES = 5  # this many rare values, not one run of ids, are a resize's or a codec's, not classes
 
 
 def zero_dominates(counts: dict[int, int]) -> bool:
