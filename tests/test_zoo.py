@@ -162,3 +162,5 @@ def test_arrays_of_another_scale_are_said_and_arrays_of_nan_or_channels_first_re
         predictor.predict_images([np.full((48, 64, 1), np.nan, np.float32)])
     with pytest.raises(UnetkitError, match=r"looks like \(C, H, W\).*transpose\(1, 2, 0\)"):
         predictor.predict_images([np.stack([gray] * 3)])
+    with pytest.raises(UnetkitError, match="a folder; predict_file takes one image file"):
+        predictor.predict_file(Path(__file__).parent)

@@ -514,6 +514,9 @@ def test_a_mask_drawn_on_the_unrotated_photo_gets_a_hint(tmp_path):
     Image.fromarray(np.zeros((40, 60), dtype=np.uint8)).save(tmp_path / "p.png")
     with pytest.raises(UnetkitError, match="EXIF orientation"):
         read_pair(tmp_path / "p.jpg", tmp_path / "p.png")
+    Image.fromarray(np.zeros((60, 40), dtype=np.uint8)).save(tmp_path / "q.png")  # no EXIF: not blamed on it
+    with pytest.raises(UnetkitError, match="the mask is the image's size turned"):
+        read_pair(tmp_path / "q.png", tmp_path / "p.png")
 
 
 @pytest.mark.parametrize("mode", ["off", "on"])

@@ -318,15 +318,25 @@ def read_pair_scaled(
     return image, mask, maximum
 
 
+def exif_turned(path: Path) -> bool:
+    """Whether an image file's EXIF orientation turns it by a quarter (5-8), as read_image applies."""
+    try:
+        with Image.open(path) as opened:
+            return opened.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except (OSError, ValueError):
+        return False
+
+
 def check_pair_shapes(image_path: Path, mask_path: Path, image_shape: tuple, mask_shape: tuple) -> None:
     """Refuse a mask of another size than its image, and an image below MIN_IMAGE_SIDE."""
     if image_shape != mask_shape:
-        turned = image_shape == mask_shape[::-1]
-        hint = (
-            " (the image is turned by its EXIF orientation, applied as viewers do: turn the mask the same way)"
-            if turned
-            else ""
-        )
+        hint = ""
+        if image_shape == mask_shape[::-1]:  # only a file that says so is turned (a red-team round)
+            hint = (
+                " (the image is turned by its EXIF orientation, applied as viewers do: turn the mask the same way)"
+                if exif_turned(image_path)
+                else " (the mask is the image's size turned: its rows and columns swapped)"
+            )
         raise UnetkitError(
             f"{mask_path}: mask is {mask_shape[1]}x{mask_shape[0]} but its image {image_path.name} "
             f"is {image_shape[1]}x{image_shape[0]}{hint}; masks must be the same size as their images"

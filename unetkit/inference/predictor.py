@@ -386,6 +386,8 @@ class Predictor:
     def predict_file(self, path: str | Path) -> np.ndarray:
         """The mask, in the original mask values, for one image file."""
         check_argument(path, (str, Path), "Predictor.predict_file(path)", "an image's path; arrays: class_ids(image)")
+        if Path(path).is_dir():
+            raise UnetkitError(f"{path}: a folder; predict_file takes one image file (`unetkit predict` takes folders)")
         return self.mask_values.decode(self.class_ids(read_image(path), path))
 
     def predict_images(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
