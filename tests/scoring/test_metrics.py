@@ -101,3 +101,19 @@ def test_a_headline_of_a_foreground_in_neither_truth_nor_prediction_says_it_coun
                       "ap": 0.0, "ap50": 0.0, "ap50_90": 0.0, "predicted_objects": 29, "true_objects": 0}  # fmt: skip
     line = format_report(report).splitlines()[-1]
     assert line.startswith("objects: adapted Rand error n/a") and "29 predicted / 0 true" in line
+
+
+def test_no_object_predicted_beside_true_ones_is_the_worst_rand_error_not_a_perfect_one():
+    """One true object against an empty prediction read 0 (all its pixels in one predicted
+    segment, the background): a rule or a model finding nothing looked perfect (a red-team round)."""
+    from skimage.metrics import adapted_rand_error
+
+    from unetkit.scoring.objects import object_scores
+
+    true = np.zeros((20, 20), np.int64)
+    true[5:15, 5:15] = 1
+    assert object_scores(true, np.zeros_like(true))["adapted_rand_error"] == 1.0
+    found = np.zeros_like(true)
+    found[6:15, 5:15] = 3
+    expected = adapted_rand_error(true, found, ignore_labels=(0,))[0]
+    assert object_scores(true, found)["adapted_rand_error"] == pytest.approx(expected)  # scikit-image's otherwise

@@ -3,7 +3,8 @@ challenge sees a segmentation. One merged pair of cells barely moves Dice but is
 
 Between a true and a predicted label image (0 = no object; true 0 pixels are left out):
 - adapted Rand error: 1 - the F-score of "these two pixels are in the same object" over pixel
-  pairs (scikit-image `adapted_rand_error`, the ISBI 2012 challenge's score);
+  pairs (scikit-image `adapted_rand_error`, the ISBI 2012 challenge's score), 1 where no object is
+  predicted beside true ones;
 - variation of information, split and merge: H(predicted | true) grows when true objects are cut
   into pieces, H(true | predicted) when predicted objects span several true ones (scikit-image
   `variation_of_information`);
@@ -81,7 +82,11 @@ def object_scores(true: np.ndarray, pred: np.ndarray) -> dict[str, float | int]:
     matches = len(ious)
     scores: dict[str, float | int] = {"true_objects": n_true, "predicted_objects": n_pred, "matches": matches}
     if n_true:
-        scores["adapted_rand_error"] = float(adapted_rand_error(true, pred, table=table)[0])
+        # No object found is the worst answer, where the Rand error of the true objects' pixels (the
+        # true background ignored) against one predicted background would read 0 for a single true
+        # object (an empty prediction scored perfect: a red-team round); scikit-image's otherwise.
+        rand = float(adapted_rand_error(true, pred, table=table)[0])
+        scores["adapted_rand_error"] = 1.0 if not n_pred and not math.isnan(rand) else rand
         split, merge = variation_of_information(true, pred, table=table / table.sum())
         scores.update(vi_split=float(split), vi_merge=float(merge))
     else:
