@@ -17,6 +17,7 @@ from unetkit.data.mask_values import (
     bit_depth,
     depths_disagree,
     edge_values,
+    is_jpeg,
     mixed_binary,
     values_outside,
     zero_dominates,
@@ -25,8 +26,6 @@ from unetkit.data.objects import instance_classes, value_counts
 from unetkit.data.pairing import Matching, Pair, expand_planes, match_folders
 from unetkit.data.tiff_axes import FILE_AXES, AxisChoice, describe_axes, refuse_unused_axes
 from unetkit.errors import UnetkitError
-
-LOSSY_EXTENSIONS = (".jpg", ".jpeg")
 
 
 def check_dataset(
@@ -201,8 +200,8 @@ def scan_pairs(
         mixed = None if said else mixed_binary(scan.binary, values.tolist(), pair.mask)
         if mixed:
             problems.append({"file": str(mixed[0]), "problem": mixed[1], "fix": mixed[2]})
-        scan.lossy = scan.lossy or pair.mask.suffix.lower() in LOSSY_EXTENSIONS
-        if pair.mask.suffix.lower() in LOSSY_EXTENSIONS:
+        scan.lossy = scan.lossy or is_jpeg(pair.mask)
+        if is_jpeg(pair.mask):
             warnings.append(
                 {
                     "file": str(pair.mask),

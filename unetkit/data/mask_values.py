@@ -99,8 +99,7 @@ class MaskValues:
         ids[inside] = self._lut[shifted[inside]]
         if (ids < 0).any():
             unknown = np.unique(mask[ids < 0])
-            jpeg = Path(path).suffix.lower() in (".jpg", ".jpeg")
-            fix = "save masks as PNG, JPEG compression changes their values" if jpeg else "fix the mask"
+            fix = "save masks as PNG, JPEG compression changes their values" if is_jpeg(path) else "fix the mask"
             raise UnetkitError(
                 f"{path}: mask value(s) {unknown[:5].tolist()} are not among the trained values "
                 f"{self.values}; {fix}, or retrain with --mask-values including them"
@@ -149,7 +148,7 @@ def discover_mask_values(
         found = [int(v) for v in values]
         seen.update(found)
         totals.update(dict(zip(found, counts.tolist(), strict=True)))
-        mixed = mixed_binary(binary, found, path)
+        mixed = mixed_binary(binary, [v for v in found if v != ignore_value], path)
         if mixed:
             raise UnetkitError(f"{mixed[0]}: {mixed[1]}; {mixed[2]}")
         # One 16-bit mask among 8-bit ones would silently add classes (0/255 plus 0/65535), and so
