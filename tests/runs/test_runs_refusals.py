@@ -41,6 +41,14 @@ CASES = cases_of(
             "base_channels=16",
         ),
         "api_misspelled_option": api(lambda t, r: _config(t, epoch=3), "TrainConfig(epoch=...)", "epochs="),
+        "api_misspelled_predictor_argument": api(
+            lambda t, r: _predictor(r[3], devise="cpu"), "Predictor(devise=...)", "device="
+        ),
+        "api_misspelled_run_training_argument": api(
+            lambda t, r: _run_training(_config(t, epochs=1), on_epoch=print),
+            "run_training(on_epoch=...)",
+            "on_epoch_end=",
+        ),
         "api_misspelled_inference_option": api(
             lambda t, r: _predictor(r[3], options=_options(tiles=256)), "InferenceOptions(tiles=...)", "tile="
         ),

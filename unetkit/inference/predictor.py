@@ -34,7 +34,15 @@ from unetkit.runtime.allocator import keep_freed_memory
 from unetkit.runtime.amp import AMP_MODES, resolve_amp
 from unetkit.runtime.hardware import channels_last_is_faster, fastest_call, resolve_device
 from unetkit.runtime.notes import say
-from unetkit.runtime.options import check_argument, check_fields, known_fields_only, number, option, whole
+from unetkit.runtime.options import (
+    check_argument,
+    check_fields,
+    known_fields_only,
+    known_keywords,
+    number,
+    option,
+    whole,
+)
 from unetkit.runtime.progress import Progress, progress_to
 
 TILING_MODES = ("auto", "on", "off")
@@ -151,6 +159,7 @@ class Predictor:
     """Load from a checkpoint (best.pt / last.pt, or its already loaded dict), a .safetensors
     export, or an exported .onnx."""
 
+    @known_keywords
     def __init__(
         self,
         source: str | Path | dict[str, Any],

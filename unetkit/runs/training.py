@@ -9,7 +9,7 @@ from unetkit.models.spec import ObjectRule
 from unetkit.report import write_report
 from unetkit.runs.from_model import settle_from_start
 from unetkit.runs.object_rule import choose_object_rule
-from unetkit.runtime.options import check_argument
+from unetkit.runtime.options import check_argument, known_keywords
 from unetkit.runtime.ownership import mark_last_steps
 from unetkit.runtime.progress import Progress
 from unetkit.train import RunResult, TrainConfig, Trainer
@@ -17,6 +17,7 @@ from unetkit.train.loop import EpochCallback
 from unetkit.train.run_claim import claimed_run
 
 
+@known_keywords
 def run_training(
     cfg: TrainConfig,
     train_pairs: Sequence[Pair] | None = None,

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import difflib
 import functools
+import inspect
 import math
 from collections.abc import Callable, Collection
 from typing import Any
@@ -74,19 +75,32 @@ def known_fields_only(cls: type) -> type:
     """A dataclass whose constructor refuses an unknown keyword in one UnetkitError naming the
     closest field, as the command line and config files do: `TrainConfig(epoch=3)` was Python's
     TypeError (a red-team finding against the README's "a wrong argument is one UnetkitError")."""
-    init, names = cls.__init__, {field.name for field in dataclasses.fields(cls)}
+    names = {field.name for field in dataclasses.fields(cls)}
+    cls.__init__ = refusing_unknown_keywords(cls.__init__, names, cls.__name__, "option")
+    return cls
 
-    @functools.wraps(init)
-    def checked(self: Any, *args: Any, **kwargs: Any) -> None:
+
+def known_keywords(function: Callable) -> Callable:
+    """known_fields_only for a function or constructor: `Predictor(path, devise="cpu")` was
+    Python's TypeError (a red-team round)."""
+    names = {name for name in inspect.signature(function).parameters if name != "self"}
+    owner = function.__qualname__.removesuffix(".__init__")
+    return refusing_unknown_keywords(function, names, owner, "argument")
+
+
+def refusing_unknown_keywords(function: Callable, names: set[str], owner: str, kind: str) -> Callable:
+    """`function`, refusing a keyword not among `names` in one line with the closest one."""
+
+    @functools.wraps(function)
+    def checked(*args: Any, **kwargs: Any) -> Any:
         for key in kwargs:
             if key not in names:
                 near = closest(key, names)
                 hint = f"; did you mean {near}=?" if near else ""
-                raise UnetkitError(f"{cls.__name__}({key}=...): no such option{hint}; help({cls.__name__}) lists them")
-        init(self, *args, **kwargs)
+                raise UnetkitError(f"{owner}({key}=...): no such {kind}{hint}; help({owner}) lists them")
+        return function(*args, **kwargs)
 
-    cls.__init__ = checked
-    return cls
+    return checked
 
 
 def command_line_name(name: str) -> str:
