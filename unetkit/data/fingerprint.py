@@ -338,16 +338,21 @@ def _channel_moments(scans: Sequence[PairScan], channels: int) -> tuple[list[flo
     return [float(m) for m in mean], [float(max(s, 1e-3)) for s in std]
 
 
+def image_ranges(scans: Sequence[PairScan], channels: int) -> np.ndarray:
+    """(images, C): each image's brightness range a channel, a gray image's in every channel of a
+    colour set."""
+    return np.array(
+        [s.channel_range if s.channels == channels else np.full(channels, s.channel_range.mean()) for s in scans]
+    )
+
+
 def brightness_spread(scans: Sequence[PairScan], channels: int) -> list[float]:
     """Per channel, the 95th over the 5th percentile of the images' brightness ranges, blank
     images left out: fluorescence varies, scenes and EM little (train splits: ISBI 1.36, HC18 1.33,
     CamVid 1.24, dsb2018-dev 7.34). Percentiles, not max over min, so a few odd images do not
     decide it. A gray image in an RGB set counts in all three channels."""
-    ranges = np.array(
-        [s.channel_range if s.channels == channels else np.full(channels, s.channel_range.mean()) for s in scans]
-    )
     spread = []
-    for column in ranges.T:
+    for column in image_ranges(scans, channels).T:
         lit = column[column >= FLAT]
         low, high = np.percentile(lit, [5, 95]) if len(lit) else (1.0, 1.0)
         spread.append(round(float(high / low), 2))
@@ -358,11 +363,8 @@ def typical_range(scans: Sequence[PairScan], channels: int) -> list[float]:
     """Per channel, the median of the images' brightness ranges, blank images left out (1.0 where
     all are blank): 12-bit data in 16-bit files spans under 0.0625, a float TIFF of counts 0-4000
     over 1000 (recipes.data_normalisation)."""
-    ranges = np.array(
-        [s.channel_range if s.channels == channels else np.full(channels, s.channel_range.mean()) for s in scans]
-    )
     medians = []
-    for column in ranges.T:
+    for column in image_ranges(scans, channels).T:
         lit = column[column > 0]  # not FLAT: 16-bit data spanning 100-140 is all under it, and dim, not blank
         medians.append(round(float(np.median(lit)), 6) if len(lit) else 1.0)
     return medians
