@@ -264,3 +264,51 @@ def test_two_nodes_train_one_run(tmp_path, capsys):
         capsys, "evaluate", "--checkpoint", tmp_path / "run" / "best.pt", "--images", images, "--masks", masks
     )
     assert code == 0 and "mean Dice" in out
+
+
+def test_cpu_ranks_count_the_memory_they_share(monkeypatch):
+    """Two CPU ranks on one machine each keep a full batch's activation maps: the memory check
+    gives each process its share of the machine (a red-team note), where a GPU rank has its own."""
+    import unetkit.train.setup as setup
+    from unetkit.data import MaskValues, Preprocess
+    from unetkit.errors import UnetkitError
+    from unetkit.models.spec import ModelSpec
+
+    args = {"in_channels": 1, "num_classes": 2, "base_channels": 16, "depth": 3}
+    spec = ModelSpec("unet", args, MaskValues([0, 1, 2]), Preprocess(1, [0.5], [0.25]), False)
+    params, maps = setup.counted_on_meta(spec)
+    cfg = TrainConfig(images="i", masks="m", patch_size=256, batch_size=8, amp="off")
+    need = setup.BYTES_PER_TRAINED_PARAMETER * params + 8 * maps * (256 / setup.MAPS_MEASURED_AT) ** 2
+    monkeypatch.setattr(setup, "memory_bytes", lambda: int(need * 1.5))
+    setup.check_training_fits(cfg, spec, torch.device("cpu"))  # one process: fits
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(UnetkitError, match="for each of the 2 torchrun processes that share it"):
+        setup.check_training_fits(cfg, spec, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_a_refusal_is_said_once_for_the_job_and_named_in_torchruns_summary(rank, capsys, monkeypatch, tmp_path):
+    """Every rank refused a missing folder with the same line, so two ranks printed it twice, and
+    torchrun's summary said only "To enable traceback see ...". Now rank 0 prints it and every rank
+    writes it to torchrun's error file, which that summary shows."""
+    import argparse
+    import json
+
+    from unetkit.cli import run_command
+    from unetkit.errors import UnetkitError
+
+    def refused(_args):
+        raise UnetkitError("/data/images: images folder not found; check the path")
+
+    error_file = tmp_path / "error.json"
+    for name, value in {"RANK": rank, "WORLD_SIZE": "2", "TORCHELASTIC_ERROR_FILE": str(error_file)}.items():
+        monkeypatch.setenv(name, value)
+    assert run_command(argparse.Namespace(command="train", func=refused)) == 2
+    line = "unetkit train: error: /data/images: images folder not found; check the path"
+    assert json.loads(error_file.read_text())["message"]["extraInfo"]["py_callstack"] == line
+    assert capsys.readouterr().err == (f"{line}\n" if rank == "0" else "")
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / "gone" / "error.json"))
+    assert run_command(argparse.Namespace(command="train", func=refused)) == 2  # no file: every rank says it
+    assert capsys.readouterr().err == f"{line}\n"

@@ -31,7 +31,12 @@ from unetkit.inference import InferenceOptions
 from unetkit.runtime.amp import AMP_MODES
 from unetkit.runtime.options import duration as parse_duration
 from unetkit.train.config import TrainConfig
-from unetkit.train.distributed import another_rank_left, leave_without_teardown, one_of_several_ranks
+from unetkit.train.distributed import (
+    another_rank_left,
+    leave_without_teardown,
+    one_of_several_ranks,
+    say_for_the_job,
+)
 
 __all__ = ["add_train_arguments", "build_parser", "config_and_given_options", "config_from_args", "main"]
 __all__ += ["parse_duration"]
@@ -252,7 +257,7 @@ def run_command(args: argparse.Namespace) -> int:
         say_if_possible(f"unetkit {args.command}: stopped, its output was closed{detail}")
         return 141
     except UnetkitError as err:
-        print(_printable(f"unetkit {args.command}: error: {err}"), file=sys.stderr)
+        say_for_the_job(f"unetkit {args.command}: error: {err}", say_if_possible)
         return 2
     except KeyboardInterrupt as err:
         # The trainer re-raises Ctrl-C with where its checkpoint is and how to resume.
@@ -262,7 +267,7 @@ def run_command(args: argparse.Namespace) -> int:
     except (RuntimeError, MemoryError) as err:
         if out_of_memory(err):  # what the budget's floor let through (setup.check_training_fits)
             fix = MEMORY_FIX.get(args.command, "close other programs, or run it on a machine with more memory")
-            print(_printable(f"unetkit {args.command}: error: out of memory{wanted(err)}; {fix}"), file=sys.stderr)
+            say_for_the_job(f"unetkit {args.command}: error: out of memory{wanted(err)}; {fix}", say_if_possible)
             return 2
         if not (one_of_several_ranks() and another_rank_left(err)):
             raise

@@ -18,9 +18,13 @@ stay identical. Everything here is a no-op when those variables are absent (a pl
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -40,6 +44,12 @@ def launched_by_torchrun() -> bool:
 def one_of_several_ranks() -> bool:
     """Whether torchrun started this process as one of two or more."""
     return launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1
+
+
+def processes_on_this_machine() -> int:
+    """How many of the job's processes torchrun started on this machine (LOCAL_WORLD_SIZE): on a
+    CPU they share its memory, where on CUDA each has a GPU of its own."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if launched_by_torchrun() else 1
 
 
 def is_main_process() -> bool:
@@ -132,6 +142,25 @@ def another_rank_left(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and any(
         words in str(error) for words in ("Connection closed by peer", "Connection reset by peer")
     )
+
+
+def say_for_the_job(line: str, say: Callable[[str], None]) -> None:
+    """Say a rank's one-line error once for the job, not once per process: every rank hands it to
+    torchrun's error file (TORCHELASTIC_ERROR_FILE), whose failure summary then shows the line in
+    place of "To enable traceback see: ...", and only rank 0 (or a rank without that file) also
+    prints it. Two ranks refusing a missing folder printed the same line twice."""
+    told = False
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE") if one_of_several_ranks() else None
+    if path:
+        when = str(int(time.time()))
+        entry = {"message": {"message": line, "extraInfo": {"py_callstack": line, "timestamp": when}}}
+        try:
+            Path(path).write_text(json.dumps(entry))
+            told = True
+        except OSError:  # torchrun's own folder gone: print it as any process would
+            pass
+    if is_main_process() or not told:
+        say(line)
 
 
 # The ranks whose process group this process set up (leave_without_teardown).

@@ -31,7 +31,7 @@ from unetkit.train.averaging import WeightAverage
 from unetkit.train.budget import TimeBudget
 from unetkit.train.config import OPTIMIZERS, TrainConfig
 from unetkit.train.data_plan import DataPlan
-from unetkit.train.distributed import Distributed, unwrap
+from unetkit.train.distributed import Distributed, processes_on_this_machine, unwrap
 from unetkit.train.encoder_weights import load_encoder_weights, parameter_groups, pretrained
 from unetkit.train.fused_adamw import FusedAdamW
 from unetkit.train.init_from import start_from
@@ -158,9 +158,12 @@ def check_training_fits(cfg: TrainConfig, spec: ModelSpec, device: torch.device,
         parameters, maps = counted_on_meta(spec)
     except Exception:  # a model that cannot be built or run there (an encoder's own code) is not checked
         return
-    have = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else memory_bytes()
+    sharing = 1 if device.type == "cuda" else processes_on_this_machine()
+    have = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else memory_bytes() // sharing
     weights = BYTES_PER_TRAINED_PARAMETER * parameters
-    where = f"this {device.type.upper()} has {have / 2**30:,.1f} GiB"
+    where = f"this {device.type.upper()} has {have / 2**30:,.1f} GiB" + (
+        f" for each of the {sharing} torchrun processes that share it" if sharing > 1 else ""
+    )
     if weights > have:
         shape = ", ".join(f"{key} {value}" for key, value in spec.args.items() if key in ("depth", "base_channels"))
         raise UnetkitError(
