@@ -441,3 +441,17 @@ def test_an_object_in_another_classs_hole_keeps_its_id_and_pixels():
     probabilities = np.stack([np.where(ring == k, 0.98, 0.01) for k in range(3)]).astype(np.float32)
     labels, _ = split_objects(probabilities, ObjectRule(smooth=0))
     assert (labels[5:15, 5:15] == 1).all()
+
+
+def test_an_instance_models_object_probability_is_its_foreground():
+    """A red-team round: the CSV gave a dsb2018 nucleus the probability of the object class alone
+    (median 0.39, 77% of nuclei under 0.5), leaving out its boundary and centre classes; a user
+    filtering by it threw most nuclei away. An instance object's probability is 1 - P(background)."""
+    probabilities = np.zeros((4, 6, 6), np.float32)
+    probabilities[0] = 1.0
+    probabilities[:, 1:5, 1:5] = np.array([0.1, 0.3, 0.2, 0.4])[:, None, None]  # object 0.9, spread over 3 classes
+    labels = np.zeros((6, 6), np.uint32)
+    labels[1:5, 1:5] = 1
+    classes = np.array([0, 1])
+    assert object_table(labels, classes, probabilities, instances=True)["mean_probability"][0] == pytest.approx(0.9)
+    assert object_table(labels, classes, probabilities)["mean_probability"][0] == pytest.approx(0.3)  # semantic: its class

@@ -279,7 +279,7 @@ def write_prediction(
     if outputs.instances:
         labels, classes, probabilities = predictor.objects(logits)
         save_labels(outputs.file(stem, "objects"), labels)
-        table = object_table(labels, classes, probabilities)
+        table = object_table(labels, classes, probabilities, bool(predictor.mask_values.instances))
         save_table(outputs.file(stem, "object_table"), table, predictor.mask_values.values)
     del logits
     if outputs.overlay:

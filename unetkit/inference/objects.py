@@ -151,11 +151,17 @@ def whole_parts(seeds: np.ndarray, parts: np.ndarray, count: int) -> np.ndarray:
     return ids[parts]
 
 
-def object_table(labels: np.ndarray, classes: np.ndarray, probabilities: np.ndarray) -> dict[str, np.ndarray]:
+def object_table(
+    labels: np.ndarray, classes: np.ndarray, probabilities: np.ndarray, instances: bool = False
+) -> dict[str, np.ndarray]:
     """One row per object: id, class, area, centroid, bounding box and the mean probability of
-    its class over its pixels (scikit-image's regionprops_table)."""
-    own_class = classes[labels]
-    own_probability = np.take_along_axis(probabilities, own_class[None], axis=0)[0]
+    its class over its pixels (scikit-image's regionprops_table). An instance model's object is
+    every class but background (its boundary and centre too), so its probability is 1 - P(background):
+    the object class's alone read 0.39 for the median dsb2018 nucleus, where the model gave 0.95."""
+    if instances:
+        own_probability = 1 - probabilities[0]
+    else:
+        own_probability = np.take_along_axis(probabilities, classes[labels][None], axis=0)[0]
     table = regionprops_table(
         labels, intensity_image=own_probability, properties=("label", "area", "centroid", "bbox", "intensity_mean")
     )

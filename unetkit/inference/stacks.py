@@ -46,7 +46,7 @@ class StackPrediction:
             kept["probabilities"] = probabilities
         if outputs.instances:  # the table now, so the probabilities need not wait for the last plane
             kept["labels"], classes = predictor.objects_from_probabilities(probabilities)
-            table = object_table(kept["labels"], classes, probabilities)
+            table = object_table(kept["labels"], classes, probabilities, bool(predictor.mask_values.instances))
             kept["table"] = table_rows(table, predictor.mask_values.values)
         if outputs.overlay:
             legend = [f"value {value}" for value in predictor.mask_values.values]

@@ -126,7 +126,8 @@ class BandObjects:
         left, right = min(f[1].start for f in found), max(f[1].stop for f in found)
         area = self.labels[top:bottom, left:right]
         chances = self._classes(probabilities[:, top:bottom, left:right])
-        table = object_table(np.where(area >= first, area, 0), np.asarray(self.classes), chances)
+        instances = bool(self.predictor.mask_values.instances)
+        table = object_table(np.where(area >= first, area, 0), np.asarray(self.classes), chances, instances)
         for name, offset in (("centroid_y", row + top), ("bbox_min_y", row + top), ("bbox_max_y", row + top)):
             table[name] = table[name] + offset
         for name in ("centroid_x", "bbox_min_x", "bbox_max_x"):
