@@ -454,4 +454,5 @@ def test_an_instance_models_object_probability_is_its_foreground():
     labels[1:5, 1:5] = 1
     classes = np.array([0, 1])
     assert object_table(labels, classes, probabilities, instances=True)["mean_probability"][0] == pytest.approx(0.9)
-    assert object_table(labels, classes, probabilities)["mean_probability"][0] == pytest.approx(0.3)  # semantic: its class
+    semantic = object_table(labels, classes, probabilities)  # a class's objects: that class's probability
+    assert semantic["mean_probability"][0] == pytest.approx(0.3)

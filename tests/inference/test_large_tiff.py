@@ -14,7 +14,7 @@ from synthetic import run_cli
 
 import unetkit.inference.slide.band_objects as band_objects
 import unetkit.inference.slide.large_tiff as large_tiff
-from unetkit.data import read_image
+from unetkit.data import MaskValues, read_image
 from unetkit.data.preprocess import Preprocess
 from unetkit.data.tiff_axes import tiff_layout
 from unetkit.inference import InferenceOptions, Predictor
@@ -103,7 +103,10 @@ def discs_probabilities(height: int = 300, width: int = 340) -> np.ndarray:
 
 
 class WholeRule:
-    """The part of a Predictor that BandObjects uses: the whole-image object rule."""
+    """The part of a Predictor that BandObjects uses: the whole-image object rule, and the mask
+    values (not an instance model's)."""
+
+    mask_values = MaskValues([0, 255])
 
     def objects_from_probabilities(self, probabilities):
         return split_objects(probabilities, ObjectRule(seed=0.9, flood=0.3))
