@@ -398,8 +398,12 @@ CASES = cases_of(
         "ignore_value_equal_to_a_class": bad_value(
             ("--mask-values", "0,255", "--ignore-value", "255"), "--ignore-value 255", "would be dropped"
         ),
-        "mask_values_out_of_order": bad_value(("--mask-values", "255,0"), "--mask-values 255,0", "increasing order"),
-        "mask_value_minus_one": bad_value(("--mask-values=-1,0,255",), "-1 is outside 0..65535"),
+        "mask_values_out_of_order": bad_value(
+            ("--mask-values", "255,0"), "--mask-values 255,0 is invalid", "increasing order"
+        ),
+        "mask_value_minus_one": bad_value(
+            ("--mask-values=-1,0,255",), "--mask-values -1,0,255 is invalid", "0 to 65535"
+        ),
         "tiff_bomb_in_training": bomb_case("img01.tif", lambda p: tiff_declaring(p, 100_000, 100_000)),
         "tiled_tiff_bomb_in_check": bomb_case(
             "img01.tif", lambda p: tiff_declaring(p, 100_000, 100_000, tile=(16, 16)), "check"

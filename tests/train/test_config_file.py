@@ -35,6 +35,7 @@ def test_precedence_defaults_then_file_then_command_line(tmp_path):
         ("epochs = \n", ["run.toml", "not valid TOML"]),
         ("lr = -1\n", ["run.toml: lr = -1 is invalid", "must be"]),  # the file's line, not --lr
         ('recipe = "quick"\n', ['run.toml: recipe = "quick" is invalid', "one of auto, fast, paper"]),
+        ("mask_values = [255, 0]\n", ["run.toml: mask_values = [255, 0] is invalid", "increasing order"]),
     ],
 )
 def test_bad_config_files_give_one_line_errors(tmp_path, capsys, text, needles):
@@ -94,3 +95,22 @@ def test_a_config_file_spells_options_as_the_command_line_does(tmp_path):
     path.write_text('channel-axis = "c"\nplane_axis = "z"\n')
     cfg = load_config_file(path)
     assert (cfg.channel_axis, cfg.plane_axis) == ("C", "Z")
+
+
+def test_a_config_files_weights_files_are_taken_beside_it(tmp_path, monkeypatch):
+    """encoder_weights = "enc.pt" in a config file was read from the folder the command ran in (a
+    red-team round), where every other path in the file is taken against the file's folder; a
+    file of that name in the working folder would have been used silently."""
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "enc.pt").write_bytes(b"")
+    (tmp_path / "enc.pt").write_bytes(b"")  # the working folder's, which must not be taken
+    monkeypatch.chdir(tmp_path)
+    path = folder / "run.toml"
+    path.write_text('encoder = "resnet18"\nencoder_weights = "enc.pt"\n')
+    assert parse_train("--config", path).encoder_weights == str(folder / "enc.pt")
+    for word in ("imagenet", "none"):  # words, not files
+        path.write_text(f'encoder = "resnet18"\nencoder_weights = "{word}"\n')
+        assert parse_train("--config", path).encoder_weights == word
+    path.write_text('init_from = "../runs/a/best.pt"\n')
+    assert parse_train("--config", path).init_from == str(tmp_path / "runs" / "a" / "best.pt")

@@ -55,15 +55,10 @@ class MaskValues:
 
     @classmethod
     def from_user(cls, values: Sequence[int], ignore_value: int | None = None) -> MaskValues:
-        """`--mask-values` as typed: also checked for order and against `--ignore-value` (a
-        checkpoint's stored values are taken as they are, so older runs keep working)."""
+        """`--mask-values` as typed (their order checked with the option, config.py): also checked
+        against `--ignore-value` (a checkpoint's stored values are taken as they are, so older runs
+        keep working)."""
         values = [int(v) for v in values]
-        if values != sorted(values):
-            raise UnetkitError(
-                f"--mask-values {','.join(map(str, values))}: list them in increasing order "
-                f"({','.join(map(str, sorted(values)))}); class ids follow it, and a binary model's foreground "
-                "is the larger value"
-            )
         if ignore_value is not None and ignore_value in values:
             raise UnetkitError(
                 f"--ignore-value {ignore_value} is also one of the mask values {values}: that class would be "

@@ -66,7 +66,9 @@ class TrainConfig:
     )
     mask_values: list[int] | None = option(
         None, "the mask values of the classes, e.g. 0,255 (default: found in the training masks)",
-        group="data", parse=int_list,
+        group="data", parse=int_list, valid=lambda v: each(whole(0, 65535))(v) and v == sorted(v),
+        need="mask values from 0 to 65535 in increasing order, e.g. 0,255: class ids follow the order, and a "
+        "binary model's foreground is the larger value",
     )  # fmt: skip
     ignore_value: int | None = option(
         None, "a mask value whose pixels count for neither loss nor metrics, e.g. 255", group="data",

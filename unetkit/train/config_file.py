@@ -19,6 +19,7 @@ import json
 import math
 import os
 import tomllib
+from collections.abc import Collection
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from unetkit.errors import UnetkitError
 from unetkit.runtime.atomic import atomic_write
 from unetkit.runtime.options import check_fields, closest
 from unetkit.train.config import PATH_OPTIONS, TrainConfig, absolute_paths, option_value
+from unetkit.train.encoder_weights import ENCODER_WORDS
 
 NOT_IN_SAVED_CONFIG = ("out", "resume")
 
@@ -128,19 +130,27 @@ def read_config_file(path: str | Path) -> tuple[TrainConfig, dict[str, str]]:
     path = Path(path)
     cfg, keys = _load(path)
     cfg = absolute_paths(cfg, path.parent, [name for name in PATH_OPTIONS if name in keys])
-    return replace(cfg, init_from=model_path_from(cfg.init_from, path.parent)), keys
+    return files_beside(cfg, path.parent), keys
 
 
-def model_path_from(init_from: str | None, base: Path) -> str | None:
-    """A config file's init_from: a path relative to the file's folder (like every path in it),
-    unless it is a ready-made model's name and no file or folder of that name is there."""
+def files_beside(cfg: TrainConfig, base: Path) -> TrainConfig:
+    """The options that take a file or a word, their files taken against `base` (a config file's
+    folder, like every path in it): init_from (or a ready-made model's name) and encoder_weights
+    (or imagenet / none), which was read from the folder the command ran in (a red-team round)."""
     from unetkit.zoo import zoo_models
 
-    if not init_from:
-        return init_from
-    beside = base / Path(init_from).expanduser()
-    if init_from in zoo_models() and not beside.exists():
-        return init_from
+    init_from = path_or_word(cfg.init_from, base, zoo_models())
+    return replace(cfg, init_from=init_from, encoder_weights=path_or_word(cfg.encoder_weights, base, ENCODER_WORDS))
+
+
+def path_or_word(value: str | None, base: Path, words: Collection[str]) -> str | None:
+    """`value` as a path against `base`, unless it is one of `words` and no file or folder of
+    that name is there."""
+    if not value:
+        return value
+    beside = base / Path(value).expanduser()
+    if value in words and not beside.exists():
+        return value
     return os.path.abspath(beside)
 
 

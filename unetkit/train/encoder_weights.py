@@ -46,6 +46,10 @@ def check_encoder_early(model: str, encoder: str | None, weights: str | None) ->
         raise UnetkitError(f"--encoder {name}: timm has no such model; `unetkit encoders` lists the ones tested")
 
 
+# The words --encoder-weights takes besides a file's path.
+ENCODER_WORDS = ("imagenet", "none")
+
+
 def pretrained(source: str | None) -> bool:
     """Whether the encoder starts from trained weights (imagenet or a file), not from scratch."""
     return source not in (None, "", "none")

@@ -23,7 +23,7 @@ from unetkit.runtime.folder_lock import RunLock
 from unetkit.runtime.hardware import cpu_description
 from unetkit.runtime.ownership import MARKER, RUN_FILES, last_steps, mark_last_steps, mark_run_folder
 from unetkit.train.config import PATH_OPTIONS, TrainConfig, absolute_paths
-from unetkit.train.config_file import write_config_toml
+from unetkit.train.config_file import files_beside, write_config_toml
 from unetkit.train.loop import Trainer
 from unetkit.train.run_folder import carry_best, check_run_folder
 from unetkit.train.run_plan import plan_run
@@ -94,7 +94,7 @@ def write_run_config(trainer: Trainer) -> None:
     if run.data.fingerprint is not None:
         write_json(out / "fingerprint.json", run.data.fingerprint)
     # Every path absolute, the run folder included: the run's config names them from any folder.
-    cfg = absolute_paths(replace(trainer.cfg, out=str(out)), Path.cwd(), PATH_OPTIONS)
+    cfg = files_beside(absolute_paths(replace(trainer.cfg, out=str(out)), Path.cwd(), PATH_OPTIONS), Path.cwd())
     ensure_folder(out)
     resolved = {
         "device": str(trainer.dist.device),
