@@ -36,6 +36,12 @@ def test_precedence_defaults_then_file_then_command_line(tmp_path):
         ("lr = -1\n", ["run.toml: lr = -1 is invalid", "must be"]),  # the file's line, not --lr
         ('recipe = "quick"\n', ['run.toml: recipe = "quick" is invalid', "one of auto, fast, paper"]),
         ("mask_values = [255, 0]\n", ["run.toml: mask_values = [255, 0] is invalid", "increasing order"]),
+        # a red-team round: the switches' command-line spelling was "did you mean elastic?", the opposite
+        ("no-elastic = true\n", ["run.toml: no-elastic is the command line's --no-elastic", "elastic = false"]),
+        ("no_report = true\n", ["run.toml", "write report = false"]),
+        ("multiclass = true\n", ["run.toml", "write binary = false"]),
+        ("[train]\nepochs = 3\n", ["run.toml: [train] is a section", "at the top level"]),
+        ("# nothing yet\n", ["run.toml: holds no options"]),
     ],
 )
 def test_bad_config_files_give_one_line_errors(tmp_path, capsys, text, needles):
@@ -114,3 +120,24 @@ def test_a_config_files_weights_files_are_taken_beside_it(tmp_path, monkeypatch)
         assert parse_train("--config", path).encoder_weights == word
     path.write_text('init_from = "../runs/a/best.pt"\n')
     assert parse_train("--config", path).init_from == str(tmp_path / "runs" / "a" / "best.pt")
+
+
+def test_a_files_switch_is_turned_back_on_from_the_command_line(tmp_path):
+    """`report = false` (or progress, augment) in a file could not be overridden: there was only
+    --no-report (a red-team round). Each switch now has both forms."""
+    path = tmp_path / "run.toml"
+    path.write_text("report = false\nprogress = false\naugment = false\ntensorboard = true\n")
+    cfg = parse_train("--config", path, "--report", "--progress", "--augment", "--no-tensorboard")
+    assert (cfg.report, cfg.progress, cfg.augment, cfg.tensorboard) == (True, True, True, False)
+    assert not parse_train("--config", path).report
+
+
+def test_a_json_config_is_pointed_to_its_toml_only_where_there_is_one(tmp_path, capsys):
+    path = tmp_path / "c.json"
+    path.write_text("{}")
+    code, _, err = run_cli(capsys, "train", "--config", path)
+    assert_one_line_error(code, err, "c.json", "not JSON")
+    assert "config.toml" not in err  # there is none beside it to point to
+    (tmp_path / "config.toml").write_text("epochs = 3\n")
+    code, _, err = run_cli(capsys, "train", "--config", path)
+    assert_one_line_error(code, err, "c.json", str(tmp_path / "config.toml"))

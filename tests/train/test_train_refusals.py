@@ -211,11 +211,11 @@ def case_resume_with_other_mask_values(rgb_run, **_):
 
 
 def case_resume_with_multiclass(rgb_run, **_):
-    return Case(resume_rgb_run(rgb_run, "--multiclass"), ("--multiclass", "binary = True", "without --resume"))
+    return Case(resume_rgb_run(rgb_run, "--multiclass"), ("--multiclass", "binary = true", "without --resume"))
 
 
 def case_resume_with_no_augment(rgb_run, **_):
-    return Case(resume_rgb_run(rgb_run, "--no-augment"), ("--no-augment", "augment = True"))
+    return Case(resume_rgb_run(rgb_run, "--no-augment"), ("--no-augment", "augment = true"))
 
 
 def case_resume_with_a_config_file_that_changes_the_lr(tmp_path, rgb_run, **_):

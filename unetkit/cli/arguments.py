@@ -43,7 +43,8 @@ def argument(field: dataclasses.Field, hint: Any) -> tuple[list[str], dict[str, 
         flag, value = meta["flag"]
         return [flag], {"action": "store_const", "const": value, "help": help_text}
     if field.default not in (None, "") and "default" not in help_text:
-        help_text = f"{help_text} (default {show(field.default)})".strip()
+        shown = ("on" if field.default else "off") if isinstance(field.default, bool) else show(field.default)
+        help_text = f"{help_text} (default {shown})".strip()
     if meta.get("toggle"):
         return [name], {"action": argparse.BooleanOptionalAction, "help": help_text}
     kwargs: dict[str, Any] = {"help": help_text, "type": meta.get("parse") or value_type(hint)}

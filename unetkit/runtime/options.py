@@ -108,6 +108,10 @@ def command_line_name(name: str) -> str:
 
 
 def show(value: Any) -> str:
+    """A value as a user writes it: 0,255 for a list, 1e-3 for a float, true / false (TOML's, and
+    YAML's) for a switch, where Python's False read as a typo in a config file's message."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, list):
         return ",".join(show(v) for v in value)
     return f"{value:g}" if isinstance(value, float) else str(value)

@@ -112,8 +112,8 @@ class TrainConfig:
         valid=whole(1, 1000), need="1 to 1000",
     )  # fmt: skip
     augment: bool = option(
-        True, "turn off flips, rotations, scaling, elastic and intensity augmentation", group="data",
-        flag=("--no-augment", False),
+        True, "flips, rotations, scaling, elastic and intensity augmentation (--no-augment: none)", group="data",
+        toggle=True,
     )  # fmt: skip
     normalize: str | None = option(
         None, "dataset: the training set's channel mean and std; image: each image's channels scaled so their "
@@ -271,18 +271,18 @@ class TrainConfig:
         None, "keep decoded images in memory up to this many GiB, else decode each time (default: 30%% of the "
         "memory)", group="run", valid=between(0, 1e6), need="0 (decode every time) or more GiB",
     )  # fmt: skip
-    progress: bool = option(True, "no progress bars", group="run", flag=("--no-progress", False))
+    progress: bool = option(True, "progress bars (--no-progress: none, e.g. in a log file)", group="run", toggle=True)
     sync_bn: bool = option(
         False, "under torchrun: BatchNorm statistics over all ranks' batches (SyncBatchNorm, CUDA only)",
-        group="run", flag=("--sync-bn", True),
+        group="run", toggle=True,
     )  # fmt: skip
     report: bool = option(
-        True, "no report.html at the end of the run (unetkit report RUN_DIR writes it later)", group="run",
-        flag=("--no-report", False),
+        True, "report.html at the end of the run (--no-report: none; unetkit report RUN_DIR writes it later)",
+        group="run", toggle=True,
     )  # fmt: skip
     tensorboard: bool = option(
         False, "also log losses, Dice/IoU per class, LR and validation images to RUN/tensorboard",
-        group="run", flag=("--tensorboard", True),
+        group="run", toggle=True,
     )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:

@@ -39,9 +39,12 @@ def _read_mapping(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UnetkitError(f"{path}: config file not found")
     if path.suffix.lower() == ".json":  # a run's config.json records the resolved run; config.toml reruns it
+        beside = path.with_name("config.toml")
+        again = (
+            f"; to run a run again, pass the config.toml beside its config.json ({beside})" if beside.is_file() else ""
+        )
         raise UnetkitError(
-            f"{path}: --config reads TOML or YAML; to run a run again, pass the config.toml beside it "
-            f"({path.with_name('config.toml')})"
+            f"{path}: --config reads TOML or YAML, not JSON; write the options as key = value lines{again}"
         )
     text = _decode_text(path, path.read_bytes())
     try:
@@ -50,6 +53,10 @@ def _read_mapping(path: Path) -> dict[str, Any]:
         raise UnetkitError(f"{path}: values nested too deep to read; options are plain values or short lists") from None
     if not isinstance(data, dict):
         raise UnetkitError(f"{path}: expected key = value pairs at the top level")
+    if not data:  # the command would then ask for --images as if no file were given
+        raise UnetkitError(
+            f"{path}: holds no options (empty, or only comments); write key = value lines, e.g. epochs = 30"
+        )
     return data
 
 
@@ -163,9 +170,7 @@ def _load(path: Path) -> tuple[TrainConfig, dict[str, str]]:
             raise UnetkitError(f"{path}: key {shown} is not an option name; keys are names like lr or batch-size")
         name = key.replace("-", "_")  # accept the CLI spelling too: batch-size = 8
         if name not in names:
-            raise UnetkitError(
-                f"{path}: unknown option {key[:40]!r}{_closest(key, names)}; `unetkit train --help` lists the options"
-            )
+            raise UnetkitError(f"{path}: {_not_an_option(key, value, names)}")
         if name in keys:
             raise UnetkitError(f"{path}: {keys[name]} and {key} are the same option; keep one")
         if name == "grad_clip" and isinstance(value, str) and value.lower() == "none":
@@ -178,6 +183,27 @@ def _load(path: Path) -> tuple[TrainConfig, dict[str, str]]:
     # Ranges and choices here, so the error names the file's line, not a flag nobody typed.
     check_fields(cfg, lambda name, value: f"{path}: {keys.get(name, name)} = {_shown(raw.get(name, value))}")
     return cfg, keys
+
+
+def _not_an_option(key: str, value: Any, names: list[str]) -> str:
+    """Why `key` is no option, and what to write: a switch's command-line spelling (no-elastic =
+    true, multiclass = true) as the field and value it sets, where the closest name (elastic) led
+    to the opposite; a [section] as its keys at the top level; else the closest name."""
+    switches = {}
+    for field in fields(TrainConfig):
+        if field.metadata.get("toggle"):
+            switches[f"no_{field.name}"] = field.name, False
+        if field.metadata.get("flag"):
+            flag, set_to = field.metadata["flag"]
+            switches[flag[2:].replace("-", "_")] = field.name, set_to
+    switch = switches.get(key.replace("-", "_"))
+    if switch and isinstance(value, bool):
+        name, set_to = switch
+        written = f"{name} = {_toml_value(set_to == value)}"
+        return f"{key} is the command line's --{key.replace('_', '-')}; in a file write {written}"
+    if isinstance(value, dict):
+        return f"[{key}] is a section, and a config file has none; write its keys at the top level, without [{key}]"
+    return f"unknown option {key[:40]!r}{_closest(key, names)}; `unetkit train --help` lists the options"
 
 
 def _closest(key: str, names: list[str]) -> str:
