@@ -6,6 +6,7 @@ Predict button clicked; what it adds is what the Predictor (the CLI's engine) ma
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -71,6 +72,27 @@ def test_predict_with_the_shipped_nuclei_model_adds_the_predictors_objects(make_
     assert len(ticks) >= 2
 
 
+def test_a_prediction_asked_for_while_one_runs_waits_and_each_lands_under_its_own_layer(make_napari_viewer, qtbot):
+    """Retrain's last step predicted while the user's prediction of a stack ran: the second request
+    replaced the first's, so the stack's labels were added under the 2-D image's name and placement,
+    with a traceback (a red-team round). Now it waits its turn."""
+    viewer = make_napari_viewer()
+    stack = np.stack([nuclei(size=96, count=6, seed=s)[0][0] for s in range(4)])
+    viewer.add_image(stack, name="movie", scale=(1, 2, 2))
+    viewer.add_image(nuclei(size=64, count=3)[0][0], name="still")
+    widget = predict_dock(viewer)
+    widget.model.setCurrentText("nuclei")
+    widget.layer.setCurrentText("movie")
+    widget.predict()
+    widget.layer.setCurrentText("still")
+    widget.predict()  # as Retrain's predict_again does, the first still running
+    assert len(widget.queued) == 1 and "waits" in widget.status.text()
+    qtbot.waitUntil(lambda: widget.worker is None and not widget.queued, timeout=120_000)
+    assert viewer.layers["movie objects"].data.shape == stack.shape
+    assert tuple(viewer.layers["movie objects"].scale) == (1, 2, 2)
+    assert viewer.layers["still objects"].data.shape == (64, 64) and widget.predict_button.isEnabled()
+
+
 def qtbot_timer(qtbot, ticks):
     from qtpy.QtCore import QTimer
 
@@ -130,11 +152,39 @@ def test_a_pair_is_added_under_the_layers_name_and_never_over_a_users_file(tmp_p
     (tmp_path / "masks" / "cells_1.tif").write_bytes(b"corrected elsewhere")
     assert add_pair(tmp_path, image, labels, "cells 1") == "cells_1-2"  # edited since: kept, another name
     assert (tmp_path / "masks" / "cells_1.tif").read_bytes() == b"corrected elsewhere"
-    (tmp_path / "images" / "mine.tif").write_bytes(b"the user's")
-    assert add_pair(tmp_path, image, labels, "mine") == "mine-2"
+    # Another image under the same safe name ("cells/1", or a second viewer's "cells 1"): a pair of its
+    # own, where it replaced the first image's pair (a red-team round).
+    assert add_pair(tmp_path, image[::-1].copy(), labels, "cells/1") == "cells_1-3"
     for bad, needle in ((np.zeros_like(labels), "empty"), (labels[:10], "labels are")):
         with pytest.raises(UnetkitError, match=needle):
             add_pair(tmp_path, image, bad, "cells 1")
+    for bad_id in (-1, 65536):  # uint16 made them 65535 and background, unsaid
+        with pytest.raises(UnetkitError, match=f"hold id {bad_id}, and a mask holds ids 0 to 65535"):
+            add_pair(tmp_path, image, np.where(labels > 0, bad_id, 0), "cells 1")
+
+
+def test_a_project_folder_that_is_the_users_data_a_file_or_empty_is_refused(tmp_path):
+    """The user's own data folder chosen as the project got corrections written beside its files
+    (training then refused their names twice); an empty field wrote into the working folder; a
+    file on the path was a traceback (a red-team round). Their files are left as they were."""
+    from unetkit.errors import UnetkitError
+    from unetkit.napari.training_set import add_pair
+
+    image = nuclei(size=64, count=4)[0][0]
+    labels = (image > 60).astype(np.uint16)
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "images" / "00.png").write_bytes(b"the user's")
+    (tmp_path / "afile").write_bytes(b"x")
+    cases = {
+        str(tmp_path / "data"): "data/images/00.png: the project folder holds images or masks that Add to training",
+        "  ": "choose a project folder",
+        str(tmp_path / "afile"): "afile: is a file, not a folder",
+        str(tmp_path / "afile" / "under"): "afile/under/images: Not a directory; choose another",
+    }
+    for project, needle in cases.items():
+        with pytest.raises(UnetkitError, match=re.escape(needle)):
+            add_pair(project, image, labels, "cells")
+    assert sorted(p.name for p in (tmp_path / "data").rglob("*")) == ["00.png", "images"]
 
 
 def inverted_nuclei(viewer, count: int, folder) -> None:
@@ -228,6 +278,26 @@ def test_closing_the_viewer_ends_its_training_run_at_the_next_batch(make_napari_
     from unetkit.runtime.folder_lock import LOCK_NAME
 
     assert not (tmp_path / "run" / LOCK_NAME).exists()  # the run folder is free again
+
+
+def test_closing_a_widgets_dock_ends_its_training_run_at_the_next_batch(make_napari_viewer, qtbot, tmp_path):
+    """The dock's 'x' (remove_dock_widget) left the widget alive: its run trained on for the whole
+    budget, then predicted from the closed widget (a red-team round)."""
+    import threading
+
+    viewer = make_napari_viewer()
+    inverted_nuclei(viewer, 4, tmp_path / "data")
+    widget = train_dock(viewer)
+    widget.budget.setValue(600)
+    widget.out.setText(str(tmp_path / "run"))
+    widget.train_button.click()
+    qtbot.waitUntil(lambda: widget.passed[0] > 0 or widget.worker is None, timeout=120_000)
+    worker, ended = widget.worker, threading.Event()
+    assert worker is not None, widget.status.text()
+    worker.finished.connect(ended.set)
+    viewer.window.remove_dock_widget(widget)
+    qtbot.waitUntil(ended.is_set, timeout=30_000)
+    assert (tmp_path / "run" / "last.pt").is_file() or not widget.rows  # Ctrl-C's path: what was done is kept
 
 
 def test_correct_and_retrain_changes_the_models_output_on_the_corrected_images(make_napari_viewer, qtbot, tmp_path):
@@ -364,6 +434,51 @@ def test_a_first_round_of_one_corrected_image_trains_without_validation(make_nap
     assert widget.config().val_fraction == 0.0 and "without validation" in said[-1]
     add_all(widget, 2)
     assert widget.config().val_fraction != 0.0
+
+
+def test_correct_and_retrain_trains_corrected_classes_as_classes(make_napari_viewer, tmp_path, monkeypatch):
+    """Its "the labels are objects" box, checked by default, trained corrected EM classes (membrane
+    and cell over the whole image) as four instance classes, the model's output layer afresh (a
+    red-team round). It now recognises them as the Train widget does."""
+    from unetkit.napari import train_widget
+
+    monkeypatch.setattr(train_widget, "show_info", lambda text: None)
+    viewer = make_napari_viewer()
+    inverted_nuclei(viewer, 2, tmp_path / "data")
+    widget = correct_dock(viewer, tmp_path)
+    add_all(widget, 2)
+    assert widget.labels_are.currentText() == train_widget.LABELS_RECOGNISED
+    assert widget.config().instance_masks is True  # nuclei, one id each
+    for index in range(2):
+        classes = np.where(viewer.layers[f"dark {index} corrected"].data > 0, 1, 2).astype(np.int32)
+        viewer.add_labels(classes, name=f"dark {index} classes")
+    other = correct_dock(viewer, tmp_path / "classes")
+    for index in range(2):
+        other.image_layer.setCurrentText(f"dark {index}")
+        other.labels_layer.setCurrentText(f"dark {index} classes")
+        other.add_button.click()
+    assert other.config().instance_masks is False
+
+
+def test_a_retrain_that_kept_its_start_says_so_and_does_not_predict_again(
+    make_napari_viewer, tmp_path, monkeypatch
+):
+    """A 30 s round whose epochs did not beat the shipped model left best.pt that model, unchanged,
+    and the widget said "trained" and predicted the same objects again (a red-team round)."""
+    from unetkit.napari import correct_widget, run_panel
+
+    said, predicted = [], []
+    monkeypatch.setattr(run_panel, "show_info", said.append)
+    widget = correct_dock(make_napari_viewer(), tmp_path)
+    monkeypatch.setattr(widget, "predict_again", predicted.append)
+    widget.best_is = "the --init-from model as it started, val Dice 0.8112: no epoch beat it"
+    widget.trained(tmp_path / "best.pt")
+    assert "is the model you started from, unchanged" in said[-1] and predicted == []
+    assert widget.model.currentText() == "nuclei"  # the next round starts from the same model
+    widget.best_is = ""
+    widget.trained(tmp_path / "best.pt")
+    assert said[-1].startswith("unetkit: trained") and predicted == [str(tmp_path / "best.pt")]
+    assert not correct_widget.CorrectWidget.RESUMES  # its Stop line names no Resume button it lacks
 
 
 def test_a_colour_layer_read_as_luminance_by_a_gray_model_is_a_notification(make_napari_viewer, qtbot, monkeypatch):

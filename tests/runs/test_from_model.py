@@ -67,10 +67,17 @@ def test_an_average_that_beats_the_start_by_more_than_the_noise_is_kept(nuclei, 
 
 def test_a_best_checkpoint_that_is_the_start_is_left_alone(nuclei):
     best, start, _tuned, pairs = nuclei
-    save_checkpoint(best, {**start, "epoch": 0})
+    save_checkpoint(best, {**start, "epoch": 0, "best_dice": 0.8112})
     before = best.read_bytes()
-    assert from_model.settle_from_start(best, start, None, pairs, print) is None
+    lines: list[str] = []
+    held = from_model.settle_from_start(best, start, None, pairs, lines.append)
     assert best.read_bytes() == before
+    # ... and said: napari's Retrain called it "trained" with the shipped model unchanged (red-team round)
+    assert held == "the --init-from model as it started, val Dice 0.8112: no epoch beat it"
+    assert lines == [
+        "from the model: no epoch beat the --init-from model's val Dice 0.8112: best.pt is that model as it started "
+        "(train longer or on more corrected images to move it)"
+    ]
 
 
 def test_where_the_average_is_no_better_the_fine_tuned_weights_beating_the_start_are_kept(nuclei, monkeypatch):

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLineEdit, QPushButton, QSpinBox, QVBoxLayout
+from qtpy.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLineEdit, QPushButton, QSpinBox, QVBoxLayout
 
 from unetkit.errors import UnetkitError
 from unetkit.napari.predict_widget import alive, fill_layer_choices, layer_pixels, open_widgets
 from unetkit.napari.run_panel import RunPanel
-from unetkit.napari.training_set import add_pair
+from unetkit.napari.train_widget import LABEL_KINDS, LABELS_RECOGNISED, labels_are_objects
+from unetkit.napari.training_set import add_pair, project_folder
 from unetkit.zoo import zoo_models
 
 if TYPE_CHECKING:
@@ -37,8 +38,11 @@ class CorrectWidget(RunPanel):
         self.model.addItems(zoo_models())
         self.model.setEditable(True)  # or a checkpoint's path; after each Retrain, the new model
         self.model.setCurrentText("nuclei")  # the shipped model a correction most often starts from
-        self.objects = QCheckBox("the labels are objects, one id each")
-        self.objects.setChecked(True)  # what Predict's objects and their corrections are
+        # Recognised from the labels, as the Train widget does: a box checked for objects trained
+        # corrected EM classes (0/255) as four instance classes (a red-team round).
+        self.labels_are = QComboBox()
+        self.labels_are.addItems(LABEL_KINDS)
+        self.labels_are.setCurrentText(LABELS_RECOGNISED)
         self.budget = QSpinBox()
         self.budget.setRange(5, 24 * 3600)
         self.budget.setValue(60)
@@ -52,7 +56,7 @@ class CorrectWidget(RunPanel):
         self._refresh_layers()
 
     def busy_buttons(self) -> list[QPushButton]:
-        return [self.retrain_button]
+        return [self.retrain_button, self.add_button]  # an added pair would replace a file the run reads
 
     def _lay_out(self) -> None:
         form = QFormLayout()
@@ -60,7 +64,7 @@ class CorrectWidget(RunPanel):
                              ("corrected labels", self.labels_layer)):  # fmt: skip
             form.addRow(label, field)
         form.addRow(self.add_button)
-        form.addRow(self.objects)
+        form.addRow("the labels are", self.labels_are)
         form.addRow("model to fine-tune", self.model)
         form.addRow("time budget", self.budget)
         buttons = QHBoxLayout()
@@ -85,7 +89,7 @@ class CorrectWidget(RunPanel):
         try:
             if not image or not labels:
                 raise UnetkitError("choose an Image layer and the Labels layer that holds its corrected objects")
-            project = Path(self.project.text()).expanduser()
+            project, _record = project_folder(self.project.text())
             data = layer_pixels(self.viewer.layers[image])
             name = add_pair(project, data, layer_pixels(self.viewer.layers[labels]), image)
         except UnetkitError as err:
@@ -97,7 +101,7 @@ class CorrectWidget(RunPanel):
     def config(self) -> TrainConfig:
         from unetkit.train import TrainConfig
 
-        project = Path(self.project.text()).expanduser()
+        project, _record = project_folder(self.project.text())
         images, masks = project / "images", project / "masks"
         if not images.is_dir() or not masks.is_dir():
             raise UnetkitError(f"{project}: no training set yet; correct a Labels layer and Add to training set first")
@@ -105,7 +109,7 @@ class CorrectWidget(RunPanel):
         if not model:
             raise UnetkitError("choose the model to fine-tune: a shipped one by name, or a checkpoint")
         out = project / "runs" / time.strftime("%Y%m%d-%H%M%S")
-        instances = True if self.objects.isChecked() else None  # None: as the masks and the model say
+        instances = labels_are_objects(self.labels_are.currentText(), images, masks)
         # One corrected image leaves none to validate on, and a first round is one image: it trains on
         # it without validation (the last epoch's weights), said; from two images on, one validates.
         alone = len(list(images.iterdir())) < 2
@@ -117,6 +121,8 @@ class CorrectWidget(RunPanel):
 
     def trained(self, best: Path) -> None:
         super().trained(best)
+        if self.unchanged:  # predicting again would show the same objects as new
+            return
         self.model.insertItem(0, str(best))  # the next round starts from this one
         self.model.setCurrentIndex(0)
         self.predict_again(str(best))

@@ -153,7 +153,7 @@ class PredictWidget(QWidget):
         self.viewer = napari_viewer
         self.predictors: dict[tuple, Predictor] = {}  # a model is loaded once per options
         self.worker: Any = None
-        self.request_running: PredictRequest | None = None  # what the worker under way was asked
+        self.queued: list[PredictRequest] = []  # asked for while a worker ran: started in turn
         self.model = QComboBox()
         self.model.addItems([*TRAINED, *zoo_models(), CHOOSE_FILE])
         self.model.activated.connect(self._model_chosen)
@@ -235,17 +235,24 @@ class PredictWidget(QWidget):
         return self.predictors[key]
 
     def predict(self) -> None:
-        """Predict's button: start a worker, or say in one notification why not."""
+        """Predict's button (and Retrain's last step): start a worker, or queue the request behind
+        the one under way, or say in one notification why not."""
         try:
             request = self.request()
         except UnetkitError as err:
             show_error(str(err))
             return
+        if self.worker is not None:  # Retrain's predict while the user's runs: it took that one's layer
+            self.queued.append(request)
+            self.status.setText(f"{request.layer_name}: waits for the prediction under way")
+            return
+        self._start(request)
 
+    def _start(self, request: PredictRequest) -> None:
         @thread_worker(
             connect={
                 "yielded": self._progressed,
-                "returned": self._finished,
+                "returned": lambda results: self._finished(results, request),
                 "errored": self._failed,
                 "finished": self._idle,
             }
@@ -254,7 +261,6 @@ class PredictWidget(QWidget):
             with notes_to(lambda note: show_info(f"unetkit: {note}")):  # napari's user sees no terminal
                 return (yield from predict_planes(self.predictor(request), request))
 
-        self.request_running = request
         self.predict_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress.setRange(0, 0)  # busy until the first plane is done
@@ -262,6 +268,7 @@ class PredictWidget(QWidget):
         self.worker = work()
 
     def cancel(self) -> None:
+        self.queued.clear()
         if self.worker is not None:
             self.worker.quit()
             self.status.setText("cancelled: stops after the plane under way")
@@ -270,8 +277,7 @@ class PredictWidget(QWidget):
         self.progress.setRange(0, done[1])
         self.progress.setValue(done[0])
 
-    def _finished(self, results: list[PlaneResult]) -> None:
-        request = self.request_running
+    def _finished(self, results: list[PlaneResult], request: PredictRequest) -> None:
         labels = np.stack([r.labels for r in results]) if len(results) > 1 else results[0].labels
         layers = [self._add_labels(labels, request)]
         if request.probabilities:
@@ -283,7 +289,10 @@ class PredictWidget(QWidget):
         for layer in layers:
             for key, value in request.placement.items():
                 setattr(layer, key, value)
-        count = f"{int(labels.max())} objects" if request.objects else f"{len(np.unique(labels))} classes present"
+        # Each plane's ids start at 1: a stack's count is their sum, not its largest id (a red-team round)
+        found = sum(int(r.labels.max()) for r in results)
+        planes = f" in {len(results)} planes" if len(results) > 1 else ""
+        count = f"{found} objects{planes}" if request.objects else f"{len(np.unique(labels))} classes present"
         self.status.setText(f"done: {count}")
         show_info(f"unetkit: {request.layer_name}: {count}")
 
@@ -303,7 +312,10 @@ class PredictWidget(QWidget):
         self.status.setText("failed: see the notification")
 
     def _idle(self) -> None:
+        self.worker = None
+        if self.queued and alive(self):
+            self._start(self.queued.pop(0))
+            return
         self.predict_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         self.progress.setRange(0, 1)
-        self.worker = None

@@ -3,8 +3,9 @@
 two callbacks the command line uses: `on_progress` (each pass's images: the bar the terminal
 draws with tqdm, drawn here as a QProgressBar) and `on_epoch_end` (each epoch's row, here a table
 row). Stop ends after the epoch under way, leaving last.pt to resume from; closing the viewer
-ends the run at its next batch, as Ctrl-C does, so no training thread outlives its window. The
-training thread only appends to plain lists; a QTimer in the GUI thread shows them."""
+(or the widget's dock) ends the run at its next batch, as Ctrl-C does, so no training thread
+outlives its window. The training thread only appends to plain lists; a QTimer in the GUI thread
+shows them."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QTableWidget, QTableWidgetItem, QWidget
 
 from unetkit.errors import UnetkitError
@@ -36,6 +37,8 @@ class RunPanel(QWidget):
     """A dock widget that trains: subclasses lay out their own options and call `start(cfg)`;
     `trained(best)` is theirs to extend."""
 
+    RESUMES = False  # whether the widget has a Resume button for a stopped run
+
     def __init__(self) -> None:
         super().__init__()
         self.worker: Any = None
@@ -49,6 +52,7 @@ class RunPanel(QWidget):
         self.closed = threading.Event()
         self.destroyed.connect(self.closed.set)
         self.last_model: str | None = None
+        self.best_is = ""  # what best.pt holds where it is not the run's best epoch (RunResult.best_is)
         self.stopped = False  # the last run ended at Stop: it resumes
         self.stop_button = QPushButton("Stop")
         self.stop_button.setEnabled(False)
@@ -62,6 +66,14 @@ class RunPanel(QWidget):
         self.timer = QTimer(self)
         self.timer.timeout.connect(self._show_progress)
         self.timer.start(250)
+
+    def event(self, event: QEvent) -> bool:
+        """A dock closed with its 'x' (napari: remove_dock_widget) takes the widget out of the window
+        and leaves it alive: its run trained on for its whole budget, then predicted from the
+        closed widget (a red-team round). Its run now ends at the next batch, as on the viewer's close."""
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None and self.worker is not None:
+            self.closed.set()
+        return super().event(event)
 
     def busy_buttons(self) -> list[QPushButton]:
         """The buttons that start a run: off while one runs."""
@@ -121,11 +133,18 @@ class RunPanel(QWidget):
                 raise KeyboardInterrupt  # the trainer's Ctrl-C path: last.pt kept, the folder released
 
         self.log_lines.clear()
+        self.best_is = ""
         try:
             result = run_training(cfg, log=self.log_lines.append, on_epoch_end=on_epoch_end, on_progress=on_progress)
         except KeyboardInterrupt as stopped:  # not a BaseException out of Qt's thread pool: that aborts
             raise StopRequested(str(stopped)) from None
+        self.best_is = result.best_is
         return result.best_checkpoint
+
+    @property
+    def unchanged(self) -> bool:
+        """Whether the last run's best.pt is the model it started from: no epoch beat it."""
+        return self.best_is.startswith("the --init-from model as it started")
 
     def stop(self) -> None:
         self.stop_requested.set()
@@ -135,7 +154,7 @@ class RunPanel(QWidget):
         done, total, what = self.passed
         self.progress.setRange(0, max(1, total))
         self.progress.setValue(done)
-        self.progress.setFormat(f"{what}  %v / %m images" if what else "")
+        self.progress.setFormat(f"{what}  %v / %m" if what else "")  # patches or images, as the pass counts them
         budget = self.cfg.time if self.cfg is not None and self.cfg.time else None
         while self.table.rowCount() < len(self.rows):
             index = self.table.rowCount()
@@ -153,10 +172,14 @@ class RunPanel(QWidget):
         offer_model(str(best))
         ending = [line for line in self.log_lines if line.startswith("from the model:")]  # which weights it kept
         self.status.setText(f"done: {best} (now among Predict's models)" + "".join(f"; {line}" for line in ending))
-        show_info(f"unetkit: trained {best}")
+        if self.unchanged:  # said as "trained" before, with the shipped model unchanged (a red-team round)
+            show_info(f"unetkit: {best} is the model you started from, unchanged: no epoch beat it; train longer "
+                      "or on more corrected images")  # fmt: skip
+        else:
+            show_info(f"unetkit: trained {best}")
 
     def _finished(self, best: Path) -> None:
-        if alive(self):
+        if alive(self) and not self.closed.is_set():
             self.trained(best)
         else:  # its viewer closed as the run ended: the model still joins other viewers' Predict
             offer_model(str(best))
@@ -167,8 +190,9 @@ class RunPanel(QWidget):
         if isinstance(error, StopRequested):
             self.stopped = True
             last = self.run_folder() / "last.pt"
-            self.status.setText(f"stopped after epoch {len(self.rows)}; {last} resumes it (Resume, or unetkit "
-                                "train --resume)")  # fmt: skip
+            button = "Resume, or " if self.RESUMES else ""  # the Correct widget has no Resume (a red-team round)
+            self.status.setText(f"stopped after epoch {len(self.rows)}; {last} resumes it ({button}unetkit train "
+                                f"--resume {last})")  # fmt: skip
             return
         show_error(str(error) if isinstance(error, UnetkitError) else f"{type(error).__name__}: {error}")
         self.status.setText("failed: see the notification")

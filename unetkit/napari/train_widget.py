@@ -71,6 +71,7 @@ def image_shape(layer: napari.layers.Image | napari.layers.Labels) -> tuple[int,
 LABELS_RECOGNISED = "recognised from the labels"
 LABELS_OBJECTS = "objects, one id each (--instance-masks)"
 LABELS_CLASSES = "classes, one value each (--no-instance-masks)"
+LABEL_KINDS = (LABELS_RECOGNISED, LABELS_OBJECTS, LABELS_CLASSES)
 RECOGNITION_SAMPLE = 32  # masks read to recognise objects (the fingerprint's GEOMETRY_SAMPLE)
 
 
@@ -98,6 +99,8 @@ def labels_are_objects(choice: str, images: Path, masks: Path) -> bool:
 
 
 class TrainWidget(RunPanel):
+    RESUMES = True
+
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
@@ -107,7 +110,7 @@ class TrainWidget(RunPanel):
         self.pairs.setMaximumHeight(120)
         self.images, self.masks = QLineEdit(), QLineEdit()
         self.labels_are = QComboBox()
-        self.labels_are.addItems([LABELS_RECOGNISED, LABELS_OBJECTS, LABELS_CLASSES])
+        self.labels_are.addItems(LABEL_KINDS)
         self.start_model = QComboBox()
         self.start_model.addItems([FROM_SCRATCH, *zoo_models()])
         self.start_model.setEditable(True)  # or a checkpoint's path

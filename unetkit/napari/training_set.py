@@ -18,19 +18,52 @@ from unetkit.runtime.atomic import atomic_write
 from unetkit.runtime.ownership import digest, record_files, recorded_files, replaceable
 
 
-def pair_name(project: Path, layer_name: str, record: dict[str, str]) -> str:
+def pair_name(project: Path, layer_name: str, record: dict[str, str], image: np.ndarray) -> str:
     """A file stem for the layer: its name made safe, then -2, -3 ... past files that are not
-    unetkit's own, unedited ones."""
+    unetkit's own, unedited ones, and past another image's pair: a correction of the same image
+    replaces its last one, but "cell 1" and "cell/1" (both cell_1), or two viewers' "Image 1",
+    replaced each other's pair (a red-team round)."""
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", layer_name).strip("._") or "image"
     for candidate in [stem, *(f"{stem}-{k}" for k in range(2, 1000))]:
-        if all(replaceable(project, f"{kind}/{candidate}.tif", record) for kind in ("images", "masks")):
+        if not all(replaceable(project, f"{kind}/{candidate}.tif", record) for kind in ("images", "masks")):
+            continue
+        written = project / "images" / f"{candidate}.tif"
+        if not written.is_file() or np.array_equal(tifffile.imread(written), image):
             return candidate
     raise UnetkitError(f"{project}: a thousand pairs named {stem}; choose another project folder")
 
 
+def project_folder(text: str) -> tuple[Path, dict[str, str]]:
+    """The project folder a widget's field names, and its record, or one line why it cannot be: an
+    empty field (it meant the working folder), a file, or a folder of pairs unetkit did not write.
+    A user's data folder chosen as the project got corrections written beside its own files, so
+    training refused the same names twice, and a run folder inside it (a red-team round)."""
+    if not text.strip():
+        raise UnetkitError("choose a project folder for the training set: a new or empty folder, or one it made")
+    project = Path(text.strip()).expanduser()
+    record = recorded_files(project)
+    for folder in (project, project / "images", project / "masks"):
+        if folder.exists() and not folder.is_dir():
+            raise UnetkitError(f"{folder}: is a file, not a folder; choose another project folder")
+        if folder != project and folder.is_dir():
+            foreign = sorted(p.name for p in folder.iterdir() if f"{folder.name}/{p.name}" not in record)
+            if foreign:
+                raise UnetkitError(
+                    f"{folder / foreign[0]}: the project folder holds images or masks that Add to training set "
+                    "did not write; choose a new or empty project folder (your files stay as they are)"
+                )
+    return project, record
+
+
 def add_pair(project: Path, image: np.ndarray, labels: np.ndarray, layer_name: str) -> str:
     """Write `image` and its `labels` (object ids, or class ids) into the project; the pair's name."""
+    project, record = project_folder(str(project))
     labels = np.asarray(labels)
+    if labels.ndim != 2 and labels.shape == image.shape[: labels.ndim]:
+        raise UnetkitError(
+            f"{layer_name}: a stack of {labels.shape[0]} planes; a training pair is one 2-D image, so copy the plane "
+            "you corrected, and its labels, into layers of their own first"
+        )
     if labels.shape != image.shape[: labels.ndim] or labels.ndim != 2:
         raise UnetkitError(
             f"{layer_name}: the labels are {labels.shape} and the image {image.shape}; add a 2-D image with labels of "
@@ -38,12 +71,27 @@ def add_pair(project: Path, image: np.ndarray, labels: np.ndarray, layer_name: s
         )
     if not labels.any():
         raise UnetkitError(f"{layer_name}: the labels layer is empty; paint or correct some objects first")
-    record = recorded_files(project)
-    name = pair_name(project, layer_name, record)
-    for folder, array in (("images", np.asarray(image)), ("masks", labels.astype(np.uint16))):
+    name = pair_name(project, layer_name, record, np.asarray(image))
+    for folder, array in (("images", np.asarray(image)), ("masks", mask_of(labels, layer_name))):
         path = project / folder / f"{name}.tif"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # a file on the way (NotADirectoryError), no permission
+            raise UnetkitError(f"{path.parent}: {err.strerror}; choose another project folder") from None
         atomic_write(path, lambda temporary, array=array: tifffile.imwrite(temporary, array))
         record[f"{folder}/{name}.tif"] = digest(path)
     record_files(project, record)
     return name
+
+
+def mask_of(labels: np.ndarray, layer_name: str) -> np.ndarray:
+    """The labels as a uint16 mask, whose 65,535 ids a mask file holds; a negative id, or one past
+    that, is refused (uint16 made id 65,536 background and -1 id 65,535, unsaid: a red-team round)."""
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high > np.iinfo(np.uint16).max:
+        bad = low if low < 0 else high
+        raise UnetkitError(
+            f"{layer_name}: the labels hold id {bad}, and a mask holds ids 0 to 65535; renumber them from 1 "
+            "(e.g. skimage.segmentation.relabel_sequential)"
+        )
+    return labels.astype(np.uint16)

@@ -44,9 +44,15 @@ def settle_from_start(
     Returns what best.pt now holds where that is no longer the run's best epoch (the summary's
     line said that epoch's val Dice for the start: red-team finding), else None."""
     tuned = load_checkpoint(checkpoint)
+    if tuned.get("epoch") == 0:  # the Trainer's start guard: no epoch beat the start's val Dice
+        dice = tuned.get("best_dice")
+        dice = f" {dice:.4f}" if isinstance(dice, float) else ""
+        log(f"from the model: no epoch beat the --init-from model's val Dice{dice}: {checkpoint.name} is that model "
+            "as it started (train longer or on more corrected images to move it)")  # fmt: skip
+        return f"the --init-from model as it started, val Dice{dice}: no epoch beat it"
     instances = ModelSpec.from_state(start).mask_values.instances
-    if tuned.get("epoch") == 0 or instances is None:
-        return None  # best.pt is the start already; a semantic model's score is Dice (the Trainer's start guard)
+    if instances is None:
+        return None  # a semantic model's score is Dice: the Trainer's start guard has weighed it
     rule = rule or ObjectRule.default(instances)
     start_score, objects = object_score(start, rule, val_pairs)
     if not objects:
