@@ -460,9 +460,7 @@ def test_correct_and_retrain_trains_corrected_classes_as_classes(make_napari_vie
     assert other.config().instance_masks is False
 
 
-def test_a_retrain_that_kept_its_start_says_so_and_does_not_predict_again(
-    make_napari_viewer, tmp_path, monkeypatch
-):
+def test_a_retrain_that_kept_its_start_says_so_and_does_not_predict_again(make_napari_viewer, tmp_path, monkeypatch):
     """A 30 s round whose epochs did not beat the shipped model left best.pt that model, unchanged,
     and the widget said "trained" and predicted the same objects again (a red-team round)."""
     from unetkit.napari import correct_widget, run_panel
