@@ -136,6 +136,9 @@ def test_training_starts_from_a_model_by_name(tmp_path, capsys):
 def test_an_unknown_model_name_is_one_line(tmp_path, capsys):
     code, _, err = run_cli(capsys, "predict", "--model", "nucleii", tmp_path, "--out", tmp_path / "o")
     assert_one_line_error(code, err, "nucleii", "unetkit models", "nuclei")
+    # --init-from takes a file or a name: a near name was "checkpoint not found" (a red-team round)
+    code, _, err = run_cli(capsys, "train", "--images", tmp_path, "--masks", tmp_path, "--init-from", "nucleus")
+    assert_one_line_error(code, err, "nucleus: no such file, nor a ready-made model", "did you mean nuclei?")
 
 
 def test_a_ready_made_model_predicts_from_python_by_name(tmp_path):

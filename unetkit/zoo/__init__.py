@@ -10,6 +10,7 @@ each one and makes it again.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,12 @@ def model_file(name: str) -> Path:
     no file of that name exists."""
     path = Path(name)
     if name not in zoo_models():
+        near = difflib.get_close_matches(name, list(zoo_models()), n=1)
+        if near and not path.exists() and len(path.parts) == 1:  # "nucleus" was "checkpoint not found", unhelped
+            raise UnetkitError(
+                f"{name}: no such file, nor a ready-made model of that name; did you mean {near[0]}? "
+                f"(unetkit models lists them: {', '.join(zoo_models())})"
+            )
         return path
     if not path.exists():
         return zoo_models()[name].weights
