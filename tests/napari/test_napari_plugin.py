@@ -260,7 +260,9 @@ def test_train_from_layers_stops_cleanly_and_resumes_in_the_widget(make_napari_v
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] > stopped
 
 
-def test_closing_the_viewer_ends_its_training_run_at_the_next_batch(make_napari_viewer, qtbot, tmp_path):
+def a_long_run_under_way(make_napari_viewer, qtbot, tmp_path):
+    """A viewer whose Train widget has a 600 s run past its first batch: (viewer, widget, an Event
+    set when the run's worker ends)."""
     import threading
 
     viewer = make_napari_viewer()
@@ -273,6 +275,11 @@ def test_closing_the_viewer_ends_its_training_run_at_the_next_batch(make_napari_
     worker, ended = widget.worker, threading.Event()
     assert worker is not None, widget.status.text()
     worker.finished.connect(ended.set)
+    return viewer, widget, ended
+
+
+def test_closing_the_viewer_ends_its_training_run_at_the_next_batch(make_napari_viewer, qtbot, tmp_path):
+    viewer, _widget, ended = a_long_run_under_way(make_napari_viewer, qtbot, tmp_path)
     viewer.close()  # a 600 s run: it must not train on in a thread nobody sees
     qtbot.waitUntil(ended.is_set, timeout=30_000)
     from unetkit.runtime.folder_lock import LOCK_NAME
@@ -283,18 +290,7 @@ def test_closing_the_viewer_ends_its_training_run_at_the_next_batch(make_napari_
 def test_closing_a_widgets_dock_ends_its_training_run_at_the_next_batch(make_napari_viewer, qtbot, tmp_path):
     """The dock's 'x' (remove_dock_widget) left the widget alive: its run trained on for the whole
     budget, then predicted from the closed widget (a red-team round)."""
-    import threading
-
-    viewer = make_napari_viewer()
-    inverted_nuclei(viewer, 4, tmp_path / "data")
-    widget = train_dock(viewer)
-    widget.budget.setValue(600)
-    widget.out.setText(str(tmp_path / "run"))
-    widget.train_button.click()
-    qtbot.waitUntil(lambda: widget.passed[0] > 0 or widget.worker is None, timeout=120_000)
-    worker, ended = widget.worker, threading.Event()
-    assert worker is not None, widget.status.text()
-    worker.finished.connect(ended.set)
+    viewer, widget, ended = a_long_run_under_way(make_napari_viewer, qtbot, tmp_path)
     viewer.window.remove_dock_widget(widget)
     qtbot.waitUntil(ended.is_set, timeout=30_000)
     assert (tmp_path / "run" / "last.pt").is_file() or not widget.rows  # Ctrl-C's path: what was done is kept
