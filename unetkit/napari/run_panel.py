@@ -144,7 +144,9 @@ class RunPanel(QWidget):
     @property
     def unchanged(self) -> bool:
         """Whether the last run's best.pt is the model it started from: no epoch beat it."""
-        return self.best_is.startswith("the --init-from model as it started")
+        from unetkit.runs.from_model import AS_STARTED
+
+        return self.best_is.startswith(AS_STARTED)
 
     def stop(self) -> None:
         self.stop_requested.set()

@@ -31,6 +31,10 @@ from unetkit.runs.object_rule import score_rules, start_tie, validation_probabil
 BLEND = 0.5  # the fine-tuned weights' share of the average
 
 
+# How settle_from_start's answer begins where best.pt is the start model, unchanged (napari reads it).
+AS_STARTED = "the --init-from model as it started"
+
+
 def settle_from_start(
     checkpoint: Path,
     start: dict[str, Any],
@@ -49,7 +53,7 @@ def settle_from_start(
         dice = f" {dice:.4f}" if isinstance(dice, float) else ""
         log(f"from the model: no epoch beat the --init-from model's val Dice{dice}: {checkpoint.name} is that model "
             "as it started (train longer or on more corrected images to move it)")  # fmt: skip
-        return f"the --init-from model as it started, val Dice{dice}: no epoch beat it"
+        return f"{AS_STARTED}, val Dice{dice}: no epoch beat it"
     instances = ModelSpec.from_state(start).mask_values.instances
     if instances is None:
         return None  # a semantic model's score is Dice: the Trainer's start guard has weighed it
@@ -71,7 +75,7 @@ def settle_from_start(
     log(f"from the model: pooled AP@0.5:0.9 {', '.join(said)}, within their noise ({noise:.3f}): {checkpoint.name} is "
         "the --init-from model as it started (train on more corrected images to move it)")  # fmt: skip
     dice = start.get("best_dice")
-    return "the --init-from model as it started" + (f", val Dice {dice:.4f}" if isinstance(dice, float) else "")
+    return AS_STARTED + (f", val Dice {dice:.4f}" if isinstance(dice, float) else "")
 
 
 def average(start: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], share: float) -> dict[str, torch.Tensor]:
