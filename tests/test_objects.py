@@ -456,3 +456,20 @@ def test_an_instance_models_object_probability_is_its_foreground():
     assert object_table(labels, classes, probabilities, instances=True)["mean_probability"][0] == pytest.approx(0.9)
     semantic = object_table(labels, classes, probabilities)  # a class's objects: that class's probability
     assert semantic["mean_probability"][0] == pytest.approx(0.3)
+
+
+def test_objects_labelled_8_connected_fit_as_instances():
+    """scikit-image's label() joins pixels that touch at a corner: a nuclei mask labelled so held 16
+    ids in 39 regions counted 4-connected, and the napari loop trained it as 17 classes (a red-team
+    round). Regions are counted 8-connected, as those objects were made."""
+    from unetkit.data.fingerprint import mask_facts
+
+    blobs = np.zeros((96, 96), bool)
+    for top in range(2, 90, 12):
+        for left in range(2, 90, 12):  # two squares that meet at a corner: one object 8-connected
+            blobs[top : top + 3, left : left + 3] = blobs[top + 3 : top + 6, left + 3 : left + 6] = True
+    objects = label(blobs)  # 8-connected, the default
+    assert label(blobs, connectivity=1).max() == 2 * objects.max()  # twice the regions 4-connected
+    facts = mask_facts(objects.astype(np.uint16))
+    assert facts.regions == facts.ids == objects.max()
+    assert looks_like_instances([facts], fits=True)

@@ -91,6 +91,13 @@ def test_a_prediction_asked_for_while_one_runs_waits_and_each_lands_under_its_ow
     assert viewer.layers["movie objects"].data.shape == stack.shape
     assert tuple(viewer.layers["movie objects"].scale) == (1, 2, 2)
     assert viewer.layers["still objects"].data.shape == (64, 64) and widget.predict_button.isEnabled()
+    widget.layer.setCurrentText("movie")
+    widget.predict()
+    widget.layer.setCurrentText("still")
+    widget.predict()
+    viewer.layers.remove("still")  # removed while its request waits: dropped, and said
+    qtbot.waitUntil(lambda: widget.worker is None and not widget.queued, timeout=120_000)
+    assert [layer.name for layer in viewer.layers].count("still objects") == 1
 
 
 def qtbot_timer(qtbot, ticks):
@@ -176,7 +183,8 @@ def test_a_project_folder_that_is_the_users_data_a_file_or_empty_is_refused(tmp_
     (tmp_path / "data" / "images" / "00.png").write_bytes(b"the user's")
     (tmp_path / "afile").write_bytes(b"x")
     cases = {
-        str(tmp_path / "data"): "data/images/00.png: the project folder holds images or masks that Add to training",
+        str(tmp_path / "data"): "data/images/00.png: the project folder holds files that Add to training set",
+        str(tmp_path / "data" / "images"): "data/images/00.png: the project folder holds files",  # the folder itself
         "  ": "choose a project folder",
         str(tmp_path / "afile"): "afile: is a file, not a folder",
         str(tmp_path / "afile" / "under"): "afile/under/images: Not a directory; choose another",
@@ -185,6 +193,9 @@ def test_a_project_folder_that_is_the_users_data_a_file_or_empty_is_refused(tmp_
         with pytest.raises(UnetkitError, match=re.escape(needle)):
             add_pair(project, image, labels, "cells")
     assert sorted(p.name for p in (tmp_path / "data").rglob("*")) == ["00.png", "images"]
+    add_pair(tmp_path / "project", image, labels, "cells")
+    (tmp_path / "project" / "images" / ".DS_Store").write_bytes(b"Finder's")  # no one's data: passed over
+    assert add_pair(tmp_path / "project", image[::-1].copy(), labels, "cells") == "cells-2"
 
 
 def inverted_nuclei(viewer, count: int, folder) -> None:
@@ -459,7 +470,7 @@ def test_correct_and_retrain_trains_corrected_classes_as_classes(make_napari_vie
 def test_a_retrain_that_kept_its_start_says_so_and_does_not_predict_again(make_napari_viewer, tmp_path, monkeypatch):
     """A 30 s round whose epochs did not beat the shipped model left best.pt that model, unchanged,
     and the widget said "trained" and predicted the same objects again (a red-team round)."""
-    from unetkit.napari import correct_widget, run_panel
+    from unetkit.napari import correct_widget, predict_widget, run_panel
 
     said, predicted = [], []
     monkeypatch.setattr(run_panel, "show_info", said.append)
@@ -468,6 +479,7 @@ def test_a_retrain_that_kept_its_start_says_so_and_does_not_predict_again(make_n
     widget.best_is = "the --init-from model as it started, val Dice 0.8112: no epoch beat it"
     widget.trained(tmp_path / "best.pt")
     assert "is the model you started from, unchanged" in said[-1] and predicted == []
+    assert "unchanged" in widget.status.text() and str(tmp_path / "best.pt") not in predict_widget.TRAINED
     assert widget.model.currentText() == "nuclei"  # the next round starts from the same model
     widget.best_is = ""
     widget.trained(tmp_path / "best.pt")

@@ -313,9 +313,12 @@ class PredictWidget(QWidget):
 
     def _idle(self) -> None:
         self.worker = None
-        if self.queued and alive(self):
-            self._start(self.queued.pop(0))
-            return
+        while self.queued and alive(self):
+            request = self.queued.pop(0)
+            if request.layer_name in self.viewer.layers:  # a layer removed while it waited: nothing to add to
+                self._start(request)
+                return
+            show_info(f"unetkit: {request.layer_name} was removed while its prediction waited; not predicted")
         self.predict_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         self.progress.setRange(0, 1)

@@ -171,14 +171,15 @@ class RunPanel(QWidget):
     def trained(self, best: Path) -> None:
         """A run ended with `best`: it joins the Predict widgets' models."""
         self.last_model = str(best)
-        offer_model(str(best))
-        ending = [line for line in self.log_lines if line.startswith("from the model:")]  # which weights it kept
-        self.status.setText(f"done: {best} (now among Predict's models)" + "".join(f"; {line}" for line in ending))
+        ending = "".join(f"; {line}" for line in self.log_lines if line.startswith("from the model:"))  # what it kept
         if self.unchanged:  # said as "trained" before, with the shipped model unchanged (a red-team round)
+            self.status.setText(f"done: {best} is the model you started from, unchanged{ending}")
             show_info(f"unetkit: {best} is the model you started from, unchanged: no epoch beat it; train longer "
                       "or on more corrected images")  # fmt: skip
-        else:
-            show_info(f"unetkit: trained {best}")
+            return
+        offer_model(str(best))
+        self.status.setText(f"done: {best} (now among Predict's models){ending}")
+        show_info(f"unetkit: trained {best}")
 
     def _finished(self, best: Path) -> None:
         if alive(self) and not self.closed.is_set():

@@ -15,7 +15,7 @@ import tifffile
 
 from unetkit.errors import UnetkitError
 from unetkit.runtime.atomic import atomic_write
-from unetkit.runtime.ownership import digest, record_files, recorded_files, replaceable
+from unetkit.runtime.ownership import TRAINING_SET_RECORD, digest, record_files, recorded_files, replaceable
 
 
 def pair_name(project: Path, layer_name: str, record: dict[str, str], image: np.ndarray) -> str:
@@ -40,19 +40,29 @@ def project_folder(text: str) -> tuple[Path, dict[str, str]]:
     training refused the same names twice, and a run folder inside it (a red-team round)."""
     if not text.strip():
         raise UnetkitError("choose a project folder for the training set: a new or empty folder, or one it made")
-    project = Path(text.strip()).expanduser()
+    project = Path(text.strip()).expanduser().absolute()
     record = recorded_files(project)
     for folder in (project, project / "images", project / "masks"):
         if folder.exists() and not folder.is_dir():
             raise UnetkitError(f"{folder}: is a file, not a folder; choose another project folder")
-        if folder != project and folder.is_dir():
-            foreign = sorted(p.name for p in folder.iterdir() if f"{folder.name}/{p.name}" not in record)
-            if foreign:
-                raise UnetkitError(
-                    f"{folder / foreign[0]}: the project folder holds images or masks that Add to training set "
-                    "did not write; choose a new or empty project folder (your files stay as they are)"
-                )
+        foreign = foreign_files(project, folder, record) if folder.is_dir() else []
+        if foreign:
+            raise UnetkitError(
+                f"{folder / foreign[0]}: the project folder holds files that Add to training set did not write; "
+                "choose a new or empty project folder (your files stay as they are)"
+            )
     return project, record
+
+
+def foreign_files(project: Path, folder: Path, record: dict[str, str]) -> list[str]:
+    """The names in `folder` (the project or its images/ or masks/) that the training set did not
+    write: at the top only its record and the folders it makes belong, below only recorded files.
+    Hidden files (a Finder's .DS_Store) are no one's data and are passed over."""
+    if folder == project:
+        own = {TRAINING_SET_RECORD, "images", "masks", "runs"}
+        return sorted(p.name for p in folder.iterdir() if p.name not in own and not p.name.startswith("."))
+    kind = folder.name
+    return sorted(p.name for p in folder.iterdir() if f"{kind}/{p.name}" not in record and not p.name.startswith("."))
 
 
 def add_pair(project: Path, image: np.ndarray, labels: np.ndarray, layer_name: str) -> str:
