@@ -262,7 +262,7 @@ def run_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as err:
         # The trainer re-raises Ctrl-C with where its checkpoint is and how to resume.
         detail = f": {err}" if str(err) else ""
-        print(_printable(f"unetkit {args.command}: interrupted{detail}"), file=sys.stderr)
+        say_for_the_job(f"unetkit {args.command}: interrupted{detail}", say_if_possible)
         return 130
     except (RuntimeError, MemoryError) as err:
         if out_of_memory(err):  # what the budget's floor let through (setup.check_training_fits)
