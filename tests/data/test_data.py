@@ -156,6 +156,21 @@ def test_strong_photometric_tints_each_channel_on_its_own():
     assert 5 < len(soft) < 35  # about half of the samples
 
 
+def test_whole_image_training_takes_as_many_views_an_epoch_as_its_patches_would(tmp_path: Path):
+    """One corrected image trained on whole images was an epoch of one step of batch 1, under a
+    recipe line that printed batch_size=4, patches_per_image=96 (a red-team round): each image is
+    now that many augmented views an epoch; validation still sees each image once."""
+    images, masks = make_shapes(tmp_path, count=1)
+    pairs = find_pairs(images, masks)
+    train = SegmentationDataset(
+        pairs, MaskValues([0, 255]), Preprocess(1), augment=AugmentConfig(), patches_per_image=96
+    )
+    assert len(train) == 96
+    first, second = train[0][0], train[1][0]
+    assert first.shape == second.shape and not torch.equal(first, second)  # views, augmented apart
+    assert len(SegmentationDataset(pairs, MaskValues([0, 255]), Preprocess(1))) == 1
+
+
 def test_dataset_caches_decoded_pairs(tmp_path: Path, monkeypatch):
     images, masks = make_shapes(tmp_path, count=2)
     pairs = find_pairs(images, masks)

@@ -83,7 +83,10 @@ class SegmentationDataset(Dataset):
     """Image/mask pairs as tensors.
 
     With `patch_size` each item is a random (augmented) patch, `patches_per_image` per image and
-    epoch; without, each item is a whole image (validation). A `sampled_classes` list makes
+    epoch; without, each item is a whole image (validation), `patches_per_image` augmented views
+    of it in training: the recipe's ~96 an epoch held for whole images too, where one corrected
+    image made an epoch of one step of batch 1 under a printed "batch_size=4,
+    patches_per_image=96" (a red-team round). A `sampled_classes` list makes
     `class_fraction` of the patches centre on a pixel of one of those classes present in the image
     (chosen uniformly), as nnU-Net centres a third of its patches on foreground: rare classes are
     seen in every few batches instead of every few epochs. Decoded pairs are kept in memory while
@@ -111,7 +114,7 @@ class SegmentationDataset(Dataset):
         self.preprocess = preprocess
         self.patch_size = patch_size
         self.augment = augment
-        self.patches_per_image = patches_per_image if patch_size else 1
+        self.patches_per_image = patches_per_image
         limit = 0.3 * memory_bytes() if cache_bytes is None else cache_bytes
         self.cache = decoded_bytes(self.pairs, preprocess) <= limit
         self.sampled_classes = list(sampled_classes) if patch_size else []
