@@ -47,6 +47,7 @@ def check_dataset(
         problems.append({"file": str(err).split(": ", 1)[0], "problem": str(err)})
         return {**report, "ok": False, "pairs": 0}
     problems += unpaired(matching, images_dir, masks_dir)
+    problems += validation_split(matching.pairs)
     try:
         refuse_unused_axes(axes, [pair.image for pair in matching.pairs])
     except UnetkitError as err:
@@ -72,7 +73,7 @@ def check_dataset(
         warnings.append({"file": str(images_dir), "problem": mixed[0], "fix": mixed[1]})
     _summarise_values(report, value_counts, problems, bool(instance_masks), scan.lossy)
     if not instance_masks:
-        warnings += values_of_one_mask(scan)
+        warnings += values_of_one_mask(scan) + many_classes_warning(scan)
     if instance_masks:
         counts = sorted(scan.objects.values())
         report["objects"] = {"total": sum(counts), "per_mask_median": counts[len(counts) // 2] if counts else 0}
@@ -81,6 +82,29 @@ def check_dataset(
     report["mask_suffix"] = matching.suffix
     report["ok"] = not problems
     return report
+
+
+def validation_split(pairs: Sequence[Pair]) -> list[dict]:
+    """train's default validation split (train/split.py), tried: one image (or one stack) leaves
+    nothing to validate on, which `check` called ok while train refused it (a red-team round)."""
+    from unetkit.train.config import TrainConfig
+    from unetkit.train.split import split_pairs
+
+    if not pairs:  # said as no pairs
+        return []
+    try:
+        split_pairs(pairs, TrainConfig().val_fraction, seed=0)
+    except UnetkitError as err:
+        return [{"file": str(err).split(": ", 1)[0], "problem": str(err).split(": ", 1)[1]}]
+    return []
+
+
+def many_classes_warning(scan: FolderScan) -> list[dict]:
+    """train's note on dozens of classes from a handful of images (train/data_plan.many_classes)."""
+    from unetkit.train.data_plan import many_classes
+
+    note = many_classes(len(scan.value_counts), len(scan.names))
+    return [{"file": "masks", "problem": note[0], "fix": note[1]}] if note else []
 
 
 def values_of_one_mask(scan: FolderScan) -> list[dict]:

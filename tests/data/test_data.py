@@ -219,3 +219,21 @@ def test_masks_smoothed_by_a_resize_and_mixed_binary_conventions_are_refused_by_
     images, folder = _masks_of(tmp_path / "ids", [ids] * 3)
     assert fingerprint_pairs(find_pairs(images, folder)).mask_values.num_classes == 12
     assert check_dataset(images, folder)["ok"]
+
+
+def test_check_says_what_train_would_refuse_or_note_for_a_handful_of_images(tmp_path: Path):
+    """A red-team round: `check` called one pair ok where train refuses it (nothing to validate
+    on), and said nothing of instance masks trained as dozens of classes, which train notes."""
+    from synthetic import nuclei_with_ids
+
+    from unetkit.check import check_dataset
+
+    images, masks = nuclei_with_ids(tmp_path / "few", count=3)  # 21 ids, numbered on across 3 images
+    report = check_dataset(images, masks, instance_masks=None)
+    assert report["ok"]
+    assert any("so this trains 22 classes from 3 images" in w["problem"] for w in report["warnings"])
+    assert any("--instance-masks" in w["fix"] for w in report["warnings"])
+    one, _ = make_shapes(tmp_path / "one", count=1)
+    report = check_dataset(one, tmp_path / "one" / "masks")
+    assert not report["ok"] and "nothing left to validate on" in report["problems"][0]["problem"]
+    assert "--val-fraction 0" in report["problems"][0]["problem"]
