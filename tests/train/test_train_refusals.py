@@ -470,15 +470,19 @@ def test_refused(name, tmp_path, rgb_run, monkeypatch, capsys):
 def test_validation_set_smaller_than_a_batch_trains(tmp_path, capsys):
     images, masks = make_shapes(tmp_path / "data", count=3)
     out = tmp_path / "run"
-    code, _, err = run_cli(capsys, *train_args(images, masks, out, "--val-fraction", "0.34", "--batch-size", "4"))
+    code, text, err = run_cli(capsys, *train_args(images, masks, out, "--val-fraction", "0.34", "--batch-size", "4"))
     assert code == 0, err
     assert load_checkpoint(out / "best.pt")["history"][0]["val_dice"] >= 0
+    (val,) = json.loads((out / "config.json").read_text())["resolved"]["val_images"]
+    assert f"2 training / 1 validation images ({val})" in text  # a few are named (a red-team round)
 
 
 def test_single_image_without_validation_trains(tmp_path, capsys):
     images, masks = make_shapes(tmp_path / "data", count=1)
-    code, _, err = run_cli(capsys, *train_args(images, masks, tmp_path / "run", "--val-fraction", "0"))
+    code, text, err = run_cli(capsys, *train_args(images, masks, tmp_path / "run", "--val-fraction", "0"))
     assert code == 0, err
+    epochs = [line for line in text.splitlines() if line.startswith("epoch ")]
+    assert epochs and not any("nan" in line or "val " in line for line in epochs)  # no validation columns
 
 
 def test_resume_into_an_empty_folder_continues_there(tmp_path, capsys):

@@ -9,6 +9,7 @@ shows them."""
 
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -163,7 +164,8 @@ class RunPanel(QWidget):
             row = self.rows[index]
             used = sum(r.seconds for r in self.rows[: index + 1])
             left = f"{max(0.0, budget - used):.0f} s" if budget else ""
-            values = (row.epoch, f"{row.train_loss:.4f}", f"{row.val_dice:.4f}", f"{row.seconds:.1f}", left)
+            dice = "" if math.isnan(row.val_dice) else f"{row.val_dice:.4f}"  # no validation images: no score
+            values = (row.epoch, f"{row.train_loss:.4f}", dice, f"{row.seconds:.1f}", left)
             self.table.insertRow(index)
             for column, value in enumerate(values):
                 self.table.setItem(index, column, QTableWidgetItem(str(value)))
