@@ -603,6 +603,7 @@ def test_what_the_resolved_options_do_to_the_set_is_said_not_changed(tmp_path):
     options that fit get none."""
     from synthetic import make_shapes
 
+    from unetkit.data import MaskValues
     from unetkit.data.fingerprint import fingerprint_pairs
     from unetkit.train.data_plan import data_notes
 
@@ -614,7 +615,9 @@ def test_what_the_resolved_options_do_to_the_set_is_said_not_changed(tmp_path):
     assert "--patch-size 256 is larger than every training image at scale 1 (the largest side is 48 px)" in patch
     assert "~28x a median image's pixels" in patch and "--patch-size none" in patch
     assert ignore.startswith("--ignore-value 7 is in no training mask") and "hold 0, 255)" in ignore
-    twelve = dataclasses.replace(data, value_pixels=dict.fromkeys(range(12), 1))  # CamVid's ids, 11 its void
+    twelve = dataclasses.replace(  # CamVid's ids, 11 its void
+        data, value_pixels=dict.fromkeys(range(12), 1), mask_values=MaskValues(list(range(12)))
+    )
     assert "hold 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)" in data_notes(cfg, twelve)[1]
     assert data_notes(dataclasses.replace(cfg, patch_size=48, ignore_value=None), data) == []
     mixed = dataclasses.replace(data, image_scales={255.0: (5, "a.png"), 65535.0: (1, "b.tif")})
@@ -627,3 +630,7 @@ def test_what_the_resolved_options_do_to_the_set_is_said_not_changed(tmp_path):
     mask[:2, :2] = 7
     Image.fromarray(mask).save(masks / "img00.png")
     assert fingerprint_pairs(find_pairs(images, masks), ignore_value=7).ignored_pixels == 4
+    # A class --mask-values names that no training mask holds took the largest class weight, unsaid
+    absent = dataclasses.replace(data, mask_values=MaskValues([0, 128, 255]))
+    (note,) = data_notes(dataclasses.replace(cfg, patch_size=0, ignore_value=None), absent)
+    assert note.startswith("mask value(s) 128 have no pixel in the training masks: the model cannot learn them")

@@ -162,6 +162,13 @@ def data_notes(cfg: TrainConfig, data: DataFingerprint) -> list[str]:
     mixed = mixed_scales(data.image_scales)
     if mixed and cfg.normalize != "image":
         notes.append(f"{mixed[0]}: {mixed[1]}")
+    absent = [value for value in data.mask_values.values if not data.value_pixels.get(value)]
+    if absent and not data.mask_values.instances:  # --mask-values names a class the training masks lack
+        # it took the largest class weight, in silence (a red-team round)
+        notes.append(
+            f"mask value(s) {', '.join(map(str, absent[:8]))} have no pixel in the training masks: the model "
+            "cannot learn them; add training masks that hold them, or leave them out of --mask-values"
+        )
     if cfg.ignore_value is not None and not data.ignored_pixels:
         held = sorted(data.value_pixels)  # all of them (the first 8 left out CamVid's void, 11: a red-team round)
         shown = ", ".join(map(str, held[:32])) + (f", ... ({len(held)} values)" if len(held) > 32 else "")
