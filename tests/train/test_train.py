@@ -76,6 +76,14 @@ def test_multiclass_training_learns(multiclass_data, tmp_path):
     said: list[str] = []  # objects of 5 classes (street scenes') are not counted: said, not silent
     choose_object_rule(result.best_checkpoint, find_pairs(images, masks)[:2], said.append)
     assert said == ["objects: no rule chosen for 5 classes (at most 4); predict --instances cuts by the default rule"]
+    # ... and evaluate does not score them: 31 classes read adapted Rand error 0.9999 (a red-team round)
+    from unetkit.evaluate import evaluate_pairs, format_report
+    from unetkit.inference import InferenceOptions, Predictor
+
+    predictor = Predictor(result.best_checkpoint, options=InferenceOptions(progress=False))
+    report = evaluate_pairs(predictor, find_pairs(images, masks)[:2], progress=False)
+    assert "objects: not scored for 5 classes (at most 4: classes are regions here)" in format_report(report)
+    assert report.mean_dice > 0.5 and "adapted_rand_error" not in report.per_image[0]
 
 
 @pytest.mark.parametrize("ema", [0.0, 0.9])

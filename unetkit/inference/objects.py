@@ -32,6 +32,10 @@ from unetkit.data.objects import relabel
 from unetkit.models.spec import ObjectRule  # kept in checkpoints, so checked with their other keys
 from unetkit.runtime.atomic import atomic_write
 
+# Objects are scored, and their rule chosen, for models of at most this many classes: a street
+# scene's dozen classes are regions, not things a person counts (runs/object_rule.py, evaluate).
+MAX_OBJECT_CLASSES = 4
+
 
 def split_objects(
     probabilities: np.ndarray,

@@ -5,7 +5,7 @@ on images the model never trained on, and never on the images it is scored on.
 The grid is small on purpose: the seed threshold is the number that matters (on the demo's
 validation slices adapted Rand error went 0.33 / 0.18 / 0.045 / 0.10 for seeds 0.8 / 0.9 / 0.95 /
 0.97, smoothing sigma 2), and it costs a few seconds: at most MAX_IMAGES validation images, and
-only for models with at most MAX_CLASSES classes (objects of street-scene classes are not what a
+only for models with at most MAX_OBJECT_CLASSES classes (objects of street-scene classes are not what a
 person counts; they keep the default rule)."""
 
 from __future__ import annotations
@@ -21,13 +21,12 @@ import numpy as np
 
 from unetkit.data import Pair
 from unetkit.inference import InferenceOptions, Predictor
-from unetkit.inference.objects import ObjectRule
+from unetkit.inference.objects import MAX_OBJECT_CLASSES, ObjectRule
 from unetkit.models.checkpoint import load_checkpoint, save_checkpoint
 from unetkit.runtime.threads import parallel_map
 from unetkit.scoring.objects import mean_scores, object_scores
 
 MAX_IMAGES = 24
-MAX_CLASSES = 4
 GRID = {"smooth": (1.0, 2.0), "seed": (0.85, 0.9, 0.95, 0.97), "flood": (0.3, 0.5)}
 # Instance models' seeds are their own class (the object interior, or the centre), whose
 # probability falls off inside the object, not the whole object's: lower seeds belong in the grid.
@@ -51,8 +50,8 @@ def choose_object_rule(
     default = "predict --instances cuts by the default rule"
     if not val_pairs:  # no validation at all: the run said so when it started
         return
-    if predictor.num_classes > MAX_CLASSES:
-        log(f"objects: no rule chosen for {predictor.num_classes} classes (at most {MAX_CLASSES}); {default}")
+    if predictor.num_classes > MAX_OBJECT_CLASSES:
+        log(f"objects: no rule chosen for {predictor.num_classes} classes (at most {MAX_OBJECT_CLASSES}); {default}")
         return
     images = validation_probabilities(predictor, val_pairs)
     empty = sum(not truth.any() for _, truth in images)
