@@ -47,7 +47,7 @@ def check_dataset(
         problems.append({"file": str(err).split(": ", 1)[0], "problem": str(err)})
         return {**report, "ok": False, "pairs": 0}
     problems += unpaired(matching, images_dir, masks_dir)
-    problems += validation_split(matching.pairs)
+    warnings += validation_split(matching.pairs)
     try:
         refuse_unused_axes(axes, [pair.image for pair in matching.pairs])
     except UnetkitError as err:
@@ -86,7 +86,8 @@ def check_dataset(
 
 def validation_split(pairs: Sequence[Pair]) -> list[dict]:
     """train's default validation split (train/split.py), tried: one image (or one stack) leaves
-    nothing to validate on, which `check` called ok while train refused it (a red-team round)."""
+    nothing to validate on, which `check` said nothing of while train refused it (a red-team round).
+    A warning, not a problem: the data are fine for --val-fraction 0 or --val-images."""
     from unetkit.train.config import TrainConfig
     from unetkit.train.split import split_pairs
 
@@ -95,7 +96,8 @@ def validation_split(pairs: Sequence[Pair]) -> list[dict]:
     try:
         split_pairs(pairs, TrainConfig().val_fraction, seed=0)
     except UnetkitError as err:
-        return [{"file": str(err).split(": ", 1)[0], "problem": str(err).split(": ", 1)[1]}]
+        what = f"train's default validation split refuses it: {str(err).split(': ', 1)[1]}"
+        return [{"file": str(err).split(": ", 1)[0], "problem": what}]
     return []
 
 

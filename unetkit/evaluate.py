@@ -1,6 +1,7 @@
 """Scoring a trained model on a labelled folder: Dice and IoU per class, their mean, pixel
-accuracy, and the same per image; and the objects: the model's objects (inference/objects.py)
-against the connected components of the true mask, by the scores of scoring/objects.py."""
+accuracy, and the same per image; and, for models of up to MAX_OBJECT_CLASSES classes, the
+objects: the model's objects (inference/objects.py) against the connected components of the true
+mask, by the scores of scoring/objects.py."""
 
 from __future__ import annotations
 

@@ -72,10 +72,16 @@ def test_predict_with_the_shipped_nuclei_model_adds_the_predictors_objects(make_
     assert len(ticks) >= 2
 
 
-def test_a_prediction_asked_for_while_one_runs_waits_and_each_lands_under_its_own_layer(make_napari_viewer, qtbot):
+def test_a_prediction_asked_for_while_one_runs_waits_and_each_lands_under_its_own_layer(
+    make_napari_viewer, qtbot, monkeypatch
+):
     """Retrain's last step predicted while the user's prediction of a stack ran: the second request
     replaced the first's, so the stack's labels were added under the 2-D image's name and placement,
     with a traceback (a red-team round). Now it waits its turn."""
+    from unetkit.napari import predict_widget
+
+    said = []
+    monkeypatch.setattr(predict_widget, "show_info", said.append)
     viewer = make_napari_viewer()
     stack = np.stack([nuclei(size=96, count=6, seed=s)[0][0] for s in range(4)])
     viewer.add_image(stack, name="movie", scale=(1, 2, 2))
@@ -89,6 +95,8 @@ def test_a_prediction_asked_for_while_one_runs_waits_and_each_lands_under_its_ow
     assert len(widget.queued) == 1 and "waits" in widget.status.text()
     qtbot.waitUntil(lambda: widget.worker is None and not widget.queued, timeout=120_000)
     assert viewer.layers["movie objects"].data.shape == stack.shape
+    found = sum(int(plane.max()) for plane in viewer.layers["movie objects"].data)  # each plane's ids from 1
+    assert f"unetkit: movie: {found} objects in 4 planes" in said  # a count, not the largest id
     assert tuple(viewer.layers["movie objects"].scale) == (1, 2, 2)
     assert viewer.layers["still objects"].data.shape == (64, 64) and widget.predict_button.isEnabled()
     widget.layer.setCurrentText("movie")
@@ -97,7 +105,7 @@ def test_a_prediction_asked_for_while_one_runs_waits_and_each_lands_under_its_ow
     widget.predict()
     viewer.layers.remove("still")  # removed while its request waits: dropped, and said
     qtbot.waitUntil(lambda: widget.worker is None and not widget.queued, timeout=120_000)
-    assert [layer.name for layer in viewer.layers].count("still objects") == 1
+    assert "still objects [1]" not in viewer.layers and "was removed while its prediction waited" in said[-1]
 
 
 def qtbot_timer(qtbot, ticks):
@@ -165,6 +173,8 @@ def test_a_pair_is_added_under_the_layers_name_and_never_over_a_users_file(tmp_p
     for bad, needle in ((np.zeros_like(labels), "empty"), (labels[:10], "labels are")):
         with pytest.raises(UnetkitError, match=needle):
             add_pair(tmp_path, image, bad, "cells 1")
+    with pytest.raises(UnetkitError, match="a stack of 3 planes; a training pair is one 2-D image"):
+        add_pair(tmp_path, np.stack([image] * 3), np.stack([labels] * 3), "movie")
     for bad_id in (-1, 65536):  # uint16 made them 65535 and background, unsaid
         with pytest.raises(UnetkitError, match=f"hold id {bad_id}, and a mask holds ids 0 to 65535"):
             add_pair(tmp_path, image, np.where(labels > 0, bad_id, 0), "cells 1")
@@ -438,6 +448,7 @@ def test_a_first_round_of_one_corrected_image_trains_without_validation(make_nap
     inverted_nuclei(viewer, 2, tmp_path / "data")
     widget = correct_dock(viewer, tmp_path)
     add_all(widget, 1)
+    (tmp_path / "project" / "images" / ".DS_Store").write_bytes(b"Finder's")  # no pair: still alone (a review)
     assert widget.config().val_fraction == 0.0 and "without validation" in said[-1]
     add_all(widget, 2)
     assert widget.config().val_fraction != 0.0

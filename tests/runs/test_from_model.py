@@ -76,7 +76,7 @@ def test_a_best_checkpoint_that_is_the_start_is_left_alone(nuclei):
     assert held == "the --init-from model as it started, val Dice 0.8112: no epoch beat it"
     assert lines == [
         "from the model: no epoch beat the --init-from model's val Dice 0.8112: best.pt is that model as it started "
-        "(train longer or on more corrected images to move it)"
+        "(train longer or on more images to move it)"
     ]
 
 

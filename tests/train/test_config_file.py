@@ -115,6 +115,7 @@ def test_a_config_files_weights_files_are_taken_beside_it(tmp_path, monkeypatch)
     path = folder / "run.toml"
     path.write_text('encoder = "resnet18"\nencoder_weights = "enc.pt"\n')
     assert parse_train("--config", path).encoder_weights == str(folder / "enc.pt")
+    (folder / "imagenet").mkdir()  # a folder of that name beside it: still the word, as the loader reads it
     for word in ("imagenet", "none"):  # words, not files
         path.write_text(f'encoder = "resnet18"\nencoder_weights = "{word}"\n')
         assert parse_train("--config", path).encoder_weights == word

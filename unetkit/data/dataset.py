@@ -79,6 +79,9 @@ def pad_collate(batch: Sequence[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor
     return (images, masks) if weights is None else (images, masks, weights)
 
 
+CACHE_SHARE = 0.3  # of the machine's memory, for decoded pairs (--cache-gb's default)
+
+
 class SegmentationDataset(Dataset):
     """Image/mask pairs as tensors.
 
@@ -115,7 +118,7 @@ class SegmentationDataset(Dataset):
         self.patch_size = patch_size
         self.augment = augment
         self.patches_per_image = patches_per_image
-        limit = 0.3 * memory_bytes() if cache_bytes is None else cache_bytes
+        limit = CACHE_SHARE * memory_bytes() if cache_bytes is None else cache_bytes
         self.cache = decoded_bytes(self.pairs, preprocess) <= limit
         self.sampled_classes = list(sampled_classes) if patch_size else []
         self.class_fraction = class_fraction

@@ -18,7 +18,7 @@ from unetkit.errors import UnetkitError
 from unetkit.napari.predict_widget import alive, fill_layer_choices, layer_pixels, open_widgets
 from unetkit.napari.run_panel import RunPanel
 from unetkit.napari.train_widget import LABEL_KINDS, LABELS_RECOGNISED, labels_are_objects
-from unetkit.napari.training_set import add_pair, project_folder
+from unetkit.napari.training_set import add_pair, pairs_in, project_folder
 from unetkit.zoo import zoo_models
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ class CorrectWidget(RunPanel):
             show_error(str(err))
             return
         show_info(f"unetkit: added {name} to {project}")
-        self.status.setText(f"training set: {len(list((project / 'images').glob('*.tif')))} image(s) in {project}")
+        self.status.setText(f"training set: {len(pairs_in(project))} image(s) in {project}")
 
     def config(self) -> TrainConfig:
         from unetkit.train import TrainConfig
@@ -112,7 +112,7 @@ class CorrectWidget(RunPanel):
         instances = labels_are_objects(self.labels_are.currentText(), images, masks)
         # One corrected image leaves none to validate on, and a first round is one image: it trains on
         # it without validation (the last epoch's weights), said; from two images on, one validates.
-        alone = len(list(images.iterdir())) < 2
+        alone = len(pairs_in(project)) < 2  # the pairs training finds (a Finder's .DS_Store is none)
         if alone:
             show_info("unetkit: one corrected image trains without validation; add a second to validate the model")
         return TrainConfig(images=str(images), masks=str(masks), out=str(out), time=float(self.budget.value()),

@@ -268,10 +268,11 @@ class PredictWidget(QWidget):
         self.worker = work()
 
     def cancel(self) -> None:
+        dropped = f"; {len(self.queued)} waiting prediction(s) dropped" if self.queued else ""
         self.queued.clear()
         if self.worker is not None:
             self.worker.quit()
-            self.status.setText("cancelled: stops after the plane under way")
+            self.status.setText(f"cancelled: stops after the plane under way{dropped}")
 
     def _progressed(self, done: tuple[int, int]) -> None:
         self.progress.setRange(0, done[1])

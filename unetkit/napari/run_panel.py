@@ -1,8 +1,8 @@
 """What the Train and the Correct-and-retrain widgets share: a run of the run layer
 (`run_training`, as `unetkit train`) in napari's background worker, told about through the same
-two callbacks the command line uses: `on_progress` (each pass's images: the bar the terminal
-draws with tqdm, drawn here as a QProgressBar) and `on_epoch_end` (each epoch's row, here a table
-row). Stop ends after the epoch under way, leaving last.pt to resume from; closing the viewer
+two callbacks the command line uses: `on_progress` (each pass's patches or images: the bar the
+terminal draws with tqdm, drawn here as a QProgressBar) and `on_epoch_end` (each epoch's row, here
+a table row). Stop ends after the epoch under way, leaving last.pt to resume from; closing the viewer
 (or the widget's dock) ends the run at its next batch, as Ctrl-C does, so no training thread
 outlives its window. The training thread only appends to plain lists; a QTimer in the GUI thread
 shows them."""
@@ -177,7 +177,7 @@ class RunPanel(QWidget):
         if self.unchanged:  # said as "trained" before, with the shipped model unchanged (a red-team round)
             self.status.setText(f"done: {best} is the model you started from, unchanged{ending}")
             show_info(f"unetkit: {best} is the model you started from, unchanged: no epoch beat it; train longer "
-                      "or on more corrected images")  # fmt: skip
+                      "or on more images")  # fmt: skip
             return
         offer_model(str(best))
         self.status.setText(f"done: {best} (now among Predict's models){ending}")

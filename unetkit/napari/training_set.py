@@ -1,9 +1,10 @@
 """The correct-and-retrain loop's training set: a project folder of images/ and masks/ that the
-Train widget's "Add to training set" writes an Image layer and its corrected Labels layer into,
-and that training reads like any folder of pairs. A pair is named after the layer; a file there
-is replaced only when this folder's record says unetkit wrote it and its content is still what
-was written (runtime/ownership.py's rule for a training set), so a user's file of the same name
-is never touched: the pair gets another name instead."""
+Correct widget's "Add to training set" (and the Train widget, for its layers) writes an Image
+layer and its corrected Labels layer into, and that training reads like any folder of pairs. The
+folder holds only what it wrote (a folder of the user's own files is refused). A pair is named
+after the layer; a file there is replaced only when this folder's record says unetkit wrote it,
+its content is still what was written (runtime/ownership.py's rule for a training set) and the
+new pair is of the same image; else the pair gets another name."""
 
 from __future__ import annotations
 
@@ -92,6 +93,17 @@ def add_pair(project: Path, image: np.ndarray, labels: np.ndarray, layer_name: s
         record[f"{folder}/{name}.tif"] = digest(path)
     record_files(project, record)
     return name
+
+
+def pairs_in(project: Path) -> list:
+    """The project's pairs as training finds them (data.find_pairs: hidden files are none)."""
+    from unetkit.data import find_pairs
+
+    images, masks = project / "images", project / "masks"
+    try:
+        return find_pairs(images, masks) if images.is_dir() and masks.is_dir() else []
+    except UnetkitError:  # an unpaired file: the training run says which, in its own words
+        return []
 
 
 def mask_of(labels: np.ndarray, layer_name: str) -> np.ndarray:

@@ -52,7 +52,7 @@ def settle_from_start(
         dice = tuned.get("best_dice")
         dice = f" {dice:.4f}" if isinstance(dice, float) else ""
         log(f"from the model: no epoch beat the --init-from model's val Dice{dice}: {checkpoint.name} is that model "
-            "as it started (train longer or on more corrected images to move it)")  # fmt: skip
+            "as it started (train longer or on more images to move it)")  # fmt: skip
         return f"{AS_STARTED}, val Dice{dice}: no epoch beat it"
     instances = ModelSpec.from_state(start).mask_values.instances
     if instances is None:

@@ -146,8 +146,11 @@ def files_beside(cfg: TrainConfig, base: Path) -> TrainConfig:
     (or imagenet / none), which was read from the folder the command ran in (a red-team round)."""
     from unetkit.zoo import zoo_models
 
-    init_from = path_or_word(cfg.init_from, base, zoo_models())
-    return replace(cfg, init_from=init_from, encoder_weights=path_or_word(cfg.encoder_weights, base, ENCODER_WORDS))
+    init_from = path_or_word(cfg.init_from, base, zoo_models())  # a file of a model's name wins, as model_file
+    weights = cfg.encoder_weights
+    if weights not in ENCODER_WORDS:  # always words where the loader reads them (encoder_weights.pretrained)
+        weights = path_or_word(weights, base, ())
+    return replace(cfg, init_from=init_from, encoder_weights=weights)
 
 
 def path_or_word(value: str | None, base: Path, words: Collection[str]) -> str | None:

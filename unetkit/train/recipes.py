@@ -245,6 +245,11 @@ def recipe_choices(cfg: TrainConfig, data: DataFingerprint, device: torch.device
     larger = patch_side(data, scale, minimum)
     if cfg.patch_size is None and choices["patch_size"] and larger > choices["patch_size"]:  # as many pixels
         choices["patches_per_image"] *= round((larger / choices["patch_size"]) ** 2)
+    whole = cfg.patch_size == 0 or (cfg.patch_size is None and not choices["patch_size"])
+    if whole:  # ~96 patches' pixels an epoch, not 96 whole images: 2 images of 12 Mpx made epochs of 96
+        pixels = data.median_height * data.median_width * scale**2
+        fewer = round(choices["patches_per_image"] * PATCH_SIDE**2 / max(1.0, pixels))
+        choices["patches_per_image"] = max(1, min(choices["patches_per_image"], fewer))
     if cfg.init_from and choices["recipe"] == "fast":
         choices["lr"] = FINE_TUNE_LR
     choices["class_weights"] = class_weights(data, data.mask_values)

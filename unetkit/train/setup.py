@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from unetkit.data import AugmentConfig, Pair, SegmentationDataset
-from unetkit.data.dataset import pad_collate
+from unetkit.data.dataset import CACHE_SHARE, pad_collate
 from unetkit.data.transforms import STRONG_PHOTOMETRIC
 from unetkit.errors import UnetkitError
 from unetkit.models import model_class
@@ -51,7 +51,9 @@ def build_datasets(
         strong = STRONG_PHOTOMETRIC if cfg.photometric == "strong" else {}
         zoom = (1 / cfg.zoom, cfg.zoom)
         augment = AugmentConfig(vertical_flips=turns, rotate90=turns, scale_range=zoom, **no_elastic, **strong)
-    cache_bytes = cfg.cache_gb * 2**30 if cfg.cache_gb is not None else None
+    # torchrun's processes on one machine each keep their own cache: each takes its share (a review)
+    share = CACHE_SHARE * memory_bytes() / processes_on_this_machine()
+    cache_bytes = cfg.cache_gb * 2**30 if cfg.cache_gb is not None else share
     shared = {"mask_values": data_plan.mask_values, "preprocess": data_plan.preprocess, "cache_bytes": cache_bytes}
     train_set = SegmentationDataset(
         train_pairs,
