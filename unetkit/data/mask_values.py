@@ -230,7 +230,7 @@ def edge_values(totals: Counter[int] | dict[int, int]) -> tuple[str, str] | None
     examples = ", ".join(map(str, rare[:5]))
     return (
         f"the masks hold {len(values)} values, {len(rare)} of them rare (e.g. {examples}: under {RARE_SHARE:.1%} of "
-        f"the pixels each) beside {common}: edges smoothed by resizing, or lossy (JPEG) saving",
+        f"the pixels each) beside {common}: most likely edges smoothed by resizing, or lossy (JPEG) saving",
         "resize masks with nearest-neighbour and save them as PNG; or pass --instance-masks if each value is one "
         "object, or --mask-values listing every class if those values are classes",
     )
