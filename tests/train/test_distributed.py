@@ -312,3 +312,22 @@ def test_a_refusal_is_said_once_for_the_job_and_named_in_torchruns_summary(rank,
     monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / "gone" / "error.json"))
     assert run_command(argparse.Namespace(command="train", func=refused)) == 2  # no file: every rank says it
     assert capsys.readouterr().err == f"{line}\n"
+
+
+def test_a_batch_is_counted_at_most_an_epochs_samples_and_a_batch_of_one_offered(monkeypatch):
+    """One 4000^2 whole image was refused at --batch-size 4, which its epoch of one view never fills,
+    and told to use a smaller patch, where --batch-size 1 trained (a red-team round)."""
+    import unetkit.train.setup as setup
+    from unetkit.data import MaskValues, Preprocess
+    from unetkit.errors import UnetkitError
+    from unetkit.models.spec import ModelSpec
+
+    args = {"in_channels": 1, "num_classes": 2, "base_channels": 16, "depth": 3}
+    spec = ModelSpec("unet", args, MaskValues([0, 255]), Preprocess(1, [0.5], [0.25]), True)
+    params, maps = setup.counted_on_meta(spec)
+    per_sample = maps * (2048 / setup.MAPS_MEASURED_AT) ** 2  # fp32, whole 2048 px images
+    monkeypatch.setattr(setup, "memory_bytes", lambda: int(setup.BYTES_PER_TRAINED_PARAMETER * params + 2 * per_sample))
+    cfg = TrainConfig(images="i", masks="m", patch_size=0, scale=1.0, batch_size=4, amp="off")
+    setup.check_training_fits(cfg, spec, torch.device("cpu"), largest_side=2048, samples=1)  # one view: fits
+    with pytest.raises(UnetkitError, match=r"--batch-size 4 of whole images .* use --batch-size 1 or less"):
+        setup.check_training_fits(cfg, spec, torch.device("cpu"), largest_side=2048, samples=8)

@@ -395,9 +395,13 @@ def test_recipes_fill_only_what_the_user_left_out():
     auto_cpu, _ = apply_recipe(TrainConfig(), tiny, torch.device("cpu"))
     assert auto_cpu.recipe == "fast" and auto_cpu.scale == 1.0 and auto_cpu.patch_size == 0  # whole images
     assert auto_cpu.patches_per_image == 24  # 96 small views an epoch, as 96 patches would be
-    huge = dataclasses.replace(ISBI, median_height=3000, median_width=4000, num_images=2)
+    huge = dataclasses.replace(ISBI, largest_pixels=4000 * 3000, num_images=2)
     whole, _ = apply_recipe(TrainConfig(patch_size=0), huge, torch.device("cpu"))  # the user's whole 12 Mpx images
     assert whole.patches_per_image == 1  # not 48 views of each: ~96 patches' pixels an epoch (a review)
+    skew = dataclasses.replace(tiny, largest_pixels=2000 * 2000, num_images=3)  # one large beside small ones
+    assert apply_recipe(TrainConfig(patch_size=0), skew, torch.device("cpu"))[0].patches_per_image == 1
+    plain, _ = apply_recipe(TrainConfig(augment=False), tiny, torch.device("cpu"))
+    assert plain.patch_size == 0 and plain.patches_per_image == 1  # no augmentation: views would be copies
     thin = fingerprint_of((24, 60), {0: (3.0, 60), 1: (4.0, 20)}, {0: 80, 1: 20}, count=4)
     small, _ = apply_recipe(TrainConfig(), thin, torch.device("cpu"))
     assert small.patch_size == 32  # below the network's 32 px minimum: padded patches, not whole images

@@ -443,7 +443,9 @@ def case_a_batch_whose_activation_maps_pass_the_memory(tmp_path, monkeypatch, **
 
     monkeypatch.setattr(unetkit.train.setup, "memory_bytes", lambda: 2.0**31)
     images, masks = data(tmp_path)
-    args = train_args(images, masks, tmp_path / "run", "--patch-size", "512", "--batch-size", "64")
+    args = train_args(
+        images, masks, tmp_path / "run", "--patch-size", "512", "--batch-size", "64", "--patches-per-image", "32"
+    )
     needles = ("--batch-size 64 of 512x512 patches", "GiB of activation maps", "2.0 GiB", "use --batch-size 7 or less")
     return Case(args, needles, nothing_in(tmp_path / "run"))
 

@@ -143,7 +143,7 @@ def many_classes(classes: int, images: int) -> tuple[str, str] | None:
     if classes <= MANY_CLASSES or images >= classes:
         return None
     return (
-        f"the masks hold {classes} values, so this trains {classes} classes from {images} images",
+        f"the masks hold {classes} values, so this trains {classes} classes from {images} image{'s' * (images != 1)}",
         "if each value is one object (instance masks), pass --instance-masks",
     )
 

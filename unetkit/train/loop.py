@@ -64,7 +64,8 @@ class Trainer:
         self.cfg, self.dist, self.out, self.log = run.cfg, run.dist, run.out, run.log
         self.train_set, self.val_set = build_datasets(run.cfg, run.data, run.train_pairs, run.val_pairs)
         self.spec = model_spec(run.cfg, run.data)
-        check_training_fits(run.cfg, self.spec, run.dist.device, (run.data.fingerprint or {}).get("largest_side", 0))
+        largest = (run.data.fingerprint or {}).get("largest_side", 0)
+        check_training_fits(run.cfg, self.spec, run.dist.device, largest, len(self.train_set))
         self.built = build_model(run.cfg, self.spec, run.dist, run.init_state, run.resume_state)
         for line in self.built.notes:
             self.log(line)

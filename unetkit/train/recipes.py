@@ -246,9 +246,12 @@ def recipe_choices(cfg: TrainConfig, data: DataFingerprint, device: torch.device
     if cfg.patch_size is None and choices["patch_size"] and larger > choices["patch_size"]:  # as many pixels
         choices["patches_per_image"] *= round((larger / choices["patch_size"]) ** 2)
     whole = cfg.patch_size == 0 or (cfg.patch_size is None and not choices["patch_size"])
-    if whole:  # ~96 patches' pixels an epoch, not 96 whole images: 2 images of 12 Mpx made epochs of 96
-        pixels = data.median_height * data.median_width * scale**2
-        fewer = round(choices["patches_per_image"] * PATCH_SIDE**2 / max(1.0, pixels))
+    if whole:  # views of whole images: at most ~96 patches' pixels an epoch, counted at the largest
+        # image, every view of which is all of it (2 images of 12 Mpx made epochs of 96; one 2000^2
+        # image beside two of 64^2, counted at the median, an epoch of ~10 minutes against --time 30s);
+        # and one view without augmentation, where the others would be copies (red-team rounds)
+        pixels = data.largest_pixels * scale**2
+        fewer = round(choices["patches_per_image"] * PATCH_SIDE**2 / max(1.0, pixels)) if cfg.augment else 1
         choices["patches_per_image"] = max(1, min(choices["patches_per_image"], fewer))
     if cfg.init_from and choices["recipe"] == "fast":
         choices["lr"] = FINE_TUNE_LR

@@ -148,14 +148,18 @@ BYTES_PER_TRAINED_PARAMETER = 16
 MAPS_MEASURED_AT = 128  # the side the kept activation maps are counted at (they grow with the pixels)
 
 
-def check_training_fits(cfg: TrainConfig, spec: ModelSpec, device: torch.device, largest_side: int = 0) -> None:
+def check_training_fits(
+    cfg: TrainConfig, spec: ModelSpec, device: torch.device, largest_side: int = 0, samples: int = 0
+) -> None:
     """Refuse in one line, before any weight is allocated, a run whose training state passes the
     device's memory: the weights, gradients and optimizer state (`--depth 9 --base-channels 32`,
     8.6e9 parameters, was killed for memory with no message), then those plus the activation maps
     a batch keeps for its backward pass (`--patch-size 512 --batch-size 512` asked for ~80 GiB and
     ended in an allocator's traceback: red-team rounds). Both are counted on the meta device, which
     holds no numbers; the maps at bf16's 2 bytes unless --amp off, so only a run that cannot fit in
-    any precision is refused. `largest_side`: the training images' (whole-image training)."""
+    any precision is refused. `largest_side`: the training images' (whole-image training);
+    `samples`: an epoch's, which a batch cannot pass (one 4000^2 image was refused at the batch
+    of 4 it never fills: a red-team round)."""
     try:
         parameters, maps = counted_on_meta(spec)
     except Exception:  # a model that cannot be built or run there (an encoder's own code) is not checked
@@ -174,7 +178,7 @@ def check_training_fits(cfg: TrainConfig, spec: ModelSpec, device: torch.device,
             "--base-channels"
         )
     side = cfg.patch_size or round(largest_side * cfg.scale)
-    batch = cfg.batch_size or 1
+    batch = min(cfg.batch_size or 1, samples or cfg.batch_size or 1)
     per_sample = maps * (side / MAPS_MEASURED_AT) ** 2 * (1.0 if cfg.amp == "off" else 0.5)
     if not side or weights + batch * per_sample <= have:
         return
@@ -183,10 +187,12 @@ def check_training_fits(cfg: TrainConfig, spec: ModelSpec, device: torch.device,
     # and peaked at 6.2 / 8.4 GiB of RSS (~1.7x fp32's count). The batch offered keeps fp32's count
     # within a quarter of the memory, so its peak leaves room for the data and other programs.
     fits = int((have - weights) // (4 * maps * (side / MAPS_MEASURED_AT) ** 2))
+    fits = fits or int(weights + per_sample <= have)  # one that passes this floor, where a quarter allows none
     fix = f"--batch-size {fits} or less" if fits else "a smaller --patch-size or --scale"
     besides = f", besides {weights / 2**30:,.1f} GiB of weights and optimizer state" if weights > 2**26 else ""
+    asked = f"--batch-size {batch}" if batch == cfg.batch_size else f"a batch of {batch} (all an epoch's samples)"
     raise UnetkitError(
-        f"--batch-size {batch} of {what} keeps at least {batch * per_sample / 2**30:,.1f} GiB of activation maps for "
+        f"{asked} of {what} keeps at least {batch * per_sample / 2**30:,.1f} GiB of activation maps for "
         f"the backward pass{besides}, and {where}; use {fix}"
     )
 
