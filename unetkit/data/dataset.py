@@ -87,8 +87,8 @@ class SegmentationDataset(Dataset):
 
     With `patch_size` each item is a random (augmented) patch, `patches_per_image` per image and
     epoch; without, each item is a whole image (validation), `patches_per_image` augmented views
-    of it in training: the recipe's ~96 an epoch held for whole images too, where one corrected
-    image made an epoch of one step of batch 1 under a printed "batch_size=4,
+    of it in training, as many as the recipe counts at the largest image (train/recipes.py): one
+    corrected image made an epoch of one step of batch 1 under a printed "batch_size=4,
     patches_per_image=96" (a red-team round). A `sampled_classes` list makes
     `class_fraction` of the patches centre on a pixel of one of those classes present in the image
     (chosen uniformly), as nnU-Net centres a third of its patches on foreground: rare classes are

@@ -108,8 +108,8 @@ class TrainConfig:
         parse=patch_size,
     )  # fmt: skip
     patches_per_image: int | None = option(
-        None, "random crops (augmented whole images, with --patch-size none) per image and epoch (default: "
-        "enough for ~96 an epoch)", group="data",
+        None, "random crops (views of the whole image, with --patch-size none) per image and epoch (default: "
+        "enough for ~96 patches' pixels an epoch)", group="data",
         valid=whole(1, 1000), need="1 to 1000",
     )  # fmt: skip
     augment: bool = option(
