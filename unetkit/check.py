@@ -357,8 +357,9 @@ def format_check(report: dict) -> str:
                 if item["problem"].startswith(item["file"])
                 else f"{kind[:-1]}: {item['file']}: {item['problem']}{fix}"
             )
+    split = any("default validation split refuses" in item["problem"] for item in report["warnings"])
     verdict = (
-        "ok: training would work"
+        f"ok: training would work{' with --val-fraction 0 or --val-images (the warning above)' if split else ''}"
         if report["ok"]
         else f"NOT ok: {len(report['problems'])} problem(s) to fix before training"
     )

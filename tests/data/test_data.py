@@ -237,3 +237,8 @@ def test_check_says_what_train_would_refuse_or_note_for_a_handful_of_images(tmp_
     report = check_dataset(one, tmp_path / "one" / "masks")  # fine data, for --val-fraction 0: a warning
     (warning,) = [w["problem"] for w in report["warnings"] if "validation split" in w["problem"]]
     assert report["ok"] and "train's default validation split refuses it" in warning and "--val-fraction 0" in warning
+    from unetkit.check import format_check
+
+    assert format_check(report).endswith(
+        "ok: training would work with --val-fraction 0 or --val-images (the warning above)"
+    )
