@@ -47,7 +47,9 @@ def check_dataset(
         problems.append({"file": str(err).split(": ", 1)[0], "problem": str(err)})
         return {**report, "ok": False, "pairs": 0}
     problems += unpaired(matching, images_dir, masks_dir)
-    warnings += validation_split(matching.pairs)
+    refused = validation_split(matching.pairs)
+    report["split_refused"] = bool(refused)  # train's default split would refuse: the verdict says how to train
+    warnings += refused
     try:
         refuse_unused_axes(axes, [pair.image for pair in matching.pairs])
     except UnetkitError as err:
@@ -357,7 +359,7 @@ def format_check(report: dict) -> str:
                 if item["problem"].startswith(item["file"])
                 else f"{kind[:-1]}: {item['file']}: {item['problem']}{fix}"
             )
-    split = any("default validation split refuses" in item["problem"] for item in report["warnings"])
+    split = bool(report.get("split_refused"))
     verdict = (
         f"ok: training would work{' with --val-fraction 0 or --val-images (the warning above)' if split else ''}"
         if report["ok"]

@@ -178,7 +178,7 @@ def check_training_fits(
             "--base-channels"
         )
     side = cfg.patch_size or round(largest_side * cfg.scale)
-    batch = min(cfg.batch_size or 1, samples or cfg.batch_size or 1)
+    batch = min(cfg.batch_size or 1, samples) if samples else cfg.batch_size or 1
     per_sample = maps * (side / MAPS_MEASURED_AT) ** 2 * (1.0 if cfg.amp == "off" else 0.5)
     if not side or weights + batch * per_sample <= have:
         return
