@@ -75,7 +75,7 @@ def check_dataset(
         warnings.append({"file": str(images_dir), "problem": mixed[0], "fix": mixed[1]})
     _summarise_values(report, value_counts, problems, bool(instance_masks), scan.lossy)
     if not instance_masks:
-        warnings += values_of_one_mask(scan) + many_classes_warning(scan)
+        warnings += values_of_one_mask(scan) + class_notes(scan)
     if instance_masks:
         counts = sorted(scan.objects.values())
         report["objects"] = {"total": sum(counts), "per_mask_median": counts[len(counts) // 2] if counts else 0}
@@ -103,12 +103,13 @@ def validation_split(pairs: Sequence[Pair]) -> list[dict]:
     return []
 
 
-def many_classes_warning(scan: FolderScan) -> list[dict]:
-    """train's note on dozens of classes from a handful of images (train/data_plan.many_classes)."""
-    from unetkit.train.data_plan import many_classes
+def class_notes(scan: FolderScan) -> list[dict]:
+    """train's notes on its classes: dozens from a handful of images, and rare ones
+    (train/data_plan.many_classes, rare_classes)."""
+    from unetkit.train.data_plan import many_classes, rare_classes
 
-    note = many_classes(len(scan.value_counts), len(scan.names))
-    return [{"file": "masks", "problem": note[0], "fix": note[1]}] if note else []
+    notes = [many_classes(len(scan.value_counts), len(scan.names)), rare_classes(scan.value_counts)]
+    return [{"file": "masks", "problem": note[0], "fix": note[1]} for note in notes if note]
 
 
 def values_of_one_mask(scan: FolderScan) -> list[dict]:

@@ -69,3 +69,19 @@ def test_a_log_file_gets_plain_lines_of_a_long_pass_and_a_terminal_a_bar(monkeyp
         "epoch 2/2: 50/100 img (1.7 img/s)",
     ]
     assert "\r" not in log.getvalue()
+
+
+def test_the_training_bar_counts_what_the_loader_yields():
+    """Patches, a whole image's several augmented views, or whole images: not every one an "img"
+    (a red-team finding: a 9-image run counted 96 "img" an epoch)."""
+    from types import SimpleNamespace
+
+    from unetkit.train.loop import Trainer
+
+    def unit(**options):
+        return Trainer.sample_unit(SimpleNamespace(cfg=SimpleNamespace(**options)))
+
+    assert unit(patch_size=256, patches_per_image=12) == "patch"
+    assert unit(patch_size=None, patches_per_image=8) == "view"
+    assert unit(patch_size=None, patches_per_image=1) == "img"
+    assert unit(patch_size=None, patches_per_image=None) == "img"

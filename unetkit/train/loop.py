@@ -92,7 +92,7 @@ class Trainer:
         """Run the epochs, in a run folder the caller holds (run_claim.claimed_run). `on_epoch_end`
         hears each epoch's row, `on_progress` each training pass's images (default: the terminal's
         bar, unless --no-progress)."""
-        self.progress = progress_to(on_progress, self.cfg.progress) if self.dist.is_main else None
+        self.progress = progress_to(on_progress, self.cfg.progress, self.sample_unit()) if self.dist.is_main else None
         for line in run_summary(self.run, self.built, self.start_epoch):
             self.log(line)
         files = EpochFiles(self.out, self.dist.is_main, self.cfg.tensorboard, self.run.data.mask_values.values)
@@ -105,6 +105,13 @@ class Trainer:
         except BrokenPipeError:  # the log's reader went away: stop as Ctrl-C does, and say so
             raise OutputClosed(interrupted_message(self.out / "last.pt", self.saved_epoch)) from None
         return self.result()
+
+    def sample_unit(self) -> str:
+        """What one training sample is, for the progress bar: a patch, a view of a whole image (the
+        recipe's several augmented views of small images), or a whole image."""
+        if self.cfg.patch_size:
+            return "patch"
+        return "view" if (self.cfg.patches_per_image or 1) > 1 else "img"
 
     def result(self) -> RunResult:
         return RunResult(self.out, self.out / "best.pt", self.out / "last.pt", self.history, self.best_dice)
