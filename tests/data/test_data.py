@@ -219,6 +219,11 @@ def test_masks_smoothed_by_a_resize_and_mixed_binary_conventions_are_refused_by_
     images, folder = _masks_of(tmp_path / "ids", [ids] * 3)
     assert fingerprint_pairs(find_pairs(images, folder)).mask_values.num_classes == 12
     assert check_dataset(images, folder)["ok"]
+    # The same ids quantised to 0, 20, ..., 220 (as 8-bit masks of a few classes are often saved) are
+    # classes too: they were called smoothed edges (a red-team round)
+    images, folder = _masks_of(tmp_path / "spaced", [ids * 20] * 3)
+    assert fingerprint_pairs(find_pairs(images, folder)).mask_values.values == list(range(0, 240, 20))
+    assert check_dataset(images, folder)["ok"]
 
 
 def test_check_says_what_train_would_refuse_or_note_for_a_handful_of_images(tmp_path: Path):

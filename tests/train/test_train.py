@@ -654,7 +654,7 @@ def test_what_the_resolved_options_do_to_the_set_is_said_not_changed(tmp_path):
 
 def test_a_rare_class_is_noted_with_its_share(tmp_path):
     """A foreground of 0.1% trained to val Dice 0.10 in 75 s, unsaid (a red-team round): a class
-    under RARE_SHARE of the pixels is named with its share, by train and by check; instance masks
+    under RARE_CLASS_SHARE of the pixels is named with its share, by train and by check; instance masks
     and common classes are not."""
     from PIL import Image
     from synthetic import make_shapes

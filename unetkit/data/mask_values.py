@@ -7,6 +7,7 @@ in the checkpoint so predicted masks are written back in the user's own values.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -219,12 +220,14 @@ def edge_values(totals: Counter[int] | dict[int, int]) -> tuple[str, str] | None
     (anti-aliased edges) or a lossy codec leaves between them: 0/128/255 resized bilinearly held
     15 values, 12 of them under 0.5% of the pixels each, and trained as 15 classes at val Dice
     0.13 (a red-team round). Class ids are usually 0..K-1 or a few spaced values: it takes at
-    least EDGE_VALUES rare values (under RARE_SHARE each) that are not one run of whole numbers.
+    least EDGE_VALUES rare values (under RARE_SHARE each) that are not evenly spaced. Ids in one run
+    (0, 1, 2, ...) or quantised (0, 8, 16, ...: 30 classes saved so were called smoothed edges, a
+    red-team round) are classes; an interpolation's values are not spaced evenly.
     `unetkit check` and training share this one rule."""
     pixels = sum(totals.values())
     rare = sorted(v for v, n in totals.items() if n < RARE_SHARE * pixels)
     values = sorted(totals)
-    if len(rare) < EDGE_VALUES or values == list(range(values[0], values[-1] + 1)):
+    if len(rare) < EDGE_VALUES or len({b - a for a, b in itertools.pairwise(values)}) == 1:
         return None
     common = ", ".join(str(v) for v in values if v not in rare)
     examples = ", ".join(map(str, rare[:5]))

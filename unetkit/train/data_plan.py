@@ -129,7 +129,7 @@ def model_instances(init_state: dict[str, Any] | None) -> str | None:
 MANY_CLASSES = 16
 # A class under this share of the labelled pixels is noted as rare: a red-team run at 0.1% foreground
 # reached val Dice 0.10 in 75 s; CamVid's rarest class (bicyclist, 0.37%) trains and is not noted.
-RARE_SHARE = 0.0025
+RARE_CLASS_SHARE = 0.0025
 
 
 def say_many_classes(data: DataFingerprint, cfg: TrainConfig, log: Log) -> None:
@@ -186,15 +186,16 @@ def data_notes(cfg: TrainConfig, data: DataFingerprint) -> list[str]:
 
 
 def rare_classes(value_pixels: Mapping[int, int]) -> tuple[str, str] | None:
-    """(what, fix) for the mask values under RARE_SHARE of these pixels (`value_pixels`: each class
+    """(what, fix) for the mask values under RARE_CLASS_SHARE of these pixels (`value_pixels`: each class
     value's count); train notes it and `check` warns."""
     total = sum(value_pixels.values())
-    rare = [(value, count / total) for value, count in sorted(value_pixels.items()) if 0 < count < RARE_SHARE * total]
+    shares = sorted((value, count / total) for value, count in value_pixels.items() if count)
+    rare = [(value, share) for value, share in shares if share < RARE_CLASS_SHARE]
     if not rare:
         return None
-    shares = ", ".join(f"{value} covers {100 * share:.2g}%" for value, share in rare[:8])
+    named = ", ".join(f"{value} covers {100 * share:.2g}%" for value, share in rare[:8])
     return (
-        f"mask value{'s' * (len(rare) > 1)} {shares} of the training pixels: a class this rare learns slowly (a "
+        f"mask value{'s' * (len(rare) > 1)} {named} of the training pixels: a class this rare learns slowly (a "
         "0.1% foreground reached val Dice 0.10 in 75 s)",
         "give the run more --time, raise its --class-weights, or crop the images nearer to it",
     )
