@@ -201,10 +201,10 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], outputs: P
     file. Images in memory go through inference/batched.py (--workers threads decode and write,
     batches of images), a stack's planes as images of their own, written back as stacks
     (<stem>.tif and its siblings, inference/stacks.py); large TIFFs out of core, one at a time.
-    The threshold, progress bar and axes are the predictor's options."""
+    The threshold and progress bar are the predictor's options, the TIFF axes its `axes`."""
     files, out, options = collect_inputs(inputs), outputs.out, predictor.options
-    large = {path for path in files if out_of_core(path, options.out_of_core, options.axes)}
-    stacks = stack_layouts(files, options.axes)
+    large = {path for path in files if out_of_core(path, options.out_of_core, predictor.axes)}
+    stacks = stack_layouts(files, predictor.axes)
     planned = planned_outputs(files, outputs, large, stacks)
     check_outputs(files, planned, out, outputs.overwrite)  # before the folder is made or locked
     with claimed_folder(out, planned, files, outputs.overwrite):
@@ -225,7 +225,7 @@ def write_outputs(
     out, options = outputs.out, predictor.options
     collected = {path: StackPrediction(predictor, path, layout, outputs) for path, layout in stacks.items()}
     write = partial(write_prediction, predictor, outputs, collected)
-    refs = [ImageRef(path, plane, options.axes) for path in files if path not in large
+    refs = [ImageRef(path, plane, predictor.axes) for path in files if path not in large
             for plane in planes_of(path, stacks)]  # fmt: skip
     written = {path: outputs.file(path.stem, "mask", "large") for path in [*large, *stacks]}
     written |= {path: outputs.file(path.stem, "mask") for path in files if path not in written}
@@ -237,7 +237,7 @@ def write_outputs(
                 predict_large_stack(predictor, path, stacks[path], outputs)
                 tell(progress, next(done), count, "predict")
             elif path in large:
-                predict_large_tiff(predictor, path, written[path], outputs)
+                predict_large_tiff(predictor, path, written[path], outputs, axes=predictor.axes)
                 tell(progress, next(done), count, "predict")
         for _ in predict_images(predictor, refs, write, options.workers):
             tell(progress, next(done), count, "predict")

@@ -353,3 +353,17 @@ def test_the_predictor_fuses_each_convolution_with_its_relu_and_keeps_the_logits
         expected = plain(x.contiguous(memory_format=predictor.memory_format)).float()
     tolerance = 1e-4 if predictor.amp.dtype is None else 2e-2 * float(expected.abs().max())
     torch.testing.assert_close(predictor.forward(x), expected, rtol=tolerance, atol=tolerance)
+
+
+def test_the_overlay_legend_grows_with_the_image():
+    """At 12 px a line the legend was a speck on a 4000 x 3000 photo (a red-team round)."""
+    from unetkit.inference.outputs import LEGEND_SIDE, overlay
+
+    labels = ["background", "road", "car"]
+    for side, scale in ((360, 1), (4 * LEGEND_SIDE, 4)):
+        image = np.full((side, side, 3), 0.8, np.float32)
+        drawn = overlay(image, np.zeros((side, side), np.int64), labels)
+        box_bottom = 4 * scale + 12 * scale * len(labels)
+        assert (drawn[box_bottom - 1, 3] == 0).all() and (drawn[box_bottom + 2, 3] > 0).all()
+        text = drawn[: box_bottom - 1, 18 * scale :]
+        assert (text > 200).any()  # the names, in white

@@ -243,7 +243,7 @@ def test_a_rerun_completes_a_killed_predict_without_overwrite(tmp_path, rgb_run,
 def test_a_colour_photograph_to_the_gray_model_is_read_as_luminance_and_said(tmp_path, capsys):
     import unetkit.data.preprocess
 
-    unetkit.data.preprocess._LUMINANCE_SAID.clear()
+    unetkit.data.preprocess._SAID.clear()
     photo = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(photo)
     code, text, err = run_cli(
@@ -251,6 +251,24 @@ def test_a_colour_photograph_to_the_gray_model_is_read_as_luminance_and_said(tmp
     )
     assert code == 0, err
     assert text.count("read as their luminance") == 1 and (tmp_path / "pred" / "photo.png").is_file()
+
+
+def test_a_gray_photograph_to_a_colour_model_is_repeated_and_said_once(tmp_path, rgb_run, capsys):
+    """The other way round was said, this one was not (a red-team round: a gray street photograph
+    predicted by a CamVid model, its classes visibly off)."""
+    import unetkit.data.preprocess
+
+    unetkit.data.preprocess._SAID.clear()
+    photos = tmp_path / "gray"
+    photos.mkdir()
+    for index in range(3):
+        gray = np.random.default_rng(index).integers(0, 255, (40, 56), dtype=np.uint8)
+        Image.fromarray(gray).save(photos / f"g{index}.png")
+    code, text, err = run_cli(capsys, "predict", "--checkpoint", rgb_run[3], photos, "--out", tmp_path / "p",
+                              "--no-progress")  # fmt: skip
+    assert code == 0, err
+    assert text.count("gray images are repeated to the 3 channels of this colour (RGB) model") == 1
+    assert len(list((tmp_path / "p").glob("g*.png"))) == 3
 
 
 def test_geojson_of_a_time_lapse_puts_each_frame_on_t_not_z(tmp_path, capsys):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import roifile
 import tifffile
+from PIL import Image
 from synthetic import assert_one_line_error, run_cli
 
 from unetkit.cli import main
@@ -212,3 +213,55 @@ def test_the_user_names_the_axes_where_the_metadata_is_wrong_or_missing(tmp_path
     assert "mask has 1 plane(s) but its image p0.tif has 3" in text
     code, text, err = run_cli(capsys, "check", "--images", images, "--masks", masks, "--plane-axis", "Z")
     assert "p0.tif: --plane-axis Z, but the file's axes are QYX; name one of Q" in text  # not "has 1 plane"
+
+
+def test_a_run_trained_with_channel_axis_q_reads_other_files_by_their_own_axes(tmp_path, capsys):
+    """A red-team round: a model trained on untagged two-channel TIFFs (--channel-axis Q) refused
+    correctly tagged YXC files at predict and evaluate, and a gray file was told to "name one of
+    (none)" for an option the user never typed. The run's axis now holds where a file has it; other
+    files are read by their own metadata and their channels counted. And `check` names the option
+    (channels first) or the save (channels last) where untagged pages are most likely channels."""
+    rng = np.random.default_rng(4)
+    yy, xx = np.mgrid[:SIZE, :24]
+    untagged, tagged, masks = (tmp_path / name for name in ("untagged", "tagged", "masks"))
+    for folder in (untagged, tagged, masks):
+        folder.mkdir()
+    for index in range(6):
+        cy, cx = rng.integers(8, 18, 2)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= 25
+        channels = np.stack([rng.normal(9000, 2000, disc.shape), 9000 + 30000 * disc]).clip(0, 65535)
+        channels = channels.astype(np.uint16)  # (C, Y, X)
+        tifffile.imwrite(untagged / f"i{index}.tif", channels)  # axes QYX: two planes by the file
+        tifffile.imwrite(tagged / f"i{index}.tif", np.moveaxis(channels, 0, -1), metadata={"axes": "YXC"})
+        Image.fromarray((disc * 255).astype(np.uint8)).save(masks / f"i{index}.png")
+    code, text, _ = run_cli(capsys, "check", "--images", untagged, "--masks", masks)
+    assert code != 0 and "if its 2 planes are one image's channels (pages saved without axis names" in text
+    assert "pass --channel-axis Q" in text
+    channels_last = tmp_path / "channels_last"
+    channels_last.mkdir()
+    tifffile.imwrite(channels_last / "i0.tif", tifffile.imread(tagged / "i0.tif"))  # untagged (Y, X, C): pages
+    code, text, _ = run_cli(capsys, "check", "--images", channels_last, "--masks", masks)
+    assert "its planes are 2 pixel(s) wide: most likely a (Y, X, C) array saved without axis names" in text
+
+    out = tmp_path / "run"
+    args = ["train", "--images", untagged, "--masks", masks, "--out", out, "--epochs", "1", "--base-channels", "8"]
+    args += ["--depth", "2", "--no-progress", "--no-report", "--workers", "0", "--channel-axis", "Q"]
+    assert main([str(a) for a in args]) == 0
+    capsys.readouterr()
+    code, _, err = run_cli(capsys, "predict", "--checkpoint", out / "best.pt", tagged, "--out", tmp_path / "p",
+                           "--no-progress")  # fmt: skip
+    assert code == 0, err
+    assert len(list((tmp_path / "p").glob("i*.png"))) == 6
+    code, text, err = run_cli(capsys, "evaluate", "--checkpoint", out / "best.pt", "--images", tagged,
+                              "--masks", masks, "--no-progress")  # fmt: skip
+    assert code == 0, err
+    gray = tmp_path / "gray"
+    gray.mkdir()
+    tifffile.imwrite(gray / "g.tif", tifffile.imread(untagged / "i0.tif")[1])  # YX: one channel
+    code, _, err = run_cli(capsys, "predict", "--checkpoint", out / "best.pt", gray, "--out", tmp_path / "g")
+    assert_one_line_error(code, err, "g.tif: the image has 1 channel(s) but the model was trained on 2-channel")
+    code, _, err = run_cli(capsys, "predict", "--checkpoint", out / "best.pt", channels_last, "--out", tmp_path / "c")
+    assert_one_line_error(code, err, "i0.tif: the image has 32 channels", "2 pixel(s) wide", "'axes': 'YXC'")
+    code, _, err = run_cli(capsys, "predict", "--checkpoint", out / "best.pt", gray, "--out", tmp_path / "g",
+                           "--channel-axis", "Q")  # typed: still strict  # fmt: skip
+    assert_one_line_error(code, err, "g.tif: --channel-axis Q, but the file's axes are YX")

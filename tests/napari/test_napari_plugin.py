@@ -504,7 +504,7 @@ def test_a_colour_layer_read_as_luminance_by_a_gray_model_is_a_notification(make
 
     said = []
     monkeypatch.setattr(predict_widget, "show_info", said.append)
-    monkeypatch.setattr(unetkit.data.preprocess, "_LUMINANCE_SAID", [])
+    monkeypatch.setattr(unetkit.data.preprocess, "_SAID", set())
     viewer = make_napari_viewer()
     viewer.add_image(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8), name="photo", rgb=True)
     widget = predict_dock(viewer)

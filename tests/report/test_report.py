@@ -52,6 +52,49 @@ def test_report_command_on_other_images(reported_run, tmp_path, capsys):
     assert code == 2 and "config.json: not found" in err
 
 
+def test_the_report_of_an_unfinished_run_says_so_with_its_resume(reported_run, tmp_path, capsys):
+    """An interrupted run's report read as a finished one's (a red-team round): where the run
+    folder's marker says the epochs are not over, the report and its command say so."""
+    from unetkit.runtime.ownership import mark_last_steps
+
+    _, _, _, out = reported_run
+    assert "has not finished" not in (out / "report.html").read_text()  # written by train, at its end
+    stopped = tmp_path / "stopped"
+    shutil.copytree(out, stopped)
+    mark_last_steps(stopped, "pending")  # as a Ctrl-C leaves it
+    code, stdout, err = run_cli(capsys, "report", stopped)
+    assert code == 0, err
+    said = "This run has not finished: it stopped after epoch 1 (interrupted, or still training). Resume it with: "
+    said += f"unetkit train --resume {stopped / 'last.pt'}"
+    assert f"note: {said}" in stdout and said in (stopped / "report.html").read_text()
+    mark_last_steps(stopped, "done")
+    code, stdout, err = run_cli(capsys, "report", stopped)
+    assert code == 0 and "has not finished" not in stdout + (stopped / "report.html").read_text()
+
+
+def test_example_panels_show_colour_in_colour_and_errors_of_the_labelled_pixels(monkeypatch):
+    """A street photo was drawn in gray, and its error share counted CamVid's void pixels as
+    right (a red-team round)."""
+    import numpy as np
+
+    import unetkit.report.figures as figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "row", lambda panels, title, legend=None: drawn.append(panels) or "")
+    photo = np.random.default_rng(0).random((8, 10, 3))
+    truth = np.zeros((8, 10), np.uint8)
+    truth[:4] = 255  # half the pixels void
+    prediction = np.ones_like(truth)
+    prediction[4:, :5] = 0  # of the 40 labelled pixels, 20 wrong
+    figures.example(photo, truth, prediction, "t")
+    (image, _, _, errors) = drawn[0]
+    assert image[2] is None and np.array_equal(image[1], photo)  # in colour
+    assert errors[0] == "errors (50.0% of labelled pixels)"
+    figures.example(photo[..., :2], np.zeros_like(truth), prediction, "t")  # two stains: their mean, in gray
+    (image, _, _, errors) = drawn[1]
+    assert image[2] == "gray" and image[1].shape == (8, 10) and errors[0] == "errors (75.0% of pixels)"
+
+
 def chromium() -> tuple[str, str] | None:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")

@@ -150,7 +150,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     options = predictor.options
     pairs = find_pairs(args.images, args.masks, args.mask_suffix)
     refuse_unused_axes(AxisChoice(args.channel_axis, args.plane_axis), [pair.image for pair in pairs])  # typed ones
-    pairs = expand_planes(pairs, options.axes)
+    pairs = expand_planes(pairs, predictor.axes)
     trained = training_images_among(predictor, pairs)
     if trained:
         print(f"note: {trained}")

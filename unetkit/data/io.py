@@ -13,7 +13,7 @@ import numpy as np
 import tifffile
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from unetkit.data.limits import max_pixels, too_many_pixels
+from unetkit.data.limits import MAX_CHANNELS, max_pixels, too_many_pixels
 from unetkit.data.tiff_axes import FILE_AXES, IMAGE_AXES, AxisChoice, read_plane, tiff_axes
 from unetkit.errors import UnetkitError
 
@@ -21,8 +21,6 @@ from unetkit.errors import UnetkitError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
 
 
-# Channels an image may have: gray, RGB, and the 2-6 (up to 16) channels of fluorescence images.
-MAX_CHANNELS = 16
 # Pillow modes whose last band is alpha: the file says so, and only then is a channel dropped.
 ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
 
@@ -132,9 +130,14 @@ def data_channels(array: np.ndarray, alpha: bool, path: Path) -> np.ndarray:
     if alpha:
         array = array[:, :, :-1]
     if array.shape[2] > MAX_CHANNELS:
+        fix = "save the channels to segment on as their own image"
+        if array.shape[1] <= MAX_CHANNELS:  # a (Y, X, C) array saved as pages, read with --channel-axis Q
+            fix = (
+                f"it is {array.shape[1]} pixel(s) wide: most likely a (Y, X, C) array saved without axis names, so "
+                "save it with tifffile.imwrite(path, array, metadata={'axes': 'YXC'})"
+            )
         raise UnetkitError(
-            f"{path}: the image has {array.shape[2]} channels, more than the {MAX_CHANNELS} unetkit takes; save the "
-            "channels to segment on as their own image"
+            f"{path}: the image has {array.shape[2]} channels, more than the {MAX_CHANNELS} unetkit takes; {fix}"
         )
     return array
 

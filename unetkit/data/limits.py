@@ -17,6 +17,8 @@ from pathlib import Path
 from unetkit.errors import UnetkitError
 
 DEFAULT_MAX_PIXELS = 2**28
+# Channels an image may have: gray, RGB, and the 2-6 (up to 16) channels of fluorescence images.
+MAX_CHANNELS = 16
 MAX_PIXELS_VARIABLE = "UNETKIT_MAX_PIXELS"
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from unetkit.data.io import IMAGE_EXTENSIONS, read_pair, read_pair_scaled
-from unetkit.data.tiff_axes import FILE_AXES, AxisChoice, count_planes
+from unetkit.data.tiff_axes import FILE_AXES, AxisChoice, count_planes, stack_layout, unnamed_pages_hint
 from unetkit.errors import UnetkitError
 
 # Tried in order when no suffix is given: Carvana names its masks "<stem>_mask.gif", others "_label".
@@ -52,11 +52,13 @@ def expand_planes(pairs: Sequence[Pair], axes: AxisChoice = FILE_AXES) -> list[P
     2-D pairs as they are. A mask stack must have its image's planes."""
     expanded: list[Pair] = []
     for pair in pairs:
-        planes, mask_planes = count_planes(pair.image, axes), count_planes(pair.mask, axes.for_masks)
+        layout, mask_planes = stack_layout(pair.image, axes), count_planes(pair.mask, axes.for_masks)
+        planes = layout.planes if layout else 1
         if planes != mask_planes:
+            hint = unnamed_pages_hint(layout, mask_planes) if layout else ""
             raise UnetkitError(
                 f"{pair.mask}: the mask has {mask_planes} plane(s) but its image {pair.image.name} has {planes}; "
-                "a stack's mask is a stack of the same planes (one 2-D mask per image plane)"
+                f"a stack's mask is a stack of the same planes (one 2-D mask per image plane){hint}"
             )
         chosen = [None] if planes == 1 else range(planes)
         expanded += [Pair(pair.image, pair.mask, plane, axes) for plane in chosen]

@@ -39,16 +39,19 @@ def sample_step(height: int, width: int, pixels: int) -> int:
 
 def match_channels(image: np.ndarray, channels: int, path: Path) -> np.ndarray:
     """Give an (H, W, C) image the model's channel count: gray is repeated to RGB, and a colour
-    photograph (photometric RGB) becomes its luminance for a gray model, said once. Three channels
+    photograph (photometric RGB) becomes its luminance for a gray model, each said once. Three channels
     that are not colour (a TIFF's C axis: three fluorescence stains) are refused: blended to
     luminance they would be predicted as an image the model never saw, with no word."""
     have = image.shape[2]
     if have == channels:
         return image
-    if have == 1 and channels == 3:
+    if have == 1 and channels == 3:  # a gray photograph for a colour model: said, as the other way round
+        say_once("gray", f"gray images are repeated to the 3 channels of this colour (RGB) model (first: {path})")
         return np.repeat(image, 3, axis=2)
     if have == 3 and channels == 1 and is_photometric_rgb(path):
-        _say_luminance(path)
+        say_once(
+            "luminance", f"colour (RGB) images are read as their luminance for this 1-channel model (first: {path})"
+        )
         return (image @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[:, :, None]
     kind = " (channels of a TIFF's C axis, not RGB colour)" if have == 3 else ""
     raise UnetkitError(
@@ -57,13 +60,14 @@ def match_channels(image: np.ndarray, channels: int, path: Path) -> np.ndarray:
     )
 
 
-_LUMINANCE_SAID: list[Path] = []  # once a process: a folder of photographs would say it a thousand times
+_SAID: set[str] = set()  # once a process: a folder of photographs would say it a thousand times
 
 
-def _say_luminance(path: Path) -> None:
-    if not _LUMINANCE_SAID:
-        _LUMINANCE_SAID.append(path)
-        say(f"colour (RGB) images are read as their luminance for this 1-channel model (first: {path})")
+def say_once(kind: str, text: str) -> None:
+    """`text`, the first time a conversion of this `kind` is made in this process."""
+    if kind not in _SAID:
+        _SAID.add(kind)
+        say(text)
 
 
 # Pixels the percentiles are estimated from: a 4096^2 image's exact percentiles cost ~1 s a channel,

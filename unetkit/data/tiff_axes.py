@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from unetkit.data.limits import check_declared_pixels
+from unetkit.data.limits import MAX_CHANNELS, check_declared_pixels
 from unetkit.errors import UnetkitError
 
 CHANNEL_AXES = "SC"
@@ -147,6 +147,31 @@ def tiff_axes(tif: tifffile.TiffFile, path: Path, choice: AxisChoice = FILE_AXES
             "reads one image or one stack per file: save each as its own file"
         )
     return layout
+
+
+UNNAMED_PAGES = "QI"  # tifffile's letters for the pages of a TIFF saved without axis names
+
+
+def unnamed_pages_hint(layout: TiffAxes, mask_planes: int = 1) -> str:
+    """Where a plain TIFF's pages are most likely an array's channels (it was saved without axis
+    names, so each page reads as a plane), what to do, as '; ...'; '' otherwise. Channels first
+    (C, Y, X) give a few full-size pages, channels last (Y, X, C) hundreds of pages a few pixels
+    wide: a red-team round's two-channel TIFFs read as 2 and 360 planes, no option named."""
+    pages = [a for a in layout.plane_axes if a in UNNAMED_PAGES]
+    if len(layout.plane_axes) != 1 or not pages or mask_planes != 1:
+        return ""
+    axis, width = pages[0], layout.length("X")
+    if width <= MAX_CHANNELS < layout.length("Y"):
+        return (
+            f"; its planes are {width} pixel(s) wide: most likely a (Y, X, C) array saved without axis names, so "
+            "save it with tifffile.imwrite(path, array, metadata={'axes': 'YXC'})"
+        )
+    if layout.length(axis) <= MAX_CHANNELS:
+        return (
+            f"; if its {layout.length(axis)} planes are one image's channels (pages saved without axis names: "
+            f"axes {layout.axes}), pass --channel-axis {axis}"
+        )
+    return ""
 
 
 def refuse_unused_axes(choice: AxisChoice, images: Sequence[Path]) -> None:

@@ -155,6 +155,16 @@ class InferenceOptions:
         return self.tile or DEFAULT_TILE
 
 
+def tiff_axes_for(options: InferenceOptions, trained: dict) -> AxisChoice:
+    """How TIFF axes are read: the options' --channel-axis / --plane-axis, else the run's
+    (`trained`: its config), for files like its own. Where a file lacks the run's axis its own
+    metadata holds, and the channel count is checked: a tagged YXC file, or a flat gray one, was
+    refused over the run's Q, naming an option the user never typed (a red-team round)."""
+    if options.channel_axis is not None or options.plane_axis is not None:
+        return options.axes
+    return AxisChoice(trained.get("channel_axis"), trained.get("plane_axis"), strict=False)
+
+
 class Predictor:
     """Load from a checkpoint (best.pt / last.pt, or its already loaded dict), a .safetensors
     export, or an exported .onnx."""
@@ -209,9 +219,7 @@ class Predictor:
         self.spec = ModelSpec.from_state(state, name)
         self.state_object_rule = ObjectRule.from_state(state.get("object_rule"), name)
         trained = state.get("config") if isinstance(state.get("config"), dict) else {}  # the run's TIFF axes
-        if self.options.channel_axis is None and self.options.plane_axis is None:
-            chosen = {"channel_axis": trained.get("channel_axis"), "plane_axis": trained.get("plane_axis")}
-            self.options = dataclasses.replace(self.options, **chosen)
+        self.axes = tiff_axes_for(self.options, trained)
         self.upright = trained_orientation(state) == "upright"  # --tta shows it only the views it trained on
         # The run's training images (its folder, their names): scores on them flatter the model.
         split = state.get("split") if isinstance(state.get("split"), dict) else {}

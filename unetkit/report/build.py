@@ -24,6 +24,7 @@ from unetkit.errors import UnetkitError
 from unetkit.evaluate import evaluate_pairs, training_images_among
 from unetkit.inference import InferenceOptions, Predictor
 from unetkit.runtime.atomic import atomic_write
+from unetkit.runtime.ownership import last_steps
 from unetkit.scoring.objects import object_errors
 from unetkit.train.run_files import COLUMNS, EpochRow
 
@@ -181,10 +182,12 @@ def write_report(
     log: Callable[[str], None] = print,
     pairs: Sequence[Pair] | None = None,
     source: str = "",
+    finished: bool | None = None,
 ) -> Path:
     """Write the report of the run folder `run` (default `run/report.html`); returns its path.
     The images come from `images`/`masks`, or `pairs` (named by `source`), else the run's
-    validation images."""
+    validation images. `finished`: whether the run's epochs are over (the run layer, after them);
+    None reads the run folder's marker, and an unfinished run is said, with its --resume."""
     run = Path(run)
     for needed in ("config.json", "metrics.csv", "best.pt"):
         if not (run / needed).is_file():
@@ -199,6 +202,13 @@ def write_report(
     if trained:
         log(f"note: {trained}")
     context = {"run": run.resolve().name, "source": source, "trained": trained, **scored(predictor, pairs)}
+    if not (finished if finished is not None else last_steps(run) != "pending"):
+        # An interrupted run's report read as a finished one's (a red-team round).
+        context["unfinished"] = (
+            f"This run has not finished: it stopped after epoch {len(history)} (interrupted, or still training). "
+            f"Resume it with: unetkit train --resume {run / 'last.pt'}"
+        )
+        log(f"note: {context['unfinished']}")
     context.update(
         config={k: v for k, v in config.items() if k != "resolved" and v not in (None, "", False)},
         resolved=config.get("resolved", {}),

@@ -69,14 +69,26 @@ def colour(class_ids: np.ndarray) -> np.ndarray:
     return palette[np.clip(class_ids, 0, 255)]
 
 
+def picture(image: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """An (H, W, C) image as shown, with its colour map: three channels in colour (a street photo
+    in gray hid the colours its classes differ by: a red-team round), others as their mean."""
+    if image.ndim == 3 and image.shape[2] == 3:
+        return np.clip(image, 0, 1), None
+    return (image.mean(axis=2) if image.ndim == 3 else image), "gray"
+
+
 def example(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, title: str) -> str:
-    """One row: the image, the true classes, the predicted classes, and the errors in red."""
-    gray = image.mean(axis=2) if image.ndim == 3 else image
+    """One row: the image, the true classes, the predicted classes, and the errors in red, as a
+    share of the labelled pixels (the ignored ones, e.g. CamVid's void, are no error either way)."""
+    shown, cmap = picture(image)
+    gray = shown.mean(axis=2) if shown.ndim == 3 else shown
     errors = np.repeat(gray[..., None], 3, axis=2) * 0.6
-    wrong = (truth != prediction) & (truth != 255)
+    labelled = truth != 255
+    wrong = (truth != prediction) & labelled
     errors[wrong] = [1.0, 0.1, 0.1]
-    panels = [("image", gray, "gray"), ("truth", colour(truth), None), ("prediction", colour(prediction), None)]
-    panels.append((f"errors ({wrong.mean():.1%} of pixels)", errors, None))
+    panels = [("image", shown, cmap), ("truth", colour(truth), None), ("prediction", colour(prediction), None)]
+    of = "pixels" if labelled.all() else "labelled pixels"
+    panels.append((f"errors ({wrong.sum() / max(1, labelled.sum()):.1%} of {of})", errors, None))
     return row(panels, title)
 
 
@@ -96,12 +108,13 @@ def object_example(image: np.ndarray, true: np.ndarray, pred: np.ndarray, errors
     """One row for an object task: the image, the true and the predicted objects, and the image
     with the wrong objects outlined (merges and split pieces as predicted, misses as true), since
     a class picture hides two touching objects drawn as one."""
-    gray = image.mean(axis=2) if image.ndim == 3 else image
+    shown, cmap = picture(image)
+    gray = shown.mean(axis=2) if shown.ndim == 3 else shown
     outlined = np.repeat(gray[..., None], 3, axis=2) / max(float(gray.max()), 1e-6) * 0.6
     width = max(1, round(gray.shape[1] / PANEL_PIXELS))  # outlines stay visible when the PNG shrinks the image
     for kind, (_, rgb) in ERROR_COLOURS.items():
         outline(outlined, true if kind == "missed" else pred, getattr(errors, kind), rgb, width)
-    panels = [("image", gray, "gray"), (f"true objects ({len(np.unique(true[true > 0]))})", object_colours(true), None)]
+    panels = [("image", shown, cmap), (f"true objects ({len(np.unique(true[true > 0]))})", object_colours(true), None)]
     panels.append((f"predicted objects ({len(np.unique(pred[pred > 0]))})", object_colours(pred), None))
     panels.append((errors.counts(), outlined, None))
     return row(panels, title, legend=error_legend(errors))

@@ -66,5 +66,6 @@ def after_training(trainer: Trainer) -> str | None:
         settled = settle_from_start(best, trainer.start_state, start_rule, trainer.run.val_pairs, trainer.log)
     choose_object_rule(best, trainer.run.val_pairs, trainer.log, start_rule)
     if trainer.cfg.report:
-        write_report(trainer.out, log=trainer.log, pairs=trainer.run.val_pairs, source="the run's validation images")
+        write_report(trainer.out, log=trainer.log, pairs=trainer.run.val_pairs, source="the run's validation images",
+                     finished=True)  # fmt: skip
     return settled
