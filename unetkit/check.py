@@ -3,6 +3,7 @@ stop training or quietly hurt it, each problem with its fix, instead of failing 
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -335,6 +336,17 @@ def tiff_lines(read: dict[str, dict]) -> list[str]:
     return lines + [f"TIFF images read as {axes}: {count}" for axes, count in flat.items()]
 
 
+# Problems or warnings of one kind (the same words but for file names and numbers) shown in full;
+# the rest are counted (a folder of 20 channels-first TIFFs printed 20 lines of one problem).
+SHOWN_ALIKE = 3
+FILE_NAME = re.compile(r"[^\s:;,()']+\.(?:tiff?|png|jpe?g|bmp|gif)\b", re.IGNORECASE)
+
+
+def same_problem(item: dict) -> str:
+    """What makes two problems alike: their words, file names and numbers left out."""
+    return re.sub(r"\d+", "#", FILE_NAME.sub("<file>", item["problem"]))
+
+
 def format_check(report: dict) -> str:
     lines = [
         f"pairs: {report.get('pairs', 0)}"
@@ -353,13 +365,20 @@ def format_check(report: dict) -> str:
     if report.get("objects"):
         lines.append(f"objects: {report['objects']['total']} (median {report['objects']['per_mask_median']} per mask)")
     for kind in ("problems", "warnings"):
+        shown, like = Counter(), Counter()
         for item in report[kind]:
+            key = same_problem(item)
+            shown[key] += 1
+            if shown[key] > SHOWN_ALIKE:  # one line for each of 500 images with one problem buried the rest
+                like[key] += 1
+                continue
             fix = f"; fix: {item['fix']}" if item.get("fix") else ""
             lines.append(
                 f"{kind[:-1]}: {item['problem']}{fix}"
                 if item["problem"].startswith(item["file"])
                 else f"{kind[:-1]}: {item['file']}: {item['problem']}{fix}"
             )
+        lines += [f"{kind[:-1]}: ... and {n} more like the ones above (all of them: --json)" for n in like.values()]
     split = bool(report.get("split_refused"))
     verdict = (
         f"ok: training would work{' with --val-fraction 0 or --val-images (the warning above)' if split else ''}"

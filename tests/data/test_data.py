@@ -247,3 +247,21 @@ def test_check_says_what_train_would_refuse_or_note_for_a_handful_of_images(tmp_
     assert format_check(report).endswith(
         "ok: training would work with --val-fraction 0 or --val-images (the warning above)"
     )
+
+
+def test_check_shows_three_of_a_kind_and_counts_the_rest():
+    """A folder of 20 channels-first TIFFs printed 20 lines of one problem (a red-team round):
+    problems alike but for file names and numbers are shown three times, then counted."""
+    from unetkit.check import format_check
+
+    alike = [
+        {"file": f"m/{i}.tif", "problem": f"m/{i}.tif: the mask has 1 plane(s) but its image i{i}.tif has {i + 2}"}
+        for i in range(7)
+    ]
+    other = {"file": "m/x.png", "problem": "m/x.png: mask is 3x4 but its image x.png is 4x3", "fix": "resize"}
+    report = {"pairs": 8, "problems": [*alike, other], "warnings": [], "ok": False}
+    lines = format_check(report).splitlines()
+    assert sum("plane(s) but its image" in line for line in lines) == 3
+    assert "problem: ... and 4 more like the ones above (all of them: --json)" in lines
+    assert "problem: m/x.png: mask is 3x4 but its image x.png is 4x3; fix: resize" in lines
+    assert lines[-1] == "NOT ok: 8 problem(s) to fix before training"
