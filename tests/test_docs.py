@@ -11,6 +11,20 @@ def test_cheap_figures_render(tmp_path, name):
     assert path.suffix == ".png" and 0 < path.stat().st_size < 200_000
 
 
+def test_the_training_figure_trains_and_scores_a_model(tmp_path):
+    """The figure's scoring read the evaluation report as a dict long after it became a dataclass,
+    and the full regeneration crashed, unseen, since only the slow test trained (a red-team
+    round): one epoch of DumbNet, scored on the held-out slices as the figure does."""
+    from unetkit.data import find_pairs
+
+    by_slice = {int(p.name): p for p in find_pairs(docs.DEMO_DATA / "images", docs.DEMO_DATA / "masks")}
+    pairs = tuple([by_slice[i] for i in slices] for slices in (docs.TRAIN_SLICES, docs.VAL_SLICES, [25]))
+    examples: dict = {}
+    scores = docs._train_and_score("dumbnet", tmp_path, 1, 1.0, pairs, examples)
+    assert scores["epochs"] == 1 and 0 < scores["cell_dice"] <= 1 and 0 <= scores["membrane_dice"] <= 1
+    assert examples["dumbnet"].shape == (512, 512)
+
+
 @pytest.mark.slow
 def test_dumbnet_vs_unet_figure_trains_both_models(tmp_path):
     path = docs.figure_dumbnet_vs_unet(tmp_path, epochs=1)

@@ -154,7 +154,8 @@ class ObjectRule:
     """How objects are cut from class probabilities (unetkit/inference/objects.py)."""
 
     # The defaults: the best of the end-of-training grid on the demo's validation slices 22-24
-    # (adapted Rand error 0.045; seed 0.9 gave 0.17, 0.98 split cells into thousands of cores).
+    # (adapted Rand error 0.045; seed 0.9 gave 0.18, 0.98 split cells into thousands of cores:
+    # docs/objects.md).
     seed: float = 0.95  # object cores: probability above this
     flood: float = 0.3  # cores grow over pixels above this
     smooth: float = 2.0  # Gaussian sigma (pixels) on the probabilities first: one core per object

@@ -192,8 +192,9 @@ class TrainConfig:
     )  # fmt: skip
     scheduler: str = option("cosine", "learning-rate schedule", group="optimisation", choices=SCHEDULERS)
     warmup_epochs: float = option(
-        1.0, "linear warmup for cosine", group="optimisation", valid=between(0), need="0 or more"
-    )
+        1.0, "linear warmup for cosine, plateau, poly and step (onecycle has its own rise)", group="optimisation",
+        valid=between(0), need="0 or more",
+    )  # fmt: skip
     step_size: int = option(
         30, "epochs between drops for the step schedule", group="optimisation",
         valid=whole(1, 1_000_000), need="1 or more epochs",

@@ -5,9 +5,11 @@ Every decaying schedule is a function of *progress*, the fraction of the run don
 over steps planned, or, with a wall-clock budget (`--time`), seconds spent over seconds allowed.
 So a timed run anneals to ~0 exactly when its time is up, however fast the machine is.
 
-  cosine:   linear warmup, then half a cosine from the base LR down to ~0 (the default)
+  cosine:   linear warmup, then half a cosine from the base LR down to ~0 (the default); the
+            same warmup multiplies plateau, poly and step (onecycle has its own rise)
   onecycle: cosine rise from LR/25 to the LR over the first 30%, then cosine down to ~0 (Smith)
-  plateau:  divide the LR by 10 when validation Dice stops improving for 3 epochs
+  plateau:  divide the LR by 10 on the 4th epoch in a row without a better validation Dice
+            (ReduceLROnPlateau's patience 3)
   poly:     (1 - progress)^0.9, the DeepLab schedule
   step:     multiply by `gamma` every `step_size` epochs
   none:     constant
