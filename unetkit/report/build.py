@@ -19,10 +19,10 @@ from unetkit.data import Pair, find_pairs
 from unetkit.data.mask_values import MaskValues
 from unetkit.data.objects import INSTANCE_CLASS_NAMES
 from unetkit.data.pairing import expand_planes
-from unetkit.data.tiff_axes import AxisChoice
 from unetkit.errors import UnetkitError
 from unetkit.evaluate import evaluate_pairs, training_images_among
 from unetkit.inference import InferenceOptions, Predictor
+from unetkit.inference.predictor import tiff_axes_for
 from unetkit.runtime.atomic import atomic_write
 from unetkit.runtime.ownership import last_steps
 from unetkit.scoring.objects import object_errors
@@ -37,8 +37,7 @@ def run_pairs(config: dict, images: str | None, masks: str | None) -> tuple[list
     """The labelled images to show (a stack's planes each its own): the given folders, else the
     run's own validation images."""
     pairs, source = run_files(config, images, masks)
-    axes = AxisChoice(config.get("channel_axis"), config.get("plane_axis"))
-    return expand_planes(pairs, axes), source
+    return expand_planes(pairs, tiff_axes_for(InferenceOptions(), config)), source  # as predict reads them
 
 
 def run_files(config: dict, images: str | None, masks: str | None) -> tuple[list[Pair], str]:
