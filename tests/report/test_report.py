@@ -89,6 +89,8 @@ def test_example_panels_show_colour_in_colour_and_errors_of_the_labelled_pixels(
     figures.example(photo, truth, prediction, "t")
     (image, _, _, errors) = drawn[0]
     assert image[2] is None and np.array_equal(image[1], photo)  # in colour
+    shown, _ = figures.picture(photo * 0.03)  # three dim 16-bit stains are stretched, not black
+    assert 0.9 < np.percentile(shown, 99.5) <= 1.0
     assert errors[0] == "errors (50.0% of labelled pixels)"
     figures.example(photo[..., :2], np.zeros_like(truth), prediction, "t")  # two stains: their mean, in gray
     (image, _, _, errors) = drawn[1]
