@@ -451,22 +451,30 @@ def model_image(image: np.ndarray, path: str | Path = "image") -> np.ndarray:
 
 def note_array_range(image: np.ndarray, path: str | Path) -> None:
     """Say, once a process, where an array's values suggest another scale than the one read_image's
-    rule gives its type (a red-team round: `np.asarray(img, float)` of 8-bit data, values 0-255 read
-    as if 1.0 were white, agreed with the uint8 prediction on 22% of the pixels; `.astype(int)` of
-    it read as 16-bit data, all background)."""
-    if _ARRAY_RANGE_SAID:
-        return
+    rule gives its type (array_range)."""
+    found = None if _ARRAY_RANGE_SAID else array_range(image)
+    if found:
+        _ARRAY_RANGE_SAID.append(str(path))
+        say(f"{path}: {found[0]}; {found[1]} (said once)")
+
+
+def array_range(image: np.ndarray) -> tuple[str, str] | None:
+    """(what, fix) where an array's values suggest another scale than the one read_image's rule
+    gives its type (a red-team round: `np.asarray(img, float)` of 8-bit data, values 0-255 read as
+    if 1.0 were white, agreed with the uint8 prediction on 22% of the pixels; `.astype(int)` of it
+    read as 16-bit data, all background); None where they do not."""
     largest = float(image.max()) if image.size else 0.0
     if image.dtype.kind == "f" and largest > 1.5:
-        kind = f"a float array reaching {largest:g} is read as is, where 1.0 is white"
-        fix = "divide it by its type's maximum (e.g. image / 255) or pass the integer array"
-    elif image.dtype.kind in "iu" and image.dtype.itemsize > 2 and 1 < largest <= 255:  # integer_range: 65535
-        kind = f"a {image.dtype} array whose values reach {largest:g} is read as 16-bit data (1.0 at 65535)"
-        fix = "pass image.astype(np.uint8) if it is 8-bit data"
-    else:
-        return
-    _ARRAY_RANGE_SAID.append(str(path))
-    say(f"{path}: {kind}; {fix} (said once)")
+        return (
+            f"a float array reaching {largest:g} is read as is, where 1.0 is white",
+            "divide it by its type's maximum (e.g. image / 255) or pass the integer array",
+        )
+    if image.dtype.kind in "iu" and image.dtype.itemsize > 2 and 1 < largest <= 255:  # integer_range: 65535
+        return (
+            f"a {image.dtype} array whose values reach {largest:g} is read as 16-bit data (1.0 at 65535)",
+            "pass image.astype(np.uint8) if it is 8-bit data",
+        )
+    return None
 
 
 _ARRAY_RANGE_SAID: list[str] = []

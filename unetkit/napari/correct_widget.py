@@ -31,6 +31,7 @@ class CorrectWidget(RunPanel):
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
+        self.as_objects: bool | None = None  # how the last Retrain trained its labels (config)
         self.project = QLineEdit(str(Path.cwd() / "unetkit-training-set"))
         self.image_layer, self.labels_layer = QComboBox(), QComboBox()
         self.add_button = QPushButton("Add to training set")
@@ -110,6 +111,7 @@ class CorrectWidget(RunPanel):
             raise UnetkitError("choose the model to fine-tune: a shipped one by name, or a checkpoint")
         out = project / "runs" / time.strftime("%Y%m%d-%H%M%S")
         instances = labels_are_objects(self.labels_are.currentText(), images, masks)
+        self.as_objects = instances  # predicted again as the labels were corrected: objects, or classes
         # One corrected image leaves none to validate on, and a first round is one image: it trains on
         # it without validation (the last epoch's weights), said; from two images on, one validates.
         alone = len(pairs_in(project)) < 2  # the pairs training finds (a Finder's .DS_Store is none)
@@ -135,4 +137,8 @@ class CorrectWidget(RunPanel):
             return
         widgets[0].model.setCurrentText(model)
         widgets[0].layer.setCurrentText(self.image_layer.currentText())
+        # As the labels were corrected, whatever the Predict box was left at (a red-team round: corrected
+        # objects came back as the instance model's four classes, the box unchecked for an earlier model)
+        if self.as_objects is not None:
+            widgets[0].objects.setChecked(self.as_objects)
         widgets[0].predict()

@@ -31,7 +31,8 @@ from qtpy.QtWidgets import (
 
 from unetkit.errors import UnetkitError
 from unetkit.inference import InferenceOptions, Predictor
-from unetkit.runtime.notes import notes_to
+from unetkit.inference.predictor import array_range
+from unetkit.runtime.notes import notes_to, say
 from unetkit.zoo import zoo_models
 
 if TYPE_CHECKING:
@@ -113,25 +114,62 @@ class PlaneResult:
 
 def planes_of(image: np.ndarray, rgb: bool, in_channels: int) -> list[np.ndarray]:
     """The 2-D images to predict: an RGB layer or a gray 2-D image is one; an RGB stack
-    (planes, y, x, RGB) and, for a 1-channel model, a gray (planes, y, x) layer are their planes.
-    Anything else is refused in one line that says what the layer holds and what the model takes."""
+    (planes, y, x, RGB) and, for a 1-channel model, a gray (planes, y, x) layer are their planes;
+    for a model of C channels, a (C, y, x) layer is one image and a (planes, C, y, x) layer its
+    planes (channels_first). An RGBA layer's alpha is dropped, as a file's is. Anything else is
+    refused in one line that says what the layer holds and what the model takes."""
+    if rgb and image.shape[-1] == 4:  # napari draws the fourth as alpha; the file reader drops it too
+        image = image[..., :3]
+    if channels_first(image, rgb, in_channels):
+        return [np.moveaxis(plane, 0, -1) for plane in (image if image.ndim == 4 else [image])]
+    if in_channels > 1 and not rgb and image.ndim == 2:  # two channels opened as two layers (channel_axis)
+        raise UnetkitError(
+            f"the layer is one channel ({image.shape[0]} x {image.shape[1]}) and the model takes {in_channels}-channel "
+            f"images: give it one layer holding the {in_channels} channels on its first axis ({in_channels}, y, x), "
+            "e.g. the file opened without splitting its channels, or np.stack of the channel layers"
+        )
     if image.ndim == 2 or rgb and image.ndim == 3:
         return [image]
     if rgb and image.ndim == 4 or image.ndim == 3 and in_channels == 1:
         return list(image)
     held = f"an RGB layer of {image.ndim - 1} axes" if rgb else f"a gray layer of {image.ndim} axes"
     sizes = " x ".join(str(n) for n in image.shape[: image.ndim - rgb])
+    takes = f", or ({in_channels}, y, x) and (planes, {in_channels}, y, x) layers" if in_channels > 1 else ""
     raise UnetkitError(
         f"the layer is {held} ({sizes}) and the model takes {in_channels}-channel 2-D images; give it a 2-D image, "
-        f"an RGB image or stack{', or a gray stack (planes, y, x)' if in_channels == 1 else ''}, e.g. one time "
+        f"an RGB image or stack{', or a gray stack (planes, y, x)' if in_channels == 1 else takes}, e.g. one time "
         "point or channel of the layer as its own layer"
     )
+
+
+def channels_first(image: np.ndarray, rgb: bool, in_channels: int) -> bool:
+    """Whether a gray layer holds a multi-channel model's channels on its third axis from the end:
+    (C, y, x) or (planes, C, y, x), as a TIFF of channels opens in napari unsplit."""
+    return not rgb and in_channels > 1 and image.ndim in (3, 4) and image.shape[-3] == in_channels
+
+
+def placement_of(placement: dict[str, Any], ndim: int, kept: list[int]) -> dict[str, Any]:
+    """A layer's placement (PredictRequest.placement, of `ndim` axes) on the axes `kept`: the labels
+    of a (C, y, x) layer have no channel axis, and a 3-axis scale on them was an error."""
+    from napari.utils.transforms import CompositeAffine
+
+    parts = {key: placement[key] for key in ("scale", "translate", "rotate", "shear")}
+    sliced = CompositeAffine(**parts, ndim=ndim).set_slice(kept)
+    return {"scale": sliced.scale, "translate": sliced.translate, "rotate": sliced.rotate, "shear": sliced.shear,
+            "affine": placement["affine"].set_slice(kept)}  # fmt: skip
 
 
 def predict_planes(predictor: Predictor, request: PredictRequest):
     """Generator for napari's thread worker: yields (planes done, planes in all) after each plane
     (a point where Cancel stops it) and returns the PlaneResults."""
-    planes = planes_of(request.image, request.rgb, predictor.spec.in_channels)
+    channels = predictor.spec.in_channels
+    planes = planes_of(request.image, request.rgb, channels)
+    if channels_first(request.image, request.rgb, channels):
+        say(f"{request.layer_name}: its axis of {channels} is read as the model's {channels} channels")
+    found = array_range(request.image)  # the API says it once a process; a layer each time (a red-team round)
+    if found:
+        say(f"{request.layer_name}: {found[0].replace('array', 'layer')}; rescale the layer to 0-1 (e.g. in napari's "
+            "console, layer.data / 255) or open the integer image")  # fmt: skip
     results = []
     for index, plane in enumerate(planes):
         logits = predictor.logits(plane, f"{request.layer_name} plane {index}")
@@ -287,8 +325,13 @@ class PredictWidget(QWidget):
             )
             names = [f"{request.layer_name} probability {k}" for k in range(len(stacked))]  # of class id k
             layers += self.viewer.add_image(stacked, name=names, channel_axis=0, visible=False)
+        ndim = request.image.ndim - request.rgb
+        placement = request.placement
+        if labels.ndim < ndim:  # a (C, y, x) or (planes, C, y, x) layer's channel axis is not the labels'
+            kept = [axis for axis in range(ndim) if axis != ndim - 3]
+            placement = placement_of(placement, ndim, kept)
         for layer in layers:
-            for key, value in request.placement.items():
+            for key, value in placement.items():
                 setattr(layer, key, value)
         # Each plane's ids start at 1: a stack's count is their sum, not its largest id (a red-team round)
         found = sum(int(r.labels.max()) for r in results)
