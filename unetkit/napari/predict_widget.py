@@ -165,7 +165,7 @@ def predict_planes(predictor: Predictor, request: PredictRequest):
     channels = predictor.spec.in_channels
     planes = planes_of(request.image, request.rgb, channels)
     if channels_first(request.image, request.rgb, channels):
-        say(f"{request.layer_name}: its axis of {channels} is read as the model's {channels} channels")
+        say(f"{request.layer_name}: its axis of {channels} before y and x is read as the model's {channels} channels")
     found = array_range(request.image)  # the API says it once a process; a layer each time (a red-team round)
     if found:
         say(f"{request.layer_name}: {found[0].replace('array', 'layer')}; rescale the layer to 0-1 (e.g. in napari's "
