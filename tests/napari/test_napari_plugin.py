@@ -224,8 +224,15 @@ def test_a_pair_is_added_under_the_layers_name_and_never_over_a_users_file(tmp_p
     for bad, needle in ((np.zeros_like(labels), "empty"), (labels[:10], "labels are")):
         with pytest.raises(UnetkitError, match=needle):
             add_pair(tmp_path, image, bad, "cells 1")
-    with pytest.raises(UnetkitError, match="a stack of 3 planes; a training pair is one 2-D image"):
+    with pytest.raises(UnetkitError, match="a stack of 3 planes; a training pair is one 2-D image: add the plane"):
         add_pair(tmp_path, np.stack([image] * 3), np.stack([labels] * 3), "movie")
+    # A layer of a 2-channel model's channels (C, y, x), as Predict reads it, is written channels last
+    # with its axes named: training reads two channels, not two planes
+    from unetkit.data import read_image
+
+    assert add_pair(tmp_path, np.stack([image, 255 - image]), labels, "two") == "two"
+    written = read_image(tmp_path / "images" / "two.tif")
+    assert written.shape == (64, 64, 2) and np.array_equal(written[..., 1] * 255, 255 - image)
     for bad_id in (-1, 65536):  # uint16 made them 65535 and background, unsaid
         with pytest.raises(UnetkitError, match=f"hold id {bad_id}, and a mask holds ids 0 to 65535"):
             add_pair(tmp_path, image, np.where(labels > 0, bad_id, 0), "cells 1")
@@ -288,6 +295,25 @@ def add_all(widget, count: int) -> None:
         widget.image_layer.setCurrentText(f"dark {seed}")
         widget.labels_layer.setCurrentText(f"dark {seed} corrected")
         widget.add_button.click()
+
+
+def test_add_takes_the_plane_the_viewer_shows_of_a_stack(make_napari_viewer, tmp_path):
+    """One corrected plane of a z-stack had to be copied into layers of its own by hand (a red-team
+    round): Add takes the plane shown, named after it."""
+    import tifffile
+
+    viewer = make_napari_viewer()
+    planes = np.stack([nuclei(size=64, count=4, seed=s)[0][0] for s in range(3)])
+    viewer.add_image(planes, name="stack")
+    viewer.add_labels((planes > 60).astype(np.int32), name="stack corrected")
+    viewer.dims.set_point(0, 2)
+    widget = correct_dock(viewer, tmp_path)
+    widget.image_layer.setCurrentText("stack")
+    widget.labels_layer.setCurrentText("stack corrected")
+    widget.add_button.click()
+    written = tmp_path / "project" / "images" / "stack_plane_2.tif"
+    assert np.array_equal(tifffile.imread(written), planes[2])
+    assert np.array_equal(tifffile.imread(tmp_path / "project" / "masks" / "stack_plane_2.tif"), planes[2] > 60)
 
 
 def test_the_train_widget_pairs_each_labels_layer_with_the_image_it_annotates(make_napari_viewer, tmp_path):

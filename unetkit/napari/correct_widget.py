@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLineEdit, QPushButton, QSpinBox, QVBoxLayout
 
@@ -84,6 +85,19 @@ class CorrectWidget(RunPanel):
             fill_layer_choices(self.image_layer, self.viewer, napari.layers.Image)
             fill_layer_choices(self.labels_layer, self.viewer, napari.layers.Labels)
 
+    def shown_pair(self, image_name: str, labels_name: str) -> tuple[np.ndarray, np.ndarray, str]:
+        """The image and labels to add, and the pair's name: the layers, or where the labels are a
+        stack of planes (a z-stack, a time-lapse), the plane the viewer shows (a red-team round:
+        one corrected plane had to be copied into layers of its own by hand)."""
+        labels_layer = self.viewer.layers[labels_name]
+        image, labels = layer_pixels(self.viewer.layers[image_name]), layer_pixels(labels_layer)
+        if labels.ndim != 3 or labels.shape[0] != image.shape[0]:
+            return image, labels, image_name
+        plane = int(round(labels_layer.world_to_data(self.viewer.dims.point)[0]))
+        if not 0 <= plane < labels.shape[0]:
+            raise UnetkitError(f"{labels_name}: the viewer shows none of its planes; move to the one corrected")
+        return image[plane], labels[plane], f"{image_name} plane {plane}"
+
     def add_to_training_set(self) -> None:
         """Write the Image layer and its corrected Labels layer into the project folder."""
         image, labels = self.image_layer.currentText(), self.labels_layer.currentText()
@@ -91,8 +105,7 @@ class CorrectWidget(RunPanel):
             if not image or not labels:
                 raise UnetkitError("choose an Image layer and the Labels layer that holds its corrected objects")
             project, _record = project_folder(self.project.text())
-            data = layer_pixels(self.viewer.layers[image])
-            name = add_pair(project, data, layer_pixels(self.viewer.layers[labels]), image)
+            name = add_pair(project, *self.shown_pair(image, labels))
         except UnetkitError as err:
             show_error(str(err))
             return

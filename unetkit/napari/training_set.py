@@ -67,29 +67,35 @@ def foreign_files(project: Path, folder: Path, record: dict[str, str]) -> list[s
 
 
 def add_pair(project: Path, image: np.ndarray, labels: np.ndarray, layer_name: str) -> str:
-    """Write `image` and its `labels` (object ids, or class ids) into the project; the pair's name."""
+    """Write `image` and its `labels` (object ids, or class ids) into the project; the pair's name.
+    A (C, y, x) image (a layer of a multi-channel model's channels, as Predict reads it) is written
+    channels last with its axes named, so training reads its channels as channels."""
     project, record = project_folder(str(project))
-    labels = np.asarray(labels)
+    labels, image = np.asarray(labels), np.asarray(image)
+    channels_first = image.ndim == 3 and labels.ndim == 2 and image.shape[1:] == labels.shape != image.shape[:2]
+    if channels_first:
+        image = np.moveaxis(image, 0, -1)
     if labels.ndim != 2 and labels.shape == image.shape[: labels.ndim]:
         raise UnetkitError(
-            f"{layer_name}: a stack of {labels.shape[0]} planes; a training pair is one 2-D image, so copy the plane "
-            "you corrected, and its labels, into layers of their own first"
+            f"{layer_name}: a stack of {labels.shape[0]} planes; a training pair is one 2-D image: add the plane "
+            "shown (the Correct widget does) or copy it, and its labels, into layers of their own"
         )
     if labels.shape != image.shape[: labels.ndim] or labels.ndim != 2:
         raise UnetkitError(
             f"{layer_name}: the labels are {labels.shape} and the image {image.shape}; add a 2-D image with labels of "
-            "its size (one plane of a stack: copy it into a layer of its own first)"
+            "its size"
         )
     if not labels.any():
         raise UnetkitError(f"{layer_name}: the labels layer is empty; paint or correct some objects first")
-    name = pair_name(project, layer_name, record, np.asarray(image))
-    for folder, array in (("images", np.asarray(image)), ("masks", mask_of(labels, layer_name))):
+    name = pair_name(project, layer_name, record, image)
+    axes = {"metadata": {"axes": "YXC"}} if channels_first else {}  # else a (y, x, 2) array reads as pages
+    for folder, array, named in (("images", image, axes), ("masks", mask_of(labels, layer_name), {})):
         path = project / folder / f"{name}.tif"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:  # a file on the way (NotADirectoryError), no permission
             raise UnetkitError(f"{path.parent}: {err.strerror}; choose another project folder") from None
-        atomic_write(path, lambda temporary, array=array: tifffile.imwrite(temporary, array))
+        atomic_write(path, lambda temporary, array=array, named=named: tifffile.imwrite(temporary, array, **named))
         record[f"{folder}/{name}.tif"] = digest(path)
     record_files(project, record)
     return name
