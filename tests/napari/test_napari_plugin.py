@@ -416,6 +416,21 @@ def test_correct_and_retrain_changes_the_models_output_on_the_corrected_images(m
     assert widget.model.currentText() == widget.last_model  # the next round fine-tunes the new model
 
 
+def test_a_large_plane_shows_its_tiles(make_napari_viewer, qtbot):
+    """A 4096^2 layer showed a busy bar for its whole prediction (a red-team round): one tiled
+    plane's bar counts its tiles."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.tile(nuclei(size=256, count=20)[0][0], (5, 5)), name="large")  # 1280^2: tiled
+    widget = predict_dock(viewer)
+    widget.model.setCurrentText("nuclei")
+    shown = []
+    widget.tiles.told.connect(lambda done, total: shown.append((done, total, widget.status.text())))
+    press_predict(qtbot, widget, "large")
+    total = shown[-1][1]
+    assert total > 1 and [done for done, *_ in shown] == list(range(1, total + 1))
+    assert shown[0][2] == f"predicting large: tile 1 of {total}"
+
+
 def test_cancel_stops_a_stack_after_the_plane_under_way_and_adds_nothing(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     viewer.add_image(np.stack([nuclei(size=256, count=20, seed=s)[0][0] for s in range(30)]), name="long")

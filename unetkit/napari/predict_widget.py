@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -159,11 +160,23 @@ def placement_of(placement: dict[str, Any], ndim: int, kept: list[int]) -> dict[
             "affine": placement["affine"].set_slice(kept)}  # fmt: skip
 
 
-def predict_planes(predictor: Predictor, request: PredictRequest):
+class TileProgress(QObject):
+    """The tiles of one large plane, told from the worker's thread to the GUI's (a queued signal):
+    a 4096^2 layer showed a busy bar for its whole prediction (a red-team round)."""
+
+    told = Signal(int, int)
+
+    def __call__(self, done: int, total: int, _what: str) -> None:
+        self.told.emit(done, total)
+
+
+def predict_planes(predictor: Predictor, request: PredictRequest, tiles: TileProgress | None = None):
     """Generator for napari's thread worker: yields (planes done, planes in all) after each plane
-    (a point where Cancel stops it) and returns the PlaneResults."""
+    (a point where Cancel stops it) and returns the PlaneResults; a single plane's tiles, if it is
+    tiled, go to `tiles`."""
     channels = predictor.spec.in_channels
     planes = planes_of(request.image, request.rgb, channels)
+    predictor.progress = tiles if len(planes) == 1 else None  # the Predictor's own listener of tiles
     if channels_first(request.image, request.rgb, channels):
         say(f"{request.layer_name}: its axis of {channels} before y and x is read as the model's {channels} channels")
     found = array_range(request.image)  # the API says it once a process; a layer each time (a red-team round)
@@ -192,6 +205,7 @@ class PredictWidget(QWidget):
         self.predictors: dict[tuple, Predictor] = {}  # a model is loaded once per options
         self.worker: Any = None
         self.queued: list[PredictRequest] = []  # asked for while a worker ran: started in turn
+        self.under_way = ""  # the layer being predicted
         self.model = QComboBox()
         self.model.addItems([*TRAINED, *zoo_models(), CHOOSE_FILE])
         self.model.activated.connect(self._model_chosen)
@@ -209,6 +223,8 @@ class PredictWidget(QWidget):
         self.predict_button.clicked.connect(self.predict)
         self.cancel_button.clicked.connect(self.cancel)
         self.progress = QProgressBar()
+        self.tiles = TileProgress()
+        self.tiles.told.connect(self._progressed_tiles)
         self.status = QLabel("")
         self._lay_out()
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
@@ -297,12 +313,13 @@ class PredictWidget(QWidget):
         )
         def work():
             with notes_to(lambda note: show_info(f"unetkit: {note}")):  # napari's user sees no terminal
-                return (yield from predict_planes(self.predictor(request), request))
+                return (yield from predict_planes(self.predictor(request), request, self.tiles))
 
         self.predict_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress.setRange(0, 0)  # busy until the first plane is done
         self.status.setText(f"predicting {request.layer_name}...")
+        self.under_way = request.layer_name
         self.worker = work()
 
     def cancel(self) -> None:
@@ -315,6 +332,11 @@ class PredictWidget(QWidget):
     def _progressed(self, done: tuple[int, int]) -> None:
         self.progress.setRange(0, done[1])
         self.progress.setValue(done[0])
+
+    def _progressed_tiles(self, done: int, total: int) -> None:
+        if self.worker is not None:  # not a late signal of a prediction already over
+            self._progressed((done, total))
+            self.status.setText(f"predicting {self.under_way}: tile {done} of {total}")
 
     def _finished(self, results: list[PlaneResult], request: PredictRequest) -> None:
         labels = np.stack([r.labels for r in results]) if len(results) > 1 else results[0].labels
