@@ -453,3 +453,92 @@ def test_the_up_blocks_concatenation_gives_cats_gradients_bit_for_bit_and_dense(
         assert leaf.grad.dtype == leaf.dtype and leaf.grad.is_contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         assert blocks.concatenate_channels(skip, up).grad_fn is None
+
+
+class ZeroPadded(torch.nn.Module):
+    """A user's own model (registered by the test below): a 3x3 convolution that pads its input
+    to a multiple of 4 with zeros, where an ONNX export's caller pads by reflection."""
+
+    name = "zero-padded-test-model"
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 2, width: int = 4) -> None:
+        super().__init__()
+        self.size_multiple = 4
+        self.conv = torch.nn.Conv2d(in_channels, num_classes, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        x = torch.nn.functional.pad(x, (0, (-width) % 4, 0, (-height) % 4))
+        return self.conv(x)[..., :height, :width]
+
+    @classmethod
+    def arguments(cls, options, in_channels: int, num_classes: int) -> dict:
+        return {"in_channels": in_channels, "num_classes": num_classes}
+
+    @classmethod
+    def min_input_size(cls, args: dict) -> int:
+        return 4
+
+    @classmethod
+    def probe_channels(cls, args: dict) -> int:
+        return 4
+
+    @classmethod
+    def options(cls, args: dict) -> dict:
+        return {}
+
+
+@pytest.fixture
+def own_model():
+    from unetkit.models.registry import register_model
+
+    register_model(ZeroPadded)
+    yield ZeroPadded
+    MODELS.pop(ZeroPadded.name, None)
+
+
+def test_a_users_model_is_registered_once_and_its_mistakes_are_one_line(own_model, tmp_path):
+    """A red-team round: a second class under "unet" replaced unetkit's own unsaid (the shipped
+    models then loaded as "damaged"); a constructor that disagrees with arguments() was a
+    TypeError from deep in training; a checkpoint of a model not registered in this process read
+    as damaged; an export whose model pads otherwise was written with a 16.9 logit difference."""
+    from unetkit.data import MaskValues, Preprocess
+    from unetkit.errors import UnetkitError
+    from unetkit.inference.export.onnx import export_onnx
+    from unetkit.models.registry import register_model
+    from unetkit.models.spec import ModelSpec
+
+    assert register_model(ZeroPadded) is ZeroPadded  # the same class again (a module reloaded): fine
+    impostor = type("UNet", (ZeroPadded,), {"name": "unet"})
+    with pytest.raises(UnetkitError, match="model name 'unet' is taken by unetkit.models.unet.UNet; give"):
+        register_model(impostor)
+    assert MODELS["unet"] is UNet
+    with pytest.raises(UnetkitError, match=r"\(ZeroPadded\): .*'depth'; its arguments\(\) and its constructor must"):
+        create_model(own_model.name, depth=3)
+    spec = ModelSpec(own_model.name, {"in_channels": 1, "num_classes": 2}, MaskValues([0, 1]),
+                     Preprocess(1, [0.5], [0.25]), False)  # fmt: skip
+    state = {**spec.to_state(), "model": own_model().state_dict()}
+    with pytest.raises(UnetkitError, match="m.onnx: not written: its logits differ from PyTorch's"):
+        export_onnx(state, tmp_path / "m.onnx")
+    assert not list(tmp_path.iterdir())
+    MODELS.pop(own_model.name)
+    with pytest.raises(UnetkitError, match="a zero-padded-test-model model, which is not registered in this process"):
+        ModelSpec.from_state(state, "best.pt")
+
+
+def test_a_model_without_a_size_multiple_is_one_line():
+    from unetkit.errors import UnetkitError
+    from unetkit.models.registry import register_model
+
+    class NoMultiple(ZeroPadded):
+        name = "no-multiple-test-model"
+
+        def __init__(self, in_channels: int = 1, num_classes: int = 2) -> None:
+            torch.nn.Module.__init__(self)
+
+    register_model(NoMultiple)
+    try:
+        with pytest.raises(UnetkitError, match=r"\(.*NoMultiple\) sets no whole size_multiple"):
+            create_model(NoMultiple.name)
+    finally:
+        MODELS.pop(NoMultiple.name)

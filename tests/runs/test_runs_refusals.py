@@ -35,6 +35,9 @@ CASES = cases_of(
         "api_run_training_pairs_as_a_folder": api(
             lambda t, r: _run_training(_config(t, epochs=1), train_pairs="data/images"), "train_pairs", "Pair"
         ),
+        "api_run_training_pairs_as_paths": api(
+            lambda t, r: _run_training(_config(t, epochs=1), train_pairs=["a.png"]), "train_pairs[0]", "find_pairs"
+        ),
         "api_string_base_channels": api(
             lambda t, r: _run_training(_config(t, base_channels="16", epochs=1)),
             "base_channels='16'",

@@ -142,3 +142,14 @@ def test_a_json_config_is_pointed_to_its_toml_only_where_there_is_one(tmp_path, 
     (tmp_path / "config.toml").write_text("epochs = 3\n")
     code, _, err = run_cli(capsys, "train", "--config", path)
     assert_one_line_error(code, err, "c.json", str(tmp_path / "config.toml"))
+
+
+def test_a_run_of_pairs_given_in_python_says_in_its_config_how_to_run_it_again():
+    """Its config.toml held images = "" and re-running it said only "train needs --images" (a
+    red-team round): the file says its pairs came from Python and what to add."""
+    from unetkit.train import TrainConfig
+    from unetkit.train.config_file import config_to_toml
+
+    text = config_to_toml(TrainConfig(images="", masks="", epochs=1))
+    assert "# Its images were pairs given in Python (run_training's train_pairs), not folders: add" in text
+    assert "pairs given in Python" not in config_to_toml(TrainConfig(images="a", masks="b", epochs=1))

@@ -86,6 +86,19 @@ def test_another_architecture_or_a_resume_is_refused_in_one_line(trained, tmp_pa
     assert_one_line_error(code, err, "none.pt", "not found")
 
 
+def test_a_dumbnet_starts_a_dumbnet_without_model_given_again(trained, tmp_path, capsys):
+    """`--init-from` a DumbNet (or a user's model) was refused as "a dumbnet, not a unet; drop
+    --model", a --model never typed (a red-team round): the architecture is the model's."""
+    root, _ = trained
+    data = ["--images", root / "gray/images", "--masks", root / "gray/masks"]
+    code, _, err = run_cli(capsys, "train", *data, "--out", tmp_path / "dn", "--model", "dumbnet", *TRAIN)
+    assert code == 0, err
+    code, text, err = run_cli(capsys, "train", *data, "--out", tmp_path / "again", "--init-from",
+                              tmp_path / "dn" / "best.pt", *TRAIN)  # fmt: skip
+    assert code == 0, err
+    assert load_checkpoint(tmp_path / "again" / "best.pt")["model_name"] == "dumbnet"
+
+
 def test_the_model_s_own_normalisation_is_kept_on_request(trained, tmp_path, capsys):
     """--normalize model: the model's mean and std, not those of the new data."""
     root, model = trained

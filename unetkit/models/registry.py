@@ -1,12 +1,13 @@
 """Models by name, each describing itself, so that training, export and prediction need no
 knowledge of any one architecture (timm's `@register_model` is the example).
 
-A registered model is an nn.Module class with three class methods:
+A registered model is an nn.Module class with a `name` and four class methods:
 
   arguments(options, in_channels, num_classes) -> dict
       its constructor's keyword arguments from the training options (any object with the
       fields of TrainConfig's model section: base_channels, depth, upsampling); options left
-      at None take the constructor's defaults.
+      at None take the constructor's defaults (a recipe sets base_channels and depth for
+      U-Nets: give them, or ignore them in arguments(), if the model has a rule of its own).
   min_input_size(args) -> int
       the smallest image side it trains on.
   probe_channels(args) -> int
@@ -16,8 +17,17 @@ A registered model is an nn.Module class with three class methods:
       the training options that give these arguments (arguments' inverse), so that a run
       started from a trained model (--init-from) builds the same network.
 
-Adding a model is one file in unetkit/models/ with `@register_model` on its class, and one
-import line in unetkit/models/__init__.py; tests/models/test_models.py then tests it.
+and each instance a `size_multiple` attribute: the multiple of the input's sides it takes, its
+input padded up to it (2**depth for a U-Net; exports and prediction pad to it). A model pads
+its input itself in forward() the way blocks.pad_to_multiple does, so an ONNX export, which
+pads outside the network, computes the same.
+
+unetkit's own models are one file each in unetkit/models/ with `@register_model` on the class
+and one import line in unetkit/models/__init__.py; tests/models/test_models.py then tests them.
+A model of your own registers the same way in your own module: import that module before
+unetkit builds or loads it (in a script: `import mymodel` then `unetkit.cli.main()` for the
+command line, or run_training / Predictor directly). A name is registered once: another class
+under a taken name is refused, so a shipped model cannot be replaced unnoticed.
 """
 
 from __future__ import annotations
@@ -26,6 +36,8 @@ import inspect
 from typing import Any, Protocol
 
 from torch import nn
+
+from unetkit.errors import UnetkitError
 
 
 class RegisteredModel(Protocol):
@@ -46,6 +58,13 @@ def register_model(cls: type) -> type:
     for method in ("arguments", "min_input_size", "probe_channels", "options"):
         if not callable(getattr(cls, method, None)):
             raise TypeError(f"{cls.__name__} needs a {method}() class method to be registered")
+    taken = MODELS.get(cls.name)
+    if taken is not None and (taken.__module__, taken.__qualname__) != (cls.__module__, cls.__qualname__):
+        # It replaced unetkit's own unet unsaid, and the shipped models then loaded as "damaged" (a red-team round)
+        raise UnetkitError(
+            f"model name {cls.name!r} is taken by {taken.__module__}.{taken.__qualname__}; give "
+            f"{cls.__module__}.{cls.__qualname__} another name"
+        )
     MODELS[cls.name] = cls
     return cls
 
@@ -58,8 +77,22 @@ def model_class(name: str) -> RegisteredModel:
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a registered model, e.g. create_model("unet", in_channels=1, num_classes=2)."""
-    return model_class(name)(**kwargs)
+    """Build a registered model, e.g. create_model("unet", in_channels=1, num_classes=2); a
+    constructor that does not take what its arguments() gives, or a model without a
+    size_multiple, is one line naming the class."""
+    cls = model_class(name)
+    try:
+        model = cls(**kwargs)
+    except TypeError as err:  # a raw traceback from deep in training (a red-team round)
+        raise UnetkitError(
+            f"model {name!r} ({cls.__qualname__}): {err}; its arguments() and its constructor must agree"
+        ) from None
+    if not isinstance(getattr(model, "size_multiple", None), int):
+        raise UnetkitError(
+            f"model {name!r} ({cls.__qualname__}) sets no whole size_multiple: the multiple of the input's "
+            "sides it takes (e.g. 2**depth), which export and prediction pad to"
+        )
+    return model
 
 
 def constructor_defaults(cls: type) -> dict[str, Any]:

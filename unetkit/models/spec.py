@@ -16,7 +16,7 @@ from torch import nn
 from unetkit.data import MaskValues, Preprocess
 from unetkit.data.objects import INSTANCE_VALUES
 from unetkit.errors import UnetkitError
-from unetkit.models import create_model
+from unetkit.models import MODELS, create_model
 from unetkit.runtime.options import each, number, whole
 
 # How every refusal of a checkpoint's keys ends: what the user can do about it.
@@ -40,6 +40,12 @@ class ModelSpec:
         missing = [key for key in cls.KEYS if key not in state] if isinstance(state, dict) else list(cls.KEYS)
         if missing:
             raise UnetkitError(f"{source}: checkpoint lacks {', '.join(missing)}; {DAMAGED}")
+        if isinstance(state["model_name"], str) and state["model_name"] not in MODELS:
+            # A model of the user's own, whose module this process has not imported: it read as "damaged"
+            raise UnetkitError(
+                f"{source}: a {state['model_name'][:40]} model, which is not registered in this process (it knows "
+                f"{', '.join(sorted(MODELS))}); import the module that registers it first (registry.py says how)"
+            )
         spec = cls(
             state["model_name"],
             _parsed(state, "model_args", dict, source),

@@ -36,6 +36,8 @@ def run_training(
     check_argument(cfg, TrainConfig, "run_training(cfg)", "run_training(TrainConfig(images=..., masks=..., time=600))")
     for name, pairs in (("train_pairs", train_pairs), ("val_pairs", val_pairs)):
         check_argument(pairs, (list, tuple, type(None)), f"run_training({name}=)", "a list of unetkit.data.Pair")
+        for index, pair in enumerate(pairs or []):  # a path in the list was an AttributeError deep inside
+            check_argument(pair, Pair, f"run_training({name}[{index}])", "unetkit.data.find_pairs(images, masks)")
     # plan -> Trainer(plan) -> fit -> the steps after training, in a run folder held throughout
     with claimed_run(cfg, train_pairs, val_pairs, log, resume_overrides) as trainer:
         result = trainer.finish_epochs_done() if trainer.only_last_steps else trainer.fit(on_epoch_end, on_progress)

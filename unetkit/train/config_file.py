@@ -240,6 +240,11 @@ def config_to_toml(cfg: TrainConfig) -> str:
         "# The options of this run (unetkit train). Run it again with:",
         "#   unetkit train --config THIS_FILE --out NEW_FOLDER",
     ]
+    if not cfg.images:  # its pairs came from Python (run_training's train_pairs), not from folders
+        lines += [
+            "# Its images were pairs given in Python (run_training's train_pairs), not folders: add",
+            "#   --images DIR --masks DIR (and --val-images/--val-masks) to run it again",
+        ]
     for field in fields(cfg):
         value = getattr(cfg, field.name)
         if field.name in NOT_IN_SAVED_CONFIG:

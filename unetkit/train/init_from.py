@@ -50,7 +50,9 @@ def architecture_from(cfg: TrainConfig, state: dict[str, Any], source: str) -> T
     user set to another value is refused, as the weights would not fit."""
     spec = check_state(state, source)
     if cfg.model != spec.name:
-        raise UnetkitError(f"{source}: a {spec.name}, not a {cfg.model}; drop --model or start from another model")
+        if cfg.model != TrainConfig.model:  # typed: refused; the default unet: the model's own (a red-team round)
+            raise UnetkitError(f"{source}: a {spec.name}, not a {cfg.model}; drop --model or start from another model")
+        cfg = replace(cfg, model=spec.name)
     arch = model_class(spec.name).options(spec.args)
     for key, value in arch.items():
         if getattr(cfg, key) is not None and getattr(cfg, key) != value:
