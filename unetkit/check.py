@@ -347,6 +347,14 @@ def same_problem(item: dict) -> str:
     return re.sub(r"\d+", "#", FILE_NAME.sub("<file>", item["problem"]))
 
 
+def check_line(kind: str, item: dict) -> str:
+    """One problem or warning with its fix, its file named once."""
+    fix = f"; fix: {item['fix']}" if item.get("fix") else ""
+    if item["problem"].startswith(item["file"]):
+        return f"{kind[:-1]}: {item['problem']}{fix}"
+    return f"{kind[:-1]}: {item['file']}: {item['problem']}{fix}"
+
+
 def format_check(report: dict) -> str:
     lines = [
         f"pairs: {report.get('pairs', 0)}"
@@ -365,20 +373,13 @@ def format_check(report: dict) -> str:
     if report.get("objects"):
         lines.append(f"objects: {report['objects']['total']} (median {report['objects']['per_mask_median']} per mask)")
     for kind in ("problems", "warnings"):
-        shown, like = Counter(), Counter()
+        alike: dict[str, list[dict]] = {}  # one line for each of 500 images with one problem buried the rest
         for item in report[kind]:
-            key = same_problem(item)
-            shown[key] += 1
-            if shown[key] > SHOWN_ALIKE:  # one line for each of 500 images with one problem buried the rest
-                like[key] += 1
-                continue
-            fix = f"; fix: {item['fix']}" if item.get("fix") else ""
-            lines.append(
-                f"{kind[:-1]}: {item['problem']}{fix}"
-                if item["problem"].startswith(item["file"])
-                else f"{kind[:-1]}: {item['file']}: {item['problem']}{fix}"
-            )
-        lines += [f"{kind[:-1]}: ... and {n} more like the ones above (all of them: --json)" for n in like.values()]
+            alike.setdefault(same_problem(item), []).append(item)
+        for items in alike.values():  # each kind of problem together, then how many more of it
+            lines += [check_line(kind, item) for item in items[:SHOWN_ALIKE]]
+            more = len(items) - SHOWN_ALIKE
+            lines += [f"{kind[:-1]}: ... and {more} more like the ones above (all of them: --json)"] * (more > 0)
     split = bool(report.get("split_refused"))
     verdict = (
         f"ok: training would work{' with --val-fraction 0 or --val-images (the warning above)' if split else ''}"

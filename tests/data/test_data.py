@@ -259,9 +259,12 @@ def test_check_shows_three_of_a_kind_and_counts_the_rest():
         for i in range(7)
     ]
     other = {"file": "m/x.png", "problem": "m/x.png: mask is 3x4 but its image x.png is 4x3", "fix": "resize"}
-    report = {"pairs": 8, "problems": [*alike, other], "warnings": [], "ok": False}
-    lines = format_check(report).splitlines()
+    sizes = [{key: text.replace("x.png", f"x{i}.png") for key, text in other.items()} for i in range(5)]
+    report = {"pairs": 12, "problems": [alike[0], *sizes, *alike[1:]], "warnings": [], "ok": False}
+    lines = format_check(report).splitlines()[1:]
     assert sum("plane(s) but its image" in line for line in lines) == 3
-    assert "problem: ... and 4 more like the ones above (all of them: --json)" in lines
-    assert "problem: m/x.png: mask is 3x4 but its image x.png is 4x3; fix: resize" in lines
-    assert lines[-1] == "NOT ok: 8 problem(s) to fix before training"
+    # each kind together, its count after it (two bare counts at the end could not be told apart)
+    assert lines[3] == "problem: ... and 4 more like the ones above (all of them: --json)"
+    assert lines[4] == "problem: m/x0.png: mask is 3x4 but its image x0.png is 4x3; fix: resize"
+    assert lines[7] == "problem: ... and 2 more like the ones above (all of them: --json)"
+    assert lines[-1] == "NOT ok: 12 problem(s) to fix before training"

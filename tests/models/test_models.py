@@ -521,6 +521,13 @@ def test_a_users_model_is_registered_once_and_its_mistakes_are_one_line(own_mode
     with pytest.raises(UnetkitError, match="m.onnx: not written: its logits differ from PyTorch's"):
         export_onnx(state, tmp_path / "m.onnx")
     assert not list(tmp_path.iterdir())
+    from unetkit.cli import main
+    from unetkit.models.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "own.pt", state)  # the command: its safetensors first, then the refused ONNX
+    code = main(["export", "--checkpoint", str(tmp_path / "own.pt"), "--safetensors",
+                 str(tmp_path / "own.safetensors"), "--onnx", str(tmp_path / "own.onnx")])  # fmt: skip
+    assert code == 2 and (tmp_path / "own.safetensors").is_file() and not (tmp_path / "own.onnx").exists()
     MODELS.pop(own_model.name)
     with pytest.raises(UnetkitError, match="a zero-padded-test-model model, which is not registered in this process"):
         ModelSpec.from_state(state, "best.pt")

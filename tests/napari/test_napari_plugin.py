@@ -46,6 +46,8 @@ def test_a_multi_channel_model_reads_a_layer_of_its_channels_and_an_rgba_layer_l
     assert [p.shape for p in predict_widget.planes_of(np.stack([channels] * 3), False, 2)] == [(16, 24, 2)] * 3
     with pytest.raises(UnetkitError, match=r"one channel \(16 x 24\) and the model takes 2-channel images: give it"):
         predict_widget.planes_of(channels[0], False, 2)
+    (gray,) = predict_widget.planes_of(channels[0], False, 3)  # a colour model repeats it, as the CLI does
+    assert gray.shape == (16, 24)
     (rgb,) = predict_widget.planes_of(np.zeros((16, 24, 4), np.uint8), True, 3)
     assert rgb.shape == (16, 24, 3)
     placement = {"scale": (1, 0.5, 0.25), "translate": (0, 10, 20), "rotate": np.eye(3), "shear": np.zeros(3)}

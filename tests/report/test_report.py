@@ -64,9 +64,23 @@ def test_the_report_of_an_unfinished_run_says_so_with_its_resume(reported_run, t
     mark_last_steps(stopped, "pending")  # as a Ctrl-C leaves it
     code, stdout, err = run_cli(capsys, "report", stopped)
     assert code == 0, err
-    said = "This run has not finished: it stopped after epoch 1 (interrupted, or still training). Resume it with: "
+    said = "This run has not finished: it stopped after epoch 1. Resume it with: "
     said += f"unetkit train --resume {stopped / 'last.pt'}"
     assert f"note: {said}" in stdout and said in (stopped / "report.html").read_text()
+    import subprocess
+    import sys
+
+    from unetkit.runtime.folder_lock import LOCK_NAME
+
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # a run still training: its lock held by a live process; no --resume beside it
+        (stopped / LOCK_NAME).write_text(f"{alive.pid}\n")
+        code, stdout, err = run_cli(capsys, "report", stopped)
+        assert code == 0 and f"still training (process {alive.pid}): this report shows its first 1 epoch" in stdout
+        assert "--resume" not in stdout
+    finally:
+        alive.kill()
+        (stopped / LOCK_NAME).unlink()
     mark_last_steps(stopped, "done")
     code, stdout, err = run_cli(capsys, "report", stopped)
     assert code == 0 and "has not finished" not in stdout + (stopped / "report.html").read_text()

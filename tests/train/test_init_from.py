@@ -97,6 +97,9 @@ def test_a_dumbnet_starts_a_dumbnet_without_model_given_again(trained, tmp_path,
                               tmp_path / "dn" / "best.pt", *TRAIN)  # fmt: skip
     assert code == 0, err
     assert load_checkpoint(tmp_path / "again" / "best.pt")["model_name"] == "dumbnet"
+    code, _, err = run_cli(capsys, "train", *data, "--out", tmp_path / "typed", "--init-from",
+                           tmp_path / "dn" / "best.pt", "--model", "unet", *TRAIN)  # typed: not ignored  # fmt: skip
+    assert_one_line_error(code, err, "a dumbnet, not a unet; drop --model")
 
 
 def test_the_model_s_own_normalisation_is_kept_on_request(trained, tmp_path, capsys):

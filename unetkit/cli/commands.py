@@ -202,15 +202,15 @@ def cmd_export(args: argparse.Namespace) -> None:
         from unetkit.inference.export.bioimageio import export_bioimageio, prepare_package
 
         package = prepare_package(checkpoint, args.sample, args.name, args.author)
+    if args.safetensors:  # first: an ONNX export refused for its logits left no safetensors (a red-team round)
+        from unetkit.models.checkpoint import export_safetensors
+
+        print(f"wrote {export_safetensors(checkpoint, args.safetensors)} (weights and metadata only, no pickle)")
     if args.onnx:
         difference = export_onnx(checkpoint, args.onnx)
         multiple = OnnxModel(args.onnx).multiple
         print(f"wrote {args.onnx}; ONNX Runtime vs PyTorch max abs logit difference {difference:.2e}; its inputs' "
               f"height and width are multiples of {multiple} (pad, then crop the logits: predict --onnx does)")  # fmt: skip
-    if args.safetensors:
-        from unetkit.models.checkpoint import export_safetensors
-
-        print(f"wrote {export_safetensors(checkpoint, args.safetensors)} (weights and metadata only, no pickle)")
     if args.bioimageio:
         export_bioimageio(package, args.bioimageio)
         print(f"wrote {args.bioimageio} (bioimage.io model package: TorchScript and ONNX weights, test tensors)")

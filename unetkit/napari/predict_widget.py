@@ -118,12 +118,13 @@ def planes_of(image: np.ndarray, rgb: bool, in_channels: int) -> list[np.ndarray
     (planes, y, x, RGB) and, for a 1-channel model, a gray (planes, y, x) layer are their planes;
     for a model of C channels, a (C, y, x) layer is one image and a (planes, C, y, x) layer its
     planes (channels_first). An RGBA layer's alpha is dropped, as a file's is. Anything else is
-    refused in one line that says what the layer holds and what the model takes."""
+    refused in one line that says what the layer holds and what the model takes. A gray 2-D image
+    goes to a 3-channel model as match_channels repeats it (said), as the command line does."""
     if rgb and image.shape[-1] == 4:  # napari draws the fourth as alpha; the file reader drops it too
         image = image[..., :3]
     if channels_first(image, rgb, in_channels):
         return [np.moveaxis(plane, 0, -1) for plane in (image if image.ndim == 4 else [image])]
-    if in_channels > 1 and not rgb and image.ndim == 2:  # two channels opened as two layers (channel_axis)
+    if in_channels not in (1, 3) and not rgb and image.ndim == 2:  # channels opened as layers (channel_axis)
         raise UnetkitError(
             f"the layer is one channel ({image.shape[0]} x {image.shape[1]}) and the model takes {in_channels}-channel "
             f"images: give it one layer holding the {in_channels} channels on its first axis ({in_channels}, y, x), "

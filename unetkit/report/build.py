@@ -24,6 +24,7 @@ from unetkit.evaluate import evaluate_pairs, training_images_among
 from unetkit.inference import InferenceOptions, Predictor
 from unetkit.inference.predictor import tiff_axes_for
 from unetkit.runtime.atomic import atomic_write
+from unetkit.runtime.folder_lock import RunLock
 from unetkit.runtime.ownership import last_steps
 from unetkit.scoring.objects import object_errors
 from unetkit.train.run_files import COLUMNS, EpochRow
@@ -202,11 +203,7 @@ def write_report(
         log(f"note: {trained}")
     context = {"run": run.resolve().name, "source": source, "trained": trained, **scored(predictor, pairs)}
     if not (finished if finished is not None else last_steps(run) != "pending"):
-        # An interrupted run's report read as a finished one's (a red-team round).
-        context["unfinished"] = (
-            f"This run has not finished: it stopped after epoch {len(history)} (interrupted, or still training). "
-            f"Resume it with: unetkit train --resume {run / 'last.pt'}"
-        )
+        context["unfinished"] = unfinished(run, len(history))  # it read as a finished run's (a red-team round)
         log(f"note: {context['unfinished']}")
     context.update(
         config={k: v for k, v in config.items() if k != "resolved" and v not in (None, "", False)},
@@ -220,6 +217,21 @@ def write_report(
     atomic_write(path, lambda temporary: temporary.write_text(html, encoding="utf-8"))
     log(f"report: {path}")
     return path
+
+
+def unfinished(run: Path, epochs: int) -> str:
+    """What the report of a run whose epochs are not over says: still training (its lock held by a
+    live process: a resume beside it would write the same last.pt), or stopped, with its --resume."""
+    training = RunLock(run).live_holder()
+    if training is not None:
+        return (
+            f"This run is still training (process {training}): this report shows its first {epochs} epoch(s); "
+            "it writes its own when it ends"
+        )
+    return (
+        f"This run has not finished: it stopped after epoch {epochs}. Resume it with: "
+        f"unetkit train --resume {run / 'last.pt'}"
+    )
 
 
 def scored(predictor: Predictor, pairs: Sequence[Pair]) -> dict:

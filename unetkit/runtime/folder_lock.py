@@ -99,6 +99,11 @@ class RunLock:
         self.log(f"note: removing the stale lock of a {self.holder} that ended without cleaning up ({self.path})")
         self.path.unlink(missing_ok=True)
 
+    def live_holder(self) -> int | None:
+        """The id of another live process that holds the lock now, or None (no lock, or a stale one)."""
+        pid = self._holder() if self.path.is_file() else -1
+        return pid if pid != os.getpid() and _process_alive(pid) else None
+
     def _holder(self) -> int:
         try:
             return int(self.path.read_text().split()[0])

@@ -192,7 +192,7 @@ class TrainConfig:
     )  # fmt: skip
     scheduler: str = option("cosine", "learning-rate schedule", group="optimisation", choices=SCHEDULERS)
     warmup_epochs: float = option(
-        1.0, "linear warmup for cosine, plateau, poly and step (onecycle has its own rise)", group="optimisation",
+        1.0, "linear warmup for cosine, poly and step (onecycle has its own rise; plateau none)", group="optimisation",
         valid=between(0), need="0 or more",
     )  # fmt: skip
     step_size: int = option(

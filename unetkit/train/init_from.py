@@ -45,12 +45,14 @@ def load_init_state(name: str | None) -> dict[str, Any] | None:
     return load_checkpoint(path)
 
 
-def architecture_from(cfg: TrainConfig, state: dict[str, Any], source: str) -> TrainConfig:
+def architecture_from(cfg: TrainConfig, state: dict[str, Any], source: str, model_given: bool = True) -> TrainConfig:
     """`cfg` with the architecture options (and scale) MODEL was trained with where unset; one the
-    user set to another value is refused, as the weights would not fit."""
+    user set to another value is refused, as the weights would not fit. `model_given`: --model was
+    given (else its default, unet, gives way to MODEL's architecture: a DumbNet's --init-from was
+    refused for a --model never typed, a red-team round)."""
     spec = check_state(state, source)
     if cfg.model != spec.name:
-        if cfg.model != TrainConfig.model:  # typed: refused; the default unet: the model's own (a red-team round)
+        if model_given:
             raise UnetkitError(f"{source}: a {spec.name}, not a {cfg.model}; drop --model or start from another model")
         cfg = replace(cfg, model=spec.name)
     arch = model_class(spec.name).options(spec.args)

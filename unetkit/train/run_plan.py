@@ -77,7 +77,8 @@ def plan_run(
             f"--patience {cfg.patience} needs validation images to watch; "
             "give --val-images/--val-masks or a --val-fraction above 0"
         )
-    if init_state is not None:
-        cfg = architecture_from(cfg, init_state, cfg.init_from)
+    if init_state is not None:  # --model typed (or set in Python, off its default) must match the model's
+        given = "model" in resume_overrides if resume_overrides is not None else cfg.model != TrainConfig.model
+        cfg = architecture_from(cfg, init_state, cfg.init_from, model_given=given)
     cfg, data = plan(cfg, train_pairs, resume_state, dist.device, log, init_state)
     return RunPlan(cfg, data, dist, out, train_pairs, val_pairs, resume_state, init_state, log)

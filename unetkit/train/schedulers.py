@@ -6,7 +6,7 @@ over steps planned, or, with a wall-clock budget (`--time`), seconds spent over 
 So a timed run anneals to ~0 exactly when its time is up, however fast the machine is.
 
   cosine:   linear warmup, then half a cosine from the base LR down to ~0 (the default); the
-            same warmup multiplies plateau, poly and step (onecycle has its own rise)
+            same warmup multiplies poly and step (onecycle has its own rise; plateau none)
   onecycle: cosine rise from LR/25 to the LR over the first 30%, then cosine down to ~0 (Smith)
   plateau:  divide the LR by 10 on the 4th epoch in a row without a better validation Dice
             (ReduceLROnPlateau's patience 3)
