@@ -670,7 +670,7 @@ def test_a_rare_class_is_noted_with_its_share(tmp_path):
     assert data_notes(cfg, data) == []
     rare = dataclasses.replace(data, value_pixels={0: 9990, 255: 10}, mask_values=MaskValues([0, 255]))
     (note,) = data_notes(cfg, rare)
-    assert note.startswith("mask value 255 covers 0.1% of the training pixels: a class this rare learns slowly")
+    assert note.startswith("mask value 255 covers 0.1% of the training pixels: a class this rare may learn slowly")
     assert note.endswith("give the run more --time, raise its --class-weights, or crop the images nearer to it")
     three = dataclasses.replace(data, value_pixels={0: 9980, 1: 10, 2: 10, 7: 5}, mask_values=MaskValues([0, 1, 2]))
     assert data_notes(cfg, three)[0].startswith("mask values 1 covers 0.1%, 2 covers 0.1% of the training pixels")

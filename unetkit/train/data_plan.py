@@ -195,8 +195,8 @@ def rare_classes(value_pixels: Mapping[int, int]) -> tuple[str, str] | None:
         return None
     named = ", ".join(f"{value} covers {100 * share:.2g}%" for value, share in rare[:8])
     return (
-        f"mask value{'s' * (len(rare) > 1)} {named} of the training pixels: a class this rare learns slowly (a "
-        "0.1% foreground reached val Dice 0.10 in 75 s)",
+        f"mask value{'s' * (len(rare) > 1)} {named} of the training pixels: a class this rare "
+        "may learn slowly, or not at all in a short run",
         "give the run more --time, raise its --class-weights, or crop the images nearer to it",
     )
 
