@@ -169,17 +169,17 @@ def test_arrays_of_another_scale_are_said_and_arrays_of_nan_or_channels_first_re
     """A notebook's `np.asarray(img, float)` of 8-bit data (0-255 read with 1.0 as white) and
     `.astype(int)` (read as 16-bit data) gave wrong masks unsaid; NaN arrays came back as
     background, and a (C, H, W) array was refused as '200 channels' (a red-team round)."""
-    import unetkit.inference.predictor as predictor_module
+    import unetkit.runtime.notes as notes
     from unetkit.errors import UnetkitError
     from unetkit.inference import InferenceOptions, Predictor
 
     predictor = Predictor.from_pretrained("nuclei", options=InferenceOptions(backend="torch"))
     gray = np.random.default_rng(0).integers(0, 255, (48, 64), np.uint8)
     for array, needle in ((gray.astype(np.float64), "a float array reaching"), (gray.astype(np.int64), "16-bit")):
-        monkeypatch.setattr(predictor_module, "_ARRAY_RANGE_SAID", [])
+        monkeypatch.setattr(notes, "_SAID", set())
         predictor.predict_images([array])
         assert needle in capsys.readouterr().out
-    monkeypatch.setattr(predictor_module, "_ARRAY_RANGE_SAID", [])
+    monkeypatch.setattr(notes, "_SAID", set())
     predictor.predict_images([gray, gray / 255.0])  # the scales read_image's rule gives: nothing to say
     assert "note" not in capsys.readouterr().out
     with pytest.raises(UnetkitError, match="image 0: 3072 pixel.s. are NaN or infinite"):

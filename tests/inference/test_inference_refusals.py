@@ -241,9 +241,9 @@ def test_a_rerun_completes_a_killed_predict_without_overwrite(tmp_path, rgb_run,
 
 
 def test_a_colour_photograph_to_the_gray_model_is_read_as_luminance_and_said(tmp_path, capsys):
-    import unetkit.data.preprocess
+    import unetkit.runtime.notes
 
-    unetkit.data.preprocess._SAID.clear()
+    unetkit.runtime.notes._SAID.clear()
     photo = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(photo)
     code, text, err = run_cli(
@@ -256,9 +256,9 @@ def test_a_colour_photograph_to_the_gray_model_is_read_as_luminance_and_said(tmp
 def test_a_gray_photograph_to_a_colour_model_is_repeated_and_said_once(tmp_path, rgb_run, capsys):
     """The other way round was said, this one was not (a red-team round: a gray street photograph
     predicted by a CamVid model, its classes visibly off)."""
-    import unetkit.data.preprocess
+    import unetkit.runtime.notes
 
-    unetkit.data.preprocess._SAID.clear()
+    unetkit.runtime.notes._SAID.clear()
     photos = tmp_path / "gray"
     photos.mkdir()
     for index in range(3):

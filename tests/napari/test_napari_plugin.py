@@ -595,11 +595,11 @@ def test_a_retrain_that_kept_its_start_says_so_and_does_not_predict_again(make_n
 
 def test_a_colour_layer_read_as_luminance_by_a_gray_model_is_a_notification(make_napari_viewer, qtbot, monkeypatch):
     """The note went to a terminal a napari user never sees (a red-team finding)."""
-    import unetkit.data.preprocess
+    import unetkit.runtime.notes
 
     said = []
     monkeypatch.setattr(predict_widget, "show_info", said.append)
-    monkeypatch.setattr(unetkit.data.preprocess, "_SAID", set())
+    monkeypatch.setattr(unetkit.runtime.notes, "_SAID", set())
     viewer = make_napari_viewer()
     viewer.add_image(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8), name="photo", rgb=True)
     widget = predict_dock(viewer)

@@ -14,7 +14,7 @@ import tifffile
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from unetkit.data.limits import MAX_CHANNELS, max_pixels, too_many_pixels
-from unetkit.data.tiff_axes import FILE_AXES, IMAGE_AXES, AxisChoice, read_plane, tiff_axes
+from unetkit.data.tiff_axes import FILE_AXES, IMAGE_AXES, AxisChoice, read_plane, saved_channels_last, tiff_axes
 from unetkit.errors import UnetkitError
 
 # GIF for masks above all: Carvana's are "<stem>_mask.gif" (single-frame, palette: read as PNG's).
@@ -132,10 +132,7 @@ def data_channels(array: np.ndarray, alpha: bool, path: Path) -> np.ndarray:
     if array.shape[2] > MAX_CHANNELS:
         fix = "save the channels to segment on as their own image"
         if array.shape[1] <= MAX_CHANNELS:  # a (Y, X, C) array saved as pages, read with --channel-axis Q
-            fix = (
-                f"it is {array.shape[1]} pixel(s) wide: most likely a (Y, X, C) array saved without axis names, so "
-                "save it with tifffile.imwrite(path, array, metadata={'axes': 'YXC'})"
-            )
+            fix = saved_channels_last(array.shape[1])
         raise UnetkitError(
             f"{path}: the image has {array.shape[2]} channels, more than the {MAX_CHANNELS} unetkit takes; {fix}"
         )

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from unetkit.data.io import is_photometric_rgb
 from unetkit.errors import UnetkitError
-from unetkit.runtime.notes import say
+from unetkit.runtime.notes import say_once
 
 # An image's low and high percentiles per channel become 0 and 1 (clipped), as stardist and
 # cellpose normalise fluorescence; the high end below 100 so a few hot pixels do not set the range.
@@ -58,16 +58,6 @@ def match_channels(image: np.ndarray, channels: int, path: Path) -> np.ndarray:
         f"{path}: the image has {have} channel(s){kind} but the model was trained on {channels}-channel images; "
         "give it images with the channels it was trained on (e.g. save the channel it segments as its own file)"
     )
-
-
-_SAID: set[str] = set()  # once a process: a folder of photographs would say it a thousand times
-
-
-def say_once(kind: str, text: str) -> None:
-    """`text`, the first time a conversion of this `kind` is made in this process."""
-    if kind not in _SAID:
-        _SAID.add(kind)
-        say(text)
 
 
 # Pixels the percentiles are estimated from: a 4096^2 image's exact percentiles cost ~1 s a channel,

@@ -152,6 +152,15 @@ def tiff_axes(tif: tifffile.TiffFile, path: Path, choice: AxisChoice = FILE_AXES
 UNNAMED_PAGES = "QI"  # tifffile's letters for the pages of a TIFF saved without axis names
 
 
+def saved_channels_last(width: int) -> str:
+    """What a TIFF of pages a few pixels wide most likely is, and its fix (check's hint, and the
+    readers' refusal of its hundreds of "channels")."""
+    return (
+        f"its planes are {width} pixel(s) wide: most likely a (Y, X, C) array saved without axis names, so save it "
+        "with tifffile.imwrite(path, array, metadata={'axes': 'YXC'})"
+    )
+
+
 def unnamed_pages_hint(layout: TiffAxes, mask_planes: int = 1) -> str:
     """Where a plain TIFF's pages are most likely an array's channels (it was saved without axis
     names, so each page reads as a plane), what to do, as '; ...'; '' otherwise. Channels first
@@ -162,10 +171,7 @@ def unnamed_pages_hint(layout: TiffAxes, mask_planes: int = 1) -> str:
         return ""
     axis, width = pages[0], layout.length("X")
     if width <= MAX_CHANNELS < layout.length("Y"):
-        return (
-            f"; its planes are {width} pixel(s) wide: most likely a (Y, X, C) array saved without axis names, so "
-            "save it with tifffile.imwrite(path, array, metadata={'axes': 'YXC'})"
-        )
+        return f"; {saved_channels_last(width)}"
     if layout.length(axis) <= MAX_CHANNELS:
         return (
             f"; if its {layout.length(axis)} planes are one image's channels (pages saved without axis names: "

@@ -33,7 +33,7 @@ from unetkit.models.spec import ModelSpec, trained_orientation
 from unetkit.runtime.allocator import keep_freed_memory
 from unetkit.runtime.amp import AMP_MODES, resolve_amp
 from unetkit.runtime.hardware import channels_last_is_faster, fastest_call, resolve_device
-from unetkit.runtime.notes import say
+from unetkit.runtime.notes import said, say_once
 from unetkit.runtime.options import (
     check_argument,
     check_fields,
@@ -452,10 +452,9 @@ def model_image(image: np.ndarray, path: str | Path = "image") -> np.ndarray:
 def note_array_range(image: np.ndarray, path: str | Path) -> None:
     """Say, once a process, where an array's values suggest another scale than the one read_image's
     rule gives its type (array_range)."""
-    found = None if _ARRAY_RANGE_SAID else array_range(image)
+    found = None if said("array range") else array_range(image)  # once said, no array is measured
     if found:
-        _ARRAY_RANGE_SAID.append(str(path))
-        say(f"{path}: {found[0]}; {found[1]} (said once)")
+        say_once("array range", f"{path}: {found[0]}; {found[1]} (said once)")
 
 
 def array_range(image: np.ndarray) -> tuple[str, str] | None:
@@ -475,9 +474,6 @@ def array_range(image: np.ndarray) -> tuple[str, str] | None:
             "pass image.astype(np.uint8) if it is 8-bit data",
         )
     return None
-
-
-_ARRAY_RANGE_SAID: list[str] = []
 
 
 def at_image_size(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -89,9 +89,8 @@ class RunLock:
         raise UnetkitError(f"{self.path}: the lock keeps reappearing; is another {self.holder} starting here?")
 
     def _refuse_or_clear(self) -> None:
-        pid = self._holder()
-        # Our own id in the lock is a leftover too: a restarted container often runs as the same pid.
-        if pid != os.getpid() and _process_alive(pid):
+        pid = self.live_holder()
+        if pid is not None:
             raise UnetkitError(
                 f"{self.path.parent}: another {self.holder} (process {pid}) is writing to this folder; "
                 "wait for it to finish or choose another --out"
@@ -100,7 +99,8 @@ class RunLock:
         self.path.unlink(missing_ok=True)
 
     def live_holder(self) -> int | None:
-        """The id of another live process that holds the lock now, or None (no lock, or a stale one)."""
+        """The id of another live process that holds the lock now, or None (no lock, or a stale one:
+        our own id in it is a leftover too, as a restarted container often runs as the same pid)."""
         pid = self._holder() if self.path.is_file() else -1
         return pid if pid != os.getpid() and _process_alive(pid) else None
 

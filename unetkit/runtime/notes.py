@@ -21,6 +21,22 @@ def say(note: str) -> None:
         listener(note)
 
 
+_SAID: set[str] = set()  # the kinds of note said in this process (say_once)
+
+
+def say_once(kind: str, text: str) -> None:
+    """`text`, the first time a note of this `kind` is said in this process: a folder of a thousand
+    photographs would say the same conversion a thousand times."""
+    if kind not in _SAID:
+        _SAID.add(kind)
+        say(text)
+
+
+def said(kind: str) -> bool:
+    """Whether a note of this `kind` was said in this process (what it took to find it can be skipped)."""
+    return kind in _SAID
+
+
 @contextmanager
 def notes_to(listener: Callable[[str], None]) -> Iterator[None]:
     """Within the block, this thread's notes go to `listener` (a thread starts with none set)."""
