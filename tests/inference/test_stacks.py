@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import roifile
 import tifffile
 from PIL import Image
-from synthetic import assert_one_line_error, run_cli
+from synthetic import assert_one_line_error, built_once, run_cli
 
 from unetkit.cli import main
 from unetkit.data import read_image, read_mask
@@ -72,16 +73,18 @@ def stack_set(root, stacks: int = 4, planes: int = 20, channels: int = 5, target
     return images, masks
 
 
+def train_on_stacks(root: Path) -> None:
+    images, masks = stack_set(root)
+    args = ["train", "--images", images, "--masks", masks, "--out", root / "run", "--epochs", "6"]
+    args += ["--base-channels", "8", "--depth", "2", "--no-progress", "--no-report", "--workers", "0"]
+    assert main([str(a) for a in [*args, "--val-fraction", "0.25"]]) == 0
+
+
 @pytest.fixture(scope="module")
 def stack_run(tmp_path_factory):
     """A model trained on four 20-plane, 5-channel stacks (80 planes), and its data."""
-    root = tmp_path_factory.mktemp("stacks")
-    images, masks = stack_set(root)
-    out = root / "run"
-    args = ["train", "--images", images, "--masks", masks, "--out", out, "--epochs", "6", "--base-channels", "8"]
-    args += ["--depth", "2", "--no-progress", "--no-report", "--workers", "0", "--val-fraction", "0.25"]
-    assert main([str(a) for a in args]) == 0
-    return root, images, masks, out
+    root = built_once(tmp_path_factory, "stacks", train_on_stacks)
+    return root, root / "images", root / "masks", root / "run"
 
 
 def test_a_stack_trains_plane_by_plane_with_its_planes_on_one_side(stack_run):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from synthetic import assert_one_line_error, make_shapes, run_cli
+from synthetic import assert_one_line_error, built_once, make_shapes, run_cli
 
 from unetkit.data import find_pairs
 from unetkit.train import TrainConfig, Trainer, load_checkpoint, model_from_checkpoint, plan_run
@@ -47,11 +47,8 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-@pytest.fixture(scope="module")
-def two_rank_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ddp")
+def train_two_ranks(root: Path) -> None:
     images, masks = make_shapes(root, count=8, size=(32, 32))
-    out = root / "run"
     (root / "ranks.py").write_text(RANKS_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     command = [
@@ -62,19 +59,26 @@ def two_rank_run(tmp_path_factory):
         "--nproc_per_node=2",
         str(root / "ranks.py"),
     ]
-    command += [str(root), "train", "--images", str(images), "--masks", str(masks), "--out", str(out), *TINY_OPTIONS]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    command += [str(root), "train", "--images", str(images), "--masks", str(masks), "--out", str(root / "run")]
+    result = subprocess.run([*command, *TINY_OPTIONS], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stdout[-1500:] + result.stderr[-3000:]  # how far each rank got
-    return images, masks, out, result
+    (root / "stdout.txt").write_text(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory):
+    """(images, masks, run folder, rank 0's log) of one torchrun launch, shared by the workers."""
+    root = built_once(tmp_path_factory, "ddp", train_two_ranks)
+    return root / "images", root / "masks", root / "run", (root / "stdout.txt").read_text()
 
 
 def test_two_ranks_train_and_write_one_run_folder(two_rank_run):
-    _images, _masks, out, result = two_rank_run
+    _images, _masks, out, log = two_rank_run
     for name in ("best.pt", "last.pt", "metrics.csv", "config.json", "config.toml", "curves.png"):
         assert (out / name).is_file(), name
     # Rank 0 alone logs: one summary line, one line per epoch.
-    assert result.stdout.count("checkpoints:") == 1
-    assert len(re.findall(r"^epoch +1/2 ", result.stdout, re.MULTILINE)) == 1, result.stdout
+    assert log.count("checkpoints:") == 1
+    assert len(re.findall(r"^epoch +1/2 ", log, re.MULTILINE)) == 1, log
 
 
 def test_validation_dice_equals_a_single_process_on_the_checkpoint(two_rank_run):
