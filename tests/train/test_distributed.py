@@ -335,3 +335,14 @@ def test_a_batch_is_counted_at_most_an_epochs_samples_and_a_batch_of_one_offered
     setup.check_training_fits(cfg, spec, torch.device("cpu"), largest_side=2048, samples=1)  # one view: fits
     with pytest.raises(UnetkitError, match=r"--batch-size 4 of whole images .* use --batch-size 1 or less"):
         setup.check_training_fits(cfg, spec, torch.device("cpu"), largest_side=2048, samples=8)
+
+
+@pytest.mark.slow
+def test_the_ranks_end_an_epoch_longer_than_the_budget_at_one_batch(tmp_path):
+    """Each rank's clock says when the budget is spent; they agree on the batch, or DDP hangs."""
+    images, masks = make_shapes(tmp_path, count=8, size=(32, 32))
+    args = ["train", "--images", str(images), "--masks", str(masks), "--out", str(tmp_path / "run"), "--time", "3s"]
+    args += [*TINY_OPTIONS[2:], "--patches-per-image", "1000"]  # no --epochs: the budget decides
+    result = torchrun(*args)
+    assert result.returncode == 0, result.stdout[-1500:] + result.stderr[-3000:]
+    assert "budget ran out" in result.stdout and load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1

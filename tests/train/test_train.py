@@ -327,6 +327,30 @@ def test_time_budget_anneals_the_lr_and_stops_in_time(binary_data, tmp_path):
     assert lrs[-1] < max(lrs)  # annealing over time, not over an epoch count
 
 
+def test_an_epoch_longer_than_the_budget_ends_at_it_and_is_saved(binary_data, tmp_path):
+    """A first epoch of 1,500 batches against `--time 1.5s`: it ran to its end (a large folder's
+    first epoch overran its budget by minutes). Now it ends at the limit, is validated and kept."""
+    images, masks = binary_data
+    lines = []
+    cfg = tiny_config(images, masks, tmp_path / "run", epochs=None, time=1.5, patches_per_image=1000)
+    result = train(cfg, log=lines.append)
+    state = load_checkpoint(result.last_checkpoint)
+    assert state["epoch"] == 1 and len(result.history) == 1 and (tmp_path / "run" / "best.pt").is_file()
+    assert 1.5 <= state["elapsed_seconds"] < 1.5 + 3.0  # a batch, the validation and the save past it
+    (said,) = [line for line in lines if "budget ran out" in line]
+    done, of = map(int, said.split("ran out ")[1].split(" batches")[0].split(" of "))
+    assert 1 <= done < of == 1500 and said.endswith("into epoch 1")
+    assert np.isfinite(result.history[0].train_loss)
+
+
+def test_the_minimum_epochs_are_not_cut_by_the_budget(binary_data, tmp_path):
+    images, masks = binary_data
+    lines = []
+    cfg = tiny_config(images, masks, tmp_path / "run", epochs=None, time=0.01, min_epochs=2, patches_per_image=20)
+    result = train(cfg, log=lines.append)
+    assert len(result.history) == 2 and not [line for line in lines if "ran out" in line]
+
+
 def fingerprint_of(
     size: tuple[int, int], geometry: dict, pixels: dict, count: int = 30, heights: dict | None = None
 ) -> DataFingerprint:

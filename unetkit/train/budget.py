@@ -6,6 +6,7 @@ what is left.
     budget.elapsed()                  seconds of training so far, across resumes
     budget.progress(step, per_epoch)  the schedule's clock: the fraction of the run done
     budget.would_pass(epoch, seconds) whether another epoch of `seconds` would pass the limit
+    budget.spent(epoch)               whether the epoch under way should end at this batch
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ class TimeBudget:
         if self.limit is None:
             return False
         return self.elapsed() + epoch_seconds > self.limit and epoch >= (self.min_epochs or 0)
+
+    def spent(self, epoch: int) -> bool:
+        """Whether epoch `epoch`, under way, should end at this batch: the limit is reached and the
+        minimum epochs are done. Without it an epoch longer than the budget (a large folder, large
+        whole images) ran to its end: 10 s a batch for 60 batches against `--time 30s`."""
+        return self.limit is not None and epoch > (self.min_epochs or 0) and self.elapsed() >= self.limit
 
     def shown(self) -> str:
         """' (41/60s)' for the epoch line of a timed run, '' otherwise."""

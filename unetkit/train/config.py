@@ -241,7 +241,7 @@ class TrainConfig:
     time: float | None = option(
         None,
         "wall-clock budget, e.g. 10m: the LR schedule runs over the time, no epoch starts that would pass it, "
-        "best.pt keeps the best epoch",
+        "an epoch longer than the budget ends where it runs out, best.pt keeps the best epoch",
         group="optimisation", parse=duration, valid=above(0), need="a duration above 0, e.g. 10m",
     )  # fmt: skip
     min_epochs: int | None = option(

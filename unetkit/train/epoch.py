@@ -5,7 +5,7 @@ the pieces setup.py built."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -27,9 +27,11 @@ def training_pass(
     interrupt: InterruptFlag,
     label: str,
     progress: Progress | None = None,
-) -> float:
-    """The mean training loss of one pass over the loader; `progress` hears the images done
-    (`label`: the epoch's, with the running loss)."""
+    out_of_time: Callable[[], bool] | None = None,
+) -> tuple[float, int]:
+    """The mean training loss of one pass over the loader and its batches, fewer than the
+    loader's where `out_of_time()` said so after one; `progress` hears the images done (`label`:
+    the epoch's, with the running loss)."""
     built.model.train()
     total_loss, batches, done = torch.zeros((), device=dist.device), 0, 0
     loader = opt.loader  # the images this rank sees in a pass: its sampler's, less a dropped last batch
@@ -59,7 +61,9 @@ def training_pass(
         if progress is not None and (batches == 1 or batches % 5 == 0):  # .item() syncs: not every step
             what = f"epoch {label} loss {float(total_loss) / batches:.4f}"
         tell(progress, min(done, total), total, what)
-    return float(total_loss) / max(1, batches)
+        if out_of_time is not None and out_of_time():
+            break
+    return float(total_loss) / max(1, batches), batches
 
 
 def clip_gradients(parameters: list[nn.Parameter], max_norm: float) -> None:

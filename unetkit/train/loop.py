@@ -84,6 +84,7 @@ class Trainer:
         if run.resume_state is not None and self.dist.is_main and (self.out / START_FILE).is_file():
             self.start_state = load_checkpoint(self.out / START_FILE)
         self.progress: Progress | None = None  # who hears each pass's images (fit's on_progress, or the bar)
+        self.cut_short: tuple[int, int] | None = None  # (batches done, of) where the budget ended the last pass
         # A resumed run whose epochs were all done but not the steps after them (run_claim sets it).
         self.only_last_steps = False
 
@@ -162,6 +163,10 @@ class Trainer:
                 on_epoch_end(row)
             epoch_seconds = time.perf_counter() - epoch_start  # training, validation and saving
             reason = self.stop_rules.reason_to_stop(epoch, self.epochs_since_best, self.budget, epoch_seconds)
+            if self.cut_short is not None:
+                done, of = self.cut_short
+                limit = f"{self.budget.limit:g}-second budget"
+                reason = f"stopping: the {limit} ran out {done} of {of} batches into epoch {epoch}"
             if reason:
                 self.log(reason)
                 break
@@ -219,7 +224,14 @@ class Trainer:
         if self.opt.sampler is not None:
             self.opt.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
         label = self.epoch_label(epoch)
-        return training_pass(self.cfg, self.built, self.opt, self.dist, self.interrupt, label, self.progress)
+        out_of_time = None
+        if self.budget.limit is not None:  # the ranks agree on where the pass ends, or DDP's next step hangs
+            out_of_time = lambda: self.dist.any_rank(self.budget.spent(epoch))  # noqa: E731
+        loss, batches = training_pass(
+            self.cfg, self.built, self.opt, self.dist, self.interrupt, label, self.progress, out_of_time
+        )
+        self.cut_short = (batches, len(self.opt.loader)) if batches < len(self.opt.loader) else None
+        return loss
 
     def validate(self) -> tuple[float, SegmentationMetrics]:
         metrics = SegmentationMetrics(self.run.data.mask_values.num_classes, bool(self.cfg.binary))
