@@ -670,6 +670,12 @@ def test_train_config_takes_python_types_and_says_what_text_would_mean(tmp_path)
     numpy_numbers.validate()  # numpy's numbers are numbers, stored as Python's
     assert type(numpy_numbers.epochs) is int and [type(v) for v in numpy_numbers.mask_values] == [int, int]
     assert "mask_values = [0, 255]" in config_to_toml(numpy_numbers)
+    for same_list in ((0, 255), np.array([0, 255], np.uint8)):  # a tuple was refused as "not a list"
+        given = config(mask_values=same_list)
+        given.validate()
+        assert given.mask_values == [0, 255] and [type(v) for v in given.mask_values] == [int, int]
+    with pytest.raises(UnetkitError, match=r"^TrainConfig mask_values=array\(\[\[0, 0\], \[0, 0\]\]\) is not a list"):
+        config(mask_values=np.zeros((2, 2), int)).validate()  # one line, not the array's repr
     assert not (tmp_path / "run").exists()
 
 

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from unetkit.data.objects import INSTANCE_MODES
 from unetkit.data.tiff_axes import AXIS_NEED, CHANNEL_AXIS_HELP, PLANE_AXIS_HELP, AxisChoice, axis_letter
 from unetkit.errors import UnetkitError
@@ -317,8 +319,10 @@ class TrainConfig:
             try:
                 setattr(self, field.name, option_value(field.name, value))
             except ValueError as err:
+                shown = " ".join(repr(value).split())  # an array's repr spans lines
+                shown = shown if len(shown) <= 60 else shown[:57] + "..."
                 raise UnetkitError(
-                    f"TrainConfig {field.name}={value!r} is not {err}{_spelled(field.name, value)}"
+                    f"TrainConfig {field.name}={shown} is not {err}{_spelled(field.name, value)}"
                 ) from None
         check_fields(self)
         _check_encoder_options(self)
@@ -400,8 +404,9 @@ def option_value(name: str, value: Any, text: bool = False) -> Any:
             raise
     if typing.get_origin(kind) is list:
         item = typing.get_args(kind)[0]
-        if isinstance(value, list) and all(_is_a(v, item) for v in value):
-            return [_as(v, item) for v in value]
+        items = _as_items(value)
+        if items is not None and all(_is_a(v, item) for v in items):
+            return [_as(v, item) for v in items]
     elif _is_a(value, kind):
         return _as(value, kind)
     unset = ' or "none"' if text else " or None"
@@ -427,6 +432,14 @@ def _parse(name: str, kind: Any, text: str) -> Any:
         return (parse or kind)(text)
     except (ValueError, argparse.ArgumentTypeError) as err:
         raise ValueError(f"{_describe(kind)}: {err}" if parse else _describe(kind)) from None
+
+
+def _as_items(value: Any) -> list | None:
+    """A list, a tuple or a 1-D NumPy array as a list; None for anything else. A tuple is the same
+    list to a user: `TrainConfig(mask_values=(0, 255))` was refused."""
+    if isinstance(value, np.ndarray):
+        return value.tolist() if value.ndim == 1 else None
+    return list(value) if isinstance(value, list | tuple) else None
 
 
 def _is_a(value: Any, kind: Any) -> bool:
