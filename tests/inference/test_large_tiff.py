@@ -229,6 +229,11 @@ def test_a_scaled_model_reads_the_matching_pyramid_level(rgb_run, tmp_path, caps
     assert (big == small).mean() >= 0.999
     code, _, err = run_cli(capsys, *args, tmp_path / "flat.tif", "--out", tmp_path / "no", "--out-of-core", "on")
     assert code == 2 and "pyramid level of 200 x 150 pixels" in err and err.count("\n") == 1
+    # the model at its own scale 1, the images at --zoom 0.5: the same level, the same mask
+    zoomed = (*args[:2], checkpoint, *args[3:], "--zoom", "0.5", tmp_path / "pyramid.tif", "--out-of-core", "on")
+    code, _, err = run_cli(capsys, *zoomed, "--out", tmp_path / "zoomed")
+    assert code == 0, err
+    assert np.array_equal(tifffile.imread(tmp_path / "zoomed" / "pyramid.tif"), big)
 
 
 def test_out_of_core_tiles_and_batches_fit_the_memory_and_run_on_pytorch_where_auto_timed_onnx(rgb_run, monkeypatch):

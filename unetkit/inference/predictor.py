@@ -87,6 +87,12 @@ class InferenceOptions:
         valid=whole(16, 65536), need="16 pixels or more",
     )  # fmt: skip
     overlap: int = option(64, "overlap between tiles in pixels; blended with a Gaussian window")
+    zoom: float = option(
+        1.0, "resize each image by this factor on top of the model's own scale, for images at another "
+        "magnification than its training images: 0.5 where objects are twice the size in pixels of those it "
+        "learned (stardist's scale; cellpose's diameter ratio); outputs and the object sizes follow",
+        valid=lambda v: number(v) and 1 / 16 <= v <= 16, need="a factor from 0.0625 to 16, e.g. 0.5",
+    )  # fmt: skip
     batch_size: int | None = option(
         None, f"tiles, or images of one size, per forward pass (default {DEFAULT_BATCH_SIZE}; out of core, as many "
         "tiles as keep a batch's full-size activation map within 32 MiB: 4 in bf16 and 2 in fp32 for a "
@@ -225,7 +231,9 @@ class Predictor:
         split = state.get("split") if isinstance(state.get("split"), dict) else {}
         self.trained_on = (trained.get("images"), frozenset(split.get("train") or ()))
         self.mask_values = self.spec.mask_values
-        self.preprocess = self.spec.preprocess
+        self.preprocess = self.spec.preprocess  # at --zoom, the images are resized by it too
+        if self.options.zoom != 1:
+            self.preprocess = dataclasses.replace(self.preprocess, scale=self.preprocess.scale * self.options.zoom)
         self.binary = self.spec.binary
         self.num_outputs = self.spec.num_outputs  # logits per pixel, as built
 
@@ -234,6 +242,7 @@ class Predictor:
         """How objects are cut from the probabilities: the options given, else the rule training
         chose on its validation images (kept in the checkpoint), else the defaults."""
         rule = self.state_object_rule or ObjectRule.default(self.mask_values.instances)
+        rule = rule.at_zoom(self.options.zoom)  # sizes in these images' pixels; those given are taken as given
         given = {"seed": self.options.seed_threshold, "flood": self.options.flood_threshold}
         given.update(min_size=self.options.min_size, max_hole=self.options.max_hole)
         return dataclasses.replace(rule, **{k: v for k, v in given.items() if v is not None})

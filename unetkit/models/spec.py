@@ -7,7 +7,7 @@ check of them for every format: a file that passes predicts the way training mea
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +170,15 @@ class ObjectRule:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def at_zoom(self, zoom: float) -> ObjectRule:
+        """The rule for images predicted at `zoom` (predict --zoom): its sizes are in the training
+        images' pixels, and at zoom 0.5 an object of those covers twice the side here."""
+        if zoom == 1:
+            return self
+        side = 1 / zoom
+        return replace(self, smooth=self.smooth * side, min_size=round(self.min_size * side**2),
+                       max_hole=round(self.max_hole * side**2))  # fmt: skip
 
     @classmethod
     def default(cls, instances: str | None = None) -> ObjectRule:

@@ -89,7 +89,8 @@ def choose_level(path: Path, scale: float) -> int:
     levels = ", ".join(f"{w} x {h}" for h, w in sizes)
     wanted = f"{round(base[1] * scale)} x {round(base[0] * scale)}"
     raise UnetkitError(
-        f"{path}: the model runs at --scale {scale:g}, so out of core it reads a pyramid level of {wanted} pixels; "
+        f"{path}: the model runs at scale {scale:g} (its --scale, times predict's --zoom), so out of core it reads a "
+        f"pyramid level of {wanted} pixels; "
         f"this TIFF has {levels}. Save it with such a level, or use --out-of-core off if it fits in memory"
     )
 
@@ -241,8 +242,8 @@ def level_to_read(preprocess, path: Path, plane: int | None) -> int:
     """The pyramid level out-of-core prediction reads (choose_level); what it cannot do, refused."""
     if plane is not None and preprocess.scale != 1.0:
         raise UnetkitError(
-            f"{path}: the model runs at --scale {preprocess.scale:g}, and out of core a stack is read at full size "
-            "only (no pyramid levels); use --out-of-core off if its planes fit in memory"
+            f"{path}: the model runs at scale {preprocess.scale:g} (its --scale, times --zoom), and out of core a "
+            "stack is read at full size only (no pyramid levels); use --out-of-core off if its planes fit in memory"
         )
     return 0 if plane is not None else choose_level(path, preprocess.scale)
 
