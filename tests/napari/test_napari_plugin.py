@@ -63,7 +63,7 @@ def test_the_labels_of_a_layer_of_channels_sit_on_its_image_axes(make_napari_vie
     layer = viewer.add_image(np.zeros((2, 16, 24)), name="two", scale=(1, 0.5, 0.25), translate=(0, 10, 20))
     widget = predict_dock(viewer)
     placement = {key: getattr(layer, key) for key in ("scale", "translate", "rotate", "shear", "affine")}
-    request = predict_widget.PredictRequest("nuclei", layer.data, "two", False, True, False, False, 0.5, placement)
+    request = predict_widget.PredictRequest("nuclei", layer.data, "two", False, True, False, False, 0.5, 1.0, placement)
     widget._finished([predict_widget.PlaneResult(np.ones((16, 24), np.int32), None)], request)
     labels = viewer.layers["two objects"]
     assert labels.data.shape == (16, 24) and list(labels.scale) == [0.5, 0.25] and list(labels.translate) == [10, 20]
@@ -78,7 +78,7 @@ def test_a_float_layer_out_of_0_1_is_said_per_layer(tmp_path):
     from unetkit.runtime.notes import notes_to
 
     image = np.asarray(Image.open(DEMO_DATA / "images" / "03.png"), np.float32)  # 0-255, as float
-    request = predict_widget.PredictRequest("em-membranes", image, "slice", False, False, False, False, 0.5, {})
+    request = predict_widget.PredictRequest("em-membranes", image, "slice", False, False, False, False, 0.5, 1.0, {})
     predictor = Predictor.from_pretrained("em-membranes", options=InferenceOptions(progress=False))
     said = []
     with notes_to(said.append):
@@ -123,6 +123,11 @@ def test_predict_with_the_shipped_nuclei_model_adds_the_predictors_objects(make_
     ).objects(Predictor.from_pretrained("nuclei").logits(image))
     assert np.array_equal(labels, expected) and labels.max() >= 30
     assert len(ticks) >= 2
+    viewer.layers.remove("nuclei (synthetic) objects")
+    widget.zoom.setValue(0.5)  # predict --zoom: the layer's nuclei taken as twice the trained size
+    press_predict(qtbot, widget, "nuclei (synthetic)")
+    zoomed = Predictor.from_pretrained("nuclei", options=InferenceOptions(progress=False, zoom=0.5))
+    assert np.array_equal(viewer.layers["nuclei (synthetic) objects"].data, zoomed.objects(zoomed.logits(image))[0])
 
 
 def test_a_prediction_asked_for_while_one_runs_waits_and_each_lands_under_its_own_layer(

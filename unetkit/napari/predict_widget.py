@@ -7,6 +7,7 @@ stops after the plane under way. Bad input is one napari notification, never a t
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,7 @@ class PredictRequest:
     probabilities: bool
     tta: bool
     threshold: float
+    zoom: float  # predict --zoom: the layer's magnification against the training images'
     # Where the layer sits in the world (napari's scale, translate, rotate, shear and affine): the
     # layers added from it sit there too, or they covered the wrong part of a scaled image.
     placement: dict[str, Any]
@@ -219,6 +221,12 @@ class PredictWidget(QWidget):
         self.threshold.setRange(0.01, 0.99)
         self.threshold.setSingleStep(0.05)
         self.threshold.setValue(InferenceOptions().threshold)
+        self.zoom = QDoubleSpinBox()  # predict --zoom, for cells larger or smaller than those trained on
+        self.zoom.setRange(1 / 16, 16)
+        self.zoom.setDecimals(3)
+        self.zoom.setSingleStep(0.1)
+        self.zoom.setValue(InferenceOptions().zoom)
+        self.zoom.setToolTip(next(f.metadata["help"] for f in dataclasses.fields(InferenceOptions) if f.name == "zoom"))
         self.predict_button, self.cancel_button = QPushButton("Predict"), QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.predict_button.clicked.connect(self.predict)
@@ -238,6 +246,7 @@ class PredictWidget(QWidget):
         form.addRow("model", self.model)
         form.addRow("image layer", self.layer)
         form.addRow("threshold (binary models)", self.threshold)
+        form.addRow("zoom (0.5: objects twice the trained size)", self.zoom)
         buttons = QHBoxLayout()
         buttons.addWidget(self.predict_button)
         buttons.addWidget(self.cancel_button)
@@ -275,14 +284,15 @@ class PredictWidget(QWidget):
         placement = {key: getattr(layer, key) for key in ("scale", "translate", "rotate", "shear", "affine")}
         return PredictRequest(
             self.model.currentText(), layer_pixels(layer), name, bool(layer.rgb), self.objects.isChecked(),
-            self.probabilities.isChecked(), self.tta.isChecked(), round(self.threshold.value(), 4), placement,
+            self.probabilities.isChecked(), self.tta.isChecked(), round(self.threshold.value(), 4),
+            round(self.zoom.value(), 4), placement,
         )  # fmt: skip
 
     def predictor(self, request: PredictRequest) -> Predictor:
         """The Predictor of the request's model and options, loaded once (in the worker thread)."""
-        key = (request.model, request.tta, request.threshold)
+        key = (request.model, request.tta, request.threshold, request.zoom)
         if key not in self.predictors:
-            options = InferenceOptions(tta=request.tta, threshold=request.threshold, progress=False)
+            options = InferenceOptions(tta=request.tta, threshold=request.threshold, zoom=request.zoom, progress=False)
             if request.model in zoo_models() and not Path(request.model).exists():
                 self.predictors[key] = Predictor.from_pretrained(request.model, options=options)
             else:
