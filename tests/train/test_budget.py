@@ -5,14 +5,18 @@ from __future__ import annotations
 from unetkit.train.budget import TimeBudget
 
 
-def test_a_budget_counts_earlier_processes_and_says_when_an_epoch_would_pass_it(monkeypatch):
-    clock = iter([100.0, 130.0, 130.0, 130.0, 130.0])
+def test_a_budget_counts_earlier_processes_and_starts_an_epoch_while_a_quarter_of_one_fits(monkeypatch):
+    clock = iter([100.0, *[130.0] * 8])
     monkeypatch.setattr("unetkit.train.budget.time.perf_counter", lambda: next(clock))
     budget = TimeBudget(limit=60.0, min_epochs=None, epochs=None, before=20.0)
     assert budget.elapsed() == 20.0 and budget.shown() == " (20/60s)"  # not started: the earlier seconds
     budget.start()  # at 100 s
     assert budget.elapsed() == 50.0  # 20 before + 30 now
-    assert budget.would_pass(epoch=3, epoch_seconds=11.0) and not budget.would_pass(epoch=3, epoch_seconds=9.0)
+    budget.reserve = 2.0  # the last epoch's validation and saving: 8 s left to train
+    assert budget.no_room(epoch=3, training_seconds=40.0) and not budget.no_room(epoch=3, training_seconds=30.0)
+    assert not budget.spent(epoch=4)  # an epoch started with 8 s left ends when they are up
+    budget.reserve = 10.0
+    assert budget.spent(epoch=4) and not TimeBudget(60.0, min_epochs=4, before=70.0).spent(epoch=4)
 
 
 def test_the_schedule_clock_waits_for_the_minimum_epochs_and_runs_out_with_the_epochs():
@@ -20,4 +24,4 @@ def test_the_schedule_clock_waits_for_the_minimum_epochs_and_runs_out_with_the_e
     assert budget.progress(step=10, steps_per_epoch=10) == 0.1  # 1 of 10 minimum epochs: behind the time
     budget = TimeBudget(limit=100.0, min_epochs=None, epochs=4, before=10.0)
     assert budget.progress(step=30, steps_per_epoch=10) == 0.75  # 3 of 4 epochs: ahead of the time
-    assert not TimeBudget(limit=None).would_pass(epoch=100, epoch_seconds=1e9)
+    assert not TimeBudget(limit=None).no_room(epoch=100, training_seconds=1e9)

@@ -325,6 +325,9 @@ def test_time_budget_anneals_the_lr_and_stops_in_time(binary_data, tmp_path):
     assert elapsed <= 3.0 + longest + 1.0
     lrs = [row.lr for row in result.history]
     assert lrs[-1] < max(lrs)  # annealing over time, not over an epoch count
+    # The last epoch is cut where the time is up, so the rate ends near 0 and the time is used.
+    state = load_checkpoint(result.last_checkpoint)
+    assert state["optimizer"]["param_groups"][0]["lr"] < 0.05 * cfg.lr and elapsed > 0.75 * 3.0
 
 
 def test_an_epoch_longer_than_the_budget_ends_at_it_and_is_saved(binary_data, tmp_path):
@@ -341,6 +344,11 @@ def test_an_epoch_longer_than_the_budget_ends_at_it_and_is_saved(binary_data, tm
     done, of = map(int, said.split("ran out ")[1].split(" batches")[0].split(" of "))
     assert 1 <= done < of == 1500 and said.endswith("into epoch 1")
     assert np.isfinite(result.history[0].train_loss)
+    # Resumed with more time, the schedule goes on from the steps taken: inside its one-epoch
+    # warmup, where counting the cut epoch whole put it at the peak (a red-team finding).
+    assert 0 < state["epochs_trained"] == done / of < 0.5
+    resumed = train(TrainConfig(resume=str(result.last_checkpoint), time=4.0, progress=False), log=lambda _: None)
+    assert resumed.history[1].lr < 0.3 * cfg.lr  # cosine at ~0.4 of the time: 0.69 of the peak, less the warmup
 
 
 def test_the_minimum_epochs_are_not_cut_by_the_budget(binary_data, tmp_path):

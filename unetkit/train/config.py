@@ -242,8 +242,8 @@ class TrainConfig:
     )  # fmt: skip
     time: float | None = option(
         None,
-        "wall-clock budget, e.g. 10m: the LR schedule runs over the time, no epoch starts that would pass it, "
-        "an epoch longer than the budget ends where it runs out, best.pt keeps the best epoch",
+        "wall-clock budget, e.g. 10m: the LR schedule runs over the time, and the last epoch ends at the batch "
+        "where the time is up (less its validation), best.pt keeps the best epoch",
         group="optimisation", parse=duration, valid=above(0), need="a duration above 0, e.g. 10m",
     )  # fmt: skip
     min_epochs: int | None = option(

@@ -74,6 +74,7 @@ class Trainer:
         self.opt = build_optimisation(run.cfg, self.built, self.train_set, run.dist, self.budget)
         self.stop_rules = StopRules(run.cfg, run.dist, run.out)
         self.start_epoch, self.history, self.best_dice, self.epochs_since_best = 1, [], -math.inf, 0
+        self.epochs_trained = 0.0  # in epochs, a cut one counted by its share of batches (the schedule's step)
         if run.resume_state is not None:
             self._restore(run.resume_state)
         self.saved_epoch = self.start_epoch - 1  # the epoch last.pt holds; 0: none yet
@@ -85,6 +86,7 @@ class Trainer:
             self.start_state = load_checkpoint(self.out / START_FILE)
         self.progress: Progress | None = None  # who hears each pass's images (fit's on_progress, or the bar)
         self.cut_short: tuple[int, int] | None = None  # (batches done, of) where the budget ended the last pass
+        self.training_seconds = 0.0  # the last pass's
         # A resumed run whose epochs were all done but not the steps after them (run_claim sets it).
         self.only_last_steps = False
 
@@ -139,7 +141,7 @@ class Trainer:
         cfg = self.cfg
         self.budget.start()
         if self.run.resume_state is not None:
-            self.opt.schedule.resume(self.start_epoch - 1)  # the rate this run's plan gives where it resumes
+            self.opt.schedule.resume(self.epochs_trained)  # the rate this run's plan gives where it resumes
         self._validate_start()
         epochs = itertools.count(self.start_epoch) if cfg.epochs is None else range(self.start_epoch, cfg.epochs + 1)
         for epoch in epochs:
@@ -161,8 +163,9 @@ class Trainer:
                 self.log(line)
             if on_epoch_end is not None:
                 on_epoch_end(row)
-            epoch_seconds = time.perf_counter() - epoch_start  # training, validation and saving
-            reason = self.stop_rules.reason_to_stop(epoch, self.epochs_since_best, self.budget, epoch_seconds)
+            # the next epoch's end is kept out of its training time: validation, saving, files
+            self.budget.reserve = time.perf_counter() - epoch_start - self.training_seconds
+            reason = self.stop_rules.reason_to_stop(epoch, self.epochs_since_best, self.budget, self.training_seconds)
             if self.cut_short is not None:
                 done, of = self.cut_short
                 limit = f"{self.budget.limit:g}-second budget"
@@ -227,10 +230,13 @@ class Trainer:
         out_of_time = None
         if self.budget.limit is not None:  # the ranks agree on where the pass ends, or DDP's next step hangs
             out_of_time = lambda: self.dist.any_rank(self.budget.spent(epoch))  # noqa: E731
+        start = time.perf_counter()
         loss, batches = training_pass(
             self.cfg, self.built, self.opt, self.dist, self.interrupt, label, self.progress, out_of_time
         )
+        self.training_seconds = time.perf_counter() - start
         self.cut_short = (batches, len(self.opt.loader)) if batches < len(self.opt.loader) else None
+        self.epochs_trained += batches / max(1, len(self.opt.loader))
         return loss
 
     def validate(self) -> tuple[float, SegmentationMetrics]:
@@ -259,6 +265,7 @@ class Trainer:
             "best_dice": self.best_dice,
             "epochs_since_best": self.epochs_since_best,
             "elapsed_seconds": self.budget.elapsed(),
+            "epochs_trained": self.epochs_trained,
             "history": [asdict(row) for row in self.history],
             "rng": rng_state(),
             "speed_choices": speed_choices(self.built, self.dist.device),
@@ -271,6 +278,7 @@ class Trainer:
         self.start_epoch = state["epoch"] + 1
         self.best_dice, self.epochs_since_best = state["best_dice"], state["epochs_since_best"]
         self.budget.before = state.get("elapsed_seconds", 0.0)
+        self.epochs_trained = float(state.get("epochs_trained", state["epoch"]))  # older checkpoints: whole epochs
         self.history = [EpochRow.from_dict(row) for row in state["history"]]
         restore_rng(state["rng"])
 

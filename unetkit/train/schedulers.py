@@ -101,7 +101,7 @@ class Schedule:
     def load_state_dict(self, state: dict) -> None:
         self.scheduler.load_state_dict(state)
 
-    def resume(self, epochs_done: int) -> None:
+    def resume(self, epochs_done: float) -> None:
         """Set the optimizer's rate to this run's plan after `epochs_done` epochs, once the budget's
         clock runs. The checkpoint's optimizer holds the rate of the run that saved it, which a
         resumed run given more epochs or time has re-planned: a 2-epoch cosine run resumed with
@@ -110,5 +110,6 @@ class Schedule:
         share an epoch's batches, and a 2-process run resumed in one read its 13 steps an epoch
         as 25s, warmed up again and never finished its cosine (a red-team finding)."""
         if isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):
-            self.scheduler.last_epoch = epochs_done * self.steps_per_epoch - 1
+            # a cut epoch counts by its share of batches: a resume after 43 of 600 was put past the warmup
+            self.scheduler.last_epoch = round(epochs_done * self.steps_per_epoch) - 1
             self.scheduler.step()  # to the step after those epochs: its rate by this run's plan

@@ -1,6 +1,6 @@
 """When training stops before its last epoch, in one place: a loss that is not finite (an error,
 raised before those weights reach a checkpoint), no better validation Dice for --patience
-epochs, or a --time budget that another epoch would pass. Under torchrun every rank decides
+epochs, or a --time budget with too little left for another epoch. Under torchrun every rank decides
 together, so none is left waiting in a collective."""
 
 from __future__ import annotations
@@ -34,18 +34,20 @@ class StopRules:
         )
 
     def reason_to_stop(
-        self, epoch: int, epochs_since_best: int, budget: TimeBudget, epoch_seconds: float, agree: bool = True
+        self, epoch: int, epochs_since_best: int, budget: TimeBudget, training_seconds: float, agree: bool = True
     ) -> str | None:
-        """Why no further epoch should start, or None. `epoch_seconds`: the last epoch's training,
-        validation and saving, the best guess of the next one's. `agree`: the ranks' clocks differ,
-        so all stop if one would; False where every rank holds the same numbers (a checkpoint's)."""
+        """Why no further epoch should start, or None. `training_seconds`: the last epoch's
+        training, the best guess of the next one's. `agree`: the ranks' clocks differ, so all stop
+        if one would; False where every rank holds the same numbers (a checkpoint's)."""
         cfg = self.cfg
         if cfg.patience is not None and epochs_since_best >= cfg.patience:
             return f"early stop: no better val Dice for {cfg.patience} epochs"
-        over_budget = budget.would_pass(epoch, epoch_seconds)
-        if self.dist.any_rank(over_budget) if agree else over_budget:
+        no_room = budget.no_room(epoch, training_seconds)
+        if self.dist.any_rank(no_room) if agree else no_room:
             done = f" and the {cfg.min_epochs} minimum epochs are done" if cfg.min_epochs else ""
-            return f"stopping: another epoch would pass the {budget.limit:g}-second budget{done}"
+            left = budget.left()
+            spent = "is spent" if left <= 0 else f"has {left:.0f} s left, under a quarter of an epoch"
+            return f"stopping: the {budget.limit:g}-second budget {spent}{done}"
         return None
 
     def finished(
@@ -56,7 +58,7 @@ class StopRules:
         was told "a larger --epochs or --time", and --epochs was refused again: red-team finding.)"""
         if self.cfg.epochs is not None and epoch >= self.cfg.epochs:
             return f"its {self.cfg.epochs} epochs are done", "--epochs"
-        seconds = history[-1].seconds if history else 0.0
+        seconds = max((row.seconds for row in history), default=0.0)  # a whole epoch's, not a cut one's
         # the checkpoint's numbers, the same on every rank (the budget has not started)
         reason = self.reason_to_stop(epoch, epochs_since_best, budget, seconds, agree=False)
         if reason is None:
