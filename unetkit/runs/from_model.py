@@ -90,8 +90,9 @@ def average(start: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], shar
 
 
 def object_score(state: dict[str, Any], rule: ObjectRule, val_pairs: Sequence[Pair]) -> tuple[float, list]:
-    """Pooled AP@0.5:0.9 of `state`'s objects (cut with `rule`) on the validation images, and
-    those images' (probabilities, true objects) (no true object in any: NaN, and no images)."""
+    """The object score of `state`'s objects (cut with `rule`) on the validation images, higher
+    better (pooled AP@0.5:0.9, or 1 - adapted Rand error: object_rule.scored_by_ap), and those
+    images' (probabilities, true objects) (no true object in any: NaN, and no images)."""
     predictor = Predictor(state, options=InferenceOptions(backend="torch"))
     images = validation_probabilities(predictor, val_pairs)
     if not any(truth.any() for _, truth in images):
