@@ -208,6 +208,22 @@ def test_an_option_argparse_refuses_is_one_line_without_the_usage(args, said, ca
     assert err.startswith("unetkit train: error: ") and said in err and "unetkit train --help" in err
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["predict", "--checkpoint", "b.pt", "--images", "x", "--out", "o"], "without an option: unetkit predict"),
+        (["evaluate", "--checkpoint", "b.pt", "--images", "x", "--masks", "y", "--bogus"], "arguments: --bogus"),
+    ],
+)
+def test_an_unknown_option_names_its_commands_help(args, said, capsys):
+    """`predict --images` said `unetkit --help lists the options`, not predict's (a red-team round)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and said in err
+    assert err.startswith(f"unetkit {args[0]}: error: unrecognized arguments") and f"unetkit {args[0]} --help" in err
+
+
 def test_a_demo_run_folder_resumes_and_reports_as_any_run(tmp_path, capsys, monkeypatch):
     """The demo's config named no data folder, so `--resume` (the command its Ctrl-C prints) and
     `report` asked for --images (a red-team finding); it names the bundled folders now."""

@@ -20,6 +20,7 @@ from unetkit.errors import UnetkitError
 from unetkit.runs.object_rule import choose_object_rule
 from unetkit.train import TrainConfig, Trainer, load_checkpoint, plan_run, resolve_amp
 from unetkit.train.recipes import apply_recipe, class_weights, data_orientation, data_scale, largest_object
+from unetkit.train.run_claim import claimed_run
 from unetkit.train.schedulers import SCHEDULERS, Schedule
 
 
@@ -349,6 +350,23 @@ def test_an_epoch_longer_than_the_budget_ends_at_it_and_is_saved(binary_data, tm
     assert 0 < state["epochs_trained"] == done / of < 0.5
     resumed = train(TrainConfig(resume=str(result.last_checkpoint), time=4.0, progress=False), log=lambda _: None)
     assert resumed.history[1].lr < 0.3 * cfg.lr  # cosine at ~0.4 of the time: 0.69 of the peak, less the warmup
+
+
+@pytest.mark.parametrize(("asked_after", "lost"), [(1, True), (2, False)])
+def test_a_ctrl_c_says_an_epoch_was_lost_only_when_one_was_under_way(binary_data, tmp_path, asked_after, lost):
+    """Asked for after epoch 1, it stops epoch 2 at its first batch; after the last epoch, none is
+    lost, where the message said one was (a red-team round)."""
+    images, masks = binary_data
+    with claimed_run(tiny_config(images, masks, tmp_path / "run"), log=lambda _: None) as trainer:
+
+        def ask(row) -> None:
+            if row.epoch == asked_after:
+                trainer.interrupt.requested = True  # what the first Ctrl-C does
+
+        with pytest.raises(KeyboardInterrupt) as stopped:
+            trainer.fit(ask)
+    assert f"holds epoch {asked_after}" in str(stopped.value)
+    assert ("the epoch in progress is lost" in str(stopped.value)) == lost
 
 
 def test_the_minimum_epochs_are_not_cut_by_the_budget(binary_data, tmp_path):

@@ -228,13 +228,25 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (summary, description, add_arguments, run) in COMMANDS.items():
         p = commands.add_parser(name, help=summary, description=description)
         add_arguments(p)
-        p.set_defaults(func=run)
+        p.set_defaults(func=run, parser=p)
     return parser
+
+
+def parsed(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The arguments, an unknown one refused by its command's parser, so the line names that
+    command's --help (it named `unetkit --help`), with the likely fix of a common slip."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        hint = ""
+        if args.command == "predict" and {"--images", "--input"} & set(unknown):
+            hint = " (predict takes its images and folders without an option: unetkit predict --checkpoint best.pt IMAGES --out FOLDER)"
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parsed(parser, argv)
     code = run_command(args)
     leave_without_teardown(code)  # a torchrun rank that set up a process group leaves here (it says why)
     return code

@@ -59,11 +59,11 @@ class InterruptFlag:
             raise KeyboardInterrupt
 
 
-def interrupted_message(last: Path, saved_epoch: int) -> str:
-    """What a stopped run says: which epoch `last` (last.pt) holds, and how to go on."""
+def interrupted_message(last: Path, saved_epoch: int, in_epoch: bool = True) -> str:
+    """What a stopped run says: which epoch `last` (last.pt) holds, whether an epoch under way
+    (`in_epoch`) is lost, and how to go on. (A Ctrl-C after the last epoch's save said an epoch was
+    lost where none was running: a red-team finding.)"""
     if not saved_epoch:
         return "stopped before the first epoch finished, no checkpoint was saved; start the run again"
-    return (
-        f"{last} holds epoch {saved_epoch} (the epoch in progress is lost); "
-        f"continue with: unetkit train --resume {last}"
-    )
+    lost = " (the epoch in progress is lost)" if in_epoch else ""
+    return f"{last} holds epoch {saved_epoch}{lost}; continue with: unetkit train --resume {last}"

@@ -87,6 +87,7 @@ class Trainer:
         self.progress: Progress | None = None  # who hears each pass's images (fit's on_progress, or the bar)
         self.cut_short: tuple[int, int] | None = None  # (batches done, of) where the budget ended the last pass
         self.training_seconds = 0.0  # the last pass's
+        self.in_epoch = False  # an epoch under way, not yet in last.pt
         # A resumed run whose epochs were all done but not the steps after them (run_claim sets it).
         self.only_last_steps = False
 
@@ -104,9 +105,11 @@ class Trainer:
                 self._epoch_loop(files, on_epoch_end)
             files.finish(self.history)
         except KeyboardInterrupt:
-            raise KeyboardInterrupt(interrupted_message(self.out / "last.pt", self.saved_epoch)) from None
+            raise KeyboardInterrupt(
+                interrupted_message(self.out / "last.pt", self.saved_epoch, self.in_epoch)
+            ) from None
         except BrokenPipeError:  # the log's reader went away: stop as Ctrl-C does, and say so
-            raise OutputClosed(interrupted_message(self.out / "last.pt", self.saved_epoch)) from None
+            raise OutputClosed(interrupted_message(self.out / "last.pt", self.saved_epoch, self.in_epoch)) from None
         return self.result()
 
     def sample_unit(self) -> str:
@@ -147,6 +150,7 @@ class Trainer:
         for epoch in epochs:
             # Same batches & augmentations on resume; each rank its own augmentations.
             torch.manual_seed(cfg.seed * 100_003 + epoch + 1_000_003 * self.dist.rank)
+            self.in_epoch = True
             epoch_start = time.perf_counter()
             row, metrics = self._train_and_validate(epoch)
             improved = self._note_best(epoch, row.val_dice)
@@ -156,7 +160,7 @@ class Trainer:
             if files.tensorboard is not None:
                 files.tensorboard.log_epoch(row, metrics)
                 files.tensorboard.log_images(epoch, self.evaluated_model(), self.built, self.val_set, self.dist.device)
-            self.saved_epoch = epoch
+            self.saved_epoch, self.in_epoch = epoch, False
             best = improved and bool(self.run.val_pairs)
             self.log(epoch_line(row, self.epoch_label(epoch), self.budget.shown(), best))
             if epoch == self.start_epoch and (line := winograd_line()):  # the first steps timed each shape
