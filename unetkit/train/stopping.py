@@ -46,7 +46,7 @@ class StopRules:
         if self.dist.any_rank(no_room) if agree else no_room:
             done = f" and the {cfg.min_epochs} minimum epochs are done" if cfg.min_epochs else ""
             left = budget.left()
-            spent = "is spent" if left <= 0 else f"has {left:.0f} s left, under a quarter of an epoch"
+            spent = "is spent" if left <= 0 else f"has {left:.1f} s left, under a quarter of an epoch"
             return f"stopping: the {budget.limit:g}-second budget {spent}{done}"
         return None
 
