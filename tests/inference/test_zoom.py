@@ -9,6 +9,7 @@ import tifffile
 from synthetic import assert_one_line_error, nuclei_with_ids, run_cli
 
 from unetkit.data import read_image
+from unetkit.errors import UnetkitError
 from unetkit.inference import InferenceOptions, Predictor
 
 
@@ -51,3 +52,9 @@ def test_an_object_size_given_is_taken_as_given_at_any_zoom():
 def test_a_zoom_out_of_range_is_one_line(tmp_path, capsys, zoom):
     code, _, err = run_cli(capsys, "predict", "--model", "nuclei", tmp_path, "--out", tmp_path / "out", "--zoom", zoom)
     assert_one_line_error(code, err, "--zoom")
+
+
+@pytest.mark.parametrize("given", ["0.5", True])
+def test_a_zoom_given_as_text_in_python_says_it_must_be_a_number(given):
+    with pytest.raises(UnetkitError, match=r"must be a factor from 0.0625 to 16, e.g. 0.5 \(a number, where"):
+        InferenceOptions(zoom=given)

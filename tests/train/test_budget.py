@@ -25,3 +25,11 @@ def test_the_schedule_clock_waits_for_the_minimum_epochs_and_runs_out_with_the_e
     budget = TimeBudget(limit=100.0, min_epochs=None, epochs=4, before=10.0)
     assert budget.progress(step=30, steps_per_epoch=10) == 0.75  # 3 of 4 epochs: ahead of the time
     assert not TimeBudget(limit=None).no_room(epoch=100, training_seconds=1e9)
+
+
+def test_the_schedule_runs_its_course_over_the_training_time_left_before_the_last_validation():
+    """The last epoch ends `reserve` seconds before the limit: with the whole limit as its course,
+    poly's rate was still 11% of the peak there (a red-team round)."""
+    budget = TimeBudget(limit=10.0, before=9.0, reserve=1.0)
+    assert budget.progress(step=5, steps_per_epoch=10) == 1.0  # 9 s of the 9 there are to train
+    assert TimeBudget(limit=10.0, before=4.0, reserve=9.0).progress(step=5, steps_per_epoch=10) == 0.8  # at most halved

@@ -60,6 +60,9 @@ def check_fields(instance: Any, spelled: Callable[[str, Any], str] | None = None
             need = "one of " + ", ".join(sorted(choices))
         elif valid is not None and not valid(value):
             need = field.metadata["need"]
+            if isinstance(value, str | bool) and any(word in str(field.type) for word in ("int", "float")):
+                # InferenceOptions(zoom="0.5") was told it "must be ..., e.g. 0.5" (a red-team round)
+                need += f" (a number, where {value!r} is {'text' if isinstance(value, str) else 'true/false'})"
         else:
             continue
         raise UnetkitError(f"{spelled(field.name, value)} is invalid: it must be {need}")

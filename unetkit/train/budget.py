@@ -46,7 +46,9 @@ class TimeBudget:
         it (a slow or busy machine), of those epochs, whichever is behind. So the LR reaches ~0
         when both the time and the minimum epochs are spent."""
         assert self.limit is not None, "only a timed run's schedule reads the budget"
-        progress = self.elapsed() / self.limit
+        # over the training time: the last epoch ends `reserve` before the limit, where poly's
+        # rate was still 11% of the peak with the whole limit as its course (a red-team round)
+        progress = self.elapsed() / max(self.limit - self.reserve, 0.5 * self.limit)
         if self.min_epochs:
             progress = min(progress, step / (self.min_epochs * steps_per_epoch))
         if self.epochs:  # the epochs may run out before the time does: anneal by then too
