@@ -27,10 +27,10 @@ def training_pass(
     interrupt: InterruptFlag,
     label: str,
     progress: Progress | None = None,
-    out_of_time: Callable[[], bool] | None = None,
+    out_of_time: Callable[[int], bool] | None = None,
 ) -> tuple[float, int]:
     """The mean training loss of one pass over the loader and its batches, fewer than the
-    loader's where `out_of_time()` said so after one; `progress` hears the images done (`label`:
+    loader's where `out_of_time(batches done)` said so after one; `progress` hears the images done (`label`:
     the epoch's, with the running loss)."""
     built.model.train()
     total_loss, batches, done = torch.zeros((), device=dist.device), 0, 0
@@ -61,7 +61,7 @@ def training_pass(
         if progress is not None and (batches == 1 or batches % 5 == 0):  # .item() syncs: not every step
             what = f"epoch {label} loss {float(total_loss) / batches:.4f}"
         tell(progress, min(done, total), total, what)
-        if out_of_time is not None and out_of_time():
+        if out_of_time is not None and out_of_time(batches):
             break
     return float(total_loss) / max(1, batches), batches
 
