@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -36,3 +37,11 @@ def pytest_configure(config: pytest.Config) -> None:
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Every module the tests import is loaded by now (torch, napari, Qt): moved out of the garbage
+    collector's reach, a full collection walks only what the tests make. napari runs one each time
+    a viewer's layers are cleared: 0.7 s of each napari test's teardown, ~0.05 s after this."""
+    gc.collect()
+    gc.freeze()

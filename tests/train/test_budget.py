@@ -33,3 +33,17 @@ def test_the_schedule_runs_its_course_over_the_training_time_left_before_the_las
     budget = TimeBudget(limit=10.0, before=9.0, reserve=1.0)
     assert budget.progress(step=5, steps_per_epoch=10) == 1.0  # 9 s of the 9 there are to train
     assert TimeBudget(limit=10.0, before=4.0, reserve=9.0).progress(step=5, steps_per_epoch=10) == 0.8  # at most halved
+
+
+def test_one_slow_epoch_end_does_not_stop_the_run_early():
+    """The reserve is the median of the recent ends: one slow validation on a busy machine stopped a
+    3 s run an epoch early with its rate at 21% of the peak."""
+    budget = TimeBudget(limit=10.0, before=8.0)
+    for seconds in (0.1, 0.1, 0.1, 1.8):
+        budget.note_end(seconds)
+    assert budget.reserve == 0.1 and not budget.no_room(epoch=5, training_seconds=1.0)
+    for seconds in (1.8, 1.8):  # the machine stays slow: the reserve follows it
+        budget.note_end(seconds)
+    assert budget.reserve == 1.8 and budget.no_room(epoch=7, training_seconds=1.0)
+    budget.note_end(0.2)
+    assert len(budget.ends) == 5  # the last five ends

@@ -280,7 +280,7 @@ def test_cpu_ranks_count_the_memory_they_share(monkeypatch):
 
     args = {"in_channels": 1, "num_classes": 2, "base_channels": 16, "depth": 3}
     spec = ModelSpec("unet", args, MaskValues([0, 1, 2]), Preprocess(1, [0.5], [0.25]), False)
-    params, maps = setup.counted_on_meta(spec)
+    params, maps = setup.counted(spec)
     cfg = TrainConfig(images="i", masks="m", patch_size=256, batch_size=8, amp="off")
     need = setup.BYTES_PER_TRAINED_PARAMETER * params + 8 * maps * (256 / setup.MAPS_MEASURED_AT) ** 2
     monkeypatch.setattr(setup, "memory_bytes", lambda: int(need * 1.5))
@@ -328,7 +328,7 @@ def test_a_batch_is_counted_at_most_an_epochs_samples_and_a_batch_of_one_offered
 
     args = {"in_channels": 1, "num_classes": 2, "base_channels": 16, "depth": 3}
     spec = ModelSpec("unet", args, MaskValues([0, 255]), Preprocess(1, [0.5], [0.25]), True)
-    params, maps = setup.counted_on_meta(spec)
+    params, maps = setup.counted(spec)
     per_sample = maps * (2048 / setup.MAPS_MEASURED_AT) ** 2  # fp32, whole 2048 px images
     monkeypatch.setattr(setup, "memory_bytes", lambda: int(setup.BYTES_PER_TRAINED_PARAMETER * params + 2 * per_sample))
     cfg = TrainConfig(images="i", masks="m", patch_size=0, scale=1.0, batch_size=4, amp="off")

@@ -19,7 +19,8 @@ rounding, taken only where it is clearly faster.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +52,18 @@ WINOGRAD_MARGIN = 0.95
 _gemm_is_faster: dict[tuple, bool] = {}  # the probe's answer for each shape, for the process
 _winograd_is_faster: dict[tuple, bool] = {}
 PROBES = {"gemm_weight_gradient": "_gemm_is_faster", "winograd": "_winograd_is_faster"}  # by name: tests swap them
+_probes_aside = [False]  # set by without_probes()
+
+
+@contextmanager
+def without_probes() -> Iterator[None]:
+    """A forward that times nothing and records no choice: one that only counts what training
+    keeps (train/setup.py's kept_maps), at a size training never runs."""
+    _probes_aside[0] = True
+    try:
+        yield
+    finally:
+        _probes_aside[0] = False
 
 
 class Conv3x3(nn.Conv2d):
@@ -64,7 +77,7 @@ class Conv3x3(nn.Conv2d):
         if not (torch.is_grad_enabled() and x.device.type == "cpu" and self.weight.requires_grad):
             return super().forward(x)
         x, weight, bias = cast_as_autocast_would(x, self.weight, self.bias)
-        if winograd_fits(x) and not tracing() and winograd_is_faster(x, weight):
+        if winograd_fits(x) and not tracing() and not _probes_aside[0] and winograd_is_faster(x, weight):
             return WinogradConv3x3Function.apply(x, weight, bias)
         return Conv3x3Function.apply(x, weight, bias)
 

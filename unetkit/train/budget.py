@@ -9,7 +9,7 @@ what is left.
     budget.spent(epoch)               whether the epoch under way should end at this batch
 
 An epoch starts while at least a quarter of one's training is left, and ends at the batch where
-what is left is what its validation and saving take (`reserve`, the last epoch's): a timed run
+what is left is what its validation and saving take (`reserve`, the recent epochs'): a timed run
 trains until its time is up, and its rate anneals to ~0 then. (Before, no epoch started that
 would pass the limit: a 10 s run of 7 s epochs stopped at 7 s with its rate at 66% of the peak,
 a red-team finding.)"""
@@ -17,11 +17,14 @@ a red-team finding.)"""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from statistics import median
 
 # An epoch starts only for at least this share of one's training: a shorter end would pay a whole
 # validation for a few batches at a rate near 0.
 LEAST_EPOCH_SHARE = 0.25
+# An epoch's end is reckoned from this many of the last ones: one slow end is not the next one's.
+ENDS_KEPT = 5
 
 
 @dataclass
@@ -31,7 +34,8 @@ class TimeBudget:
     epochs: int | None = None  # --epochs, which may run out before the time does
     before: float = 0.0  # seconds spent by earlier processes of this run (resume)
     started: float | None = None  # perf_counter() when this process started training
-    reserve: float = 0.0  # seconds an epoch's end takes (validation, saving): the last epoch's
+    reserve: float = 0.0  # seconds an epoch's end takes (validation, saving): see `note_end`
+    ends: list[float] = field(default_factory=list)  # this process's epochs' ends, in seconds
 
     def start(self) -> None:
         self.started = time.perf_counter()
@@ -54,6 +58,13 @@ class TimeBudget:
         if self.epochs:  # the epochs may run out before the time does: anneal by then too
             progress = max(progress, step / (self.epochs * steps_per_epoch))
         return progress
+
+    def note_end(self, seconds: float) -> None:
+        """An epoch's end (validation, saving, files) took `seconds`: the reserve is the median of
+        the last ENDS_KEPT ends. With the last end alone, one slow validation on a busy machine
+        stopped a run an epoch early with its rate at 21% of the peak (a 3 s run in the suite)."""
+        self.ends = [*self.ends[-(ENDS_KEPT - 1) :], seconds]
+        self.reserve = median(self.ends)
 
     def left(self) -> float:
         """Seconds of the limit left for training, after the reserve for an epoch's end."""

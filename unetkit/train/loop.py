@@ -174,7 +174,7 @@ class Trainer:
             if on_epoch_end is not None:
                 on_epoch_end(row)
             # the next epoch's end is kept out of its training time: validation, saving, files
-            self.budget.reserve = time.perf_counter() - epoch_start - self.training_seconds
+            self.budget.note_end(time.perf_counter() - epoch_start - self.training_seconds)
             reason = self.stop_rules.reason_to_stop(epoch, self.epochs_since_best, self.budget, self.training_seconds)
             if self.cut_short is not None:
                 done, of = self.cut_short

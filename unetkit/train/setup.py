@@ -8,6 +8,7 @@ Each takes the resolved options and returns what the Trainer (loop.py) holds."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -22,7 +23,7 @@ from unetkit.data.transforms import STRONG_PHOTOMETRIC
 from unetkit.errors import UnetkitError
 from unetkit.models import model_class
 from unetkit.models.checkpoint import cpu_weights
-from unetkit.models.conv3x3 import probe_choices, restore_probe_choices
+from unetkit.models.conv3x3 import probe_choices, restore_probe_choices, without_probes
 from unetkit.models.spec import ModelSpec
 from unetkit.runtime.allocator import keep_freed_memory
 from unetkit.runtime.amp import AmpPolicy, resolve_amp
@@ -161,9 +162,10 @@ def check_training_fits(
     `samples`: an epoch's, which a batch cannot pass (one 4000^2 image was refused at the batch
     of 4 it never fills: a red-team round)."""
     try:
-        parameters, maps = counted_on_meta(spec)
+        skeleton = laid_out_on_meta(spec)
     except Exception:  # a model that cannot be built or run there (an encoder's own code) is not checked
         return
+    parameters = sum(p.numel() for p in skeleton.parameters())
     sharing = 1 if device.type == "cuda" else processes_on_this_machine()
     have = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else memory_bytes() // sharing
     weights = BYTES_PER_TRAINED_PARAMETER * parameters
@@ -178,9 +180,15 @@ def check_training_fits(
             "--base-channels"
         )
     side = cfg.patch_size or round(largest_side * cfg.scale)
+    if not side:
+        return
+    try:
+        maps = kept_maps(skeleton, spec.in_channels)  # the weights fit: they may be laid out for real now
+    except Exception:
+        return
     batch = min(cfg.batch_size or 1, samples) if samples else cfg.batch_size or 1
     per_sample = maps * (side / MAPS_MEASURED_AT) ** 2 * (1.0 if cfg.amp == "off" else 0.5)
-    if not side or weights + batch * per_sample <= have:
+    if weights + batch * per_sample <= have:
         return
     what = f"{side}x{side} patches" if cfg.patch_size else f"whole images (up to {side} px a side)"
     # The counted maps are a floor: HC18 at 512 px, batch 16, counted 2.5 / 5.0 GiB (bf16 / fp32)
@@ -197,11 +205,22 @@ def check_training_fits(
     )
 
 
-def counted_on_meta(spec: ModelSpec) -> tuple[int, float]:
-    """The network's parameters and the bytes of activation maps (fp32) one training forward of one
-    MAPS_MEASURED_AT-sided sample keeps for its backward pass (the weights it keeps left out)."""
+def laid_out_on_meta(spec: ModelSpec) -> nn.Module:
+    """The network's modules on the meta device: shapes without memory, so its parameters are
+    counted before a model too large for the machine allocates anything."""
     with torch.device("meta"):
-        model = spec.build().train()
+        return spec.build().train()
+
+
+def kept_maps(skeleton: nn.Module, in_channels: int) -> float:
+    """The bytes of activation maps (fp32) one training forward of one MAPS_MEASURED_AT-sided sample
+    keeps for its backward pass (the weights left out), on the CPU: run on the meta device, the
+    forward imported torch's meta kernels and sympy, 3 s of every `unetkit train`'s start (0.1 s
+    this way). The weights are laid out uninitialised and zeroed: only the shapes count."""
+    model = skeleton.to_empty(device="cpu")
+    with torch.no_grad():
+        for tensor in itertools.chain(model.parameters(), model.buffers()):
+            tensor.zero_()
     weights = {id(p) for p in model.parameters()}
     kept: dict[int, int] = {}
 
@@ -210,10 +229,16 @@ def counted_on_meta(spec: ModelSpec) -> tuple[int, float]:
             kept[id(tensor)] = tensor.numel() * tensor.element_size()
         return tensor
 
-    x = torch.empty(1, spec.in_channels, MAPS_MEASURED_AT, MAPS_MEASURED_AT, device="meta")
-    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+    x = torch.zeros(1, in_channels, MAPS_MEASURED_AT, MAPS_MEASURED_AT)
+    with without_probes(), torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
         model(x)
-    return sum(p.numel() for p in model.parameters()), float(sum(kept.values()))
+    return float(sum(kept.values()))
+
+
+def counted(spec: ModelSpec) -> tuple[int, float]:
+    """The network's parameters and its kept activation maps (see kept_maps)."""
+    skeleton = laid_out_on_meta(spec)
+    return sum(p.numel() for p in skeleton.parameters()), kept_maps(skeleton, spec.in_channels)
 
 
 def timed_choices(cfg: TrainConfig, spec: ModelSpec, dist: Distributed) -> tuple[AmpPolicy, bool]:
