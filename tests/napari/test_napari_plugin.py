@@ -24,6 +24,16 @@ from unetkit.napari import predict_widget  # noqa: E402
 from unetkit.napari.samples import nuclei  # noqa: E402
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _earlier_tests_out_of_the_collectors_reach():
+    """napari runs a full garbage collection each time a viewer's layers are cleared (each test's
+    teardown): what the worker's earlier tests left alive is frozen once here, not walked each time."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def test_a_layer_is_predicted_as_its_planes_or_refused_in_words():
     rgb_stack = np.zeros((4, 16, 16, 3), np.uint8)
     assert [p.shape for p in predict_widget.planes_of(rgb_stack, True, 1)] == [(16, 16, 3)] * 4
