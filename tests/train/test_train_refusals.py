@@ -438,7 +438,7 @@ def case_a_network_whose_training_state_passes_the_memory(tmp_path, monkeypatch,
 
 def case_a_batch_whose_activation_maps_pass_the_memory(tmp_path, monkeypatch, **_):
     """`--patch-size 512 --batch-size 512` was taken, then ended in the CPU allocator's traceback or
-    the kernel's OOM kill (a red-team round): the maps one sample keeps are counted on the meta device."""
+    the kernel's OOM kill (a red-team round): the maps one 128 px sample keeps are counted, then scaled."""
     import unetkit.train.setup
 
     monkeypatch.setattr(unetkit.train.setup, "memory_bytes", lambda: 2.0**31)
