@@ -238,6 +238,22 @@ def test_instance_masks_become_classes_and_keep_their_objects():
     assert with_centres[2, 2] == 3 and with_centres[2, 5] == 3 and with_centres[2, 4] == 2
 
 
+def test_a_mask_of_one_value_given_as_instances_holds_its_regions_as_objects():
+    """A dsb2018-dev 0/255 mask of 23 nuclei was one true object to an instance model (AP 0.000),
+    and trained as one: its objects are its 4-connected regions, as a semantic mask's are."""
+    binary = np.zeros((20, 30), np.uint8)
+    binary[2:8, 2:8] = binary[10:18, 12:20] = binary[3:6, 22:28] = 255
+    binary[0, 0] = 9  # the ignore value: no object, and not a second id
+    classes = instance_classes(binary, "centres", ignore_value=9)
+    assert label(classes == 3, connectivity=1).max() == 3 and classes[0, 0] == 9  # a centre an object
+    class_ids = np.where(binary == 9, 99, binary == 255).astype(np.uint8)  # 99: encode's ignore id
+    objects = mask_objects(binary, class_ids, "centres", [1], ignore_id=99)
+    assert objects.max() == 3 and np.array_equal(objects > 0, binary == 255)
+    instances = np.where(binary == 255, 4, 0).astype(np.uint16)
+    instances[10:18, 12:20] = 5  # two ids: the mask's own, the region with id 4 twice stays one object
+    assert mask_objects(instances, (instances > 0).astype(np.uint8), "centres", [1]).max() == 2
+
+
 def test_centres_are_the_deepest_pixels_of_each_object():
     """A 9x9 square's centre is its pixels at least half its deepest distance from outside; an
     object two pixels thick is all edge, so has no centre (its objects are cut without a seed)."""

@@ -80,11 +80,30 @@ def check_dataset(
     if instance_masks:
         counts = sorted(scan.objects.values())
         report["objects"] = {"total": sum(counts), "per_mask_median": counts[len(counts) // 2] if counts else 0}
+        warnings += one_value_instances(scan)
     report["pairs"] = len(matching.pairs)
     report["tiff_axes"] = scan.stacks
     report["mask_suffix"] = matching.suffix
     report["ok"] = not problems
     return report
+
+
+def one_value_instances(scan: FolderScan) -> list[dict]:
+    """Instance masks of one value over several regions (0/255 masks given --instance-masks): each
+    region is read as an object, so objects that touch are one. `check` approved such masks as 40
+    objects, a median of one a mask, and the run scored AP 0.000 (a red-team round)."""
+    single = [name for name, facts in zip(scan.names, scan.facts, strict=True) if facts.ids == 1 and facts.objects > 1]
+    if not single:
+        return []
+    return [
+        {
+            "file": single[0],
+            "problem": f"{len(single)} of {len(scan.names)} instance masks hold one value over several regions: "
+            "each 4-connected region is read as an object, so touching objects count as one",
+            "fix": "give each object its own id (scikit-image's label() on a mask that separates them), or drop "
+            "--instance-masks to train the masks as classes",
+        }
+    ]
 
 
 def validation_split(pairs: Sequence[Pair]) -> list[dict]:
@@ -180,7 +199,7 @@ def recognise_instances(scan: FolderScan, warnings: list[dict]) -> bool:
     if looks_like_instances(scan.facts):
         background = scan.value_counts.get(0, 0)
         scan.value_counts = Counter({0: background, 1: sum(scan.value_counts.values()) - background})
-        scan.objects = {name: facts.ids for name, facts in zip(scan.names, scan.facts, strict=True)}
+        scan.objects = {name: facts.objects for name, facts in zip(scan.names, scan.facts, strict=True)}
         return True
     if looks_like_instances(scan.facts, sure=False):
         warnings.append(
@@ -222,7 +241,7 @@ def scan_pairs(
         scan.names.append(pair.label)
         scan.facts.append(mask_facts(mask))
         if instance_masks:
-            scan.objects[pair.label] = scan.facts[-1].ids  # the distinct ids above 0
+            scan.objects[pair.label] = scan.facts[-1].objects
             mask = instance_classes(mask, "objects")
         values, counts = value_counts(mask)
         scan.value_counts.update(dict(zip(values.tolist(), counts.tolist(), strict=True)))

@@ -5,6 +5,7 @@ import pytest
 import tifffile
 import torch
 from PIL import Image
+from skimage.measure import label
 from synthetic import TINY_TRAIN, make_shapes
 
 from unetkit.cli import main
@@ -212,6 +213,20 @@ def test_check_warns_of_a_mask_value_only_one_mask_holds(tmp_path, capsys):
     )
 
 
+def test_check_counts_the_regions_of_one_value_masks_given_as_instances_and_says_so(tmp_path, capsys):
+    """0/255 masks with --instance-masks were approved as one object a mask (a red-team round)."""
+    images, masks = make_shapes(tmp_path, count=4)
+    for path in masks.iterdir():  # a second object in each mask, of the same value
+        mask = np.asarray(Image.open(path)).copy()
+        mask[-4:, -4:] = mask.max()
+        Image.fromarray(mask).save(path)
+    regions = sum(label(np.asarray(Image.open(path)) > 0, connectivity=1).max() for path in sorted(masks.iterdir()))
+    assert main(["check", "--images", str(images), "--masks", str(masks), "--instance-masks"]) == 0
+    out = capsys.readouterr().out
+    assert f"objects: {regions} " in out and regions > 4
+    assert "4 of 4 instance masks hold one value over several regions" in out and "its own id" in out
+
+
 def test_check_warns_of_images_of_several_bit_depths_as_train_notes_them(tmp_path, capsys):
     """Each file is scaled by its own type's maximum: a 16-bit file of 12-bit data reads 16x darker
     than the 8-bit images, so a mixed set is said (and training can still work)."""
@@ -367,3 +382,16 @@ def test_the_overlay_legend_grows_with_the_image():
         assert (drawn[box_bottom - 1, 3] == 0).all() and (drawn[box_bottom + 2, 3] > 0).all()
         text = drawn[: box_bottom - 1, 18 * scale :]
         assert (text > 200).any()  # the names, in white
+
+
+def test_a_threshold_given_to_a_model_of_classes_is_said_to_change_nothing(monkeypatch):
+    """The nuclei model (4 classes) took --threshold 0.95 in silence and wrote the same files."""
+    from unetkit.runtime import notes
+    from unetkit.runtime.notes import notes_to
+
+    monkeypatch.setattr(notes, "_SAID", set())  # said once a process: whatever ran before in it
+    said: list[str] = []
+    with notes_to(said.append):
+        Predictor.from_pretrained("nuclei", options=InferenceOptions(threshold=0.95))
+        Predictor.from_pretrained("nuclei")  # the default: nothing to say
+    assert len(said) == 1 and "--threshold 0.95 cuts binary models only: this model has 4 classes" in said[0]

@@ -52,6 +52,14 @@ def shapes_labels(shape=(120, 160)) -> np.ndarray:
     return labels
 
 
+def area_centroid(ring: list) -> tuple[float, float]:
+    """The centroid of a simple polygon's area (the shoelace formula)."""
+    x, y = np.asarray(ring, float).T
+    cross = x[:-1] * y[1:] - x[1:] * y[:-1]
+    area = cross.sum() / 2
+    return ((x[:-1] + x[1:]) * cross).sum() / (6 * area), ((y[:-1] + y[1:]) * cross).sum() / (6 * area)
+
+
 def written_objects(tmp_path, labels: np.ndarray, formats=("geojson", "imagej")):
     classes = np.ones(labels.max() + 1, np.int64)
     probabilities = np.stack([np.zeros(labels.shape), np.ones(labels.shape)]).astype(np.float32)
@@ -78,6 +86,10 @@ def test_geojson_outlines_rasterise_back_to_the_labels(tmp_path, monkeypatch, re
         mask = feature_mask(feature["geometry"], labels.shape)
         iou = (mask & truth).sum() / (mask | truth).sum()
         assert iou >= 0.99, (object_id, iou)
+        if feature["geometry"]["type"] == "Polygon" and len(feature["geometry"]["coordinates"]) == 1:
+            # the centroid in the outline's frame: half a pixel off it before (a red-team round)
+            (x, y), measured = area_centroid(feature["geometry"]["coordinates"][0]), properties["measurements"]
+            assert (measured["centroid_x"], measured["centroid_y"]) == pytest.approx((x, y), abs=0.3), object_id
     by_id = {int(f["properties"]["measurements"]["id"]): f["geometry"] for f in collection["features"]}
     assert len(by_id[2]["coordinates"]) == 2  # the ring: outer and hole
     assert by_id[6]["type"] == "MultiPolygon" and by_id[1]["type"] == "Polygon"

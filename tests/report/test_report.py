@@ -33,6 +33,8 @@ def test_training_writes_a_self_contained_report(reported_run):
     assert not re.search(r"""(src|href)=["']https?:""", html)  # nothing fetched from a network
     assert "the run&#39;s validation images" in html  # autoescaped by the template engine
     assert "<li>mask value 2:" in html  # a class named by the value its masks hold
+    # the counts named as what they are: "found / true" showed the predicted count (a red-team round)
+    assert "pooled AP@0.5 / AP@0.5:0.9" in html and "objects matched at IoU 0.5 / predicted / true" in html
 
 
 def test_report_command_on_other_images(reported_run, tmp_path, capsys):

@@ -24,7 +24,7 @@ from scipy import ndimage
 from skimage.measure import label
 
 from unetkit.data.mask_values import MAX_DISCOVERED_VALUES, MaskValues, discover_mask_values, zero_dominates
-from unetkit.data.objects import INSTANCE_VALUES, instance_classes, value_counts
+from unetkit.data.objects import INSTANCE_VALUES, instance_classes, instance_labels, value_counts
 from unetkit.data.pairing import Pair
 from unetkit.data.preprocess import IMAGE_PERCENTILES, channel_percentiles
 from unetkit.errors import UnetkitError
@@ -53,6 +53,7 @@ class MaskFacts:
     mask_counts: np.ndarray  # their pixel counts
     ids: int  # distinct values above 0
     regions: int  # 8-connected regions of one value above 0 (an instance mask: one per id)
+    objects: int  # read as an instance mask: its ids, or one id's 4-connected components (objects.instance_labels)
 
 
 def mask_facts(mask: np.ndarray, ignore_value: int | None = None) -> MaskFacts:
@@ -61,7 +62,9 @@ def mask_facts(mask: np.ndarray, ignore_value: int | None = None) -> MaskFacts:
     # Regions 8-connected, as scikit-image's label() makes objects by default: counted 4-connected, a
     # nuclei mask labelled so held 16 ids in 39 regions and read as classes (a red-team round).
     regions = int(label(stored, connectivity=2).max())
-    return MaskFacts(values, counts, len(values) - bool(values[0] == 0), regions)
+    ids = len(values) - bool(values[0] == 0)
+    objects = int(instance_labels(stored).max()) if ids == 1 else ids
+    return MaskFacts(values, counts, ids, regions, objects)
 
 
 @dataclass

@@ -128,6 +128,10 @@ def qupath_feature(stem: str, row: dict[str, str], rings: list[list[Ring]], inst
     value = int(row["mask_value"])
     name = "object" if instance_model else f"value {value}"
     measurements = {key: float(row[key]) for key in ("area", "centroid_x", "centroid_y", "mean_probability")}
+    # in the outline's frame, pixel centres at half-integers: the table's pixel indices sat each
+    # centroid half a pixel up and left of its outline in QuPath (a red-team round)
+    measurements["centroid_x"] += 0.5
+    measurements["centroid_y"] += 0.5
     key = f"unetkit {stem} {row.get('plane', '')} {row['id']}"
     return {
         "type": "Feature",

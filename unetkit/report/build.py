@@ -92,7 +92,8 @@ def image_scores(scores: dict, objects: bool) -> str:
     text = f"Dice {show(scores['dice'])}"
     if objects and "ap" in scores:
         text += f", AP {show(scores['ap'])}, adapted Rand error {show(scores.get('adapted_rand_error'))}"
-        text += f", objects {scores['predicted_objects']} found / {scores['true_objects']} true"
+        counts = f"{scores['matches']} matched / {scores['predicted_objects']} predicted / {scores['true_objects']}"
+        text += f", objects {counts} true"
     return text
 
 

@@ -157,10 +157,11 @@ def check_training_fits(
     8.6e9 parameters, was killed for memory with no message), then those plus the activation maps
     a batch keeps for its backward pass (`--patch-size 512 --batch-size 512` asked for ~80 GiB and
     ended in an allocator's traceback: red-team rounds). The parameters are counted on the meta
-    device, which holds no numbers, and only once they fit are the maps counted for real; the maps at bf16's 2 bytes unless --amp off, so only a run that cannot fit in
-    any precision is refused. `largest_side`: the training images' (whole-image training);
-    `samples`: an epoch's, which a batch cannot pass (one 4000^2 image was refused at the batch
-    of 4 it never fills: a red-team round)."""
+    device, which holds no numbers, and only once they fit are the maps counted for real; the maps
+    at bf16's 2 bytes unless --amp off, so only a run that cannot fit in any precision is refused.
+    `largest_side`: the training images' (whole-image training); `samples`: an epoch's, which a
+    batch cannot pass (one 4000^2 image was refused at the batch of 4 it never fills: a red-team
+    round)."""
     try:
         skeleton = laid_out_on_meta(spec)
     except Exception:  # a model that cannot be built or run there (an encoder's own code) is not checked
