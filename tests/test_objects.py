@@ -489,3 +489,11 @@ def test_objects_labelled_8_connected_fit_as_instances():
     facts = mask_facts(objects.astype(np.uint16))
     assert facts.regions == facts.ids == objects.max()
     assert looks_like_instances([facts], fits=True)
+
+
+def test_an_overlays_legend_names_an_instance_models_classes():
+    """An instance model's overlay read "value 0 ... value 3", values its masks never held."""
+    from unetkit.data import MaskValues
+
+    assert MaskValues([0, 1, 2, 3], instances="centres").legend[2:] == ["value 2: boundary", "value 3: centre"]
+    assert MaskValues([0, 255]).legend == ["value 0", "value 255"]

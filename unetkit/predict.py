@@ -283,5 +283,4 @@ def write_prediction(
         save_table(outputs.file(stem, "object_table"), table, predictor.mask_values.values)
     del logits
     if outputs.overlay:
-        legend = [f"value {value}" for value in predictor.mask_values.values]
-        save_png(outputs.file(stem, "overlay"), overlay(image, class_ids, legend))
+        save_png(outputs.file(stem, "overlay"), overlay(image, class_ids, predictor.mask_values.legend))

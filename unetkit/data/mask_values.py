@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unetkit.data.objects import instance_classes, mask_objects
+from unetkit.data.objects import INSTANCE_CLASS_NAMES, instance_classes, mask_objects
 from unetkit.errors import UnetkitError
 
 IGNORE_ID = 255  # class id stored for pixels whose value is the ignore value
@@ -106,6 +106,17 @@ class MaskValues:
         """A mask's objects as this task counts them (objects.mask_objects): an instance mask's
         own ids, else the components of each object class in `class_ids` (encode's)."""
         return mask_objects(mask, class_ids, self.instances, self.object_class_ids, IGNORE_ID)
+
+    @property
+    def legend(self) -> list[str]:
+        """Each class as an overlay's legend names it: by the value a predicted mask holds for it,
+        and for an instance model by what that value is (its masks hold object ids, not these; the
+        legend read "value 0 ... value 3": a red-team round)."""
+        if self.instances:
+            return [
+                f"value {v}: {name}" for v, name in zip(self.values, INSTANCE_CLASS_NAMES[self.instances], strict=True)
+            ]
+        return [f"value {value}" for value in self.values]
 
     def decode(self, class_ids: np.ndarray) -> np.ndarray:
         """Class ids -> the user's pixel values, in the smallest integer type that holds them."""

@@ -49,8 +49,7 @@ class StackPrediction:
             table = object_table(kept["labels"], classes, probabilities, bool(predictor.mask_values.instances))
             kept["table"] = table_rows(table, predictor.mask_values.values)
         if outputs.overlay:
-            legend = [f"value {value}" for value in predictor.mask_values.values]
-            kept["overlay"] = overlay(image, class_ids, legend)
+            kept["overlay"] = overlay(image, class_ids, predictor.mask_values.legend)
         with self.lock:
             self.planes[plane] = kept
             complete = len(self.planes) == self.layout.planes

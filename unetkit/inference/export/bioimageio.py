@@ -278,9 +278,7 @@ def package_files(folder: Path, net: nn.Module, raw: np.ndarray, maximum: float,
     files["torchscript"], files["onnx"] = write_weights(net, normalised(raw, maximum, spec), folder)
     files["cover"] = folder / "cover.png"
     image = (raw.transpose(1, 2, 0) / maximum).clip(0, 1)
-    save_png(
-        files["cover"], overlay(image, expected[0].argmax(axis=0), [f"value {v}" for v in spec.mask_values.values])
-    )
+    save_png(files["cover"], overlay(image, expected[0].argmax(axis=0), spec.mask_values.legend))
     files["documentation"] = folder / "README.md"
     files["documentation"].write_text(documentation(spec))
     return files
