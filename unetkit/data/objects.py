@@ -95,8 +95,7 @@ def instance_labels(labels: np.ndarray) -> np.ndarray:
     instances) holds its objects as that id's 4-connected components. Read as one object, a
     dsb2018-dev 0/255 mask of 23 nuclei was one true object, and an instance model's AP 0.000
     against it (a red-team round)."""
-    present = np.bincount(labels.ravel()) if few_ids(labels) else np.unique(labels)
-    ids = np.flatnonzero(present) if few_ids(labels) else present
+    ids = np.flatnonzero(np.bincount(labels.ravel())) if few_ids(labels) else np.unique(labels)
     ids = ids[ids != 0]
     if len(ids) != 1:
         return labels
