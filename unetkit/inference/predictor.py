@@ -234,14 +234,16 @@ class Predictor:
         self.preprocess = self.spec.preprocess  # at --zoom, the images are resized by it too
         if self.options.zoom != 1:
             self.preprocess = dataclasses.replace(self.preprocess, scale=self.preprocess.scale * self.options.zoom)
-        self.binary = self.spec.binary
-        self.num_outputs = self.spec.num_outputs  # logits per pixel, as built
+        self.binary, self.num_outputs = self.spec.binary, self.spec.num_outputs  # logits per pixel, as built
+        self._say_an_unread_threshold()
+
+    def _say_an_unread_threshold(self) -> None:
+        """--threshold cuts binary models: given to a model of classes, it is said to change nothing
+        (the nuclei model took 0.95 in silence and wrote the same files: a red-team round)."""
         if not self.binary and self.options.threshold != InferenceOptions().threshold:
-            # taken in silence, it changed nothing (the nuclei model at 0.95: the same files; a red-team round)
-            classes = self.mask_values.num_classes
             say_once("threshold", f"--threshold {self.options.threshold:g} cuts binary models only: this model has "
-                     f"{classes} classes and each pixel takes the most probable; for its objects, --seed-threshold "
-                     "and --flood-threshold")  # fmt: skip
+                     f"{self.mask_values.num_classes} classes and each pixel takes the most probable; for its "
+                     "objects, --seed-threshold and --flood-threshold")  # fmt: skip
 
     @property
     def object_rule(self) -> ObjectRule:
