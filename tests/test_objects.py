@@ -497,3 +497,18 @@ def test_an_overlays_legend_names_an_instance_models_classes():
 
     assert MaskValues([0, 1, 2, 3], instances="centres").legend[2:] == ["value 2: boundary", "value 3: centre"]
     assert MaskValues([0, 255]).legend == ["value 0", "value 255"]
+
+
+def test_a_single_value_mask_counts_its_objects_only_when_asked():
+    """check reads a 0/255 mask given as instances as its 4-connected regions; train's scan, which
+    never reads the count, skips that labelling (one label() a binary mask, hc18 and ISBI alike)."""
+    from unetkit.data.fingerprint import mask_facts
+
+    mask = np.zeros((20, 20), np.uint8)
+    mask[2:5, 2:5] = mask[5:8, 5:8] = mask[12:15, 12:15] = 255  # 2 regions 8-connected, 3 objects 4-connected
+    assert mask_facts(mask).objects is None
+    facts = mask_facts(mask, count_objects=True)
+    assert (facts.ids, facts.regions, facts.objects) == (1, 2, 3)
+    two_ids = np.where(mask[:, :10] > 0, 1, 0).astype(np.uint8)
+    two_ids[12:15, 2:5] = 2
+    assert mask_facts(two_ids).objects == 2  # ids are counted as they are

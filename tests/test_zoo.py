@@ -71,6 +71,24 @@ def test_predict_with_the_nuclei_model_finds_nuclei_with_no_training(tmp_path, c
         assert len(json.loads((out / f"n{index}_objects.geojson").read_text())["features"]) == len(rows)
 
 
+def test_predict_says_what_an_instance_models_mask_holds(tmp_path, capsys, monkeypatch):
+    """The nuclei model's <stem>.png holds its classes 0-3, near black: said, with where its objects
+    are, unless --instances asks for them. Nuclei images are not said to hold no signal."""
+    from unetkit.runtime import notes
+
+    fluorescent_nuclei(tmp_path / "images", count=2)
+    monkeypatch.setattr(notes, "_SAID", set())  # said once a process: whatever ran before in it
+    code, text, err = run_cli(capsys, "predict", "--model", "nuclei", tmp_path / "images", "--out", tmp_path / "out",
+                              "--no-progress")  # fmt: skip
+    assert code == 0, err
+    assert "masks hold its classes (0: background, 1: object, 2: boundary, 3: centre); --instances writes" in text
+    assert "no signal" not in text
+    monkeypatch.setattr(notes, "_SAID", set())
+    code, text, err = run_cli(capsys, "predict", "--model", "nuclei", tmp_path / "images", "--out", tmp_path / "objects",
+                              "--instances", "--no-progress")  # fmt: skip
+    assert code == 0 and "masks hold its classes" not in text, err
+
+
 def test_a_nucleus_probability_in_the_table_is_its_foregrounds_in_memory_and_out_of_core(tmp_path, capsys):
     """The table's mean_probability of an instance model's object is 1 - P(background) over its
     pixels (it was the object class's alone: 0.39 for the median dsb2018 nucleus), by both paths."""

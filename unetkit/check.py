@@ -239,7 +239,7 @@ def scan_pairs(
             problems.append({"file": str(err).split(": ", 1)[0], "problem": str(err).split(": ", 1)[1]})
         scan.depths.setdefault(bit_depth(mask.dtype), pair.mask)
         scan.names.append(pair.label)
-        scan.facts.append(mask_facts(mask))
+        scan.facts.append(mask_facts(mask, count_objects=True))
         if instance_masks:
             scan.objects[pair.label] = scan.facts[-1].objects
             mask = instance_classes(mask, "objects")

@@ -90,7 +90,8 @@ def run_demo(out: str | Path = "runs/demo", progress: bool = True, amp: str = "a
     objects = report.objects
     print(
         f"held-out cells as objects: adapted Rand error {objects['adapted_rand_error']:.4f}, "
-        f"{objects['predicted_objects']} found / {objects['true_objects']} true"
+        f"{objects['matches']} matched at IoU 0.5 / {objects['predicted_objects']} predicted / "
+        f"{objects['true_objects']} true"
     )
     print(f"training {trained:.0f}s, total {total:.0f}s")
     print(f"checkpoint: {result.best_checkpoint}")

@@ -26,6 +26,7 @@ from unetkit.inference.slide.large_tiff import out_of_core, predict_large_tiff
 from unetkit.inference.stacks import StackPrediction, predict_large_stack
 from unetkit.runtime.atomic import is_temporary_of, remove_stale_temporaries
 from unetkit.runtime.folder_lock import PREDICT_LOCK_NAME, RunLock
+from unetkit.runtime.notes import say_once
 from unetkit.runtime.ownership import JOURNAL, MANIFEST, Manifest
 from unetkit.runtime.progress import progress_to, tell
 
@@ -207,10 +208,21 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], outputs: P
     stacks = stack_layouts(files, predictor.axes)
     planned = planned_outputs(files, outputs, large, stacks)
     check_outputs(files, planned, out, outputs.overwrite)  # before the folder is made or locked
+    say_what_an_instance_mask_holds(predictor, outputs)
     with claimed_folder(out, planned, files, outputs.overwrite):
         if outputs.overwrite:
             remove_earlier_outputs(files, planned, out)
         return write_outputs(predictor, files, outputs, large, stacks, planned)
+
+
+def say_what_an_instance_mask_holds(predictor: Predictor, outputs: PredictOutputs) -> None:
+    """An instance model's <stem>.png holds its classes 0-3, near black in a viewer; its objects
+    are --instances' label image. Said where they are not asked for: the nuclei model's users
+    looked for the nuclei in that png (a red-team round)."""
+    if predictor.mask_values.instances is not None and not outputs.instances:
+        classes = ", ".join(name.removeprefix("value ") for name in predictor.mask_values.legend)
+        say_once("instance classes", f"this instance model's masks hold its classes ({classes}); "
+                 "--instances writes its objects (<stem>_objects.tif, one id per object, and a table)")  # fmt: skip
 
 
 def write_outputs(

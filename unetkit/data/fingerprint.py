@@ -53,17 +53,19 @@ class MaskFacts:
     mask_counts: np.ndarray  # their pixel counts
     ids: int  # distinct values above 0
     regions: int  # 8-connected regions of one value above 0 (an instance mask: one per id)
-    objects: int  # read as an instance mask: its ids, or one id's 4-connected components (objects.instance_labels)
+    # Read as an instance mask: its ids, or one id's 4-connected components (objects.instance_labels);
+    # None where not asked for (count_objects): train's scan has no use for it.
+    objects: int | None
 
 
-def mask_facts(mask: np.ndarray, ignore_value: int | None = None) -> MaskFacts:
+def mask_facts(mask: np.ndarray, ignore_value: int | None = None, count_objects: bool = False) -> MaskFacts:
     stored = mask if ignore_value is None else np.where(mask == ignore_value, 0, mask)
     values, counts = value_counts(stored)
     # Regions 8-connected, as scikit-image's label() makes objects by default: counted 4-connected, a
     # nuclei mask labelled so held 16 ids in 39 regions and read as classes (a red-team round).
     regions = int(label(stored, connectivity=2).max())
     ids = len(values) - bool(values[0] == 0)
-    objects = int(instance_labels(stored).max()) if ids == 1 else ids
+    objects = ids if ids != 1 else int(instance_labels(stored).max()) if count_objects else None
     return MaskFacts(values, counts, ids, regions, objects)
 
 

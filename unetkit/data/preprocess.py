@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from unetkit.data.io import is_photometric_rgb
 from unetkit.errors import UnetkitError
-from unetkit.runtime.notes import say_once
+from unetkit.runtime.notes import say, say_once
 
 # An image's low and high percentiles per channel become 0 and 1 (clipped), as stardist and
 # cellpose normalise fluorescence; the high end below 100 so a few hot pixels do not set the range.
@@ -65,11 +65,51 @@ def match_channels(image: np.ndarray, channels: int, path: Path) -> np.ndarray:
 PERCENTILE_PIXELS = 1_000_000
 
 
-def percentile_scaled(image: np.ndarray, low: float, high: float) -> np.ndarray:
+def percentile_scaled(image: np.ndarray, low: float, high: float, noted: Path | None = None) -> np.ndarray:
     """Each channel of an (H, W, C) image with its `low` and `high` percentiles mapped to 0 and 1,
-    clipped to [0, 1]; a flat channel (no range) becomes 0."""
+    clipped to [0, 1]; a flat channel (no range) becomes 0. `noted`: the image's file, said if the
+    image holds no signal above its noise (prediction)."""
     lo, hi = channel_percentiles(image, [low, high], PERCENTILE_PIXELS)
+    if noted is not None:
+        note_no_signal(image, hi - lo, noted)
     return range_scaled(image, lo, hi)
+
+
+# An image none of whose channels spans more than NO_SIGNAL_RANGE times its pixel noise between those
+# percentiles holds nothing but noise, which scaling by its percentiles stretches to full contrast:
+# the shipped nuclei model found 450 nuclei in pure camera noise (a red-team round). Measured (range
+# over pixel_noise): pure Gaussian or Poisson noise 4.7-5.4 at any level (512^2); dsb2018-dev's 64 px
+# background crops a median of 4.8 (90% under 8.1); the images themselves 28.5 and up (train; val
+# 40.4), ISBI's EM slices 10.2, CamVid 15.1, HC18 58.3 (benchmarks/NOTES.md, issue 36).
+NO_SIGNAL_RANGE = 7.0
+KEPT_DIFFERENCES = 0.9  # the largest tenth of the differences between neighbours are edges, not noise
+TRUNCATED_STD = 0.7893  # a normal's std within its central 90%, in units of its own
+
+
+def pixel_noise(channel: np.ndarray) -> float:
+    """The noise of one (H, W) channel: the spread of the differences between neighbours along the
+    rows (sampled rows of a large image), its largest tenth (edges) left out. A median absolute
+    difference reads 0 on quantised 8-bit fluorescence, where most neighbours are equal."""
+    step = max(1, channel.size // PERCENTILE_PIXELS)
+    differences = np.diff(channel[::step].astype(np.float32), axis=1).ravel()
+    if differences.size < 2:
+        return 0.0
+    size = np.abs(differences)
+    kept = differences[size <= np.quantile(size, KEPT_DIFFERENCES)]
+    return float(kept.std()) / TRUNCATED_STD / np.sqrt(2)  # a difference of two pixels has twice the variance
+
+
+def note_no_signal(image: np.ndarray, ranges: np.ndarray, path: Path) -> None:
+    """Say where no channel of an (H, W, C) image spans more than NO_SIGNAL_RANGE times its noise
+    (`ranges`: each channel's brightness range between the percentiles)."""
+    noise = [pixel_noise(image[..., c]) for c in range(image.shape[2])]
+    spans = [float(r) / n if n > 0 else (np.inf if r > 0 else 0.0) for r, n in zip(ranges, noise, strict=True)]
+    if max(spans) < NO_SIGNAL_RANGE:
+        say(
+            f"{path}: no signal above its noise: its brightness range is {max(spans):.1f} times its pixel noise "
+            "(pure noise ~5, fluorescence images with nuclei 29 or more). Scaled by its own percentiles, the noise "
+            "fills the whole range, so what the model finds in it may be noise"
+        )
 
 
 def range_scaled(image: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -92,10 +132,10 @@ class Preprocess:
     # else, as stardist and cellpose normalise fluorescence; None: the type's range only.
     percentiles: list[float] | None = None
 
-    def resized_image(self, image: np.ndarray, path: Path) -> torch.Tensor:
+    def resized_image(self, image: np.ndarray, path: Path, predicting: bool = False) -> torch.Tensor:
         """(H, W, C) float image in [0, 1] -> (C, h, w) tensor at the model's scale, still in
         [0, 1]: augmentation (gamma, contrast) works on this, normalisation comes after."""
-        tensor = self._channels_and_range(image, path)
+        tensor = self._channels_and_range(image, path, predicting=predicting)
         if self.scale != 1.0:
             size = scaled_size(tensor.shape[-2:], self.scale)
             tensor = F.interpolate(tensor[None], size=size, mode="bilinear", antialias=True)[0]
@@ -106,14 +146,17 @@ class Preprocess:
         image_tensor, with each channel's percentile range (2, C) measured over the whole image."""
         return self.normalize(self._channels_and_range(band, path, ranges), in_place=True)
 
-    def _channels_and_range(self, image: np.ndarray, path: Path, ranges: np.ndarray | None = None) -> torch.Tensor:
+    def _channels_and_range(
+        self, image: np.ndarray, path: Path, ranges: np.ndarray | None = None, predicting: bool = False
+    ) -> torch.Tensor:
         """The model's channels, scaled by the image's percentiles (or the given ranges), as a
-        (C, H, W) tensor: always a copy, so normalize can work in place."""
+        (C, H, W) tensor: always a copy, so normalize can work in place. `predicting`: an image of
+        no signal is said (note_no_signal)."""
         image = match_channels(image, self.in_channels, path)
         if ranges is not None:
             image = range_scaled(image, *ranges)
         elif self.percentiles is not None:
-            image = percentile_scaled(image, *self.percentiles)
+            image = percentile_scaled(image, *self.percentiles, noted=path if predicting else None)
         return torch.tensor(image.transpose(2, 0, 1))
 
     def normalize(self, tensor: torch.Tensor, in_place: bool = False) -> torch.Tensor:
@@ -125,7 +168,7 @@ class Preprocess:
     def image_tensor(self, image: np.ndarray, path: Path) -> torch.Tensor:
         """(H, W, C) float image -> the normalised (C, h, w) tensor the model takes."""
         # resized_image returns a fresh copy, so normalise it in place: one image-sized copy fewer.
-        return self.normalize(self.resized_image(image, path), in_place=True)
+        return self.normalize(self.resized_image(image, path, predicting=True), in_place=True)
 
     def mask_tensor(self, class_ids: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(class_ids)
