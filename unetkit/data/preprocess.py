@@ -71,7 +71,7 @@ def percentile_scaled(image: np.ndarray, low: float, high: float, noted: Path | 
     image holds no signal above its noise (prediction)."""
     lo, hi = channel_percentiles(image, [low, high], PERCENTILE_PIXELS)
     if noted is not None:
-        note_no_signal(image, hi - lo, noted)
+        note_no_signal(hi - lo, channel_noise(image), noted)
     return range_scaled(image, lo, hi)
 
 
@@ -99,10 +99,14 @@ def pixel_noise(channel: np.ndarray) -> float:
     return float(kept.std()) / TRUNCATED_STD / np.sqrt(2)  # a difference of two pixels has twice the variance
 
 
-def note_no_signal(image: np.ndarray, ranges: np.ndarray, path: Path) -> None:
-    """Say where no channel of an (H, W, C) image spans more than NO_SIGNAL_RANGE times its noise
-    (`ranges`: each channel's brightness range between the percentiles)."""
-    noise = [pixel_noise(image[..., c]) for c in range(image.shape[2])]
+def channel_noise(image: np.ndarray) -> np.ndarray:
+    """(C,): pixel_noise of each channel of an (H, W, C) image."""
+    return np.array([pixel_noise(image[..., c]) for c in range(image.shape[2])])
+
+
+def note_no_signal(ranges: np.ndarray, noise: np.ndarray, path: Path) -> None:
+    """Say where no channel spans more than NO_SIGNAL_RANGE times its noise (`ranges`: each
+    channel's brightness range between the percentiles, `noise`: its channel_noise)."""
     spans = [float(r) / n if n > 0 else (np.inf if r > 0 else 0.0) for r, n in zip(ranges, noise, strict=True)]
     if max(spans) < NO_SIGNAL_RANGE:
         say(

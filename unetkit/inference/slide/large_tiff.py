@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from unetkit.data.io import MAX_CHANNELS, PixelRule, pixel_maximum, tiff_marks_alpha, unreadable
-from unetkit.data.preprocess import PERCENTILE_PIXELS, match_channels, sample_step
+from unetkit.data.preprocess import PERCENTILE_PIXELS, channel_noise, match_channels, note_no_signal, sample_step
 from unetkit.data.tiff_axes import FILE_AXES, AxisChoice, TiffAxes, tiff_layout
 from unetkit.errors import UnetkitError
 from unetkit.inference.outputs import PredictOutputs, output_name
@@ -223,9 +223,15 @@ def image_percentiles(pixels, rule: PixelRule, path: Path, bounds: list[float], 
     height, width = pixels.shape[:2]
     step = sample_step(height, width, PERCENTILE_PIXELS)
     band = step * max(1, 256 // step)  # a multiple of the step: every band starts on a sampled row
-    rows = [match_channels(band_image(pixels, top, top + band, rule, path), channels, path)[::step, ::step]
-            for top in range(0, height, band)]  # fmt: skip
-    return np.percentile(np.concatenate(rows).reshape(-1, channels), bounds, axis=0)
+    sampled, first_rows = [], []
+    for top in range(0, height, band):
+        read = match_channels(band_image(pixels, top, top + band, rule, path), channels, path)
+        # Copies: a view would keep its whole band alive until the last band is read.
+        sampled.append(read[::step, ::step].copy())
+        first_rows.append(read[:1].copy())  # whole, for the noise between neighbours (note_no_signal)
+    ranges = np.percentile(np.concatenate(sampled).reshape(-1, channels), bounds, axis=0)
+    note_no_signal(ranges[1] - ranges[0], channel_noise(np.concatenate(first_rows)), path)
+    return ranges
 
 
 def resized_bands(bands: Iterator[torch.Tensor], source_height: int, size: tuple[int, int]) -> Iterator[torch.Tensor]:
