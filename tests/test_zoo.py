@@ -84,8 +84,8 @@ def test_predict_says_what_an_instance_models_mask_holds(tmp_path, capsys, monke
     assert "masks hold its classes (0: background, 1: object, 2: boundary, 3: centre); --instances writes" in text
     assert "no signal" not in text
     monkeypatch.setattr(notes, "_SAID", set())
-    code, text, err = run_cli(capsys, "predict", "--model", "nuclei", tmp_path / "images", "--out", tmp_path / "objects",
-                              "--instances", "--no-progress")  # fmt: skip
+    code, text, err = run_cli(capsys, "predict", "--model", "nuclei", tmp_path / "images", "--out",
+                              tmp_path / "objects", "--instances", "--no-progress")  # fmt: skip
     assert code == 0 and "masks hold its classes" not in text, err
 
 
