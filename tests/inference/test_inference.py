@@ -384,6 +384,27 @@ def test_the_overlay_legend_grows_with_the_image():
         assert (text > 200).any()  # the names, in white
 
 
+def test_the_overlay_legend_says_class_0_is_not_tinted():
+    """Overlays leave class 0 clear; its legend line showed a gray swatch, read as the sky's colour
+    in a street scene whose class 0 is sky (a red-team round). Its swatch is empty and it says so."""
+    from unetkit.inference.outputs import class_colour, overlay
+
+    image = np.full((200, 300, 3), 0.8, np.float32)
+    ids = np.zeros((200, 300), np.int64)
+    ids[150:, :] = 1
+    drawn = overlay(image, ids, ["value 0", "value 1"])
+    assert (drawn[8, 9] == 0).all()  # class 0's swatch: the box's black inside a white outline
+    assert (drawn[5, 5] == 255).all()
+    assert np.array_equal(drawn[20, 9], class_colour(1).astype(np.uint8))
+    assert (drawn[100, 150] == 204).all() and not (drawn[180, 150] == 204).all()  # 0 clear, 1 tinted
+    box_right = 10 + int(np.flatnonzero(drawn[3, 10:, 0] == 204)[0])  # where the black box ends
+
+    def text_end(line: np.ndarray) -> int:  # the last column of light text in the box
+        return int(np.flatnonzero((line[:, :box_right] > 120).any(axis=(0, 2))).max())
+
+    assert text_end(drawn[4:16]) > text_end(drawn[16:28]) + 40  # "value 0 (not tinted)", "value 1"
+
+
 def test_a_threshold_given_to_a_model_of_classes_is_said_to_change_nothing(monkeypatch):
     """The nuclei model (4 classes) took --threshold 0.95 in silence and wrote the same files."""
     from unetkit.runtime import notes

@@ -95,22 +95,47 @@ def test_example_panels_show_colour_in_colour_and_errors_of_the_labelled_pixels(
 
     import unetkit.report.figures as figures
 
-    drawn = []
-    monkeypatch.setattr(figures, "row", lambda panels, title, legend=None: drawn.append(panels) or "")
+    drawn, legends = [], []
+
+    def row(panels, title, legend=None) -> str:
+        drawn.append(panels)
+        legends.append(legend)
+        return ""
+
+    monkeypatch.setattr(figures, "row", row)
     photo = np.random.default_rng(0).random((8, 10, 3))
     truth = np.zeros((8, 10), np.uint8)
     truth[:4] = 255  # half the pixels void
     prediction = np.ones_like(truth)
     prediction[4:, :5] = 0  # of the 40 labelled pixels, 20 wrong
-    figures.example(photo, truth, prediction, "t")
-    (image, _, _, errors) = drawn[0]
+    names = ["value 0", "value 1", "value 2", "value 3"]
+    figures.example(photo, truth, prediction, "t", names)
+    (image, true, _, errors) = drawn[0]
     assert image[2] is None and np.array_equal(image[1], photo)  # in colour
+    # void was drawn in class 3's yellow, as road (a red-team round): gray now, no class's colour, in the legend
+    assert (true[1][:4] == figures.IGNORED_GRAY).all()
+    assert not any(np.allclose(figures.colour(np.array(k)), figures.IGNORED_GRAY) for k in range(1, 64))
+    assert [handle.get_label() for handle in legends[0]] == [*names, "ignored"]
     shown, _ = figures.picture(photo * 0.03)  # three dim 16-bit stains are stretched, not black
     assert 0.9 < np.percentile(shown, 99.5) <= 1.0
     assert errors[0] == "errors (50.0% of labelled pixels)"
-    figures.example(photo[..., :2], np.zeros_like(truth), prediction, "t")  # two stains: their mean, in gray
+    figures.example(photo[..., :2], np.zeros_like(truth), prediction, "t", names[:2])  # two stains: their mean
     (image, _, _, errors) = drawn[1]
     assert image[2] == "gray" and image[1].shape == (8, 10) and errors[0] == "errors (75.0% of pixels)"
+    assert [handle.get_label() for handle in legends[1]] == names[:2]  # nothing ignored, no gray in the legend
+
+
+def test_an_image_of_no_labelled_pixel_is_not_an_example(monkeypatch):
+    """A mask all void scores Dice NaN; sorted among the others it took a "worst" slot (a red-team round)."""
+    import math
+
+    import unetkit.report.build as build
+
+    monkeypatch.setattr(build, "class_panels", lambda predictor, pair, title: ("png", None))
+    pairs = [type("P", (), {"label": f"i{k}"})() for k in range(6)]
+    per_image = [{"dice": d} for d in (0.9, math.nan, 0.5, 0.7, math.nan, 0.8)]
+    shown = build.examples(None, pairs, per_image)
+    assert [row["name"] for row in shown] == ["i2", "i3", "i5", "i0"]  # the 3 worst, then the best
 
 
 def chromium() -> tuple[str, str] | None:

@@ -123,11 +123,14 @@ def draw_legend(rgb: np.ndarray, labels: Sequence[str]) -> np.ndarray:
     scale = max(1, round(min(rgb.shape[:2]) / LEGEND_SIDE))
     font = ImageFont.load_default() if scale == 1 else ImageFont.load_default(size=11 * scale)
     line = 12 * scale
+    # Class 0 is left clear (most tasks' background): said, where it is a class of its own (CamVid's
+    # sky) a gray swatch read as its colour (a red-team round).
+    labels = [f"{labels[0]} (not tinted)", *labels[1:]]
     width = 18 * scale + max(draw.textlength(label, font=font) for label in labels)
     draw.rectangle([2, 2, 2 + width, 4 * scale + line * len(labels)], fill=(0, 0, 0))
     for class_id, label in enumerate(labels):
         top = 4 * scale + class_id * line
-        colour = (128, 128, 128) if class_id == 0 else tuple(int(c) for c in class_colour(class_id))
+        colour = None if class_id == 0 else tuple(int(c) for c in class_colour(class_id))  # 0: an empty swatch
         draw.rectangle([5 * scale, top + scale, 13 * scale, top + 9 * scale], fill=colour, outline=(255, 255, 255))
         draw.text((17 * scale, top), label, fill=(255, 255, 255), font=font)
     return np.asarray(picture)

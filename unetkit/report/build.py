@@ -75,7 +75,10 @@ def examples(predictor: Predictor, pairs: Sequence[Pair], per_image: list[dict],
     """The worst and best images by Dice, or with `objects` by their objects' AP, with their
     panels: classes, or objects."""
     score = "ap" if objects else "dice"
-    ranked = sorted(range(len(per_image)), key=lambda i: per_image[i].get(score, per_image[i]["dice"]))
+    scores = [row.get(score, row["dice"]) for row in per_image]
+    scores = [math.nan if value is None else float(value) for value in scores]
+    # An image of no labelled pixel (a mask all void) has no score: ranked, NaN once made it a "worst".
+    ranked = sorted((i for i, value in enumerate(scores) if not math.isnan(value)), key=scores.__getitem__)
     chosen = ranked[:WORST] + [i for i in ranked[-BEST:] if i not in ranked[:WORST]]
     shown = []
     for rank, index in enumerate(chosen):
@@ -104,7 +107,8 @@ def show(value: float | None) -> str:
 def class_panels(predictor: Predictor, pair: Pair, title: str) -> tuple[str, None]:
     image, mask = pair.read()
     truth = predictor.mask_values.encode(mask, pair.mask)
-    return figures.example(image, truth, predictor.class_ids(image, pair.image), title), None
+    names = predictor.mask_values.legend
+    return figures.example(image, truth, predictor.class_ids(image, pair.image), title, names), None
 
 
 def object_panels(predictor: Predictor, pair: Pair, title: str) -> tuple[str, str]:

@@ -9,6 +9,7 @@ import io
 
 import numpy as np
 
+from unetkit.data.mask_values import IGNORE_ID
 from unetkit.inference.outputs import class_colour
 from unetkit.scoring.objects import ObjectErrors
 from unetkit.train.run_files import EpochRow, curves_figure
@@ -63,10 +64,23 @@ def confusion(matrix: list[list[int]], values: list[int]) -> str:
     return data_uri(figure)
 
 
+IGNORED_GRAY = 0.5  # the palette has no gray: ignored pixels (CamVid's void) took class 3's yellow, as road
+
+
 def colour(class_ids: np.ndarray) -> np.ndarray:
-    """Class ids -> RGB in [0, 1], class 0 black."""
+    """Class ids -> RGB in [0, 1], class 0 black, ignored pixels (IGNORE_ID) gray."""
     palette = np.array([np.zeros(3)] + [class_colour(k) / 255 for k in range(1, 256)])
+    palette[IGNORE_ID] = IGNORED_GRAY
     return palette[np.clip(class_ids, 0, 255)]
+
+
+def class_legend(names: list[str], ignored: bool) -> list:
+    """Legend handles: each class's colour in the truth and prediction panels, and the ignored gray."""
+    from matplotlib.patches import Patch
+
+    shown = colour(np.arange(len(names)))
+    handles = [Patch(facecolor=rgb, edgecolor="0.7", label=name) for rgb, name in zip(shown, names, strict=True)]
+    return handles + ([Patch(facecolor=(IGNORED_GRAY,) * 3, label="ignored")] if ignored else [])
 
 
 def picture(image: np.ndarray) -> tuple[np.ndarray, str | None]:
@@ -78,19 +92,20 @@ def picture(image: np.ndarray) -> tuple[np.ndarray, str | None]:
     return (image.mean(axis=2) if image.ndim == 3 else image), "gray"
 
 
-def example(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, title: str) -> str:
+def example(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, title: str, names: list[str]) -> str:
     """One row: the image, the true classes, the predicted classes, and the errors in red, as a
-    share of the labelled pixels (the ignored ones, e.g. CamVid's void, are no error either way)."""
+    share of the labelled pixels (the ignored ones, e.g. CamVid's void, are no error either way);
+    `names` the classes' legend."""
     shown, cmap = picture(image)
     gray = shown.mean(axis=2) if shown.ndim == 3 else shown
     errors = np.repeat(gray[..., None], 3, axis=2) * 0.6
-    labelled = truth != 255
+    labelled = truth != IGNORE_ID
     wrong = (truth != prediction) & labelled
     errors[wrong] = [1.0, 0.1, 0.1]
     panels = [("image", shown, cmap), ("truth", colour(truth), None), ("prediction", colour(prediction), None)]
     of = "pixels" if labelled.all() else "labelled pixels"
     panels.append((f"errors ({wrong.sum() / max(1, labelled.sum()):.1%} of {of})", errors, None))
-    return row(panels, title)
+    return row(panels, title, legend=class_legend(names, not labelled.all()))
 
 
 def object_colours(labels: np.ndarray) -> np.ndarray:
