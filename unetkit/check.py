@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from unetkit.data.fingerprint import MaskFacts, looks_like_instances, mask_facts
 from unetkit.data.io import check_pair_shapes, mixed_scales, read_image_scaled, read_mask
 from unetkit.data.mask_values import (
@@ -35,9 +37,11 @@ def check_dataset(
     mask_suffix: str | None = None,
     instance_masks: bool | None = None,
     axes: AxisChoice = FILE_AXES,
+    ignore_value: int | None = None,
 ) -> dict:
     """A report dict: `ok` (training would work), `problems` and `warnings` (file, problem, fix),
-    and what was found: pairs, sizes, channels, mask values with pixel counts and fractions."""
+    and what was found: pairs, sizes, channels, mask values with pixel counts and fractions (those
+    of `ignore_value`, train's --ignore-value, counted apart as `ignored`)."""
     images_dir, masks_dir = Path(images_dir), Path(masks_dir)
     problems: list[dict] = []
     warnings: list[dict] = []
@@ -55,7 +59,7 @@ def check_dataset(
         refuse_unused_axes(axes, [pair.image for pair in matching.pairs])
     except UnetkitError as err:
         problems.append({"file": str(images_dir), "problem": str(err)})
-    scan = scan_pairs(matching.pairs, problems, warnings, bool(instance_masks), axes)
+    scan = scan_pairs(matching.pairs, problems, warnings, bool(instance_masks), axes, ignore_value)
     if instance_masks is None:
         instance_masks = recognise_instances(scan, warnings)
     sizes, channels, value_counts, depths = scan.sizes, scan.channels, scan.value_counts, scan.depths
@@ -75,6 +79,8 @@ def check_dataset(
     if mixed:
         warnings.append({"file": str(images_dir), "problem": mixed[0], "fix": mixed[1]})
     _summarise_values(report, value_counts, problems, bool(instance_masks), scan.lossy)
+    if ignore_value is not None:
+        report["ignored"] = {"value": ignore_value, "pixels": scan.ignored, "all_ignored": scan.all_ignored}
     if not instance_masks:
         warnings += values_of_one_mask(scan) + class_notes(scan)
     if instance_masks:
@@ -189,6 +195,8 @@ class FolderScan:
     names: list[str] = field(default_factory=list)  # the masks read, in order
     stacks: dict[str, dict] = field(default_factory=dict)  # TIFF images: how their axes were read, planes
     facts: list[MaskFacts] = field(default_factory=list)  # what tells instance masks from class masks, per mask
+    ignored: int = 0  # pixels of the ignore value (--ignore-value), not counted in value_counts
+    all_ignored: list[str] = field(default_factory=list)  # masks of nothing but the ignore value
     binary: dict[int, Path] = field(default_factory=dict)  # the first 0/1 and 0/255 mask (mask_values.mixed_binary)
     lossy: bool = False  # some mask is a JPEG
 
@@ -219,9 +227,11 @@ def scan_pairs(
     warnings: list[dict],
     instance_masks: bool = False,
     axes: AxisChoice = FILE_AXES,
+    ignore_value: int | None = None,
 ) -> FolderScan:
     """Read every pair once; unreadable files and size mismatches become problems, JPEG masks
-    warnings. Instance masks count their objects and are summarised as the 0/1 they train as."""
+    warnings. Instance masks count their objects and are summarised as the 0/1 they train as;
+    pixels of `ignore_value` are counted apart (count_values)."""
     scan = FolderScan()
     for pair in planes_of(pairs, scan, problems, axes):
         try:
@@ -239,14 +249,13 @@ def scan_pairs(
             problems.append({"file": str(err).split(": ", 1)[0], "problem": str(err).split(": ", 1)[1]})
         scan.depths.setdefault(bit_depth(mask.dtype), pair.mask)
         scan.names.append(pair.label)
-        scan.facts.append(mask_facts(mask, count_objects=True))
+        scan.facts.append(mask_facts(mask, ignore_value, count_objects=True))
         if instance_masks:
             scan.objects[pair.label] = scan.facts[-1].objects
-            mask = instance_classes(mask, "objects")
-        values, counts = value_counts(mask)
-        scan.value_counts.update(dict(zip(values.tolist(), counts.tolist(), strict=True)))
+            mask = instance_classes(mask, "objects", ignore_value)
+        values = count_values(scan, mask, pair, ignore_value, warnings)
         said = instance_masks or len(scan.binary) > 1  # instance ids are no classes; the problem said once
-        mixed = None if said else mixed_binary(scan.binary, values.tolist(), pair.mask)
+        mixed = None if said else mixed_binary(scan.binary, values, pair.mask)
         if mixed:
             problems.append({"file": str(mixed[0]), "problem": mixed[1], "fix": mixed[2]})
         scan.lossy = scan.lossy or is_jpeg(pair.mask)
@@ -259,6 +268,23 @@ def scan_pairs(
                 }
             )
     return scan
+
+
+def count_values(scan: FolderScan, mask: np.ndarray, pair: Pair, ignore_value: int | None, warnings: list) -> list:
+    """Add a mask's values to the scan's counts, those of `ignore_value` apart; a mask of nothing
+    else is a warning (a CamVid frame all void adds nothing to training or its scores). Returns
+    the values counted."""
+    values, counts = value_counts(mask)
+    found = dict(zip(values.tolist(), counts.tolist(), strict=True))
+    if ignore_value is not None and ignore_value in found:
+        scan.ignored += found.pop(ignore_value)
+        if not found:
+            scan.all_ignored.append(pair.label)
+            problem = f"every pixel is the ignore value {ignore_value}"
+            fix = "it adds nothing to training or its scores: label it, or leave the pair out"
+            warnings.append({"file": str(pair.mask), "problem": problem, "fix": fix})
+    scan.value_counts.update(found)
+    return list(found)
 
 
 def planes_of(pairs: Sequence[Pair], scan: FolderScan, problems: list[dict], axes: AxisChoice) -> list[Pair]:
@@ -388,6 +414,11 @@ def format_check(report: dict) -> str:
             + ", ".join(f"{row['value']}: {100 * row['fraction']:.2f}%" for row in report["mask_values"][:20])
             + (" ..." if len(report["mask_values"]) > 20 else "")
         )
+    if report.get("ignored"):
+        ignored = report["ignored"]
+        total = ignored["pixels"] + sum(row["pixels"] for row in report.get("mask_values") or [])
+        share = 100 * ignored["pixels"] / total if total else 0.0
+        lines.append(f"ignored (value {ignored['value']}): {share:.2f}% of the pixels, not a class")
     lines += tiff_lines(report.get("tiff_axes") or {})
     if report.get("objects"):
         lines.append(f"objects: {report['objects']['total']} (median {report['objects']['per_mask_median']} per mask)")

@@ -132,6 +132,12 @@ def add_check_arguments(p: argparse.ArgumentParser) -> None:
         help="the masks are instance label images (each object its own id): count the objects per mask "
         "(default: recognised from the masks, as train does)",
     )
+    p.add_argument(
+        "--ignore-value",
+        type=int,
+        help="mask value of unlabelled pixels, as train's --ignore-value (e.g. CamVid's void 11): counted apart, "
+        "not as a class",
+    )
 
 
 def add_report_arguments(p: argparse.ArgumentParser) -> None:

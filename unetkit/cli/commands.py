@@ -223,7 +223,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from unetkit.data.tiff_axes import AxisChoice
 
     axes = AxisChoice(args.channel_axis, args.plane_axis)
-    report = check_dataset(args.images, args.masks, args.mask_suffix, args.instance_masks, axes)
+    report = check_dataset(args.images, args.masks, args.mask_suffix, args.instance_masks, axes, args.ignore_value)
     print(format_check(report))
     if args.json:
         from unetkit.runtime.atomic import write_json

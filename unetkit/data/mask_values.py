@@ -98,7 +98,8 @@ class MaskValues:
             fix = "save masks as PNG, JPEG compression changes their values" if is_jpeg(path) else "fix the mask"
             raise UnetkitError(
                 f"{path}: mask value(s) {unknown[:5].tolist()} are not among the trained values "
-                f"{self.values}; {fix}, or retrain with --mask-values including them"
+                f"{self.values}; {fix}, or retrain with --mask-values including them (or with --ignore-value "
+                f"{unknown[0]} if it marks unlabelled pixels)"
             )
         return ids.astype(np.uint8)
 
