@@ -26,7 +26,7 @@ from unetkit.inference.slide.large_tiff import out_of_core, predict_large_tiff
 from unetkit.inference.stacks import StackPrediction, predict_large_stack
 from unetkit.runtime.atomic import is_temporary_of, remove_stale_temporaries
 from unetkit.runtime.folder_lock import PREDICT_LOCK_NAME, RunLock
-from unetkit.runtime.notes import say_once
+from unetkit.runtime.notes import say, say_once
 from unetkit.runtime.ownership import JOURNAL, MANIFEST, Manifest
 from unetkit.runtime.progress import progress_to, tell
 
@@ -40,7 +40,7 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files.extend(list_images(item, "images"))
+            files.extend(images_not_written_by_predict(item))
         elif item.is_file():
             if item.suffix.lower() not in IMAGE_EXTENSIONS:
                 raise UnetkitError(f"{item}: not an image file ({', '.join(IMAGE_EXTENSIONS)})")
@@ -60,6 +60,26 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
             )
         seen[path.stem] = path
     return files
+
+
+def images_not_written_by_predict(folder: Path) -> list[Path]:
+    """A folder's images, less the masks, overlays and probabilities predict wrote there (its
+    manifest lists them), said: predicting a predict folder took its 150 outputs as photos, an
+    11-page probability TIFF as 11 gray images (a red-team round)."""
+    images = list_images(folder, "images")
+    if not (folder / MANIFEST).is_file() and not (folder / JOURNAL).is_file():
+        return images
+    written = Manifest.read(folder)
+    kept = [path for path in images if not written.lists(path.name)]
+    if len(kept) < len(images):
+        if not kept:
+            raise UnetkitError(
+                f"{folder}: every image in it is an output predict wrote (its {MANIFEST} lists them); "
+                "give the folder of the images they were predicted from"
+            )
+        say(f"{folder}: {len(images) - len(kept)} file(s) predict wrote there (listed in its {MANIFEST}) are "
+            f"outputs, not images, and are left out; {len(kept)} other image(s) are predicted")  # fmt: skip
+    return kept
 
 
 def planned_outputs(

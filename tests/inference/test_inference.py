@@ -162,6 +162,26 @@ def test_predict_tiled_tta_probabilities_and_legend(trained, tmp_path, capsys):
     assert np.asarray(Image.open(tmp_path / "p" / "img00_overlay.png")).shape == (48, 64, 3)
 
 
+def test_a_folder_predict_wrote_is_not_taken_for_images(trained, tmp_path, capsys):
+    """Predicting predict's own folder took its masks, overlays and 2-page probability TIFFs as
+    photos (a red-team round): refused where nothing else is there; beside an image, left out, said."""
+    import shutil
+
+    _root, images, _masks, checkpoint = trained
+    first = tmp_path / "first"
+    args = ["--checkpoint", str(checkpoint), "--overlay", "--probabilities", "--no-progress"]
+    assert main(["predict", *args, str(images), "--out", str(first)]) == 0
+    capsys.readouterr()
+    assert main(["predict", *args, str(first), "--out", str(tmp_path / "again")]) == 2
+    err = capsys.readouterr().err
+    assert "every image in it is an output predict wrote" in err and err.count("\n") == 1
+    shutil.copy(images / "img00.png", first / "new.png")
+    assert main(["predict", *args, str(first), "--out", str(tmp_path / "new")]) == 0
+    assert "15 file(s) predict wrote there" in capsys.readouterr().out  # 5 masks, 5 overlays, 5 TIFFs
+    assert sorted(p.name for p in (tmp_path / "new").iterdir() if not p.name.startswith(".")) == [
+        "new.png", "new_overlay.png", "new_probs.tif"]  # fmt: skip
+
+
 def test_onnx_export_matches_pytorch_and_predicts_the_same_masks(trained, tmp_path, capsys):
     _root, images, _masks, checkpoint = trained
     assert main(["export", "--checkpoint", str(checkpoint), "--onnx", str(tmp_path / "m.onnx")]) == 0
