@@ -228,21 +228,27 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], outputs: P
     stacks = stack_layouts(files, predictor.axes)
     planned = planned_outputs(files, outputs, large, stacks)
     check_outputs(files, planned, out, outputs.overwrite)  # before the folder is made or locked
-    say_what_an_instance_mask_holds(predictor, outputs)
+    say_what_the_outputs_hold(predictor, outputs)
     with claimed_folder(out, planned, files, outputs.overwrite):
         if outputs.overwrite:
             remove_earlier_outputs(files, planned, out)
         return write_outputs(predictor, files, outputs, large, stacks, planned)
 
 
-def say_what_an_instance_mask_holds(predictor: Predictor, outputs: PredictOutputs) -> None:
+def say_what_the_outputs_hold(predictor: Predictor, outputs: PredictOutputs) -> None:
     """An instance model's <stem>.png holds its classes 0-3, near black in a viewer; its objects
-    are --instances' label image. Said where they are not asked for: the nuclei model's users
-    looked for the nuclei in that png (a red-team round)."""
-    if predictor.mask_values.instances is not None and not outputs.instances:
-        classes = ", ".join(name.removeprefix("value ") for name in predictor.mask_values.legend)
+    are --instances' label image: said where they are not asked for (the nuclei model's users
+    looked for the nuclei in that png). A model of several classes gives --instances no objects
+    of class 0, taken as the background: said, since CamVid's 0 is the sky (red-team rounds)."""
+    values = predictor.mask_values
+    if values.instances is not None and not outputs.instances:
+        classes = ", ".join(name.removeprefix("value ") for name in values.legend)
         say_once("instance classes", f"this instance model's masks hold its classes ({classes}); "
                  "--instances writes its objects (<stem>_objects.tif, one id per object, and a table)")  # fmt: skip
+    elif values.instances is None and outputs.instances and values.num_classes > 2:
+        cut = ", ".join(str(value) for value in values.values[1:])
+        say_once("object classes", f"--instances cuts objects of the values {cut}; value {values.values[0]} is taken "
+                 "as the background and gives none")  # fmt: skip
 
 
 def write_outputs(

@@ -458,3 +458,23 @@ def test_an_image_of_pure_noise_is_said_to_hold_no_signal():
         predictor.logits(np.zeros((64, 64), np.uint16), "black.tif")  # flat: nothing at all
     assert len(said) == 2, said
     assert said[0].startswith("empty.tif: no signal above its noise") and said[1].startswith("black.tif")
+
+
+def test_predict_says_which_classes_instances_cuts_objects_of(monkeypatch, tmp_path):
+    """A street model's --instances gave no sky objects, unsaid: its class 0 is taken as the
+    background (a red-team round). Said for models of several classes, not for binary ones."""
+    from types import SimpleNamespace
+
+    from unetkit.data import MaskValues
+    from unetkit.inference.outputs import PredictOutputs
+    from unetkit.predict import say_what_the_outputs_hold
+    from unetkit.runtime import notes
+    from unetkit.runtime.notes import notes_to
+
+    said: list[str] = []
+    with notes_to(said.append):
+        for values, instances in (([0, 255], True), ([0, 1, 2, 3], False), ([0, 1, 2, 3], True)):
+            monkeypatch.setattr(notes, "_SAID", set())
+            predictor = SimpleNamespace(mask_values=MaskValues(values))
+            say_what_the_outputs_hold(predictor, PredictOutputs(tmp_path, instances=instances))
+    assert said == ["--instances cuts objects of the values 1, 2, 3; value 0 is taken as the background and gives none"]

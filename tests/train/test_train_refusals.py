@@ -96,6 +96,14 @@ def case_second_training_into_a_busy_run_folder(tmp_path, **_):
     return Case(train_args(images, masks, out), ("another training", "is writing to this folder", "--out"))
 
 
+def case_second_training_into_a_live_run_that_has_saved_a_checkpoint(tmp_path, **_):
+    """It was told "continue it with --resume", which the lock then refused (a red-team round)."""
+    images, masks = data(tmp_path)
+    out = finished_run(tmp_path, "live")
+    (out / LOCK_NAME).write_text(f"{os.getppid()}\n")  # the run still writes there
+    return Case(train_args(images, masks, out), ("another training", "is writing to this folder"), unchanged(out))
+
+
 def case_class_weights_of_the_wrong_length(tmp_path, **_):
     images, masks = data(tmp_path)
     out = tmp_path / "run"

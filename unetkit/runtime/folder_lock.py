@@ -88,13 +88,17 @@ class RunLock:
                 temporary.unlink(missing_ok=True)
         raise UnetkitError(f"{self.path}: the lock keeps reappearing; is another {self.holder} starting here?")
 
-    def _refuse_or_clear(self) -> None:
+    def refuse_if_held(self) -> None:
+        """The one-line error of a folder another live process holds; nothing otherwise."""
         pid = self.live_holder()
         if pid is not None:
             raise UnetkitError(
                 f"{self.path.parent}: another {self.holder} (process {pid}) is writing to this folder; "
                 "wait for it to finish or choose another --out"
             )
+
+    def _refuse_or_clear(self) -> None:
+        self.refuse_if_held()
         self.log(f"note: removing the stale lock of a {self.holder} that ended without cleaning up ({self.path})")
         self.path.unlink(missing_ok=True)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from unetkit.errors import UnetkitError
 from unetkit.runtime.atomic import atomic_write
+from unetkit.runtime.folder_lock import RunLock
 from unetkit.runtime.ownership import MARKER, foreign_files
 from unetkit.train.config import TrainConfig
 
@@ -40,7 +41,9 @@ def resuming_in_place(out: Path, resume: str | None) -> bool:
 
 def check_run_folder(out: Path, resume: str | None) -> None:
     """Refuse a folder holding another run's checkpoint or files unetkit did not write; a run
-    resumed in its own folder keeps it (whatever the user put beside it is never written)."""
+    resumed in its own folder keeps it (whatever the user put beside it is never written). A folder
+    a live training writes to is said first: "continue it with --resume" sent a user to that refusal."""
+    RunLock(out).refuse_if_held()
     if resuming_in_place(out, resume):
         refuse_unmarked_neighbours(out, Path(resume).name)
         return
