@@ -62,18 +62,8 @@ def check_dataset(
     scan = scan_pairs(matching.pairs, problems, warnings, bool(instance_masks), axes, ignore_value)
     if instance_masks is None:
         instance_masks = recognise_instances(scan, warnings)
-    sizes, channels, value_counts, depths = scan.sizes, scan.channels, scan.value_counts, scan.depths
-
-    if depths_disagree(set(depths), set(value_counts)):
-        shown = ", ".join(f"{depth} ({path.name})" for depth, path in depths.items())
-        problems.append(
-            {
-                "file": str(masks_dir),
-                "problem": f"masks of different bit depths: {shown}; their values mean different classes "
-                "(1-bit 1 and 8-bit 255 would become two)",
-                "fix": "save all masks with the same bit depth and the same value per class",
-            }
-        )
+    sizes, channels, value_counts = scan.sizes, scan.channels, scan.value_counts
+    problems += mixed_depths(scan, masks_dir)
     _summarise_shapes(report, sizes, channels, warnings)
     mixed = mixed_scales({top: (len(names), names[0]) for top, names in scan.scales.items()})
     if mixed:
@@ -92,6 +82,21 @@ def check_dataset(
     report["mask_suffix"] = matching.suffix
     report["ok"] = not problems
     return report
+
+
+def mixed_depths(scan: FolderScan, masks_dir: Path) -> list[dict]:
+    """Masks of different bit depths, where their values would mean different classes."""
+    if not depths_disagree(set(scan.depths), set(scan.value_counts)):
+        return []
+    shown = ", ".join(f"{depth} ({path.name})" for depth, path in scan.depths.items())
+    return [
+        {
+            "file": str(masks_dir),
+            "problem": f"masks of different bit depths: {shown}; their values mean different classes "
+            "(1-bit 1 and 8-bit 255 would become two)",
+            "fix": "save all masks with the same bit depth and the same value per class",
+        }
+    ]
 
 
 def one_value_instances(scan: FolderScan) -> list[dict]:
