@@ -78,9 +78,9 @@ def percentile_scaled(image: np.ndarray, low: float, high: float, noted: Path | 
 # An image none of whose channels spans more than NO_SIGNAL_RANGE times its pixel noise between those
 # percentiles holds nothing but noise, which scaling by its percentiles stretches to full contrast:
 # the shipped nuclei model found 450 nuclei in pure camera noise (a red-team round). Measured (range
-# over pixel_noise): pure Gaussian or Poisson noise 4.7-5.4 at any level (512^2); dsb2018-dev's 64 px
-# background crops a median of 4.8 (90% under 8.1); the images themselves 28.5 and up (train; val
-# 40.4), ISBI's EM slices 10.2, CamVid 15.1, HC18 58.3 (benchmarks/NOTES.md, issue 36).
+# over pixel_noise): pure Poisson noise 4.9-5.2 at 3 to 2000 counts; dsb2018-dev's 64 px background
+# crops a median of 4.8 (90% under 8.1); the images themselves 29.2 and up, ISBI's EM slices 10.1,
+# CamVid 15.0, HC18 58.7: none of the 736 under 7 (benchmarks/NOTES.md, issue 36, nineteenth slice).
 NO_SIGNAL_RANGE = 7.0
 KEPT_DIFFERENCES = 0.9  # the largest tenth of the differences between neighbours are edges, not noise
 TRUNCATED_STD = 0.7893  # a normal's std within its central 90%, in units of its own
