@@ -118,3 +118,34 @@ def test_the_model_s_own_normalisation_is_kept_on_request(trained, tmp_path, cap
     code, _, err = run_cli(capsys, "train", "--images", images, "--masks", masks, "--out", tmp_path / "x",
                            "--normalize", "model", *TRAIN)  # fmt: skip
     assert_one_line_error(code, err, "--normalize model", "--init-from")
+
+
+def test_masks_of_some_of_the_models_classes_keep_them_all_and_its_ignore_value(tmp_path, capsys):
+    """The correct-and-retrain loop's corrections held street classes 0-8 of 0-10: the retrained
+    model lost the other two, its output layer started afresh, and void (the model's ignore value)
+    became a class (a red-team round). Both are kept from the model now, and said."""
+    images, masks = make_shapes(tmp_path / "four", count=12, values=(0, 1, 2, 3))
+    from PIL import Image
+
+    for path in masks.iterdir():  # a void band, as CamVid's 11
+        mask = Image.open(path)
+        mask.paste(9, (0, 0, mask.width, 3))
+        mask.save(path)
+    code, _, err = run_cli(capsys, "train", "--images", images, "--masks", masks, "--out", tmp_path / "model",
+                           "--ignore-value", "9", *TINY_TRAIN)  # fmt: skip
+    assert code == 0, err
+    model = tmp_path / "model" / "best.pt"
+    fewer, fewer_masks = make_shapes(tmp_path / "two", count=12, values=(0, 2))
+    for path in fewer_masks.iterdir():
+        mask = Image.open(path)
+        mask.paste(9, (0, 0, mask.width, 3))
+        mask.save(path)
+    started, text = first_epoch_weights(capsys, tmp_path / "again", fewer, fewer_masks, model)
+    checkpoint = load_checkpoint(tmp_path / "again" / "last.pt")
+    assert checkpoint["mask_values"]["values"] == [0, 1, 2, 3] and checkpoint["mask_values"]["ignore_value"] == 9
+    assert "the masks hold the classes [0, 2]; the model's other classes [1, 3] are kept" in text
+    assert "value 9 marks unlabelled pixels, ignored as the model ignored them" in text
+    assert "starts afresh" not in text and "cannot learn them" not in text
+    for key, value in weights(model).items():  # the output layer too
+        if key.startswith("outc.") and value.is_floating_point():
+            torch.testing.assert_close(started[key], value, msg=key)

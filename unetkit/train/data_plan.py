@@ -58,6 +58,7 @@ def plan(
     else:
         started = time.perf_counter()
         data = fingerprint_pairs(train_pairs, cfg.ignore_value, cfg.mask_values, **instance_modes(cfg, init_state))
+        kept_classes(data, cfg, init_state, log)
         instances = data.mask_values.instances
         if data.instances_maybe:
             log(
@@ -81,6 +82,22 @@ def plan(
         data_plan = DataPlan(data.mask_values, preprocess, data.rarer_classes(data.mask_values), data.to_dict())
     check_plan(cfg, data_plan.mask_values)
     return cfg, data_plan
+
+
+def kept_classes(data: DataFingerprint, cfg: TrainConfig, init_state: dict[str, Any] | None, log: Log) -> None:
+    """A run from a model of classes whose masks hold only some of them (corrections that miss a
+    rare class) keeps all the model's classes, and so its output layer: the correct-and-retrain
+    loop's painted block held street classes 0-8, and the retrained model had lost pedestrians and
+    bicyclists, its output layer started afresh (a red-team round). --mask-values decides instead."""
+    stored = (init_state or {}).get("mask_values")
+    if not isinstance(stored, dict) or stored.get("instances") or data.mask_values.instances or cfg.mask_values:
+        return
+    model, found = MaskValues.from_dict(stored), data.mask_values.values
+    if set(found) < set(model.values):
+        data.mask_values = MaskValues(model.values, data.mask_values.ignore_value)
+        others = [value for value in model.values if value not in found]
+        log(f"init-from: the masks hold the classes {found}; the model's other classes {others} are kept, and its "
+            "output layer with them (--mask-values chooses otherwise)")  # fmt: skip
 
 
 def preprocess_for(cfg: TrainConfig, data: DataFingerprint, init_state: dict[str, Any] | None = None) -> Preprocess:
@@ -166,7 +183,8 @@ def data_notes(cfg: TrainConfig, data: DataFingerprint) -> list[str]:
     if mixed and cfg.normalize != "image":
         notes.append(f"{mixed[0]}: {mixed[1]}")
     absent = [value for value in data.mask_values.values if not data.value_pixels.get(value)]
-    if absent and not data.mask_values.instances:  # --mask-values names a class the training masks lack
+    # --mask-values names a class the training masks lack (an --init-from model's kept classes are said apart)
+    if absent and not data.mask_values.instances and cfg.mask_values:
         # it took the largest class weight, in silence (a red-team round)
         notes.append(
             f"mask value(s) {', '.join(map(str, absent[:8]))} have no pixel in the training masks: the model "

@@ -9,6 +9,8 @@ pixels) and its kind of normalisation (per-image percentiles, or a mean and std 
 the new data) are taken too, unless the user gives --scale or --normalize (--normalize model
 keeps the model's own statistics: data_plan.preprocess_for). What may differ is said, not hidden:
 - other classes: the output layer starts afresh (the rest of the network keeps what it learned);
+  masks that hold some of the model's classes keep them all, and its output layer, and the
+  model's --ignore-value is taken unless one is given (data_plan.kept_classes);
 - another channel count: the first convolution's trained filters are summed over their
   channels and shared out over the new ones (sum / new count), so an image whose channels are
   all equal meets the filters it was trained with.
@@ -69,6 +71,9 @@ def architecture_from(cfg: TrainConfig, state: dict[str, Any], source: str, mode
     # and its kind of normalisation (the statistics of mean and std come from the new data).
     normalize = "image" if spec.preprocess.percentiles is not None else "dataset"
     unset = {**arch, "scale": spec.preprocess.scale, "normalize": normalize}
+    ignored = spec.mask_values.ignore_value  # CamVid's void stays unlabelled, not a class (data_plan.kept_classes)
+    if ignored is not None and ignored not in (cfg.mask_values or ()):
+        unset["ignore_value"] = ignored
     return replace(fill_unset(cfg, unset)[0], init_from=where)
 
 
@@ -115,6 +120,9 @@ def describe_changes(init: ModelSpec, spec: ModelSpec, new_head: bool) -> list[s
             f"init-from: the model's classes {init.mask_values.values} are taken as {spec.mask_values.values}, "
             "in that order"
         )
+    ignored = init.mask_values.ignore_value
+    if ignored is not None and spec.mask_values.ignore_value == ignored:
+        lines.append(f"init-from: value {ignored} marks unlabelled pixels, ignored as the model ignored them")
     if init.in_channels != spec.in_channels:
         lines.append(
             f"init-from: the first convolution adapted from {init.in_channels} to {spec.in_channels} channel(s): "
