@@ -344,6 +344,25 @@ def test_the_train_widget_pairs_each_labels_layer_with_the_image_it_annotates(ma
     assert widget.chosen_pairs() == [("dark 0", "dark 0 corrected")]
 
 
+def test_the_train_widget_takes_an_unlabelled_value_and_one_labels_layer_an_image(make_napari_viewer, tmp_path):
+    """No field took train's --ignore-value, so CamVid's void (11) trained as a class; two Labels
+    layers over one image wrote one pair over the other in silence (a red-team round)."""
+    from unetkit.napari import train_widget
+
+    viewer = make_napari_viewer()
+    inverted_nuclei(viewer, 1, tmp_path / "data")
+    widget = train_dock(viewer)
+    widget.out.setText(str(tmp_path / "run"))
+    assert widget.config().ignore_value is None  # "none": the start model's own, or none
+    widget.ignored.setValue(11)
+    assert widget.config().ignore_value == 11
+    viewer.add_labels(np.zeros(viewer.layers["dark 0"].data.shape, np.int32), name="dark 0 objects")
+    assert len(widget.chosen_pairs()) == 2
+    widget.out.setText(str(tmp_path / "run2"))
+    with pytest.raises(train_widget.UnetkitError, match=r"^dark 0: checked with two Labels layers"):
+        widget.config()
+
+
 def test_train_from_layers_stops_cleanly_and_resumes_in_the_widget(make_napari_viewer, qtbot, tmp_path):
     from unetkit.train import load_checkpoint
 

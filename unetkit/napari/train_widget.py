@@ -118,6 +118,11 @@ class TrainWidget(RunPanel):
         self.budget.setRange(5, 24 * 3600)
         self.budget.setValue(60)
         self.budget.setSuffix(" s")
+        self.ignored = QSpinBox()  # train's --ignore-value: CamVid's void (11) trained as a class without it
+        self.ignored.setRange(-1, 65535)
+        self.ignored.setSpecialValueText("none (a start model's own)")
+        self.ignored.setValue(-1)
+        self.ignored.setToolTip("a label value that marks unlabelled pixels: counted in no loss or score")
         self.out = QLineEdit()
         self.out.setPlaceholderText("default: unetkit-runs/<time> in the working folder")
         self.train_button, self.resume_button = QPushButton("Train"), QPushButton("Resume")
@@ -143,7 +148,7 @@ class TrainWidget(RunPanel):
         form.addRow("pairs (image <- labels)", self.pairs)
         for label, field in (("images folder", self.images), ("masks folder", self.masks),
                              ("the labels are", self.labels_are), ("start from", self.start_model),
-                             ("time budget", self.budget),
+                             ("time budget", self.budget), ("unlabelled value", self.ignored),
                              ("run folder", self.out)):  # fmt: skip
             form.addRow(label, field)
         buttons = QHBoxLayout()
@@ -203,8 +208,10 @@ class TrainWidget(RunPanel):
         start = self.start_model.currentText().strip()
         init_from = None if start in ("", FROM_SCRATCH) else start
         instances = labels_are_objects(self.labels_are.currentText(), images, masks)
+        ignored = None if self.ignored.value() < 0 else self.ignored.value()
         return TrainConfig(images=str(images), masks=str(masks), out=str(out), time=float(self.budget.value()),
-                           init_from=init_from, instance_masks=instances, progress=False)  # fmt: skip
+                           init_from=init_from, instance_masks=instances, ignore_value=ignored,
+                           progress=False)  # fmt: skip
 
     def write_pairs(self, folder: Path) -> tuple[Path, Path]:
         """The checked layer pairs as files in `folder` (images/, masks/), named after the layers."""
@@ -214,6 +221,12 @@ class TrainWidget(RunPanel):
                 "no pair of an Image layer and a Labels layer of its size is checked; add or paint a Labels layer "
                 "over the image (or train from folders)"
             )
+        images = [image for image, _ in chosen]
+        twice = next((image for image in images if images.count(image) > 1), None)
+        if twice is not None:  # one pair a name: the second was written over the first (a red-team round)
+            layers = ", ".join(labels for image, labels in chosen if image == twice)
+            raise UnetkitError(f"{twice}: checked with two Labels layers ({layers}); one image trains with one, "
+                               "so uncheck the others")  # fmt: skip
         for image, labels in chosen:
             add_pair(folder, layer_pixels(self.viewer.layers[image]), layer_pixels(self.viewer.layers[labels]), image)
         return folder / "images", folder / "masks"
