@@ -20,7 +20,7 @@ from unetkit.errors import UnetkitError
 from unetkit.inference import Predictor, overlay, save_png
 from unetkit.inference.batched import predict_images
 from unetkit.inference.object_files import write_object_files
-from unetkit.inference.objects import object_table, save_labels, save_table
+from unetkit.inference.objects import object_classes_note, object_table, save_labels, save_table
 from unetkit.inference.outputs import PredictOutputs, save_probabilities
 from unetkit.inference.slide.large_tiff import out_of_core, predict_large_tiff
 from unetkit.inference.stacks import StackPrediction, predict_large_stack
@@ -245,10 +245,8 @@ def say_what_the_outputs_hold(predictor: Predictor, outputs: PredictOutputs) -> 
         classes = ", ".join(name.removeprefix("value ") for name in values.legend)
         say_once("instance classes", f"this instance model's masks hold its classes ({classes}); "
                  "--instances writes its objects (<stem>_objects.tif, one id per object, and a table)")  # fmt: skip
-    elif values.instances is None and outputs.instances and values.num_classes > 2:
-        cut = ", ".join(str(value) for value in values.values[1:])
-        say_once("object classes", f"--instances cuts objects of the values {cut}; value {values.values[0]} is taken "
-                 "as the background and gives none")  # fmt: skip
+    elif outputs.instances and (note := object_classes_note(values)):
+        say_once("object classes", f"--instances: {note}")
 
 
 def write_outputs(

@@ -477,4 +477,4 @@ def test_predict_says_which_classes_instances_cuts_objects_of(monkeypatch, tmp_p
             monkeypatch.setattr(notes, "_SAID", set())
             predictor = SimpleNamespace(mask_values=MaskValues(values))
             say_what_the_outputs_hold(predictor, PredictOutputs(tmp_path, instances=instances))
-    assert said == ["--instances cuts objects of the values 1, 2, 3; value 0 is taken as the background and gives none"]
+    assert said == ["--instances: objects are cut of the values 1, 2, 3; value 0 is the background (no objects)"]

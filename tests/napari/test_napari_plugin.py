@@ -98,6 +98,31 @@ def test_a_float_layer_out_of_0_1_is_said_per_layer(tmp_path):
                     "(e.g. in napari's console, layer.data / 255) or open the integer image"] * 2  # fmt: skip
 
 
+def test_objects_of_a_model_of_several_classes_say_which_classes_they_are_cut_of(monkeypatch):
+    """A street model's objects (ticked by default) held no sky, unsaid: its value 0 is taken as the
+    background, as `predict --instances` says (a red-team round)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from unetkit.data import MaskValues
+    from unetkit.runtime import notes
+    from unetkit.runtime.notes import notes_to
+
+    monkeypatch.setattr(notes, "_SAID", set())
+    image = np.random.default_rng(0).random((8, 8, 3)).astype(np.float32)
+    said: list[str] = []
+    for values in ([0, 1, 2], [0, 255]):  # a binary model's objects are its foreground's: nothing to say
+        predictor = SimpleNamespace(spec=SimpleNamespace(in_channels=3), mask_values=MaskValues(values), progress=None,
+                                    logits=lambda plane, name: torch.zeros(1, 3, 8, 8),
+                                    objects=lambda logits: (np.zeros((8, 8), np.int32), None, None))  # fmt: skip
+        request = predict_widget.PredictRequest("m", image, "street", True, True, False, False, 0.5, 1.0, {})
+        with notes_to(said.append):
+            list(predict_widget.predict_planes(predictor, request))
+    assert said == ["objects are cut of the values 1, 2; value 0 is the background (no objects); untick objects for "
+                    "the classes"]  # fmt: skip
+
+
 def predict_dock(viewer):
     _dock, widget = viewer.window.add_plugin_dock_widget("unetkit", "Predict")
     return widget

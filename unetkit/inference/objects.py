@@ -28,6 +28,7 @@ from skimage.measure import label, regionprops_table
 from skimage.morphology import remove_small_holes
 from skimage.segmentation import watershed
 
+from unetkit.data.mask_values import MaskValues
 from unetkit.data.objects import relabel
 from unetkit.models.spec import ObjectRule  # kept in checkpoints, so checked with their other keys
 from unetkit.runtime.atomic import atomic_write
@@ -207,3 +208,13 @@ def table_rows(table: dict[str, np.ndarray], class_values: list[int]) -> list[li
         values = [round(float(v), 4) if isinstance(v, float | np.floating) else int(v) for v in row]
         rows.append(values[:2] + [class_values[values[1]]] + values[2:])
     return rows
+
+
+def object_classes_note(mask_values: MaskValues) -> str | None:
+    """What a model of several classes cuts objects of (predict --instances, napari's objects):
+    each class but the first value, taken as the background. Unsaid, a street model gave no sky
+    objects (CamVid's 0 is the sky; a red-team round). None for binary and instance models."""
+    if mask_values.instances is not None or mask_values.num_classes <= 2:
+        return None
+    cut = ", ".join(str(value) for value in mask_values.values[1:])
+    return f"objects are cut of the values {cut}; value {mask_values.values[0]} is the background (no objects)"

@@ -33,8 +33,9 @@ from qtpy.QtWidgets import (
 
 from unetkit.errors import UnetkitError
 from unetkit.inference import InferenceOptions, Predictor
+from unetkit.inference.objects import object_classes_note
 from unetkit.inference.predictor import array_range
-from unetkit.runtime.notes import notes_to, say
+from unetkit.runtime.notes import notes_to, say, say_once
 from unetkit.zoo import zoo_models
 
 if TYPE_CHECKING:
@@ -186,6 +187,8 @@ def predict_planes(predictor: Predictor, request: PredictRequest, tiles: TilePro
     if found:
         say(f"{request.layer_name}: {found[0].replace('array', 'layer')}; rescale the layer to 0-1 (e.g. in napari's "
             "console, layer.data / 255) or open the integer image")  # fmt: skip
+    if request.objects and (note := object_classes_note(predictor.mask_values)):
+        say_once("object classes", f"{note}; untick objects for the classes")
     results = []
     for index, plane in enumerate(planes):
         logits = predictor.logits(plane, f"{request.layer_name} plane {index}")
