@@ -378,7 +378,9 @@ def test_the_train_widget_takes_an_unlabelled_value_and_one_labels_layer_an_imag
     inverted_nuclei(viewer, 1, tmp_path / "data")
     widget = train_dock(viewer)
     widget.out.setText(str(tmp_path / "run"))
-    assert widget.config().ignore_value is None  # "none": the start model's own, or none
+    config = widget.config()
+    assert config.ignore_value is None  # "none": the start model's own, or none
+    assert config.val_fraction == 0.0  # one pair: trained without validation (the refusal named --val-fraction)
     widget.ignored.setValue(11)
     assert widget.config().ignore_value == 11
     viewer.add_labels(np.zeros(viewer.layers["dark 0"].data.shape, np.int32), name="dark 0 objects")

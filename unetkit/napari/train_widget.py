@@ -209,9 +209,14 @@ class TrainWidget(RunPanel):
         init_from = None if start in ("", FROM_SCRATCH) else start
         instances = labels_are_objects(self.labels_are.currentText(), images, masks)
         ignored = None if self.ignored.value() < 0 else self.ignored.value()
+        # One pair leaves none to validate on; the refusal named --val-fraction, an option this widget lacks
+        # (a red-team round): it trains without validation, said, as Correct and retrain's first round does.
+        alone = self.source.currentText() == FROM_LAYERS and len(self.chosen_pairs()) < 2
+        if alone:
+            show_info("unetkit: one pair trains without validation; check a second pair to validate the model")
         return TrainConfig(images=str(images), masks=str(masks), out=str(out), time=float(self.budget.value()),
-                           init_from=init_from, instance_masks=instances, ignore_value=ignored,
-                           progress=False)  # fmt: skip
+                           init_from=init_from, instance_masks=instances, ignore_value=ignored, progress=False,
+                           **({"val_fraction": 0.0} if alone else {}))  # fmt: skip
 
     def write_pairs(self, folder: Path) -> tuple[Path, Path]:
         """The checked layer pairs as files in `folder` (images/, masks/), named after the layers."""
