@@ -212,6 +212,7 @@ class PredictWidget(QWidget):
         self.worker: Any = None
         self.queued: list[PredictRequest] = []  # asked for while a worker ran: started in turn
         self.under_way = ""  # the layer being predicted
+        self.cancelled = False  # Cancel pressed and no result came: said when the worker ends
         self.model = QComboBox()
         self.model.addItems([*TRAINED, *zoo_models(), CHOOSE_FILE])
         self.model.activated.connect(self._model_chosen)
@@ -334,6 +335,7 @@ class PredictWidget(QWidget):
         self.progress.setRange(0, 0)  # busy until the first plane is done
         self.status.setText(f"predicting {request.layer_name}...")
         self.under_way = request.layer_name
+        self.cancelled = False
         self.worker = work()
 
     def cancel(self) -> None:
@@ -341,6 +343,7 @@ class PredictWidget(QWidget):
         self.queued.clear()
         if self.worker is not None:
             self.worker.quit()
+            self.cancelled = True
             self.status.setText(f"cancelled: stops after the plane under way{dropped}")
 
     def _progressed(self, done: tuple[int, int]) -> None:
@@ -353,6 +356,7 @@ class PredictWidget(QWidget):
             self.status.setText(f"predicting {self.under_way}: tile {done} of {total}")
 
     def _finished(self, results: list[PlaneResult], request: PredictRequest) -> None:
+        self.cancelled = False  # it ended before the Cancel took: its layers are added
         labels = np.stack([r.labels for r in results]) if len(results) > 1 else results[0].labels
         layers = [self._add_labels(labels, request)]
         if request.probabilities:
@@ -393,6 +397,11 @@ class PredictWidget(QWidget):
 
     def _idle(self) -> None:
         self.worker = None
+        if self.cancelled:  # the status said "stops after the plane under way" long after it stopped
+            done, total = self.progress.value(), self.progress.maximum()
+            planes = f" after {done} of {total} planes" if total > 1 else ""
+            self.status.setText(f"cancelled{planes}: {self.under_way} not predicted, no layer added")
+            self.cancelled = False
         while self.queued and alive(self):
             request = self.queued.pop(0)
             if request.layer_name in self.viewer.layers:  # a layer removed while it waited: nothing to add to
