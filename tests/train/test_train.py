@@ -698,7 +698,7 @@ def test_what_the_resolved_options_do_to_the_set_is_said_not_changed(tmp_path):
     assert fingerprint_pairs(find_pairs(images, masks), ignore_value=7).ignored_pixels == 4
     # A class --mask-values names that no training mask holds took the largest class weight, unsaid
     absent = dataclasses.replace(data, mask_values=MaskValues([0, 128, 255]))
-    (note,) = data_notes(dataclasses.replace(cfg, patch_size=0, ignore_value=None), absent)
+    (note,) = data_notes(dataclasses.replace(cfg, patch_size=0, ignore_value=None, mask_values=[0, 128, 255]), absent)
     assert note.startswith("mask value(s) 128 have no pixel in the training masks: the model cannot learn them")
 
 
