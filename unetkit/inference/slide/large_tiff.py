@@ -16,6 +16,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -187,11 +188,16 @@ def band_input(preprocess, pixels, top: int, bottom: int, rule: PixelRule, path:
     return x
 
 
-def logit_bands(predictor, pixels, rule: PixelRule, path: Path) -> Iterator[torch.Tensor]:
+def classes_of(logits: torch.Tensor, threshold: float) -> np.ndarray:
+    """(K, h, W) logits -> (h, W) uint8 class ids (predicted_classes)."""
+    return predicted_classes(logits[None], threshold, torch.uint8)[0].numpy()
+
+
+def logit_bands(predictor, pixels, rule: PixelRule, path: Path, each=None) -> Iterator[torch.Tensor | np.ndarray]:
     """(K, h, W) blended logits of `pixels` (already at the model's scale), a band of final rows
     at a time, top to bottom; always in tiles (--tile, --overlap), run and blended by tiling.py's
     engine a tile row at a time (batches stay within a tile row, so sums may differ from in
-    memory by rounding)."""
+    memory by rounding). `each`: what is made of each band's logits instead (Blend.take)."""
     options = predictor.options
     # Per-image percentiles come from the whole image first (image_percentiles), then scale each band.
     preprocess = predictor.preprocess
@@ -213,7 +219,7 @@ def logit_bands(predictor, pixels, rule: PixelRule, path: Path) -> Iterator[torc
             tell(predictor.progress, done, total, "tiles")
         del x, pieces  # before the next band's input is read, not after (41 MiB a 20,000 px band)
         final = tops[index + 1] if index + 1 < len(tops) else height  # no later tile reaches above it
-        yield blended.take(final - blended.top)
+        yield blended.take(final - blended.top, each)
 
 
 def image_percentiles(pixels, rule: PixelRule, path: Path, bounds: list[float], channels: int) -> np.ndarray:
@@ -261,39 +267,19 @@ def predict_large_tiff(
     BigTIFF, zlib), out of core, and beside it the outputs asked for (the probabilities, K
     planes; the objects, a label image and its table), named by output_name after `out`'s stem,
     all at the image's full size. Models at a scale read the matching pyramid level."""
-    threshold = predictor.options.threshold
     layout = tiff_layout(path, axes)
     height, width = layout.length("Y"), layout.length("X")
     level = level_to_read(predictor.preprocess, path, plane)
-    dtype = predictor.mask_values.decode(np.zeros(1, dtype=np.uint8)).dtype
     out.parent.mkdir(parents=True, exist_ok=True)
     with (
         opened_pixels(path, level, plane, axes) as (pixels, rule),
         tempfile.TemporaryDirectory(dir=out.parent, prefix=".unetkit-") as folder,
     ):
         match_channels(band_image(pixels, 0, 1, rule, path), predictor.preprocess.in_channels, path)  # before writing
-        bands = logit_bands(predictor, pixels, rule, path)
-        if pixels.shape[:2] != (height, width):
-            bands = resized_bands(bands, pixels.shape[0], (height, width))
         store = RowStore(Path(folder), "probabilities", (predictor.num_outputs + predictor.binary, height, width),
                          np.float32) if outputs.probabilities else None  # fmt: skip
         objects = BandObjects(predictor, height, width, Path(folder)) if outputs.instances else None
-
-        def masks() -> Iterator[np.ndarray]:
-            for logits in bands:
-                # Before the yield: the TIFF writer stops pulling once it has its last tile.
-                chances = predictor.probabilities(logits[None]) if store or objects else None
-                if store:
-                    store.add(chances)
-                if objects:
-                    objects.add(chances)
-                class_ids = predicted_classes(logits[None], threshold, torch.uint8)[0].numpy()
-                yield predictor.mask_values.decode(class_ids)
-
-        try:
-            write_tiled_tiff(out, output_tiles(masks(), width, dtype), (height, width), dtype)
-        finally:
-            bands.close()  # the tile bar goes now, not when the generators are collected
+        write_mask(predictor, (pixels, rule, path), out, (height, width), store, objects)
         if store:
             store.save_tiff(out.with_name(output_name(out.stem, "probabilities")))
         if objects:
@@ -303,3 +289,32 @@ def predict_large_tiff(
                 print(f"{path}: {objects.cut} object(s) larger than {MAX_OBJECT_CONTEXT} px were cut at block edges",
                       file=sys.stderr)  # fmt: skip
     return out
+
+
+def write_mask(predictor, read: tuple, out: Path, size: tuple[int, int], store, objects) -> None:
+    """The mask at `size`, band by band from `read` (pixels, rule, path), and from the same bands
+    the probabilities (`store`) and objects asked for. The mask alone takes each band's class ids
+    as its logits are blended (Blend.take's `each`): a 4-class model's 20,000 px band of logits
+    (225 MB) is never whole."""
+    pixels, rule, path = read
+    threshold, dtype = predictor.options.threshold, predictor.mask_values.decode(np.zeros(1, np.uint8)).dtype
+    alone = not (store or objects) and pixels.shape[:2] == size
+    bands = logit_bands(predictor, pixels, rule, path, partial(classes_of, threshold=threshold) if alone else None)
+    if pixels.shape[:2] != size:
+        bands = resized_bands(bands, pixels.shape[0], size)
+
+    def masks() -> Iterator[np.ndarray]:
+        for band in bands:
+            if not alone:  # before the yield: the TIFF writer stops pulling once it has its last tile
+                chances = predictor.probabilities(band[None]) if store or objects else None
+                if store:
+                    store.add(chances)
+                if objects:
+                    objects.add(chances)
+                band = classes_of(band, threshold)
+            yield predictor.mask_values.decode(band)
+
+    try:
+        write_tiled_tiff(out, output_tiles(masks(), size[1], dtype), size, dtype)
+    finally:
+        bands.close()  # the tile bar goes now, not when the generators are collected
