@@ -82,7 +82,9 @@ class Blend:
             self.weights = torch.cat([self.weights, self.weights.new_zeros(grow, self.weights.shape[1])])
         self.rows = max(self.rows, rows)
 
-    def take(self, rows: int | None = None, each: Callable[[torch.Tensor], np.ndarray] | None = None):
+    def take(
+        self, rows: int | None = None, each: Callable[[torch.Tensor], np.ndarray] | None = None
+    ) -> torch.Tensor | np.ndarray:
         """The first `rows` rows held (default: all) as blended (K, rows, W) logits; they are dropped.
         With `each`, what it makes of the blended rows, TAKE_ROWS at a time, stacked: the band's
         logits are never whole (a 4-class model's 20,000 px band is 225 MB)."""
