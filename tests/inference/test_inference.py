@@ -44,7 +44,7 @@ def test_tiled_prediction_matches_whole_image(size):
     assert (tiled.argmax(0) == whole.argmax(0)).float().mean() >= 0.999
 
 
-@pytest.mark.parametrize(("tile", "overlap"), [(64, 16), (64, 40), (64, 0)])
+@pytest.mark.parametrize(("tile", "overlap"), [(64, 16), (64, 40), (64, 0), (64, 61)])
 def test_blended_bands_taken_row_by_row_equal_the_whole_image_and_reuse_their_memory(tile, overlap):
     """Out of core a Blend holds a band and gives rows as soon as no later tile reaches them; the
     rows it keeps move up in place, so later bands reuse the first band's memory."""

@@ -48,7 +48,7 @@ def tile_boxes(height: int, width: int, tile: int, overlap: int) -> list[Box]:
     return [(top, left, th, tw) for top in tile_starts(height, th, overlap) for left in tile_starts(width, tw, overlap)]
 
 
-TAKE_ROWS = 256  # Blend.take's rows at a time where only what is made of them is kept (64: the same speed and peak)
+TAKE_ROWS = 64
 
 
 class Blend:
@@ -56,12 +56,16 @@ class Blend:
     Gaussian window and summed, and the sums divided by the summed windows when rows are taken.
     It holds a band of rows from image row `top` on, growing as tiles reach further down, so the
     same code serves a whole image (taken at once) and an image read a band at a time out of core
-    (rows taken as soon as no later tile reaches them)."""
+    (rows taken as soon as no later tile reaches them).
+
+    The summed windows are not held: they are summed again from the tiles' boxes, a piece of rows
+    at a time, when rows are taken (in the order the tiles came, so to the same bits). Held, they
+    were a band of 4-byte weights beside the sums: 61 MB of a 20,000 px slide's ~1 GB peak."""
 
     def __init__(self, num_outputs: int, width: int, tile_hw: tuple[int, int], height: int = 0) -> None:
         self.window = gaussian_window(*tile_hw)
         self.logits = torch.zeros(num_outputs, height, width)
-        self.weights = torch.zeros(height, width)
+        self.boxes: list[Box] = []  # the tiles added that reach rows still held
         self.top = 0  # the image row of the first row held
         self.rows = height  # rows held; the buffers may be taller (kept from band to band)
 
@@ -70,17 +74,28 @@ class Blend:
         top, left = box[0] - self.top, box[1]
         height, width = self.window.shape
         self._hold(top + height)
-        self.logits[:, top : top + height, left : left + width] += logits * self.window
-        self.weights[top : top + height, left : left + width] += self.window
+        self.logits[:, top : top + height, left : left + width].addcmul_(logits, self.window)
+        self.boxes.append(box)
 
     def _hold(self, rows: int) -> None:
-        grow = rows - self.weights.shape[0]
-        if grow > 0:  # only while the first tile rows arrive: later bands reuse the same buffers
-            self.logits = torch.cat(
-                [self.logits, self.logits.new_zeros(self.logits.shape[0], grow, self.logits.shape[2])], 1
-            )
-            self.weights = torch.cat([self.weights, self.weights.new_zeros(grow, self.weights.shape[1])])
+        grow = rows - self.logits.shape[1]
+        if grow > 0:  # only while the first tile rows arrive: later bands reuse the same buffer
+            # A new buffer and a copy of the rows held, not torch.cat with zeros: cat held a second
+            # band of zeros beside its result, and a 4-class 20,000 px band peaked 300 MB higher.
+            held, self.logits = self.logits, self.logits.new_zeros(self.logits.shape[0], rows, self.logits.shape[2])
+            self.logits[:, : held.shape[1]] = held
         self.rows = max(self.rows, rows)
+
+    def weights(self, start: int, end: int) -> torch.Tensor:
+        """The summed windows of held rows [start, end), (end - start, W)."""
+        summed = torch.zeros(end - start, self.logits.shape[2])
+        height, width = self.window.shape
+        for top, left, _, _ in self.boxes:
+            first, last = max(start, top - self.top), min(end, top - self.top + height)
+            if first < last:
+                window = self.window[first - (top - self.top) : last - (top - self.top)]
+                summed[first - start : last - start, left : left + width] += window
+        return summed
 
     def take(
         self, rows: int | None = None, each: Callable[[torch.Tensor], np.ndarray] | None = None
@@ -90,27 +105,30 @@ class Blend:
         logits are never whole (a 4-class model's 20,000 px band is 225 MB)."""
         rows = self.rows if rows is None else rows
         if each is None:
-            blended = self.logits[:, :rows] / self.weights[:rows]
+            blended = self.logits[:, :rows] / self.weights(0, rows)
         else:
             ends = [(top, min(top + TAKE_ROWS, rows)) for top in range(0, rows, TAKE_ROWS)]
-            blended = np.concatenate([each(self.logits[:, top:end] / self.weights[top:end]) for top, end in ends])
+            blended = np.concatenate([each(self.logits[:, top:end] / self.weights(top, end)) for top, end in ends])
         rest = self.rows - rows
         if rest:
             self._move_up(rows, rest)
-        else:  # nothing left (a whole image, the last band): the buffers go, and their memory
+        else:  # nothing left (a whole image, the last band): the buffer goes, and its memory
             self.logits = self.logits.new_zeros(self.logits.shape[0], 0, self.logits.shape[2])
-            self.weights = self.weights.new_zeros(0, self.weights.shape[1])
         self.rows, self.top = rest, self.top + rows
+        self.boxes = [box for box in self.boxes if box[0] + self.window.shape[0] > self.top]
         return blended
 
     def _move_up(self, rows: int, rest: int) -> None:
         """Rows [rows, rows + rest) become rows [0, rest), in place, and the rows below are zeroed.
         In place because a new band per tile row, 20,000 px wide, left glibc's heap fragmented:
-        1,067 MiB peak for a 20,000^2 slide (benchmarks/NOTES.md, issue 36)."""
-        for held in (self.logits[:, : self.rows], self.weights[: self.rows]):
-            kept = held[..., rows : rows + rest, :]
-            held[..., :rest, :] = kept.clone() if rest > rows else kept  # overlapping rows: copied first
-            held[..., rest:, :] = 0
+        1,067 MiB peak for a 20,000^2 slide (benchmarks/NOTES.md, issue 36). Where the rows kept
+        overlap their destination, they move `rows` at a time, top first (each piece's source lies
+        below every row written before it): a copy of them all was a band's worth more memory."""
+        held = self.logits[:, : self.rows]
+        for start in range(0, rest, rows):
+            end = min(start + rows, rest)
+            held[:, start:end] = held[:, rows + start : rows + end]
+        held[:, rest:] = 0
 
 
 def crop(image: torch.Tensor, box: Box) -> torch.Tensor:

@@ -163,11 +163,11 @@ def pixel_range(pixels, path: Path = Path("image")) -> float:
     return pixel_maximum(pixels.dtype, lambda: max(int(rows_of(pixels, top, top + 1024, path).max()) for top in rows))
 
 
-def rows_of(pixels, top: int, bottom: int, path: Path) -> np.ndarray:
-    """Rows [top, bottom) as stored; a file cut short or whose header lies is one line, as in memory
-    (tifffile, zarr, the codecs and mmap each raise their own kind of error)."""
+def rows_of(pixels, top: int, bottom: int, path: Path, columns: slice = slice(None)) -> np.ndarray:
+    """Rows [top, bottom) (of `columns`) as stored; a file cut short or whose header lies is one
+    line, as in memory (tifffile, zarr, the codecs and mmap each raise their own kind of error)."""
     try:
-        return np.asarray(pixels[top:bottom])
+        return np.asarray(pixels[top:bottom] if columns == slice(None) else pixels[top:bottom, columns])
     except Exception as err:
         raise unreadable(path, err) from None
 
@@ -177,14 +177,30 @@ def band_image(pixels, top: int, bottom: int, rule: PixelRule, path: Path = Path
     return rule.apply(rows_of(pixels, top, bottom, path), path, first_row=top)
 
 
-def band_input(preprocess, pixels, top: int, bottom: int, rule: PixelRule, path: Path, ranges) -> torch.Tensor:
-    """The model's normalised (C, h, W) input for rows [top, bottom): the rows are read (decoded)
-    once, and converted BAND_COLUMNS at a time by the same rule and preprocessing as band_image."""
-    raw = rows_of(pixels, top, bottom, path)
-    x = torch.empty(preprocess.in_channels, bottom - top, raw.shape[1])
-    for left in range(0, raw.shape[1], BAND_COLUMNS):
-        piece = rule.apply(raw[:, left : left + BAND_COLUMNS], path, first_row=top)
-        x[:, :, left : left + piece.shape[1]] = preprocess.band_tensor(piece, path, ranges)
+def read_columns(pixels) -> int:
+    """How many columns band_input reads at a time: BAND_COLUMNS rounded to whole stored tiles
+    where the file is tiled (each tile decoded once); a file in strips is read whole rows at a time
+    (a strip is decoded whole whatever columns are asked for)."""
+    chunks = getattr(pixels, "chunks", None)
+    if chunks is None or chunks[1] >= pixels.shape[1]:
+        return pixels.shape[1]
+    return max(1, BAND_COLUMNS // chunks[1]) * chunks[1]
+
+
+def band_input(preprocess, pixels, top: int, bottom: int, read: tuple, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The model's normalised (C, h, W) input for rows [top, bottom) (into `out` where given: one
+    buffer for every band of a slide, as Blend keeps its own, so glibc's heap does not fragment
+    band after band). `read` is (rule, path, ranges); the rows are read (decoded) once, a stored
+    tile's columns at a time where the file is tiled, and converted BAND_COLUMNS at a time by the
+    same rule and preprocessing as band_image."""
+    rule, path, ranges = read
+    width, columns = pixels.shape[1], read_columns(pixels)
+    x = torch.empty(preprocess.in_channels, bottom - top, width) if out is None else out[:, : bottom - top]
+    for start in range(0, width, columns):
+        raw = rows_of(pixels, top, bottom, path, slice(start, start + columns) if columns < width else slice(None))
+        for left in range(0, raw.shape[1], BAND_COLUMNS):
+            piece = rule.apply(raw[:, left : left + BAND_COLUMNS], path, first_row=top)
+            x[:, :, start + left : start + left + piece.shape[1]] = preprocess.band_tensor(piece, path, ranges)
     return x
 
 
@@ -210,14 +226,14 @@ def logit_bands(predictor, pixels, rule: PixelRule, path: Path, each=None) -> It
     row = tile_boxes(th, width, tile, options.overlap)  # the tiles of one tile row, from its top
     blended = Blend(predictor.num_outputs, width, row[0][2:])
     done, total = 0, len(tops) * len(row)
+    buffer = torch.empty(preprocess.in_channels, th, width)
     for index, top in enumerate(tops):
-        x = band_input(preprocess, pixels, top, top + th, rule, path, ranges)
+        x = band_input(preprocess, pixels, top, top + th, (rule, path, ranges), buffer)
         pieces = (((top, left, h, w), crop(x, (0, left, h, w))) for _, left, h, w in row)
         for box, logits in forward_batches(forward, pieces, batch_size):
             blended.add(box, logits)
             done += 1
             tell(predictor.progress, done, total, "tiles")
-        del x, pieces  # before the next band's input is read, not after (41 MiB a 20,000 px band)
         final = tops[index + 1] if index + 1 < len(tops) else height  # no later tile reaches above it
         yield blended.take(final - blended.top, each)
 
