@@ -383,3 +383,29 @@ def test_a_band_taken_as_its_class_ids_equals_its_logits_then_ids(monkeypatch):
     each = partial(large_tiff.classes_of, threshold=0.5)
     np.testing.assert_array_equal(chunked.take(30, each), each(whole.take(30)))
     assert torch.equal(chunked.take(), whole.take())  # the rows left behind are the same
+
+
+@pytest.mark.parametrize("tiled", [True, False])
+def test_a_band_reads_a_stored_tile_s_columns_at_a_time_into_one_buffer(tmp_path, monkeypatch, tiled):
+    """band_input reads a tiled file a few stored tiles' columns at a time (each tile decoded once)
+    and a file in strips whole rows at a time, into the slide's one buffer; the input is the same."""
+    path = tmp_path / "s.tif"
+    slide(path, 200, 300, tiled)
+    if tiled:  # tiles 48 wide: BAND_COLUMNS 100 reads 96 columns (two tiles) at a time
+        tifffile.imwrite(path, tifffile.imread(path), tile=(48, 48))
+    monkeypatch.setattr(large_tiff, "BAND_COLUMNS", 100)
+    preprocess = Predictor("unetkit/zoo/nuclei.safetensors", amp="off").preprocess  # per-image percentiles
+    reads = []
+    rows_of = large_tiff.rows_of
+    monkeypatch.setattr(large_tiff, "rows_of", lambda *a: reads.append(a[4:]) or rows_of(*a))
+    with large_tiff.opened_pixels(path) as (pixels, rule):
+        ranges = large_tiff.image_percentiles(pixels, rule, path, preprocess.percentiles, 1)
+        reads.clear()
+        buffer = torch.full((1, 64, 300), float("nan"))
+        x = large_tiff.band_input(preprocess, pixels, 40, 104, (rule, path, ranges), buffer)
+        read = list(reads)
+        whole = preprocess.band_tensor(large_tiff.band_image(pixels, 40, 104, rule, path), path, ranges)
+    assert x.data_ptr() == buffer.data_ptr()
+    torch.testing.assert_close(x, whole, rtol=0, atol=1e-6)  # pieces of 100 columns round as SIMD tails do
+    expected = [(slice(0, 96),), (slice(96, 192),), (slice(192, 288),), (slice(288, 384),)] if tiled else [(slice(None),)]
+    assert read == expected
