@@ -407,5 +407,7 @@ def test_a_band_reads_a_stored_tile_s_columns_at_a_time_into_one_buffer(tmp_path
         whole = preprocess.band_tensor(large_tiff.band_image(pixels, 40, 104, rule, path), path, ranges)
     assert x.data_ptr() == buffer.data_ptr()
     torch.testing.assert_close(x, whole, rtol=0, atol=1e-6)  # pieces of 100 columns round as SIMD tails do
-    expected = [(slice(0, 96),), (slice(96, 192),), (slice(192, 288),), (slice(288, 384),)] if tiled else [(slice(None),)]
+    expected = (
+        [(slice(0, 96),), (slice(96, 192),), (slice(192, 288),), (slice(288, 384),)] if tiled else [(slice(None),)]
+    )
     assert read == expected
