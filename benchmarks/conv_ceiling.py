@@ -68,7 +68,7 @@ def conv_ceiling(checkpoint: str, side: int, tile: int | None = None, batch_size
     tiles and batches predict takes out of core (Predictor.slide_plan; `tile`, `batch_size`: its
     --tile and --batch-size)."""
     predictor = Predictor(checkpoint, options=InferenceOptions(tile=tile, batch_size=batch_size))
-    _, tile, batch = predictor.slide_plan()
+    _, tile, batch = predictor.slide_plan(side)
     x = torch.rand(batch, predictor.spec.in_channels, tile, tile)
     calls = recorded_convolutions(predictor, x)
     seconds = batch_seconds(predictor, calls, repeats=10)  # the fastest of 10: 3 varied by 1.4x

@@ -411,3 +411,19 @@ def test_a_band_reads_a_stored_tile_s_columns_at_a_time_into_one_buffer(tmp_path
         [(slice(0, 96),), (slice(96, 192),), (slice(192, 288),), (slice(288, 384),)] if tiled else [(slice(None),)]
     )
     assert read == expected
+
+
+def test_a_wide_slide_of_a_many_class_model_takes_smaller_tiles_said(capsys):
+    """A band's blended sums grow with the classes and the image's width: out of core the tile
+    (the band's height) shrinks until they fit SLIDE_BAND_BYTES, and says so; --tile is kept."""
+    zoo = "unetkit/zoo/nuclei.safetensors"  # 4 classes, 1 channel: 5 x 4 bytes a pixel of a band
+    torch_only = InferenceOptions(backend="torch")
+    assert Predictor(zoo, amp="bf16", options=torch_only).slide_plan(20_000)[1:] == (768, 1)  # 293 MiB
+    assert "out of core" not in capsys.readouterr().out
+    assert Predictor(zoo, amp="bf16", options=torch_only).slide_plan(40_000)[1:] == (384, 4)  # 586 -> 293 MiB
+    said = capsys.readouterr().out
+    assert "tiles of 384 px, not 768" in said and "586 MiB" in said and "--tile" in said
+    asked = InferenceOptions(backend="torch", tile=768)
+    assert Predictor(zoo, amp="bf16", options=asked).slide_plan(40_000)[1:] == (768, 1)
+    wide = InferenceOptions(backend="torch", overlap=200)  # tiles no larger than twice the overlap are not taken
+    assert Predictor(zoo, amp="bf16", options=wide).slide_plan(80_000)[1] == 512

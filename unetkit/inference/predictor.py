@@ -60,6 +60,12 @@ DEFAULT_TILE = 512
 # one 768^2 tile (646-663 MiB) and 7.7-8.2 s at one 1024^2 (808-842 MiB): fewer tiles, less overlap
 # computed twice and fewer tile edges (benchmarks/NOTES.md). In fp32 (a map of 38 MiB) it stays 512.
 SLIDE_TILES = (768, DEFAULT_TILE)
+# Out of core, a band of tile rows' blended sums and input (4 bytes a class and a channel a pixel)
+# at most this large, else the tile (the band's height) shrinks to one of BAND_TILES: a 4-class
+# model's 20,000 px band holds 293 MiB in 768 px tiles (a 923 MiB peak), a 12-class RGB model's
+# 879 MiB (benchmarks/NOTES.md, issue 36).
+SLIDE_BAND_BYTES = 320 * 2**20
+BAND_TILES = (512, 384, 256)
 
 
 class SlidePlan(NamedTuple):
@@ -362,24 +368,43 @@ class Predictor:
         """The tile side in memory: --tile, else 512."""
         return self.options.memory_tile
 
-    def slide_plan(self) -> SlidePlan:
+    def slide_plan(self, width: int = 0) -> SlidePlan:
         """(forward, tile, tiles per batch) out of core, where a slide's peak memory is the bar. ONNX
         Runtime runs a slide only where asked for (or given an .onnx model): its arena keeps its
         largest batch's maps, and a 20,000^2 slide (fp32) peaked at 1,162 MiB at 2 tiles a batch
         (939 at 1 tile, 205 s) against PyTorch's 924-948 MiB in 134-174 s (benchmarks/NOTES.md).
         The tile: --tile, else the largest of SLIDE_TILES whose full-size activation map fits
-        SLIDE_MAP_BYTES; the tiles per batch: --batch-size, else as many as keep that map within it."""
+        SLIDE_MAP_BYTES, smaller where an image `width` px wide would hold a band over
+        SLIDE_BAND_BYTES (band_tile); the tiles per batch: --batch-size, else as many as keep that
+        map within it."""
         onnx_asked = self.model is None or self.options.backend == "onnxruntime"  # or an .onnx model given
         forward = self._forward if onnx_asked else self._torch_forward
         if self.options.tta:
             forward = with_tta(forward, self.upright)
-        width = model_class(self.spec.name).probe_channels(self.spec.args)  # its first level's, as it says
+        channels = model_class(self.spec.name).probe_channels(self.spec.args)  # its first level's, as it says
         element = 4 if onnx_asked or self.amp.dtype is None else 2  # fp32 maps, else bf16/fp16
         for tile in (self.options.tile,) if self.options.tile else SLIDE_TILES:
-            fits = SLIDE_MAP_BYTES // (width * tile * tile * element)
-            if fits:
+            if SLIDE_MAP_BYTES // (channels * tile * tile * element):
                 break
+        if not self.options.tile:
+            tile = self.band_tile(tile, width)
+        fits = SLIDE_MAP_BYTES // (channels * tile * tile * element)
         return SlidePlan(forward, tile, self.options.batch_size or max(1, min(DEFAULT_BATCH_SIZE, fits)))
+
+    def band_tile(self, tile: int, width: int) -> int:
+        """`tile`, or the largest of BAND_TILES (above twice the overlap) under it whose band of an
+        image `width` px wide (the blended sums and the input, 4 bytes each) fits SLIDE_BAND_BYTES; said."""
+        row = (self.num_outputs + self.spec.in_channels) * width * 4  # a band's bytes per row
+        smaller = [side for side in BAND_TILES if 2 * self.options.overlap < side < tile]
+        chosen = next((side for side in (tile, *smaller) if side * row <= SLIDE_BAND_BYTES), (tile, *smaller)[-1])
+        if chosen != tile:
+            say_once(
+                f"band tile {chosen} {width}",
+                f"out of core, tiles of {chosen} px, not {tile}: this {self.num_outputs}-output model's bands "
+                f"of {width} px wide images would hold {tile * row / 2**20:,.0f} MiB in {tile} px tiles "
+                f"({chosen * row / 2**20:,.0f} MiB now); --tile sets it",
+            )
+        return chosen
 
     def tiled(self, x: torch.Tensor) -> bool:
         """Whether the (C, h, w) model input `x` runs as overlapping tiles (--tiling)."""
