@@ -115,7 +115,8 @@ def test_objects_of_a_model_of_several_classes_say_which_classes_they_are_cut_of
     for values in ([0, 1, 2], [0, 255]):  # a binary model's objects are its foreground's: nothing to say
         predictor = SimpleNamespace(spec=SimpleNamespace(in_channels=3), mask_values=MaskValues(values), progress=None,
                                     logits=lambda plane, name: torch.zeros(1, 3, 8, 8),
-                                    objects=lambda logits: (np.zeros((8, 8), np.int32), None, None))  # fmt: skip
+                                    objects=lambda logits: (np.zeros((8, 8), np.uint32), np.zeros(1, np.int64),
+                                                            np.full((3, 8, 8), 1 / 3)))  # fmt: skip
         request = predict_widget.PredictRequest("m", image, "street", True, True, False, False, 0.5, 1.0, {})
         with notes_to(said.append):
             list(predict_widget.predict_planes(predictor, request))
@@ -158,6 +159,10 @@ def test_predict_with_the_shipped_nuclei_model_adds_the_predictors_objects(make_
     ).objects(Predictor.from_pretrained("nuclei").logits(image))
     assert np.array_equal(labels, expected) and labels.max() >= 30
     assert len(ticks) >= 2
+    features = viewer.layers["nuclei (synthetic) objects"].features  # the object table, as predict writes it
+    assert list(features["index"]) == list(range(1, labels.max() + 1)) and set(features["class"]) == {1}
+    assert list(features["area"]) == [int((labels == i).sum()) for i in features["index"]]
+    assert features["mean_probability"].between(0, 1).all() and "mask_value" in features
     viewer.layers.remove("nuclei (synthetic) objects")
     widget.zoom.setValue(0.5)  # predict --zoom: the layer's nuclei taken as twice the trained size
     press_predict(qtbot, widget, "nuclei (synthetic)")

@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 
 from unetkit.errors import UnetkitError
 from unetkit.inference import InferenceOptions, Predictor
-from unetkit.inference.objects import object_classes_note
+from unetkit.inference.objects import object_classes_note, object_table
 from unetkit.inference.predictor import array_range
 from unetkit.runtime.notes import notes_to, say, say_once
 from unetkit.zoo import zoo_models
@@ -114,6 +114,7 @@ class PredictRequest:
 class PlaneResult:
     labels: np.ndarray  # object ids, or class ids
     probabilities: np.ndarray | None  # (K, H, W)
+    table: dict[str, np.ndarray] | None = None  # the objects' table, as predict --instances writes it
 
 
 def planes_of(image: np.ndarray, rgb: bool, in_channels: int) -> list[np.ndarray]:
@@ -192,12 +193,16 @@ def predict_planes(predictor: Predictor, request: PredictRequest, tiles: TilePro
     results = []
     for index, plane in enumerate(planes):
         logits = predictor.logits(plane, f"{request.layer_name} plane {index}")
+        table = None
         if request.objects:
-            labels, _classes, probabilities = predictor.objects(logits)
+            labels, classes, probabilities = predictor.objects(logits)
+            table = object_table(labels, classes, probabilities, bool(predictor.mask_values.instances))
+            values = np.asarray(predictor.mask_values.values)[table["class"]]  # as the CSV, after the class
+            table = {"id": table.pop("id"), "class": table.pop("class"), "mask_value": values, **table}
         else:
             labels = predictor.class_ids_from_logits(logits, predictor.options.threshold)
             probabilities = predictor.probabilities(logits) if request.probabilities else None
-        results.append(PlaneResult(labels, probabilities if request.probabilities else None))
+        results.append(PlaneResult(labels, probabilities if request.probabilities else None, table))
         yield index + 1, len(planes)
     return results
 
@@ -359,6 +364,8 @@ class PredictWidget(QWidget):
         self.cancelled = False  # it ended before the Cancel took: its layers are added
         labels = np.stack([r.labels for r in results]) if len(results) > 1 else results[0].labels
         layers = [self._add_labels(labels, request)]
+        if len(results) == 1 and results[0].table is not None:  # a stack's planes each count from id 1
+            layers[0].features = {"index": results[0].table["id"], **results[0].table}
         if request.probabilities:
             stacked = (
                 np.stack([r.probabilities for r in results], axis=1) if len(results) > 1 else results[0].probabilities
