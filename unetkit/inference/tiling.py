@@ -48,6 +48,8 @@ def tile_boxes(height: int, width: int, tile: int, overlap: int) -> list[Box]:
     return [(top, left, th, tw) for top in tile_starts(height, th, overlap) for left in tile_starts(width, tw, overlap)]
 
 
+# Blend.take's rows at a time where only what is made of them is kept: a 4-class 20,000 px piece's
+# quotient and indices are 20 and 10 MB (four times that at 256 rows; benchmarks/NOTES.md, issue 36).
 TAKE_ROWS = 64
 
 

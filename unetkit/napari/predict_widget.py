@@ -196,15 +196,22 @@ def predict_planes(predictor: Predictor, request: PredictRequest, tiles: TilePro
         table = None
         if request.objects:
             labels, classes, probabilities = predictor.objects(logits)
-            table = object_table(labels, classes, probabilities, bool(predictor.mask_values.instances))
-            values = np.asarray(predictor.mask_values.values)[table["class"]]  # as the CSV, after the class
-            table = {"id": table.pop("id"), "class": table.pop("class"), "mask_value": values, **table}
+            if len(planes) == 1:  # a stack's planes each count from id 1: no one table
+                table = objects_features(predictor, labels, classes, probabilities)
         else:
             labels = predictor.class_ids_from_logits(logits, predictor.options.threshold)
             probabilities = predictor.probabilities(logits) if request.probabilities else None
         results.append(PlaneResult(labels, probabilities if request.probabilities else None, table))
         yield index + 1, len(planes)
     return results
+
+
+def objects_features(predictor: Predictor, labels: np.ndarray, classes: np.ndarray, probabilities: np.ndarray) -> dict:
+    """The objects layer's features: `predict --instances`' object table, with each class's mask
+    value after it (as its CSV); napari finds an object's row by its "index"."""
+    table = object_table(labels, classes, probabilities, bool(predictor.mask_values.instances))
+    values = np.asarray(predictor.mask_values.values)[table["class"]]
+    return {"index": table["id"], "id": table.pop("id"), "class": table.pop("class"), "mask_value": values, **table}
 
 
 class PredictWidget(QWidget):
@@ -364,8 +371,8 @@ class PredictWidget(QWidget):
         self.cancelled = False  # it ended before the Cancel took: its layers are added
         labels = np.stack([r.labels for r in results]) if len(results) > 1 else results[0].labels
         layers = [self._add_labels(labels, request)]
-        if len(results) == 1 and results[0].table is not None:  # a stack's planes each count from id 1
-            layers[0].features = {"index": results[0].table["id"], **results[0].table}
+        if results[0].table is not None:  # an image's objects (predict_planes)
+            layers[0].features = results[0].table
         if request.probabilities:
             stacked = (
                 np.stack([r.probabilities for r in results], axis=1) if len(results) > 1 else results[0].probabilities
