@@ -345,6 +345,44 @@ def test_a_full_disk_under_the_temporary_store_is_one_line_once_zarrs_writes_hav
     shutil.rmtree(tmp_path / "tmp")  # and the folder goes whole
 
 
+def test_a_ctrl_c_while_zarr_writes_lets_them_end_before_the_folder_goes(tmp_path, monkeypatch):
+    """A Ctrl-C while the objects' store was written left zarr's chunk writes going into the
+    temporary folder as it was removed: a traceback ("Directory not empty") and the folder left
+    (a red-team finding). Whatever stops the outputs now waits for those writes first."""
+    import asyncio
+    import shutil
+
+    import zarr.core.sync
+    import zarr.storage
+    from zarr.core.sync import sync
+
+    from unetkit.inference.slide.band_outputs import RowStore, writes_settled_on_error
+
+    store = RowStore(tmp_path / "tmp", "objects", (1, 512, 512), np.uint32)
+    real_set, real_wait, interrupted = zarr.storage.LocalStore.set, zarr.core.sync.wait, []
+
+    async def slow(self, key, value):
+        await asyncio.sleep(0.2)  # still writing when the Ctrl-C comes
+        return await real_set(self, key, value)
+
+    def ctrl_c_once(*args, **kwargs):  # the main thread's wait for the write is where a Ctrl-C lands
+        if not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        return real_wait(*args, **kwargs)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", slow)
+    monkeypatch.setattr(zarr.core.sync, "wait", ctrl_c_once)
+    with pytest.raises(KeyboardInterrupt), writes_settled_on_error():
+        store.add(np.ones((1, 256, 512), np.uint32))
+
+    async def others() -> int:
+        return len([task for task in asyncio.all_tasks() if task is not asyncio.current_task()])
+
+    assert interrupted and sync(others()) == 0  # nothing left writing
+    shutil.rmtree(tmp_path / "tmp")  # and the folder goes whole
+
+
 def test_the_whole_images_percentiles_keep_a_sample_not_its_bands(tmp_path):
     """image_percentiles kept each band alive through a strided view of it: the whole image in
     float32 by the last band (an 8000^2 RGB slide: +278 MB before the first tile, against +63 MB

@@ -7,6 +7,7 @@ are band_objects.py's."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,18 @@ def settle_zarr_writes() -> None:
         await asyncio.gather(*others, return_exceptions=True)
 
     sync(the_others())
+
+
+@contextmanager
+def writes_settled_on_error() -> Iterator[None]:
+    """Whatever stops a slide's outputs (Ctrl-C, an error), zarr's chunk writes still under way end
+    (settle_zarr_writes) before the temporary folder is removed: a Ctrl-C during --instances left
+    a traceback ("Directory not empty") and the folder (a red-team finding)."""
+    try:
+        yield
+    except BaseException:
+        settle_zarr_writes()
+        raise
 
 
 class RowStore:

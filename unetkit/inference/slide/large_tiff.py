@@ -29,7 +29,7 @@ from unetkit.data.tiff_axes import FILE_AXES, AxisChoice, TiffAxes, tiff_layout
 from unetkit.errors import UnetkitError
 from unetkit.inference.outputs import PredictOutputs, output_name
 from unetkit.inference.slide.band_objects import MAX_OBJECT_CONTEXT, BandObjects
-from unetkit.inference.slide.band_outputs import RowStore, output_tiles, write_tiled_tiff
+from unetkit.inference.slide.band_outputs import RowStore, output_tiles, write_tiled_tiff, writes_settled_on_error
 from unetkit.inference.slide.row_resample import RowResampler
 from unetkit.inference.tiling import Blend, crop, forward_batches, tile_boxes, tile_starts
 from unetkit.models.heads import predicted_classes
@@ -290,6 +290,7 @@ def predict_large_tiff(
     with (
         opened_pixels(path, level, plane, axes) as (pixels, rule),
         tempfile.TemporaryDirectory(dir=out.parent, prefix=".unetkit-") as folder,
+        writes_settled_on_error(),  # exits first: before the folder goes
     ):
         match_channels(band_image(pixels, 0, 1, rule, path), predictor.preprocess.in_channels, path)  # before writing
         store = RowStore(Path(folder), "probabilities", (predictor.num_outputs + predictor.binary, height, width),
