@@ -84,6 +84,7 @@ class Batches:
 
     def __init__(self, predictor: Predictor) -> None:
         self.forward, self.size = predictor.forward, predictor.batch_size
+        self.tile, self.tiles = (predictor.tile, predictor.tile), predictor.tile_batch_size  # a tile's own batch
         self.waiting: dict[tuple[int, ...], list[tuple[Job, Box]]] = {}  # oldest shape first
         self.left: dict[Job, int] = {}  # images with pieces still waiting -> how many
 
@@ -94,7 +95,7 @@ class Batches:
         for box in job.boxes:
             shape = tuple(job.piece(box).shape)
             self.waiting.setdefault(shape, []).append((job, box))
-            if len(self.waiting[shape]) == self.size:
+            if len(self.waiting[shape]) == (self.tiles if shape[-2:] == self.tile else self.size):
                 done += self.run(shape)
         return done
 

@@ -88,8 +88,9 @@ class InferenceOptions:
     )  # fmt: skip
     tiling: str = option("auto", "overlapping tiles: auto tiles images above 1024x1024 pixels", choices=TILING_MODES)
     tile: int | None = option(
-        None, f"tile size in pixels, at the model's scale (default {DEFAULT_TILE}; out of core, {SLIDE_TILES[0]} "
-        "where one tile's full-size activation map fits 32 MiB: a 16-channel model in bf16)",
+        None, f"tile size in pixels, at the model's scale (default {SLIDE_TILES[0]} where one tile's full-size "
+        f"activation map fits 32 MiB, as a 16-channel model's in bf16, else {DEFAULT_TILE}; out of core, smaller "
+        "for a wide image of many classes, said)",
         valid=whole(16, 65536), need="16 pixels or more",
     )  # fmt: skip
     overlap: int = option(64, "overlap between tiles in pixels; blended with a Gaussian window")
@@ -100,9 +101,9 @@ class InferenceOptions:
         valid=lambda v: number(v) and 1 / 16 <= v <= 16, need="a factor from 0.0625 to 16, e.g. 0.5",
     )  # fmt: skip
     batch_size: int | None = option(
-        None, f"tiles, or images of one size, per forward pass (default {DEFAULT_BATCH_SIZE}; out of core, as many "
-        "tiles as keep a batch's full-size activation map within 32 MiB: 4 in bf16 and 2 in fp32 for a "
-        "16-channel model)", valid=whole(1, 4096), need="at least 1 (at most 4096)",
+        None, f"images of one size, or tiles, per forward pass (images: default {DEFAULT_BATCH_SIZE}; tiles: as "
+        "many as keep a batch's full-size activation map within 32 MiB, up to 4: one 768 px tile in bf16, two "
+        "of 512 px in fp32, for a 16-channel model)", valid=whole(1, 4096), need="at least 1 (at most 4096)",
     )  # fmt: skip
     # 2: one thread can decode while another writes, the model in the main thread (inference/batched.py).
     workers: int = option(
@@ -156,15 +157,8 @@ class InferenceOptions:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        if not (number(self.overlap) and 0 <= self.overlap < self.memory_tile):
-            raise UnetkitError(
-                f"--overlap {self.overlap} must be at least 0 and smaller than --tile {self.memory_tile}"
-            )
-
-    @property
-    def memory_tile(self) -> int:
-        """The tile side in memory: --tile, else 512 (out of core: Predictor.slide_plan)."""
-        return self.tile or DEFAULT_TILE
+        if not (number(self.overlap) and 0 <= self.overlap < (self.tile or float("inf"))):
+            raise UnetkitError(f"--overlap {self.overlap} must be at least 0 and smaller than --tile {self.tile}")
 
 
 def tiff_axes_for(options: InferenceOptions, trained: dict) -> AxisChoice:
@@ -241,11 +235,17 @@ class Predictor:
         if self.options.zoom != 1:
             self.preprocess = dataclasses.replace(self.preprocess, scale=self.preprocess.scale * self.options.zoom)
         self.binary, self.num_outputs = self.spec.binary, self.spec.num_outputs  # logits per pixel, as built
-        self._say_an_unread_threshold()
+        self._check_options_against_the_model()
 
-    def _say_an_unread_threshold(self) -> None:
+    def _check_options_against_the_model(self) -> None:
         """--threshold cuts binary models: given to a model of classes, it is said to change nothing
-        (the nuclei model took 0.95 in silence and wrote the same files: a red-team round)."""
+        (the nuclei model took 0.95 in silence and wrote the same files: a red-team round). And the
+        default tile depends on the model (tile): an --overlap over it is refused with it."""
+        if self.options.overlap >= self.tile:  # a --tile given was checked with the options
+            raise UnetkitError(
+                f"--overlap {self.options.overlap} must be smaller than the tile, {self.tile} px for this model "
+                f"({'bf16' if self._map_bytes() == 2 else 'fp32'} maps); give --tile above it"
+            )
         if not self.binary and self.options.threshold != InferenceOptions().threshold:
             say_once("threshold", f"--threshold {self.options.threshold:g} cuts binary models only: this model has "
                      f"{self.mask_values.num_classes} classes and each pixel takes the most probable; for its "
@@ -360,50 +360,67 @@ class Predictor:
 
     @property
     def batch_size(self) -> int:
-        """Tiles, or images of one size, per forward pass in memory: --batch-size, else 4."""
+        """Images of one size per forward pass in memory: --batch-size, else 4 (tiles: tile_batch_size)."""
         return self.options.batch_size or DEFAULT_BATCH_SIZE
 
     @property
     def tile(self) -> int:
-        """The tile side in memory: --tile, else 512."""
-        return self.options.memory_tile
+        """The tile side, in memory and out of core alike (so both give one mask): --tile, else the
+        largest of SLIDE_TILES whose one tile's full-size activation map fits SLIDE_MAP_BYTES."""
+        if self.options.tile:
+            return self.options.tile
+        channels = model_class(self.spec.name).probe_channels(self.spec.args)  # its first level's, as it says
+        fitting = (side for side in SLIDE_TILES if channels * side * side * self._map_bytes() <= SLIDE_MAP_BYTES)
+        return next(fitting, SLIDE_TILES[-1])
+
+    @property
+    def tile_batch_size(self) -> int:
+        """Tiles per forward pass, in memory and out of core: --batch-size, else tiles_fitting."""
+        return self.options.batch_size or self.tiles_fitting(self.tile)
+
+    def tiles_fitting(self, tile: int) -> int:
+        """As many tiles (1 to DEFAULT_BATCH_SIZE) as keep a batch's full-size activation map within
+        SLIDE_MAP_BYTES: in memory, four 768 px tiles held 0.25-0.31 GiB more than one for the same
+        time (a 4096^2 image; benchmarks/NOTES.md)."""
+        channels = model_class(self.spec.name).probe_channels(self.spec.args)
+        return max(1, min(DEFAULT_BATCH_SIZE, SLIDE_MAP_BYTES // (channels * tile * tile * self._map_bytes())))
+
+    def _map_bytes(self) -> int:
+        """Bytes a number of an activation map: 4 in fp32 (ONNX Runtime, or no AMP), else 2 (bf16/fp16)."""
+        return 4 if self.model is None or self.options.backend == "onnxruntime" or self.amp.dtype is None else 2
 
     def slide_plan(self, width: int = 0) -> SlidePlan:
         """(forward, tile, tiles per batch) out of core, where a slide's peak memory is the bar. ONNX
         Runtime runs a slide only where asked for (or given an .onnx model): its arena keeps its
         largest batch's maps, and a 20,000^2 slide (fp32) peaked at 1,162 MiB at 2 tiles a batch
         (939 at 1 tile, 205 s) against PyTorch's 924-948 MiB in 134-174 s (benchmarks/NOTES.md).
-        The tile: --tile, else the largest of SLIDE_TILES whose full-size activation map fits
-        SLIDE_MAP_BYTES, smaller where an image `width` px wide would hold a band over
-        SLIDE_BAND_BYTES (band_tile); the tiles per batch: --batch-size, else as many as keep that
-        map within it."""
+        The tile: `tile`, smaller where an image `width` px wide would hold a band over
+        SLIDE_BAND_BYTES (band_tile); the tiles per batch: --batch-size, else as many as keep one
+        batch's map within SLIDE_MAP_BYTES."""
         onnx_asked = self.model is None or self.options.backend == "onnxruntime"  # or an .onnx model given
         forward = self._forward if onnx_asked else self._torch_forward
         if self.options.tta:
             forward = with_tta(forward, self.upright)
-        channels = model_class(self.spec.name).probe_channels(self.spec.args)  # its first level's, as it says
-        element = 4 if onnx_asked or self.amp.dtype is None else 2  # fp32 maps, else bf16/fp16
-        for tile in (self.options.tile,) if self.options.tile else SLIDE_TILES:
-            if SLIDE_MAP_BYTES // (channels * tile * tile * element):
-                break
-        if not self.options.tile:
-            tile = self.band_tile(tile, width)
-        fits = SLIDE_MAP_BYTES // (channels * tile * tile * element)
-        return SlidePlan(forward, tile, self.options.batch_size or max(1, min(DEFAULT_BATCH_SIZE, fits)))
+        tile = self.tile if self.options.tile else self.band_tile(self.tile, width)
+        return SlidePlan(forward, tile, self.options.batch_size or self.tiles_fitting(tile))
 
     def band_tile(self, tile: int, width: int) -> int:
         """`tile`, or the largest of BAND_TILES (above twice the overlap) under it whose band of an
-        image `width` px wide (the blended sums and the input, 4 bytes each) fits SLIDE_BAND_BYTES; said."""
+        image `width` px wide (the blended sums and the input, 4 bytes each) fits SLIDE_BAND_BYTES;
+        said, and said where even the smallest it may take holds more."""
         row = (self.num_outputs + self.spec.in_channels) * width * 4  # a band's bytes per row
-        smaller = [side for side in BAND_TILES if 2 * self.options.overlap < side < tile]
-        chosen = next((side for side in (tile, *smaller) if side * row <= SLIDE_BAND_BYTES), (tile, *smaller)[-1])
-        if chosen != tile:
-            say_once(
-                f"band tile {chosen} {width}",
-                f"out of core, tiles of {chosen} px, not {tile}: this {self.num_outputs}-output model's bands "
-                f"of {width} px wide images would hold {tile * row / 2**20:,.0f} MiB in {tile} px tiles "
-                f"({chosen * row / 2**20:,.0f} MiB now); --tile sets it",
-            )
+        sides = [tile] + [side for side in BAND_TILES if 2 * self.options.overlap < side < tile]
+        chosen = next((side for side in sides if side * row <= SLIDE_BAND_BYTES), sides[-1])
+        over = chosen * row > SLIDE_BAND_BYTES
+        if chosen != tile or over:
+            mib = lambda side: f"{side * row / 2**20:,.0f} MiB"  # noqa: E731
+            said = f"out of core, tiles of {chosen} px" + (f", not {tile}" if chosen != tile else "")
+            said += f": this {self.num_outputs}-output model's bands of {width} px wide images hold {mib(chosen)}"
+            said += f" ({mib(tile)} in {tile} px tiles)" if chosen != tile else ""
+            if over:
+                said += f"; over the {SLIDE_BAND_BYTES // 2**20} MiB aimed at, as tiles stay above twice the "
+                said += f"--overlap and at least {BAND_TILES[-1]} px: a smaller --overlap lets them shrink"
+            say_once(f"band tile {chosen} {width}", said + "; --tile sets it")
         return chosen
 
     def tiled(self, x: torch.Tensor) -> bool:
@@ -422,7 +439,7 @@ class Predictor:
         opts = self.options
         if self.tiled(x):
             logits = predict_tiled(
-                self.forward, x, self.num_outputs, self.tile, opts.overlap, self.batch_size, self.progress
+                self.forward, x, self.num_outputs, self.tile, opts.overlap, self.tile_batch_size, self.progress
             )[None]
         else:
             logits = self.forward(x[None])
