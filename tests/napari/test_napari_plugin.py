@@ -675,3 +675,29 @@ def test_a_colour_layer_read_as_luminance_by_a_gray_model_is_a_notification(make
     widget.objects.setChecked(False)
     press_predict(qtbot, widget, "photo")
     assert any("read as their luminance" in note for note in said), said
+
+
+def test_the_train_widget_takes_validation_folders_both_or_neither(make_napari_viewer, tmp_path):
+    """Training from folders had no field for train's --val-images and --val-masks (a red-team
+    round); they are taken together, refused alone, and unused for pairs of layers."""
+    from synthetic import nuclei_with_ids
+
+    from unetkit.napari import train_widget
+
+    images, masks = nuclei_with_ids(tmp_path / "train", count=3)
+    val_images, val_masks = nuclei_with_ids(tmp_path / "val", count=2)
+    viewer = make_napari_viewer()
+    widget = train_dock(viewer)
+    widget.source.setCurrentText(train_widget.FROM_FOLDERS)
+    widget.images.setText(str(images))
+    widget.masks.setText(str(masks))
+    widget.out.setText(str(tmp_path / "run"))
+    assert widget.val_images.isEnabled() and widget.config().val_images is None
+    widget.val_images.setText(str(val_images))
+    with pytest.raises(train_widget.UnetkitError, match=r"^\(none\): no validation masks folder; .*clear both"):
+        widget.config()
+    widget.val_masks.setText(str(val_masks))
+    config = widget.config()
+    assert (config.val_images, config.val_masks) == (str(val_images), str(val_masks))
+    widget.source.setCurrentText(train_widget.FROM_LAYERS)  # the layers' pairs validate on a share of themselves
+    assert not widget.val_images.isEnabled() and widget.validation_folders() == {}

@@ -50,12 +50,14 @@ BACKENDS = ("auto", "torch", "onnxruntime")
 MAX_ONNX_LOGIT_DIFFERENCE = 1e-3  # exports measured here differ by ~3e-8
 AUTO_TILING_PIXELS = 1024 * 1024  # above this many pixels (at the model's scale) "auto" tiles
 DEFAULT_BATCH_SIZE = 4  # a batch of 4 cost ~20% less per image than batches of one (inference/batched.py)
-# Out of core, a batch's full-resolution activation map at most this large: 4 x 512^2 tiles of 16
+# A batch of tiles' full-resolution activation map at most this large: 4 x 512^2 tiles of 16
 # channels in bf16. A slide's peak memory follows the batch (20,000^2, fp32: 1,164 MiB at 4 tiles,
-# 948 at 2; benchmarks/NOTES.md), its speed hardly (168.5 against 174.3 s).
+# 948 at 2; benchmarks/NOTES.md), its speed hardly (168.5 against 174.3 s);
+# a 4096^2 image in memory: 909 MiB at one 768^2 tile, 1,220 at four, in the same time.
 SLIDE_MAP_BYTES = 32 * 2**20
 DEFAULT_TILE = 512
-# Out of core, the largest of these whose one tile's map fits SLIDE_MAP_BYTES: an 8192^2 slide of a
+# The largest of these whose one tile's map fits SLIDE_MAP_BYTES, in memory and out of core alike (one
+# mask either way; benchmarks/NOTES.md, twentieth slice). Out of core an 8192^2 slide of a
 # 16-channel model in bf16 took 9.0-9.4 s at 4 x 512^2 tiles a batch (730-762 MiB), 7.6-8.2 s at
 # one 768^2 tile (646-663 MiB) and 7.7-8.2 s at one 1024^2 (808-842 MiB): fewer tiles, less overlap
 # computed twice and fewer tile edges (benchmarks/NOTES.md). In fp32 (a map of 38 MiB) it stays 512.
@@ -244,7 +246,7 @@ class Predictor:
         if self.options.overlap >= self.tile:  # a --tile given was checked with the options
             raise UnetkitError(
                 f"--overlap {self.options.overlap} must be smaller than the tile, {self.tile} px for this model "
-                f"({'bf16' if self._map_bytes() == 2 else 'fp32'} maps); give --tile above it"
+                f"({'16-bit' if self._map_bytes() == 2 else 'fp32'} maps); give --tile above it"
             )
         if not self.binary and self.options.threshold != InferenceOptions().threshold:
             say_once("threshold", f"--threshold {self.options.threshold:g} cuts binary models only: this model has "

@@ -109,6 +109,9 @@ class TrainWidget(RunPanel):
         self.pairs = QListWidget()
         self.pairs.setMaximumHeight(120)
         self.images, self.masks = QLineEdit(), QLineEdit()
+        self.val_images, self.val_masks = QLineEdit(), QLineEdit()  # train's --val-images / --val-masks
+        for field in (self.val_images, self.val_masks):
+            field.setPlaceholderText("optional: else a share of the training pairs")
         self.labels_are = QComboBox()
         self.labels_are.addItems(LABEL_KINDS)
         self.start_model = QComboBox()
@@ -147,6 +150,7 @@ class TrainWidget(RunPanel):
         form.addRow("training data", self.source)
         form.addRow("pairs (image <- labels)", self.pairs)
         for label, field in (("images folder", self.images), ("masks folder", self.masks),
+                             ("validation images folder", self.val_images), ("validation masks folder", self.val_masks),
                              ("the labels are", self.labels_are), ("start from", self.start_model),
                              ("time budget", self.budget), ("unlabelled value", self.ignored),
                              ("run folder", self.out)):  # fmt: skip
@@ -162,7 +166,7 @@ class TrainWidget(RunPanel):
 
     def _show_source(self, source: str) -> None:
         self.pairs.setEnabled(source == FROM_LAYERS)
-        for field in (self.images, self.masks):
+        for field in (self.images, self.masks, self.val_images, self.val_masks):
             field.setEnabled(source == FROM_FOLDERS)
 
     def _refresh_pairs(self, _event: object = None) -> None:
@@ -205,6 +209,7 @@ class TrainWidget(RunPanel):
             for field, folder, what in ((self.images, images, "images"), (self.masks, masks, "masks")):
                 if not field.text().strip() or not folder.is_dir():
                     raise UnetkitError(f"{field.text().strip() or '(none)'}: no {what} folder; choose one")
+        validation = self.validation_folders()
         start = self.start_model.currentText().strip()
         init_from = None if start in ("", FROM_SCRATCH) else start
         instances = labels_are_objects(self.labels_are.currentText(), images, masks)
@@ -216,7 +221,20 @@ class TrainWidget(RunPanel):
             show_info("unetkit: one pair trains without validation; check a second pair to validate the model")
         return TrainConfig(images=str(images), masks=str(masks), out=str(out), time=float(self.budget.value()),
                            init_from=init_from, instance_masks=instances, ignore_value=ignored, progress=False,
-                           **({"val_fraction": 0.0} if alone else {}))  # fmt: skip
+                           **validation, **({"val_fraction": 0.0} if alone else {}))  # fmt: skip
+
+    def validation_folders(self) -> dict[str, str]:
+        """train's val_images and val_masks, from folders only: both or neither (the pairs of layers
+        validate on a share of themselves)."""
+        given = {name: field.text().strip() for name, field in
+                 (("val_images", self.val_images), ("val_masks", self.val_masks))}  # fmt: skip
+        if self.source.currentText() != FROM_FOLDERS or not any(given.values()):
+            return {}
+        for name, text in given.items():
+            what = name.replace("val_", "validation ")
+            if not text or not Path(text).expanduser().is_dir():
+                raise UnetkitError(f"{text or '(none)'}: no {what} folder; choose one, or clear both validation fields")
+        return {name: str(Path(text).expanduser()) for name, text in given.items()}
 
     def write_pairs(self, folder: Path) -> tuple[Path, Path]:
         """The checked layer pairs as files in `folder` (images/, masks/), named after the layers."""
