@@ -701,3 +701,28 @@ def test_the_train_widget_takes_validation_folders_both_or_neither(make_napari_v
     assert (config.val_images, config.val_masks) == (str(val_images), str(val_masks))
     widget.source.setCurrentText(train_widget.FROM_LAYERS)  # the layers' pairs validate on a share of themselves
     assert not widget.val_images.isEnabled() and widget.validation_folders() == {}
+
+
+def test_the_train_widget_takes_mask_values_as_the_command_line_reads_them(make_napari_viewer, tmp_path):
+    """No field took train's --mask-values (the classes' values, where the masks lack some); it is
+    read as the command line reads it, and a value it cannot take is one line."""
+    from synthetic import nuclei_with_ids
+
+    from unetkit.napari import train_widget
+
+    images, masks = nuclei_with_ids(tmp_path / "train", count=3)
+    widget = train_dock(make_napari_viewer())
+    widget.source.setCurrentText(train_widget.FROM_FOLDERS)
+    widget.images.setText(str(images))
+    widget.masks.setText(str(masks))
+    widget.labels_are.setCurrentText(train_widget.LABELS_CLASSES)
+    widget.out.setText(str(tmp_path / "run"))
+    assert widget.config().mask_values is None
+    widget.mask_values.setText(" 0, 128,255 ")
+    assert widget.config().mask_values == [0, 128, 255]
+    widget.mask_values.setText("abc")
+    with pytest.raises(train_widget.UnetkitError, match=r"^mask values 'abc': a list of whole numbers"):
+        widget.config()
+    widget.mask_values.setText("255,0")
+    with pytest.raises(train_widget.UnetkitError, match="increasing order"):
+        widget.config()

@@ -126,6 +126,8 @@ class TrainWidget(RunPanel):
         self.ignored.setSpecialValueText("none (a start model's own)")
         self.ignored.setValue(-1)
         self.ignored.setToolTip("a label value that marks unlabelled pixels: counted in no loss or score")
+        self.mask_values = QLineEdit()  # train's --mask-values: the classes' values, where masks lack some
+        self.mask_values.setPlaceholderText("optional, e.g. 0,128,255: else found in the labels")
         self.out = QLineEdit()
         self.out.setPlaceholderText("default: unetkit-runs/<time> in the working folder")
         self.train_button, self.resume_button = QPushButton("Train"), QPushButton("Resume")
@@ -153,6 +155,7 @@ class TrainWidget(RunPanel):
                              ("validation images folder", self.val_images), ("validation masks folder", self.val_masks),
                              ("the labels are", self.labels_are), ("start from", self.start_model),
                              ("time budget", self.budget), ("unlabelled value", self.ignored),
+                             ("mask values", self.mask_values),
                              ("run folder", self.out)):  # fmt: skip
             form.addRow(label, field)
         buttons = QHBoxLayout()
@@ -219,9 +222,22 @@ class TrainWidget(RunPanel):
         alone = self.source.currentText() == FROM_LAYERS and len(self.chosen_pairs()) < 2
         if alone:
             show_info("unetkit: one pair trains without validation; check a second pair to validate the model")
-        return TrainConfig(images=str(images), masks=str(masks), out=str(out), time=float(self.budget.value()),
-                           init_from=init_from, instance_masks=instances, ignore_value=ignored, progress=False,
-                           **validation, **({"val_fraction": 0.0} if alone else {}))  # fmt: skip
+        config = TrainConfig(images=str(images), masks=str(masks), out=str(out), time=float(self.budget.value()),
+                             init_from=init_from, instance_masks=instances, ignore_value=ignored, progress=False,
+                             mask_values=self.chosen_mask_values(),
+                             **validation, **({"val_fraction": 0.0} if alone else {}))  # fmt: skip
+        config.validate()  # a value the run would refuse (mask values out of order) is refused here, at once
+        return config
+
+    def chosen_mask_values(self) -> list[int] | None:
+        """train's --mask-values from its field, read as the command line reads it; else None."""
+        from unetkit.train.config import option_value
+
+        text = self.mask_values.text().strip()
+        try:
+            return option_value("mask_values", text, text=True) if text else None
+        except ValueError as err:
+            raise UnetkitError(f"mask values {text!r}: {err}") from None
 
     def validation_folders(self) -> dict[str, str]:
         """train's val_images and val_masks, from folders only: both or neither (the pairs of layers
