@@ -202,12 +202,18 @@ def save_table(path: Path, table: dict[str, np.ndarray], class_values: list[int]
 
 def table_rows(table: dict[str, np.ndarray], class_values: list[int]) -> list[list]:
     """The CSV's header and rows: object_table's columns, the class's mask value after the class."""
-    columns = list(table)
-    rows = [columns[:2] + ["mask_value"] + columns[2:]]
-    for row in zip(*(table[name] for name in columns), strict=True):
-        values = [round(float(v), 4) if isinstance(v, float | np.floating) else int(v) for v in row]
-        rows.append(values[:2] + [class_values[values[1]]] + values[2:])
+    table = with_mask_values(table, class_values)
+    rows = [list(table)]
+    for row in zip(*table.values(), strict=True):
+        rows.append([round(float(v), 4) if isinstance(v, float | np.floating) else int(v) for v in row])
     return rows
+
+
+def with_mask_values(table: dict[str, np.ndarray], class_values: list[int]) -> dict[str, np.ndarray]:
+    """object_table's columns with each object's mask value after its class (the CSV's, napari's features)."""
+    columns = list(table)
+    values = {"mask_value": np.asarray(class_values, dtype=np.int64)[np.asarray(table["class"], dtype=np.int64)]}
+    return {**{c: table[c] for c in columns[:2]}, **values, **{c: table[c] for c in columns[2:]}}
 
 
 def object_classes_note(mask_values: MaskValues) -> str | None:

@@ -371,9 +371,7 @@ class Predictor:
         largest of SLIDE_TILES whose one tile's full-size activation map fits SLIDE_MAP_BYTES."""
         if self.options.tile:
             return self.options.tile
-        channels = model_class(self.spec.name).probe_channels(self.spec.args)  # its first level's, as it says
-        fitting = (side for side in SLIDE_TILES if channels * side * side * self._map_bytes() <= SLIDE_MAP_BYTES)
-        return next(fitting, SLIDE_TILES[-1])
+        return next((side for side in SLIDE_TILES if self._tile_map(side) <= SLIDE_MAP_BYTES), SLIDE_TILES[-1])
 
     @property
     def tile_batch_size(self) -> int:
@@ -384,8 +382,11 @@ class Predictor:
         """As many tiles (1 to DEFAULT_BATCH_SIZE) as keep a batch's full-size activation map within
         SLIDE_MAP_BYTES: in memory, four 768 px tiles held 0.25-0.31 GiB more than one for the same
         time (a 4096^2 image; benchmarks/NOTES.md)."""
-        channels = model_class(self.spec.name).probe_channels(self.spec.args)
-        return max(1, min(DEFAULT_BATCH_SIZE, SLIDE_MAP_BYTES // (channels * tile * tile * self._map_bytes())))
+        return max(1, min(DEFAULT_BATCH_SIZE, SLIDE_MAP_BYTES // self._tile_map(tile)))
+
+    def _tile_map(self, side: int) -> int:
+        """Bytes of one side x side tile's full-size activation map (its first level's channels, as it says)."""
+        return model_class(self.spec.name).probe_channels(self.spec.args) * side * side * self._map_bytes()
 
     def _map_bytes(self) -> int:
         """Bytes a number of an activation map: 4 in fp32 (ONNX Runtime, or no AMP), else 2 (bf16/fp16)."""

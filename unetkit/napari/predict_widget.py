@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 
 from unetkit.errors import UnetkitError
 from unetkit.inference import InferenceOptions, Predictor
-from unetkit.inference.objects import object_classes_note, object_table
+from unetkit.inference.objects import object_classes_note, object_table, with_mask_values
 from unetkit.inference.predictor import array_range
 from unetkit.runtime.notes import notes_to, say, say_once
 from unetkit.zoo import zoo_models
@@ -210,8 +210,7 @@ def objects_features(predictor: Predictor, labels: np.ndarray, classes: np.ndarr
     """The objects layer's features: `predict --instances`' object table, with each class's mask
     value after it (as its CSV); napari finds an object's row by its "index"."""
     table = object_table(labels, classes, probabilities, bool(predictor.mask_values.instances))
-    values = np.asarray(predictor.mask_values.values)[table["class"]]
-    return {"index": table["id"], "id": table.pop("id"), "class": table.pop("class"), "mask_value": values, **table}
+    return {"index": table["id"], **with_mask_values(table, predictor.mask_values.values)}
 
 
 class PredictWidget(QWidget):

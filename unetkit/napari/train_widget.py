@@ -98,6 +98,14 @@ def labels_are_objects(choice: str, images: Path, masks: Path) -> bool:
     return objects
 
 
+def chosen_folder(field: QLineEdit, what: str, fix: str = "choose one") -> Path:
+    """The folder a field names; none, or not a folder, is one line."""
+    text = field.text().strip()
+    if not text or not Path(text).expanduser().is_dir():
+        raise UnetkitError(f"{text or '(none)'}: no {what} folder; {fix}")
+    return Path(text).expanduser()
+
+
 class TrainWidget(RunPanel):
     RESUMES = True
 
@@ -208,10 +216,7 @@ class TrainWidget(RunPanel):
             check_run_folder(out, None)  # a folder the run would refuse gets no pairs beside it either
             images, masks = self.write_pairs(out.with_name(f"{out.name}-pairs"))
         else:
-            images, masks = Path(self.images.text()).expanduser(), Path(self.masks.text()).expanduser()
-            for field, folder, what in ((self.images, images, "images"), (self.masks, masks, "masks")):
-                if not field.text().strip() or not folder.is_dir():
-                    raise UnetkitError(f"{field.text().strip() or '(none)'}: no {what} folder; choose one")
+            images, masks = chosen_folder(self.images, "images"), chosen_folder(self.masks, "masks")
         validation = self.validation_folders()
         start = self.start_model.currentText().strip()
         init_from = None if start in ("", FROM_SCRATCH) else start
@@ -242,15 +247,11 @@ class TrainWidget(RunPanel):
     def validation_folders(self) -> dict[str, str]:
         """train's val_images and val_masks, from folders only: both or neither (the pairs of layers
         validate on a share of themselves)."""
-        given = {name: field.text().strip() for name, field in
-                 (("val_images", self.val_images), ("val_masks", self.val_masks))}  # fmt: skip
-        if self.source.currentText() != FROM_FOLDERS or not any(given.values()):
+        fields = {"val_images": self.val_images, "val_masks": self.val_masks}
+        if self.source.currentText() != FROM_FOLDERS or not any(f.text().strip() for f in fields.values()):
             return {}
-        for name, text in given.items():
-            what = name.replace("val_", "validation ")
-            if not text or not Path(text).expanduser().is_dir():
-                raise UnetkitError(f"{text or '(none)'}: no {what} folder; choose one, or clear both validation fields")
-        return {name: str(Path(text).expanduser()) for name, text in given.items()}
+        fix = "choose one, or clear both validation fields"
+        return {name: str(chosen_folder(field, f"validation {name[4:]}", fix)) for name, field in fields.items()}
 
     def write_pairs(self, folder: Path) -> tuple[Path, Path]:
         """The checked layer pairs as files in `folder` (images/, masks/), named after the layers."""
